@@ -1,0 +1,370 @@
+//! The layers the wrappers accept, and how wrappers stack on them.
+//!
+//! A supported layer computes `op(input, weight, bias)`. The wrappers only change the weight,
+//! so a layer exposes one operation: run its forward with the weight first passed through a
+//! [`WeightTransform`]. `Prunable<L>` implements the same traits by composing its own transform
+//! in front of the caller's, which is what lets `Clustered<Prunable<Conv2d>>` or
+//! `QatAware<Clustered<Prunable<Conv2d>>>` see the effective weight of the layer below.
+//!
+//! Layers other than `Linear`, `Conv1d` and `Conv2d` (any `groups`, so depthwise too) do not
+//! implement these traits, so wrapping them is a compile-time error, never a silent skip.
+
+use burn::module::{Module, ModuleDisplay, Param};
+use burn::nn::Linear;
+use burn::nn::conv::{Conv1d, Conv2d};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// The operation a weight tensor belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerKind {
+    /// burn `Linear`, weight `[d_input, d_output]`.
+    Linear,
+    /// burn `Conv1d`, weight `[out, in / groups, k]`.
+    Conv1d,
+    /// burn `Conv2d`, weight `[out, in / groups, kh, kw]`.
+    Conv2d,
+}
+
+/// Where each element of a weight tensor sits: output channel, input channel, kernel position.
+///
+/// Flat indices below are row-major indices into the layer's own weight layout (burn's), which
+/// is also the order masks, cluster indices and reports use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightLayout {
+    /// The layer's operation.
+    pub kind: LayerKind,
+    /// The weight's shape in burn's layout.
+    pub shape: Vec<usize>,
+    /// Convolution groups (1 for `Linear`).
+    pub groups: usize,
+}
+
+impl WeightLayout {
+    /// Number of weight elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Number of output channels (output features for `Linear`).
+    pub fn out_channels(&self) -> usize {
+        match self.kind {
+            LayerKind::Linear => self.shape[1],
+            LayerKind::Conv1d | LayerKind::Conv2d => self.shape[0],
+        }
+    }
+
+    /// Input channels seen by one output channel (`in / groups` for convolutions).
+    pub fn in_per_group(&self) -> usize {
+        match self.kind {
+            LayerKind::Linear => self.shape[0],
+            LayerKind::Conv1d | LayerKind::Conv2d => self.shape[1],
+        }
+    }
+
+    /// Kernel positions per (output, input) pair: 1 for `Linear`, `k` or `kh·kw` for convs.
+    pub fn kernel_size(&self) -> usize {
+        match self.kind {
+            LayerKind::Linear => 1,
+            LayerKind::Conv1d | LayerKind::Conv2d => self.shape[2..].iter().product(),
+        }
+    }
+
+    /// Weights feeding one output channel: `in_per_group · kernel_size`.
+    pub fn fan_in(&self) -> usize {
+        self.in_per_group() * self.kernel_size()
+    }
+
+    /// Whether this is a depthwise convolution (one input channel per group, `groups > 1`).
+    pub fn is_depthwise(&self) -> bool {
+        self.kind != LayerKind::Linear && self.groups > 1 && self.in_per_group() == 1
+    }
+
+    /// Flat index of the weight for output channel `out`, input channel `input` (within its
+    /// group) and kernel position `k` (row-major over the kernel dims).
+    pub fn index(&self, out: usize, input: usize, k: usize) -> usize {
+        match self.kind {
+            LayerKind::Linear => input * self.shape[1] + out,
+            LayerKind::Conv1d | LayerKind::Conv2d => {
+                (out * self.in_per_group() + input) * self.kernel_size() + k
+            }
+        }
+    }
+
+    /// Flat index of column `col` (`0..fan_in`) of row `out` in the `[out, fan_in]` view.
+    pub fn index_2d(&self, out: usize, col: usize) -> usize {
+        let kernel = self.kernel_size();
+        self.index(out, col / kernel, col % kernel)
+    }
+
+    /// Output channel of flat index `i`.
+    pub fn out_channel_of(&self, i: usize) -> usize {
+        match self.kind {
+            LayerKind::Linear => i % self.shape[1],
+            LayerKind::Conv1d | LayerKind::Conv2d => i / self.fan_in(),
+        }
+    }
+
+    /// A short description such as `conv2d [64, 1, 3, 3] depthwise`.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            LayerKind::Linear => "linear",
+            LayerKind::Conv1d => "conv1d",
+            LayerKind::Conv2d => "conv2d",
+        };
+        let extra = if self.is_depthwise() {
+            " depthwise".to_string()
+        } else if self.groups > 1 {
+            format!(" groups={}", self.groups)
+        } else {
+            String::new()
+        };
+        format!("{kind} {:?}{extra}", self.shape)
+    }
+}
+
+/// A change of a weight tensor applied inside the forward pass (mask, centroid gather,
+/// fake-quant). Generic over the rank so that one transform serves every layer.
+pub trait WeightTransform {
+    /// Transform a weight of any rank, keeping its shape.
+    fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D>;
+}
+
+/// The identity transform.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoTransform;
+
+impl WeightTransform for NoTransform {
+    fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
+        weight
+    }
+}
+
+/// `first`, then `then`: how a wrapper puts its own transform in front of an outer one.
+#[derive(Clone, Copy, Debug)]
+pub struct Chain<'a, A, B> {
+    /// Applied first (the inner wrapper's transform).
+    pub first: &'a A,
+    /// Applied to the result (the outer wrapper's transform).
+    pub then: &'a B,
+}
+
+impl<A: WeightTransform, B: WeightTransform> WeightTransform for Chain<'_, A, B> {
+    fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
+        self.then.apply(self.first.apply(weight))
+    }
+}
+
+/// A layer with one weight tensor that the wrappers can change: a burn `Linear` / `Conv1d` /
+/// `Conv2d`, or a wrapper around one.
+pub trait WeightLayer: Module + ModuleDisplay {
+    /// The plain burn layer this stack strips down to.
+    type Plain: PlainLayer;
+
+    /// Shape and meaning of the weight.
+    fn layout(&self) -> WeightLayout;
+
+    /// The weight the forward pass computes with (after every wrapper's transform), flattened
+    /// in burn's layout. Shape `[numel]`.
+    fn effective_weight(&self) -> Tensor<1>;
+
+    /// The plain burn layer whose weight is [`effective_weight`](Self::effective_weight).
+    fn strip(self) -> Self::Plain;
+}
+
+/// A [`WeightLayer`] whose forward maps a rank-`D` input to a rank-`D` output.
+///
+/// `Linear` implements it for every `D`, `Conv1d` for 3, `Conv2d` for 4.
+pub trait LayerForward<const D: usize>: WeightLayer {
+    /// The layer's forward pass with its weight first passed through `transform`.
+    ///
+    /// # Shapes
+    /// As the wrapped burn layer (`[.., d_input] -> [.., d_output]` for `Linear`,
+    /// `[batch, in, len] -> [batch, out, len']` for `Conv1d`,
+    /// `[batch, in, h, w] -> [batch, out, h', w']` for `Conv2d`).
+    fn forward_transformed<T: WeightTransform>(&self, input: Tensor<D>, transform: &T)
+    -> Tensor<D>;
+}
+
+/// A plain burn layer (no wrapper): the end of a wrapper stack.
+pub trait PlainLayer: WeightLayer<Plain = Self> {
+    /// Replace the weight by `f(weight)`, with the weight flattened to `[numel]` in burn's layout.
+    /// The parameter keeps its id and trainability.
+    fn map_weight<F: FnOnce(Tensor<1>) -> Tensor<1>>(self, f: F) -> Self;
+}
+
+fn flatten<const D: usize>(weight: Tensor<D>) -> Tensor<1> {
+    let n = weight.shape().num_elements();
+    weight.reshape([n])
+}
+
+macro_rules! plain_layer {
+    ($layer:ty, $kind:expr, $groups:expr) => {
+        impl WeightLayer for $layer {
+            type Plain = Self;
+
+            fn layout(&self) -> WeightLayout {
+                #[allow(clippy::redundant_closure_call)]
+                let groups = ($groups)(self);
+                WeightLayout {
+                    kind: $kind,
+                    shape: self.weight.shape().as_slice().to_vec(),
+                    groups,
+                }
+            }
+
+            fn effective_weight(&self) -> Tensor<1> {
+                flatten(self.weight.val())
+            }
+
+            fn strip(self) -> Self {
+                self
+            }
+        }
+
+        impl PlainLayer for $layer {
+            fn map_weight<F: FnOnce(Tensor<1>) -> Tensor<1>>(mut self, f: F) -> Self {
+                self.weight = self.weight.map(|w| {
+                    let shape = w.shape();
+                    let require_grad = w.is_require_grad();
+                    let mapped = f(flatten(w)).reshape(shape);
+                    if require_grad {
+                        mapped.detach().require_grad()
+                    } else {
+                        mapped
+                    }
+                });
+                self
+            }
+        }
+    };
+}
+
+plain_layer!(Linear, LayerKind::Linear, |_: &Linear| 1);
+plain_layer!(Conv1d, LayerKind::Conv1d, |c: &Conv1d| c.groups);
+plain_layer!(Conv2d, LayerKind::Conv2d, |c: &Conv2d| c.groups);
+
+/// Run the layer's own burn forward with its weight replaced by the transformed one, so that
+/// padding, stride and dilation semantics stay exactly burn's. Cloning a layer clones tensor
+/// handles only.
+macro_rules! forward_with_weight {
+    ($self:ident, $input:ident, $transform:ident) => {{
+        let mut layer = $self.clone();
+        layer.weight = Param::initialized($self.weight.id, $transform.apply($self.weight.val()));
+        layer.forward($input)
+    }};
+}
+
+impl<const D: usize> LayerForward<D> for Linear {
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> Tensor<D> {
+        forward_with_weight!(self, input, transform)
+    }
+}
+
+impl LayerForward<3> for Conv1d {
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<3>,
+        transform: &T,
+    ) -> Tensor<3> {
+        forward_with_weight!(self, input, transform)
+    }
+}
+
+impl LayerForward<4> for Conv2d {
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<4>,
+        transform: &T,
+    ) -> Tensor<4> {
+        forward_with_weight!(self, input, transform)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::{Conv1dConfig, Conv2dConfig};
+    use burn::nn::{LinearConfig, PaddingConfig1d, PaddingConfig2d};
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    fn device() -> Device {
+        Device::flex()
+    }
+
+    #[test]
+    fn untransformed_forward_equals_burn_forward() {
+        let d = device();
+        let conv = Conv2dConfig::new([4, 6], [3, 3])
+            .with_stride([2, 1])
+            .with_groups(2)
+            .with_padding(PaddingConfig2d::Same)
+            .init(&d);
+        let x = Tensor::<4>::random([2, 4, 9, 7], Distribution::Normal(0.0, 1.0), &d);
+        conv.forward_transformed(x.clone(), &NoTransform)
+            .into_data()
+            .assert_approx_eq::<f32>(&conv.forward(x).into_data(), Tolerance::default());
+
+        let conv = Conv1dConfig::new(3, 5, 3)
+            .with_padding(PaddingConfig1d::Same)
+            .init(&d);
+        let x = Tensor::<3>::random([2, 3, 11], Distribution::Normal(0.0, 1.0), &d);
+        conv.forward_transformed(x.clone(), &NoTransform)
+            .into_data()
+            .assert_approx_eq::<f32>(&conv.forward(x).into_data(), Tolerance::default());
+
+        let fc = LinearConfig::new(5, 3).init(&d);
+        let x = Tensor::<3>::random([2, 4, 5], Distribution::Normal(0.0, 1.0), &d);
+        fc.forward_transformed(x.clone(), &NoTransform)
+            .into_data()
+            .assert_approx_eq::<f32>(&fc.forward(x).into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn layout_indexing_matches_burn_layouts() {
+        // Linear [in=3, out=2]: element (out 1, in 2) is row 2, column 1.
+        let lin = WeightLayout {
+            kind: LayerKind::Linear,
+            shape: vec![3, 2],
+            groups: 1,
+        };
+        assert_eq!(lin.index(1, 2, 0), 2 * 2 + 1);
+        assert_eq!(lin.out_channel_of(5), 1);
+        assert_eq!(lin.fan_in(), 3);
+        // Depthwise conv [out=4, 1, 3, 3].
+        let dw = WeightLayout {
+            kind: LayerKind::Conv2d,
+            shape: vec![4, 1, 3, 3],
+            groups: 4,
+        };
+        assert!(dw.is_depthwise());
+        assert_eq!(dw.fan_in(), 9);
+        assert_eq!(dw.index(2, 0, 4), 2 * 9 + 4);
+        assert_eq!(dw.out_channel_of(2 * 9 + 4), 2);
+        assert_eq!(dw.index_2d(3, 8), 3 * 9 + 8);
+        // Grouped, not depthwise.
+        let g = WeightLayout {
+            kind: LayerKind::Conv2d,
+            shape: vec![6, 2, 1, 1],
+            groups: 2,
+        };
+        assert!(!g.is_depthwise());
+        assert_eq!(g.describe(), "conv2d [6, 2, 1, 1] groups=2");
+    }
+
+    #[test]
+    fn map_weight_keeps_id_and_trainability() {
+        let d = device().autodiff();
+        let fc = LinearConfig::new(4, 3).init(&d);
+        let id = fc.weight.id;
+        let fc = fc.map_weight(|w| w.zeros_like());
+        assert_eq!(fc.weight.id, id);
+        assert!(fc.weight.val().is_require_grad());
+        assert_eq!(fc.effective_weight().abs().sum().into_scalar::<f32>(), 0.0);
+    }
+}

@@ -1,0 +1,22 @@
+//! Foundations shared by the burn-collab wrappers (`Prunable`, `Clustered`, `QatAware`).
+//!
+//! - [`layer`]: the [`WeightLayer`] / [`LayerForward`] traits that every supported burn layer
+//!   (`Linear`, `Conv1d`, `Conv2d` including depthwise and grouped) implements, and that each
+//!   wrapper implements again so wrappers stack (`Clustered<Prunable<Conv2d>>`).
+//! - [`state`]: module state that a forward pass may update (masks, step counters, ranges),
+//!   saved with the record, moved across devices and never touched by an optimizer.
+//! - [`host`]: moving weights between device tensors and host vectors.
+//!
+//! See `docs/DESIGN.md` for why the wrappers are built this way.
+
+pub mod error;
+pub mod host;
+pub mod layer;
+pub mod state;
+
+pub use error::CoreError;
+pub use layer::{
+    Chain, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer, WeightLayout,
+    WeightTransform,
+};
+pub use state::{Counter, StateTensor};

@@ -1,0 +1,258 @@
+//! `Prunable<L>`: a layer whose weights become sparse during training and stay sparse.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Bool, Tensor};
+use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_bool};
+use collab_core::{
+    Chain, Counter, LayerForward, PlainLayer, StateTensor, WeightLayer, WeightLayout,
+    WeightTransform,
+};
+use serde::Serialize;
+
+use crate::mask::magnitude_mask;
+use crate::{Granularity, PruneError, PruningConfig, Scope};
+
+/// A burn layer (or a wrapper around one) pruned by magnitude.
+///
+/// - The forward pass computes with `weight ⊙ mask`. Pruned weights are exactly 0 in every
+///   forward after their mask is set, and receive a zero gradient (see `docs/DESIGN.md`).
+/// - In training (autodiff device, training flag on; see [`Module::valid`]), each forward pass
+///   is one step: the layer advances its own step counter (the first training batch is step 1)
+///   and updates its mask at the schedule's update steps. No callback to remember.
+/// - The mask (`true` = kept, flattened in burn's weight layout), the step counter and the
+///   target sparsity of the current mask are module state: saved and loaded with the record,
+///   moved with `to_device`, never trained. Stopping and resuming mid-schedule gives the same
+///   masks as an uninterrupted run.
+/// - Masks only shrink: ranking uses the masked weight, whose pruned entries are 0, so a pruned
+///   weight is never revived by a later update of a rising schedule.
+#[derive(Module, Debug)]
+pub struct Prunable<L> {
+    /// The wrapped layer (a burn layer or another wrapper). Its weight is the dense,
+    /// trainable one; use [`WeightLayer::effective_weight`] or [`WeightLayer::strip`] for the
+    /// pruned one.
+    pub inner: L,
+    /// Kept weights, `[numel]` bool in burn's layout of the inner weight.
+    pub mask: StateTensor<1, Bool>,
+    /// Training steps taken (training forward passes).
+    pub step: Counter,
+    /// The sparsity the current mask was computed for, `[1]`.
+    pub target_sparsity: StateTensor<1>,
+    /// Whether forward passes on an autodiff device advance the schedule (`valid()` clears it).
+    pub training: Param<burn::module::Flag>,
+    #[module(skip)]
+    config: PruningConfig,
+}
+
+/// Per-layer pruning figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerReport {
+    /// The name given by the caller (its path in the model).
+    pub name: String,
+    /// e.g. `conv2d [64, 1, 3, 3] depthwise`.
+    pub layer: String,
+    /// Weight shape in burn's layout.
+    pub shape: Vec<usize>,
+    /// Number of weights.
+    pub weights: usize,
+    /// Weights removed by the mask.
+    pub pruned: usize,
+    /// Effective weights that are exactly 0 (pruned ones and any others).
+    pub zeros: usize,
+    /// `zeros / weights`.
+    pub sparsity: f64,
+    /// The sparsity the current mask was computed for.
+    pub target_sparsity: f64,
+    /// Training steps taken.
+    pub step: u64,
+}
+
+/// `weight ⊙ mask` for any rank; the gradient is masked too (`mask_fill` passes none to the
+/// filled entries).
+#[derive(Clone, Debug)]
+pub struct MaskTransform {
+    /// Kept weights, flattened `[numel]`.
+    pub mask: Tensor<1, Bool>,
+}
+
+impl WeightTransform for MaskTransform {
+    fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
+        let keep: Tensor<D, Bool> = self.mask.clone().reshape(weight.shape());
+        weight.mask_fill(keep.bool_not(), 0.0)
+    }
+}
+
+impl<L: WeightLayer> Prunable<L> {
+    /// Wrap `inner` with `config`: a dense mask, step 0. See [`PruningConfig::wrap`].
+    pub fn new(inner: L, config: PruningConfig) -> Result<Self, PruneError> {
+        config.validate()?;
+        let layout = inner.layout();
+        config.granularity.check_layout(&layout)?;
+        let device = inner.effective_weight().device();
+        let mask = bool_tensor(vec![true; layout.numel()], &device);
+        Ok(Self {
+            inner,
+            mask: StateTensor::new(mask),
+            step: Counter::new(0, &device),
+            target_sparsity: StateTensor::new(Tensor::zeros([1], &device)),
+            training: Param::from_bool(true),
+            config,
+        })
+    }
+
+    /// The configuration this layer was wrapped with.
+    pub fn config(&self) -> &PruningConfig {
+        &self.config
+    }
+
+    /// Forward pass with the pruned weight; in training, advances the schedule first.
+    ///
+    /// # Shapes
+    /// As the wrapped layer: `Linear` `[.., d_input] -> [.., d_output]`, `Conv1d`
+    /// `[batch, in, len] -> [batch, out, len']`, `Conv2d` `[batch, in, h, w] -> [batch, out, h', w']`.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D>
+    where
+        L: LayerForward<D>,
+    {
+        self.forward_transformed(input, &collab_core::NoTransform)
+    }
+
+    /// Training steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step.get()
+    }
+
+    /// The current mask on the host (`true` = kept), flattened in burn's weight layout.
+    pub fn mask_values(&self) -> Vec<bool> {
+        to_vec_bool(self.mask.get())
+    }
+
+    /// Recompute the mask for `sparsity` from the current effective weights, now.
+    ///
+    /// Used by the schedule and by [`GlobalPruning`](crate::GlobalPruning); call it yourself for
+    /// one-shot pruning. For N:M the pattern's own sparsity is used.
+    pub fn prune_to(&self, sparsity: f64) -> Result<(), PruneError> {
+        if !(0.0..1.0).contains(&sparsity) {
+            return Err(PruneError::Sparsity {
+                field: "sparsity",
+                value: sparsity,
+            });
+        }
+        let layout = self.inner.layout();
+        let weights = to_finite_vec_f32(self.effective_weight(), &layout.describe())?;
+        let mask = magnitude_mask(&weights, &layout, &self.config.granularity, sparsity)?;
+        self.set_mask(
+            mask,
+            self.config.granularity.fixed_sparsity().unwrap_or(sparsity),
+        )
+    }
+
+    /// Replace the mask (`true` = kept, `[numel]` in burn's weight layout). The caller states
+    /// the sparsity it was computed for (reported as the target).
+    pub fn set_mask(&self, mask: Vec<bool>, target_sparsity: f64) -> Result<(), PruneError> {
+        let layout = self.inner.layout();
+        if mask.len() != layout.numel() {
+            return Err(collab_core::CoreError::Shape {
+                what: format!("mask of {}", layout.describe()),
+                expected: vec![layout.numel()],
+                got: vec![mask.len()],
+            }
+            .into());
+        }
+        let device = self.mask.get().device();
+        self.mask.set(bool_tensor(mask, &device));
+        self.target_sparsity
+            .set(Tensor::from_floats([target_sparsity as f32], &device));
+        Ok(())
+    }
+
+    /// Per-layer figures, computed from the effective weight.
+    pub fn report(&self, name: &str) -> LayerReport {
+        let layout = self.inner.layout();
+        let effective = collab_core::host::to_vec_f32(self.effective_weight());
+        let zeros = effective.iter().filter(|w| **w == 0.0).count();
+        let pruned = self.mask_values().iter().filter(|k| !**k).count();
+        let target = collab_core::host::to_vec_f32(self.target_sparsity.get())[0] as f64;
+        LayerReport {
+            name: name.to_string(),
+            layer: layout.describe(),
+            shape: layout.shape.clone(),
+            weights: layout.numel(),
+            pruned,
+            zeros,
+            sparsity: zeros as f64 / layout.numel().max(1) as f64,
+            target_sparsity: target,
+            step: self.step.get(),
+        }
+    }
+
+    fn is_training_pass<const D: usize>(&self, input: &Tensor<D>) -> bool {
+        self.training.is_enabled() && input.device().is_autodiff()
+    }
+
+    /// One training step: count it, and update the mask when the schedule says so.
+    fn advance(&self) {
+        let step = self.step.increment();
+        if self.config.scope == Scope::Global {
+            return;
+        }
+        let Some(sparsity) = self.config.schedule.update_at(step) else {
+            return;
+        };
+        if matches!(self.config.granularity, Granularity::NOfM { .. })
+            && self.mask_values().iter().any(|k| !k)
+        {
+            return; // N:M masks are computed once.
+        }
+        if let Err(err) = self.prune_to(sparsity) {
+            // forward() cannot return an error; keep the previous mask and say why.
+            tracing::error!(step, %err, "mask update skipped");
+        } else {
+            tracing::debug!(step, sparsity, layer = %self.inner.layout().describe(), "mask updated");
+        }
+    }
+}
+
+impl<L: WeightLayer> WeightLayer for Prunable<L> {
+    type Plain = L::Plain;
+
+    fn layout(&self) -> WeightLayout {
+        self.inner.layout()
+    }
+
+    fn effective_weight(&self) -> Tensor<1> {
+        MaskTransform {
+            mask: self.mask.get(),
+        }
+        .apply(self.inner.effective_weight())
+    }
+
+    /// The plain layer with pruned weights set to 0.
+    fn strip(self) -> Self::Plain {
+        let transform = MaskTransform {
+            mask: self.mask.get().without_autodiff(),
+        };
+        self.inner.strip().map_weight(|w| transform.apply(w))
+    }
+}
+
+impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Prunable<L> {
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> Tensor<D> {
+        if self.is_training_pass(&input) {
+            self.advance();
+        }
+        let mask = MaskTransform {
+            mask: self.mask.get(),
+        };
+        self.inner.forward_transformed(
+            input,
+            &Chain {
+                first: &mask,
+                then: transform,
+            },
+        )
+    }
+}

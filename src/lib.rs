@@ -1,0 +1,8 @@
+//! burn-collab: collaborative model optimization (pruning, weight clustering and int8
+//! quantization, alone and chained) for the burn deep-learning framework.
+//!
+//! This umbrella crate re-exports the workspace crates and owns the runnable `examples/`.
+
+pub use collab_core as core;
+pub use collab_data as data;
+pub use collab_prune as prune;
