@@ -185,6 +185,15 @@ pub trait LayerForward<const D: usize>: WeightLayer {
     /// `[batch, in, h, w] -> [batch, out, h', w']` for `Conv2d`).
     fn forward_transformed<T: WeightTransform>(&self, input: Tensor<D>, transform: &T)
     -> Tensor<D>;
+
+    /// The forward pass of the whole stack (wrappers included), with no extra transform.
+    ///
+    /// Lets a model be generic over plain and wrapped layers: `C: LayerForward<4>` accepts
+    /// `Conv2d`, `Prunable<Conv2d>`, … (an inherent `forward` of a concrete type takes
+    /// precedence and does the same).
+    fn forward(&self, input: Tensor<D>) -> Tensor<D> {
+        self.forward_transformed(input, &NoTransform)
+    }
 }
 
 /// A plain burn layer (no wrapper): the end of a wrapper stack.

@@ -19,6 +19,19 @@
 //! # Ok::<(), collab_prune::PruneError>(())
 //! ```
 //!
+//! Only layers with a weight the wrappers understand can be wrapped; anything else is a
+//! compile-time error, never a silently skipped layer:
+//!
+//! ```compile_fail
+//! use burn::nn::BatchNormConfig;
+//! use burn::tensor::Device;
+//! use collab_prune::{PruningConfig, PruningSchedule};
+//!
+//! let bn = BatchNormConfig::new(8).init(&Device::flex());
+//! // error: `BatchNorm` does not implement `WeightLayer`
+//! let _ = PruningConfig::new(PruningSchedule::constant(0.5)).wrap(bn);
+//! ```
+//!
 //! Pieces: [`schedule`] (when, to which sparsity), [`mask`] (which weights), [`Prunable`] (the
 //! layer decorator), [`global`] (ranking across a whole model, and model-wide reports).
 

@@ -1,0 +1,176 @@
+//! Pieces shared by the examples: a small CNN that is generic over plain and wrapped layers,
+//! and a plain Adam training loop with a progress bar.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use burn_collab::core::{LayerForward, WeightLayer, WeightLayout};
+use burn_collab::data::ImageSet;
+use burn_collab::prune::{Prunable, PruneError, PruningConfig};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A MobileNet-style CNN: conv 3×3/2 → (depthwise 3×3 → pointwise 1×1) ×2 → mean → linear.
+/// `C` is the conv layer type and `L` the linear one: plain burn layers or wrapped ones.
+#[derive(Module, Debug)]
+pub struct SmallCnn<C, L> {
+    pub conv: C,
+    pub dw1: C,
+    pub pw1: C,
+    pub dw2: C,
+    pub pw2: C,
+    pub fc: L,
+}
+
+pub type PlainCnn = SmallCnn<Conv2d, Linear>;
+pub type PrunedCnn = SmallCnn<Prunable<Conv2d>, Prunable<Linear>>;
+
+impl PlainCnn {
+    /// Input `[batch, 1, h, w]`, `width` channels after the stem, `classes` outputs.
+    pub fn new(width: usize, classes: usize, device: &Device) -> Self {
+        let same = || PaddingConfig2d::Same;
+        let conv = |cin: usize, cout: usize, k: usize, groups: usize, stride: usize| {
+            Conv2dConfig::new([cin, cout], [k, k])
+                .with_groups(groups)
+                .with_stride([stride, stride])
+                .with_padding(same())
+                .init(device)
+        };
+        Self {
+            conv: conv(1, width, 3, 1, 2),
+            dw1: conv(width, width, 3, width, 1),
+            pw1: conv(width, 2 * width, 1, 1, 1),
+            dw2: conv(2 * width, 2 * width, 3, 2 * width, 2),
+            pw2: conv(2 * width, 2 * width, 1, 1, 1),
+            fc: LinearConfig::new(2 * width, classes).init(device),
+        }
+    }
+
+    /// Wrap every layer (depthwise included) in `Prunable`.
+    pub fn prunable(self, config: &PruningConfig) -> Result<PrunedCnn, PruneError> {
+        Ok(SmallCnn {
+            conv: config.wrap(self.conv)?,
+            dw1: config.wrap(self.dw1)?,
+            pw1: config.wrap(self.pw1)?,
+            dw2: config.wrap(self.dw2)?,
+            pw2: config.wrap(self.pw2)?,
+            fc: config.wrap(self.fc)?,
+        })
+    }
+}
+
+impl PrunedCnn {
+    /// Back to plain burn layers, pruned weights set to 0.
+    pub fn strip(self) -> PlainCnn {
+        SmallCnn {
+            conv: self.conv.strip(),
+            dw1: self.dw1.strip(),
+            pw1: self.pw1.strip(),
+            dw2: self.dw2.strip(),
+            pw2: self.pw2.strip(),
+            fc: self.fc.strip(),
+        }
+    }
+}
+
+impl<C: LayerForward<4>, L: LayerForward<2>> SmallCnn<C, L> {
+    /// `[batch, 1, h, w]` → logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = relu(self.conv.forward(x));
+        let x = relu(self.dw1.forward(x));
+        let x = relu(self.pw1.forward(x));
+        let x = relu(self.dw2.forward(x));
+        let x = relu(self.pw2.forward(x));
+        let x: Tensor<2> = x.mean_dim(3).mean_dim(2).flatten(1, 3);
+        self.fc.forward(x)
+    }
+
+    /// Each layer's name, weight layout and effective weight (flattened), in forward order.
+    pub fn weights(&self) -> Vec<(&'static str, WeightLayout, Tensor<1>)> {
+        fn entry<W: WeightLayer>(name: &'static str, layer: &W) -> (&'static str, WeightLayout, Tensor<1>) {
+            (name, layer.layout(), layer.effective_weight())
+        }
+        vec![
+            entry("conv", &self.conv),
+            entry("dw1", &self.dw1),
+            entry("pw1", &self.pw1),
+            entry("dw2", &self.dw2),
+            entry("pw2", &self.pw2),
+            entry("fc", &self.fc),
+        ]
+    }
+}
+
+/// A progress bar that draws on a terminal and stays silent otherwise (tracing logs instead).
+pub fn progress(len: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {per_sec}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Train `epochs` epochs of Adam (`lr`, batch `batch`), reshuffling with `seed + epoch`.
+pub fn train<C, L>(
+    mut model: SmallCnn<C, L>,
+    data: &ImageSet,
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+    label: &str,
+) -> SmallCnn<C, L>
+where
+    C: LayerForward<4>,
+    L: LayerForward<2>,
+{
+    let device = Device::flex().autodiff();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut optim = AdamConfig::new().init();
+    let steps = (epochs * data.len().div_ceil(batch)) as u64;
+    let bar = progress(steps, label);
+    for epoch in 0..epochs {
+        let mut total = 0.0;
+        let batches = data.shuffled_batches(batch, seed + epoch as u64);
+        let count = batches.len();
+        for indices in batches {
+            let (x, y) = data.batch(&indices, &device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            total += loss.clone().into_scalar::<f32>() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            bar.inc(1);
+        }
+        tracing::info!(stage = label, epoch = epoch + 1, loss = total / count as f64, "epoch done");
+    }
+    bar.finish_and_clear();
+    model
+}
+
+/// Top-1 accuracy on `data`, evaluated without autodiff.
+pub fn accuracy<C, L>(model: &SmallCnn<C, L>, data: &ImageSet) -> f64
+where
+    C: LayerForward<4>,
+    L: LayerForward<2>,
+{
+    let model = model.valid();
+    let device = Device::flex();
+    let mut correct = 0i64;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(256) {
+        let (x, y) = data.batch(chunk, &device);
+        let pred = model.forward(x).argmax(1).flatten::<1>(0, 1);
+        correct += pred.equal(y).int().sum().into_scalar::<i64>();
+    }
+    correct as f64 / data.len().max(1) as f64
+}
