@@ -67,9 +67,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = Device::flex().autodiff();
     device.seed(0);
-    let x = Tensor::<4>::random([args.batch, 1, args.size, args.size], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random(
+        [args.batch, 1, args.size, args.size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let y = Tensor::<1, Int>::from_data(
-        burn::tensor::TensorData::new((0..args.batch as i64).map(|i| i % 10).collect::<Vec<_>>(), [args.batch]),
+        burn::tensor::TensorData::new(
+            (0..args.batch as i64).map(|i| i % 10).collect::<Vec<_>>(),
+            [args.batch],
+        ),
         &device,
     );
     let mut plain = PlainCnn::new(args.width, 10, &device);
@@ -82,7 +89,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         plain = p;
         let (p, t_pruned) = time_steps(pruned, &x, &y, args.steps);
         pruned = p;
-        println!("round {round}: plain {t_plain:.2} ms/step, prunable {t_pruned:.2} ms/step, ratio {:.3}", t_pruned / t_plain);
+        println!(
+            "round {round}: plain {t_plain:.2} ms/step, prunable {t_pruned:.2} ms/step, ratio {:.3}",
+            t_pruned / t_plain
+        );
         plain_ms.push(t_plain);
         pruned_ms.push(t_pruned);
     }
@@ -97,6 +107,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.size,
         args.size
     );
-    println!("median train step: plain {a:.2} ms, Prunable {b:.2} ms, ratio {:.3} (goal <= 1.15)", b / a);
+    println!(
+        "median train step: plain {a:.2} ms, Prunable {b:.2} ms, ratio {:.3} (goal <= 1.15)",
+        b / a
+    );
     Ok(())
 }

@@ -94,7 +94,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     device.seed(args.seed);
 
     let dense = PlainCnn::new(args.width, generator.num_classes, &device);
-    let dense = train(dense, &train_set, args.epochs, batch, 3e-3, args.seed, "dense");
+    let dense = train(
+        dense,
+        &train_set,
+        args.epochs,
+        batch,
+        3e-3,
+        args.seed,
+        "dense",
+    );
     let accuracy_before = accuracy(&dense, &test_set);
     tracing::info!(accuracy_before, "dense model trained");
 
@@ -104,7 +112,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let schedule = PruningSchedule::polynomial(0.0, args.sparsity, 0, end_step).with_frequency(10);
     let config = PruningConfig::new(schedule);
     let pruned = dense.prunable(&config)?;
-    let pruned = train(pruned, &train_set, args.finetune_epochs, batch, 1e-3, args.seed + 17, "prune");
+    let pruned = train(
+        pruned,
+        &train_set,
+        args.finetune_epochs,
+        batch,
+        1e-3,
+        args.seed + 17,
+        "prune",
+    );
     let report = model_report(&pruned)?;
     let stripped = pruned.strip();
     let accuracy_after = accuracy(&stripped, &test_set);
@@ -114,9 +130,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, layout, weight) in stripped.weights() {
         let values = to_vec_f32(weight);
         let zeros = values.iter().filter(|w| **w == 0.0).count();
-        let masked = report.iter().find(|r| r.name == name).map_or(0, |r| r.pruned);
+        let masked = report
+            .iter()
+            .find(|r| r.name == name)
+            .map_or(0, |r| r.pruned);
         if zeros < masked {
-            return Err(format!("{name}: {zeros} zeros after strip but {masked} pruned weights").into());
+            return Err(
+                format!("{name}: {zeros} zeros after strip but {masked} pruned weights").into(),
+            );
         }
         layers.push(LayerRow {
             name: name.to_string(),
@@ -151,7 +172,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         100.0 * (accuracy_after - accuracy_before)
     );
     println!();
-    println!("{:<6} {:<34} {:>8} {:>8} {:>9}", "layer", "kind", "weights", "zeros", "sparsity");
+    println!(
+        "{:<6} {:<34} {:>8} {:>8} {:>9}",
+        "layer", "kind", "weights", "zeros", "sparsity"
+    );
     let (mut weights, mut zeros) = (0, 0);
     for l in &summary.layers {
         println!(
@@ -173,7 +197,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         zeros,
         100.0 * zeros as f64 / weights as f64
     );
-    println!("parameters: {parameters} ({weights} weights, {} biases)", parameters - weights);
+    println!(
+        "parameters: {parameters} ({weights} weights, {} biases)",
+        parameters - weights
+    );
 
     if let Some(path) = &args.json {
         let tmp = path.with_extension("json.tmp");

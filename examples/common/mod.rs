@@ -93,7 +93,10 @@ impl<C: LayerForward<4>, L: LayerForward<2>> SmallCnn<C, L> {
 
     /// Each layer's name, weight layout and effective weight (flattened), in forward order.
     pub fn weights(&self) -> Vec<(&'static str, WeightLayout, Tensor<1>)> {
-        fn entry<W: WeightLayer>(name: &'static str, layer: &W) -> (&'static str, WeightLayout, Tensor<1>) {
+        fn entry<W: WeightLayer>(
+            name: &'static str,
+            layer: &W,
+        ) -> (&'static str, WeightLayout, Tensor<1>) {
             (name, layer.layout(), layer.effective_weight())
         }
         vec![
@@ -111,9 +114,11 @@ impl<C: LayerForward<4>, L: LayerForward<2>> SmallCnn<C, L> {
 pub fn progress(len: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {per_sec}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} {per_sec}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(message.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -151,7 +156,12 @@ where
             model = optim.step(lr, model, grads);
             bar.inc(1);
         }
-        tracing::info!(stage = label, epoch = epoch + 1, loss = total / count as f64, "epoch done");
+        tracing::info!(
+            stage = label,
+            epoch = epoch + 1,
+            loss = total / count as f64,
+            "epoch done"
+        );
     }
     bar.finish_and_clear();
     model

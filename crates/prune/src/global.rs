@@ -32,20 +32,19 @@ struct Finder {
     layers: BTreeMap<String, Found>,
 }
 
-impl Finder {
-    /// `(prefix, field)` when the value being visited is a direct field of a `Prunable`.
-    fn prunable_field(&self) -> Option<(String, &str)> {
-        let (field, container) = self.stack.last()?;
-        (container == PRUNABLE).then(|| (self.prefix(self.stack.len() - 1), field.as_str()))
-    }
+/// The dotted path of the first `len` `(field name, container type)` entries of `stack`.
+fn prefix(stack: &[(String, String)], len: usize) -> String {
+    stack[..len]
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect::<Vec<_>>()
+        .join(".")
+}
 
-    fn prefix(&self, len: usize) -> String {
-        self.stack[..len]
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .collect::<Vec<_>>()
-            .join(".")
-    }
+/// `(path of the Prunable, field)` when the value being visited is a direct field of one.
+fn prunable_field(stack: &[(String, String)]) -> Option<(String, &str)> {
+    let (field, container) = stack.last()?;
+    (container == PRUNABLE).then(|| (prefix(stack, stack.len() - 1), field.as_str()))
 }
 
 impl ModuleVisitor for Finder {
@@ -59,7 +58,7 @@ impl ModuleVisitor for Finder {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some((prefix, "target_sparsity")) = self.prunable_field() {
+        if let Some((prefix, "target_sparsity")) = prunable_field(&self.stack) {
             let value = to_vec_f32(param.val()).first().copied().unwrap_or(0.0);
             self.layers.entry(prefix).or_default().target = Some(value as f64);
             return;
@@ -86,18 +85,21 @@ impl ModuleVisitor for Finder {
             groups: 1,
         };
         let flat = weight.reshape([layout.numel()]);
-        self.layers.entry(self.prefix(n - 2)).or_default().weight = Some((flat, layout));
+        self.layers
+            .entry(prefix(&self.stack, n - 2))
+            .or_default()
+            .weight = Some((flat, layout));
     }
 
     fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
-        if let Some((prefix, "step")) = self.prunable_field() {
+        if let Some((prefix, "step")) = prunable_field(&self.stack) {
             let step = to_vec_i64(param.val()).first().copied().unwrap_or(0).max(0) as u64;
             self.layers.entry(prefix).or_default().step = Some(step);
         }
     }
 
     fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<D, Bool>>) {
-        if let Some((prefix, "mask")) = self.prunable_field() {
+        if let Some((prefix, "mask")) = prunable_field(&self.stack) {
             self.layers.entry(prefix).or_default().mask = Some(to_vec_bool(param.val()));
         }
     }
@@ -180,21 +182,6 @@ struct MaskWriter {
     masks: BTreeMap<String, (Vec<bool>, f64)>,
 }
 
-impl MaskWriter {
-    fn prunable_field(&self) -> Option<(String, &str)> {
-        let (field, container) = self.stack.last()?;
-        if container != PRUNABLE {
-            return None;
-        }
-        let prefix = self.stack[..self.stack.len() - 1]
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(".");
-        Some((prefix, field.as_str()))
-    }
-}
-
 impl ModuleMapper for MaskWriter {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.stack
@@ -209,7 +196,7 @@ impl ModuleMapper for MaskWriter {
         &mut self,
         param: Param<Tensor<D, Bool>>,
     ) -> Param<Tensor<D, Bool>> {
-        if let Some((prefix, "mask")) = self.prunable_field()
+        if let Some((prefix, "mask")) = prunable_field(&self.stack)
             && let Some((mask, _)) = self.masks.get(&prefix)
         {
             let id = param.id;
@@ -221,7 +208,7 @@ impl ModuleMapper for MaskWriter {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if let Some((prefix, "target_sparsity")) = self.prunable_field()
+        if let Some((prefix, "target_sparsity")) = prunable_field(&self.stack)
             && let Some((_, target)) = self.masks.get(&prefix)
         {
             let id = param.id;
