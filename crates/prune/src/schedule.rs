@@ -100,19 +100,19 @@ impl PruningSchedule {
                 Err(PruneError::Sparsity { field, value })
             }
         };
+        if self.frequency() == 0 {
+            return Err(PruneError::Schedule(
+                "frequency is 0; use 1 or more steps between mask updates".into(),
+            ));
+        }
         match *self {
             Self::Constant {
                 sparsity,
                 begin_step,
                 end_step,
-                frequency,
+                ..
             } => {
                 check_sparsity("sparsity", sparsity)?;
-                if frequency == 0 {
-                    return Err(PruneError::Schedule(
-                        "frequency is 0; use 1 or more steps between mask updates".into(),
-                    ));
-                }
                 if let Some(end) = end_step
                     && end < begin_step
                 {
@@ -127,15 +127,10 @@ impl PruningSchedule {
                 begin_step,
                 end_step,
                 power,
-                frequency,
+                ..
             } => {
                 check_sparsity("initial_sparsity", initial_sparsity)?;
                 check_sparsity("final_sparsity", final_sparsity)?;
-                if frequency == 0 {
-                    return Err(PruneError::Schedule(
-                        "frequency is 0; use 1 or more steps between mask updates".into(),
-                    ));
-                }
                 if end_step <= begin_step {
                     return Err(PruneError::Schedule(format!(
                         "polynomial decay needs begin_step < end_step, got {begin_step} and {end_step}"
@@ -149,6 +144,13 @@ impl PruningSchedule {
             }
         }
         Ok(())
+    }
+
+    /// Steps between mask updates.
+    pub fn frequency(&self) -> u64 {
+        match *self {
+            Self::Constant { frequency, .. } | Self::PolynomialDecay { frequency, .. } => frequency,
+        }
     }
 
     /// The first step that may update the mask.
