@@ -1,0 +1,414 @@
+//! `Clustered<L>`: a layer whose weight takes at most k distinct values (per tensor or per
+//! output channel), with trainable centroids.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_f32};
+use collab_core::{
+    Chain, LayerForward, LayerKind, PlainLayer, StateTensor, WeightLayer, WeightLayout,
+    WeightTransform,
+};
+use serde::Serialize;
+
+use crate::kmeans::kmeans;
+use crate::{ClusterError, ClusteringConfig};
+
+/// A burn layer (or a wrapper around one) whose weight is replaced, in every forward pass, by
+/// the nearest of its centroids.
+///
+/// - Forward: `index = argmin_j |w - c_j|` (recomputed each pass, ties to the lower index),
+///   `weight = c[index]`. Gradients pass straight through to the underlying weight `w` and are
+///   summed per cluster into the centroids, so both train (TFMOT's semantics).
+/// - Per channel: one row of centroids per output channel (axis 0 of conv weights, the output
+///   feature of `Linear`), for every layer kind, depthwise included.
+/// - `preserve_sparsity`: column 0 of the centroids is pinned at 0 and serves exactly the
+///   weights that were 0 when the layer was wrapped (`zero_mask`); other weights choose among
+///   the remaining centroids, so the zero count never changes.
+/// - State: `centroids` (a trainable parameter), `zero_mask` and `pinned` (module state);
+///   all are saved with the record. The underlying weight stays in the inner layer.
+#[derive(Module, Debug)]
+pub struct Clustered<L> {
+    /// The wrapped layer. Its weight keeps training (straight-through gradients).
+    pub inner: L,
+    /// `[channels, k]`: one row per output channel, or a single row per tensor.
+    pub centroids: Param<Tensor<2>>,
+    /// Weights pinned to the zero centroid, `[numel]` in burn's layout (all false unless
+    /// sparsity is preserved).
+    pub zero_mask: StateTensor<1, Bool>,
+    /// Centroid slots fixed at 0, `[channels, k]` (column 0 when sparsity is preserved).
+    pub pinned: StateTensor<2, Bool>,
+    #[module(skip)]
+    per_channel: bool,
+    #[module(skip)]
+    preserve_sparsity: bool,
+}
+
+/// Per-layer clustering figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClusterReport {
+    /// The name given by the caller.
+    pub name: String,
+    /// e.g. `conv2d [64, 1, 3, 3] depthwise`.
+    pub layer: String,
+    /// Number of weights.
+    pub weights: usize,
+    /// Effective weights that are exactly 0.
+    pub zeros: usize,
+    /// Distinct effective values in the whole tensor.
+    pub unique_per_tensor: usize,
+    /// Most distinct effective values in one output channel.
+    pub max_unique_per_channel: usize,
+    /// Centroids per row (`k`).
+    pub num_clusters: usize,
+    /// Whether each output channel has its own centroids.
+    pub per_channel: bool,
+    /// The centroid table, one row per channel (or one row).
+    pub centroids: Vec<Vec<f32>>,
+}
+
+/// The 2-D view clustering works on: `[rows, cols]` with one row per output channel (per
+/// channel) or a single row (per tensor).
+#[derive(Clone, Copy, Debug)]
+struct View {
+    rows: usize,
+    cols: usize,
+    /// `Linear` weights are `[in, out]`: their per-channel view is the transpose.
+    transposed: bool,
+    /// `[in, out]` of a `Linear` weight.
+    linear: [usize; 2],
+}
+
+impl View {
+    fn new(layout: &WeightLayout, per_channel: bool) -> Self {
+        let n = layout.numel();
+        let linear = [layout.shape[0], *layout.shape.get(1).unwrap_or(&1)];
+        match (per_channel, layout.kind) {
+            (false, _) => Self {
+                rows: 1,
+                cols: n,
+                transposed: false,
+                linear,
+            },
+            (true, LayerKind::Linear) => Self {
+                rows: linear[1],
+                cols: linear[0],
+                transposed: true,
+                linear,
+            },
+            (true, _) => Self {
+                rows: layout.out_channels(),
+                cols: n / layout.out_channels(),
+                transposed: false,
+                linear,
+            },
+        }
+    }
+
+    /// A weight of any rank → `[rows, cols]`.
+    fn flatten_rows<const D: usize, K: burn::tensor::kind::Basic>(&self, w: Tensor<D, K>) -> Tensor<2, K> {
+        if self.transposed {
+            w.reshape(self.linear).transpose()
+        } else {
+            w.reshape([self.rows, self.cols])
+        }
+    }
+
+    /// `[rows, cols]` → the weight's own shape.
+    fn unflatten_rows<const D: usize>(&self, v: Tensor<2>, shape: burn::tensor::Shape) -> Tensor<D> {
+        let v = if self.transposed { v.transpose() } else { v };
+        v.reshape(shape)
+    }
+
+    /// Row of each flat index (burn's layout).
+    fn row_of(&self, layout: &WeightLayout, i: usize) -> usize {
+        if self.rows == 1 {
+            0
+        } else {
+            layout.out_channel_of(i)
+        }
+    }
+}
+
+/// The clustering of a weight, as a transform any layer of the stack can apply.
+#[derive(Clone, Debug)]
+pub struct ClusterTransform {
+    view: View,
+    centroids: Tensor<2>,
+    zero_mask: Option<Tensor<2, Bool>>,
+    pinned: Option<Tensor<2, Bool>>,
+}
+
+impl ClusterTransform {
+    /// Nearest-centroid indices of a `[rows, cols]` view, `[rows, cols, 1]`.
+    fn indices(&self, view: Tensor<2>, centroids: Tensor<2>) -> Tensor<3, Int> {
+        let [rows, cols] = view.dims();
+        let k = centroids.dims()[1];
+        let mut distance = (view.detach().unsqueeze_dim::<3>(2)
+            - centroids.clone().detach().unsqueeze_dim::<3>(1))
+        .abs();
+        if let Some(pinned) = &self.pinned {
+            // Free weights never pick a pinned (zero) centroid.
+            let block = pinned.clone().unsqueeze_dim::<3>(1).expand([rows, cols, k]);
+            distance = distance.mask_fill(block, f32::INFINITY);
+        }
+        let index = distance.argmin(2);
+        match &self.zero_mask {
+            Some(zeros) => index.mask_fill(zeros.clone().unsqueeze_dim::<3>(2), 0),
+            None => index,
+        }
+    }
+}
+
+impl WeightTransform for ClusterTransform {
+    fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
+        let shape = weight.shape();
+        let view = self.view.flatten_rows(weight);
+        let centroids = match &self.pinned {
+            Some(pinned) => self.centroids.clone().mask_fill(pinned.clone(), 0.0),
+            None => self.centroids.clone(),
+        };
+        let index = self.indices(view.clone(), centroids.clone());
+        let [rows, cols] = view.dims();
+        let k = centroids.dims()[1];
+        let gathered: Tensor<2> = centroids
+            .unsqueeze_dim::<3>(1)
+            .expand([rows, cols, k])
+            .gather(2, index)
+            .reshape([rows, cols]);
+        // Value: the centroid. Gradient: identity to the weight, summed per cluster into the
+        // centroids through `gather`.
+        let mut clustered = gathered + (view.clone() - view.detach());
+        if let Some(zeros) = &self.zero_mask {
+            clustered = clustered.mask_fill(zeros.clone(), 0.0);
+        }
+        self.view.unflatten_rows(clustered, shape)
+    }
+}
+
+impl<L: WeightLayer> Clustered<L> {
+    /// Run k-means on `inner`'s effective weight and wrap it (see [`ClusteringConfig::wrap`]).
+    pub fn new(
+        inner: L,
+        config: &ClusteringConfig,
+        num_clusters: usize,
+        name: &str,
+    ) -> Result<Self, ClusterError> {
+        let layout = inner.layout();
+        let what = format!("{name} ({})", layout.describe());
+        let device = inner.effective_weight().device();
+        let weights = to_finite_vec_f32(inner.effective_weight(), &what)?;
+        if weights.is_empty() {
+            return Err(ClusterError::Empty { what });
+        }
+        let view = View::new(&layout, config.per_channel);
+        let preserve = config.preserve_sparsity;
+        let k_err = |reason: String| ClusterError::NumClusters {
+            what: what.clone(),
+            reason,
+        };
+        if num_clusters < 1 {
+            return Err(k_err(
+                "num_clusters is 0; use at least 1 (16 is TFMOT's usual choice)".into(),
+            ));
+        }
+        if preserve && num_clusters < 2 {
+            return Err(k_err(
+                "sparsity-preserving clustering needs num_clusters >= 2 (one is the fixed zero)"
+                    .into(),
+            ));
+        }
+        if num_clusters > view.cols {
+            let unit = if view.rows == 1 {
+                "tensor"
+            } else {
+                "output channel"
+            };
+            return Err(k_err(format!(
+                "num_clusters {num_clusters} exceeds the {} weights per {unit}; use at most {}{}",
+                view.cols,
+                view.cols,
+                if view.rows > 1 {
+                    " or per-tensor clustering"
+                } else {
+                    ""
+                }
+            )));
+        }
+
+        // Group weights by row (channel), excluding preserved zeros.
+        let mut rows: Vec<Vec<f32>> = vec![Vec::with_capacity(view.cols); view.rows];
+        let zero_mask: Vec<bool> = weights.iter().map(|w| preserve && *w == 0.0).collect();
+        for (i, w) in weights.iter().enumerate() {
+            if !zero_mask[i] {
+                rows[view.row_of(&layout, i)].push(*w);
+            }
+        }
+        let free = num_clusters - usize::from(preserve);
+        let mut k_free = free;
+        if view.rows == 1 {
+            let distinct = distinct_count(&rows[0]);
+            if distinct < free {
+                tracing::warn!(layer = %what, num_clusters, distinct, "fewer distinct weights than clusters; using fewer clusters");
+                k_free = distinct.max(1);
+            }
+        } else if let Some((r, d)) = rows
+            .iter()
+            .map(|r| distinct_count(r))
+            .enumerate()
+            .find(|(_, d)| *d < free)
+        {
+            tracing::warn!(layer = %what, channel = r, distinct = d, num_clusters, "a channel has fewer distinct weights than clusters; its centroids repeat");
+        }
+        let k = k_free + usize::from(preserve);
+        let mut table = Vec::with_capacity(view.rows * k);
+        for (r, values) in rows.iter().enumerate() {
+            if preserve {
+                table.push(0.0);
+            }
+            let seed = config.seed.wrapping_add(r as u64);
+            table.extend(kmeans(values, k_free, config.init, seed).centroids);
+            if values.is_empty() {
+                tracing::warn!(layer = %what, channel = r, "channel is all zeros; its free centroids are 0");
+            }
+        }
+        let centroids = Tensor::<2>::from_data(TensorData::new(table, [view.rows, k]), &device);
+        let pinned: Vec<bool> = (0..view.rows * k).map(|i| preserve && i % k == 0).collect();
+        let pinned = Tensor::<2, Bool>::from_data(TensorData::new(pinned, [view.rows, k]), &device);
+        Ok(Self {
+            inner,
+            centroids: Param::from_tensor(centroids),
+            zero_mask: StateTensor::new(bool_tensor(zero_mask, &device)),
+            pinned: StateTensor::new(pinned),
+            per_channel: config.per_channel,
+            preserve_sparsity: preserve,
+        })
+    }
+
+    /// Forward pass with the clustered weight.
+    ///
+    /// # Shapes
+    /// As the wrapped layer.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D>
+    where
+        L: LayerForward<D>,
+    {
+        self.forward_transformed(input, &collab_core::NoTransform)
+    }
+
+    /// Centroids per row (`k`).
+    pub fn num_clusters(&self) -> usize {
+        self.centroids.dims()[1]
+    }
+
+    /// Whether each output channel has its own centroids.
+    pub fn per_channel(&self) -> bool {
+        self.per_channel
+    }
+
+    /// The current centroid table, one row per channel (or one row).
+    pub fn centroid_table(&self) -> Vec<Vec<f32>> {
+        let k = self.num_clusters();
+        let mut values = to_vec_f32(self.transform().centroids_effective());
+        values.truncate(self.centroids.dims()[0] * k);
+        values.chunks(k).map(|c| c.to_vec()).collect()
+    }
+
+    fn transform(&self) -> ClusterTransform {
+        let layout = self.inner.layout();
+        ClusterTransform {
+            view: View::new(&layout, self.per_channel),
+            centroids: self.centroids.val(),
+            zero_mask: self
+                .preserve_sparsity
+                .then(|| View::new(&layout, self.per_channel).flatten_rows(self.zero_mask.get())),
+            pinned: self.preserve_sparsity.then(|| self.pinned.get()),
+        }
+    }
+
+    /// Per-layer figures from the effective weight.
+    pub fn report(&self, name: &str) -> ClusterReport {
+        let layout = self.inner.layout();
+        let values = to_vec_f32(self.effective_weight());
+        let channels = layout.out_channels();
+        let mut per_channel: Vec<Vec<f32>> = vec![Vec::new(); channels];
+        for (i, v) in values.iter().enumerate() {
+            per_channel[layout.out_channel_of(i)].push(*v);
+        }
+        ClusterReport {
+            name: name.to_string(),
+            layer: layout.describe(),
+            weights: values.len(),
+            zeros: values.iter().filter(|v| **v == 0.0).count(),
+            unique_per_tensor: distinct_count(&values),
+            max_unique_per_channel: per_channel
+                .iter()
+                .map(|c| distinct_count(c))
+                .max()
+                .unwrap_or(0),
+            num_clusters: self.num_clusters(),
+            per_channel: self.per_channel,
+            centroids: self.centroid_table(),
+        }
+    }
+}
+
+impl ClusterTransform {
+    fn centroids_effective(&self) -> Tensor<2> {
+        match &self.pinned {
+            Some(pinned) => self.centroids.clone().mask_fill(pinned.clone(), 0.0),
+            None => self.centroids.clone(),
+        }
+    }
+}
+
+/// Number of distinct values (by bit pattern, with -0.0 = 0.0).
+pub fn distinct_count(values: &[f32]) -> usize {
+    let mut bits: Vec<u32> = values
+        .iter()
+        .map(|v| if *v == 0.0 { 0 } else { v.to_bits() })
+        .collect();
+    bits.sort_unstable();
+    bits.dedup();
+    bits.len()
+}
+
+impl<L: WeightLayer> WeightLayer for Clustered<L> {
+    type Plain = L::Plain;
+
+    fn layout(&self) -> WeightLayout {
+        self.inner.layout()
+    }
+
+    fn effective_weight(&self) -> Tensor<1> {
+        self.transform().apply(self.inner.effective_weight())
+    }
+
+    /// The plain layer whose weight holds only centroid values.
+    fn strip(self) -> Self::Plain {
+        let transform = self.transform();
+        let transform = ClusterTransform {
+            centroids: transform.centroids.clone().detach(),
+            ..transform
+        };
+        self.inner
+            .strip()
+            .map_weight(|w| transform.apply(w).detach())
+    }
+}
+
+impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Clustered<L> {
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> Tensor<D> {
+        let cluster = self.transform();
+        self.inner.forward_transformed(
+            input,
+            &Chain {
+                first: &cluster,
+                then: transform,
+            },
+        )
+    }
+}

@@ -1,0 +1,32 @@
+//! Weight clustering for burn layers.
+//!
+//! Wrap a `Linear`, `Conv1d` or `Conv2d` (depthwise and grouped included), or a
+//! [`Prunable`](https://docs.rs/collab-prune) one, in [`Clustered`] through a
+//! [`ClusteringConfig`]: k-means (k-means++ / linear / random / density init, then Lloyd)
+//! chooses `num_clusters` centroids per tensor or per output channel, the forward pass uses the
+//! nearest centroid for every weight, and training moves both the weights and the centroids.
+//! [`strip`](collab_core::WeightLayer::strip) returns the plain burn layer with at most k values
+//! per tensor (or per channel).
+//!
+//! ```no_run
+//! use burn::nn::conv::Conv2dConfig;
+//! use burn::tensor::Device;
+//! use collab_cluster::ClusteringConfig;
+//! use collab_core::WeightLayer;
+//!
+//! let device = Device::flex().autodiff();
+//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
+//! let conv = ClusteringConfig::new(16).with_per_channel(true).wrap(conv)?;
+//! let plain = conv.strip(); // ≤ 16 distinct values per output channel
+//! # Ok::<(), collab_cluster::ClusterError>(())
+//! ```
+
+pub mod clustered;
+pub mod config;
+pub mod error;
+pub mod kmeans;
+
+pub use clustered::{ClusterReport, ClusterTransform, Clustered, distinct_count};
+pub use config::ClusteringConfig;
+pub use error::ClusterError;
+pub use kmeans::{CentroidInit, KMeans, kmeans};
