@@ -3,6 +3,7 @@
 //!
 //! This umbrella crate re-exports the workspace crates and owns the runnable `examples/`.
 
+pub use collab_cluster as cluster;
 pub use collab_core as core;
 pub use collab_data as data;
 pub use collab_prune as prune;

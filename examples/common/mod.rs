@@ -11,6 +11,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
+use burn_collab::cluster::{ClusterError, Clustered, ClusteringConfig};
 use burn_collab::core::{LayerForward, WeightLayer, WeightLayout};
 use burn_collab::data::ImageSet;
 use burn_collab::prune::{Prunable, PruneError, PruningConfig};
@@ -30,6 +31,7 @@ pub struct SmallCnn<C, L> {
 
 pub type PlainCnn = SmallCnn<Conv2d, Linear>;
 pub type PrunedCnn = SmallCnn<Prunable<Conv2d>, Prunable<Linear>>;
+pub type ClusteredCnn = SmallCnn<Clustered<Conv2d>, Clustered<Linear>>;
 
 impl PlainCnn {
     /// Input `[batch, 1, h, w]`, `width` channels after the stem, `classes` outputs.
@@ -62,6 +64,34 @@ impl PlainCnn {
             pw2: config.wrap(self.pw2)?,
             fc: config.wrap(self.fc)?,
         })
+    }
+}
+
+impl PlainCnn {
+    /// Cluster every layer (depthwise included); `config.overrides` are looked up by layer name.
+    pub fn clustered(self, config: &ClusteringConfig) -> Result<ClusteredCnn, ClusterError> {
+        Ok(SmallCnn {
+            conv: config.wrap_named("conv", self.conv)?,
+            dw1: config.wrap_named("dw1", self.dw1)?,
+            pw1: config.wrap_named("pw1", self.pw1)?,
+            dw2: config.wrap_named("dw2", self.dw2)?,
+            pw2: config.wrap_named("pw2", self.pw2)?,
+            fc: config.wrap_named("fc", self.fc)?,
+        })
+    }
+}
+
+impl ClusteredCnn {
+    /// Back to plain burn layers holding only centroid values.
+    pub fn strip(self) -> PlainCnn {
+        SmallCnn {
+            conv: self.conv.strip(),
+            dw1: self.dw1.strip(),
+            pw1: self.pw1.strip(),
+            dw2: self.dw2.strip(),
+            pw2: self.pw2.strip(),
+            fc: self.fc.strip(),
+        }
     }
 }
 

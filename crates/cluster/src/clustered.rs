@@ -105,7 +105,10 @@ impl View {
     }
 
     /// A weight of any rank → `[rows, cols]`.
-    fn flatten_rows<const D: usize, K: burn::tensor::kind::Basic>(&self, w: Tensor<D, K>) -> Tensor<2, K> {
+    fn flatten_rows<const D: usize, K: burn::tensor::kind::Basic>(
+        &self,
+        w: Tensor<D, K>,
+    ) -> Tensor<2, K> {
         if self.transposed {
             w.reshape(self.linear).transpose()
         } else {
@@ -114,7 +117,11 @@ impl View {
     }
 
     /// `[rows, cols]` → the weight's own shape.
-    fn unflatten_rows<const D: usize>(&self, v: Tensor<2>, shape: burn::tensor::Shape) -> Tensor<D> {
+    fn unflatten_rows<const D: usize>(
+        &self,
+        v: Tensor<2>,
+        shape: burn::tensor::Shape,
+    ) -> Tensor<D> {
         let v = if self.transposed { v.transpose() } else { v };
         v.reshape(shape)
     }
