@@ -13,13 +13,11 @@ use std::time::Instant;
 
 use burn::nn::LinearConfig;
 use burn::nn::conv::Conv2dConfig;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use burn_collab::cluster::ClusteringConfig;
-use burn_collab::core::{LayerForward, WeightLayer};
+use burn_collab::core::WeightLayer;
 use clap::Parser;
-use common::{PlainCnn, SmallCnn};
+use common::{PlainCnn, median, random_batch, time_steps};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -81,30 +79,6 @@ fn time_kmeans(
     Ok((total + s, worst.max(s), weights))
 }
 
-fn time_steps<C: LayerForward<4>, L: LayerForward<2>>(
-    mut model: SmallCnn<C, L>,
-    x: &Tensor<4>,
-    y: &Tensor<1, Int>,
-    steps: usize,
-) -> (SmallCnn<C, L>, f64) {
-    let device = x.device();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut optim = AdamConfig::new().init();
-    let mut times = Vec::new();
-    for i in 0..steps + 2 {
-        let start = Instant::now();
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-        let _ = model.fc.effective_weight().into_data();
-        if i >= 2 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    (model, times[times.len() / 2])
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     for per_channel in [false, true] {
@@ -125,18 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::flex().autodiff();
     device.seed(0);
     let (batch, size, width) = (64, 32, 64);
-    let x = Tensor::<4>::random(
-        [batch, 1, size, size],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let y = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            (0..batch as i64).map(|i| i % 10).collect::<Vec<_>>(),
-            [batch],
-        ),
-        &device,
-    );
+    let (x, y) = random_batch(batch, size, &device);
     let mut plain = PlainCnn::new(width, 10, &device);
     let config = ClusteringConfig::new(8).with_per_channel(true);
     let mut clustered = PlainCnn::new(width, 10, &device).clustered(&config)?;
@@ -153,9 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         a.push(t_plain);
         b.push(t_clustered);
     }
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let (a, b) = (a[a.len() / 2], b[b.len() / 2]);
+    let (a, b) = (median(a), median(b));
     println!("SmallCnn width {width}, batch {batch}, {size}x{size}, flex CPU, k=8 per channel");
     println!(
         "median train step: plain {a:.2} ms, Clustered {b:.2} ms, ratio {:.3} (goal <= 1.15)",

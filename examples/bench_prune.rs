@@ -8,15 +8,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::time::Instant;
-
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_collab::core::LayerForward;
+use burn::tensor::Device;
 use burn_collab::prune::{PruningConfig, PruningSchedule};
 use clap::Parser;
-use common::{PlainCnn, SmallCnn};
+use common::{PlainCnn, median, random_batch, time_steps};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -37,48 +32,11 @@ struct Args {
     steps: usize,
 }
 
-/// Median milliseconds of `steps` training steps (forward + backward + Adam) after 2 warm-up steps.
-fn time_steps<C: LayerForward<4>, L: LayerForward<2>>(
-    mut model: SmallCnn<C, L>,
-    x: &Tensor<4>,
-    y: &Tensor<1, Int>,
-    steps: usize,
-) -> (SmallCnn<C, L>, f64) {
-    let device = x.device();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut optim = AdamConfig::new().init();
-    let mut times = Vec::new();
-    for i in 0..steps + 2 {
-        let start = Instant::now();
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-        // Wait for the step to finish (flex is eager; this also covers lazy backends).
-        let _ = model.fc.effective_weight().into_data();
-        if i >= 2 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    (model, times[times.len() / 2])
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = Device::flex().autodiff();
     device.seed(0);
-    let x = Tensor::<4>::random(
-        [args.batch, 1, args.size, args.size],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let y = Tensor::<1, Int>::from_data(
-        burn::tensor::TensorData::new(
-            (0..args.batch as i64).map(|i| i % 10).collect::<Vec<_>>(),
-            [args.batch],
-        ),
-        &device,
-    );
+    let (x, y) = random_batch(args.batch, args.size, &device);
     let mut plain = PlainCnn::new(args.width, 10, &device);
     // 50% from the first step, a mask update every 100 steps (TFMOT's default frequency).
     let config = PruningConfig::new(PruningSchedule::constant(0.5).with_frequency(100));
@@ -96,9 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         plain_ms.push(t_plain);
         pruned_ms.push(t_pruned);
     }
-    plain_ms.sort_by(f64::total_cmp);
-    pruned_ms.sort_by(f64::total_cmp);
-    let (a, b) = (plain_ms[plain_ms.len() / 2], pruned_ms[pruned_ms.len() / 2]);
+    let (a, b) = (median(plain_ms), median(pruned_ms));
     println!(
         "backend flex (CPU), {} threads available; SmallCnn width {}, batch {}, {}x{} input",
         std::thread::available_parallelism().map_or(1, |n| n.get()),

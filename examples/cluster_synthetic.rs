@@ -65,12 +65,7 @@ struct Summary {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logging();
     let args = Args::parse();
     let generator = SyntheticImages {
         num_classes: 10,
@@ -156,10 +151,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows,
     };
     if let Some(path) = &args.json {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)?;
-        std::fs::rename(&tmp, path)?;
-        println!("wrote {}", path.display());
+        common::write_json(path, &summary)?;
     }
     Ok(())
 }

@@ -72,12 +72,7 @@ struct Summary {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logging();
     let args = Args::parse();
     let schedule_check = PruningSchedule::polynomial(0.0, args.sparsity, 0, 1);
     schedule_check.validate()?;
@@ -203,10 +198,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     if let Some(path) = &args.json {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)?;
-        std::fs::rename(&tmp, path)?;
-        println!("wrote {}", path.display());
+        common::write_json(path, &summary)?;
     }
     Ok(())
 }

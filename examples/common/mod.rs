@@ -56,56 +56,42 @@ impl PlainCnn {
 
     /// Wrap every layer (depthwise included) in `Prunable`.
     pub fn prunable(self, config: &PruningConfig) -> Result<PrunedCnn, PruneError> {
-        Ok(SmallCnn {
-            conv: config.wrap(self.conv)?,
-            dw1: config.wrap(self.dw1)?,
-            pw1: config.wrap(self.pw1)?,
-            dw2: config.wrap(self.dw2)?,
-            pw2: config.wrap(self.pw2)?,
-            fc: config.wrap(self.fc)?,
-        })
+        self.try_map(|_, c| config.wrap(c), |_, l| config.wrap(l))
     }
-}
 
-impl PlainCnn {
     /// Cluster every layer (depthwise included); `config.overrides` are looked up by layer name.
     pub fn clustered(self, config: &ClusteringConfig) -> Result<ClusteredCnn, ClusterError> {
+        self.try_map(
+            |n, c| config.wrap_named(n, c),
+            |n, l| config.wrap_named(n, l),
+        )
+    }
+}
+
+impl<C: WeightLayer<Plain = Conv2d>, L: WeightLayer<Plain = Linear>> SmallCnn<C, L> {
+    /// Back to plain burn layers holding the effective weights (zeros, centroid values).
+    pub fn strip(self) -> PlainCnn {
+        self.try_map::<_, _, std::convert::Infallible>(|_, c| Ok(c.strip()), |_, l| Ok(l.strip()))
+            .unwrap_or_else(|never| match never {})
+    }
+}
+
+impl<C, L> SmallCnn<C, L> {
+    /// Rebuild with every conv layer passed through `conv(name, layer)` and the linear one
+    /// through `linear(name, layer)`.
+    pub fn try_map<C2, L2, E>(
+        self,
+        conv: impl Fn(&str, C) -> Result<C2, E>,
+        linear: impl Fn(&str, L) -> Result<L2, E>,
+    ) -> Result<SmallCnn<C2, L2>, E> {
         Ok(SmallCnn {
-            conv: config.wrap_named("conv", self.conv)?,
-            dw1: config.wrap_named("dw1", self.dw1)?,
-            pw1: config.wrap_named("pw1", self.pw1)?,
-            dw2: config.wrap_named("dw2", self.dw2)?,
-            pw2: config.wrap_named("pw2", self.pw2)?,
-            fc: config.wrap_named("fc", self.fc)?,
+            conv: conv("conv", self.conv)?,
+            dw1: conv("dw1", self.dw1)?,
+            pw1: conv("pw1", self.pw1)?,
+            dw2: conv("dw2", self.dw2)?,
+            pw2: conv("pw2", self.pw2)?,
+            fc: linear("fc", self.fc)?,
         })
-    }
-}
-
-impl ClusteredCnn {
-    /// Back to plain burn layers holding only centroid values.
-    pub fn strip(self) -> PlainCnn {
-        SmallCnn {
-            conv: self.conv.strip(),
-            dw1: self.dw1.strip(),
-            pw1: self.pw1.strip(),
-            dw2: self.dw2.strip(),
-            pw2: self.pw2.strip(),
-            fc: self.fc.strip(),
-        }
-    }
-}
-
-impl PrunedCnn {
-    /// Back to plain burn layers, pruned weights set to 0.
-    pub fn strip(self) -> PlainCnn {
-        SmallCnn {
-            conv: self.conv.strip(),
-            dw1: self.dw1.strip(),
-            pw1: self.pw1.strip(),
-            dw2: self.dw2.strip(),
-            pw2: self.pw2.strip(),
-            fc: self.fc.strip(),
-        }
     }
 }
 
@@ -138,6 +124,76 @@ impl<C: LayerForward<4>, L: LayerForward<2>> SmallCnn<C, L> {
             entry("fc", &self.fc),
         ]
     }
+}
+
+/// Median milliseconds of `steps` training steps (forward + backward + Adam) after 2 warm-up
+/// steps on a fixed batch.
+pub fn time_steps<C: LayerForward<4>, L: LayerForward<2>>(
+    mut model: SmallCnn<C, L>,
+    x: &Tensor<4>,
+    y: &Tensor<1, burn::tensor::Int>,
+    steps: usize,
+) -> (SmallCnn<C, L>, f64) {
+    let device = x.device();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut optim = AdamConfig::new().init();
+    let mut times = Vec::new();
+    for i in 0..steps + 2 {
+        let start = std::time::Instant::now();
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        // Wait for the step to finish (flex is eager; this also covers lazy backends).
+        let _ = model.fc.effective_weight().into_data();
+        if i >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    (model, median(times))
+}
+
+/// Median of `values` (upper median for even counts).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A fixed random batch `[batch, 1, size, size]` with labels cycling through 10 classes.
+pub fn random_batch(
+    batch: usize,
+    size: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<1, burn::tensor::Int>) {
+    let x = Tensor::<4>::random(
+        [batch, 1, size, size],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
+    let y = Tensor::from_data(burn::tensor::TensorData::new(labels, [batch]), device);
+    (x, y)
+}
+
+/// Logs to stderr, level from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Write `value` as pretty JSON to `path` through a temporary file and a rename.
+pub fn write_json<T: serde::Serialize>(
+    path: &std::path::Path,
+    value: &T,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(value)?)?;
+    std::fs::rename(&tmp, path)?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 /// A progress bar that draws on a terminal and stays silent otherwise (tracing logs instead).
