@@ -15,6 +15,7 @@ use burn_collab::cluster::{ClusterError, Clustered, ClusteringConfig};
 use burn_collab::core::{LayerForward, WeightLayer, WeightLayout};
 use burn_collab::data::ImageSet;
 use burn_collab::prune::{Prunable, PruneError, PruningConfig};
+use burn_collab::quant::{FusedActivation, QatAware, QatConfig, QuantError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A MobileNet-style CNN: conv 3×3/2 → (depthwise 3×3 → pointwise 1×1) ×2 → mean → linear.
@@ -32,6 +33,7 @@ pub struct SmallCnn<C, L> {
 pub type PlainCnn = SmallCnn<Conv2d, Linear>;
 pub type PrunedCnn = SmallCnn<Prunable<Conv2d>, Prunable<Linear>>;
 pub type ClusteredCnn = SmallCnn<Clustered<Conv2d>, Clustered<Linear>>;
+pub type QatCnn = SmallCnn<QatAware<Conv2d>, QatAware<Linear>>;
 
 impl PlainCnn {
     /// Input `[batch, 1, h, w]`, `width` channels after the stem, `classes` outputs.
@@ -57,6 +59,21 @@ impl PlainCnn {
     /// Wrap every layer (depthwise included) in `Prunable`.
     pub fn prunable(self, config: &PruningConfig) -> Result<PrunedCnn, PruneError> {
         self.try_map(|_, c| config.wrap(c), |_, l| config.wrap(l))
+    }
+
+    /// Wrap every layer for int8 QAT / PTQ: ReLU fused into each convolution, the model input
+    /// quantized by the first one, the logits by the linear layer.
+    pub fn qat(self, config: &QatConfig) -> Result<QatCnn, QuantError> {
+        let conv = config.clone().with_activation(FusedActivation::Relu);
+        self.try_map(
+            |name, c| conv.clone().with_input(name == "conv").wrap(c),
+            |_, l| {
+                config
+                    .clone()
+                    .with_activation(FusedActivation::None)
+                    .wrap(l)
+            },
+        )
     }
 
     /// Cluster every layer (depthwise included); `config.overrides` are looked up by layer name.

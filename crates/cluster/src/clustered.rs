@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_f32};
 use collab_core::{
-    Chain, LayerForward, LayerKind, PlainLayer, StateTensor, WeightLayer, WeightLayout,
+    Chain, ChannelView, LayerForward, PlainLayer, StateTensor, WeightLayer, WeightLayout,
     WeightTransform,
 };
 use serde::Serialize;
@@ -66,80 +66,10 @@ pub struct ClusterReport {
     pub centroids: Vec<Vec<f32>>,
 }
 
-/// The 2-D view clustering works on: `[rows, cols]` with one row per output channel (per
-/// channel) or a single row (per tensor).
-#[derive(Clone, Copy, Debug)]
-struct View {
-    rows: usize,
-    cols: usize,
-    /// `Linear` weights are `[in, out]`: their per-channel view is the transpose.
-    transposed: bool,
-    /// `[in, out]` of a `Linear` weight.
-    linear: [usize; 2],
-}
-
-impl View {
-    fn new(layout: &WeightLayout, per_channel: bool) -> Self {
-        let n = layout.numel();
-        let linear = [layout.shape[0], *layout.shape.get(1).unwrap_or(&1)];
-        match (per_channel, layout.kind) {
-            (false, _) => Self {
-                rows: 1,
-                cols: n,
-                transposed: false,
-                linear,
-            },
-            (true, LayerKind::Linear) => Self {
-                rows: linear[1],
-                cols: linear[0],
-                transposed: true,
-                linear,
-            },
-            (true, _) => Self {
-                rows: layout.out_channels(),
-                cols: n / layout.out_channels(),
-                transposed: false,
-                linear,
-            },
-        }
-    }
-
-    /// A weight of any rank → `[rows, cols]`.
-    fn flatten_rows<const D: usize, K: burn::tensor::kind::Basic>(
-        &self,
-        w: Tensor<D, K>,
-    ) -> Tensor<2, K> {
-        if self.transposed {
-            w.reshape(self.linear).transpose()
-        } else {
-            w.reshape([self.rows, self.cols])
-        }
-    }
-
-    /// `[rows, cols]` → the weight's own shape.
-    fn unflatten_rows<const D: usize>(
-        &self,
-        v: Tensor<2>,
-        shape: burn::tensor::Shape,
-    ) -> Tensor<D> {
-        let v = if self.transposed { v.transpose() } else { v };
-        v.reshape(shape)
-    }
-
-    /// Row of each flat index (burn's layout).
-    fn row_of(&self, layout: &WeightLayout, i: usize) -> usize {
-        if self.rows == 1 {
-            0
-        } else {
-            layout.out_channel_of(i)
-        }
-    }
-}
-
 /// The clustering of a weight, as a transform any layer of the stack can apply.
 #[derive(Clone, Debug)]
 pub struct ClusterTransform {
-    view: View,
+    view: ChannelView,
     centroids: Tensor<2>,
     zero_mask: Option<Tensor<2, Bool>>,
     pinned: Option<Tensor<2, Bool>>,
@@ -207,7 +137,7 @@ impl<L: WeightLayer> Clustered<L> {
         if weights.is_empty() {
             return Err(ClusterError::Empty { what });
         }
-        let view = View::new(&layout, config.per_channel);
+        let view = ChannelView::new(&layout, config.per_channel);
         let preserve = config.preserve_sparsity;
         let k_err = |reason: String| ClusterError::NumClusters {
             what: what.clone(),
@@ -323,11 +253,11 @@ impl<L: WeightLayer> Clustered<L> {
     fn transform(&self) -> ClusterTransform {
         let layout = self.inner.layout();
         ClusterTransform {
-            view: View::new(&layout, self.per_channel),
+            view: ChannelView::new(&layout, self.per_channel),
             centroids: self.centroids.val(),
-            zero_mask: self
-                .preserve_sparsity
-                .then(|| View::new(&layout, self.per_channel).flatten_rows(self.zero_mask.get())),
+            zero_mask: self.preserve_sparsity.then(|| {
+                ChannelView::new(&layout, self.per_channel).flatten_rows(self.zero_mask.get())
+            }),
             pinned: self.preserve_sparsity.then(|| self.pinned.get()),
         }
     }
@@ -384,6 +314,10 @@ impl<L: WeightLayer> WeightLayer for Clustered<L> {
 
     fn layout(&self) -> WeightLayout {
         self.inner.layout()
+    }
+
+    fn bias(&self) -> Option<Tensor<1>> {
+        self.inner.bias()
     }
 
     fn effective_weight(&self) -> Tensor<1> {

@@ -124,6 +124,83 @@ impl WeightLayout {
     }
 }
 
+/// A weight seen as `[rows, cols]`: one row per output channel (per-channel mode), or a single
+/// row holding the whole tensor. Per-channel statistics (cluster centroids, quantization scales)
+/// are computed along rows. For `Linear` (`[in, out]` in burn) the per-channel view is the
+/// transpose, so rows are output features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelView {
+    /// Output channels, or 1.
+    pub rows: usize,
+    /// Weights per row.
+    pub cols: usize,
+    transposed: bool,
+    linear: [usize; 2],
+}
+
+impl ChannelView {
+    /// The view of a weight with `layout`, per output channel or per tensor.
+    pub fn new(layout: &WeightLayout, per_channel: bool) -> Self {
+        let n = layout.numel();
+        let linear = [layout.shape[0], *layout.shape.get(1).unwrap_or(&1)];
+        match (per_channel, layout.kind) {
+            (false, _) => Self {
+                rows: 1,
+                cols: n,
+                transposed: false,
+                linear,
+            },
+            (true, LayerKind::Linear) => Self {
+                rows: linear[1],
+                cols: linear[0],
+                transposed: true,
+                linear,
+            },
+            (true, _) => Self {
+                rows: layout.out_channels(),
+                cols: n / layout.out_channels().max(1),
+                transposed: false,
+                linear,
+            },
+        }
+    }
+
+    /// A weight of any rank (or flattened) → `[rows, cols]`.
+    pub fn flatten_rows<const D: usize, K: burn::tensor::kind::Basic>(
+        &self,
+        weight: Tensor<D, K>,
+    ) -> Tensor<2, K> {
+        if self.transposed {
+            weight.reshape(self.linear).transpose()
+        } else {
+            weight.reshape([self.rows, self.cols])
+        }
+    }
+
+    /// `[rows, cols]` → `shape` (the weight's own shape).
+    pub fn unflatten_rows<const D: usize>(
+        &self,
+        view: Tensor<2>,
+        shape: burn::tensor::Shape,
+    ) -> Tensor<D> {
+        let view = if self.transposed {
+            view.transpose()
+        } else {
+            view
+        };
+        view.reshape(shape)
+    }
+
+    /// Row of flat index `i` (burn's layout).
+    pub fn row_of(&self, layout: &WeightLayout, i: usize) -> usize {
+        if self.rows == 1 {
+            0
+        } else {
+            layout.out_channel_of(i)
+        }
+    }
+}
+
 /// A change of a weight tensor applied inside the forward pass (mask, centroid gather,
 /// fake-quant). Generic over the rank so that one transform serves every layer.
 pub trait WeightTransform {
@@ -171,6 +248,9 @@ pub trait WeightLayer: Module + ModuleDisplay {
 
     /// The plain burn layer whose weight is [`effective_weight`](Self::effective_weight).
     fn strip(self) -> Self::Plain;
+
+    /// The bias the forward pass adds, `[out]` (wrappers leave it unchanged), if any.
+    fn bias(&self) -> Option<Tensor<1>>;
 }
 
 /// A [`WeightLayer`] whose forward maps a rank-`D` input to a rank-`D` output.
@@ -229,6 +309,10 @@ macro_rules! plain_layer {
 
             fn strip(self) -> Self {
                 self
+            }
+
+            fn bias(&self) -> Option<Tensor<1>> {
+                self.bias.as_ref().map(|b| b.val())
             }
         }
 

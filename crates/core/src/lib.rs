@@ -9,14 +9,16 @@
 //!
 //! See `docs/DESIGN.md` for why the wrappers are built this way.
 
+pub mod convbn;
 pub mod error;
 pub mod host;
 pub mod layer;
 pub mod state;
 
+pub use convbn::ConvBn;
 pub use error::CoreError;
 pub use layer::{
-    Chain, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer, WeightLayout,
-    WeightTransform,
+    Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,
+    WeightLayout, WeightTransform,
 };
 pub use state::{Counter, StateTensor};

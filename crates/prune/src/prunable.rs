@@ -219,6 +219,10 @@ impl<L: WeightLayer> WeightLayer for Prunable<L> {
         self.inner.layout()
     }
 
+    fn bias(&self) -> Option<Tensor<1>> {
+        self.inner.bias()
+    }
+
     fn effective_weight(&self) -> Tensor<1> {
         MaskTransform {
             mask: self.mask.get(),

@@ -1,0 +1,198 @@
+//! `ConvBn<C>`: a convolution followed by BatchNorm, computed with the BatchNorm folded into
+//! the convolution's weight and bias (running statistics, so the statistics are frozen).
+//!
+//! This is the block the compression stages work on: its effective weight is the folded
+//! weight, so pruning, clustering and fake-quantisation wrapped around it act on exactly the
+//! weight the int8 file will hold (`strip` returns a plain `Conv2d` with the folded weight and
+//! bias, and no BatchNorm). `gamma`, `beta`, the convolution weight and bias keep training;
+//! `running_mean` / `running_var` do not change. Train from scratch with a plain `Conv2d` and
+//! `BatchNorm`; fine-tune and compress with `ConvBn`.
+//!
+//! Folding: `factor = gamma / sqrt(running_var + eps)`, `w' = w · factor` (per output
+//! channel), `b' = beta + (b - running_mean) · factor`.
+
+use burn::module::{Module, Param};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
+
+use crate::{Chain, LayerForward, PlainLayer, WeightLayer, WeightLayout, WeightTransform};
+
+/// A convolution (`Conv2d` or a wrapper around one) with its BatchNorm folded in.
+#[derive(Module, Debug)]
+pub struct ConvBn<C> {
+    /// The convolution (its own bias, if any, is folded too).
+    pub conv: C,
+    /// The BatchNorm after it; only `gamma`, `beta` and the running statistics are used.
+    pub bn: BatchNorm,
+}
+
+/// Multiplies each output channel's weights by its BatchNorm factor.
+struct Fold {
+    /// `[out]`.
+    factor: Tensor<1>,
+}
+
+impl WeightTransform for Fold {
+    fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
+        let shape = weight.shape();
+        let out = self.factor.dims()[0];
+        let rows: Tensor<2> = weight.reshape([out as i32, -1]);
+        (rows * self.factor.clone().unsqueeze_dim::<2>(1)).reshape(shape)
+    }
+}
+
+impl<C: WeightLayer<Plain = Conv2d>> ConvBn<C> {
+    /// Join a convolution and the BatchNorm that follows it.
+    pub fn new(conv: C, bn: BatchNorm) -> Self {
+        Self { conv, bn }
+    }
+
+    /// `gamma / sqrt(running_var + eps)`, `[out]`.
+    pub fn factor(&self) -> Tensor<1> {
+        let var = self
+            .bn
+            .running_var
+            .value()
+            .to_device(&self.bn.gamma.val().device());
+        self.bn.gamma.val() / (var + self.bn.epsilon).sqrt()
+    }
+
+    /// The folded bias `beta + (b - running_mean) · factor`, `[out]`, given the conv bias `b`.
+    fn folded_bias(&self, bias: Option<Tensor<1>>, factor: Tensor<1>) -> Tensor<1> {
+        let beta = self.bn.beta.val();
+        let mean = self.bn.running_mean.value().to_device(&beta.device());
+        let bias = match bias {
+            Some(b) => b - mean,
+            None => mean.neg(),
+        };
+        beta + bias * factor
+    }
+}
+
+impl<C: WeightLayer<Plain = Conv2d>> WeightLayer for ConvBn<C> {
+    type Plain = Conv2d;
+
+    fn layout(&self) -> WeightLayout {
+        self.conv.layout()
+    }
+
+    fn bias(&self) -> Option<Tensor<1>> {
+        Some(self.folded_bias(self.conv.bias(), self.factor()))
+    }
+
+    fn effective_weight(&self) -> Tensor<1> {
+        Fold {
+            factor: self.factor(),
+        }
+        .apply(self.conv.effective_weight())
+    }
+
+    /// A plain `Conv2d` with the folded weight and bias.
+    fn strip(self) -> Conv2d {
+        let factor = self.factor().detach();
+        let bias = self.folded_bias(self.conv.bias(), factor.clone()).detach();
+        let fold = Fold { factor };
+        let mut conv = self.conv.strip().map_weight(|w| fold.apply(w));
+        let require_grad = conv.weight.val().is_require_grad();
+        let bias = if require_grad {
+            bias.require_grad()
+        } else {
+            bias
+        };
+        conv.bias = Some(match conv.bias {
+            Some(param) => Param::initialized(param.id, bias),
+            None => Param::from_tensor(bias),
+        });
+        conv
+    }
+}
+
+impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<4>,
+        transform: &T,
+    ) -> Tensor<4> {
+        let factor = self.factor();
+        let fold = Fold {
+            factor: factor.clone(),
+        };
+        // The conv adds its own bias `b`; shift it to the folded bias.
+        let conv_bias = self.conv.bias();
+        let shift = match conv_bias.clone() {
+            Some(b) => self.folded_bias(conv_bias, factor) - b,
+            None => self.folded_bias(None, factor),
+        };
+        let y = self.conv.forward_transformed(
+            input,
+            &Chain {
+                first: &fold,
+                then: transform,
+            },
+        );
+        y + shift.reshape([1, -1, 1, 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::BatchNormConfig;
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution};
+
+    fn bn_with_stats(channels: usize, device: &Device) -> BatchNorm {
+        let mut bn = BatchNormConfig::new(channels)
+            .with_epsilon(1e-3)
+            .init(device);
+        bn.gamma = Param::from_tensor(Tensor::random(
+            [channels],
+            Distribution::Uniform(0.5, 1.5),
+            device,
+        ));
+        bn.beta = Param::from_tensor(Tensor::random(
+            [channels],
+            Distribution::Normal(0.0, 0.5),
+            device,
+        ));
+        bn.running_mean = burn::module::RunningState::new(Tensor::random(
+            [channels],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        ));
+        bn.running_var = burn::module::RunningState::new(Tensor::random(
+            [channels],
+            Distribution::Uniform(0.2, 3.0),
+            device,
+        ));
+        bn
+    }
+
+    #[test]
+    fn folding_leaves_the_float_output_unchanged() {
+        let device = Device::flex();
+        for (groups, bias) in [(1, true), (1, false), (6, true)] {
+            let conv = Conv2dConfig::new([6, 6], [3, 3])
+                .with_groups(groups)
+                .with_bias(bias)
+                .with_padding(PaddingConfig2d::Same)
+                .init(&device);
+            let bn = bn_with_stats(6, &device);
+            let x = Tensor::<4>::random([2, 6, 7, 5], Distribution::Normal(0.0, 1.0), &device);
+            let reference = bn.valid().forward(conv.forward(x.clone()));
+            let block = ConvBn::new(conv, bn);
+            let folded = block.forward(x.clone());
+            let stripped = block.strip().forward(x);
+            for out in [folded, stripped] {
+                let err = (out - reference.clone()).abs().max().into_scalar::<f32>();
+                let scale = reference.clone().abs().max().into_scalar::<f32>();
+                assert!(
+                    err <= 1e-5 * scale.max(1.0),
+                    "groups {groups}, bias {bias}: max error {err} vs scale {scale}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! `ActQuant`: per-tensor asymmetric int8 fake quantization of activations with a range that is
+//! learned from data: a moving average of batch min/max in training, frozen in evaluation, or
+//! calibrated over representative batches (PTQ).
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use collab_core::host::{to_finite_vec_f32, to_vec_f32};
+use collab_core::{Counter, StateTensor};
+use serde::{Deserialize, Serialize};
+
+use crate::fake::with_straight_through;
+use crate::{QuantError, QuantParams};
+
+/// How calibration (PTQ) turns the observed batches into a range.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Calibration {
+    /// The smallest and largest value seen over all calibration batches.
+    MinMax,
+    /// The `percentile`-th and `(100 − percentile)`-th percentiles of each batch, averaged over
+    /// batches: clips rare outliers (e.g. 99.99).
+    Percentile {
+        /// In (50, 100].
+        percentile: f64,
+    },
+}
+
+/// Settings of an activation quantizer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActQuantConfig {
+    /// Moving-average decay of the range in training (TFMOT: 0.999).
+    pub decay: f64,
+    /// Range rule used while calibrating.
+    pub calibration: Calibration,
+}
+
+impl Default for ActQuantConfig {
+    fn default() -> Self {
+        Self {
+            decay: 0.999,
+            calibration: Calibration::MinMax,
+        }
+    }
+}
+
+impl ActQuantConfig {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), QuantError> {
+        if !(0.0..1.0).contains(&self.decay) {
+            return Err(QuantError::Setting {
+                field: "decay",
+                reason: format!("{} is not in [0, 1); TFMOT uses 0.999", self.decay),
+            });
+        }
+        if let Calibration::Percentile { percentile } = self.calibration
+            && !(percentile > 50.0 && percentile <= 100.0)
+        {
+            return Err(QuantError::Setting {
+                field: "percentile",
+                reason: format!("{percentile} is not in (50, 100]; 99.99 is a common choice"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Fake quantization of an activation tensor, per tensor, asymmetric int8.
+///
+/// - Training (autodiff device, training flag on): the range follows the batches,
+///   `min ← decay·min + (1 − decay)·batch_min` (the first batch sets it), then the batch is
+///   fake-quantized with it.
+/// - Evaluation: the range is frozen.
+/// - Calibration (flag set by [`crate::begin_calibration`]): the batch passes through
+///   unchanged and only the range is updated, by [`Calibration`].
+/// - Before any batch has been seen there is no range and the tensor passes unchanged.
+///
+/// `min`, `max` and the number of batches seen are module state, saved with the record.
+#[derive(Module, Debug)]
+pub struct ActQuant {
+    /// Lower end of the range, `[1]`.
+    pub min: StateTensor<1>,
+    /// Upper end of the range, `[1]`.
+    pub max: StateTensor<1>,
+    /// Batches that have set the range.
+    pub observed: Counter,
+    /// Training behaviour (range follows batches); cleared by `valid()`.
+    pub training: Param<burn::module::Flag>,
+    /// Calibration behaviour (PTQ).
+    pub calibrating: Param<burn::module::Flag>,
+    #[module(skip)]
+    config: ActQuantConfig,
+}
+
+impl ActQuant {
+    /// A quantizer with no range yet.
+    pub fn new(config: ActQuantConfig, device: &Device) -> Result<Self, QuantError> {
+        config.validate()?;
+        Ok(Self {
+            min: StateTensor::new(Tensor::zeros([1], device)),
+            max: StateTensor::new(Tensor::zeros([1], device)),
+            observed: Counter::new(0, device),
+            training: Param::from_bool(true),
+            calibrating: Param::from_bool(false),
+            config,
+        })
+    }
+
+    /// Fake-quantize `x` (see the type's documentation for when the range changes).
+    ///
+    /// # Shapes
+    /// Any; the output has the input's shape.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.calibrating.is_enabled() {
+            self.calibrate(&x);
+            return x;
+        }
+        let training = self.training.is_enabled() && x.device().is_autodiff();
+        if !training && self.range().is_none() {
+            return x;
+        }
+        // One read of the activation serves both the range update and the quantization.
+        let plain = x.clone().without_autodiff();
+        let shape = plain.shape();
+        let device = plain.device();
+        let n = shape.num_elements();
+        let mut values = to_vec_f32(plain.reshape([n]));
+        if training {
+            let (low, high) = values
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                    (lo.min(*v), hi.max(*v))
+                });
+            self.observe(low, high);
+        }
+        let Some((min, max)) = self.range() else {
+            return x;
+        };
+        match QuantParams::asymmetric(min, max) {
+            Ok(p) => {
+                p.fake_quant_slice(&mut values, 0);
+                let value =
+                    Tensor::<1>::from_data(TensorData::new(values, [n]), &device).reshape(shape);
+                with_straight_through(x, value, &p)
+            }
+            Err(err) => {
+                tracing::error!(%err, "activation range unusable; passing the tensor through");
+                x
+            }
+        }
+    }
+
+    /// The range on the host, if any batch has been seen.
+    pub fn range(&self) -> Option<(f32, f32)> {
+        (self.observed.get() > 0).then(|| {
+            let min = to_vec_f32(self.min.get())[0];
+            let max = to_vec_f32(self.max.get())[0];
+            (min, max)
+        })
+    }
+
+    /// The quantization parameters export will use.
+    pub fn params(&self, what: &str) -> Result<QuantParams, QuantError> {
+        let (min, max) = self.range().ok_or_else(|| QuantError::Uncalibrated {
+            what: what.to_string(),
+        })?;
+        QuantParams::asymmetric(min, max)
+    }
+
+    /// The batch's smallest and largest value, on the host.
+    fn batch_range<const D: usize>(x: &Tensor<D>) -> (f32, f32) {
+        let x = x.clone().without_autodiff();
+        let n = x.shape().num_elements();
+        let flat = x.reshape([n]);
+        let both = Tensor::cat(vec![flat.clone().min(), flat.max()], 0);
+        let values = to_vec_f32(both);
+        (values[0], values[1])
+    }
+
+    fn set_range(&self, min: f32, max: f32) {
+        let device = self.min.get().device();
+        self.min.set(Tensor::from_floats([min], &device));
+        self.max.set(Tensor::from_floats([max], &device));
+    }
+
+    fn observe(&self, low: f32, high: f32) {
+        if !(low.is_finite() && high.is_finite()) {
+            tracing::warn!("batch with non-finite activations left out of the range");
+            return;
+        }
+        match self.range() {
+            None => self.set_range(low, high),
+            Some((min, max)) => {
+                let d = self.config.decay as f32;
+                self.set_range(d * min + (1.0 - d) * low, d * max + (1.0 - d) * high);
+            }
+        }
+        self.observed.increment();
+    }
+
+    fn calibrate<const D: usize>(&self, x: &Tensor<D>) {
+        match self.config.calibration {
+            Calibration::MinMax => {
+                let (low, high) = Self::batch_range(x);
+                if !(low.is_finite() && high.is_finite()) {
+                    tracing::warn!("calibration batch with non-finite activations skipped");
+                    return;
+                }
+                match self.range() {
+                    None => self.set_range(low, high),
+                    Some((min, max)) => self.set_range(min.min(low), max.max(high)),
+                }
+            }
+            Calibration::Percentile { percentile } => {
+                let n = x.shape().num_elements();
+                let Ok(mut values) = to_finite_vec_f32(x.clone().reshape([n]), "activation") else {
+                    tracing::warn!("calibration batch with non-finite activations skipped");
+                    return;
+                };
+                values.sort_by(f32::total_cmp);
+                let pick = |q: f64| {
+                    let pos = ((q / 100.0) * (values.len() - 1) as f64).round() as usize;
+                    values[pos.min(values.len() - 1)] as f64
+                };
+                let (low, high) = (pick(100.0 - percentile), pick(percentile));
+                let count = self.observed.get() as f64 + 1.0;
+                let (old_low, old_high) = self
+                    .range()
+                    .map_or((low, high), |(a, b)| (a as f64, b as f64));
+                let new_low = old_low + (low - old_low) / count;
+                let new_high = old_high + (high - old_high) / count;
+                self.set_range(new_low as f32, new_high as f32);
+            }
+        }
+        self.observed.increment();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn batch(values: Vec<f32>, device: &Device) -> Tensor<2> {
+        let n = values.len();
+        Tensor::from_data(TensorData::new(values, [1, n]), device)
+    }
+
+    #[test]
+    fn ema_updates_in_training_and_freezes_in_eval() {
+        let device = Device::flex().autodiff();
+        let q = ActQuant::new(
+            ActQuantConfig {
+                decay: 0.9,
+                ..Default::default()
+            },
+            &device,
+        )
+        .unwrap();
+        assert!(q.range().is_none());
+        let _ = q.forward(batch(vec![-1.0, 2.0], &device));
+        assert_eq!(q.range(), Some((-1.0, 2.0)));
+        let _ = q.forward(batch(vec![-3.0, 4.0], &device));
+        let (min, max) = q.range().unwrap();
+        assert!(
+            (min - (-1.2)).abs() < 1e-6 && (max - 2.2).abs() < 1e-6,
+            "{min} {max}"
+        );
+        // Evaluation: frozen, and the output is fake-quantized with the frozen range.
+        let eval = q.valid();
+        let y = eval.forward(batch(vec![-10.0, 0.1, 10.0], &Device::flex()));
+        assert_eq!(eval.range(), q.range());
+        let p = q.params("q").unwrap();
+        let want: Vec<f32> = [-10.0, 0.1, 10.0]
+            .iter()
+            .map(|x| p.fake_quant(*x, 0))
+            .collect();
+        assert_eq!(collab_core::host::to_vec_f32(y), want);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let device = Device::flex();
+        assert!(
+            ActQuant::new(
+                ActQuantConfig {
+                    decay: 1.0,
+                    ..Default::default()
+                },
+                &device
+            )
+            .is_err()
+        );
+        let bad = ActQuantConfig {
+            calibration: Calibration::Percentile { percentile: 10.0 },
+            ..Default::default()
+        };
+        assert!(
+            ActQuant::new(bad, &device)
+                .unwrap_err()
+                .to_string()
+                .contains("percentile")
+        );
+        let q = ActQuant::new(ActQuantConfig::default(), &device).unwrap();
+        assert!(matches!(
+            q.params("out"),
+            Err(QuantError::Uncalibrated { .. })
+        ));
+    }
+}

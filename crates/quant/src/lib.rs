@@ -1,0 +1,39 @@
+//! Int8 quantization for burn layers, with TFLite's int8 arithmetic.
+//!
+//! - [`QuantParams`]: the one description of scales and zero points, shared by QAT, PTQ and
+//!   export.
+//! - [`QatAware`] (via [`QatConfig::wrap`]): quantization-aware training: symmetric int8 weight
+//!   fake-quant (per output channel for convolutions, per tensor or per channel for `Linear`),
+//!   asymmetric int8 activation fake-quant with moving-average ranges, fused ReLU / ReLU6,
+//!   straight-through gradients clipped to the range.
+//! - [`calibrate`]: post-training quantization: ranges from representative batches (min/max or
+//!   percentile), no training.
+//! - BatchNorm: wrap a [`collab_core::ConvBn`] block; it is computed with the BatchNorm folded
+//!   into the convolution (running statistics), so the weight quantized in training is the
+//!   weight the int8 file holds.
+//!
+//! ```no_run
+//! use burn::nn::conv::Conv2dConfig;
+//! use burn::tensor::{Device, Tensor};
+//! use collab_quant::{FusedActivation, QatConfig};
+//!
+//! let device = Device::flex().autodiff();
+//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
+//! let conv = QatConfig::new().with_activation(FusedActivation::Relu).wrap(conv)?;
+//! let y = conv.forward(Tensor::<4>::zeros([1, 8, 12, 12], &device)); // relu, fake-quantized
+//! # Ok::<(), collab_quant::QuantError>(())
+//! ```
+
+pub mod act;
+pub mod error;
+pub mod fake;
+pub mod params;
+pub mod ptq;
+pub mod qat;
+
+pub use act::{ActQuant, ActQuantConfig, Calibration};
+pub use error::QuantError;
+pub use fake::{fake_quant, fake_quant_per_tensor, round_half_away};
+pub use params::QuantParams;
+pub use ptq::{begin_calibration, calibrate, end_calibration};
+pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, WeightFakeQuant};

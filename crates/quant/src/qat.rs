@@ -1,0 +1,297 @@
+//! `QatAware<L>`: quantization-aware training of a weight layer, with TFLite's int8 arithmetic.
+
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use collab_core::host::to_vec_f32;
+use collab_core::{
+    Chain, ChannelView, LayerForward, LayerKind, PlainLayer, WeightLayer, WeightLayout,
+    WeightTransform,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::fake::{fake_quant, fake_quant_per_tensor};
+use crate::{ActQuant, ActQuantConfig, QuantError, QuantParams};
+
+/// The activation fused into a layer's output (TFLite's `fused_activation_function`): it is
+/// applied before the output quantizer, so the output range is the activation's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusedActivation {
+    /// No activation.
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
+
+impl FusedActivation {
+    /// Apply the activation.
+    pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::None => x,
+            Self::Relu => relu(x),
+            Self::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+}
+
+/// How a layer is quantized.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QatConfig {
+    /// Per-output-channel weight scales. `None`: TFLite's default, per channel for
+    /// convolutions (depthwise included), per tensor for `Linear`.
+    #[serde(default)]
+    pub weight_per_channel: Option<bool>,
+    /// Activation fused into the output.
+    #[serde(default)]
+    pub activation: FusedActivation,
+    /// Also quantize the layer's input (the model's first layer, or after a float op).
+    #[serde(default)]
+    pub quantize_input: bool,
+    /// Range rules of the activation quantizers.
+    #[serde(default)]
+    pub act: ActQuantConfig,
+}
+
+impl Default for QatConfig {
+    fn default() -> Self {
+        Self {
+            weight_per_channel: None,
+            activation: FusedActivation::None,
+            quantize_input: false,
+            act: ActQuantConfig::default(),
+        }
+    }
+}
+
+impl QatConfig {
+    /// TFLite defaults, no fused activation, output quantized only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fuse an activation.
+    pub fn with_activation(mut self, activation: FusedActivation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Quantize the input too.
+    pub fn with_input(mut self, quantize_input: bool) -> Self {
+        self.quantize_input = quantize_input;
+        self
+    }
+
+    /// Force per-channel (`true`) or per-tensor weight scales.
+    pub fn with_weight_per_channel(mut self, per_channel: bool) -> Self {
+        self.weight_per_channel = Some(per_channel);
+        self
+    }
+
+    /// Other activation-range rules.
+    pub fn with_act(mut self, act: ActQuantConfig) -> Self {
+        self.act = act;
+        self
+    }
+
+    /// Whether weights of a layer with `layout` get per-channel scales.
+    pub fn per_channel_for(&self, layout: &WeightLayout) -> bool {
+        self.weight_per_channel
+            .unwrap_or(layout.kind != LayerKind::Linear)
+    }
+
+    /// Wrap `layer` for quantization-aware training (or PTQ calibration).
+    pub fn wrap<L: WeightLayer>(&self, layer: L) -> Result<QatAware<L>, QuantError> {
+        QatAware::new(layer, self)
+    }
+}
+
+/// Symmetric int8 fake quantization of a weight, scales from its current largest magnitudes
+/// (per tensor or per output channel), as TFLite's converter computes them.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightFakeQuant {
+    view: ChannelView,
+}
+
+impl WeightFakeQuant {
+    /// For a weight with `layout`.
+    pub fn new(layout: &WeightLayout, per_channel: bool) -> Self {
+        Self {
+            view: ChannelView::new(layout, per_channel),
+        }
+    }
+}
+
+impl WeightTransform for WeightFakeQuant {
+    fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
+        if self.view.rows == 1 {
+            // One scale: computed on the host, exactly as `QuantParams::symmetric` does.
+            let n = weight.shape().num_elements();
+            let max_abs = to_vec_f32(weight.clone().detach().reshape([n]).abs().max())[0];
+            let p = QuantParams::symmetric(&[max_abs], false);
+            return fake_quant_per_tensor(weight, &p);
+        }
+        let shape = weight.shape();
+        let rows = self.view.flatten_rows(weight);
+        let max_abs = rows.clone().detach().abs().max_dim(1);
+        let scale = max_abs.clone().div_scalar(127.0);
+        let scale = scale
+            .clone()
+            .mask_where(max_abs.lower_equal_elem(0.0), scale.ones_like());
+        let zero_point = scale.zeros_like();
+        let quantized = fake_quant(rows, scale, zero_point, -127, 127);
+        self.view.unflatten_rows(quantized, shape)
+    }
+}
+
+/// All quantization parameters of one layer: what the int8 export writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerQuant {
+    /// The input's parameters, when this layer quantizes its input.
+    pub input: Option<QuantParams>,
+    /// The weight's (symmetric, per tensor or per output channel).
+    pub weight: QuantParams,
+    /// The output's (after the fused activation).
+    pub output: QuantParams,
+    /// The fused activation.
+    pub activation: FusedActivation,
+}
+
+/// A weight layer trained with int8 fake quantization of its weight, its output (after the
+/// fused activation) and optionally its input.
+///
+/// Wrap it around the layer as the int8 graph will see it: a `Linear`, `Conv1d`, `Conv2d`
+/// (depthwise included), a `ConvBn` block (BatchNorm folded), or a `Prunable` / `Clustered`
+/// stack, whose effective weight (zeros, centroid values) is what gets quantized.
+#[derive(Module, Debug)]
+pub struct QatAware<L> {
+    /// The wrapped layer.
+    pub inner: L,
+    /// Quantizer of the input, if the layer quantizes it.
+    pub input: Option<ActQuant>,
+    /// Quantizer of the output.
+    pub output: ActQuant,
+    #[module(skip)]
+    per_channel: bool,
+    #[module(skip)]
+    activation: FusedActivation,
+}
+
+impl<L: WeightLayer> QatAware<L> {
+    /// See [`QatConfig::wrap`].
+    pub fn new(inner: L, config: &QatConfig) -> Result<Self, QuantError> {
+        let device: Device = inner.effective_weight().device();
+        let per_channel = config.per_channel_for(&inner.layout());
+        Ok(Self {
+            input: if config.quantize_input {
+                Some(ActQuant::new(config.act.clone(), &device)?)
+            } else {
+                None
+            },
+            output: ActQuant::new(config.act.clone(), &device)?,
+            inner,
+            per_channel,
+            activation: config.activation,
+        })
+    }
+
+    /// Forward pass with fake-quantized input (if configured), weight and output.
+    ///
+    /// # Shapes
+    /// As the wrapped layer.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D>
+    where
+        L: LayerForward<D>,
+    {
+        self.forward_transformed(input, &collab_core::NoTransform)
+    }
+
+    fn weight_quant(&self) -> WeightFakeQuant {
+        WeightFakeQuant::new(&self.inner.layout(), self.per_channel)
+    }
+
+    /// The weight's quantization parameters, from the current effective weight of the layer
+    /// below (the float weight the int8 weight is computed from).
+    pub fn weight_params(&self) -> QuantParams {
+        let layout = self.inner.layout();
+        let view = ChannelView::new(&layout, self.per_channel);
+        let values = to_vec_f32(self.inner.effective_weight());
+        let mut max_abs = vec![0f32; view.rows];
+        for (i, v) in values.iter().enumerate() {
+            let r = view.row_of(&layout, i);
+            max_abs[r] = max_abs[r].max(v.abs());
+        }
+        QuantParams::symmetric(&max_abs, self.per_channel)
+    }
+
+    /// Input, weight and output parameters, for export.
+    pub fn layer_quant(&self, name: &str) -> Result<LayerQuant, QuantError> {
+        Ok(LayerQuant {
+            input: match &self.input {
+                Some(q) => Some(q.params(&format!("{name}.input"))?),
+                None => None,
+            },
+            weight: self.weight_params(),
+            output: self.output.params(&format!("{name}.output"))?,
+            activation: self.activation,
+        })
+    }
+
+    /// The fused activation.
+    pub fn activation(&self) -> FusedActivation {
+        self.activation
+    }
+
+    /// Whether weight scales are per output channel.
+    pub fn per_channel(&self) -> bool {
+        self.per_channel
+    }
+}
+
+impl<L: WeightLayer> WeightLayer for QatAware<L> {
+    type Plain = L::Plain;
+
+    fn layout(&self) -> WeightLayout {
+        self.inner.layout()
+    }
+
+    fn bias(&self) -> Option<Tensor<1>> {
+        self.inner.bias()
+    }
+
+    /// The fake-quantized weight (int8 values times their scales).
+    fn effective_weight(&self) -> Tensor<1> {
+        self.weight_quant().apply(self.inner.effective_weight())
+    }
+
+    /// The plain layer whose weight holds the fake-quantized values.
+    fn strip(self) -> Self::Plain {
+        let quant = self.weight_quant();
+        self.inner.strip().map_weight(|w| quant.apply(w).detach())
+    }
+}
+
+impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> Tensor<D> {
+        let input = match &self.input {
+            Some(q) => q.forward(input),
+            None => input,
+        };
+        let weight = self.weight_quant();
+        let y = self.inner.forward_transformed(
+            input,
+            &Chain {
+                first: &weight,
+                then: transform,
+            },
+        );
+        self.output.forward(self.activation.apply(y))
+    }
+}
