@@ -1,14 +1,22 @@
-//! Data sets for burn-collab.
-//!
-//! For now: [`synthetic`], deterministic built-in image sets that let every example and test run
-//! on a fresh machine with no download. Speech Commands, CIFAR-10 and image-folder loaders come
-//! with the data issue.
+//! Data sets for burn-collab: Speech Commands (WAV + the TensorFlow MFCC frontend the published
+//! DS-CNN weights were trained with), CIFAR-10 binaries, and deterministic synthetic sets that
+//! let every example and test run on a fresh machine with no download.
 
+pub mod cifar;
+pub mod mfcc;
+pub mod shared;
+pub mod speech;
 pub mod synthetic;
+pub mod wav;
 
+pub use cifar::{Cifar10, CifarAugment};
+pub use mfcc::{Frontend, MFCC_COEFFICIENTS, MFCC_FRAMES};
+pub use speech::{KWS_LABELS, KwsSet, SpeechCommands, Split, speaker_of, val_bucket};
 pub use synthetic::{ImageSet, SyntheticImages};
 
-/// Errors of the data crate.
+use std::path::{Path, PathBuf};
+
+/// Errors of the data crate; each names the file or setting and says what to do.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum DataError {
     /// A generator or loader setting is out of range.
@@ -19,4 +27,44 @@ pub enum DataError {
         /// Why it is rejected and what would be accepted.
         reason: String,
     },
+    /// A file or folder could not be read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's message.
+        reason: String,
+    },
+    /// A file is not in the expected format.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A data folder has no usable files.
+    #[error("{path}: {reason}")]
+    Empty {
+        /// The folder.
+        path: PathBuf,
+        /// What was expected there.
+        reason: String,
+    },
+}
+
+impl DataError {
+    pub(crate) fn io(path: &Path, err: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        }
+    }
+
+    pub(crate) fn format(path: &Path, reason: impl Into<String>) -> Self {
+        Self::Format {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
 }
