@@ -18,6 +18,19 @@ use burn::tensor::Tensor;
 
 use crate::{Chain, LayerForward, PlainLayer, WeightLayer, WeightLayout, WeightTransform};
 
+/// How [`ConvBn`] computes its forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BnMode {
+    /// BatchNorm folded into the convolution with its running statistics (frozen): what the
+    /// int8 graph computes. The default, for fine-tuning and compression.
+    #[default]
+    Folded,
+    /// Convolution, then BatchNorm as burn computes it (batch statistics in training, which
+    /// also update the running ones): for training from scratch. Wrappers then see the raw
+    /// convolution weight.
+    Batch,
+}
+
 /// A convolution (`Conv2d` or a wrapper around one) with its BatchNorm folded in.
 #[derive(Module, Debug)]
 pub struct ConvBn<C> {
@@ -25,6 +38,9 @@ pub struct ConvBn<C> {
     pub conv: C,
     /// The BatchNorm after it; only `gamma`, `beta` and the running statistics are used.
     pub bn: BatchNorm,
+    /// Folded (default) or batch-statistics forward pass.
+    #[module(skip)]
+    pub mode: BnMode,
 }
 
 /// Multiplies each output channel's weights by its BatchNorm factor.
@@ -45,7 +61,17 @@ impl WeightTransform for Fold {
 impl<C: WeightLayer<Plain = Conv2d>> ConvBn<C> {
     /// Join a convolution and the BatchNorm that follows it.
     pub fn new(conv: C, bn: BatchNorm) -> Self {
-        Self { conv, bn }
+        Self {
+            conv,
+            bn,
+            mode: BnMode::Folded,
+        }
+    }
+
+    /// The same block with another forward mode.
+    pub fn with_mode(mut self, mode: BnMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// `gamma / sqrt(running_var + eps)`, `[out]`.
@@ -114,6 +140,11 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
         input: Tensor<4>,
         transform: &T,
     ) -> Tensor<4> {
+        if self.mode == BnMode::Batch {
+            return self
+                .bn
+                .forward(self.conv.forward_transformed(input, transform));
+        }
         let factor = self.factor();
         let fold = Fold {
             factor: factor.clone(),

@@ -15,7 +15,7 @@ pub mod host;
 pub mod layer;
 pub mod state;
 
-pub use convbn::ConvBn;
+pub use convbn::{BnMode, ConvBn};
 pub use error::CoreError;
 pub use layer::{
     Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,

@@ -1,0 +1,75 @@
+//! The models of the published tables, built from the layers the wrappers accept.
+//!
+//! - [`DsCnn`]: DS-CNN S / M / L (Zhang et al. 2017, Arm ML-KWS-for-MCU), input MFCC
+//!   `[batch, 1, 49, 10]`, 12 classes; the published weights import with [`import::ds_cnn`].
+//! - [`MobileNetV1`] and [`MobileNetV2`]: width multiplier, ImageNet-224 and CIFAR variants.
+//!
+//! Every model is generic over its convolution type `C` and linear type `L`, so the same
+//! definition runs plain (`ConvBn<Conv2d>`, `Linear`) or wrapped (`Prunable<…>`,
+//! `Clustered<…>`, `QatAware<…>`); [`info`] gives parameter and MAC counts from the
+//! configuration alone.
+
+pub mod dscnn;
+pub mod import;
+pub mod info;
+pub mod mobilenet;
+
+pub use dscnn::{DsBlock, DsCnn, DsCnnConfig, DsCnnSize};
+pub use info::{LayerInfo, ModelInfo};
+pub use mobilenet::{
+    InvertedResidual, MobileNetV1, MobileNetV1Config, MobileNetV2, MobileNetV2Config, Variant,
+};
+
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{BatchNormConfig, PaddingConfig2d};
+use burn::tensor::Device;
+use collab_core::ConvBn;
+
+/// The plain convolution block every model is made of: a `Conv2d` with its BatchNorm.
+pub type ConvBlock = ConvBn<burn::nn::conv::Conv2d>;
+
+/// Errors of the models crate.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ModelError {
+    /// A configuration value that cannot build a model.
+    #[error("invalid model setting `{field}`: {reason}")]
+    Setting {
+        /// The setting.
+        field: &'static str,
+        /// Why, and what would work.
+        reason: String,
+    },
+    /// A weight file that does not fit the model.
+    #[error("{file}: {reason}")]
+    Weights {
+        /// The weight file.
+        file: String,
+        /// What is missing or mismatched.
+        reason: String,
+    },
+}
+
+/// A `kernel`×`kernel` convolution block (`groups` = `channels_in` for depthwise) with TF's
+/// SAME padding and a BatchNorm (`epsilon`, `momentum` as burn defines it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_block(
+    channels: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    groups: usize,
+    bias: bool,
+    epsilon: f64,
+    device: &Device,
+) -> ConvBlock {
+    let conv = Conv2dConfig::new(channels, kernel)
+        .with_stride(stride)
+        .with_groups(groups)
+        .with_padding(PaddingConfig2d::Same)
+        .with_bias(bias)
+        .init(device);
+    let bn = BatchNormConfig::new(channels[1])
+        .with_epsilon(epsilon)
+        .with_momentum(0.1)
+        .init(device);
+    ConvBn::new(conv, bn)
+}

@@ -1,0 +1,447 @@
+//! MobileNet v1 (Howard et al. 2017) and v2 (Sandler et al. 2018), as Keras defines them
+//! (ReLU6, convolutions without bias followed by BatchNorm ε = 1e-3), with a width multiplier
+//! and two variants: ImageNet 224×224 and CIFAR 32×32 (stem stride 1, and in v2 the first
+//! stride-2 bottleneck group at stride 1).
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+use collab_core::LayerForward;
+use serde::{Deserialize, Serialize};
+
+use crate::dscnn::DsBlock;
+use crate::info::{Counter, ModelInfo};
+use crate::{ConvBlock, ModelError, conv_block};
+
+/// Input resolution variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// 3×224×224 inputs, stem stride 2.
+    Imagenet,
+    /// 3×32×32 inputs, stem stride 1.
+    Cifar,
+}
+
+impl Variant {
+    fn side(&self) -> usize {
+        match self {
+            Self::Imagenet => 224,
+            Self::Cifar => 32,
+        }
+    }
+
+    fn stem_stride(&self) -> usize {
+        match self {
+            Self::Imagenet => 2,
+            Self::Cifar => 1,
+        }
+    }
+}
+
+fn check(width: f64, classes: usize) -> Result<(), ModelError> {
+    if !(width.is_finite() && width > 0.0 && width <= 4.0) {
+        return Err(ModelError::Setting {
+            field: "width",
+            reason: format!(
+                "width multiplier {width} is not in (0, 4]; 1.0, 0.75, 0.5, 0.25 are usual"
+            ),
+        });
+    }
+    if classes < 2 {
+        return Err(ModelError::Setting {
+            field: "classes",
+            reason: format!("{classes} given; at least 2"),
+        });
+    }
+    Ok(())
+}
+
+fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clamp(0.0, 6.0)
+}
+
+fn pool<const D: usize>(x: Tensor<D>) -> Tensor<2> {
+    let x4: Tensor<4> = x.reshape([0, 0, -1, 1]);
+    x4.mean_dim(2).flatten(1, 3)
+}
+
+/// MobileNet v1 settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MobileNetV1Config {
+    /// Width multiplier α.
+    pub width: f64,
+    /// ImageNet-224 or CIFAR.
+    pub variant: Variant,
+    /// Output classes.
+    pub classes: usize,
+}
+
+const V1_BLOCKS: [(usize, usize); 13] = [
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+];
+
+impl MobileNetV1Config {
+    /// α = 1.0 for `variant` with `classes` outputs.
+    pub fn new(variant: Variant, classes: usize) -> Self {
+        Self {
+            width: 1.0,
+            variant,
+            classes,
+        }
+    }
+
+    fn channels(&self, c: usize) -> usize {
+        ((c as f64 * self.width) as usize).max(1)
+    }
+
+    /// The model name.
+    pub fn name(&self) -> String {
+        format!("mobilenet-v1-{}-{:?}", self.width, self.variant).to_lowercase()
+    }
+
+    /// A freshly initialised model.
+    pub fn init(&self, device: &Device) -> Result<MobileNetV1<ConvBlock, Linear>, ModelError> {
+        check(self.width, self.classes)?;
+        let s = self.variant.stem_stride();
+        let mut c = self.channels(32);
+        let stem = conv_block([3, c], [3, 3], [s, s], 1, false, 1e-3, device);
+        let mut blocks = Vec::new();
+        for (out, stride) in V1_BLOCKS {
+            let out = self.channels(out);
+            blocks.push(DsBlock {
+                dw: conv_block([c, c], [3, 3], [stride, stride], c, false, 1e-3, device),
+                pw: conv_block([c, out], [1, 1], [1, 1], 1, false, 1e-3, device),
+            });
+            c = out;
+        }
+        Ok(MobileNetV1 {
+            stem,
+            blocks,
+            fc: LinearConfig::new(c, self.classes).init(device),
+        })
+    }
+
+    /// Parameters and MACs for one input.
+    pub fn info(&self) -> ModelInfo {
+        let side = self.variant.side();
+        let s = self.variant.stem_stride();
+        let mut n = Counter::new(&self.name(), [3, side, side]);
+        n.conv("stem".into(), self.channels(32), [3, 3], [s, s], 1, false);
+        for (i, (out, stride)) in V1_BLOCKS.iter().enumerate() {
+            let c = n.shape[0];
+            n.conv(
+                format!("blocks.{i}.dw"),
+                c,
+                [3, 3],
+                [*stride, *stride],
+                c,
+                false,
+            );
+            n.conv(
+                format!("blocks.{i}.pw"),
+                self.channels(*out),
+                [1, 1],
+                [1, 1],
+                1,
+                false,
+            );
+        }
+        n.shape = [n.shape[0], 1, 1];
+        n.linear("fc".into(), self.classes);
+        n.finish()
+    }
+}
+
+/// MobileNet v1: conv 3×3 → 13 depthwise-separable blocks → global average pool → linear.
+#[derive(Module, Debug)]
+pub struct MobileNetV1<C, L> {
+    /// Stem convolution 3×3.
+    pub stem: C,
+    /// Depthwise-separable blocks.
+    pub blocks: Vec<DsBlock<C>>,
+    /// Classifier.
+    pub fc: L,
+}
+
+impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV1<C, L> {
+    /// Images `[batch, 3, h, w]` → logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = relu6(self.stem.forward(x));
+        for b in &self.blocks {
+            x = relu6(b.dw.forward(x));
+            x = relu6(b.pw.forward(x));
+        }
+        self.fc.forward(pool(x))
+    }
+}
+
+impl<C, L> MobileNetV1<C, L> {
+    /// Rebuild with every convolution and the classifier mapped (wrap / strip).
+    pub fn try_map<C2, L2, E>(
+        self,
+        mut conv: impl FnMut(&str, C) -> Result<C2, E>,
+        linear: impl FnOnce(&str, L) -> Result<L2, E>,
+    ) -> Result<MobileNetV1<C2, L2>, E> {
+        let stem = conv("stem", self.stem)?;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, b) in self.blocks.into_iter().enumerate() {
+            blocks.push(DsBlock {
+                dw: conv(&format!("blocks.{i}.dw"), b.dw)?,
+                pw: conv(&format!("blocks.{i}.pw"), b.pw)?,
+            });
+        }
+        Ok(MobileNetV1 {
+            stem,
+            blocks,
+            fc: linear("fc", self.fc)?,
+        })
+    }
+}
+
+/// MobileNet v2 settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MobileNetV2Config {
+    /// Width multiplier α.
+    pub width: f64,
+    /// ImageNet-224 or CIFAR.
+    pub variant: Variant,
+    /// Output classes.
+    pub classes: usize,
+}
+
+/// (expansion t, channels c, repeats n, stride s) from the paper's Table 2.
+const V2_BLOCKS: [(usize, usize, usize, usize); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+
+fn make_divisible(v: f64) -> usize {
+    let d = 8.0;
+    let mut new = ((v + d / 2.0) / d).floor().max(1.0) * d;
+    if new < 0.9 * v {
+        new += d;
+    }
+    new as usize
+}
+
+impl MobileNetV2Config {
+    /// α = 1.0 for `variant` with `classes` outputs.
+    pub fn new(variant: Variant, classes: usize) -> Self {
+        Self {
+            width: 1.0,
+            variant,
+            classes,
+        }
+    }
+
+    /// The model name.
+    pub fn name(&self) -> String {
+        format!("mobilenet-v2-{}-{:?}", self.width, self.variant).to_lowercase()
+    }
+
+    fn head(&self) -> usize {
+        if self.width > 1.0 {
+            make_divisible(1280.0 * self.width)
+        } else {
+            1280
+        }
+    }
+
+    /// `(expansion, in, out, stride)` of every inverted residual block.
+    fn blocks(&self) -> Vec<(usize, usize, usize, usize)> {
+        let mut c = make_divisible(32.0 * self.width);
+        let mut out = Vec::new();
+        for (g, (t, ch, n, s)) in V2_BLOCKS.iter().enumerate() {
+            let ch = make_divisible(*ch as f64 * self.width);
+            let s = if self.variant == Variant::Cifar && g == 1 {
+                1
+            } else {
+                *s
+            };
+            for i in 0..*n {
+                out.push((*t, c, ch, if i == 0 { s } else { 1 }));
+                c = ch;
+            }
+        }
+        out
+    }
+
+    /// A freshly initialised model.
+    pub fn init(&self, device: &Device) -> Result<MobileNetV2<ConvBlock, Linear>, ModelError> {
+        check(self.width, self.classes)?;
+        let s = self.variant.stem_stride();
+        let stem_c = make_divisible(32.0 * self.width);
+        let blocks: Vec<InvertedResidual<ConvBlock>> = self
+            .blocks()
+            .into_iter()
+            .map(|(t, cin, cout, stride)| {
+                let hidden = cin * t;
+                InvertedResidual {
+                    expand: (t != 1)
+                        .then(|| conv_block([cin, hidden], [1, 1], [1, 1], 1, false, 1e-3, device)),
+                    dw: conv_block(
+                        [hidden, hidden],
+                        [3, 3],
+                        [stride, stride],
+                        hidden,
+                        false,
+                        1e-3,
+                        device,
+                    ),
+                    project: conv_block([hidden, cout], [1, 1], [1, 1], 1, false, 1e-3, device),
+                    residual: stride == 1 && cin == cout,
+                }
+            })
+            .collect();
+        let last = blocks
+            .last()
+            .map_or(stem_c, |b| b.project.bn.gamma.dims()[0]);
+        Ok(MobileNetV2 {
+            stem: conv_block([3, stem_c], [3, 3], [s, s], 1, false, 1e-3, device),
+            blocks,
+            head: conv_block([last, self.head()], [1, 1], [1, 1], 1, false, 1e-3, device),
+            fc: LinearConfig::new(self.head(), self.classes).init(device),
+        })
+    }
+
+    /// Parameters and MACs for one input.
+    pub fn info(&self) -> ModelInfo {
+        let side = self.variant.side();
+        let s = self.variant.stem_stride();
+        let mut n = Counter::new(&self.name(), [3, side, side]);
+        n.conv(
+            "stem".into(),
+            make_divisible(32.0 * self.width),
+            [3, 3],
+            [s, s],
+            1,
+            false,
+        );
+        for (i, (t, cin, cout, stride)) in self.blocks().into_iter().enumerate() {
+            let hidden = cin * t;
+            if t != 1 {
+                n.conv(
+                    format!("blocks.{i}.expand"),
+                    hidden,
+                    [1, 1],
+                    [1, 1],
+                    1,
+                    false,
+                );
+            }
+            n.conv(
+                format!("blocks.{i}.dw"),
+                hidden,
+                [3, 3],
+                [stride, stride],
+                hidden,
+                false,
+            );
+            n.conv(
+                format!("blocks.{i}.project"),
+                cout,
+                [1, 1],
+                [1, 1],
+                1,
+                false,
+            );
+        }
+        n.conv("head".into(), self.head(), [1, 1], [1, 1], 1, false);
+        n.shape = [n.shape[0], 1, 1];
+        n.linear("fc".into(), self.classes);
+        n.finish()
+    }
+}
+
+/// An inverted residual block: expand 1×1 (+ReLU6) → depthwise 3×3 (+ReLU6) → project 1×1
+/// (linear), plus the input when the shapes match.
+#[derive(Module, Debug)]
+pub struct InvertedResidual<C> {
+    /// Expansion 1×1 (absent when the expansion factor is 1).
+    pub expand: Option<C>,
+    /// Depthwise 3×3.
+    pub dw: C,
+    /// Linear projection 1×1.
+    pub project: C,
+    #[module(skip)]
+    residual: bool,
+}
+
+/// MobileNet v2: stem → inverted residual blocks → 1×1 head → pool → linear.
+#[derive(Module, Debug)]
+pub struct MobileNetV2<C, L> {
+    /// Stem convolution 3×3.
+    pub stem: C,
+    /// Inverted residual blocks.
+    pub blocks: Vec<InvertedResidual<C>>,
+    /// Final 1×1 convolution (1280 channels).
+    pub head: C,
+    /// Classifier.
+    pub fc: L,
+}
+
+impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV2<C, L> {
+    /// Images `[batch, 3, h, w]` → logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = relu6(self.stem.forward(x));
+        for b in &self.blocks {
+            let input = x.clone();
+            let mut y = match &b.expand {
+                Some(e) => relu6(e.forward(x)),
+                None => x,
+            };
+            y = relu6(b.dw.forward(y));
+            y = b.project.forward(y);
+            x = if b.residual { y + input } else { y };
+        }
+        let x = relu6(self.head.forward(x));
+        self.fc.forward(pool(x))
+    }
+}
+
+impl<C, L> MobileNetV2<C, L> {
+    /// Rebuild with every convolution and the classifier mapped (wrap / strip).
+    pub fn try_map<C2, L2, E>(
+        self,
+        mut conv: impl FnMut(&str, C) -> Result<C2, E>,
+        linear: impl FnOnce(&str, L) -> Result<L2, E>,
+    ) -> Result<MobileNetV2<C2, L2>, E> {
+        let stem = conv("stem", self.stem)?;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, b) in self.blocks.into_iter().enumerate() {
+            blocks.push(InvertedResidual {
+                expand: match b.expand {
+                    Some(e) => Some(conv(&format!("blocks.{i}.expand"), e)?),
+                    None => None,
+                },
+                dw: conv(&format!("blocks.{i}.dw"), b.dw)?,
+                project: conv(&format!("blocks.{i}.project"), b.project)?,
+                residual: b.residual,
+            });
+        }
+        Ok(MobileNetV2 {
+            stem,
+            blocks,
+            head: conv("head", self.head)?,
+            fc: linear("fc", self.fc)?,
+        })
+    }
+}
