@@ -12,7 +12,7 @@ pub mod wav;
 pub use cifar::{Cifar10, CifarAugment};
 pub use mfcc::{Frontend, MFCC_COEFFICIENTS, MFCC_FRAMES};
 pub use speech::{KWS_LABELS, KwsSet, SpeechCommands, Split, speaker_of, val_bucket};
-pub use synthetic::{ImageSet, SyntheticImages};
+pub use synthetic::{ImageSet, SyntheticImages, SyntheticKws};
 
 use std::path::{Path, PathBuf};
 

@@ -20,6 +20,8 @@ pub struct SyntheticImages {
     pub size: usize,
     /// Standard deviation of the additive Gaussian pixel noise.
     pub noise: f32,
+    /// Colour channels (1, or 3 for a CIFAR-shaped set; each channel a phase-shifted copy).
+    pub channels: usize,
 }
 
 impl Default for SyntheticImages {
@@ -28,16 +30,31 @@ impl Default for SyntheticImages {
             num_classes: 8,
             size: 16,
             noise: 0.9,
+            channels: 1,
         }
     }
 }
 
-/// An in-memory image set: `images` is `[len, 1, size, size]` row-major, `labels` in
+impl SyntheticImages {
+    /// A CIFAR-shaped stand-in: 10 classes, 3×32×32.
+    pub fn cifar_like() -> Self {
+        Self {
+            num_classes: 10,
+            size: 32,
+            noise: 1.5,
+            channels: 3,
+        }
+    }
+}
+
+/// An in-memory image set: `images` is `[len, channels, size, size]` row-major, `labels` in
 /// `0..num_classes`.
 #[derive(Clone, Debug)]
 pub struct ImageSet {
-    /// Pixels, `len · size · size` values.
+    /// Pixels, `len · channels · size · size` values.
     pub images: Vec<f32>,
+    /// Colour channels.
+    pub channels: usize,
     /// One label per image.
     pub labels: Vec<usize>,
     /// Image height and width.
@@ -62,6 +79,12 @@ impl SyntheticImages {
                 reason: format!("{} given, at least 4 pixels needed", self.size),
             });
         }
+        if !(1..=4).contains(&self.channels) {
+            return Err(DataError::InvalidSetting {
+                field: "channels",
+                reason: format!("{} given, 1 to 4 supported", self.channels),
+            });
+        }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
             return Err(DataError::InvalidSetting {
                 field: "noise",
@@ -82,19 +105,25 @@ impl SyntheticImages {
                 rng.random_range(0.0..s as f32),
             );
             let (c, sn) = (theta.cos(), theta.sin());
-            for y in 0..s {
-                for x in 0..s {
-                    let (xf, yf) = (x as f32, y as f32);
-                    let grating = (std::f32::consts::TAU * freq * (xf * c + yf * sn) + phase).sin();
-                    let d2 = (xf - bx).powi(2) + (yf - by).powi(2);
-                    let blob = 1.5 * (-d2 / 6.0).exp();
-                    images.push(grating + blob + self.noise * gaussian(&mut rng));
+            for channel in 0..self.channels {
+                let shift = channel as f32 * 0.7;
+                for y in 0..s {
+                    for x in 0..s {
+                        let (xf, yf) = (x as f32, y as f32);
+                        let grating =
+                            (std::f32::consts::TAU * freq * (xf * c + yf * sn) + phase + shift)
+                                .sin();
+                        let d2 = (xf - bx).powi(2) + (yf - by).powi(2);
+                        let blob = 1.5 * (-d2 / 6.0).exp();
+                        images.push(grating + blob + self.noise * gaussian(&mut rng));
+                    }
                 }
             }
             labels.push(label);
         }
         Ok(ImageSet {
             images,
+            channels: self.channels,
             labels,
             size: s,
             num_classes: self.num_classes,
@@ -120,9 +149,10 @@ impl ImageSet {
         self.labels.is_empty()
     }
 
-    /// The images at `indices` as a `[batch, 1, size, size]` tensor and their labels `[batch]`.
+    /// The images at `indices` as a `[batch, channels, size, size]` tensor and their labels
+    /// `[batch]`.
     pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-        let px = self.size * self.size;
+        let px = self.channels * self.size * self.size;
         let mut pixels = Vec::with_capacity(indices.len() * px);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
@@ -131,7 +161,7 @@ impl ImageSet {
         }
         let n = indices.len();
         let x = Tensor::from_data(
-            TensorData::new(pixels, [n, 1, self.size, self.size]),
+            TensorData::new(pixels, [n, self.channels, self.size, self.size]),
             device,
         );
         let y = Tensor::from_data(TensorData::new(labels, [n]), device);
@@ -214,5 +244,78 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..37).collect::<Vec<_>>());
         assert_eq!(set.shuffled_batches(10, 3), batches);
+    }
+}
+
+/// Deterministic synthetic keyword clips: class 0 is noise only ("silence"), class `k > 0` a
+/// class-specific chirp followed by a tone, at a random onset, level and noise. The built-in
+/// stand-in for Speech Commands, in the same 16 kHz, 1 s format (so the same MFCC frontend and
+/// DS-CNN input), learnable by DS-CNN in a few epochs but not trivially.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticKws {
+    /// Classes (12, as Speech Commands).
+    pub num_classes: usize,
+    /// Standard deviation of the white noise.
+    pub noise: f32,
+}
+
+impl Default for SyntheticKws {
+    fn default() -> Self {
+        Self {
+            num_classes: 12,
+            noise: 0.05,
+        }
+    }
+}
+
+impl SyntheticKws {
+    /// `len` clips (labels cycling through the classes) as 16,000-sample audio.
+    pub fn generate_audio(
+        &self,
+        len: usize,
+        seed: u64,
+    ) -> Result<(Vec<Vec<f32>>, Vec<usize>), DataError> {
+        if self.num_classes < 2 {
+            return Err(DataError::InvalidSetting {
+                field: "num_classes",
+                reason: format!("{} given, at least 2 needed", self.num_classes),
+            });
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rate = 16_000.0f32;
+        let mut clips = Vec::with_capacity(len);
+        let mut labels = Vec::with_capacity(len);
+        for i in 0..len {
+            let label = i % self.num_classes;
+            let mut clip = vec![0f32; crate::wav::CLIP_SAMPLES];
+            if label > 0 {
+                let k = label as f32;
+                let (f1, f2) = (250.0 + 140.0 * k, 600.0 + 230.0 * ((label * 7) % 11) as f32);
+                let onset = rng.random_range(1600..4800usize);
+                let level = rng.random_range(0.2f32..0.6);
+                let (chirp, tone) = (6400usize, 4000usize);
+                let mut phase = 0f32;
+                for t in 0..chirp + tone {
+                    let n = onset + t;
+                    if n >= clip.len() {
+                        break;
+                    }
+                    let f = if t < chirp {
+                        f1 * (1.0 + 0.4 * t as f32 / chirp as f32)
+                    } else {
+                        f2
+                    };
+                    phase += std::f32::consts::TAU * f / rate;
+                    let envelope = (std::f32::consts::PI * t as f32 / (chirp + tone) as f32).sin();
+                    clip[n] = level * envelope * phase.sin();
+                }
+            }
+            for v in clip.iter_mut() {
+                *v = (*v + self.noise * gaussian(&mut rng)).clamp(-1.0, 1.0);
+            }
+            clips.push(clip);
+            labels.push(label);
+        }
+        Ok((clips, labels))
     }
 }

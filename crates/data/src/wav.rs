@@ -14,6 +14,13 @@ pub const CLIP_SAMPLES: usize = 16_000;
 /// multichannel is averaged to mono. Clips are zero-padded or truncated to 16,000 samples.
 /// A sample rate other than 16 kHz is an error naming the file.
 pub fn read_clip(path: &Path) -> Result<Vec<f32>, DataError> {
+    let mut mono = read_any(path)?;
+    mono.resize(CLIP_SAMPLES, 0.0);
+    Ok(mono)
+}
+
+/// Decode a whole 16 kHz WAV file to mono `f32` samples (any length), as [`read_clip`].
+pub fn read_any(path: &Path) -> Result<Vec<f32>, DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let reader = hound::WavReader::new(std::io::BufReader::new(file))
         .map_err(|e| DataError::format(path, format!("not a readable WAV file ({e})")))?;
@@ -39,16 +46,14 @@ pub fn read_clip(path: &Path) -> Result<Vec<f32>, DataError> {
         hound::SampleFormat::Float => reader.into_samples::<f32>().collect::<Result<_, _>>(),
     }
     .map_err(|e| DataError::format(path, format!("truncated or corrupt sample data ({e})")))?;
-    let mut mono: Vec<f32> = if channels == 1 {
+    Ok(if channels == 1 {
         interleaved
     } else {
         interleaved
             .chunks(channels)
             .map(|frame| frame.iter().sum::<f32>() / channels as f32)
             .collect()
-    };
-    mono.resize(CLIP_SAMPLES, 0.0);
-    Ok(mono)
+    })
 }
 
 #[cfg(test)]

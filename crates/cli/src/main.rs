@@ -1,0 +1,356 @@
+//! `collab`: train, evaluate, import and describe the models of burn-collab.
+//!
+//! Exit codes: 0 success, 1 a failure (the message says what and how to fix it), 2 bad usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use clap::{Parser, Subcommand, ValueEnum};
+use collab::checkpoint::{self, Manifest};
+use collab::data::{self, SyntheticSize};
+use collab::train::{self, OptimizerConfig, TrainConfig};
+use collab::{CollabError, ModelSpec, Network};
+use collab_core::BnMode;
+use collab_models::DsCnnConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "collab",
+    version,
+    about = "Collaborative optimization of burn models: train, evaluate, import, inspect"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Init {
+    /// Start from published weights (`--weights`).
+    Pretrained,
+    /// Start from a random initialisation.
+    Scratch,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a model's layers, parameters and MACs.
+    Info {
+        /// ds-cnn-s, ds-cnn-m, ds-cnn-l, mobilenet-v1, mobilenet-v1-cifar, mobilenet-v2, mobilenet-v2-cifar.
+        #[arg(long)]
+        model: String,
+        /// Width multiplier (MobileNets).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn published DS-CNN weights (safetensors, TF layouts) into a checkpoint.
+    Import {
+        /// ds-cnn-s, ds-cnn-m or ds-cnn-l.
+        #[arg(long)]
+        model: String,
+        /// The `ds_cnn_*.safetensors` file.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Checkpoint folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train a model (from scratch or published weights); checkpoints every epoch.
+    Train {
+        /// Model name (see `info`).
+        #[arg(long)]
+        model: String,
+        /// Width multiplier (MobileNets).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Data folder (Speech Commands or CIFAR-10); the synthetic set when absent.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Start point.
+        #[arg(long, value_enum, default_value = "scratch")]
+        init: Init,
+        /// Weights for `--init pretrained`.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Epochs.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+        /// Learning rate (Adam: constant; SGD: initial cosine value). Default: the paper's schedule.
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// No augmentation.
+        #[arg(long)]
+        no_augment: bool,
+        /// Checkpoint folder (best model; `last/` for resuming).
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue from `OUT/last`.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Evaluate a checkpoint on a data set.
+    Eval {
+        /// Checkpoint folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Data folder (validation split of Speech Commands / CIFAR-10 test batch); synthetic when absent.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Evaluate every clip of a Speech Commands folder, not only the validation speakers.
+        #[arg(long)]
+        all: bool,
+        /// Print `{"accuracy", "samples", "per_class"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn spec(model: &str, width: f64) -> Result<ModelSpec, CollabError> {
+    Ok(model.parse::<ModelSpec>()?.with_width(width)?)
+}
+
+fn import(model: &str, weights: &Path, out: &Path) -> Result<(), CollabError> {
+    let spec = spec(model, 1.0)?;
+    let ModelSpec::DsCnn { size } = spec else {
+        return Err(CollabError::Usage(format!(
+            "published weights exist for DS-CNN only, not {model}"
+        )));
+    };
+    let bytes = std::fs::read(weights).map_err(|e| CollabError::checkpoint(weights, e))?;
+    let device = Device::flex();
+    let net = collab_models::import::ds_cnn(
+        &DsCnnConfig::new(size),
+        &bytes,
+        &weights.display().to_string(),
+        &device,
+    )?;
+    let mut manifest = Manifest::new(spec, "imported", 0);
+    manifest.config = serde_json::json!({ "weights": weights.display().to_string() });
+    checkpoint::save(out, &Network::DsCnn(net), &manifest, None)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_command(
+    model: &str,
+    width: f64,
+    data_dir: Option<&Path>,
+    init: Init,
+    weights: Option<&Path>,
+    epochs: usize,
+    batch_size: usize,
+    lr: Option<f64>,
+    seed: u64,
+    augment: bool,
+    out: &Path,
+    resume: bool,
+) -> Result<(), CollabError> {
+    let spec = spec(model, width)?;
+    let device = Device::flex();
+    device.seed(seed);
+    let network = match (init, weights) {
+        (Init::Pretrained, Some(w)) => {
+            let ModelSpec::DsCnn { size } = spec else {
+                return Err(CollabError::Usage(
+                    "--init pretrained exists for DS-CNN only".into(),
+                ));
+            };
+            let bytes = std::fs::read(w).map_err(|e| CollabError::checkpoint(w, e))?;
+            Network::DsCnn(collab_models::import::ds_cnn(
+                &DsCnnConfig::new(size),
+                &bytes,
+                &w.display().to_string(),
+                &device,
+            )?)
+        }
+        (Init::Pretrained, None) => {
+            return Err(CollabError::Usage(
+                "--init pretrained needs --weights FILE.safetensors".into(),
+            ));
+        }
+        (Init::Scratch, _) => spec.init(&device)?,
+    };
+    let network = network.with_bn_mode(BnMode::Batch);
+    tracing::info!(model = %spec.name(), "loading data");
+    let data = data::load(
+        spec.task(),
+        data_dir,
+        augment,
+        seed,
+        SyntheticSize::default(),
+    )?;
+    let mut optimizer = OptimizerConfig::for_model(&spec);
+    if let Some(lr) = lr {
+        optimizer = match optimizer {
+            OptimizerConfig::Adam { .. } => OptimizerConfig::Adam {
+                learning_rates: vec![lr],
+            },
+            OptimizerConfig::SgdCosine {
+                momentum,
+                weight_decay,
+                ..
+            } => OptimizerConfig::SgdCosine {
+                learning_rate: lr,
+                momentum,
+                weight_decay,
+            },
+        };
+    }
+    let config = TrainConfig {
+        epochs,
+        batch_size,
+        optimizer,
+        seed,
+    };
+    let stage = if init == Init::Pretrained {
+        "finetuned"
+    } else {
+        "baseline"
+    };
+    let manifest = Manifest::new(spec, stage, seed);
+    let (_, history) = train::fit(network, &data, &config, manifest, Some(out), resume)?;
+    if let Some(last) = history.last() {
+        let best = history.iter().map(|h| h.val_accuracy).fold(0.0, f64::max);
+        println!(
+            "trained {} epochs: last val accuracy {:.2}%, best {:.2}%; checkpoint {}",
+            history.len(),
+            100.0 * last.val_accuracy,
+            100.0 * best,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn eval(
+    checkpoint_dir: &Path,
+    data_dir: Option<&Path>,
+    all: bool,
+    json: bool,
+) -> Result<(), CollabError> {
+    let device = Device::flex();
+    let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
+    let network = network.with_bn_mode(BnMode::Folded).valid();
+    let task = manifest.model.task();
+    let report = if all {
+        let dir = data_dir.ok_or_else(|| CollabError::Usage("--all needs --data".into()))?;
+        let set = collab_data::SpeechCommands::open(dir)?;
+        let clips = set.split(collab_data::Split::All);
+        let audio = collab_data::speech::load_audio(&clips)?;
+        let labels = clips.iter().map(|c| c.label).collect();
+        let kws =
+            collab::data::KwsData::new(audio, labels, Vec::new(), false, dir.display().to_string());
+        train::evaluate(|x| network.forward(x), &kws, 256)
+    } else {
+        let data = data::load(
+            task,
+            data_dir,
+            false,
+            manifest.seed,
+            SyntheticSize::default(),
+        )?;
+        train::evaluate(|x| network.forward(x), data.val.as_ref(), 256)
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        println!(
+            "{} ({}): accuracy {:.2}% on {} samples",
+            manifest.model.name(),
+            manifest.stage,
+            100.0 * report.accuracy,
+            report.samples
+        );
+        for (class, c) in &report.per_class {
+            println!(
+                "  {class:<12} {:>7.2}%  ({} samples)",
+                100.0 * c.accuracy,
+                c.samples
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), CollabError> {
+    match cli.command {
+        Command::Info { model, width, json } => {
+            let info = spec(&model, width)?.info();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                );
+            } else {
+                print!("{}", info.table());
+            }
+            Ok(())
+        }
+        Command::Import {
+            model,
+            weights,
+            out,
+        } => import(&model, &weights, &out),
+        Command::Train {
+            model,
+            width,
+            data,
+            init,
+            weights,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            no_augment,
+            out,
+            resume,
+        } => train_command(
+            &model,
+            width,
+            data.as_deref(),
+            init,
+            weights.as_deref(),
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            !no_augment,
+            &out,
+            resume,
+        ),
+        Command::Eval {
+            checkpoint,
+            data,
+            all,
+            json,
+        } => eval(&checkpoint, data.as_deref(), all, json),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

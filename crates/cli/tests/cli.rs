@@ -1,0 +1,88 @@
+//! The `collab` binary end to end: info, import of the published weights, evaluation on the
+//! real shared clips, and error exits.
+
+use std::process::Command;
+
+fn collab(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_collab"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn info_prints_parameter_counts() {
+    let (code, out, _) = collab(&["info", "--model", "ds-cnn-l", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["params"], 410_700);
+    let (code, out, _) = collab(&["info", "--model", "mobilenet-v1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("4210088 parameters"), "{out}");
+}
+
+#[test]
+fn import_then_eval_reproduces_the_published_accuracy() {
+    let shared = collab_data::shared::require_shared();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ds-cnn-s");
+    let weights = shared.join("pretrained/ml-kws-for-mcu/ds_cnn_s.safetensors");
+    let (code, _, err) = collab(&[
+        "import",
+        "--model",
+        "ds-cnn-s",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        ck.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let data = shared.join("data/speech_commands_12");
+    let (code, out, err) = collab(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--all",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["samples"], 3964);
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!(
+        (acc - 3530.0 / 3964.0).abs() < 1e-9,
+        "DS-CNN-S accuracy {acc}, published 89.05 %"
+    );
+    assert_eq!(v["per_class"].as_object().unwrap().len(), 12);
+}
+
+#[test]
+fn failures_exit_with_a_message() {
+    let (code, _, err) = collab(&["info", "--model", "resnet-50"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown model `resnet-50`"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = collab(&["eval", "--checkpoint", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("manifest.json"), "{err}");
+    let (code, _, _) = collab(&["train"]);
+    assert_eq!(code, 2, "missing required arguments is a usage error");
+    let (code, _, err) = collab(&[
+        "import",
+        "--model",
+        "mobilenet-v1",
+        "--weights",
+        "x",
+        "--out",
+        "y",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("DS-CNN only"), "{err}");
+}

@@ -1,0 +1,355 @@
+//! Training and evaluation sets behind one trait.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor};
+use collab_data::speech::{Augment, load_audio};
+use collab_data::{
+    Cifar10, CifarAugment, Frontend, ImageSet, KWS_LABELS, KwsSet, SpeechCommands, Split,
+    SyntheticImages, SyntheticKws,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::CollabError;
+use crate::network::Task;
+
+/// A labelled set the loop can batch.
+pub trait Batches: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Inputs `[batch, …]` and labels `[batch]` of `indices`; augmented when `rng` is given.
+    fn batch(
+        &self,
+        indices: &[usize],
+        rng: Option<&mut StdRng>,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<1, Int>);
+    /// Class names, in label order.
+    fn class_names(&self) -> Vec<String>;
+    /// Labels of all samples.
+    fn labels(&self) -> Vec<usize>;
+    /// A short description of where the data came from (for manifests).
+    fn describe(&self) -> String;
+    /// A stable fingerprint: sample count and a hash of the labels.
+    fn fingerprint(&self) -> String {
+        let labels = self.labels();
+        let hash = labels.iter().fold(0xcbf29ce484222325u64, |h, l| {
+            (h ^ *l as u64).wrapping_mul(0x100000001b3)
+        });
+        format!("{} samples, labels fnv1a {hash:016x}", labels.len())
+    }
+}
+
+/// Keyword clips: MFCC features, plus the audio when augmentation is on (MFCCs are then
+/// recomputed per batch from shifted, noisy audio).
+pub struct KwsData {
+    /// Precomputed MFCCs of the clean clips.
+    pub features: KwsSet,
+    audio: Option<Vec<Vec<f32>>>,
+    noise: Vec<Vec<f32>>,
+    augment: Augment,
+    frontend: Frontend,
+    source: String,
+}
+
+impl KwsData {
+    /// Build from decoded clips; `noise` recordings feed the augmentation.
+    pub fn new(
+        audio: Vec<Vec<f32>>,
+        labels: Vec<usize>,
+        noise: Vec<Vec<f32>>,
+        augment: bool,
+        source: String,
+    ) -> Self {
+        let frontend = Frontend::new();
+        let features = KwsSet::from_audio(&audio, labels, &frontend);
+        Self {
+            features,
+            audio: augment.then_some(audio),
+            noise,
+            augment: Augment::default(),
+            frontend,
+            source,
+        }
+    }
+}
+
+impl Batches for KwsData {
+    fn len(&self) -> usize {
+        self.features.len()
+    }
+
+    fn batch(
+        &self,
+        indices: &[usize],
+        rng: Option<&mut StdRng>,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<1, Int>) {
+        match (rng, &self.audio) {
+            (Some(rng), Some(audio)) => {
+                let clips: Vec<Vec<f32>> = indices
+                    .iter()
+                    .map(|&i| self.augment.apply(&audio[i], &self.noise, rng))
+                    .collect();
+                let labels = indices.iter().map(|&i| self.features.labels[i]).collect();
+                let set = KwsSet::from_audio(&clips, labels, &self.frontend);
+                let all: Vec<usize> = (0..set.len()).collect();
+                set.batch(&all, device)
+            }
+            _ => self.features.batch(indices, device),
+        }
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        KWS_LABELS.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn labels(&self) -> Vec<usize> {
+        self.features.labels.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.source.clone()
+    }
+}
+
+/// CIFAR-10 images.
+pub struct CifarData {
+    /// The images.
+    pub set: Cifar10,
+    augment: Option<CifarAugment>,
+    source: String,
+}
+
+impl Batches for CifarData {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn batch(
+        &self,
+        indices: &[usize],
+        rng: Option<&mut StdRng>,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<1, Int>) {
+        match (rng, &self.augment) {
+            (Some(rng), Some(a)) => self.set.batch(indices, Some((a, rng)), device),
+            _ => self.set.batch(indices, None, device),
+        }
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn labels(&self) -> Vec<usize> {
+        self.set.labels.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.source.clone()
+    }
+}
+
+/// Synthetic images (the built-in default for image models).
+pub struct ImageData {
+    /// The images.
+    pub set: ImageSet,
+}
+
+impl Batches for ImageData {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn batch(
+        &self,
+        indices: &[usize],
+        _rng: Option<&mut StdRng>,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<1, Int>) {
+        self.set.batch(indices, device)
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        (0..self.set.num_classes)
+            .map(|c| format!("class{c}"))
+            .collect()
+    }
+
+    fn labels(&self) -> Vec<usize> {
+        self.set.labels.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "synthetic images {0}x{0}x{1}",
+            self.set.size, self.set.channels
+        )
+    }
+}
+
+/// Train and validation sets for a task.
+pub struct TaskData {
+    /// Training set (augmented in training when the data supports it).
+    pub train: Box<dyn Batches>,
+    /// Validation set.
+    pub val: Box<dyn Batches>,
+}
+
+/// How many synthetic samples the built-in default generates.
+#[derive(Clone, Copy, Debug)]
+pub struct SyntheticSize {
+    /// Training samples.
+    pub train: usize,
+    /// Validation samples.
+    pub val: usize,
+}
+
+impl Default for SyntheticSize {
+    fn default() -> Self {
+        Self {
+            train: 1200,
+            val: 300,
+        }
+    }
+}
+
+/// Load the data for `task`: a Speech Commands folder (speaker-disjoint train / validation),
+/// a CIFAR-10 folder (`data_batch_*` / `test_batch`), or — without `dir` — the synthetic set.
+pub fn load(
+    task: Task,
+    dir: Option<&Path>,
+    augment: bool,
+    seed: u64,
+    synthetic: SyntheticSize,
+) -> Result<TaskData, CollabError> {
+    match (task, dir) {
+        (Task::Keywords, Some(dir)) => {
+            let set = SpeechCommands::open(dir)?;
+            let noise = set
+                .noise
+                .iter()
+                .filter_map(|p| hound_all(p).ok())
+                .filter(|n| n.len() >= collab_data::wav::CLIP_SAMPLES)
+                .collect::<Vec<_>>();
+            let noise = if noise.is_empty() {
+                // Prepared layout: the _silence_ clips are background noise.
+                let silence: Vec<_> = set.clips.iter().filter(|c| c.label == 0).cloned().collect();
+                load_audio(&silence)?
+            } else {
+                noise
+            };
+            let make = |split: Split, aug: bool| -> Result<Box<dyn Batches>, CollabError> {
+                let clips = set.split(split);
+                let audio = load_audio(&clips)?;
+                let labels = clips.iter().map(|c| c.label).collect();
+                Ok(Box::new(KwsData::new(
+                    audio,
+                    labels,
+                    noise.clone(),
+                    aug,
+                    format!("{} ({split:?})", dir.display()),
+                )))
+            };
+            Ok(TaskData {
+                train: make(Split::Train, augment)?,
+                val: make(Split::Validation, false)?,
+            })
+        }
+        (Task::Keywords, None) => {
+            let g = SyntheticKws::default();
+            let (train_audio, train_labels) = g.generate_audio(synthetic.train, seed)?;
+            let (val_audio, val_labels) =
+                g.generate_audio(synthetic.val, seed.wrapping_add(1_000_003))?;
+            let noise: Vec<Vec<f32>> = g
+                .generate_audio(12 * 4, seed.wrapping_add(7))?
+                .0
+                .into_iter()
+                .step_by(12)
+                .collect();
+            Ok(TaskData {
+                train: Box::new(KwsData::new(
+                    train_audio,
+                    train_labels,
+                    noise.clone(),
+                    augment,
+                    "synthetic keywords".into(),
+                )),
+                val: Box::new(KwsData::new(
+                    val_audio,
+                    val_labels,
+                    noise,
+                    false,
+                    "synthetic keywords".into(),
+                )),
+            })
+        }
+        (Task::Images { side, classes }, Some(dir)) => {
+            if side != 32 || classes != 10 {
+                return Err(CollabError::Usage(
+                    "CIFAR-10 data needs a CIFAR model (mobilenet-v1-cifar or mobilenet-v2-cifar); \
+                     image folders for 224 models are not supported yet"
+                        .into(),
+                ));
+            }
+            Ok(TaskData {
+                train: Box::new(CifarData {
+                    set: Cifar10::open(dir, true)?,
+                    augment: augment.then(CifarAugment::default),
+                    source: format!("{} (train)", dir.display()),
+                }),
+                val: Box::new(CifarData {
+                    set: Cifar10::open(dir, false)?,
+                    augment: None,
+                    source: format!("{} (test)", dir.display()),
+                }),
+            })
+        }
+        (Task::Images { side, classes }, None) => {
+            let g = SyntheticImages {
+                num_classes: classes.min(10),
+                size: side.min(32),
+                ..SyntheticImages::cifar_like()
+            };
+            Ok(TaskData {
+                train: Box::new(ImageData {
+                    set: g.generate(synthetic.train, seed)?,
+                }),
+                val: Box::new(ImageData {
+                    set: g.generate(synthetic.val, seed.wrapping_add(1_000_003))?,
+                }),
+            })
+        }
+    }
+}
+
+fn hound_all(path: &Path) -> Result<Vec<f32>, CollabError> {
+    let mut r = collab_data::wav::read_any(path)?;
+    r.truncate(16_000 * 60);
+    Ok(r)
+}
+
+/// A seeded generator for one epoch's augmentation.
+pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64))
+}

@@ -1,0 +1,50 @@
+//! burn-collab's workflow layer, used by the `collab` command line and the examples:
+//! - [`network`]: the models by name (`ds-cnn-l`, `mobilenet-v1-cifar`, …) as one burn module;
+//! - [`data`]: the training / evaluation sets behind one [`data::Batches`] trait (Speech
+//!   Commands + MFCC with augmentation, CIFAR-10 with crop/flip, synthetic stand-ins);
+//! - [`train`]: the training loop (Adam with the ML-KWS step schedule for DS-CNN, SGD momentum +
+//!   cosine for MobileNet), evaluation, per-epoch checkpoints, best-on-validation, resume;
+//! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
+//!   through a temporary folder and a rename.
+
+pub mod checkpoint;
+pub mod data;
+pub mod network;
+pub mod train;
+
+pub use checkpoint::Manifest;
+pub use network::{ModelSpec, Network};
+
+use std::path::PathBuf;
+
+/// Errors of the workflow layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CollabError {
+    /// A model setting or name.
+    #[error(transparent)]
+    Model(#[from] collab_models::ModelError),
+    /// A data set problem.
+    #[error(transparent)]
+    Data(#[from] collab_data::DataError),
+    /// A checkpoint folder that cannot be read or written.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A setting that does not fit the rest.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CollabError {
+    /// A checkpoint or file error naming `path`.
+    pub fn checkpoint(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        Self::Checkpoint {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}

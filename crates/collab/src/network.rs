@@ -1,0 +1,167 @@
+//! The models by name, as one burn module.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor};
+use collab_core::BnMode;
+use collab_models::{
+    ConvBlock, DsCnn, DsCnnConfig, DsCnnSize, MobileNetV1, MobileNetV1Config, MobileNetV2,
+    MobileNetV2Config, ModelError, ModelInfo, Variant,
+};
+use serde::{Deserialize, Serialize};
+
+/// Which model, with its settings. Parsed from names such as `ds-cnn-l`, `mobilenet-v1`
+/// (ImageNet 224, 1000 classes), `mobilenet-v1-cifar`, `mobilenet-v2-cifar` (10 classes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum ModelSpec {
+    /// DS-CNN S / M / L, 12 keyword classes.
+    DsCnn {
+        /// Published size.
+        size: DsCnnSize,
+    },
+    /// MobileNet v1.
+    MobileNetV1(MobileNetV1Config),
+    /// MobileNet v2.
+    MobileNetV2(MobileNetV2Config),
+}
+
+/// What a model consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// MFCC `[1, 49, 10]`, 12 keyword classes.
+    Keywords,
+    /// Images `[3, side, side]`.
+    Images {
+        /// Side in pixels (32 or 224).
+        side: usize,
+        /// Classes.
+        classes: usize,
+    },
+}
+
+impl std::str::FromStr for ModelSpec {
+    type Err = ModelError;
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let lower = name.to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            n if n.starts_with("ds-cnn") || n.starts_with("ds_cnn") => {
+                Self::DsCnn { size: n.parse()? }
+            }
+            "mobilenet-v1" | "mobilenet-v1-224" => {
+                Self::MobileNetV1(MobileNetV1Config::new(Variant::Imagenet, 1000))
+            }
+            "mobilenet-v1-cifar" => Self::MobileNetV1(MobileNetV1Config::new(Variant::Cifar, 10)),
+            "mobilenet-v2" | "mobilenet-v2-224" => {
+                Self::MobileNetV2(MobileNetV2Config::new(Variant::Imagenet, 1000))
+            }
+            "mobilenet-v2-cifar" => Self::MobileNetV2(MobileNetV2Config::new(Variant::Cifar, 10)),
+            _ => {
+                return Err(ModelError::Setting {
+                    field: "model",
+                    reason: format!(
+                        "unknown model `{name}`; use ds-cnn-s, ds-cnn-m, ds-cnn-l, mobilenet-v1, \
+                         mobilenet-v1-cifar, mobilenet-v2 or mobilenet-v2-cifar"
+                    ),
+                });
+            }
+        })
+    }
+}
+
+impl ModelSpec {
+    /// The same model with width multiplier `width` (MobileNets only).
+    pub fn with_width(self, width: f64) -> Result<Self, ModelError> {
+        Ok(match self {
+            Self::MobileNetV1(c) => Self::MobileNetV1(MobileNetV1Config { width, ..c }),
+            Self::MobileNetV2(c) => Self::MobileNetV2(MobileNetV2Config { width, ..c }),
+            Self::DsCnn { .. } if width != 1.0 => {
+                return Err(ModelError::Setting {
+                    field: "width",
+                    reason: "DS-CNN has no width multiplier; choose ds-cnn-s, -m or -l".into(),
+                });
+            }
+            other => other,
+        })
+    }
+
+    /// Its name, e.g. `ds-cnn-l` or `mobilenet-v1-1-cifar`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::DsCnn { size } => DsCnnConfig::new(*size).name(),
+            Self::MobileNetV1(c) => c.name(),
+            Self::MobileNetV2(c) => c.name(),
+        }
+    }
+
+    /// What the model consumes.
+    pub fn task(&self) -> Task {
+        let side = |v: Variant| if v == Variant::Cifar { 32 } else { 224 };
+        match self {
+            Self::DsCnn { .. } => Task::Keywords,
+            Self::MobileNetV1(c) => Task::Images {
+                side: side(c.variant),
+                classes: c.classes,
+            },
+            Self::MobileNetV2(c) => Task::Images {
+                side: side(c.variant),
+                classes: c.classes,
+            },
+        }
+    }
+
+    /// Parameters and MACs.
+    pub fn info(&self) -> ModelInfo {
+        match self {
+            Self::DsCnn { size } => DsCnnConfig::new(*size).info(),
+            Self::MobileNetV1(c) => c.info(),
+            Self::MobileNetV2(c) => c.info(),
+        }
+    }
+
+    /// A freshly initialised model.
+    pub fn init(&self, device: &Device) -> Result<Network, ModelError> {
+        Ok(match self {
+            Self::DsCnn { size } => Network::DsCnn(DsCnnConfig::new(*size).init(device)?),
+            Self::MobileNetV1(c) => Network::MobileNetV1(c.init(device)?),
+            Self::MobileNetV2(c) => Network::MobileNetV2(c.init(device)?),
+        })
+    }
+}
+
+/// Any of the models, plain layers. One burn module, so one record format and one loop.
+// A handful of these exist per process; boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Network {
+    /// DS-CNN.
+    DsCnn(DsCnn<ConvBlock, Linear>),
+    /// MobileNet v1.
+    MobileNetV1(MobileNetV1<ConvBlock, Linear>),
+    /// MobileNet v2.
+    MobileNetV2(MobileNetV2<ConvBlock, Linear>),
+}
+
+impl Network {
+    /// Inputs `[batch, channels, h, w]` → logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::DsCnn(m) => m.forward(x),
+            Self::MobileNetV1(m) => m.forward(x),
+            Self::MobileNetV2(m) => m.forward(x),
+        }
+    }
+
+    /// Set how every conv + BatchNorm block computes: `Batch` statistics (training from
+    /// scratch, ML-KWS fine-tuning) or `Folded` (compression stages).
+    pub fn with_bn_mode(self, mode: BnMode) -> Self {
+        let set = |_: &str, b: ConvBlock| Ok::<_, std::convert::Infallible>(b.with_mode(mode));
+        let keep = |_: &str, l: Linear| Ok::<_, std::convert::Infallible>(l);
+        let result = match self {
+            Self::DsCnn(m) => m.try_map(set, keep).map(Self::DsCnn),
+            Self::MobileNetV1(m) => m.try_map(set, keep).map(Self::MobileNetV1),
+            Self::MobileNetV2(m) => m.try_map(set, keep).map(Self::MobileNetV2),
+        };
+        result.unwrap_or_else(|never| match never {})
+    }
+}
