@@ -252,7 +252,7 @@ fn eval(
         let labels = clips.iter().map(|c| c.label).collect();
         let kws =
             collab::data::KwsData::new(audio, labels, Vec::new(), false, dir.display().to_string());
-        train::evaluate(|x| network.forward(x), &kws, 256)
+        train::evaluate(|x| network.forward(x), &kws, 256)?
     } else {
         let data = data::load(
             task,
@@ -261,7 +261,7 @@ fn eval(
             manifest.seed,
             SyntheticSize::default(),
         )?;
-        train::evaluate(|x| network.forward(x), data.val.as_ref(), 256)
+        train::evaluate(|x| network.forward(x), data.val.as_ref(), 256)?
     };
     if json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());

@@ -5,14 +5,17 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor};
 use collab_data::speech::{Augment, load_audio};
 use collab_data::{
-    Cifar10, CifarAugment, Frontend, ImageSet, KWS_LABELS, KwsSet, SpeechCommands, Split,
-    SyntheticImages, SyntheticKws,
+    Cifar10, CifarAugment, Frontend, ImageFolder, ImageSet, KWS_LABELS, KwsSet, SpeechCommands,
+    Split, SyntheticImages, SyntheticKws,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::CollabError;
 use crate::network::Task;
+
+/// Inputs and labels of one batch.
+pub type Batch = (Tensor<4>, Tensor<1, Int>);
 
 /// A labelled set the loop can batch.
 pub trait Batches: Send + Sync {
@@ -23,12 +26,13 @@ pub trait Batches: Send + Sync {
         self.len() == 0
     }
     /// Inputs `[batch, …]` and labels `[batch]` of `indices`; augmented when `rng` is given.
+    /// Fails only for data decoded lazily (image folders) when a file is unreadable.
     fn batch(
         &self,
         indices: &[usize],
         rng: Option<&mut StdRng>,
         device: &Device,
-    ) -> (Tensor<4>, Tensor<1, Int>);
+    ) -> Result<Batch, CollabError>;
     /// Class names, in label order.
     fn class_names(&self) -> Vec<String>;
     /// Labels of all samples.
@@ -89,8 +93,8 @@ impl Batches for KwsData {
         indices: &[usize],
         rng: Option<&mut StdRng>,
         device: &Device,
-    ) -> (Tensor<4>, Tensor<1, Int>) {
-        match (rng, &self.audio) {
+    ) -> Result<Batch, CollabError> {
+        Ok(match (rng, &self.audio) {
             (Some(rng), Some(audio)) => {
                 let clips: Vec<Vec<f32>> = indices
                     .iter()
@@ -102,7 +106,7 @@ impl Batches for KwsData {
                 set.batch(&all, device)
             }
             _ => self.features.batch(indices, device),
-        }
+        })
     }
 
     fn class_names(&self) -> Vec<String> {
@@ -136,11 +140,11 @@ impl Batches for CifarData {
         indices: &[usize],
         rng: Option<&mut StdRng>,
         device: &Device,
-    ) -> (Tensor<4>, Tensor<1, Int>) {
-        match (rng, &self.augment) {
+    ) -> Result<Batch, CollabError> {
+        Ok(match (rng, &self.augment) {
             (Some(rng), Some(a)) => self.set.batch(indices, Some((a, rng)), device),
             _ => self.set.batch(indices, None, device),
-        }
+        })
     }
 
     fn class_names(&self) -> Vec<String> {
@@ -186,8 +190,8 @@ impl Batches for ImageData {
         indices: &[usize],
         _rng: Option<&mut StdRng>,
         device: &Device,
-    ) -> (Tensor<4>, Tensor<1, Int>) {
-        self.set.batch(indices, device)
+    ) -> Result<Batch, CollabError> {
+        Ok(self.set.batch(indices, device))
     }
 
     fn class_names(&self) -> Vec<String> {
@@ -205,6 +209,36 @@ impl Batches for ImageData {
             "synthetic images {0}x{0}x{1}",
             self.set.size, self.set.channels
         )
+    }
+}
+
+/// An ImageNet-style folder (decoded per batch; resize 256, centre crop 224, no augmentation).
+pub struct FolderData(pub ImageFolder);
+
+impl Batches for FolderData {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn batch(
+        &self,
+        indices: &[usize],
+        _rng: Option<&mut StdRng>,
+        device: &Device,
+    ) -> Result<Batch, CollabError> {
+        Ok(self.0.batch(indices, device)?)
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        self.0.classes.clone()
+    }
+
+    fn labels(&self) -> Vec<usize> {
+        self.0.samples.iter().map(|(_, l)| *l).collect()
+    }
+
+    fn describe(&self) -> String {
+        format!("image folder, {} classes", self.0.classes.len())
     }
 }
 
@@ -304,12 +338,26 @@ pub fn load(
                 )),
             })
         }
-        (Task::Images { side, classes }, Some(dir)) => {
-            if side != 32 || classes != 10 {
+        (Task::Images { side, .. }, Some(dir))
+            if side != 32 || !dir.join("test_batch.bin").exists() =>
+        {
+            let (train, val) = (dir.join("train"), dir.join("val"));
+            if !(train.is_dir() && val.is_dir()) {
+                return Err(CollabError::Usage(format!(
+                    "{}: expected CIFAR-10 binaries (for the -cifar models) or an image folder with \
+                     train/<class>/ and val/<class>/ (for 224 models)",
+                    dir.display()
+                )));
+            }
+            Ok(TaskData {
+                train: Box::new(FolderData(ImageFolder::open(&train)?)),
+                val: Box::new(FolderData(ImageFolder::open(&val)?)),
+            })
+        }
+        (Task::Images { classes, .. }, Some(dir)) => {
+            if classes != 10 {
                 return Err(CollabError::Usage(
-                    "CIFAR-10 data needs a CIFAR model (mobilenet-v1-cifar or mobilenet-v2-cifar); \
-                     image folders for 224 models are not supported yet"
-                        .into(),
+                    "CIFAR-10 data needs a model with 10 classes (a -cifar model)".into(),
                 ));
             }
             Ok(TaskData {

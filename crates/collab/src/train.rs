@@ -143,7 +143,11 @@ pub struct ClassAccuracy {
 }
 
 /// Evaluate `forward` (in evaluation mode, no autodiff) on all of `data`.
-pub fn evaluate<F>(forward: F, data: &dyn Batches, batch_size: usize) -> EvalReport
+pub fn evaluate<F>(
+    forward: F,
+    data: &dyn Batches,
+    batch_size: usize,
+) -> Result<EvalReport, CollabError>
 where
     F: Fn(burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2>,
 {
@@ -153,7 +157,7 @@ where
     let mut total = vec![0usize; names.len()];
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
-        let (x, y) = data.batch(chunk, None, &device);
+        let (x, y) = data.batch(chunk, None, &device)?;
         let pred = forward(x).argmax(1).flatten::<1>(0, 1);
         let pred = collab_core::host::to_vec_i64(pred);
         let y = collab_core::host::to_vec_i64(y);
@@ -180,11 +184,11 @@ where
             )
         })
         .collect();
-    EvalReport {
+    Ok(EvalReport {
         accuracy: correct.iter().sum::<usize>() as f64 / samples.max(1) as f64,
         samples,
         per_class,
-    }
+    })
 }
 
 /// Train `network` on `data.train`, validating on `data.val` after each epoch.
@@ -247,7 +251,7 @@ pub fn fit(
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for (i, indices) in batches.iter().enumerate() {
             let step = epoch * steps_per_epoch + i;
-            let (x, y) = data.train.batch(indices, Some(&mut rng), &device);
+            let (x, y) = data.train.batch(indices, Some(&mut rng), &device)?;
             let logits = network.forward(x);
             let pred =
                 collab_core::host::to_vec_i64(logits.clone().detach().argmax(1).flatten::<1>(0, 1));
@@ -267,7 +271,7 @@ pub fn fit(
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
         let eval = network.valid();
-        let val = evaluate(|x| eval.forward(x), data.val.as_ref(), 256);
+        let val = evaluate(|x| eval.forward(x), data.val.as_ref(), 256)?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             loss: loss_sum / seen.max(1) as f64,

@@ -120,7 +120,7 @@ fn learns_checkpoints_and_resumes_identically() {
     assert_eq!(manifest.model, spec);
     let recorded = manifest.metrics["val_accuracy"].as_f64().unwrap();
     let eval_net = loaded.with_bn_mode(BnMode::Batch).valid();
-    let report = train::evaluate(|x| eval_net.forward(x), data.val.as_ref(), 64);
+    let report = train::evaluate(|x| eval_net.forward(x), data.val.as_ref(), 64).unwrap();
     assert!(
         (report.accuracy - recorded).abs() < 1e-9,
         "{} vs {recorded}",

@@ -3,6 +3,7 @@
 //! let every example and test run on a fresh machine with no download.
 
 pub mod cifar;
+pub mod folder;
 pub mod mfcc;
 pub mod shared;
 pub mod speech;
@@ -10,6 +11,7 @@ pub mod synthetic;
 pub mod wav;
 
 pub use cifar::{Cifar10, CifarAugment};
+pub use folder::ImageFolder;
 pub use mfcc::{Frontend, MFCC_COEFFICIENTS, MFCC_FRAMES};
 pub use speech::{KWS_LABELS, KwsSet, SpeechCommands, Split, speaker_of, val_bucket};
 pub use synthetic::{ImageSet, SyntheticImages, SyntheticKws};
@@ -51,6 +53,11 @@ pub enum DataError {
         /// What was expected there.
         reason: String,
     },
+}
+
+#[cfg(test)]
+pub(crate) fn host_labels(t: burn::tensor::Tensor<1, burn::tensor::Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()
 }
 
 impl DataError {
