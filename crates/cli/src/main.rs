@@ -99,6 +99,14 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Report a .tflite file: operators, tensors, weight zeros and unique values, size and gzip size.
+    Inspect {
+        /// The .tflite file.
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a checkpoint on a data set.
     Eval {
         /// Checkpoint folder.
@@ -336,6 +344,20 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             all,
             json,
         } => eval(&checkpoint, data.as_deref(), all, json),
+        Command::Inspect { model, json } => {
+            let bytes = std::fs::read(&model).map_err(|e| CollabError::checkpoint(&model, e))?;
+            let report = collab_tflite::Report::new(&bytes)
+                .map_err(|e| CollabError::checkpoint(&model, e))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -64,6 +64,19 @@ fn import_then_eval_reproduces_the_published_accuracy() {
 }
 
 #[test]
+fn inspect_reports_a_tflite_file() {
+    let model = collab_data::shared::require_shared().join("tools/testdata/kws_ref_model.tflite");
+    let (code, out, err) = collab(&["inspect", model.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["bytes"], 53_936);
+    assert_eq!(v["total_zeros"], 168);
+    let (code, _, err) = collab(&["inspect", "/nonexistent.tflite"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nonexistent.tflite"), "{err}");
+}
+
+#[test]
 fn failures_exit_with_a_message() {
     let (code, _, err) = collab(&["info", "--model", "resnet-50"]);
     assert_eq!(code, 1);

@@ -1,0 +1,299 @@
+//! A `.tflite` file as a typed graph.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::TfliteError;
+use crate::tflite;
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorType {
+    /// 32-bit float.
+    Float32,
+    /// 8-bit signed integer.
+    Int8,
+    /// 8-bit unsigned integer.
+    Uint8,
+    /// 16-bit signed integer.
+    Int16,
+    /// 32-bit signed integer.
+    Int32,
+    /// 64-bit signed integer.
+    Int64,
+    /// Anything else (named by TFLite's enum).
+    Other(i8),
+}
+
+impl TensorType {
+    fn from_tflite(t: tflite::TensorType) -> Self {
+        match t {
+            tflite::TensorType::FLOAT32 => Self::Float32,
+            tflite::TensorType::INT8 => Self::Int8,
+            tflite::TensorType::UINT8 => Self::Uint8,
+            tflite::TensorType::INT16 => Self::Int16,
+            tflite::TensorType::INT32 => Self::Int32,
+            tflite::TensorType::INT64 => Self::Int64,
+            other => Self::Other(other.0),
+        }
+    }
+
+    /// Bytes per element, where fixed.
+    pub fn size(&self) -> Option<usize> {
+        match self {
+            Self::Int8 | Self::Uint8 => Some(1),
+            Self::Int16 => Some(2),
+            Self::Float32 | Self::Int32 => Some(4),
+            Self::Int64 => Some(8),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+/// Quantization of a tensor: `real = scale · (q − zero_point)`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Quantization {
+    /// One scale, or one per channel along `axis`.
+    pub scale: Vec<f32>,
+    /// Zero points (same length).
+    pub zero_point: Vec<i64>,
+    /// The quantized dimension (per-channel tensors).
+    pub axis: usize,
+}
+
+/// One tensor.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TensorInfo {
+    /// Its name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its element type.
+    pub dtype: TensorType,
+    /// Quantization parameters, if quantized.
+    pub quantization: Option<Quantization>,
+    /// Index of its buffer (0 = none).
+    pub buffer: usize,
+    /// Its constant data, if it has any (weights, biases).
+    #[serde(skip)]
+    pub data: Option<Vec<u8>>,
+}
+
+/// One operator.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Operator {
+    /// Builtin operator name, e.g. `CONV_2D` (or the custom code).
+    pub op: String,
+    /// Operator version.
+    pub version: i32,
+    /// Input tensor indices (−1 = optional input absent).
+    pub inputs: Vec<i32>,
+    /// Output tensor indices.
+    pub outputs: Vec<i32>,
+}
+
+/// The first subgraph of a `.tflite` file, with its operator codes resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Graph {
+    /// Schema version (3).
+    pub version: u32,
+    /// Tensors.
+    pub tensors: Vec<TensorInfo>,
+    /// Operators in execution order.
+    pub operators: Vec<Operator>,
+    /// Graph input tensor indices.
+    pub inputs: Vec<i32>,
+    /// Graph output tensor indices.
+    pub outputs: Vec<i32>,
+    /// Number of subgraphs in the file.
+    pub subgraphs: usize,
+}
+
+/// Limits that keep hostile files from exhausting memory or stack.
+fn verifier_options(len: usize) -> flatbuffers::VerifierOptions {
+    flatbuffers::VerifierOptions {
+        max_depth: 64,
+        max_tables: 1_000_000,
+        max_apparent_size: len.saturating_mul(2).max(1 << 20),
+        ignore_missing_null_terminator: false,
+    }
+}
+
+impl Graph {
+    /// Read and verify a `.tflite` file.
+    pub fn open(path: &Path) -> Result<Self, TfliteError> {
+        let bytes = std::fs::read(path).map_err(|e| TfliteError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Parse and verify `.tflite` bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TfliteError> {
+        if bytes.len() < 8 {
+            return Err(TfliteError::Malformed(format!(
+                "{} bytes is too short for a flatbuffer",
+                bytes.len()
+            )));
+        }
+        if !tflite::model_buffer_has_identifier(bytes) {
+            let id = String::from_utf8_lossy(&bytes[4..8]).into_owned();
+            return Err(TfliteError::Malformed(format!(
+                "file identifier is {id:?}, expected \"TFL3\" (is this a TFLite model?)"
+            )));
+        }
+        let model = tflite::root_as_model_with_opts(&verifier_options(bytes.len()), bytes)
+            .map_err(|e| TfliteError::Malformed(e.to_string()))?;
+        let codes: Vec<(String, i32)> = model
+            .operator_codes()
+            .map(|v| {
+                v.iter()
+                    .map(|c| {
+                        // Newer files use `builtin_code`; older ones only the deprecated byte.
+                        let code = c.builtin_code().0.max(c.deprecated_builtin_code() as i32);
+                        let name = match c.custom_code() {
+                            Some(custom) => custom.to_string(),
+                            None => tflite::BuiltinOperator(code)
+                                .variant_name()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| format!("BUILTIN_{code}")),
+                        };
+                        (name, c.version())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let buffers = model.buffers();
+        let buffer_count = buffers.map_or(0, |b| b.len());
+        let subgraphs = model
+            .subgraphs()
+            .ok_or_else(|| TfliteError::Malformed("the model has no subgraphs".into()))?;
+        if subgraphs.is_empty() {
+            return Err(TfliteError::Malformed("the model has no subgraphs".into()));
+        }
+        let graph = subgraphs.get(0);
+        let raw_tensors = graph
+            .tensors()
+            .ok_or_else(|| TfliteError::Malformed("subgraph 0 has no tensors".into()))?;
+        let mut tensors = Vec::with_capacity(raw_tensors.len());
+        for (i, t) in raw_tensors.iter().enumerate() {
+            let shape: Vec<usize> = t
+                .shape()
+                .map(|s| s.iter().map(|d| d.max(0) as usize).collect())
+                .unwrap_or_default();
+            let buffer = t.buffer() as usize;
+            if buffer >= buffer_count.max(1) {
+                return Err(TfliteError::BadReference(format!(
+                    "tensor {i} ({}) refers to buffer {buffer}, but the file has {buffer_count} buffers",
+                    t.name().unwrap_or("")
+                )));
+            }
+            let data = buffers
+                .and_then(|b| b.get(buffer).data())
+                .filter(|d| !d.is_empty())
+                .map(|d| d.bytes().to_vec());
+            let dtype = TensorType::from_tflite(t.type_());
+            if let (Some(d), Some(size)) = (&data, dtype.size()) {
+                let want = shape.iter().try_fold(size, |acc, s| acc.checked_mul(*s));
+                if want != Some(d.len()) {
+                    return Err(TfliteError::BadReference(format!(
+                        "tensor {i} ({}) has shape {shape:?} of {dtype:?} but its buffer holds {} bytes",
+                        t.name().unwrap_or(""),
+                        d.len()
+                    )));
+                }
+            }
+            let quantization = t.quantization().and_then(|q| {
+                let scale: Vec<f32> = q.scale()?.iter().collect();
+                if scale.is_empty() {
+                    return None;
+                }
+                Some(Quantization {
+                    zero_point: q
+                        .zero_point()
+                        .map(|z| z.iter().collect())
+                        .unwrap_or_default(),
+                    scale,
+                    axis: q.quantized_dimension().max(0) as usize,
+                })
+            });
+            tensors.push(TensorInfo {
+                name: t.name().unwrap_or("").to_string(),
+                shape,
+                dtype,
+                quantization,
+                buffer,
+                data,
+            });
+        }
+        let check_index = |what: &str, i: i32| -> Result<i32, TfliteError> {
+            if i >= tensors.len() as i32 || i < -1 {
+                return Err(TfliteError::BadReference(format!(
+                    "{what} refers to tensor {i}, but the subgraph has {} tensors",
+                    tensors.len()
+                )));
+            }
+            Ok(i)
+        };
+        let mut operators = Vec::new();
+        for (n, op) in graph.operators().iter().flatten().enumerate() {
+            let index = op.opcode_index() as usize;
+            let (name, version) = codes.get(index).cloned().ok_or_else(|| {
+                TfliteError::BadReference(format!(
+                    "operator {n} uses operator code {index}, but the file has {} codes",
+                    codes.len()
+                ))
+            })?;
+            let inputs = op
+                .inputs()
+                .map(|v| {
+                    v.iter()
+                        .map(|i| check_index(&format!("operator {n} ({name})"), i))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let outputs = op
+                .outputs()
+                .map(|v| {
+                    v.iter()
+                        .map(|i| check_index(&format!("operator {n} ({name})"), i))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            operators.push(Operator {
+                op: name,
+                version,
+                inputs,
+                outputs,
+            });
+        }
+        let io = |v: Option<flatbuffers::Vector<'_, i32>>,
+                  what: &str|
+         -> Result<Vec<i32>, TfliteError> {
+            v.map(|v| v.iter().map(|i| check_index(what, i)).collect())
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        Ok(Self {
+            version: model.version(),
+            inputs: io(graph.inputs(), "graph input")?,
+            outputs: io(graph.outputs(), "graph output")?,
+            tensors,
+            operators,
+            subgraphs: subgraphs.len(),
+        })
+    }
+
+    /// The tensors that hold constant data (weights and biases), with their indices.
+    pub fn constants(&self) -> impl Iterator<Item = (usize, &TensorInfo)> {
+        self.tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.data.is_some())
+    }
+}
