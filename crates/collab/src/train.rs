@@ -243,7 +243,7 @@ pub fn fit(
         let bar = crate::train::progress(steps_per_epoch as u64, &format!("epoch {}", epoch + 1));
         let start = Instant::now();
         let mut rng = epoch_rng(config.seed, epoch);
-        let batches = shuffled(
+        let batches = collab_data::shuffled_batches(
             data.train.len(),
             config.batch_size,
             config.seed.wrapping_add(epoch as u64),
@@ -330,21 +330,6 @@ fn save_best(out: &Path, network: &Network, manifest: &Manifest) -> Result<(), C
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
-}
-
-/// Batches of indices covering `0..len`, shuffled by `seed`.
-pub fn shuffled(len: usize, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
-    use rand::{Rng, SeedableRng};
-    let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    for i in (1..order.len()).rev() {
-        let j = rng.random_range(0..=i);
-        order.swap(i, j);
-    }
-    order
-        .chunks(batch_size.max(1))
-        .map(|c| c.to_vec())
-        .collect()
 }
 
 /// A progress bar drawn on terminals only; logs carry the figures elsewhere.

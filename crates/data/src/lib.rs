@@ -55,6 +55,23 @@ pub enum DataError {
     },
 }
 
+/// Batches of indices covering `0..len` once, shuffled deterministically by `seed` (a
+/// Fisher–Yates shuffle written out, so the order does not depend on rand's internals). The
+/// last batch may be smaller.
+pub fn shuffled_batches(len: usize, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
+    use rand::{Rng, SeedableRng};
+    let mut order: Vec<usize> = (0..len).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in (1..order.len()).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+    order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 #[cfg(test)]
 pub(crate) fn host_labels(t: burn::tensor::Tensor<1, burn::tensor::Int>) -> Vec<i64> {
     t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()

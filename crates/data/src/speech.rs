@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sha1::{Digest, Sha1};
 
 use crate::DataError;
@@ -353,16 +353,7 @@ impl KwsSet {
 
     /// Batches of indices covering the set once, shuffled by `seed` (the last may be smaller).
     pub fn shuffled_batches(&self, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        let mut rng = StdRng::seed_from_u64(seed);
-        for i in (1..order.len()).rev() {
-            let j = rng.random_range(0..=i);
-            order.swap(i, j);
-        }
-        order
-            .chunks(batch_size.max(1))
-            .map(|c| c.to_vec())
-            .collect()
+        crate::shuffled_batches(self.len(), batch_size, seed)
     }
 
     /// Per-class counts.
@@ -378,6 +369,7 @@ impl KwsSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     #[test]
     fn speakers_and_buckets() {

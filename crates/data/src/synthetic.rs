@@ -171,17 +171,7 @@ impl ImageSet {
     /// Batches of indices covering the set once, shuffled deterministically by `seed`.
     /// The last batch may be smaller.
     pub fn shuffled_batches(&self, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        let mut rng = StdRng::seed_from_u64(seed);
-        // Fisher-Yates, written out so the order does not depend on rand's shuffle internals.
-        for i in (1..order.len()).rev() {
-            let j = rng.random_range(0..=i);
-            order.swap(i, j);
-        }
-        order
-            .chunks(batch_size.max(1))
-            .map(|c| c.to_vec())
-            .collect()
+        crate::shuffled_batches(self.len(), batch_size, seed)
     }
 }
 

@@ -238,6 +238,13 @@ impl Graph {
             }
             Ok(i)
         };
+        let indices = |v: Option<flatbuffers::Vector<'_, i32>>,
+                       what: &str|
+         -> Result<Vec<i32>, TfliteError> {
+            v.map(|v| v.iter().map(|i| check_index(what, i)).collect())
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
         let mut operators = Vec::new();
         for (n, op) in graph.operators().iter().flatten().enumerate() {
             let index = op.opcode_index() as usize;
@@ -247,24 +254,9 @@ impl Graph {
                     codes.len()
                 ))
             })?;
-            let inputs = op
-                .inputs()
-                .map(|v| {
-                    v.iter()
-                        .map(|i| check_index(&format!("operator {n} ({name})"), i))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()?
-                .unwrap_or_default();
-            let outputs = op
-                .outputs()
-                .map(|v| {
-                    v.iter()
-                        .map(|i| check_index(&format!("operator {n} ({name})"), i))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()?
-                .unwrap_or_default();
+            let what = format!("operator {n} ({name})");
+            let inputs = indices(op.inputs(), &what)?;
+            let outputs = indices(op.outputs(), &what)?;
             operators.push(Operator {
                 op: name,
                 version,
@@ -272,17 +264,10 @@ impl Graph {
                 outputs,
             });
         }
-        let io = |v: Option<flatbuffers::Vector<'_, i32>>,
-                  what: &str|
-         -> Result<Vec<i32>, TfliteError> {
-            v.map(|v| v.iter().map(|i| check_index(what, i)).collect())
-                .transpose()
-                .map(Option::unwrap_or_default)
-        };
         Ok(Self {
             version: model.version(),
-            inputs: io(graph.inputs(), "graph input")?,
-            outputs: io(graph.outputs(), "graph output")?,
+            inputs: indices(graph.inputs(), "graph input")?,
+            outputs: indices(graph.outputs(), "graph output")?,
             tensors,
             operators,
             subgraphs: subgraphs.len(),
