@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::rngs::StdRng;
 use rand::Rng;
+use rand::rngs::StdRng;
 use sha1::{Digest, Sha1};
 
 use crate::DataError;
