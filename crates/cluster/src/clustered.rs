@@ -100,10 +100,7 @@ impl WeightTransform for ClusterTransform {
     fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
         let shape = weight.shape();
         let view = self.view.flatten_rows(weight);
-        let centroids = match &self.pinned {
-            Some(pinned) => self.centroids.clone().mask_fill(pinned.clone(), 0.0),
-            None => self.centroids.clone(),
-        };
+        let centroids = self.centroids_effective();
         let index = self.indices(view.clone(), centroids.clone());
         let [rows, cols] = view.dims();
         let k = centroids.dims()[1];

@@ -115,7 +115,8 @@ impl ActQuant {
             return x;
         }
         let training = self.training.is_enabled() && x.device().is_autodiff();
-        if !training && self.range().is_none() {
+        let current = self.range();
+        if !training && current.is_none() {
             return x;
         }
         // One read of the activation serves both the range update and the quantization.
@@ -124,15 +125,17 @@ impl ActQuant {
         let device = plain.device();
         let n = shape.num_elements();
         let mut values = to_vec_f32(plain.reshape([n]));
-        if training {
+        let range = if training {
             let (low, high) = values
                 .iter()
                 .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
                     (lo.min(*v), hi.max(*v))
                 });
-            self.observe(low, high);
-        }
-        let Some((min, max)) = self.range() else {
+            self.observe(low, high, current)
+        } else {
+            current
+        };
+        let Some((min, max)) = range else {
             return x;
         };
         match QuantParams::asymmetric(min, max) {
@@ -182,19 +185,23 @@ impl ActQuant {
         self.max.set(Tensor::from_floats([max], &device));
     }
 
-    fn observe(&self, low: f32, high: f32) {
+    /// Fold a batch's `[low, high]` into the range `current` (the stored one) and return the
+    /// new range, without reading the stored one again.
+    fn observe(&self, low: f32, high: f32, current: Option<(f32, f32)>) -> Option<(f32, f32)> {
         if !(low.is_finite() && high.is_finite()) {
             tracing::warn!("batch with non-finite activations left out of the range");
-            return;
+            return current;
         }
-        match self.range() {
-            None => self.set_range(low, high),
+        let (min, max) = match current {
+            None => (low, high),
             Some((min, max)) => {
                 let d = self.config.decay as f32;
-                self.set_range(d * min + (1.0 - d) * low, d * max + (1.0 - d) * high);
+                (d * min + (1.0 - d) * low, d * max + (1.0 - d) * high)
             }
-        }
+        };
+        self.set_range(min, max);
         self.observed.increment();
+        Some((min, max))
     }
 
     fn calibrate<const D: usize>(&self, x: &Tensor<D>) {
