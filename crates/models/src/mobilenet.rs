@@ -398,6 +398,13 @@ pub struct MobileNetV2<C, L> {
     pub fc: L,
 }
 
+impl<C> InvertedResidual<C> {
+    /// Whether the block adds its input to its output (stride 1, same channels).
+    pub fn residual(&self) -> bool {
+        self.residual
+    }
+}
+
 impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV2<C, L> {
     /// Images `[batch, 3, h, w]` → logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {

@@ -6,6 +6,11 @@
 //! - [`reader`]: a `.tflite` file, verified with the flatbuffers verifier (bounded depth, table
 //!   count and size: no panic and no unbounded allocation on hostile input), into a typed
 //!   [`reader::Graph`].
+//! - [`interp`]: a reference int8 interpreter, bit-exact with LiteRT's reference kernels and
+//!   TensorFlow Lite Micro ([`fixed`]: their fixed-point arithmetic).
+//! - [`writer`]: [`Int8Builder`] writes full-integer int8 files in TFLite's conventions.
+//! - [`npy`]: NumPy arrays, to exchange inputs and outputs with the Python validators.
+//! - [`tools`]: the Python validators (LiteRT, TFLite Micro, Vela) as subprocesses.
 //! - [`report`]: what `collab inspect` prints: operators with versions, tensors with their
 //!   quantization, per weight tensor the zero fraction and unique values per tensor and per
 //!   channel, file size, gzip -9 size and compression (1 − gzip/size) as the published tables
@@ -29,11 +34,20 @@ extern crate alloc;
 pub mod schema_generated;
 pub use schema_generated::tflite;
 
+pub mod fixed;
+pub mod interp;
+pub mod npy;
 pub mod reader;
 pub mod report;
+pub mod tools;
+pub mod writer;
 
-pub use reader::{Graph, Operator, Quantization, TensorInfo, TensorType};
+pub use interp::{Data, Flavor, Interpreter, Port};
+pub use reader::{
+    Activation, Graph, Operator, Options, Padding, Quantization, TensorInfo, TensorType,
+};
 pub use report::{Report, WeightStats, gzip_size};
+pub use writer::{ActQ, ConvLayer, ConvPadding, Int8Builder, TensorId, write_atomic};
 
 /// Errors reading or writing `.tflite` files; each says what is wrong with the file.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -44,6 +58,13 @@ pub enum TfliteError {
     /// A reference inside the file points outside what the file holds.
     #[error("invalid .tflite file: {0}")]
     BadReference(String),
+    /// A valid file the int8 interpreter cannot run (operator, type or shape), or one whose
+    /// tensors would need more memory than allowed.
+    #[error("cannot run this .tflite file: {0}")]
+    Unsupported(String),
+    /// Input values that do not fit the model.
+    #[error("wrong input: {0}")]
+    Input(String),
     /// Reading the file failed.
     #[error("{path}: {reason}")]
     Io {

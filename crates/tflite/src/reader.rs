@@ -81,6 +81,177 @@ pub struct TensorInfo {
     pub data: Option<Vec<u8>>,
 }
 
+/// A fused activation (`fused_activation_function`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// None.
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `min(max(x, −1), 1)`.
+    ReluN1To1,
+    /// Anything else (TFLite's enum value), e.g. TANH.
+    Other(i8),
+}
+
+impl Activation {
+    fn from_tflite(a: tflite::ActivationFunctionType) -> Self {
+        match a {
+            tflite::ActivationFunctionType::NONE => Self::None,
+            tflite::ActivationFunctionType::RELU => Self::Relu,
+            tflite::ActivationFunctionType::RELU6 => Self::Relu6,
+            tflite::ActivationFunctionType::RELU_N1_TO_1 => Self::ReluN1To1,
+            other => Self::Other(other.0),
+        }
+    }
+}
+
+/// TFLite padding mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Output `ceil(in / stride)`, padding split with the extra row/column at the end.
+    Same,
+    /// No padding.
+    Valid,
+}
+
+/// The builtin options the interpreter and the reports need, per operator kind.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Options {
+    /// CONV_2D and DEPTHWISE_CONV_2D.
+    Conv {
+        /// Padding mode.
+        padding: Padding,
+        /// `[stride_h, stride_w]`.
+        stride: [usize; 2],
+        /// `[dilation_h, dilation_w]`.
+        dilation: [usize; 2],
+        /// Fused activation.
+        activation: Activation,
+        /// Depthwise channel multiplier (1 for CONV_2D).
+        depth_multiplier: usize,
+    },
+    /// AVERAGE_POOL_2D and MAX_POOL_2D.
+    Pool {
+        /// Padding mode.
+        padding: Padding,
+        /// `[stride_h, stride_w]`.
+        stride: [usize; 2],
+        /// `[filter_h, filter_w]`.
+        filter: [usize; 2],
+        /// Fused activation.
+        activation: Activation,
+    },
+    /// FULLY_CONNECTED.
+    FullyConnected {
+        /// Fused activation.
+        activation: Activation,
+        /// Keep the input's leading dimensions.
+        keep_num_dims: bool,
+    },
+    /// ADD.
+    Add {
+        /// Fused activation.
+        activation: Activation,
+    },
+    /// SOFTMAX.
+    Softmax {
+        /// β of `exp(β·x)`.
+        beta: f32,
+    },
+    /// MEAN / SUM and the other reducers.
+    Reducer {
+        /// Keep reduced dimensions as 1.
+        keep_dims: bool,
+    },
+    /// No options, or options this crate does not read.
+    None,
+}
+
+fn dim(v: i32, what: &str, n: usize, name: &str) -> Result<usize, TfliteError> {
+    if v < 1 {
+        return Err(TfliteError::Malformed(format!(
+            "operator {n} ({name}) has {what} {v}; it must be at least 1"
+        )));
+    }
+    Ok(v as usize)
+}
+
+fn read_options(op: &tflite::Operator<'_>, n: usize, name: &str) -> Result<Options, TfliteError> {
+    let padding = |p: tflite::Padding| {
+        if p == tflite::Padding::VALID {
+            Padding::Valid
+        } else {
+            Padding::Same
+        }
+    };
+    Ok(if let Some(o) = op.builtin_options_as_conv_2_doptions() {
+        Options::Conv {
+            padding: padding(o.padding()),
+            stride: [
+                dim(o.stride_h(), "stride_h", n, name)?,
+                dim(o.stride_w(), "stride_w", n, name)?,
+            ],
+            dilation: [
+                dim(o.dilation_h_factor(), "dilation_h", n, name)?,
+                dim(o.dilation_w_factor(), "dilation_w", n, name)?,
+            ],
+            activation: Activation::from_tflite(o.fused_activation_function()),
+            depth_multiplier: 1,
+        }
+    } else if let Some(o) = op.builtin_options_as_depthwise_conv_2_doptions() {
+        Options::Conv {
+            padding: padding(o.padding()),
+            stride: [
+                dim(o.stride_h(), "stride_h", n, name)?,
+                dim(o.stride_w(), "stride_w", n, name)?,
+            ],
+            dilation: [
+                dim(o.dilation_h_factor(), "dilation_h", n, name)?,
+                dim(o.dilation_w_factor(), "dilation_w", n, name)?,
+            ],
+            activation: Activation::from_tflite(o.fused_activation_function()),
+            // Version-1 files may leave it 0; the tensors' shapes decide then.
+            depth_multiplier: o.depth_multiplier().max(0) as usize,
+        }
+    } else if let Some(o) = op.builtin_options_as_pool_2_doptions() {
+        Options::Pool {
+            padding: padding(o.padding()),
+            stride: [
+                dim(o.stride_h(), "stride_h", n, name)?,
+                dim(o.stride_w(), "stride_w", n, name)?,
+            ],
+            filter: [
+                dim(o.filter_height(), "filter_height", n, name)?,
+                dim(o.filter_width(), "filter_width", n, name)?,
+            ],
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
+    } else if let Some(o) = op.builtin_options_as_fully_connected_options() {
+        Options::FullyConnected {
+            activation: Activation::from_tflite(o.fused_activation_function()),
+            keep_num_dims: o.keep_num_dims(),
+        }
+    } else if let Some(o) = op.builtin_options_as_add_options() {
+        Options::Add {
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
+    } else if let Some(o) = op.builtin_options_as_softmax_options() {
+        Options::Softmax { beta: o.beta() }
+    } else if let Some(o) = op.builtin_options_as_reducer_options() {
+        Options::Reducer {
+            keep_dims: o.keep_dims(),
+        }
+    } else {
+        Options::None
+    })
+}
+
 /// One operator.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Operator {
@@ -88,6 +259,8 @@ pub struct Operator {
     pub op: String,
     /// Operator version.
     pub version: i32,
+    /// Its builtin options (strides, padding, fused activation, …).
+    pub options: Options,
     /// Input tensor indices (−1 = optional input absent).
     pub inputs: Vec<i32>,
     /// Output tensor indices.
@@ -191,7 +364,9 @@ impl Graph {
                     t.name().unwrap_or("")
                 )));
             }
+            // Buffer 0 of a file with no buffers (absent or an empty vector) means no data.
             let data = buffers
+                .filter(|b| buffer < b.len())
                 .and_then(|b| b.get(buffer).data())
                 .filter(|d| !d.is_empty())
                 .map(|d| d.bytes().to_vec());
@@ -257,9 +432,11 @@ impl Graph {
             let what = format!("operator {n} ({name})");
             let inputs = indices(op.inputs(), &what)?;
             let outputs = indices(op.outputs(), &what)?;
+            let options = read_options(&op, n, &name)?;
             operators.push(Operator {
                 op: name,
                 version,
+                options,
                 inputs,
                 outputs,
             });

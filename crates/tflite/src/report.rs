@@ -208,8 +208,10 @@ impl Report {
                 _ => "-".into(),
             };
             let mut name = w.name.clone();
-            if name.len() > 40 {
-                name = format!("…{}", &name[name.len() - 39..]);
+            let chars = name.chars().count();
+            if chars > 40 {
+                // Keep the last 39 characters (never split a multi-byte character).
+                name = format!("…{}", name.chars().skip(chars - 39).collect::<String>());
             }
             s += &format!(
                 "{:<5} {:<40} {:<18} {:<7} {:>18} {:>9} {:>6.2}% {:>7} {:>13}\n",

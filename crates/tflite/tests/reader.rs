@@ -138,6 +138,31 @@ fn malformed_files_are_typed_errors() {
     assert!(Graph::open(std::path::Path::new("/nonexistent.tflite")).is_err());
 }
 
+/// Found by `cargo fuzz` (crates/tflite/fuzz): a `buffers` vector that is present but empty, with
+/// a tensor on buffer 0, panicked in flatbuffers' `Vector::get` (index out of bounds). Buffer 0
+/// of a file without buffers means "no data", as when `buffers` is absent.
+#[test]
+fn empty_buffers_vector_does_not_panic() {
+    let bytes = pack(&one_tensor_model(TensorT::default(), 0, None));
+    let g = Graph::from_bytes(&bytes).unwrap();
+    assert_eq!(g.tensors.len(), 1);
+    assert_eq!(
+        (g.tensors[0].buffer, g.tensors[0].data.as_deref()),
+        (0, None)
+    );
+    let report = Report::new(&bytes).unwrap();
+    assert!(report.weights.is_empty());
+    // The same model with `buffers` absent reads the same.
+    let mut absent = one_tensor_model(TensorT::default(), 0, None);
+    absent.buffers = None;
+    assert_eq!(Graph::from_bytes(&pack(&absent)).unwrap(), g);
+    // A non-zero buffer index is still a typed error.
+    let mut t = TensorT::default();
+    t.buffer = 1;
+    let err = Graph::from_bytes(&pack(&one_tensor_model(t, 0, None))).unwrap_err();
+    assert!(matches!(err, TfliteError::BadReference(_)), "{err}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
 

@@ -1,0 +1,1282 @@
+//! A reference int8 interpreter for the operators burn-collab exports.
+//!
+//! Bit-exact with LiteRT's reference kernels (`BUILTIN_REF`) and TensorFlow Lite Micro: the
+//! same output sizes and padding, the same multipliers (computed in `f64` exactly where TFLite
+//! does, in `f32` where it does), the same fixed-point requantization
+//! (`MultiplyByQuantizedMultiplier`) and gemmlowp's fixed-point softmax. Layout NHWC.
+//!
+//! Operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, AVERAGE_POOL_2D, RESHAPE, SOFTMAX,
+//! ADD (same shapes), PAD, QUANTIZE (float → int8) and DEQUANTIZE (int8 → float). Tensors are
+//! int8 activations, int8 weights (zero point 0, per tensor or per channel), int32 biases.
+//!
+//! [`Interpreter::new`] checks everything once (types, shapes, quantization, memory) and
+//! precomputes the multipliers, as TFLite's `Prepare`; [`Interpreter::run`] cannot fail
+//! afterwards except on input of the wrong size.
+
+use serde::Serialize;
+
+use crate::TfliteError;
+use crate::fixed::{
+    exp_on_negative_values_q5, mbqm, mbqm_single, quantize_multiplier, rdbpot, reciprocal,
+};
+use crate::reader::{Activation, Graph, Options, Padding, TensorInfo, TensorType};
+
+/// The most activation memory a model may ask for (all intermediate tensors together).
+const MAX_ACTIVATION_BYTES: usize = 1 << 30;
+
+/// Values of an input or output tensor.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Data {
+    /// int8 values.
+    I8(Vec<i8>),
+    /// float values.
+    F32(Vec<f32>),
+}
+
+impl Data {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::I8(v) => v.len(),
+            Data::F32(v) => v.len(),
+        }
+    }
+
+    /// Whether it holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Shape, type and quantization of a graph input or output.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Port {
+    /// Tensor name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// `Int8` or `Float32`.
+    pub dtype: TensorType,
+    /// Scale (1 for float tensors).
+    pub scale: f32,
+    /// Zero point (0 for float tensors).
+    pub zero_point: i32,
+}
+
+#[derive(Clone, Debug)]
+struct Requant {
+    multiplier: Vec<i32>,
+    shift: Vec<i32>,
+}
+
+#[derive(Clone, Debug)]
+struct ConvKernel {
+    input: usize,
+    output: usize,
+    /// `[n, h, w, c]` of the input and output.
+    in_shape: [usize; 4],
+    out_shape: [usize; 4],
+    /// Filter values, `[out_c, kh, kw, in_c]` (CONV_2D) or `[kh, kw, out_c]` (depthwise).
+    filter: Vec<i8>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    /// Padding before (top, left).
+    pad: [usize; 2],
+    bias: Vec<i32>,
+    input_offset: i32,
+    output_offset: i32,
+    requant: Requant,
+    act: [i32; 2],
+    depthwise: bool,
+    multiplier: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Kernel {
+    Conv(Box<ConvKernel>),
+    FullyConnected {
+        input: usize,
+        output: usize,
+        batches: usize,
+        depth: usize,
+        units: usize,
+        filter: Vec<i8>,
+        bias: Vec<i32>,
+        input_offset: i32,
+        output_offset: i32,
+        multiplier: i32,
+        shift: i32,
+        act: [i32; 2],
+    },
+    AvgPool {
+        input: usize,
+        output: usize,
+        in_shape: [usize; 4],
+        out_shape: [usize; 4],
+        filter: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+        act: [i32; 2],
+    },
+    Copy {
+        input: usize,
+        output: usize,
+    },
+    Softmax {
+        input: usize,
+        output: usize,
+        depth: usize,
+        multiplier: i32,
+        left_shift: i32,
+        diff_min: i32,
+    },
+    Add {
+        inputs: [usize; 2],
+        output: usize,
+        offsets: [i32; 2],
+        multipliers: [(i32, i32); 2],
+        output_requant: (i32, i32),
+        output_offset: i32,
+        act: [i32; 2],
+    },
+    Pad {
+        input: usize,
+        output: usize,
+        in_shape: [usize; 4],
+        out_shape: [usize; 4],
+        before: [usize; 4],
+        value: i8,
+    },
+    Quantize {
+        input: usize,
+        output: usize,
+        scale: f32,
+        zero_point: i32,
+    },
+    Dequantize {
+        input: usize,
+        output: usize,
+        scale: f32,
+        zero_point: i32,
+    },
+}
+
+/// Which runtime's arithmetic to reproduce where they differ.
+///
+/// The only difference among the supported operators: int8 FULLY_CONNECTED requantizes with two
+/// roundings in TensorFlow Lite Micro (and LiteRT's optimised kernels) but with one in LiteRT's
+/// reference kernel; outputs then differ by 1 LSB on some inputs. Files written by
+/// `collab::export` give every runtime the same multiplier, but not the same rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavor {
+    /// TensorFlow Lite Micro (the microcontroller runtime): the default.
+    #[default]
+    Micro,
+    /// LiteRT's reference kernels (`BUILTIN_REF`).
+    LiteRtReference,
+}
+
+/// A prepared int8 graph.
+#[derive(Clone, Debug)]
+pub struct Interpreter {
+    flavor: Flavor,
+    kernels: Vec<Kernel>,
+    /// Element count of every tensor that is computed (0 for constants).
+    sizes: Vec<usize>,
+    float: Vec<bool>,
+    inputs: Vec<(usize, Port)>,
+    outputs: Vec<(usize, Port)>,
+}
+
+fn bad(n: usize, op: &str, what: impl std::fmt::Display) -> TfliteError {
+    TfliteError::Unsupported(format!("operator {n} ({op}): {what}"))
+}
+
+/// `(scale, zero point)` of a per-tensor quantized tensor.
+fn per_tensor(t: &TensorInfo, n: usize, op: &str) -> Result<(f32, i32), TfliteError> {
+    let q = t.quantization.as_ref().ok_or_else(|| {
+        bad(
+            n,
+            op,
+            format!("tensor `{}` has no quantization parameters", t.name),
+        )
+    })?;
+    let scale = q.scale[0];
+    let zp = q.zero_point.first().copied().unwrap_or(0);
+    if q.scale.len() != 1 || !(scale.is_finite() && scale > 0.0) || !(-128..=127).contains(&zp) {
+        return Err(bad(
+            n,
+            op,
+            format!(
+                "tensor `{}` needs one positive scale and an int8 zero point (has {:?} / {:?})",
+                t.name, q.scale, q.zero_point
+            ),
+        ));
+    }
+    Ok((scale, zp as i32))
+}
+
+/// TFLite's `CalculateActivationRangeQuantized` for int8.
+fn activation_range(act: Activation, scale: f32, zp: i32) -> Result<[i32; 2], String> {
+    // As TFLite: the bound must quantize into int32, else the model is refused.
+    let q = |f: f32| -> Result<i32, String> {
+        let t = (f / scale).round();
+        if !(t >= i32::MIN as f32 && t <= i32::MAX as f32) {
+            return Err(format!(
+                "the fused activation bound {f} overflows int32 at output scale {scale}"
+            ));
+        }
+        Ok(zp.wrapping_add(t as i32))
+    };
+    Ok(match act {
+        Activation::None => [-128, 127],
+        Activation::Relu => [q(0.0)?.max(-128), 127],
+        Activation::Relu6 => [q(0.0)?.max(-128), q(6.0)?.min(127)],
+        Activation::ReluN1To1 => [q(-1.0)?.max(-128), q(1.0)?.min(127)],
+        Activation::Other(a) => return Err(format!("fused activation {a} is not supported")),
+    })
+}
+
+/// TFLite's output size and leading padding for one spatial dimension.
+pub(crate) fn out_and_pad(
+    padding: Padding,
+    input: usize,
+    filter: usize,
+    stride: usize,
+    dilation: usize,
+) -> Option<(usize, usize)> {
+    let effective = (filter - 1).checked_mul(dilation)?.checked_add(1)?;
+    let out = match padding {
+        Padding::Same => input.div_ceil(stride),
+        Padding::Valid => (input + stride).checked_sub(effective)? / stride,
+    };
+    let total = ((out.checked_sub(1)?) * stride + effective).saturating_sub(input);
+    Some((out, total / 2))
+}
+
+fn shape4(t: &TensorInfo, n: usize, op: &str) -> Result<[usize; 4], TfliteError> {
+    <[usize; 4]>::try_from(t.shape.as_slice()).map_err(|_| {
+        bad(
+            n,
+            op,
+            format!("tensor `{}` must be 4-D, is {:?}", t.name, t.shape),
+        )
+    })
+}
+
+fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d))
+}
+
+fn const_i8<'a>(t: &'a TensorInfo, n: usize, op: &str) -> Result<&'a [u8], TfliteError> {
+    if t.dtype != TensorType::Int8 {
+        return Err(bad(
+            n,
+            op,
+            format!("weights `{}` must be int8, are {:?}", t.name, t.dtype),
+        ));
+    }
+    t.data
+        .as_deref()
+        .ok_or_else(|| bad(n, op, format!("weights `{}` are not constant", t.name)))
+}
+
+fn bias_i32(
+    graph: &Graph,
+    index: Option<&i32>,
+    units: usize,
+    n: usize,
+    op: &str,
+) -> Result<Vec<i32>, TfliteError> {
+    let Some(&i) = index.filter(|i| **i >= 0) else {
+        return Ok(vec![0; units]);
+    };
+    let t = &graph.tensors[i as usize];
+    let data = t.data.as_deref().filter(|_| t.dtype == TensorType::Int32);
+    let Some(data) = data.filter(|d| d.len() == units * 4) else {
+        return Err(bad(
+            n,
+            op,
+            format!("bias `{}` must be {units} constant int32 values", t.name),
+        ));
+    };
+    Ok(data
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Per-output-channel weight scales (zero points must be 0).
+fn filter_scales(
+    t: &TensorInfo,
+    units: usize,
+    n: usize,
+    op: &str,
+) -> Result<Vec<f32>, TfliteError> {
+    let q = t
+        .quantization
+        .as_ref()
+        .ok_or_else(|| bad(n, op, format!("weights `{}` are not quantized", t.name)))?;
+    if q.zero_point.iter().any(|z| *z != 0) {
+        return Err(bad(
+            n,
+            op,
+            format!("weights `{}` must have zero point 0", t.name),
+        ));
+    }
+    let scales = match q.scale.len() {
+        1 => vec![q.scale[0]; units],
+        l if l == units => q.scale.clone(),
+        l => {
+            return Err(bad(
+                n,
+                op,
+                format!(
+                    "weights `{}` have {l} scales for {units} output channels",
+                    t.name
+                ),
+            ));
+        }
+    };
+    if scales.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
+        return Err(bad(
+            n,
+            op,
+            format!("weights `{}` have an invalid scale", t.name),
+        ));
+    }
+    Ok(scales)
+}
+
+impl Interpreter {
+    /// Check the graph and precompute every kernel's constants; TFLite Micro's arithmetic.
+    pub fn new(graph: &Graph) -> Result<Self, TfliteError> {
+        Self::with_flavor(graph, Flavor::Micro)
+    }
+
+    /// As [`new`](Self::new), reproducing `flavor`'s arithmetic.
+    pub fn with_flavor(graph: &Graph, flavor: Flavor) -> Result<Self, TfliteError> {
+        let count = graph.tensors.len();
+        let mut sizes = vec![0usize; count];
+        let mut float = vec![false; count];
+        let mut total = 0usize;
+        for (i, t) in graph.tensors.iter().enumerate() {
+            if t.data.is_some() {
+                continue;
+            }
+            let size = elements(&t.shape)
+                .filter(|s| *s <= MAX_ACTIVATION_BYTES / 4)
+                .ok_or_else(|| {
+                    TfliteError::Unsupported(format!(
+                        "tensor {i} (`{}`) has shape {:?}: too large",
+                        t.name, t.shape
+                    ))
+                })?;
+            total = total.saturating_add(size * t.dtype.size().unwrap_or(1));
+            sizes[i] = size;
+            float[i] = t.dtype == TensorType::Float32;
+        }
+        if total > MAX_ACTIVATION_BYTES {
+            return Err(TfliteError::Unsupported(format!(
+                "the activations need {total} bytes, more than the {MAX_ACTIVATION_BYTES} allowed"
+            )));
+        }
+        let port = |i: i32, what: &str| -> Result<(usize, Port), TfliteError> {
+            if i < 0 {
+                return Err(TfliteError::BadReference(format!("{what} is tensor {i}")));
+            }
+            let t = &graph.tensors[i as usize];
+            let (scale, zero_point) = match t.dtype {
+                TensorType::Float32 => (1.0, 0),
+                TensorType::Int8 => per_tensor(t, 0, what)?,
+                other => {
+                    return Err(TfliteError::Unsupported(format!(
+                        "{what} `{}` is {other:?}; only int8 and float32 are supported",
+                        t.name
+                    )));
+                }
+            };
+            Ok((
+                i as usize,
+                Port {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    dtype: t.dtype,
+                    scale,
+                    zero_point,
+                },
+            ))
+        };
+        let inputs = graph
+            .inputs
+            .iter()
+            .map(|i| port(*i, "graph input"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = graph
+            .outputs
+            .iter()
+            .map(|i| port(*i, "graph output"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Every tensor an operator reads must be a graph input, a constant or computed before.
+        let mut ready: Vec<bool> = graph.tensors.iter().map(|t| t.data.is_some()).collect();
+        for (i, _) in &inputs {
+            ready[*i] = true;
+        }
+        let mut kernels = Vec::with_capacity(graph.operators.len());
+        for (n, op) in graph.operators.iter().enumerate() {
+            let name = op.op.as_str();
+            for &i in &op.inputs {
+                if i >= 0 && !ready[i as usize] {
+                    return Err(bad(
+                        n,
+                        name,
+                        format!("reads tensor {i} before it is computed"),
+                    ));
+                }
+            }
+            let kernel = Self::prepare(graph, n, op, &sizes)?;
+            for &o in &op.outputs {
+                if o < 0 || graph.tensors[o as usize].data.is_some() {
+                    return Err(bad(
+                        n,
+                        name,
+                        format!("writes to tensor {o}, a constant or none"),
+                    ));
+                }
+                ready[o as usize] = true;
+            }
+            kernels.push(kernel);
+        }
+        for (i, p) in &outputs {
+            if !ready[*i] {
+                return Err(TfliteError::BadReference(format!(
+                    "graph output `{}` is never computed",
+                    p.name
+                )));
+            }
+        }
+        Ok(Self {
+            flavor,
+            kernels,
+            sizes,
+            float,
+            inputs: inputs.into_iter().collect(),
+            outputs,
+        })
+    }
+
+    fn prepare(
+        graph: &Graph,
+        n: usize,
+        op: &crate::reader::Operator,
+        sizes: &[usize],
+    ) -> Result<Kernel, TfliteError> {
+        let name = op.op.as_str();
+        let tensor = |k: usize| -> Result<(usize, &TensorInfo), TfliteError> {
+            let i = *op
+                .inputs
+                .get(k)
+                .filter(|i| **i >= 0)
+                .ok_or_else(|| bad(n, name, format!("input {k} is missing")))?;
+            Ok((i as usize, &graph.tensors[i as usize]))
+        };
+        let out = || -> Result<(usize, &TensorInfo), TfliteError> {
+            let o = *op
+                .outputs
+                .first()
+                .ok_or_else(|| bad(n, name, "has no output"))?;
+            Ok((o as usize, &graph.tensors[o as usize]))
+        };
+        let int8 = |t: &TensorInfo| -> Result<(), TfliteError> {
+            if t.dtype != TensorType::Int8 || t.data.is_some() {
+                return Err(bad(
+                    n,
+                    name,
+                    format!("tensor `{}` must be a computed int8 tensor", t.name),
+                ));
+            }
+            Ok(())
+        };
+        let (oi, ot) = out()?;
+        Ok(match (name, &op.options) {
+            (
+                "CONV_2D" | "DEPTHWISE_CONV_2D",
+                Options::Conv {
+                    padding,
+                    stride,
+                    dilation,
+                    activation,
+                    depth_multiplier,
+                },
+            ) => {
+                let depthwise = name == "DEPTHWISE_CONV_2D";
+                let (ii, it) = tensor(0)?;
+                let (_, ft) = tensor(1)?;
+                int8(it)?;
+                int8(ot)?;
+                let in_shape = shape4(it, n, name)?;
+                let out_shape = shape4(ot, n, name)?;
+                let fshape = shape4(ft, n, name)?;
+                let filter = const_i8(ft, n, name)?;
+                let units = out_shape[3];
+                let (kernel, multiplier) = if depthwise {
+                    if fshape[0] != 1 || fshape[3] != units || in_shape[3] == 0 {
+                        return Err(bad(
+                            n,
+                            name,
+                            format!("filter shape {fshape:?} does not fit"),
+                        ));
+                    }
+                    let m = units / in_shape[3];
+                    if m * in_shape[3] != units
+                        || (*depth_multiplier != 0 && *depth_multiplier != m)
+                    {
+                        return Err(bad(
+                            n,
+                            name,
+                            "output channels ≠ input channels × multiplier",
+                        ));
+                    }
+                    ([fshape[1], fshape[2]], m)
+                } else {
+                    if fshape[0] != units || fshape[3] != in_shape[3] {
+                        return Err(bad(
+                            n,
+                            name,
+                            format!(
+                                "filter {fshape:?} does not fit input {in_shape:?} → {out_shape:?}"
+                            ),
+                        ));
+                    }
+                    ([fshape[1], fshape[2]], 1)
+                };
+                let (in_scale, in_zp) = per_tensor(it, n, name)?;
+                let (out_scale, out_zp) = per_tensor(ot, n, name)?;
+                let mut pad = [0; 2];
+                for d in 0..2 {
+                    let (o, p) =
+                        out_and_pad(*padding, in_shape[1 + d], kernel[d], stride[d], dilation[d])
+                            .filter(|_| kernel[d] > 0)
+                            .ok_or_else(|| bad(n, name, "the filter is larger than the input"))?;
+                    if o != out_shape[1 + d] {
+                        return Err(bad(
+                            n,
+                            name,
+                            format!(
+                                "output shape {out_shape:?} does not follow from the input {in_shape:?}"
+                            ),
+                        ));
+                    }
+                    pad[d] = p;
+                }
+                if in_shape[0] != out_shape[0] {
+                    return Err(bad(n, name, "batch sizes differ"));
+                }
+                let scales = filter_scales(ft, units, n, name)?;
+                let (mut mult, mut shift) = (Vec::new(), Vec::new());
+                for s in &scales {
+                    // PopulateConvolutionQuantizationParams: in double.
+                    let (m, sh) =
+                        quantize_multiplier(in_scale as f64 * *s as f64 / out_scale as f64);
+                    mult.push(m);
+                    shift.push(sh);
+                }
+                let filter: Vec<i8> = filter.iter().map(|b| *b as i8).collect();
+                Kernel::Conv(Box::new(ConvKernel {
+                    input: ii,
+                    output: oi,
+                    in_shape,
+                    out_shape,
+                    filter,
+                    kernel,
+                    stride: *stride,
+                    dilation: *dilation,
+                    pad,
+                    bias: bias_i32(graph, op.inputs.get(2), units, n, name)?,
+                    input_offset: -in_zp,
+                    output_offset: out_zp,
+                    requant: Requant {
+                        multiplier: mult,
+                        shift,
+                    },
+                    act: activation_range(*activation, out_scale, out_zp)
+                        .map_err(|e| bad(n, name, e))?,
+                    depthwise,
+                    multiplier,
+                }))
+            }
+            ("FULLY_CONNECTED", Options::FullyConnected { activation, .. }) => {
+                let (ii, it) = tensor(0)?;
+                let (_, ft) = tensor(1)?;
+                int8(it)?;
+                int8(ot)?;
+                if ft.shape.len() != 2 {
+                    return Err(bad(
+                        n,
+                        name,
+                        format!("weights must be [units, depth], are {:?}", ft.shape),
+                    ));
+                }
+                let (units, depth) = (ft.shape[0], ft.shape[1]);
+                let size = sizes[ii];
+                if depth == 0 || !size.is_multiple_of(depth) || sizes[oi] != size / depth * units {
+                    return Err(bad(n, name, "input, weight and output sizes do not fit"));
+                }
+                let (in_scale, in_zp) = per_tensor(it, n, name)?;
+                let (out_scale, out_zp) = per_tensor(ot, n, name)?;
+                let scales = filter_scales(ft, units, n, name)?;
+                if scales.iter().any(|s| *s != scales[0]) {
+                    return Err(bad(
+                        n,
+                        name,
+                        "per-channel fully-connected weights are not supported",
+                    ));
+                }
+                // GetQuantizedConvolutionMultipler: the product in float, the division in double.
+                let (multiplier, shift) =
+                    quantize_multiplier((in_scale * scales[0]) as f64 / out_scale as f64);
+                Kernel::FullyConnected {
+                    input: ii,
+                    output: oi,
+                    batches: size / depth,
+                    depth,
+                    units,
+                    filter: const_i8(ft, n, name)?.iter().map(|b| *b as i8).collect(),
+                    bias: bias_i32(graph, op.inputs.get(2), units, n, name)?,
+                    input_offset: -in_zp,
+                    output_offset: out_zp,
+                    multiplier,
+                    shift,
+                    act: activation_range(*activation, out_scale, out_zp)
+                        .map_err(|e| bad(n, name, e))?,
+                }
+            }
+            (
+                "AVERAGE_POOL_2D",
+                Options::Pool {
+                    padding,
+                    stride,
+                    filter,
+                    activation,
+                },
+            ) => {
+                let (ii, it) = tensor(0)?;
+                int8(it)?;
+                int8(ot)?;
+                let in_shape = shape4(it, n, name)?;
+                let out_shape = shape4(ot, n, name)?;
+                let (in_q, out_q) = (per_tensor(it, n, name)?, per_tensor(ot, n, name)?);
+                if in_q != out_q || in_shape[3] != out_shape[3] || in_shape[0] != out_shape[0] {
+                    return Err(bad(
+                        n,
+                        name,
+                        "input and output must share quantization and channels",
+                    ));
+                }
+                let mut pad = [0; 2];
+                for d in 0..2 {
+                    let (o, p) = out_and_pad(*padding, in_shape[1 + d], filter[d], stride[d], 1)
+                        .ok_or_else(|| bad(n, name, "the filter is larger than the input"))?;
+                    if o != out_shape[1 + d] {
+                        return Err(bad(n, name, "output shape does not follow from the input"));
+                    }
+                    pad[d] = p;
+                }
+                Kernel::AvgPool {
+                    input: ii,
+                    output: oi,
+                    in_shape,
+                    out_shape,
+                    filter: *filter,
+                    stride: *stride,
+                    pad,
+                    act: activation_range(*activation, out_q.0, out_q.1)
+                        .map_err(|e| bad(n, name, e))?,
+                }
+            }
+            ("RESHAPE", _) => {
+                let (ii, it) = tensor(0)?;
+                if it.dtype != ot.dtype || it.data.is_some() || sizes[ii] != sizes[oi] {
+                    return Err(bad(
+                        n,
+                        name,
+                        "input and output must have the same type and size",
+                    ));
+                }
+                if it.dtype == TensorType::Int8
+                    && per_tensor(it, n, name)? != per_tensor(ot, n, name)?
+                {
+                    return Err(bad(n, name, "input and output must share quantization"));
+                }
+                Kernel::Copy {
+                    input: ii,
+                    output: oi,
+                }
+            }
+            ("SOFTMAX", Options::Softmax { beta }) => {
+                let (ii, it) = tensor(0)?;
+                int8(it)?;
+                int8(ot)?;
+                let depth = *it.shape.last().unwrap_or(&0);
+                if depth == 0 || sizes[ii] != sizes[oi] {
+                    return Err(bad(n, name, "input and output sizes differ"));
+                }
+                let (in_scale, _) = per_tensor(it, n, name)?;
+                let (out_scale, out_zp) = per_tensor(ot, n, name)?;
+                if (out_scale - 1.0 / 256.0).abs() > 0.001 / 256.0 || out_zp != -128 {
+                    return Err(bad(
+                        n,
+                        name,
+                        "int8 softmax output must have scale 1/256, zero point −128",
+                    ));
+                }
+                // PreprocessSoftmaxScaling with 5 integer bits, and CalculateInputRadius.
+                const BITS: i32 = 5;
+                let real = (*beta as f64 * in_scale as f64 * (1i64 << (31 - BITS)) as f64)
+                    .min((1i64 << 31) as f64 - 1.0);
+                let (multiplier, left_shift) = quantize_multiplier(real);
+                if !(0..=31).contains(&left_shift) {
+                    return Err(bad(n, name, "input scale × beta is out of range"));
+                }
+                let radius = ((((1i64 << BITS) - 1) as f64 * (1i64 << (31 - BITS)) as f64)
+                    / (1i64 << left_shift) as f64)
+                    .floor();
+                Kernel::Softmax {
+                    input: ii,
+                    output: oi,
+                    depth,
+                    multiplier,
+                    left_shift,
+                    diff_min: -(radius as i32),
+                }
+            }
+            ("ADD", Options::Add { activation }) => {
+                let (ai, at) = tensor(0)?;
+                let (bi, bt) = tensor(1)?;
+                int8(at)?;
+                int8(bt)?;
+                int8(ot)?;
+                if at.shape != bt.shape || at.shape != ot.shape {
+                    return Err(bad(
+                        n,
+                        name,
+                        "broadcasting is not supported: shapes must be equal",
+                    ));
+                }
+                let (sa, za) = per_tensor(at, n, name)?;
+                let (sb, zb) = per_tensor(bt, n, name)?;
+                let (so, zo) = per_tensor(ot, n, name)?;
+                // add.cc Prepare: left shift 20, everything in double (the max and 2× in float).
+                let twice_max = (2.0 * sa.max(sb)) as f64;
+                let m1 = quantize_multiplier(sa as f64 / twice_max);
+                let m2 = quantize_multiplier(sb as f64 / twice_max);
+                let mo = quantize_multiplier(twice_max / ((1 << 20) as f32 * so) as f64);
+                Kernel::Add {
+                    inputs: [ai, bi],
+                    output: oi,
+                    offsets: [-za, -zb],
+                    multipliers: [m1, m2],
+                    output_requant: mo,
+                    output_offset: zo,
+                    act: activation_range(*activation, so, zo).map_err(|e| bad(n, name, e))?,
+                }
+            }
+            ("PAD", _) => {
+                let (ii, it) = tensor(0)?;
+                let (_, pt) = tensor(1)?;
+                int8(it)?;
+                int8(ot)?;
+                let in_shape = shape4(it, n, name)?;
+                let out_shape = shape4(ot, n, name)?;
+                let pads: Vec<i64> = match (pt.dtype, pt.data.as_deref()) {
+                    (TensorType::Int32, Some(d)) if d.len() == 32 => d
+                        .chunks_exact(4)
+                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                        .collect(),
+                    (TensorType::Int64, Some(d)) if d.len() == 64 => d
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                    _ => return Err(bad(n, name, "paddings must be a constant [4, 2] tensor")),
+                };
+                let mut before = [0; 4];
+                for d in 0..4 {
+                    let (b, a) = (pads[2 * d], pads[2 * d + 1]);
+                    if b < 0 || a < 0 || in_shape[d] as i64 + b + a != out_shape[d] as i64 {
+                        return Err(bad(n, name, "paddings do not fit the shapes"));
+                    }
+                    before[d] = b as usize;
+                }
+                if per_tensor(it, n, name)? != per_tensor(ot, n, name)? {
+                    return Err(bad(n, name, "input and output must share quantization"));
+                }
+                Kernel::Pad {
+                    input: ii,
+                    output: oi,
+                    in_shape,
+                    out_shape,
+                    before,
+                    value: per_tensor(ot, n, name)?.1 as i8,
+                }
+            }
+            ("QUANTIZE", _) => {
+                let (ii, it) = tensor(0)?;
+                int8(ot)?;
+                if it.dtype != TensorType::Float32 || sizes[ii] != sizes[oi] {
+                    return Err(bad(
+                        n,
+                        name,
+                        "only float32 → int8 of the same size is supported",
+                    ));
+                }
+                let (scale, zero_point) = per_tensor(ot, n, name)?;
+                Kernel::Quantize {
+                    input: ii,
+                    output: oi,
+                    scale,
+                    zero_point,
+                }
+            }
+            ("DEQUANTIZE", _) => {
+                let (ii, it) = tensor(0)?;
+                int8(it)?;
+                if ot.dtype != TensorType::Float32 || sizes[ii] != sizes[oi] {
+                    return Err(bad(
+                        n,
+                        name,
+                        "only int8 → float32 of the same size is supported",
+                    ));
+                }
+                let (scale, zero_point) = per_tensor(it, n, name)?;
+                Kernel::Dequantize {
+                    input: ii,
+                    output: oi,
+                    scale,
+                    zero_point,
+                }
+            }
+            (other, options) => {
+                return Err(bad(
+                    n,
+                    other,
+                    format!(
+                        "this operator (options {options:?}) is not supported by the int8 interpreter"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// Bytes of all computed tensors together.
+    pub fn activation_bytes(&self) -> usize {
+        self.sizes
+            .iter()
+            .zip(&self.float)
+            .map(|(n, f)| n * if *f { 4 } else { 1 })
+            .sum()
+    }
+
+    /// Multiply-accumulates of one run (convolutions and fully-connected layers), an estimate
+    /// of the work a run takes.
+    pub fn macs(&self) -> u64 {
+        self.kernels
+            .iter()
+            .map(|k| match k {
+                Kernel::Conv(c) => {
+                    let per = if c.depthwise { 1 } else { c.in_shape[3] };
+                    (c.out_shape.iter().product::<usize>() * c.kernel[0] * c.kernel[1] * per) as u64
+                }
+                Kernel::FullyConnected {
+                    batches,
+                    depth,
+                    units,
+                    ..
+                } => (batches * depth * units) as u64,
+                Kernel::AvgPool {
+                    out_shape, filter, ..
+                } => (out_shape.iter().product::<usize>() * filter[0] * filter[1]) as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The graph inputs, in order.
+    pub fn inputs(&self) -> Vec<&Port> {
+        self.inputs.iter().map(|(_, p)| p).collect()
+    }
+
+    /// The graph outputs, in order.
+    pub fn outputs(&self) -> Vec<&Port> {
+        self.outputs.iter().map(|(_, p)| p).collect()
+    }
+
+    /// Run the graph on one value per graph input (int8 or float as the input tensor is).
+    pub fn run(&self, inputs: &[Data]) -> Result<Vec<Data>, TfliteError> {
+        let (i8s, f32s) = self.run_all(inputs)?;
+        Ok(self
+            .outputs
+            .iter()
+            .map(|(i, _)| {
+                if self.float[*i] {
+                    Data::F32(f32s[*i].clone())
+                } else {
+                    Data::I8(i8s[*i].clone())
+                }
+            })
+            .collect())
+    }
+
+    /// Run the graph and return every computed tensor by index (`None` for constants): for
+    /// debugging a layer against another runtime's intermediate tensors.
+    pub fn run_traced(&self, inputs: &[Data]) -> Result<Vec<Option<Data>>, TfliteError> {
+        let (i8s, f32s) = self.run_all(inputs)?;
+        Ok((0..self.sizes.len())
+            .map(|i| {
+                if self.float[i] && !f32s[i].is_empty() {
+                    Some(Data::F32(f32s[i].clone()))
+                } else if !i8s[i].is_empty() {
+                    Some(Data::I8(i8s[i].clone()))
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_all(&self, inputs: &[Data]) -> Result<(Vec<Vec<i8>>, Vec<Vec<f32>>), TfliteError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(TfliteError::Input(format!(
+                "{} inputs given, the model has {}",
+                inputs.len(),
+                self.inputs.len()
+            )));
+        }
+        let mut i8s: Vec<Vec<i8>> = vec![Vec::new(); self.sizes.len()];
+        let mut f32s: Vec<Vec<f32>> = vec![Vec::new(); self.sizes.len()];
+        for ((i, port), data) in self.inputs.iter().zip(inputs) {
+            match (data, self.float[*i]) {
+                (Data::I8(v), false) if v.len() == self.sizes[*i] => i8s[*i] = v.clone(),
+                (Data::F32(v), true) if v.len() == self.sizes[*i] => f32s[*i] = v.clone(),
+                _ => {
+                    return Err(TfliteError::Input(format!(
+                        "input `{}` takes {} {:?} values of shape {:?}; got {} {}",
+                        port.name,
+                        self.sizes[*i],
+                        port.dtype,
+                        port.shape,
+                        data.len(),
+                        if matches!(data, Data::I8(_)) {
+                            "int8"
+                        } else {
+                            "float"
+                        }
+                    )));
+                }
+            }
+        }
+        for k in &self.kernels {
+            self.step(k, &mut i8s, &mut f32s);
+        }
+        Ok((i8s, f32s))
+    }
+
+    /// Run a model with one int8 input and one int8 output.
+    pub fn run_i8(&self, input: &[i8]) -> Result<Vec<i8>, TfliteError> {
+        match self.run(&[Data::I8(input.to_vec())])?.pop() {
+            Some(Data::I8(v)) if self.outputs.len() == 1 => Ok(v),
+            _ => Err(TfliteError::Input(
+                "run_i8 needs a model with one int8 output; use run".into(),
+            )),
+        }
+    }
+
+    fn step(&self, k: &Kernel, i8s: &mut [Vec<i8>], f32s: &mut [Vec<f32>]) {
+        match k {
+            Kernel::Conv(c) => {
+                let out = conv(c, &i8s[c.input]);
+                i8s[c.output] = out;
+            }
+            Kernel::FullyConnected {
+                input,
+                output,
+                batches,
+                depth,
+                units,
+                filter,
+                bias,
+                input_offset,
+                output_offset,
+                multiplier,
+                shift,
+                act,
+            } => {
+                let x = &i8s[*input];
+                let mut out = Vec::with_capacity(batches * units);
+                for b in 0..*batches {
+                    let row = &x[b * depth..(b + 1) * depth];
+                    for u in 0..*units {
+                        let w = &filter[u * depth..(u + 1) * depth];
+                        // int32 accumulation wraps as the C++ kernels do in practice.
+                        let (dot, w_sum) =
+                            w.iter().zip(row).fold((0i32, 0i32), |(d, s), (a, b)| {
+                                (
+                                    d.wrapping_add(*a as i32 * *b as i32),
+                                    s.wrapping_add(*a as i32),
+                                )
+                            });
+                        let acc = dot
+                            .wrapping_add(input_offset.wrapping_mul(w_sum))
+                            .wrapping_add(bias[u]);
+                        let v = match self.flavor {
+                            Flavor::Micro => mbqm(acc, *multiplier, *shift),
+                            Flavor::LiteRtReference => mbqm_single(acc, *multiplier, *shift),
+                        }
+                        .wrapping_add(*output_offset);
+                        out.push(v.clamp(act[0], act[1]) as i8);
+                    }
+                }
+                i8s[*output] = out;
+            }
+            Kernel::AvgPool {
+                input,
+                output,
+                in_shape,
+                out_shape,
+                filter,
+                stride,
+                pad,
+                act,
+            } => {
+                let x = &i8s[*input];
+                let [nb, ih, iw, ch] = *in_shape;
+                let [_, oh, ow, _] = *out_shape;
+                let mut out = vec![0i8; nb * oh * ow * ch];
+                for b in 0..nb {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let y0 = (oy * stride[0]) as isize - pad[0] as isize;
+                            let x0 = (ox * stride[1]) as isize - pad[1] as isize;
+                            let fy0 = (-y0).max(0) as usize;
+                            let fy1 = (filter[0] as isize).min(ih as isize - y0).max(0) as usize;
+                            let fx0 = (-x0).max(0) as usize;
+                            let fx1 = (filter[1] as isize).min(iw as isize - x0).max(0) as usize;
+                            let count = (fy1.saturating_sub(fy0) * fx1.saturating_sub(fx0)) as i32;
+                            for c in 0..ch {
+                                let mut acc = 0i32;
+                                for fy in fy0..fy1 {
+                                    let y = (y0 + fy as isize) as usize;
+                                    for fx in fx0..fx1 {
+                                        let xx = (x0 + fx as isize) as usize;
+                                        acc = acc.wrapping_add(
+                                            x[((b * ih + y) * iw + xx) * ch + c] as i32,
+                                        );
+                                    }
+                                }
+                                let v = if count == 0 {
+                                    0
+                                } else if acc > 0 {
+                                    (acc + count / 2) / count
+                                } else {
+                                    (acc - count / 2) / count
+                                };
+                                out[((b * oh + oy) * ow + ox) * ch + c] =
+                                    v.clamp(act[0], act[1]) as i8;
+                            }
+                        }
+                    }
+                }
+                i8s[*output] = out;
+            }
+            Kernel::Copy { input, output } => {
+                if self.float[*input] {
+                    f32s[*output] = f32s[*input].clone();
+                } else {
+                    i8s[*output] = i8s[*input].clone();
+                }
+            }
+            Kernel::Softmax {
+                input,
+                output,
+                depth,
+                multiplier,
+                left_shift,
+                diff_min,
+            } => {
+                let x = &i8s[*input];
+                let mut out = vec![0i8; x.len()];
+                let rescale = |d: i32| crate::fixed::srdhm(d * (1 << left_shift), *multiplier);
+                for (row, o) in x.chunks_exact(*depth).zip(out.chunks_exact_mut(*depth)) {
+                    let max = row.iter().copied().max().unwrap_or(i8::MIN) as i32;
+                    let mut sum = 0i32; // Q12.19
+                    for v in row {
+                        let d = *v as i32 - max;
+                        if d >= *diff_min {
+                            sum =
+                                sum.wrapping_add(rdbpot(exp_on_negative_values_q5(rescale(d)), 12));
+                        }
+                    }
+                    let (scale, bits_over_unit) = reciprocal(sum, 12);
+                    for (v, o) in row.iter().zip(o.iter_mut()) {
+                        let d = *v as i32 - max;
+                        *o = if d >= *diff_min {
+                            let e = exp_on_negative_values_q5(rescale(d));
+                            let unsat =
+                                rdbpot(crate::fixed::srdhm(scale, e), bits_over_unit + 31 - 8);
+                            (unsat - 128).clamp(-128, 127) as i8
+                        } else {
+                            -128
+                        };
+                    }
+                }
+                i8s[*output] = out;
+            }
+            Kernel::Add {
+                inputs,
+                output,
+                offsets,
+                multipliers,
+                output_requant,
+                output_offset,
+                act,
+            } => {
+                let (a, b) = (&i8s[inputs[0]], &i8s[inputs[1]]);
+                let out: Vec<i8> = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| {
+                        let x = mbqm(
+                            (offsets[0] + *x as i32) << 20,
+                            multipliers[0].0,
+                            multipliers[0].1,
+                        );
+                        let y = mbqm(
+                            (offsets[1] + *y as i32) << 20,
+                            multipliers[1].0,
+                            multipliers[1].1,
+                        );
+                        let v = mbqm(x.wrapping_add(y), output_requant.0, output_requant.1)
+                            .wrapping_add(*output_offset);
+                        v.clamp(act[0], act[1]) as i8
+                    })
+                    .collect();
+                i8s[*output] = out;
+            }
+            Kernel::Pad {
+                input,
+                output,
+                in_shape,
+                out_shape,
+                before,
+                value,
+            } => {
+                let x = &i8s[*input];
+                let mut out = vec![*value; out_shape.iter().product()];
+                let [n, h, w, c] = *in_shape;
+                for b in 0..n {
+                    for y in 0..h {
+                        for xx in 0..w {
+                            let src = ((b * h + y) * w + xx) * c;
+                            let dst = (((b + before[0]) * out_shape[1] + y + before[1])
+                                * out_shape[2]
+                                + xx
+                                + before[2])
+                                * out_shape[3]
+                                + before[3];
+                            out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                        }
+                    }
+                }
+                i8s[*output] = out;
+            }
+            Kernel::Quantize {
+                input,
+                output,
+                scale,
+                zero_point,
+            } => {
+                i8s[*output] = f32s[*input]
+                    .iter()
+                    .map(|v| {
+                        let q = (v / scale).round().clamp(-1e9, 1e9) as i32 + zero_point;
+                        q.clamp(-128, 127) as i8
+                    })
+                    .collect();
+            }
+            Kernel::Dequantize {
+                input,
+                output,
+                scale,
+                zero_point,
+            } => {
+                f32s[*output] = i8s[*input]
+                    .iter()
+                    .map(|v| (*scale as f64 * (*v as i32 - zero_point) as f64) as f32)
+                    .collect();
+            }
+        }
+    }
+}
+
+/// CONV_2D / DEPTHWISE_CONV_2D: `acc = Σ f·(x + input_offset) + bias`, requantized per channel.
+fn conv(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
+    let [nb, ih, iw, ic] = c.in_shape;
+    let [_, oh, ow, oc] = c.out_shape;
+    let [kh, kw] = c.kernel;
+    let mut out = vec![0i8; nb * oh * ow * oc];
+    let mut acc = vec![0i32; oc];
+    for b in 0..nb {
+        for oy in 0..oh {
+            let y0 = (oy * c.stride[0]) as isize - c.pad[0] as isize;
+            for ox in 0..ow {
+                let x0 = (ox * c.stride[1]) as isize - c.pad[1] as isize;
+                acc.copy_from_slice(&c.bias);
+                for fy in 0..kh {
+                    let y = y0 + (fy * c.dilation[0]) as isize;
+                    if y < 0 || y >= ih as isize {
+                        continue;
+                    }
+                    for fx in 0..kw {
+                        let xx = x0 + (fx * c.dilation[1]) as isize;
+                        if xx < 0 || xx >= iw as isize {
+                            continue;
+                        }
+                        let pixel = &x[((b * ih + y as usize) * iw + xx as usize) * ic..][..ic];
+                        if c.depthwise {
+                            let f = &c.filter[(fy * kw + fx) * oc..][..oc];
+                            let m = c.multiplier;
+                            for (o, (a, w)) in acc.iter_mut().zip(f).enumerate() {
+                                *a = a.wrapping_add(
+                                    *w as i32 * (pixel[o / m] as i32 + c.input_offset),
+                                );
+                            }
+                        } else {
+                            for (o, a) in acc.iter_mut().enumerate() {
+                                let f = &c.filter[((o * kh + fy) * kw + fx) * ic..][..ic];
+                                let mut dot = 0i32;
+                                let mut sum = 0i32;
+                                for (w, v) in f.iter().zip(pixel) {
+                                    dot = dot.wrapping_add(*w as i32 * *v as i32);
+                                    sum = sum.wrapping_add(*w as i32);
+                                }
+                                *a = a
+                                    .wrapping_add(dot)
+                                    .wrapping_add(c.input_offset.wrapping_mul(sum));
+                            }
+                        }
+                    }
+                }
+                let o = &mut out[((b * oh + oy) * ow + ox) * oc..][..oc];
+                for (ch, (dst, a)) in o.iter_mut().zip(&acc).enumerate() {
+                    let v = mbqm(*a, c.requant.multiplier[ch], c.requant.shift[ch])
+                        .wrapping_add(c.output_offset);
+                    *dst = v.clamp(c.act[0], c.act[1]) as i8;
+                }
+            }
+        }
+    }
+    out
+}

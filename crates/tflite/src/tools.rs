@@ -1,0 +1,123 @@
+//! The Python validators of `../shared/tools` (LiteRT, TensorFlow Lite Micro, Vela), called as
+//! subprocesses: how tests and benchmarks prove a written file right.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::TfliteError;
+
+/// A Python that imports LiteRT, TFLite Micro and NumPy, and the tools folder.
+#[derive(Clone, Debug)]
+pub struct Validators {
+    /// The Python executable (`$PYTHON`, else `python3`).
+    pub python: String,
+    /// The folder with `tflite_check.py` and `vela_check.py`.
+    pub dir: PathBuf,
+}
+
+impl Validators {
+    /// The validators in `dir`, if the Python packages are installed
+    /// (`pip install -r ../shared/tools/requirements.txt`).
+    pub fn find(dir: &Path) -> Option<Self> {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let ok = dir.join("tflite_check.py").is_file()
+            && Command::new(&python)
+                .args(["-c", "import ai_edge_litert, tflite_micro, numpy"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        ok.then(|| Self {
+            python,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn json(
+        &self,
+        script: &str,
+        model: &Path,
+        args: &[&str],
+    ) -> Result<(i32, serde_json::Value), TfliteError> {
+        let out = Command::new(&self.python)
+            .arg(self.dir.join(script))
+            .arg(model)
+            .args(args)
+            .arg("--json")
+            .output()
+            .map_err(|e| TfliteError::Io {
+                path: self.python.clone(),
+                reason: e.to_string(),
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = serde_json::from_str(&text).map_err(|e| {
+            TfliteError::Input(format!(
+                "{script} printed no JSON ({e}); stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+        Ok((out.status.code().unwrap_or(-1), json))
+    }
+
+    /// `tflite_check.py MODEL ARGS --json`: its exit code and report.
+    pub fn tflite_check(
+        &self,
+        model: &Path,
+        args: &[&str],
+    ) -> Result<(i32, serde_json::Value), TfliteError> {
+        self.json("tflite_check.py", model, args)
+    }
+
+    /// `vela_check.py MODEL ARGS --json`: its exit code and report.
+    pub fn vela_check(
+        &self,
+        model: &Path,
+        args: &[&str],
+    ) -> Result<(i32, serde_json::Value), TfliteError> {
+        self.json("vela_check.py", model, args)
+    }
+
+    /// Run `model` on `inputs` (`.npy`) in each of `interpreters` and return, per interpreter,
+    /// the largest absolute difference of its first output from `expect` (`.npy`).
+    pub fn max_diffs(
+        &self,
+        model: &Path,
+        inputs: &Path,
+        expect: &Path,
+        interpreters: &[&str],
+    ) -> Result<BTreeMap<String, f64>, TfliteError> {
+        let list = interpreters.join(",");
+        let (code, report) = self.tflite_check(
+            model,
+            &[
+                "--inputs",
+                &inputs.to_string_lossy(),
+                "--expect",
+                &expect.to_string_lossy(),
+                "--interpreters",
+                &list,
+                "--no-cross",
+                "--int-tol",
+                "255",
+                "--atol",
+                "1e9",
+            ],
+        )?;
+        if code != 0 {
+            return Err(TfliteError::Unsupported(format!(
+                "tflite_check.py exited with {code}: {}",
+                report["error"]
+            )));
+        }
+        interpreters
+            .iter()
+            .map(|name| {
+                let d = report["interpreters"][*name]["vs_expect"][0]["max_abs_diff"]
+                    .as_f64()
+                    .ok_or_else(|| {
+                        TfliteError::Input(format!("no comparison for {name}: {report}"))
+                    })?;
+                Ok((name.to_string(), d))
+            })
+            .collect()
+    }
+}

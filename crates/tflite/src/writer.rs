@@ -1,0 +1,714 @@
+//! Writing full-integer int8 `.tflite` files.
+//!
+//! [`Int8Builder`] assembles a graph operator by operator in TFLite's conventions
+//! (`../shared/docs/TFLITE.md`): int8 activations with per-tensor scale and zero point, int8
+//! symmetric weights (per channel for convolutions), int32 biases with scale
+//! `input_scale × weight_scale`, fused ReLU / ReLU6, NHWC layout, the operator versions every
+//! runtime (LiteRT, TFLite Micro, Vela) loads. The caller decides the quantization (weights
+//! already int8 with their scales, activation scale and zero point per tensor); the builder only
+//! checks shapes and writes. Burn models reach it through `collab::export`.
+
+use std::path::Path;
+
+use crate::TfliteError;
+use crate::interp::out_and_pad;
+use crate::reader::{Activation, Padding};
+use crate::tflite::{
+    self, ActivationFunctionType, AddOptionsT, BufferT, BuiltinOperator, BuiltinOptionsT,
+    Conv2DOptionsT, DepthwiseConv2DOptionsT, FullyConnectedOptionsT, MetadataT, ModelT,
+    OperatorCodeT, OperatorT, PadOptionsT, Pool2DOptionsT, QuantizationParametersT,
+    ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT,
+};
+
+/// Write `bytes` to `path` through a temporary sibling file and a rename, so an existing file
+/// is never left half-written.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TfliteError> {
+    let io = |e: std::io::Error| TfliteError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("the path has no file name")))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Quantization of an activation tensor: `real = scale · (q − zero_point)`, q in [−128, 127].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActQ {
+    /// Scale (> 0).
+    pub scale: f32,
+    /// Zero point in [−128, 127].
+    pub zero_point: i32,
+}
+
+/// A tensor of the graph being built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorId(usize);
+
+/// Padding of a convolution as the model defines it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPadding {
+    /// TF SAME (extra row/column at the end).
+    Same,
+    /// None.
+    Valid,
+    /// Explicit `[top, left, bottom, right]`: written as SAME or VALID when it equals one of
+    /// them for these shapes, else as a PAD operator followed by a VALID convolution.
+    Explicit([usize; 4]),
+}
+
+/// An int8 convolution layer (CONV_2D, or DEPTHWISE_CONV_2D when `depthwise`).
+#[derive(Clone, Debug)]
+pub struct ConvLayer {
+    /// int8 weights: `[out, kh, kw, in]` (OHWI) for CONV_2D; `[1, kh, kw, out]` for depthwise.
+    pub weight: Vec<i8>,
+    /// Shape of `weight`, as above.
+    pub shape: [usize; 4],
+    /// One scale per output channel (or one for all).
+    pub scales: Vec<f32>,
+    /// Float bias `[out]` (quantized here with `input_scale × weight_scale`), or none.
+    pub bias: Option<Vec<f32>>,
+    /// `[h, w]`.
+    pub stride: [usize; 2],
+    /// `[h, w]`.
+    pub dilation: [usize; 2],
+    /// Padding.
+    pub padding: ConvPadding,
+    /// Fused activation (None, Relu or Relu6).
+    pub activation: Activation,
+    /// Depthwise (groups = input channels).
+    pub depthwise: bool,
+}
+
+/// Builds an int8 `.tflite` graph; see the module documentation.
+#[derive(Debug, Default)]
+pub struct Int8Builder {
+    tensors: Vec<TensorT>,
+    shapes: Vec<Vec<usize>>,
+    quant: Vec<Option<ActQ>>,
+    buffers: Vec<BufferT>,
+    operators: Vec<OperatorT>,
+    codes: Vec<(BuiltinOperator, i32)>,
+    inputs: Vec<i32>,
+    outputs: Vec<i32>,
+}
+
+fn err(what: impl Into<String>) -> TfliteError {
+    TfliteError::Unsupported(what.into())
+}
+
+fn activation(a: Activation) -> Result<ActivationFunctionType, TfliteError> {
+    Ok(match a {
+        Activation::None => ActivationFunctionType::NONE,
+        Activation::Relu => ActivationFunctionType::RELU,
+        Activation::Relu6 => ActivationFunctionType::RELU6,
+        Activation::ReluN1To1 => ActivationFunctionType::RELU_N1_TO_1,
+        Activation::Other(a) => {
+            return Err(err(format!("fused activation {a} cannot be exported")));
+        }
+    })
+}
+
+fn tfl_padding(p: Padding) -> tflite::Padding {
+    match p {
+        Padding::Same => tflite::Padding::SAME,
+        Padding::Valid => tflite::Padding::VALID,
+    }
+}
+
+fn check_q(q: ActQ, what: &str) -> Result<(), TfliteError> {
+    if !(q.scale.is_finite() && q.scale > 0.0 && (-128..=127).contains(&q.zero_point)) {
+        return Err(err(format!(
+            "{what}: scale {} / zero point {} is not a valid int8 quantization",
+            q.scale, q.zero_point
+        )));
+    }
+    Ok(())
+}
+
+impl Int8Builder {
+    /// An empty graph (buffer 0 is the empty sentinel TFLite requires).
+    pub fn new() -> Self {
+        Self {
+            buffers: vec![BufferT::default()],
+            ..Self::default()
+        }
+    }
+
+    /// Shape of a tensor.
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.shapes[t.0]
+    }
+
+    /// Quantization of an activation tensor.
+    pub fn quant(&self, t: TensorId) -> Option<ActQ> {
+        self.quant[t.0]
+    }
+
+    fn code(&mut self, op: BuiltinOperator, version: i32) -> u32 {
+        if let Some(i) = self.codes.iter().position(|c| *c == (op, version)) {
+            return i as u32;
+        }
+        self.codes.push((op, version));
+        (self.codes.len() - 1) as u32
+    }
+
+    fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        type_: tflite::TensorType,
+        quant: Option<QuantizationParametersT>,
+        data: Option<Vec<u8>>,
+    ) -> TensorId {
+        let buffer = match data {
+            Some(d) => {
+                self.buffers.push(BufferT {
+                    data: Some(d),
+                    ..BufferT::default()
+                });
+                (self.buffers.len() - 1) as u32
+            }
+            None => 0,
+        };
+        self.tensors.push(TensorT {
+            shape: Some(shape.iter().map(|d| *d as i32).collect()),
+            type_,
+            buffer,
+            name: Some(name.to_string()),
+            quantization: quant.map(Box::new),
+            ..TensorT::default()
+        });
+        self.shapes.push(shape.to_vec());
+        self.quant.push(None);
+        TensorId(self.tensors.len() - 1)
+    }
+
+    fn activation_tensor(&mut self, name: &str, shape: &[usize], q: ActQ) -> TensorId {
+        let t = self.tensor(
+            name,
+            shape,
+            tflite::TensorType::INT8,
+            Some(QuantizationParametersT {
+                scale: Some(vec![q.scale]),
+                zero_point: Some(vec![q.zero_point as i64]),
+                ..QuantizationParametersT::default()
+            }),
+            None,
+        );
+        self.quant[t.0] = Some(q);
+        t
+    }
+
+    fn op(
+        &mut self,
+        op: BuiltinOperator,
+        version: i32,
+        inputs: Vec<i32>,
+        outputs: Vec<i32>,
+        options: BuiltinOptionsT,
+    ) {
+        let opcode_index = self.code(op, version);
+        self.operators.push(OperatorT {
+            opcode_index,
+            inputs: Some(inputs),
+            outputs: Some(outputs),
+            builtin_options: options,
+            ..OperatorT::default()
+        });
+    }
+
+    fn act_q(&self, t: TensorId) -> Result<ActQ, TfliteError> {
+        self.quant[t.0].ok_or_else(|| err("the operator's input is not an int8 activation"))
+    }
+
+    /// An int8 graph input of `shape` (NHWC for images, `[n, features]` for vectors).
+    pub fn input(&mut self, name: &str, shape: &[usize], q: ActQ) -> Result<TensorId, TfliteError> {
+        check_q(q, name)?;
+        let t = self.activation_tensor(name, shape, q);
+        self.inputs.push(t.0 as i32);
+        Ok(t)
+    }
+
+    /// A float32 graph input followed by QUANTIZE to int8 with `q`.
+    pub fn float_input(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        q: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        check_q(q, name)?;
+        let f = self.tensor(name, shape, tflite::TensorType::FLOAT32, None, None);
+        self.inputs.push(f.0 as i32);
+        let t = self.activation_tensor(&format!("{name}_int8"), shape, q);
+        self.op(
+            BuiltinOperator::QUANTIZE,
+            1,
+            vec![f.0 as i32],
+            vec![t.0 as i32],
+            BuiltinOptionsT::NONE,
+        );
+        Ok(t)
+    }
+
+    /// Mark `t` as an int8 graph output.
+    pub fn output(&mut self, t: TensorId) {
+        self.outputs.push(t.0 as i32);
+    }
+
+    /// DEQUANTIZE `t` to float32 and mark that as a graph output.
+    pub fn float_output(&mut self, name: &str, t: TensorId) -> Result<(), TfliteError> {
+        self.act_q(t)?;
+        let shape = self.shapes[t.0].clone();
+        let f = self.tensor(name, &shape, tflite::TensorType::FLOAT32, None, None);
+        self.op(
+            BuiltinOperator::DEQUANTIZE,
+            2,
+            vec![t.0 as i32],
+            vec![f.0 as i32],
+            BuiltinOptionsT::NONE,
+        );
+        self.outputs.push(f.0 as i32);
+        Ok(())
+    }
+
+    fn int32_bias(
+        &mut self,
+        name: &str,
+        bias: Option<&[f32]>,
+        in_scale: f32,
+        scales: &[f32],
+        units: usize,
+    ) -> TensorId {
+        let bias_scales: Vec<f32> = (0..units)
+            .map(|c| in_scale * scales[if scales.len() == 1 { 0 } else { c }])
+            .collect();
+        let values: Vec<i32> = (0..units)
+            .map(|c| {
+                let b = bias.map_or(0.0, |b| b[c]);
+                let s = bias_scales[c];
+                if s > 0.0 {
+                    ((b as f64 / s as f64).round()).clamp(i32::MIN as f64, i32::MAX as f64) as i32
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensor(
+            name,
+            &[units],
+            tflite::TensorType::INT32,
+            Some(QuantizationParametersT {
+                zero_point: Some(vec![0; bias_scales.len()]),
+                scale: Some(bias_scales),
+                quantized_dimension: 0,
+                ..QuantizationParametersT::default()
+            }),
+            Some(bytes),
+        )
+    }
+
+    /// A convolution (CONV_2D v3 or DEPTHWISE_CONV_2D v3) with output quantization `out`.
+    pub fn conv2d(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        layer: &ConvLayer,
+        out: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        check_q(out, name)?;
+        let in_q = self.act_q(x)?;
+        let fail = |why: String| err(format!("layer `{name}`: {why}"));
+        let [n, h, w, c] = <[usize; 4]>::try_from(self.shapes[x.0].as_slice())
+            .map_err(|_| fail(format!("input must be NHWC, is {:?}", self.shapes[x.0])))?;
+        let s = layer.shape;
+        let (units, kernel) = if layer.depthwise {
+            if s[0] != 1 || !s[3].is_multiple_of(c.max(1)) {
+                return Err(fail(format!(
+                    "depthwise weights {s:?} do not fit {c} input channels"
+                )));
+            }
+            (s[3], [s[1], s[2]])
+        } else {
+            if s[3] != c {
+                return Err(fail(format!(
+                    "weights {s:?} (OHWI) do not fit {c} input channels"
+                )));
+            }
+            (s[0], [s[1], s[2]])
+        };
+        if layer.weight.len() != s.iter().product::<usize>()
+            || !(layer.scales.len() == 1 || layer.scales.len() == units)
+            || layer.bias.as_ref().is_some_and(|b| b.len() != units)
+        {
+            return Err(fail(
+                "weight, scale or bias sizes do not match the shape".into(),
+            ));
+        }
+        let effective = |d: usize| (kernel[d] - 1) * layer.dilation[d] + 1;
+        // Decide SAME / VALID / PAD + VALID.
+        let (padding, x, [h, w]) = match layer.padding {
+            ConvPadding::Same => (Padding::Same, x, [h, w]),
+            ConvPadding::Valid => (Padding::Valid, x, [h, w]),
+            ConvPadding::Explicit([t, l, b, r]) => {
+                let same = [(h, t, b, 0), (w, l, r, 1)]
+                    .iter()
+                    .all(|(size, lo, hi, d)| {
+                        out_and_pad(
+                            Padding::Same,
+                            *size,
+                            kernel[*d],
+                            layer.stride[*d],
+                            layer.dilation[*d],
+                        )
+                        .is_some_and(|(o, p)| {
+                            let total = (o - 1) * layer.stride[*d] + effective(*d);
+                            let total = total.saturating_sub(*size);
+                            p == *lo && total - p == *hi
+                        })
+                    });
+                if same {
+                    (Padding::Same, x, [h, w])
+                } else if [t, l, b, r] == [0; 4] {
+                    (Padding::Valid, x, [h, w])
+                } else {
+                    let padded = self.pad(&format!("{name}/pad"), x, [t, l, b, r])?;
+                    (Padding::Valid, padded, [h + t + b, w + l + r])
+                }
+            }
+        };
+        let mut out_hw = [0; 2];
+        for (d, size) in [h, w].into_iter().enumerate() {
+            out_hw[d] = out_and_pad(padding, size, kernel[d], layer.stride[d], layer.dilation[d])
+                .filter(|_| kernel[d] > 0 && layer.stride[d] > 0 && layer.dilation[d] > 0)
+                .ok_or_else(|| fail(format!("kernel {kernel:?} does not fit input {h}×{w}")))?
+                .0;
+        }
+        let axis = if layer.depthwise { 3 } else { 0 };
+        let weights = self.tensor(
+            &format!("{name}/weight"),
+            &s,
+            tflite::TensorType::INT8,
+            Some(QuantizationParametersT {
+                scale: Some(layer.scales.clone()),
+                zero_point: Some(vec![0; layer.scales.len()]),
+                quantized_dimension: if layer.scales.len() > 1 { axis } else { 0 },
+                ..QuantizationParametersT::default()
+            }),
+            Some(layer.weight.iter().map(|v| *v as u8).collect()),
+        );
+        let bias = self.int32_bias(
+            &format!("{name}/bias"),
+            layer.bias.as_deref(),
+            in_q.scale,
+            &layer.scales,
+            units,
+        );
+        let y = self.activation_tensor(name, &[n, out_hw[0], out_hw[1], units], out);
+        let act = activation(layer.activation)?;
+        let (op, options) = if layer.depthwise {
+            (
+                BuiltinOperator::DEPTHWISE_CONV_2D,
+                BuiltinOptionsT::DepthwiseConv2DOptions(Box::new(DepthwiseConv2DOptionsT {
+                    padding: tfl_padding(padding),
+                    stride_w: layer.stride[1] as i32,
+                    stride_h: layer.stride[0] as i32,
+                    depth_multiplier: (units / c.max(1)) as i32,
+                    fused_activation_function: act,
+                    dilation_w_factor: layer.dilation[1] as i32,
+                    dilation_h_factor: layer.dilation[0] as i32,
+                })),
+            )
+        } else {
+            (
+                BuiltinOperator::CONV_2D,
+                BuiltinOptionsT::Conv2DOptions(Box::new(Conv2DOptionsT {
+                    padding: tfl_padding(padding),
+                    stride_w: layer.stride[1] as i32,
+                    stride_h: layer.stride[0] as i32,
+                    fused_activation_function: act,
+                    dilation_w_factor: layer.dilation[1] as i32,
+                    dilation_h_factor: layer.dilation[0] as i32,
+                    ..Conv2DOptionsT::default()
+                })),
+            )
+        };
+        self.op(
+            op,
+            3,
+            vec![x.0 as i32, weights.0 as i32, bias.0 as i32],
+            vec![y.0 as i32],
+            options,
+        );
+        Ok(y)
+    }
+
+    /// PAD (v2) with the input's zero point (a real 0), `[top, left, bottom, right]`.
+    pub fn pad(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        pad: [usize; 4],
+    ) -> Result<TensorId, TfliteError> {
+        let q = self.act_q(x)?;
+        let [n, h, w, c] = <[usize; 4]>::try_from(self.shapes[x.0].as_slice())
+            .map_err(|_| err(format!("`{name}`: PAD needs an NHWC input")))?;
+        let [t, l, b, r] = pad;
+        let paddings: Vec<u8> = [0, 0, t, b, l, r, 0, 0]
+            .iter()
+            .flat_map(|v| (*v as i32).to_le_bytes())
+            .collect();
+        let p = self.tensor(
+            &format!("{name}/paddings"),
+            &[4, 2],
+            tflite::TensorType::INT32,
+            None,
+            Some(paddings),
+        );
+        let y = self.activation_tensor(name, &[n, h + t + b, w + l + r, c], q);
+        self.op(
+            BuiltinOperator::PAD,
+            2,
+            vec![x.0 as i32, p.0 as i32],
+            vec![y.0 as i32],
+            BuiltinOptionsT::PadOptions(Box::new(PadOptionsT {})),
+        );
+        Ok(y)
+    }
+
+    /// FULLY_CONNECTED (v4): `weight` int8 `[units, depth]` with one `scale`, float `bias`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fully_connected(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        weight: &[i8],
+        units: usize,
+        scale: f32,
+        bias: Option<&[f32]>,
+        act: Activation,
+        out: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        check_q(out, name)?;
+        let in_q = self.act_q(x)?;
+        let shape = self.shapes[x.0].clone();
+        let depth = *shape.last().unwrap_or(&0);
+        if units == 0 || weight.len() != units * depth || bias.is_some_and(|b| b.len() != units) {
+            return Err(err(format!(
+                "layer `{name}`: {} weights and a bias do not fit [{units}, {depth}]",
+                weight.len()
+            )));
+        }
+        let weights = self.tensor(
+            &format!("{name}/weight"),
+            &[units, depth],
+            tflite::TensorType::INT8,
+            Some(QuantizationParametersT {
+                scale: Some(vec![scale]),
+                zero_point: Some(vec![0]),
+                ..QuantizationParametersT::default()
+            }),
+            Some(weight.iter().map(|v| *v as u8).collect()),
+        );
+        let bias = self.int32_bias(&format!("{name}/bias"), bias, in_q.scale, &[scale], units);
+        let batch: usize = shape[..shape.len() - 1].iter().product();
+        let y = self.activation_tensor(name, &[batch, units], out);
+        self.op(
+            BuiltinOperator::FULLY_CONNECTED,
+            4,
+            vec![x.0 as i32, weights.0 as i32, bias.0 as i32],
+            vec![y.0 as i32],
+            BuiltinOptionsT::FullyConnectedOptions(Box::new(FullyConnectedOptionsT {
+                fused_activation_function: activation(act)?,
+                ..FullyConnectedOptionsT::default()
+            })),
+        );
+        Ok(y)
+    }
+
+    /// AVERAGE_POOL_2D (v2); output quantization = input quantization.
+    pub fn avg_pool(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        filter: [usize; 2],
+        stride: [usize; 2],
+        padding: Padding,
+    ) -> Result<TensorId, TfliteError> {
+        let q = self.act_q(x)?;
+        let [n, h, w, c] = <[usize; 4]>::try_from(self.shapes[x.0].as_slice())
+            .map_err(|_| err(format!("`{name}`: AVERAGE_POOL_2D needs an NHWC input")))?;
+        let mut out = [0; 2];
+        for (d, size) in [h, w].into_iter().enumerate() {
+            out[d] = out_and_pad(padding, size, filter[d], stride[d], 1)
+                .filter(|_| filter[d] > 0 && stride[d] > 0)
+                .ok_or_else(|| err(format!("`{name}`: filter {filter:?} does not fit {h}×{w}")))?
+                .0;
+        }
+        let y = self.activation_tensor(name, &[n, out[0], out[1], c], q);
+        self.op(
+            BuiltinOperator::AVERAGE_POOL_2D,
+            2,
+            vec![x.0 as i32],
+            vec![y.0 as i32],
+            BuiltinOptionsT::Pool2DOptions(Box::new(Pool2DOptionsT {
+                padding: tfl_padding(padding),
+                stride_w: stride[1] as i32,
+                stride_h: stride[0] as i32,
+                filter_width: filter[1] as i32,
+                filter_height: filter[0] as i32,
+                fused_activation_function: ActivationFunctionType::NONE,
+            })),
+        );
+        Ok(y)
+    }
+
+    /// RESHAPE (v1) to `shape` (same number of values, same quantization).
+    pub fn reshape(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        shape: &[usize],
+    ) -> Result<TensorId, TfliteError> {
+        let q = self.act_q(x)?;
+        if shape.iter().product::<usize>() != self.shapes[x.0].iter().product::<usize>() {
+            return Err(err(format!(
+                "`{name}`: cannot reshape {:?} to {shape:?}",
+                self.shapes[x.0]
+            )));
+        }
+        let new_shape: Vec<i32> = shape.iter().map(|d| *d as i32).collect();
+        let s = self.tensor(
+            &format!("{name}/shape"),
+            &[shape.len()],
+            tflite::TensorType::INT32,
+            None,
+            Some(new_shape.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        );
+        let y = self.activation_tensor(name, shape, q);
+        self.op(
+            BuiltinOperator::RESHAPE,
+            1,
+            vec![x.0 as i32, s.0 as i32],
+            vec![y.0 as i32],
+            BuiltinOptionsT::ReshapeOptions(Box::new(ReshapeOptionsT {
+                new_shape: Some(new_shape),
+            })),
+        );
+        Ok(y)
+    }
+
+    /// ADD (v2) of two int8 tensors of the same shape.
+    pub fn add(
+        &mut self,
+        name: &str,
+        a: TensorId,
+        b: TensorId,
+        act: Activation,
+        out: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        check_q(out, name)?;
+        self.act_q(a)?;
+        self.act_q(b)?;
+        if self.shapes[a.0] != self.shapes[b.0] {
+            return Err(err(format!(
+                "`{name}`: ADD of shapes {:?} and {:?}",
+                self.shapes[a.0], self.shapes[b.0]
+            )));
+        }
+        let shape = self.shapes[a.0].clone();
+        let y = self.activation_tensor(name, &shape, out);
+        self.op(
+            BuiltinOperator::ADD,
+            2,
+            vec![a.0 as i32, b.0 as i32],
+            vec![y.0 as i32],
+            BuiltinOptionsT::AddOptions(Box::new(AddOptionsT {
+                fused_activation_function: activation(act)?,
+                pot_scale_int16: false,
+            })),
+        );
+        Ok(y)
+    }
+
+    /// SOFTMAX (v2, β = 1) over the last axis; output scale 1/256, zero point −128.
+    pub fn softmax(&mut self, name: &str, x: TensorId) -> Result<TensorId, TfliteError> {
+        self.act_q(x)?;
+        let shape = self.shapes[x.0].clone();
+        let y = self.activation_tensor(
+            name,
+            &shape,
+            ActQ {
+                scale: 1.0 / 256.0,
+                zero_point: -128,
+            },
+        );
+        self.op(
+            BuiltinOperator::SOFTMAX,
+            2,
+            vec![x.0 as i32],
+            vec![y.0 as i32],
+            BuiltinOptionsT::SoftmaxOptions(Box::new(SoftmaxOptionsT { beta: 1.0 })),
+        );
+        Ok(y)
+    }
+
+    /// The finished flatbuffer (identifier "TFL3", schema version 3).
+    pub fn finish(mut self) -> Result<Vec<u8>, TfliteError> {
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Err(err("the graph needs at least one input and one output"));
+        }
+        // The oldest runtime that runs these operator versions (TFLite 1.14 / 2.x).
+        let mut version = b"1.14.0".to_vec();
+        version.resize(16, 0);
+        self.buffers.push(BufferT {
+            data: Some(version),
+            ..BufferT::default()
+        });
+        let metadata = vec![MetadataT {
+            name: Some("min_runtime_version".into()),
+            buffer: (self.buffers.len() - 1) as u32,
+        }];
+        let model = ModelT {
+            version: 3,
+            operator_codes: Some(
+                self.codes
+                    .iter()
+                    .map(|(op, version)| OperatorCodeT {
+                        deprecated_builtin_code: op.0.min(127) as i8,
+                        custom_code: None,
+                        version: *version,
+                        builtin_code: *op,
+                    })
+                    .collect(),
+            ),
+            subgraphs: Some(vec![SubGraphT {
+                tensors: Some(self.tensors),
+                inputs: Some(self.inputs),
+                outputs: Some(self.outputs),
+                operators: Some(self.operators),
+                name: Some("main".into()),
+                ..SubGraphT::default()
+            }]),
+            description: Some("burn-collab int8 export".into()),
+            buffers: Some(self.buffers),
+            metadata: Some(metadata),
+            ..ModelT::default()
+        };
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let root = model.pack(&mut fbb);
+        fbb.finish(root, Some("TFL3"));
+        Ok(fbb.finished_data().to_vec())
+    }
+}
