@@ -4,11 +4,13 @@
 //!   Commands + MFCC with augmentation, CIFAR-10 with crop/flip, synthetic stand-ins);
 //! - [`train`]: the training loop (Adam with the ML-KWS step schedule for DS-CNN, SGD momentum +
 //!   cosine for MobileNet), evaluation, per-epoch checkpoints, best-on-validation, resume;
+//! - [`export`]: int8 `.tflite` export (PTQ calibration or QAT ranges) and int8 evaluation;
 //! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
 //!   through a temporary folder and a rename.
 
 pub mod checkpoint;
 pub mod data;
+pub mod export;
 pub mod network;
 pub mod train;
 

@@ -1,0 +1,762 @@
+//! int8 `.tflite` export of the models, with PTQ calibration or QAT ranges.
+//!
+//! A model is first traced into a [`Plan`]: its layers in execution order, each stripped to the
+//! plain burn layer whose weight is the effective weight (BatchNorm folded, pruning zeros,
+//! cluster centroids, fake-quantized values) plus, for `QatAware` layers, the quantization
+//! parameters QAT trained ([`collab_quant::LayerQuant`]). Activation ranges that QAT did not
+//! provide (all of them after plain training; residual additions always) come from running the
+//! float plan on calibration batches (min / max over all samples, as the TFLite converter's
+//! default calibration). Weights are quantized with [`QuantParams::symmetric`] from their own
+//! largest magnitude (per output channel for convolutions, per tensor for the classifier), the
+//! same rule QAT trains with, so QAT-trained weights land on exactly the trained integers.
+//!
+//! Why pruning and clustering survive: the zero point of int8 weights is 0, so a zero stays 0;
+//! rounding is a function, so k distinct values per channel become at most k integers. The
+//! finest symmetric scale that does not clip is `max|w| / 127`, which is what is used: two
+//! centroids can only merge if they are closer than one step of that scale.
+
+use std::path::Path;
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{Linear, PaddingConfig2d};
+use burn::tensor::{Device, Tensor};
+use collab_cluster::Clustered;
+use collab_core::host::to_vec_f32;
+use collab_core::{ConvBn, WeightLayer};
+use collab_models::{DsCnn, MobileNetV1, MobileNetV2};
+use collab_prune::Prunable;
+use collab_quant::{FusedActivation, LayerQuant, QatAware, QuantParams};
+use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId};
+use serde::Serialize;
+
+use crate::CollabError;
+use crate::data::Batches;
+use crate::network::Network;
+
+/// A layer stack the exporter can read: its plain layer (via `strip`) and, for `QatAware`, the
+/// quantization parameters QAT trained.
+pub trait ExportLayer: WeightLayer + Clone {
+    /// The QAT parameters, if this stack is quantization-aware.
+    fn layer_quant(&self, _name: &str) -> Result<Option<LayerQuant>, CollabError> {
+        Ok(None)
+    }
+}
+
+impl ExportLayer for Conv2d {}
+impl ExportLayer for Linear {}
+impl<C: ExportLayer<Plain = Conv2d>> ExportLayer for ConvBn<C> {}
+impl<L: ExportLayer> ExportLayer for Prunable<L> {}
+impl<L: ExportLayer> ExportLayer for Clustered<L> {}
+impl<L: ExportLayer> ExportLayer for QatAware<L> {
+    fn layer_quant(&self, name: &str) -> Result<Option<LayerQuant>, CollabError> {
+        QatAware::layer_quant(self, name)
+            .map(Some)
+            .map_err(|e| CollabError::Usage(format!("layer `{name}`: {e}")))
+    }
+}
+
+/// An activation fused into a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Act {
+    /// None.
+    None,
+    /// ReLU.
+    Relu,
+    /// ReLU6.
+    Relu6,
+}
+
+impl Act {
+    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Act::None => x,
+            Act::Relu => burn::tensor::activation::relu(x),
+            Act::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+
+    fn tflite(self) -> Activation {
+        match self {
+            Act::None => Activation::None,
+            Act::Relu => Activation::Relu,
+            Act::Relu6 => Activation::Relu6,
+        }
+    }
+}
+
+/// One step of a traced model. Values are numbered: 0 is the input, step `i` makes value `i + 1`.
+#[derive(Debug)]
+pub enum Step {
+    /// A convolution (depthwise when `groups` = input channels) with its fused activation.
+    Conv {
+        /// Layer path, e.g. `blocks.0.dw`.
+        name: String,
+        /// Input value.
+        src: usize,
+        /// The plain layer (effective weight, folded BatchNorm).
+        layer: Conv2d,
+        /// Fused activation.
+        act: Act,
+        /// QAT parameters, if trained with them.
+        quant: Option<LayerQuant>,
+    },
+    /// Global average pooling `[n, c, h, w]` → `[n, c]`.
+    Pool {
+        /// Input value.
+        src: usize,
+    },
+    /// The classifier.
+    Linear {
+        /// Layer path.
+        name: String,
+        /// Input value.
+        src: usize,
+        /// The plain layer.
+        layer: Linear,
+        /// QAT parameters, if trained with them.
+        quant: Option<LayerQuant>,
+    },
+    /// Element-wise sum of two values (residual connection).
+    Add {
+        /// Name of the sum.
+        name: String,
+        /// Inputs.
+        a: usize,
+        /// Inputs.
+        b: usize,
+    },
+}
+
+/// A model as the int8 graph will compute it.
+#[derive(Debug)]
+pub struct Plan {
+    /// Input `[channels, h, w]`.
+    pub input: [usize; 3],
+    /// Steps in execution order.
+    pub steps: Vec<Step>,
+}
+
+/// Models that can be traced into a [`Plan`].
+pub trait Traceable {
+    /// The plan, with the model's input `[channels, h, w]`.
+    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError>;
+}
+
+struct Tracer {
+    steps: Vec<Step>,
+}
+
+impl Tracer {
+    fn conv<C: ExportLayer<Plain = Conv2d>>(
+        &mut self,
+        name: &str,
+        src: usize,
+        c: &C,
+        act: Act,
+    ) -> Result<usize, CollabError> {
+        let quant = c.layer_quant(name)?;
+        if let Some(q) = &quant {
+            check_act(name, q.activation, act)?;
+        }
+        self.steps.push(Step::Conv {
+            name: name.into(),
+            src,
+            layer: c.clone().strip(),
+            act,
+            quant,
+        });
+        Ok(self.steps.len())
+    }
+
+    fn linear<L: ExportLayer<Plain = Linear>>(
+        &mut self,
+        name: &str,
+        src: usize,
+        l: &L,
+    ) -> Result<usize, CollabError> {
+        let quant = l.layer_quant(name)?;
+        self.steps.push(Step::Linear {
+            name: name.into(),
+            src,
+            layer: l.clone().strip(),
+            quant,
+        });
+        Ok(self.steps.len())
+    }
+
+    fn push(&mut self, step: Step) -> usize {
+        self.steps.push(step);
+        self.steps.len()
+    }
+}
+
+/// A QAT layer must have been trained with the activation the model applies after it (the
+/// int8 op fuses exactly one).
+fn check_act(name: &str, trained: FusedActivation, model: Act) -> Result<(), CollabError> {
+    let ok = matches!(
+        (trained, model),
+        (FusedActivation::None, Act::None)
+            | (FusedActivation::Relu, Act::Relu)
+            | (FusedActivation::Relu6, Act::Relu6)
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(CollabError::Usage(format!(
+            "layer `{name}` was trained with fused activation {trained:?}, but the model applies \
+             {model:?} after it; wrap it with QatConfig::with_activation matching the model"
+        )))
+    }
+}
+
+impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable for DsCnn<C, L> {
+    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
+        let mut t = Tracer { steps: Vec::new() };
+        let mut x = t.conv("conv1", 0, &self.conv1, Act::Relu)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = t.conv(&format!("blocks.{i}.dw"), x, &b.dw, Act::Relu)?;
+            x = t.conv(&format!("blocks.{i}.pw"), x, &b.pw, Act::Relu)?;
+        }
+        let x = t.push(Step::Pool { src: x });
+        t.linear("fc", x, &self.fc)?;
+        Ok(Plan {
+            input,
+            steps: t.steps,
+        })
+    }
+}
+
+impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
+    for MobileNetV1<C, L>
+{
+    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
+        let mut t = Tracer { steps: Vec::new() };
+        let mut x = t.conv("stem", 0, &self.stem, Act::Relu6)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = t.conv(&format!("blocks.{i}.dw"), x, &b.dw, Act::Relu6)?;
+            x = t.conv(&format!("blocks.{i}.pw"), x, &b.pw, Act::Relu6)?;
+        }
+        let x = t.push(Step::Pool { src: x });
+        t.linear("fc", x, &self.fc)?;
+        Ok(Plan {
+            input,
+            steps: t.steps,
+        })
+    }
+}
+
+impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
+    for MobileNetV2<C, L>
+{
+    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
+        let mut t = Tracer { steps: Vec::new() };
+        let mut x = t.conv("stem", 0, &self.stem, Act::Relu6)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let block_in = x;
+            let mut y = x;
+            if let Some(e) = &b.expand {
+                y = t.conv(&format!("blocks.{i}.expand"), y, e, Act::Relu6)?;
+            }
+            y = t.conv(&format!("blocks.{i}.dw"), y, &b.dw, Act::Relu6)?;
+            y = t.conv(&format!("blocks.{i}.project"), y, &b.project, Act::None)?;
+            x = if b.residual() {
+                t.push(Step::Add {
+                    name: format!("blocks.{i}.add"),
+                    a: y,
+                    b: block_in,
+                })
+            } else {
+                y
+            };
+        }
+        x = t.conv("head", x, &self.head, Act::Relu6)?;
+        let x = t.push(Step::Pool { src: x });
+        t.linear("fc", x, &self.fc)?;
+        Ok(Plan {
+            input,
+            steps: t.steps,
+        })
+    }
+}
+
+impl Network {
+    /// The model as an int8 plan, for the input of its task.
+    pub fn plan(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
+        match self {
+            Network::DsCnn(m) => m.trace(input),
+            Network::MobileNetV1(m) => m.trace(input),
+            Network::MobileNetV2(m) => m.trace(input),
+        }
+    }
+}
+
+/// Observed `[min, max]` of every value of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ranges(pub Vec<Option<(f32, f32)>>);
+
+impl Plan {
+    /// Run the float plan on `x` `[n, c, h, w]`; returns every value (input first), as burn
+    /// tensors flattened to `[n, …]`.
+    fn run(&self, x: Tensor<4>) -> Result<Vec<Tensor<2>>, CollabError> {
+        enum V {
+            Map(Tensor<4>),
+            Vec(Tensor<2>),
+        }
+        let mut values: Vec<V> = vec![V::Map(x)];
+        for step in &self.steps {
+            let get4 = |i: usize, values: &[V]| match &values[i] {
+                V::Map(t) => Ok(t.clone()),
+                V::Vec(_) => Err(CollabError::Usage(format!(
+                    "value {i} is a vector where a feature map is needed"
+                ))),
+            };
+            let v = match step {
+                Step::Conv {
+                    src, layer, act, ..
+                } => V::Map(act.apply(layer.forward(get4(*src, &values)?))),
+                Step::Pool { src } => {
+                    let m = get4(*src, &values)?;
+                    let [n, c, h, w] = m.dims();
+                    V::Vec(m.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]))
+                }
+                Step::Linear { src, layer, .. } => match &values[*src] {
+                    V::Vec(t) => V::Vec(layer.forward(t.clone())),
+                    V::Map(_) => {
+                        return Err(CollabError::Usage(
+                            "the classifier needs a pooled input".into(),
+                        ));
+                    }
+                },
+                Step::Add { a, b, .. } => V::Map(get4(*a, &values)?.add(get4(*b, &values)?)),
+            };
+            values.push(v);
+        }
+        Ok(values
+            .into_iter()
+            .map(|v| match v {
+                V::Map(t) => t.flatten(1, 3),
+                V::Vec(t) => t,
+            })
+            .collect())
+    }
+
+    /// The float model's logits for `x` `[n, c, h, w]` (the plan is the model: tests compare).
+    pub fn forward(&self, x: Tensor<4>) -> Result<Tensor<2>, CollabError> {
+        self.run(x)?
+            .pop()
+            .ok_or_else(|| CollabError::Usage("empty plan".into()))
+    }
+
+    /// Min / max of every value over `batches` of inputs `[n, c, h, w]` (PTQ calibration).
+    pub fn calibrate<I>(&self, batches: I) -> Result<Ranges, CollabError>
+    where
+        I: IntoIterator<Item = Result<Tensor<4>, CollabError>>,
+    {
+        let mut ranges: Vec<Option<(f32, f32)>> = vec![None; self.steps.len() + 1];
+        let mut seen = 0usize;
+        for x in batches {
+            seen += 1;
+            for (r, v) in ranges.iter_mut().zip(self.run(x?)?) {
+                let values = to_vec_f32(v.flatten::<1>(0, 1));
+                let (lo, hi) = values
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                        (a.min(*v), b.max(*v))
+                    });
+                *r = Some(match r {
+                    Some((a, b)) => (a.min(lo), b.max(hi)),
+                    None => (lo, hi),
+                });
+            }
+        }
+        if seen == 0 {
+            return Err(CollabError::Usage(
+                "calibration needs at least one batch".into(),
+            ));
+        }
+        Ok(Ranges(ranges))
+    }
+
+    /// [`calibrate`](Self::calibrate) on the samples `indices` of a data set, `batch_size` at a
+    /// time, without augmentation.
+    pub fn calibrate_on(
+        &self,
+        data: &dyn Batches,
+        indices: &[usize],
+        batch_size: usize,
+    ) -> Result<Ranges, CollabError> {
+        let device = Device::flex();
+        self.calibrate(
+            indices
+                .chunks(batch_size.max(1))
+                .map(|chunk| data.batch(chunk, None, &device).map(|(x, _)| x)),
+        )
+    }
+}
+
+/// What to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportOptions {
+    /// Batch size of the graph (1 for deployment).
+    pub batch: usize,
+    /// Float32 input and output with QUANTIZE / DEQUANTIZE at the edges (CPU only on NPUs).
+    pub float_io: bool,
+    /// End with SOFTMAX (probabilities) instead of the logits.
+    pub softmax: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            batch: 1,
+            float_io: false,
+            softmax: true,
+        }
+    }
+}
+
+/// `s` rounded up to a 12-bit significand (a relative change below 2⁻¹²).
+///
+/// Why: TFLite Micro computes the fully-connected multiplier from the `f32` product
+/// `input_scale × weight_scale`, LiteRT's reference kernel from the `f64` product; the two give
+/// different fixed-point multipliers (and outputs 1 LSB apart) unless the product is exact in
+/// `f32`. With 12-bit significands on both factors it always is, so every runtime computes the
+/// same multiplier. All activation scales and the classifier's weight scale are rounded so.
+pub fn round_scale(s: f32) -> f32 {
+    if !(s.is_finite() && s > 0.0) {
+        return s;
+    }
+    let e = s.log2().floor() as i32;
+    let unit = 2f32.powi(e - 11);
+    let r = (s / unit).ceil() * unit;
+    if r < s { r + unit } else { r }
+}
+
+fn act_q(p: &QuantParams) -> ActQ {
+    ActQ {
+        scale: round_scale(p.scale[0]),
+        zero_point: p.zero_point[0],
+    }
+}
+
+fn range_q(ranges: Option<&Ranges>, value: usize, what: &str) -> Result<ActQ, CollabError> {
+    let (lo, hi) = ranges
+        .and_then(|r| r.0.get(value).copied().flatten())
+        .ok_or_else(|| {
+            CollabError::Usage(format!(
+                "{what} has no quantization range: the model was not trained with QAT there; \
+                 give calibration data (PTQ)"
+            ))
+        })?;
+    QuantParams::asymmetric(lo, hi)
+        .map(|p| act_q(&p))
+        .map_err(|e| CollabError::Usage(format!("{what}: {e}")))
+}
+
+/// Quantize a float weight `values` in burn's layout: returns int8 values (same order) and the
+/// scales, per output channel (`rows` = channels) or per tensor; `round`: scales rounded with
+/// [`round_scale`].
+fn quantize_weight(
+    values: &[f32],
+    channel_of: impl Fn(usize) -> usize,
+    channels: usize,
+    per_channel: bool,
+    trained: Option<&QuantParams>,
+    round: bool,
+) -> (Vec<i8>, Vec<f32>) {
+    let mut params = match trained {
+        Some(p) => p.clone(),
+        None => {
+            let mut max_abs = vec![0f32; if per_channel { channels } else { 1 }];
+            for (i, v) in values.iter().enumerate() {
+                let r = if per_channel { channel_of(i) } else { 0 };
+                max_abs[r] = max_abs[r].max(v.abs());
+            }
+            QuantParams::symmetric(&max_abs, per_channel)
+        }
+    };
+    if round {
+        params.scale = params.scale.iter().map(|s| round_scale(*s)).collect();
+    }
+    let q = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| params.quantize(*v, if params.per_channel { channel_of(i) } else { 0 }) as i8)
+        .collect();
+    (q, params.scale.clone())
+}
+
+/// Write the plan as int8 `.tflite` bytes. `ranges` (from [`Plan::calibrate`]) supply every
+/// activation range QAT did not.
+pub fn to_tflite(
+    plan: &Plan,
+    ranges: Option<&Ranges>,
+    options: &ExportOptions,
+) -> Result<Vec<u8>, CollabError> {
+    let tfl = |e: collab_tflite::TfliteError| CollabError::Usage(format!("int8 export: {e}"));
+    let mut b = Int8Builder::new();
+    let [c, h, w] = plan.input;
+    let shape = [options.batch.max(1), h, w, c];
+    // The input's range: the first layer's QAT input quantizer, else calibration.
+    let first_input_quant = plan.steps.iter().find_map(|s| match s {
+        Step::Conv { src: 0, quant, .. } | Step::Linear { src: 0, quant, .. } => {
+            quant.as_ref().and_then(|q| q.input.clone())
+        }
+        _ => None,
+    });
+    let in_q = match &first_input_quant {
+        Some(p) => act_q(p),
+        None => range_q(ranges, 0, "the model input")?,
+    };
+    let input = if options.float_io {
+        b.float_input("input", &shape, in_q).map_err(tfl)?
+    } else {
+        b.input("input", &shape, in_q).map_err(tfl)?
+    };
+    let mut ids: Vec<TensorId> = vec![input];
+    for (k, step) in plan.steps.iter().enumerate() {
+        let value = k + 1;
+        let id = match step {
+            Step::Conv {
+                name,
+                src,
+                layer,
+                act,
+                quant,
+            } => {
+                let out_q = match quant {
+                    Some(q) => act_q(&q.output),
+                    None => range_q(ranges, value, &format!("layer `{name}`"))?,
+                };
+                let conv = conv_layer(name, layer, *act, quant.as_ref())?;
+                b.conv2d(name, ids[*src], &conv, out_q).map_err(tfl)?
+            }
+            Step::Pool { src } => {
+                let x = ids[*src];
+                let s = b.shape(x).to_vec();
+                let pooled = b
+                    .avg_pool("pool", x, [s[1], s[2]], [1, 1], Padding::Valid)
+                    .map_err(tfl)?;
+                b.reshape("pool/flatten", pooled, &[s[0], s[3]])
+                    .map_err(tfl)?
+            }
+            Step::Linear {
+                name,
+                src,
+                layer,
+                quant,
+            } => {
+                let out_q = match quant {
+                    Some(q) => act_q(&q.output),
+                    None => range_q(ranges, value, &format!("layer `{name}`"))?,
+                };
+                let [din, dout] = layer.weight.dims();
+                let values = to_vec_f32(layer.weight.val().flatten::<1>(0, 1));
+                // burn [in, out] → TFLite [out, in].
+                let mut transposed = vec![0f32; values.len()];
+                for i in 0..din {
+                    for o in 0..dout {
+                        transposed[o * din + i] = values[i * dout + o];
+                    }
+                }
+                let per_channel = quant.as_ref().is_some_and(|q| q.weight.per_channel);
+                if per_channel {
+                    return Err(CollabError::Usage(format!(
+                        "layer `{name}`: per-channel fully-connected weights are not exported; \
+                         train the classifier with per-tensor weights (the default)"
+                    )));
+                }
+                let (q, scales) = quantize_weight(
+                    &transposed,
+                    |i| i / din,
+                    dout,
+                    false,
+                    quant.as_ref().map(|q| &q.weight),
+                    true,
+                );
+                let bias = layer.bias.as_ref().map(|b| to_vec_f32(b.val()));
+                b.fully_connected(
+                    name,
+                    ids[*src],
+                    &q,
+                    dout,
+                    scales[0],
+                    bias.as_deref(),
+                    Activation::None,
+                    out_q,
+                )
+                .map_err(tfl)?
+            }
+            Step::Add { name, a, b: bb } => {
+                let out_q = range_q(ranges, value, &format!("the sum `{name}`"))?;
+                b.add(name, ids[*a], ids[*bb], Activation::None, out_q)
+                    .map_err(tfl)?
+            }
+        };
+        ids.push(id);
+    }
+    let mut last = *ids
+        .last()
+        .ok_or_else(|| CollabError::Usage("empty plan".into()))?;
+    if options.softmax {
+        last = b.softmax("probabilities", last).map_err(tfl)?;
+    }
+    if options.float_io {
+        b.float_output("output", last).map_err(tfl)?;
+    } else {
+        b.output(last);
+    }
+    b.finish().map_err(tfl)
+}
+
+fn conv_layer(
+    name: &str,
+    layer: &Conv2d,
+    act: Act,
+    quant: Option<&LayerQuant>,
+) -> Result<ConvLayer, CollabError> {
+    let [out, in_per_group, kh, kw] = layer.weight.dims();
+    let groups = layer.groups;
+    let depthwise = groups > 1 && in_per_group == 1;
+    if groups > 1 && !depthwise {
+        return Err(CollabError::Usage(format!(
+            "layer `{name}`: grouped convolutions ({groups} groups of {in_per_group}) have no \
+             TFLite int8 operator; only ordinary and depthwise convolutions export"
+        )));
+    }
+    let values = to_vec_f32(layer.weight.val().flatten::<1>(0, 3));
+    let fan_in = in_per_group * kh * kw;
+    let (q, scales) = quantize_weight(
+        &values,
+        |i| i / fan_in,
+        out,
+        quant.is_none_or(|q| q.weight.per_channel),
+        quant.map(|q| &q.weight),
+        false,
+    );
+    // burn [out, in/g, kh, kw] → OHWI, or [1, kh, kw, out] for depthwise.
+    let mut weight = vec![0i8; q.len()];
+    for o in 0..out {
+        for i in 0..in_per_group {
+            for y in 0..kh {
+                for x in 0..kw {
+                    let src = ((o * in_per_group + i) * kh + y) * kw + x;
+                    let dst = if depthwise {
+                        (y * kw + x) * out + o
+                    } else {
+                        ((o * kh + y) * kw + x) * in_per_group + i
+                    };
+                    weight[dst] = q[src];
+                }
+            }
+        }
+    }
+    let padding = match &layer.padding {
+        PaddingConfig2d::Same => ConvPadding::Same,
+        PaddingConfig2d::Valid => ConvPadding::Valid,
+        PaddingConfig2d::Explicit(t, l, b, r) => ConvPadding::Explicit([*t, *l, *b, *r]),
+    };
+    Ok(ConvLayer {
+        weight,
+        shape: if depthwise {
+            [1, kh, kw, out]
+        } else {
+            [out, kh, kw, in_per_group]
+        },
+        scales,
+        bias: layer.bias.as_ref().map(|b| to_vec_f32(b.val())),
+        stride: layer.stride,
+        dilation: layer.dilation,
+        padding,
+        activation: act.tflite(),
+        depthwise,
+    })
+}
+
+/// Write `bytes` to `path` atomically (temp file + rename).
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CollabError> {
+    collab_tflite::write_atomic(path, bytes).map_err(|e| CollabError::checkpoint(path, e))
+}
+
+/// Run an int8 interpreter on NCHW float inputs `[n, c, h, w]` (quantized with the model
+/// input's scale and zero point, batch by batch of the graph's own batch size): the outputs
+/// dequantized, `[n, classes]`.
+pub fn run_int8(
+    interp: &collab_tflite::Interpreter,
+    x: &[f32],
+    n: usize,
+    [c, h, w]: [usize; 3],
+) -> Result<Vec<f32>, CollabError> {
+    use collab_tflite::{Data, TensorType};
+    let err = |e: collab_tflite::TfliteError| CollabError::Usage(e.to_string());
+    let port = interp.inputs()[0].clone();
+    let out_port = interp.outputs()[0].clone();
+    let batch = port.shape.first().copied().unwrap_or(1).max(1);
+    if port.shape.iter().product::<usize>() != batch * c * h * w {
+        return Err(CollabError::Usage(format!(
+            "the model's input is {:?}; the data gives [{c}, {h}, {w}] per sample",
+            port.shape
+        )));
+    }
+    let per = c * h * w;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let take = batch.min(n - start);
+        // NCHW → NHWC, padding a short last batch with zeros.
+        let mut nhwc = vec![0f32; batch * per];
+        for s in 0..take {
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        nhwc[s * per + (y * w + xx) * c + ch] =
+                            x[(start + s) * per + (ch * h + y) * w + xx];
+                    }
+                }
+            }
+        }
+        let input = match port.dtype {
+            TensorType::Float32 => Data::F32(nhwc),
+            _ => Data::I8(
+                nhwc.iter()
+                    .map(|v| {
+                        ((v / port.scale).round().clamp(-1e9, 1e9) as i32 + port.zero_point)
+                            .clamp(-128, 127) as i8
+                    })
+                    .collect(),
+            ),
+        };
+        let result = interp.run(&[input]).map_err(err)?;
+        let classes = out_port.shape.last().copied().unwrap_or(1);
+        let values: Vec<f32> = match &result[0] {
+            Data::F32(v) => v.clone(),
+            Data::I8(v) => v
+                .iter()
+                .map(|q| out_port.scale * (*q as i32 - out_port.zero_point) as f32)
+                .collect(),
+        };
+        out.extend_from_slice(&values[..take * classes]);
+        start += take;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_scale;
+
+    #[test]
+    fn rounded_scales_multiply_exactly_in_f32() {
+        let mut state = 12345u64;
+        for _ in 0..10_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let a = f32::from_bits(0x3000_0000 + ((state >> 33) as u32 % 0x0E00_0000));
+            let b = f32::from_bits(0x3000_0000 + ((state >> 3) as u32 % 0x0E00_0000));
+            let (ra, rb) = (round_scale(a), round_scale(b));
+            assert!(ra >= a && (ra - a) / a < 1.0 / 2048.0, "{a} → {ra}");
+            assert_eq!((ra * rb) as f64, ra as f64 * rb as f64, "{ra} × {rb}");
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! int8 export of real models, proven by reading the file back and running it in LiteRT
+//! (reference kernels and XNNPACK) and TensorFlow Lite Micro on real inputs.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor};
+use collab::export::{self, ExportOptions, Plan, Traceable};
+use collab_cluster::ClusteringConfig;
+use collab_core::{ConvBn, PlainLayer};
+use collab_data::cifar::Cifar10;
+use collab_data::mfcc::Frontend;
+use collab_data::shared::require_shared;
+use collab_data::speech::{SpeechCommands, Split};
+use collab_models::{
+    ConvBlock, DsCnnConfig, DsCnnSize, MobileNetV1Config, MobileNetV2Config, Variant, import,
+};
+use collab_prune::{PruningConfig, PruningSchedule};
+use collab_tflite::tools::Validators;
+use collab_tflite::{Data, Flavor, Graph, Interpreter, Report, npy};
+
+fn tools() -> Option<Validators> {
+    let found = Validators::find(&require_shared().join("tools"));
+    if found.is_none() {
+        assert!(
+            std::env::var("COLLAB_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "COLLAB_REQUIRE_TOOLS=1 but the validators are not installed: \
+             pip install -r ../shared/tools/requirements.txt"
+        );
+        eprintln!("skipped: pip install -r ../shared/tools/requirements.txt to run this test");
+    }
+    found
+}
+
+/// 100 real keyword clips (every class), as MFCC `[100, 1, 49, 10]` and labels.
+fn kws_inputs() -> (Tensor<4>, Vec<usize>) {
+    let set = SpeechCommands::open(&require_shared().join("data/speech_commands_12")).unwrap();
+    let clips = set.split(Split::Validation);
+    let step = clips.len() / 100;
+    let chosen: Vec<_> = clips.iter().step_by(step).take(100).cloned().collect();
+    let features = SpeechCommands::features(&chosen, &Frontend::new()).unwrap();
+    let indices: Vec<usize> = (0..features.len()).collect();
+    let (x, _) = features.batch(&indices, &Device::flex());
+    (x, chosen.iter().map(|c| c.label).collect())
+}
+
+/// 100 real CIFAR-10 test images `[100, 3, 32, 32]`.
+fn cifar_inputs() -> Tensor<4> {
+    let set = Cifar10::open(&require_shared().join("data/cifar10"), false).unwrap();
+    let indices: Vec<usize> = (0..100).collect();
+    set.batch(&indices, None, &Device::flex()).0
+}
+
+fn split(x: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    let n = x.dims()[0];
+    (
+        x.clone().narrow(0, 0, n / 2),
+        x.clone().narrow(0, n / 2, n - n / 2),
+    )
+}
+
+/// Export `plan` with batch 50 (calibrated on the first half of `x`), run the second half in
+/// our interpreter and in the validators; returns the int8 outputs and the file.
+fn export_and_check(
+    plan: &Plan,
+    x: &Tensor<4>,
+    softmax: bool,
+    dir: &Path,
+    name: &str,
+) -> (Vec<i8>, Vec<u8>) {
+    let (calib, test) = split(x);
+    let ranges = plan.calibrate([Ok(calib)]).unwrap();
+    let options = ExportOptions {
+        batch: 50,
+        softmax,
+        ..ExportOptions::default()
+    };
+    let bytes = export::to_tflite(plan, Some(&ranges), &options).unwrap();
+    let path = dir.join(format!("{name}.tflite"));
+    export::write(&path, &bytes).unwrap();
+    let graph = Graph::open(&path).unwrap();
+    let interp = Interpreter::new(&graph).unwrap();
+    let [c, h, w] = plan.input;
+    let values = collab_core::host::to_vec_f32(test.flatten::<1>(0, 3));
+    let port = interp.inputs()[0].clone();
+    // The int8 input exactly as run_int8 quantizes it.
+    let mut nhwc = vec![0i8; values.len()];
+    for s in 0..50 {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let v = values[((s * c + ch) * h + y) * w + xx];
+                    nhwc[((s * h + y) * w + xx) * c + ch] =
+                        ((v / port.scale).round() as i32 + port.zero_point).clamp(-128, 127) as i8;
+                }
+            }
+        }
+    }
+    let ours = interp.run_i8(&nhwc).unwrap();
+    // run_int8 (the evaluation path) gives the same values, dequantized.
+    let deq = export::run_int8(&interp, &values, 50, plan.input).unwrap();
+    let out = interp.outputs()[0].clone();
+    for (q, f) in ours.iter().zip(&deq) {
+        assert_eq!(out.scale * (*q as i32 - out.zero_point) as f32, *f);
+    }
+    if let Some(tools) = tools() {
+        let (inp, exp) = (
+            dir.join(format!("{name}_in.npy")),
+            dir.join(format!("{name}_ours.npy")),
+        );
+        npy::write(&inp, &port.shape, &Data::I8(nhwc)).unwrap();
+        npy::write(&exp, &out.shape, &Data::I8(ours.clone())).unwrap();
+        if let Ok(debug) = std::env::var("COLLAB_EXPORT_DEBUG") {
+            let debug = Path::new(&debug).join(name);
+            std::fs::create_dir_all(&debug).unwrap();
+            std::fs::copy(&path, debug.join("model.tflite")).unwrap();
+            std::fs::copy(&inp, debug.join("in.npy")).unwrap();
+            let nhwc_in = npy::read(&inp).unwrap().1;
+            for (i, t) in interp
+                .run_traced(&[nhwc_in])
+                .unwrap()
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(t) = t {
+                    let n = t.len();
+                    npy::write(&debug.join(format!("t{i}.npy")), &[n], &t).unwrap();
+                }
+            }
+        }
+        // TFLite Micro and XNNPACK against our default (Micro) arithmetic…
+        let micro = tools
+            .max_diffs(&path, &inp, &exp, &["tflm", "litert_xnnpack"])
+            .unwrap();
+        // …and LiteRT's reference kernels against ours in their flavour (FC rounding).
+        let reference = Interpreter::with_flavor(&graph, Flavor::LiteRtReference)
+            .unwrap()
+            .run_i8(&npy_i8(&inp))
+            .unwrap();
+        let exp_ref = dir.join(format!("{name}_ours_ref.npy"));
+        npy::write(&exp_ref, &out.shape, &Data::I8(reference.clone())).unwrap();
+        let litert = tools
+            .max_diffs(&path, &inp, &exp_ref, &["litert_ref"])
+            .unwrap();
+        let flavours = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
+        eprintln!(
+            "{name}: max |ours − runtime| {micro:?} {litert:?}; Micro and LiteRT-reference \
+             arithmetic differ in {flavours} of {} outputs",
+            ours.len()
+        );
+        assert_eq!(micro["tflm"], 0.0, "{name}: TFLite Micro differs");
+        assert_eq!(
+            litert["litert_ref"], 0.0,
+            "{name}: LiteRT reference kernels differ"
+        );
+        // XNNPACK rounds differently (measured up to 8 LSB on the MLPerf KWS model); after a
+        // softmax a few logit LSB can move a probability further, so only logits are gated.
+        // Random MobileNet weights drift further through 27+ layers (measured 4..27 LSB on their
+        // logits), so those get a looser bound than the trained DS-CNN.
+        let bound = if name.contains("mobilenet") {
+            64.0
+        } else {
+            8.0
+        };
+        if !softmax {
+            assert!(
+                micro["litert_xnnpack"] <= bound,
+                "{name}: XNNPACK differs by > {bound} LSB"
+            );
+        }
+    }
+    (ours, bytes)
+}
+
+fn npy_i8(path: &Path) -> Vec<i8> {
+    match npy::read(path).unwrap().1 {
+        Data::I8(v) => v,
+        Data::F32(_) => panic!("expected int8"),
+    }
+}
+
+/// Scale a freshly initialised block's weights to He initialisation (burn's default Kaiming
+/// uniform with gain 1/√3 shrinks activations layer by layer: after 27 layers they are ~1e-9 and
+/// a ReLU6 bound no longer fits int32 at that scale, which LiteRT rightly refuses).
+fn he(b: ConvBlock) -> ConvBlock {
+    ConvBn::new(b.conv.map_weight(|w| w * 6f32.sqrt()), b.bn)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, x)| {
+            if *x > bv { (i, *x) } else { (bi, bv) }
+        })
+        .0
+}
+
+/// Top-1 agreement of int8 logits with the float model on the test half.
+fn agreement(plan: &Plan, x: &Tensor<4>, int8: &[i8], classes: usize) -> f64 {
+    let (_, test) = split(x);
+    let float = collab_core::host::to_vec_f32(plan.forward(test).unwrap().flatten::<1>(0, 1));
+    let same = float
+        .chunks(classes)
+        .zip(int8.chunks(classes))
+        .filter(|(f, q)| {
+            let q: Vec<f32> = q.iter().map(|v| *v as f32).collect();
+            argmax(f) == argmax(&q)
+        })
+        .count();
+    same as f64 / (float.len() / classes) as f64
+}
+
+#[test]
+fn ds_cnn_s_trained_and_random_export_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let (x, labels) = kws_inputs();
+    let config = DsCnnConfig::new(DsCnnSize::S);
+    let bytes =
+        std::fs::read(require_shared().join("pretrained/ml-kws-for-mcu/ds_cnn_s.safetensors"))
+            .unwrap();
+    let trained = import::ds_cnn(&config, &bytes, "ds_cnn_s", &device).unwrap();
+    let plan = trained.trace([1, 49, 10]).unwrap();
+    let (logits, _) = export_and_check(&plan, &x, false, dir.path(), "ds_cnn_s_logits");
+    let agree = agreement(&plan, &x, &logits, 12);
+    let correct = logits
+        .chunks(12)
+        .zip(&labels[50..])
+        .filter(|(q, l)| argmax(&q.iter().map(|v| *v as f32).collect::<Vec<_>>()) == **l)
+        .count();
+    eprintln!(
+        "DS-CNN-S int8: top-1 agrees with float on {:.0}%, {correct}/50 correct",
+        agree * 100.0
+    );
+    assert!(agree >= 0.9, "int8 agrees with float on only {agree}");
+    assert!(correct >= 35, "int8 DS-CNN-S gets only {correct}/50 right");
+    // With the softmax at the end, as deployed.
+    let (probs, file) = export_and_check(&plan, &x, true, dir.path(), "ds_cnn_s");
+    assert!(probs.iter().any(|p| *p > -128 && *p < 127));
+    let report = Report::new(&file).unwrap();
+    assert!(report.operators.contains_key("SOFTMAX v2"));
+    assert!(report.operators.contains_key("DEPTHWISE_CONV_2D v3"));
+
+    deployment_file_runs_on_the_npu_and_with_float_io(&plan, &x, dir.path());
+
+    device.seed(6);
+    let random = config.init(&device).unwrap();
+    let plan = random.trace([1, 49, 10]).unwrap();
+    export_and_check(&plan, &x, false, dir.path(), "ds_cnn_s_random");
+}
+
+/// Batch 1, int8 in and out: Vela puts every operator on the Ethos-U NPU. Float in and out
+/// (QUANTIZE / DEQUANTIZE at the edges): LiteRT and TFLite Micro agree with our interpreter.
+fn deployment_file_runs_on_the_npu_and_with_float_io(plan: &Plan, x: &Tensor<4>, dir: &Path) {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let (calib, test) = split(x);
+    let ranges = plan.calibrate([Ok(calib)]).unwrap();
+    let bytes = export::to_tflite(plan, Some(&ranges), &ExportOptions::default()).unwrap();
+    let path = dir.join("deploy.tflite");
+    export::write(&path, &bytes).unwrap();
+    let (code, vela) = tools
+        .vela_check(&path, &["--min-npu-percent", "100"])
+        .unwrap();
+    eprintln!("vela: {vela}");
+    assert_eq!(code, 0, "Vela: {vela}");
+
+    let float = ExportOptions {
+        batch: 50,
+        float_io: true,
+        ..ExportOptions::default()
+    };
+    let bytes = export::to_tflite(plan, Some(&ranges), &float).unwrap();
+    let path = dir.join("float_io.tflite");
+    export::write(&path, &bytes).unwrap();
+    let interp = Interpreter::new(&Graph::open(&path).unwrap()).unwrap();
+    let [c, h, w] = plan.input;
+    let values = collab_core::host::to_vec_f32(test.flatten::<1>(0, 3));
+    let mut nhwc = vec![0f32; values.len()];
+    for s in 0..50 {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    nhwc[((s * h + y) * w + xx) * c + ch] = values[((s * c + ch) * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    let ours = interp.run(&[Data::F32(nhwc.clone())]).unwrap().remove(0);
+    let Data::F32(probs) = &ours else {
+        panic!("float output expected")
+    };
+    assert!(probs.iter().all(|p| (0.0..=1.0).contains(p)));
+    let (inp, exp) = (dir.join("float_in.npy"), dir.join("float_ours.npy"));
+    npy::write(&inp, &interp.inputs()[0].shape, &Data::F32(nhwc)).unwrap();
+    npy::write(&exp, &interp.outputs()[0].shape, &ours).unwrap();
+    let diffs = tools.max_diffs(&path, &inp, &exp, &["tflm"]).unwrap();
+    let reference = Interpreter::with_flavor(&Graph::open(&path).unwrap(), Flavor::LiteRtReference)
+        .unwrap()
+        .run(&[npy::read(&inp).unwrap().1])
+        .unwrap()
+        .remove(0);
+    let exp_ref = dir.join("float_ours_ref.npy");
+    npy::write(&exp_ref, &interp.outputs()[0].shape, &reference).unwrap();
+    let litert = tools
+        .max_diffs(&path, &inp, &exp_ref, &["litert_ref"])
+        .unwrap();
+    eprintln!("float I/O: {diffs:?} {litert:?}");
+    assert_eq!(diffs["tflm"], 0.0);
+    assert_eq!(litert["litert_ref"], 0.0);
+}
+
+#[test]
+fn small_mobilenets_export_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    device.seed(5);
+    let x = cifar_inputs();
+    let v1 = MobileNetV1Config {
+        width: 0.25,
+        ..MobileNetV1Config::new(Variant::Cifar, 10)
+    }
+    .init(&device)
+    .unwrap()
+    .try_map(|_, b| Ok::<_, ()>(he(b)), |_, l| Ok(l))
+    .unwrap();
+    let plan = v1.trace([3, 32, 32]).unwrap();
+    export_and_check(&plan, &x, false, dir.path(), "mobilenet_v1_025");
+    let v2 = MobileNetV2Config {
+        width: 0.35,
+        ..MobileNetV2Config::new(Variant::Cifar, 10)
+    }
+    .init(&device)
+    .unwrap()
+    .try_map(|_, b| Ok::<_, ()>(he(b)), |_, l| Ok(l))
+    .unwrap();
+    let plan = v2.trace([3, 32, 32]).unwrap();
+    let (_, file) = export_and_check(&plan, &x, false, dir.path(), "mobilenet_v2_035");
+    let report = Report::new(&file).unwrap();
+    assert!(
+        report.operators.contains_key("ADD v2"),
+        "{:?}",
+        report.operators
+    );
+}
+
+#[test]
+fn pruned_and_clustered_weights_arrive_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let (x, _) = kws_inputs();
+    let config = DsCnnConfig::new(DsCnnSize::S);
+    let bytes =
+        std::fs::read(require_shared().join("pretrained/ml-kws-for-mcu/ds_cnn_s.safetensors"))
+            .unwrap();
+    let trained = import::ds_cnn(&config, &bytes, "ds_cnn_s", &device).unwrap();
+    // Prune every convolution to 50 %, then cluster with 8 centroids per channel keeping zeros.
+    let prune = PruningConfig::new(PruningSchedule::constant(0.5));
+    let cluster = ClusteringConfig::new(8)
+        .with_per_channel(true)
+        .with_preserve_sparsity(true);
+    let model = trained
+        .try_map(
+            |_, c: ConvBlock| {
+                let p = prune.wrap(c)?;
+                p.prune_to(0.5)?;
+                Ok::<_, Box<dyn std::error::Error>>(p)
+            },
+            |_, l| Ok(l),
+        )
+        .unwrap();
+    let pruned_plan = model.trace([1, 49, 10]).unwrap();
+    let (_, file) = export_and_check(&pruned_plan, &x, true, dir.path(), "ds_cnn_s_pruned");
+    let report = Report::new(&file).unwrap();
+    let convs: Vec<_> = report
+        .weights
+        .iter()
+        .filter(|w| w.dtype == collab_tflite::TensorType::Int8 && w.shape.len() == 4)
+        .collect();
+    assert_eq!(convs.len(), 9);
+    for w in &convs {
+        assert!(
+            w.zero_fraction >= 0.5,
+            "{}: {} zeros",
+            w.name,
+            w.zero_fraction
+        );
+    }
+    let pcq = model
+        .try_map(
+            |name, c| cluster.wrap_named(name, c),
+            |_, l| Ok::<_, collab_cluster::ClusterError>(l),
+        )
+        .unwrap();
+    let plan = pcq.trace([1, 49, 10]).unwrap();
+    let (_, file) = export_and_check(&plan, &x, true, dir.path(), "ds_cnn_s_pruned_clustered");
+    let report = Report::new(&file).unwrap();
+    for w in report
+        .weights
+        .iter()
+        .filter(|w| w.dtype == collab_tflite::TensorType::Int8 && w.shape.len() == 4)
+    {
+        assert!(
+            w.zero_fraction >= 0.5,
+            "{}: {} zeros",
+            w.name,
+            w.zero_fraction
+        );
+        assert!(
+            w.unique_per_channel_max.unwrap() <= 8,
+            "{}: {} unique values in a channel",
+            w.name,
+            w.unique_per_channel_max.unwrap()
+        );
+    }
+    eprintln!(
+        "pruned+clustered DS-CNN-S: {} bytes, gzip {} ({:.1}% compression)",
+        report.bytes,
+        report.gzip_bytes,
+        100.0 * report.compression
+    );
+}
