@@ -6,5 +6,10 @@
 pub use collab_cluster as cluster;
 pub use collab_core as core;
 pub use collab_data as data;
+pub use collab_models as models;
 pub use collab_prune as prune;
 pub use collab_quant as quant;
+pub use collab_tflite as tflite;
+
+/// The workflow layer (model registry, training loop, checkpoints, int8 export).
+pub use collab as workflow;

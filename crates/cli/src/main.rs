@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use collab::checkpoint::{self, Manifest};
 use collab::data::{self, SyntheticSize};
+use collab::export::{self, ExportOptions};
 use collab::train::{self, OptimizerConfig, TrainConfig};
 use collab::{CollabError, ModelSpec, Network};
 use collab_core::BnMode;
@@ -19,7 +20,7 @@ use collab_models::DsCnnConfig;
 #[command(
     name = "collab",
     version,
-    about = "Collaborative optimization of burn models: train, evaluate, import, inspect"
+    about = "Collaborative optimization of burn models: train, evaluate, import, export to int8 TFLite, inspect"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -107,11 +108,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Evaluate a checkpoint on a data set.
-    Eval {
+    /// Write a checkpoint as a full-integer int8 .tflite (PTQ calibration where it has no QAT ranges).
+    Export {
         /// Checkpoint folder.
         #[arg(long)]
         checkpoint: PathBuf,
+        /// Calibration data folder (training split of Speech Commands / CIFAR-10); synthetic when absent.
+        #[arg(long, alias = "data")]
+        calibration: Option<PathBuf>,
+        /// Training samples used for calibration.
+        #[arg(long, default_value_t = 500)]
+        calibration_samples: usize,
+        /// Calibrate with per-batch percentiles (e.g. 99.99, averaged over batches) instead of min/max.
+        #[arg(long)]
+        percentile: Option<f64>,
+        /// The .tflite file to write (written to a temporary file, then renamed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Float32 input and output (QUANTIZE / DEQUANTIZE at the edges; these run on the CPU of an NPU system).
+        #[arg(long)]
+        float_io: bool,
+        /// End with the logits instead of SOFTMAX.
+        #[arg(long)]
+        no_softmax: bool,
+        /// Seed for choosing the calibration samples.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Evaluate a checkpoint or an int8 .tflite file (our interpreter) on a data set.
+    Eval {
+        /// Checkpoint folder.
+        #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+        checkpoint: Option<PathBuf>,
+        /// An int8 .tflite file, run by burn-collab's reference int8 interpreter (TFLite Micro arithmetic).
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Data folder (validation split of Speech Commands / CIFAR-10 test batch); synthetic when absent.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -242,6 +273,137 @@ fn train_command(
     Ok(())
 }
 
+fn export_command(
+    checkpoint_dir: &Path,
+    calibration: Option<&Path>,
+    samples: usize,
+    method: collab_quant::Calibration,
+    out: &Path,
+    options: &ExportOptions,
+    seed: u64,
+) -> Result<(), CollabError> {
+    let device = Device::flex();
+    let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
+    let network = network.with_bn_mode(BnMode::Folded).valid();
+    let input = match manifest.model.task() {
+        collab::network::Task::Keywords => [1, 49, 10],
+        collab::network::Task::Images { side, .. } => [3, side, side],
+    };
+    let plan = network.plan(input)?;
+    if calibration.is_none() {
+        tracing::warn!("no --calibration folder: calibrating on the synthetic set");
+    }
+    let data = data::load(
+        manifest.model.task(),
+        calibration,
+        false,
+        seed,
+        SyntheticSize::default(),
+    )?;
+    let mut indices: Vec<usize> = (0..data.train.len()).collect();
+    {
+        use rand::seq::SliceRandom;
+        indices.shuffle(&mut data::epoch_rng(seed, 0));
+    }
+    indices.truncate(samples.max(1));
+    tracing::info!(samples = indices.len(), "calibrating activation ranges");
+    let ranges = plan.calibrate_on(data.train.as_ref(), &indices, 100, method)?;
+    let bytes = export::to_tflite(&plan, Some(&ranges), options)?;
+    export::write(out, &bytes)?;
+    let report = collab_tflite::Report::new(&bytes).map_err(|e| CollabError::checkpoint(out, e))?;
+    println!(
+        "wrote {}: {} ({}), {} bytes, gzip -9 {} bytes ({:.1}% compression); calibrated on {} samples",
+        out.display(),
+        manifest.model.name(),
+        manifest.stage,
+        report.bytes,
+        report.gzip_bytes,
+        100.0 * report.compression,
+        indices.len()
+    );
+    Ok(())
+}
+
+/// Evaluate an int8 .tflite with our interpreter: the task follows from its input shape.
+fn eval_tflite(
+    path: &Path,
+    data_dir: Option<&Path>,
+    all: bool,
+    json: bool,
+) -> Result<(), CollabError> {
+    let graph = collab_tflite::Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
+    let interp =
+        collab_tflite::Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
+    let shape = interp.inputs()[0].shape.clone();
+    let classes = interp.outputs()[0].shape.last().copied().unwrap_or(0);
+    let (task, input) = match shape.as_slice() {
+        [_, 49, 10, 1] => (collab::network::Task::Keywords, [1, 49, 10]),
+        [_, h, w, 3] if h == w => (
+            collab::network::Task::Images { side: *h, classes },
+            [3, *h, *w],
+        ),
+        other => {
+            return Err(CollabError::checkpoint(
+                path,
+                format!(
+                    "input shape {other:?} is neither MFCC [n, 49, 10, 1] nor an image [n, s, s, 3]"
+                ),
+            ));
+        }
+    };
+    let failure = std::cell::RefCell::new(None);
+    let forward = |x: burn::tensor::Tensor<4>| {
+        let [n, ..] = x.dims();
+        let device = x.device();
+        let values = collab_core::host::to_vec_f32(x.flatten::<1>(0, 3));
+        let out = export::run_int8(&interp, &values, n, input).unwrap_or_else(|e| {
+            *failure.borrow_mut() = Some(e);
+            vec![0.0; n * classes.max(1)]
+        });
+        burn::tensor::Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(out, [n, classes.max(1)]),
+            &device,
+        )
+    };
+    let report = if all {
+        let dir = data_dir.ok_or_else(|| CollabError::Usage("--all needs --data".into()))?;
+        let set = collab_data::SpeechCommands::open(dir)?;
+        let clips = set.split(collab_data::Split::All);
+        let audio = collab_data::speech::load_audio(&clips)?;
+        let labels = clips.iter().map(|c| c.label).collect();
+        let kws =
+            collab::data::KwsData::new(audio, labels, Vec::new(), false, dir.display().to_string());
+        train::evaluate(forward, &kws, 256)?
+    } else {
+        let data = data::load(task, data_dir, false, 0, SyntheticSize::default())?;
+        train::evaluate(forward, data.val.as_ref(), 256)?
+    };
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    print_report(&report, &format!("{} (int8)", path.display()), json);
+    Ok(())
+}
+
+fn print_report(report: &train::EvalReport, what: &str, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+    } else {
+        println!(
+            "{what}: accuracy {:.2}% on {} samples",
+            100.0 * report.accuracy,
+            report.samples
+        );
+        for (class, c) in &report.per_class {
+            println!(
+                "  {class:<12} {:>7.2}%  ({} samples)",
+                100.0 * c.accuracy,
+                c.samples
+            );
+        }
+    }
+}
+
 fn eval(
     checkpoint_dir: &Path,
     data_dir: Option<&Path>,
@@ -271,24 +433,11 @@ fn eval(
         )?;
         train::evaluate(|x| network.forward(x), data.val.as_ref(), 256)?
     };
-    if json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-    } else {
-        println!(
-            "{} ({}): accuracy {:.2}% on {} samples",
-            manifest.model.name(),
-            manifest.stage,
-            100.0 * report.accuracy,
-            report.samples
-        );
-        for (class, c) in &report.per_class {
-            println!(
-                "  {class:<12} {:>7.2}%  ({} samples)",
-                100.0 * c.accuracy,
-                c.samples
-            );
-        }
-    }
+    print_report(
+        &report,
+        &format!("{} ({})", manifest.model.name(), manifest.stage),
+        json,
+    );
     Ok(())
 }
 
@@ -338,12 +487,51 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             &out,
             resume,
         ),
+        Command::Export {
+            checkpoint,
+            calibration,
+            calibration_samples,
+            percentile,
+            out,
+            float_io,
+            no_softmax,
+            seed,
+        } => export_command(
+            &checkpoint,
+            calibration.as_deref(),
+            calibration_samples,
+            match percentile {
+                Some(p) if p > 50.0 && p <= 100.0 => {
+                    collab_quant::Calibration::Percentile { percentile: p }
+                }
+                Some(p) => {
+                    return Err(CollabError::Usage(format!(
+                        "--percentile {p}: give a value in (50, 100], e.g. 99.99"
+                    )));
+                }
+                None => collab_quant::Calibration::MinMax,
+            },
+            &out,
+            &ExportOptions {
+                batch: 1,
+                float_io,
+                softmax: !no_softmax,
+            },
+            seed,
+        ),
         Command::Eval {
             checkpoint,
+            model,
             data,
             all,
             json,
-        } => eval(&checkpoint, data.as_deref(), all, json),
+        } => match (checkpoint, model) {
+            (_, Some(model)) => eval_tflite(&model, data.as_deref(), all, json),
+            (Some(checkpoint), None) => eval(&checkpoint, data.as_deref(), all, json),
+            (None, None) => Err(CollabError::Usage(
+                "give --checkpoint DIR or --model FILE.tflite".into(),
+            )),
+        },
         Command::Inspect { model, json } => {
             let bytes = std::fs::read(&model).map_err(|e| CollabError::checkpoint(&model, e))?;
             let report = collab_tflite::Report::new(&bytes)

@@ -64,6 +64,82 @@ fn import_then_eval_reproduces_the_published_accuracy() {
 }
 
 #[test]
+fn export_then_eval_the_int8_file() {
+    let shared = collab_data::shared::require_shared();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ds-cnn-s");
+    let weights = shared.join("pretrained/ml-kws-for-mcu/ds_cnn_s.safetensors");
+    let data = shared.join("data/speech_commands_12");
+    let (code, _, err) = collab(&[
+        "import",
+        "--model",
+        "ds-cnn-s",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        ck.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let file = dir.path().join("ds_cnn_s.tflite");
+    let (code, out, err) = collab(&[
+        "export",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--calibration",
+        data.to_str().unwrap(),
+        "--calibration-samples",
+        "200",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("compression"), "{out}");
+    let eval = |what: &str, path: &std::path::Path| {
+        let (code, out, err) = collab(&[
+            "eval",
+            what,
+            path.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let float = eval("--checkpoint", &ck);
+    let int8 = eval("--model", &file);
+    assert_eq!(float["samples"], int8["samples"]);
+    assert_eq!(
+        float["per_class"].as_object().unwrap().len(),
+        int8["per_class"].as_object().unwrap().len()
+    );
+    let (f, q) = (
+        float["accuracy"].as_f64().unwrap(),
+        int8["accuracy"].as_f64().unwrap(),
+    );
+    eprintln!("validation speakers: float {f:.4}, int8 {q:.4}");
+    assert!(q > f - 0.05 && q < f + 0.02, "int8 {q} vs float {f}");
+
+    // A damaged file is an error naming it, not a panic.
+    let bytes = std::fs::read(&file).unwrap();
+    let bad = dir.path().join("truncated.tflite");
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
+    let (code, _, err) = collab(&["eval", "--model", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("truncated.tflite"), "{err}");
+    // The original file is untouched by a failed export into it.
+    let (code, _, _) = collab(&[
+        "export",
+        "--checkpoint",
+        "/nonexistent",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+}
+
+#[test]
 fn inspect_reports_a_tflite_file() {
     let model = collab_data::shared::require_shared().join("tools/testdata/kws_ref_model.tflite");
     let (code, out, err) = collab(&["inspect", model.to_str().unwrap(), "--json"]);

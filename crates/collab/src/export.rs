@@ -25,7 +25,7 @@ use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, WeightLayer};
 use collab_models::{DsCnn, MobileNetV1, MobileNetV2};
 use collab_prune::Prunable;
-use collab_quant::{FusedActivation, LayerQuant, QatAware, QuantParams};
+use collab_quant::{Calibration, FusedActivation, LayerQuant, QatAware, QuantParams};
 use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId};
 use serde::Serialize;
 
@@ -347,25 +347,44 @@ impl Plan {
             .ok_or_else(|| CollabError::Usage("empty plan".into()))
     }
 
-    /// Min / max of every value over `batches` of inputs `[n, c, h, w]` (PTQ calibration).
-    pub fn calibrate<I>(&self, batches: I) -> Result<Ranges, CollabError>
+    /// The range of every value over `batches` of inputs `[n, c, h, w]` (PTQ calibration):
+    /// `MinMax` over all samples (the TFLite converter's rule), or per-batch percentiles
+    /// averaged over batches (clips rare outliers), as [`collab_quant::ActQuant`] calibrates.
+    pub fn calibrate<I>(&self, batches: I, method: Calibration) -> Result<Ranges, CollabError>
     where
         I: IntoIterator<Item = Result<Tensor<4>, CollabError>>,
     {
+        let mut sums: Vec<(f64, f64)> = vec![(0.0, 0.0); self.steps.len() + 1];
         let mut ranges: Vec<Option<(f32, f32)>> = vec![None; self.steps.len() + 1];
         let mut seen = 0usize;
         for x in batches {
             seen += 1;
-            for (r, v) in ranges.iter_mut().zip(self.run(x?)?) {
-                let values = to_vec_f32(v.flatten::<1>(0, 1));
-                let (lo, hi) = values
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
-                        (a.min(*v), b.max(*v))
-                    });
-                *r = Some(match r {
-                    Some((a, b)) => (a.min(lo), b.max(hi)),
-                    None => (lo, hi),
+            for ((r, sum), v) in ranges.iter_mut().zip(&mut sums).zip(self.run(x?)?) {
+                let mut values = to_vec_f32(v.flatten::<1>(0, 1));
+                let (lo, hi) = match method {
+                    Calibration::MinMax => values
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                            (a.min(*v), b.max(*v))
+                        }),
+                    Calibration::Percentile { percentile } => {
+                        let n = values.len();
+                        let k_hi =
+                            (((percentile / 100.0) * (n - 1) as f64).round() as usize).min(n - 1);
+                        let k_lo = n - 1 - k_hi;
+                        let hi = *values.select_nth_unstable_by(k_hi, f32::total_cmp).1;
+                        let lo = *values.select_nth_unstable_by(k_lo, f32::total_cmp).1;
+                        (lo, hi)
+                    }
+                };
+                sum.0 += lo as f64;
+                sum.1 += hi as f64;
+                *r = Some(match (method, *r) {
+                    (Calibration::MinMax, Some((a, b))) => (a.min(lo), b.max(hi)),
+                    (Calibration::MinMax, None) => (lo, hi),
+                    (Calibration::Percentile { .. }, _) => {
+                        ((sum.0 / seen as f64) as f32, (sum.1 / seen as f64) as f32)
+                    }
                 });
             }
         }
@@ -384,12 +403,14 @@ impl Plan {
         data: &dyn Batches,
         indices: &[usize],
         batch_size: usize,
+        method: Calibration,
     ) -> Result<Ranges, CollabError> {
         let device = Device::flex();
         self.calibrate(
             indices
                 .chunks(batch_size.max(1))
                 .map(|chunk| data.batch(chunk, None, &device).map(|(x, _)| x)),
+            method,
         )
     }
 }

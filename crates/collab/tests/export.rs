@@ -15,6 +15,7 @@ use collab_models::{
     ConvBlock, DsCnnConfig, DsCnnSize, MobileNetV1Config, MobileNetV2Config, Variant, import,
 };
 use collab_prune::{PruningConfig, PruningSchedule};
+use collab_quant::Calibration;
 use collab_tflite::tools::Validators;
 use collab_tflite::{Data, Flavor, Graph, Interpreter, Report, npy};
 
@@ -68,7 +69,7 @@ fn export_and_check(
     name: &str,
 ) -> (Vec<i8>, Vec<u8>) {
     let (calib, test) = split(x);
-    let ranges = plan.calibrate([Ok(calib)]).unwrap();
+    let ranges = plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap();
     let options = ExportOptions {
         batch: 50,
         softmax,
@@ -255,7 +256,7 @@ fn deployment_file_runs_on_the_npu_and_with_float_io(plan: &Plan, x: &Tensor<4>,
         return;
     };
     let (calib, test) = split(x);
-    let ranges = plan.calibrate([Ok(calib)]).unwrap();
+    let ranges = plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap();
     let bytes = export::to_tflite(plan, Some(&ranges), &ExportOptions::default()).unwrap();
     let path = dir.join("deploy.tflite");
     export::write(&path, &bytes).unwrap();

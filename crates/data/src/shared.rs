@@ -2,12 +2,24 @@
 
 use std::path::PathBuf;
 
-/// `$COLLAB_SHARED`, else `<repository>/../shared`. `None` when it is not there.
+/// `$COLLAB_SHARED`, else a `shared` folder beside an ancestor of the current directory (tests
+/// run in their crate's folder, examples in the repository), else `<repository>/../shared` as
+/// this crate was built. `None` when none is there.
+///
+/// The build-time path alone is not enough: a build cache shared between clones at different
+/// paths can hand a test the path of another clone.
 pub fn shared_dir() -> Option<PathBuf> {
-    let candidate = match std::env::var_os("COLLAB_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    };
+    if let Some(dir) = std::env::var_os("COLLAB_SHARED") {
+        let dir = PathBuf::from(dir);
+        return dir.is_dir().then(|| dir.canonicalize().unwrap_or(dir));
+    }
+    let from_cwd = std::env::current_dir().ok().and_then(|cwd| {
+        cwd.ancestors()
+            .map(|a| a.join("shared"))
+            .find(|c| c.join("data").is_dir() || c.join("tools").is_dir())
+    });
+    let candidate = from_cwd
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
     candidate
         .is_dir()
         .then(|| candidate.canonicalize().unwrap_or(candidate))

@@ -77,8 +77,9 @@ struct ConvKernel {
     /// `[n, h, w, c]` of the input and output.
     in_shape: [usize; 4],
     out_shape: [usize; 4],
-    /// Filter values, `[out_c, kh, kw, in_c]` (CONV_2D) or `[kh, kw, out_c]` (depthwise).
-    filter: Vec<i8>,
+    /// Filter values as `i32`, laid out `[kh, kw, in_c, out_c]` (CONV_2D) or `[kh, kw, out_c]`
+    /// (depthwise), so the innermost loop runs over contiguous output channels.
+    filter: Vec<i32>,
     kernel: [usize; 2],
     stride: [usize; 2],
     dilation: [usize; 2],
@@ -584,7 +585,25 @@ impl Interpreter {
                     mult.push(m);
                     shift.push(sh);
                 }
-                let filter: Vec<i8> = filter.iter().map(|b| *b as i8).collect();
+                let filter: Vec<i32> = if depthwise {
+                    filter.iter().map(|b| *b as i8 as i32).collect()
+                } else {
+                    // OHWI → HWIO.
+                    let [kh, kw] = kernel;
+                    let ic = in_shape[3];
+                    let mut t = vec![0i32; filter.len()];
+                    for o in 0..units {
+                        for y in 0..kh {
+                            for x in 0..kw {
+                                for i in 0..ic {
+                                    t[((y * kw + x) * ic + i) * units + o] =
+                                        filter[((o * kh + y) * kw + x) * ic + i] as i8 as i32;
+                                }
+                            }
+                        }
+                    }
+                    t
+                };
                 Kernel::Conv(Box::new(ConvKernel {
                     input: ii,
                     output: oi,
@@ -1222,12 +1241,31 @@ impl Interpreter {
 }
 
 /// CONV_2D / DEPTHWISE_CONV_2D: `acc = Σ f·(x + input_offset) + bias`, requantized per channel.
+/// Uses AVX2 where the CPU has it (the same integer arithmetic, so the same results).
 fn conv(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above); conv_avx2 only enables it for
+        // the compiler's vectoriser and runs the same safe code.
+        return unsafe { conv_avx2(c, x) };
+    }
+    conv_impl(c, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn conv_avx2(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
+    conv_impl(c, x)
+}
+
+#[inline(always)]
+fn conv_impl(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
     let [nb, ih, iw, ic] = c.in_shape;
     let [_, oh, ow, oc] = c.out_shape;
     let [kh, kw] = c.kernel;
     let mut out = vec![0i8; nb * oh * ow * oc];
     let mut acc = vec![0i32; oc];
+    let mut expanded = vec![0i32; oc];
     for b in 0..nb {
         for oy in 0..oh {
             let y0 = (oy * c.stride[0]) as isize - c.pad[0] as isize;
@@ -1245,26 +1283,32 @@ fn conv(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
                             continue;
                         }
                         let pixel = &x[((b * ih + y as usize) * iw + xx as usize) * ic..][..ic];
+                        let tap = fy * kw + fx;
                         if c.depthwise {
-                            let f = &c.filter[(fy * kw + fx) * oc..][..oc];
-                            let m = c.multiplier;
-                            for (o, (a, w)) in acc.iter_mut().zip(f).enumerate() {
-                                *a = a.wrapping_add(
-                                    *w as i32 * (pixel[o / m] as i32 + c.input_offset),
-                                );
+                            let f = &c.filter[tap * oc..][..oc];
+                            if c.multiplier == 1 {
+                                for ((a, w), v) in acc.iter_mut().zip(f).zip(pixel) {
+                                    *a = a.wrapping_add(w.wrapping_mul(*v as i32 + c.input_offset));
+                                }
+                            } else {
+                                for (o, e) in expanded.iter_mut().enumerate() {
+                                    *e = pixel[o / c.multiplier] as i32 + c.input_offset;
+                                }
+                                for ((a, w), v) in acc.iter_mut().zip(f).zip(&expanded) {
+                                    *a = a.wrapping_add(w.wrapping_mul(*v));
+                                }
                             }
                         } else {
-                            for (o, a) in acc.iter_mut().enumerate() {
-                                let f = &c.filter[((o * kh + fy) * kw + fx) * ic..][..ic];
-                                let mut dot = 0i32;
-                                let mut sum = 0i32;
-                                for (w, v) in f.iter().zip(pixel) {
-                                    dot = dot.wrapping_add(*w as i32 * *v as i32);
-                                    sum = sum.wrapping_add(*w as i32);
+                            let f = &c.filter[tap * ic * oc..][..ic * oc];
+                            for (i, v) in pixel.iter().enumerate() {
+                                let v = *v as i32 + c.input_offset;
+                                if v == 0 {
+                                    // A real zero (e.g. after ReLU) adds nothing.
+                                    continue;
                                 }
-                                *a = a
-                                    .wrapping_add(dot)
-                                    .wrapping_add(c.input_offset.wrapping_mul(sum));
+                                for (a, w) in acc.iter_mut().zip(&f[i * oc..][..oc]) {
+                                    *a = a.wrapping_add(w.wrapping_mul(v));
+                                }
                             }
                         }
                     }

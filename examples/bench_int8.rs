@@ -1,0 +1,150 @@
+//! Single-thread int8 latency: burn-collab's reference interpreter vs LiteRT (XNNPACK, its
+//! optimised builtin kernels and its reference kernels) on DS-CNN-S and DS-CNN-L files
+//! exported by `collab::export`, all in one run on one machine. Prints medians and ratios.
+//!
+//! ```text
+//! cargo run --release --example bench_int8 [-- --runs 200]
+//! ```
+//!
+//! Uses the published DS-CNN weights and real clips from `../shared` (or `COLLAB_SHARED`) for
+//! the weights, calibration and the input; falls back to random weights and synthetic
+//! features when they are absent. LiteRT timings need `pip install -r
+//! ../shared/tools/requirements.txt`; without it only our numbers are printed.
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use burn_collab::data::mfcc::Frontend;
+use burn_collab::data::speech::{SpeechCommands, Split};
+use burn_collab::models::{DsCnnConfig, DsCnnSize, import};
+use burn_collab::quant::Calibration;
+use burn_collab::tflite::tools::Validators;
+use burn_collab::tflite::{Data, Graph, Interpreter, npy};
+use burn_collab::workflow::export::{self, ExportOptions, Traceable};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Timed runs per engine (after 10 warm-up runs).
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let device = Device::flex();
+    device.seed(0);
+    let shared = std::env::var("COLLAB_SHARED")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from("../shared"));
+    let tools = Validators::find(&shared.join("tools"));
+    let clips = SpeechCommands::open(&shared.join("data/speech_commands_12"))
+        .ok()
+        .map(|s| s.split(Split::Validation));
+    let features = match &clips {
+        Some(c) => {
+            let chosen: Vec<_> = c.iter().step_by((c.len() / 100).max(1)).cloned().collect();
+            Some(SpeechCommands::features(&chosen, &Frontend::new())?)
+        }
+        None => None,
+    };
+    let dir = tempfile::tempdir()?;
+    println!(
+        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "model", "ours ms", "xnnpack ms", "builtin ms", "ref ms", "ours/xnn", "ours/ref"
+    );
+    for (size, name) in [(DsCnnSize::S, "s"), (DsCnnSize::L, "l")] {
+        let config = DsCnnConfig::new(size);
+        let weights = shared.join(format!(
+            "pretrained/ml-kws-for-mcu/ds_cnn_{name}.safetensors"
+        ));
+        let model = match std::fs::read(&weights) {
+            Ok(bytes) => import::ds_cnn(&config, &bytes, name, &device)?,
+            Err(_) => config.init(&device)?,
+        };
+        let plan = model.trace([1, 49, 10])?;
+        let x = match &features {
+            Some(f) => {
+                let idx: Vec<usize> = (0..f.len()).collect();
+                f.batch(&idx, &device).0
+            }
+            None => burn::tensor::Tensor::<4>::random(
+                [100, 1, 49, 10],
+                burn::tensor::Distribution::Normal(-20.0, 10.0),
+                &device,
+            ),
+        };
+        let ranges = plan.calibrate([Ok(x.clone())], Calibration::MinMax)?;
+        let bytes = export::to_tflite(&plan, Some(&ranges), &ExportOptions::default())?;
+        let path = dir.path().join(format!("ds_cnn_{name}.tflite"));
+        export::write(&path, &bytes)?;
+        let interp = Interpreter::new(&Graph::from_bytes(&bytes)?)?;
+        let port = interp.inputs()[0].clone();
+        let first: Vec<f32> =
+            burn_collab::core::host::to_vec_f32(x.narrow(0, 0, 1).flatten::<1>(0, 3));
+        let input: Vec<i8> = first
+            .iter()
+            .map(|v| ((v / port.scale).round() as i32 + port.zero_point).clamp(-128, 127) as i8)
+            .collect();
+        for _ in 0..10 {
+            interp.run_i8(&input)?;
+        }
+        let times: Vec<f64> = (0..args.runs)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = std::hint::black_box(interp.run_i8(&input));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let ours = median(times);
+        let (mut xnn, mut builtin, mut reference) = (f64::NAN, f64::NAN, f64::NAN);
+        if let Some(tools) = &tools {
+            let inp = dir.path().join("in.npy");
+            npy::write(&inp, &port.shape, &Data::I8(input.clone()))?;
+            let runs = args.runs.to_string();
+            let (_, report) = tools.tflite_check(
+                &path,
+                &[
+                    "--inputs",
+                    inp.to_str().unwrap_or_default(),
+                    "--interpreters",
+                    "litert_xnnpack,litert_builtin,litert_ref",
+                    "--no-cross",
+                    "--bench",
+                    &runs,
+                    "--threads",
+                    "1",
+                ],
+            )?;
+            for b in report["bench"].as_array().into_iter().flatten() {
+                let ms = b["median_ms"].as_f64().unwrap_or(f64::NAN);
+                match b["interpreter"].as_str() {
+                    Some("litert_xnnpack") => xnn = ms,
+                    Some("litert_builtin") => builtin = ms,
+                    Some("litert_ref") => reference = ms,
+                    _ => {}
+                }
+            }
+        }
+        println!(
+            "{:<10} {:>12.4} {:>12.4} {:>12.4} {:>12.4} {:>10.2} {:>10.2}",
+            format!("ds-cnn-{name}"),
+            ours,
+            xnn,
+            builtin,
+            reference,
+            ours / xnn,
+            ours / reference
+        );
+    }
+    println!(
+        "(single thread, batch 1, medians of {} runs; LiteRT timed in Python around invoke())",
+        args.runs
+    );
+    Ok(())
+}
