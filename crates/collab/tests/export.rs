@@ -15,7 +15,7 @@ use collab_models::{
     ConvBlock, DsCnnConfig, DsCnnSize, MobileNetV1Config, MobileNetV2Config, Variant, import,
 };
 use collab_prune::{PruningConfig, PruningSchedule};
-use collab_quant::Calibration;
+use collab_quant::{Calibration, FusedActivation, QatConfig};
 use collab_tflite::tools::Validators;
 use collab_tflite::{Data, Flavor, Graph, Interpreter, Report, npy};
 
@@ -68,14 +68,26 @@ fn export_and_check(
     dir: &Path,
     name: &str,
 ) -> (Vec<i8>, Vec<u8>) {
+    export_and_check_with(plan, x, softmax, dir, name, true)
+}
+
+/// As [`export_and_check`]; `calibrate: false` exports with the QAT ranges alone.
+fn export_and_check_with(
+    plan: &Plan,
+    x: &Tensor<4>,
+    softmax: bool,
+    dir: &Path,
+    name: &str,
+    calibrate: bool,
+) -> (Vec<i8>, Vec<u8>) {
     let (calib, test) = split(x);
-    let ranges = plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap();
+    let ranges = calibrate.then(|| plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap());
     let options = ExportOptions {
         batch: 50,
         softmax,
         ..ExportOptions::default()
     };
-    let bytes = export::to_tflite(plan, Some(&ranges), &options).unwrap();
+    let bytes = export::to_tflite(plan, ranges.as_ref(), &options).unwrap();
     let path = dir.join(format!("{name}.tflite"));
     export::write(&path, &bytes).unwrap();
     let graph = Graph::open(&path).unwrap();
@@ -419,5 +431,74 @@ fn pruned_and_clustered_weights_arrive_in_the_file() {
         report.bytes,
         report.gzip_bytes,
         100.0 * report.compression
+    );
+}
+
+#[test]
+fn qat_ranges_export_without_calibration_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let (x, _) = kws_inputs();
+    let (calib, test) = split(&x);
+    let config = DsCnnConfig::new(DsCnnSize::S);
+    let bytes =
+        std::fs::read(require_shared().join("pretrained/ml-kws-for-mcu/ds_cnn_s.safetensors"))
+            .unwrap();
+    let trained = import::ds_cnn(&config, &bytes, "ds_cnn_s", &device).unwrap();
+    let qat = trained
+        .try_map(
+            |name, c| {
+                QatConfig::new()
+                    .with_activation(FusedActivation::Relu)
+                    .with_input(name == "conv1")
+                    .wrap(c)
+            },
+            |_, l| QatConfig::new().wrap(l),
+        )
+        .unwrap();
+    // The ranges QAT would have trained, set here by its own calibration pass.
+    let qat = collab_quant::calibrate(qat, [calib], |m, b| {
+        m.forward(b);
+    });
+    let plan = qat.trace([1, 49, 10]).unwrap();
+    // Without QAT ranges the plain model needs calibration data; with them it does not.
+    let plain_plan = import::ds_cnn(&config, &bytes, "ds_cnn_s", &device)
+        .unwrap()
+        .trace([1, 49, 10])
+        .unwrap();
+    let err = export::to_tflite(&plain_plan, None, &ExportOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("calibration"), "{err}");
+    let (int8, file) = export_and_check_with(&plan, &x, false, dir.path(), "ds_cnn_s_qat", false);
+
+    // The file carries QAT's output quantization, and computes what the fake-quant model does.
+    let graph = Graph::from_bytes(&file).unwrap();
+    let interp = Interpreter::new(&graph).unwrap();
+    let out = interp.outputs()[0].clone();
+    let fc = qat.fc.layer_quant("fc").unwrap();
+    assert_eq!(out.scale, collab::export::round_scale(fc.output.scale[0]));
+    assert_eq!(out.zero_point, fc.output.zero_point[0]);
+    let fake = collab_core::host::to_vec_f32(qat.forward(test).flatten::<1>(0, 1));
+    let (mut lsb, mut total) = (0f32, 0f32);
+    let mut same = 0;
+    for (q, f) in int8.chunks(12).zip(fake.chunks(12)) {
+        for (a, b) in q.iter().zip(f) {
+            let d = ((*a as i32 - out.zero_point) as f32 - b / out.scale).abs();
+            lsb = lsb.max(d);
+            total += d;
+        }
+        let q: Vec<f32> = q.iter().map(|v| *v as f32).collect();
+        same += usize::from(argmax(&q) == argmax(f));
+    }
+    let mean = total / fake.len() as f32;
+    eprintln!(
+        "QAT export: int8 vs fake-quant logits: mean {mean:.2} LSB, max {lsb:.2} LSB; top-1 \
+         agrees {same}/50"
+    );
+    // Fake quantization does not round the pooled average or the int32 bias / requantization,
+    // so a few LSB of difference remain; the decisions agree.
+    assert!(same >= 47, "top-1 agrees on only {same}/50");
+    assert!(
+        mean <= 1.5 && lsb <= 8.0,
+        "int8 logits {mean} (max {lsb}) LSB from fake-quant"
     );
 }

@@ -252,6 +252,51 @@ fn read_options(op: &tflite::Operator<'_>, n: usize, name: &str) -> Result<Optio
     })
 }
 
+impl TensorInfo {
+    /// Constant data as `f32` in the tensor's layout: float32 values as stored; int8 / int32
+    /// values dequantized with their (per-tensor or per-channel) scale and zero point. How float
+    /// or quantized weights of a `.tflite` file are imported into a burn model. `None` for
+    /// tensors without data or of other types.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        let data = self.data.as_deref()?;
+        let raw: Vec<f32> = match self.dtype {
+            TensorType::Float32 => {
+                return Some(
+                    data.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                );
+            }
+            TensorType::Int8 => data.iter().map(|b| *b as i8 as f32).collect(),
+            TensorType::Int32 => data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
+            _ => return None,
+        };
+        let q = self.quantization.as_ref()?;
+        let channels = q.scale.len();
+        // Elements per step of the quantized axis, and the axis length.
+        let inner: usize = self.shape.iter().skip(q.axis + 1).product();
+        let axis_len = self.shape.get(q.axis).copied().unwrap_or(1).max(1);
+        Some(
+            raw.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let c = if channels > 1 {
+                        (i / inner.max(1)) % axis_len
+                    } else {
+                        0
+                    };
+                    let scale = q.scale.get(c).copied().unwrap_or(1.0);
+                    let zp = q.zero_point.get(c).copied().unwrap_or(0) as f32;
+                    scale * (v - zp)
+                })
+                .collect(),
+        )
+    }
+}
+
 /// One operator.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Operator {
@@ -449,6 +494,11 @@ impl Graph {
             operators,
             subgraphs: subgraphs.len(),
         })
+    }
+
+    /// The tensor named `name`, if any.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
     }
 
     /// The tensors that hold constant data (weights and biases), with their indices.

@@ -70,3 +70,294 @@ fn mlperf_tiny_kws_model_matches_litert_reference_on_random_inputs() {
         "only {informative} of 8 outputs are not saturated"
     );
 }
+
+mod random_graphs {
+    use collab_tflite::fixed::mbqm;
+    use collab_tflite::{
+        ActQ, Activation, ConvLayer, ConvPadding, Graph, Int8Builder, Interpreter,
+    };
+    use proptest::prelude::*;
+
+    #[derive(Debug)]
+    struct Case {
+        shape: [usize; 4],
+        kernel: [usize; 2],
+        stride: usize,
+        same: bool,
+        depthwise: bool,
+        multiplier: usize,
+        units: usize,
+        relu6: bool,
+        seed: u64,
+    }
+
+    fn values(seed: u64, n: usize, lo: i32, hi: i32) -> Vec<i32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                lo + (s % (hi - lo + 1) as u64) as i32
+            })
+            .collect()
+    }
+
+    /// TFLite's conv formula, written as plainly as possible (the oracle).
+    fn oracle(
+        c: &Case,
+        x: &[i8],
+        w: &[i8],
+        bias: &[i32],
+        m: &[(i32, i32)],
+        q: [i32; 4],
+    ) -> Vec<i8> {
+        let [n, h, wd, ic] = c.shape;
+        let [kh, kw] = c.kernel;
+        let out = |size: usize, k: usize| {
+            if c.same {
+                size.div_ceil(c.stride)
+            } else {
+                (size - k) / c.stride + 1
+            }
+        };
+        let (oh, ow) = (out(h, kh), out(wd, kw));
+        let pad =
+            |size: usize, k: usize, o: usize| ((o - 1) * c.stride + k).saturating_sub(size) / 2;
+        let (ph, pw) = if c.same {
+            (pad(h, kh, oh), pad(wd, kw, ow))
+        } else {
+            (0, 0)
+        };
+        let oc = if c.depthwise {
+            ic * c.multiplier
+        } else {
+            c.units
+        };
+        let [in_zp, out_zp, lo, hi] = q;
+        let mut y = Vec::new();
+        for b in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for o in 0..oc {
+                        let mut acc = bias[o];
+                        for fy in 0..kh {
+                            for fx in 0..kw {
+                                let iy = (oy * c.stride + fy) as isize - ph as isize;
+                                let ix = (ox * c.stride + fx) as isize - pw as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let at = |i: usize| {
+                                    x[((b * h + iy as usize) * wd + ix as usize) * ic + i] as i32
+                                        - in_zp
+                                };
+                                if c.depthwise {
+                                    acc += w[(fy * kw + fx) * oc + o] as i32 * at(o / c.multiplier);
+                                } else {
+                                    for i in 0..ic {
+                                        acc += w[((o * kh + fy) * kw + fx) * ic + i] as i32 * at(i);
+                                    }
+                                }
+                            }
+                        }
+                        y.push((mbqm(acc, m[o].0, m[o].1) + out_zp).clamp(lo, hi) as i8);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            (1usize..3, 1usize..8, 1usize..8, 1usize..6),
+            (1usize..4, 1usize..4),
+            1usize..3,
+            any::<bool>(),
+            any::<bool>(),
+            1usize..3,
+            1usize..7,
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_filter("kernel fits", |(s, k, _, same, ..)| {
+                *same || (k.0 <= s.1 && k.1 <= s.2)
+            })
+            .prop_map(
+                |(s, k, stride, same, depthwise, multiplier, units, relu6, seed)| Case {
+                    shape: [s.0, s.1, s.2, s.3],
+                    kernel: [k.0, k.1],
+                    stride,
+                    same,
+                    depthwise,
+                    multiplier,
+                    units,
+                    relu6,
+                    seed,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The interpreter's vectorised conv (HWIO weights, zero skipping, AVX2) computes exactly
+        /// TFLite's formula, for convolutions and depthwise ones with any multiplier.
+        #[test]
+        fn conv_equals_the_plain_formula(c in case()) {
+            let [_, _, _, ic] = c.shape;
+            let oc = if c.depthwise { ic * c.multiplier } else { c.units };
+            let wshape = if c.depthwise { [1, c.kernel[0], c.kernel[1], oc] } else { [oc, c.kernel[0], c.kernel[1], ic] };
+            let wn: usize = wshape.iter().product();
+            let w: Vec<i8> = values(c.seed, wn, -127, 127).into_iter().map(|v| v as i8).collect();
+            let scales: Vec<f32> = values(c.seed ^ 7, oc, 1, 100).into_iter().map(|v| v as f32 * 1e-3).collect();
+            let bias: Vec<f32> = values(c.seed ^ 9, oc, -1000, 1000).into_iter().map(|v| v as f32 * 1e-3).collect();
+            let in_q = ActQ { scale: 0.05, zero_point: values(c.seed ^ 3, 1, -20, 20)[0] };
+            let out_q = ActQ { scale: 0.1, zero_point: values(c.seed ^ 5, 1, -128, 0)[0] };
+            let mut b = Int8Builder::new();
+            let x = b.input("x", &c.shape, in_q).unwrap();
+            let layer = ConvLayer {
+                weight: w.clone(),
+                shape: wshape,
+                scales: scales.clone(),
+                bias: Some(bias.clone()),
+                stride: [c.stride; 2],
+                dilation: [1, 1],
+                padding: if c.same { ConvPadding::Same } else { ConvPadding::Valid },
+                activation: if c.relu6 { Activation::Relu6 } else { Activation::None },
+                depthwise: c.depthwise,
+            };
+            let y = b.conv2d("y", x, &layer, out_q).unwrap();
+            b.output(y);
+            let bytes = b.finish().unwrap();
+            let interp = Interpreter::new(&Graph::from_bytes(&bytes).unwrap()).unwrap();
+            let input: Vec<i8> = values(c.seed ^ 11, c.shape.iter().product(), -128, 127)
+                .into_iter().map(|v| v as i8).collect();
+            let got = interp.run_i8(&input).unwrap();
+            // The writer's int32 bias and TFLite's multipliers, recomputed here.
+            let qb: Vec<i32> = bias.iter().zip(&scales)
+                .map(|(b, s)| (*b as f64 / (in_q.scale * s) as f64).round() as i32).collect();
+            let m: Vec<(i32, i32)> = scales.iter()
+                .map(|s| collab_tflite::fixed::quantize_multiplier(in_q.scale as f64 * *s as f64 / out_q.scale as f64))
+                .collect();
+            let (lo, hi) = if c.relu6 {
+                (out_q.zero_point.max(-128), (out_q.zero_point + (6.0f32 / out_q.scale).round() as i32).min(127))
+            } else { (-128, 127) };
+            let want = oracle(&c, &input, &w, &qb, &m, [in_q.zero_point, out_q.zero_point, lo, hi]);
+            prop_assert_eq!(got, want);
+        }
+    }
+}
+
+/// Operators and options the model exports do not reach (PAD, depthwise multiplier 2, strided
+/// and padded average pooling, ADD with a fused ReLU, float input / output): a hand-built graph
+/// run by TFLite Micro and LiteRT's reference kernels on random inputs.
+#[test]
+fn less_common_operators_match_the_runtimes() {
+    use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding};
+    let Some(tools) = common::tools() else {
+        return;
+    };
+    let q = |scale: f32, zero_point: i32| ActQ { scale, zero_point };
+    let mut b = Int8Builder::new();
+    let x = b.float_input("x", &[4, 9, 7, 3], q(0.02, 5)).unwrap();
+    let weights = |n: usize, seed: i32| -> Vec<i8> {
+        (0..n as i32)
+            .map(|i| ((i * 37 + seed * 11) % 255 - 127) as i8)
+            .collect()
+    };
+    // Explicit asymmetric padding that is not SAME → PAD + VALID conv.
+    let conv = ConvLayer {
+        weight: weights(4 * 3 * 2 * 3, 1),
+        shape: [4, 3, 2, 3],
+        scales: vec![0.01, 0.02, 0.015, 0.03],
+        bias: Some(vec![0.1, -0.2, 0.05, 0.0]),
+        stride: [2, 1],
+        dilation: [1, 1],
+        padding: ConvPadding::Explicit([2, 0, 1, 1]),
+        activation: Activation::Relu,
+        depthwise: false,
+    };
+    let y = b.conv2d("conv", x, &conv, q(0.05, -128)).unwrap();
+    let dw = ConvLayer {
+        weight: weights(3 * 3 * 8, 2),
+        shape: [1, 3, 3, 8],
+        scales: (0..8).map(|i| 0.01 + 0.002 * i as f32).collect(),
+        bias: None,
+        stride: [1, 1],
+        dilation: [1, 1],
+        padding: ConvPadding::Same,
+        activation: Activation::Relu6,
+        depthwise: true,
+    };
+    let z = b.conv2d("dw", y, &dw, q(0.03, -128)).unwrap();
+    let pooled = b
+        .avg_pool("pool", z, [2, 2], [2, 2], Padding::Same)
+        .unwrap();
+    let pw = ConvLayer {
+        weight: weights(8 * 8, 3),
+        shape: [8, 1, 1, 8],
+        scales: vec![0.02],
+        bias: Some(vec![0.3; 8]),
+        stride: [1, 1],
+        dilation: [1, 1],
+        padding: ConvPadding::Valid,
+        activation: Activation::None,
+        depthwise: false,
+    };
+    let p = b.conv2d("pw", pooled, &pw, q(0.07, 3)).unwrap();
+    let sum = b
+        .add("add", p, pooled, Activation::Relu, q(0.06, -100))
+        .unwrap();
+    b.float_output("y", sum).unwrap();
+    let bytes = b.finish().unwrap();
+    let graph = Graph::from_bytes(&bytes).unwrap();
+    let ops: Vec<&str> = graph.operators.iter().map(|o| o.op.as_str()).collect();
+    assert_eq!(
+        ops,
+        [
+            "QUANTIZE",
+            "PAD",
+            "CONV_2D",
+            "DEPTHWISE_CONV_2D",
+            "AVERAGE_POOL_2D",
+            "CONV_2D",
+            "ADD",
+            "DEQUANTIZE"
+        ]
+    );
+    let interp = Interpreter::new(&graph).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("ops.tflite");
+    std::fs::write(&model, &bytes).unwrap();
+    for seed in 0..3u32 {
+        let input: Vec<f32> = (0..4 * 9 * 7 * 3)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed * 977)) % 1000) as f32
+                    / 250.0
+                    - 2.0
+            })
+            .collect();
+        let ours = interp.run(&[Data::F32(input.clone())]).unwrap().remove(0);
+        let Data::F32(v) = &ours else {
+            panic!("float output")
+        };
+        let mut distinct: Vec<u32> = v.iter().map(|f| f.to_bits()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(
+            distinct.len() >= 10,
+            "only {} distinct outputs",
+            distinct.len()
+        );
+        let (inp, exp) = (dir.path().join("in.npy"), dir.path().join("ours.npy"));
+        npy::write(&inp, &[4, 9, 7, 3], &Data::F32(input)).unwrap();
+        npy::write(&exp, &interp.outputs()[0].shape, &ours).unwrap();
+        let diffs = tools
+            .max_diffs(&model, &inp, &exp, &["tflm", "litert_ref"])
+            .unwrap();
+        assert_eq!(diffs["tflm"], 0.0, "seed {seed}");
+        assert_eq!(diffs["litert_ref"], 0.0, "seed {seed}");
+    }
+}

@@ -176,3 +176,29 @@ proptest! {
         let _ = Report::new(&bytes);
     }
 }
+
+#[test]
+fn weights_read_back_as_floats() {
+    // The per-channel depthwise weights of the KWS model: scale per channel on axis 3.
+    let graph = Graph::from_bytes(&kws_model()).unwrap();
+    let (_, t) = graph
+        .constants()
+        .find(|(_, t)| {
+            t.shape.len() == 4 && t.shape[0] == 1 && t.dtype == collab_tflite::TensorType::Int8
+        })
+        .unwrap();
+    let q = t.quantization.as_ref().unwrap();
+    assert_eq!(q.axis, 3);
+    let floats = t.to_f32().unwrap();
+    let raw = t.data.as_ref().unwrap();
+    let channels = t.shape[3];
+    for (i, f) in floats.iter().enumerate() {
+        let c = i % channels;
+        assert_eq!(
+            *f,
+            q.scale[c] * (raw[i] as i8 as f32 - q.zero_point[c] as f32)
+        );
+    }
+    assert!(graph.tensor(&t.name).is_some());
+    assert!(graph.tensor("no such tensor").is_none());
+}
