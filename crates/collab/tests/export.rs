@@ -502,3 +502,61 @@ fn qat_ranges_export_without_calibration_data() {
         "int8 logits {mean} (max {lsb}) LSB from fake-quant"
     );
 }
+
+#[test]
+fn trained_small_mobilenet_exports_bit_exact() {
+    use collab::network::{ModelSpec, Task};
+    use collab::train::{OptimizerConfig, TrainConfig};
+    use collab::{Manifest, data};
+    use collab_core::BnMode;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    device.seed(7);
+    // One epoch of MobileNet v1 0.25 on the 10k real CIFAR-10 training images (seconds).
+    let spec = "mobilenet-v1-cifar"
+        .parse::<ModelSpec>()
+        .unwrap()
+        .with_width(0.25)
+        .unwrap();
+    let data = data::load(
+        Task::Images {
+            side: 32,
+            classes: 10,
+        },
+        Some(&require_shared().join("data/cifar10")),
+        false,
+        7,
+        data::SyntheticSize::default(),
+    )
+    .unwrap();
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 100,
+        optimizer: OptimizerConfig::SgdCosine {
+            learning_rate: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        },
+        seed: 7,
+    };
+    let network = spec.init(&device).unwrap().with_bn_mode(BnMode::Batch);
+    let manifest = Manifest::new(spec, "baseline", 7);
+    let (trained, history) =
+        collab::train::fit(network, &data, &config, manifest, None, false).unwrap();
+    let float_acc = history[0].val_accuracy;
+    let net = trained.with_bn_mode(BnMode::Folded);
+    let plan = net.plan([3, 32, 32]).unwrap();
+    let x = cifar_inputs();
+    let (logits, _) = export_and_check(&plan, &x, false, dir.path(), "mobilenet_v1_025_trained");
+    let agree = agreement(&plan, &x, &logits, 10);
+    eprintln!(
+        "trained MobileNet v1 0.25 (1 epoch, val {:.1}%): int8 top-1 agrees with float on {:.0}%",
+        100.0 * float_acc,
+        100.0 * agree
+    );
+    assert!(
+        float_acc > 0.2,
+        "one epoch should beat chance clearly: {float_acc}"
+    );
+    assert!(agree >= 0.8, "int8 agrees with float on only {agree}");
+}
