@@ -1,6 +1,8 @@
-//! Single-thread int8 latency: burn-collab's reference interpreter vs LiteRT (XNNPACK, its
-//! optimised builtin kernels and its reference kernels) on DS-CNN-S and DS-CNN-L files
-//! exported by `collab::export`, all in one run on one machine. Prints medians and ratios.
+//! Single-thread int8 latency: burn-collab's interpreter (AVX-512 VNNI GEMM where the CPU has
+//! it, and its portable kernels) vs LiteRT (XNNPACK, its optimised builtin kernels and its
+//! reference kernels) on DS-CNN-S and DS-CNN-L files exported by `collab::export`, and on
+//! DS-CNN-L pruned 50% (unstructured and in 32×4 blocks) and clustered (16 per tensor), all in
+//! one run on one machine. Prints medians and ratios.
 //!
 //! ```text
 //! cargo run --release --example bench_int8 [-- --runs 200]
@@ -14,9 +16,11 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
+use burn_collab::cluster::ClusteringConfig;
 use burn_collab::data::mfcc::Frontend;
 use burn_collab::data::speech::{SpeechCommands, Split};
 use burn_collab::models::{DsCnnConfig, DsCnnSize, import};
+use burn_collab::prune::{Granularity, PruningConfig, PruningSchedule};
 use burn_collab::quant::Calibration;
 use burn_collab::tflite::tools::Validators;
 use burn_collab::tflite::{Data, Graph, Interpreter, npy};
@@ -55,19 +59,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dir = tempfile::tempdir()?;
     println!(
-        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "model", "ours ms", "xnnpack ms", "builtin ms", "ref ms", "ours/xnn", "ours/ref"
+        "{:<22} {:>9} {:>11} {:>11} {:>11} {:>10} {:>9} {:>9}",
+        "model",
+        "ours ms",
+        "portable ms",
+        "xnnpack ms",
+        "builtin ms",
+        "ref ms",
+        "ours/xnn",
+        "ours/ref"
     );
+    let prune =
+        |g: Granularity| PruningConfig::new(PruningSchedule::constant(0.5)).with_granularity(g);
     for (size, name) in [(DsCnnSize::S, "s"), (DsCnnSize::L, "l")] {
         let config = DsCnnConfig::new(size);
         let weights = shared.join(format!(
             "pretrained/ml-kws-for-mcu/ds_cnn_{name}.safetensors"
         ));
-        let model = match std::fs::read(&weights) {
-            Ok(bytes) => import::ds_cnn(&config, &bytes, name, &device)?,
-            Err(_) => config.init(&device)?,
+        let load = || -> Result<_, Box<dyn std::error::Error>> {
+            Ok(match std::fs::read(&weights) {
+                Ok(bytes) => import::ds_cnn(&config, &bytes, name, &device)?,
+                Err(_) => config.init(&device)?,
+            })
         };
-        let plan = model.trace([1, 49, 10])?;
         let x = match &features {
             Some(f) => {
                 let idx: Vec<usize> = (0..f.len()).collect();
@@ -79,68 +93,100 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &device,
             ),
         };
-        let ranges = plan.calibrate([Ok(x.clone())], Calibration::MinMax)?;
-        let bytes = export::to_tflite(&plan, Some(&ranges), &ExportOptions::default())?;
-        let path = dir.path().join(format!("ds_cnn_{name}.tflite"));
-        export::write(&path, &bytes)?;
-        let interp = Interpreter::new(&Graph::from_bytes(&bytes)?)?;
-        let port = interp.inputs()[0].clone();
-        let first: Vec<f32> =
-            burn_collab::core::host::to_vec_f32(x.narrow(0, 0, 1).flatten::<1>(0, 3));
-        let input: Vec<i8> = first
-            .iter()
-            .map(|v| ((v / port.scale).round() as i32 + port.zero_point).clamp(-128, 127) as i8)
-            .collect();
-        for _ in 0..10 {
-            interp.run_i8(&input)?;
-        }
-        let times: Vec<f64> = (0..args.runs)
-            .map(|_| {
-                let t = Instant::now();
-                let _ = std::hint::black_box(interp.run_i8(&input));
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        let ours = median(times);
-        let (mut xnn, mut builtin, mut reference) = (f64::NAN, f64::NAN, f64::NAN);
-        if let Some(tools) = &tools {
-            let inp = dir.path().join("in.npy");
-            npy::write(&inp, &port.shape, &Data::I8(input.clone()))?;
-            let runs = args.runs.to_string();
-            let (_, report) = tools.tflite_check(
-                &path,
-                &[
-                    "--inputs",
-                    inp.to_str().unwrap_or_default(),
-                    "--interpreters",
-                    "litert_xnnpack,litert_builtin,litert_ref",
-                    "--no-cross",
-                    "--bench",
-                    &runs,
-                    "--threads",
-                    "1",
-                ],
+        let mut variants = vec![(format!("ds-cnn-{name}"), load()?.trace([1, 49, 10])?)];
+        if size == DsCnnSize::L {
+            for (label, g) in [
+                ("50% unstructured", Granularity::Unstructured),
+                ("50% block 32x4", Granularity::Block { rows: 32, cols: 4 }),
+            ] {
+                let cfg = prune(g);
+                let pruned = load()?.try_map(
+                    |_, c| {
+                        let p = cfg.wrap(c)?;
+                        p.prune_to(0.5)?;
+                        Ok::<_, burn_collab::prune::PruneError>(p)
+                    },
+                    |_, l| Ok(l),
+                )?;
+                variants.push((format!("  {label}"), pruned.trace([1, 49, 10])?));
+            }
+            let clustered = load()?.try_map(
+                |n, c| ClusteringConfig::new(16).wrap_named(n, c),
+                |_, l| Ok(l),
             )?;
-            for b in report["bench"].as_array().into_iter().flatten() {
-                let ms = b["median_ms"].as_f64().unwrap_or(f64::NAN);
-                match b["interpreter"].as_str() {
-                    Some("litert_xnnpack") => xnn = ms,
-                    Some("litert_builtin") => builtin = ms,
-                    Some("litert_ref") => reference = ms,
-                    _ => {}
+            variants.push(("  16 clusters".to_string(), clustered.trace([1, 49, 10])?));
+        }
+        for (label, plan) in variants {
+            let ranges = plan.calibrate([Ok(x.clone())], Calibration::MinMax)?;
+            let bytes = export::to_tflite(&plan, Some(&ranges), &ExportOptions::default())?;
+            let path = dir.path().join("model.tflite");
+            export::write(&path, &bytes)?;
+            let interp = Interpreter::new(&Graph::from_bytes(&bytes)?)?;
+            let port = interp.inputs()[0].clone();
+            let first: Vec<f32> =
+                burn_collab::core::host::to_vec_f32(x.clone().narrow(0, 0, 1).flatten::<1>(0, 3));
+            let input: Vec<i8> = first
+                .iter()
+                .map(|v| ((v / port.scale).round() as i32 + port.zero_point).clamp(-128, 127) as i8)
+                .collect();
+            let time = |interp: &Interpreter| -> Result<f64, Box<dyn std::error::Error>> {
+                for _ in 0..10 {
+                    interp.run_i8(&input)?;
+                }
+                let times: Vec<f64> = (0..args.runs)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let _ = std::hint::black_box(interp.run_i8(&input));
+                        t.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect();
+                Ok(median(times))
+            };
+            let ours = time(&interp)?;
+            let mut portable = interp.clone();
+            portable.set_portable(true);
+            let ours_portable = time(&portable)?;
+            let (mut xnn, mut builtin, mut reference) = (f64::NAN, f64::NAN, f64::NAN);
+            if let Some(tools) = &tools {
+                let inp = dir.path().join("in.npy");
+                npy::write(&inp, &port.shape, &Data::I8(input.clone()))?;
+                let runs = args.runs.to_string();
+                let (_, report) = tools.tflite_check(
+                    &path,
+                    &[
+                        "--inputs",
+                        inp.to_str().unwrap_or_default(),
+                        "--interpreters",
+                        "litert_xnnpack,litert_builtin,litert_ref",
+                        "--no-cross",
+                        "--bench",
+                        &runs,
+                        "--threads",
+                        "1",
+                    ],
+                )?;
+                for b in report["bench"].as_array().into_iter().flatten() {
+                    let ms = b["median_ms"].as_f64().unwrap_or(f64::NAN);
+                    match b["interpreter"].as_str() {
+                        Some("litert_xnnpack") => xnn = ms,
+                        Some("litert_builtin") => builtin = ms,
+                        Some("litert_ref") => reference = ms,
+                        _ => {}
+                    }
                 }
             }
+            println!(
+                "{:<22} {:>9.4} {:>11.4} {:>11.4} {:>11.4} {:>10.4} {:>9.2} {:>9.2}",
+                label,
+                ours,
+                ours_portable,
+                xnn,
+                builtin,
+                reference,
+                ours / xnn,
+                ours / reference
+            );
         }
-        println!(
-            "{:<10} {:>12.4} {:>12.4} {:>12.4} {:>12.4} {:>10.2} {:>10.2}",
-            format!("ds-cnn-{name}"),
-            ours,
-            xnn,
-            builtin,
-            reference,
-            ours / xnn,
-            ours / reference
-        );
     }
     println!(
         "(single thread, batch 1, medians of {} runs; LiteRT timed in Python around invoke())",

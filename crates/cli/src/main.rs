@@ -100,6 +100,11 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Time training steps or int8 inference.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Report a .tflite file: operators, tensors, weight zeros and unique values, size and gzip size.
     Inspect {
         /// The .tflite file.
@@ -153,6 +158,118 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Median ms per training step (forward + backward + Adam) on random input, after warm-up.
+    Train {
+        /// Model name (see `info`).
+        #[arg(long)]
+        model: String,
+        /// Width multiplier (MobileNets).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Batch size.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+        /// Timed steps (after 2 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Layer wrappers: none, prune, cluster, qat, pcqat.
+        #[arg(long, default_value = "none")]
+        wrap: String,
+        /// BatchNorm: folded (compression stages) or batch (training from scratch).
+        #[arg(long, default_value = "folded")]
+        bn: String,
+        /// Device: cpu (flex). GPU (wgpu) needs a build with `--features wgpu`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print `{"median_ms", "min_ms", "steps", "backend", "what"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Median latency of our int8 interpreter on a .tflite file (single thread).
+    Infer {
+        /// The .tflite file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Threads (the interpreter is single-threaded; only 1 is accepted).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Timed runs (after 10 warm-up runs).
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn bench(what: BenchCommand) -> Result<(), CollabError> {
+    let (timing, json) = match what {
+        BenchCommand::Train {
+            model,
+            width,
+            batch_size,
+            steps,
+            wrap,
+            bn,
+            device,
+            seed,
+            json,
+        } => {
+            if device != "cpu" {
+                return Err(CollabError::Usage(format!(
+                    "--device {device}: this build runs on the CPU (flex) only"
+                )));
+            }
+            let bn = match bn.as_str() {
+                "folded" => BnMode::Folded,
+                "batch" => BnMode::Batch,
+                other => {
+                    return Err(CollabError::Usage(format!(
+                        "--bn {other}: use folded or batch"
+                    )));
+                }
+            };
+            let spec = spec(&model, width)?;
+            let t = collab::bench::train_step(
+                &spec,
+                wrap.parse()?,
+                bn,
+                batch_size.max(1),
+                steps.max(1),
+                seed,
+            )?;
+            (t, json)
+        }
+        BenchCommand::Infer {
+            model,
+            threads,
+            runs,
+            json,
+        } => {
+            if threads != 1 {
+                return Err(CollabError::Usage(
+                    "--threads: the int8 interpreter runs on one thread".into(),
+                ));
+            }
+            (collab::bench::infer(&model, runs)?, json)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&timing).unwrap_or_default());
+    } else {
+        println!(
+            "{}: median {:.3} ms, min {:.3} ms over {} steps ({})",
+            timing.what, timing.median_ms, timing.min_ms, timing.steps, timing.backend
+        );
+    }
+    Ok(())
 }
 
 fn spec(model: &str, width: f64) -> Result<ModelSpec, CollabError> {
@@ -532,6 +649,7 @@ fn run(cli: Cli) -> Result<(), CollabError> {
                 "give --checkpoint DIR or --model FILE.tflite".into(),
             )),
         },
+        Command::Bench { what } => bench(what),
         Command::Inspect { model, json } => {
             let bytes = std::fs::read(&model).map_err(|e| CollabError::checkpoint(&model, e))?;
             let report = collab_tflite::Report::new(&bytes)

@@ -5,9 +5,11 @@
 //! - [`train`]: the training loop (Adam with the ML-KWS step schedule for DS-CNN, SGD momentum +
 //!   cosine for MobileNet), evaluation, per-epoch checkpoints, best-on-validation, resume;
 //! - [`export`]: int8 `.tflite` export (PTQ calibration or QAT ranges) and int8 evaluation;
+//! - [`bench`]: training-step and int8-inference timings (`collab bench`);
 //! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
 //!   through a temporary folder and a rename.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod export;

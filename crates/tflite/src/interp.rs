@@ -92,6 +92,8 @@ struct ConvKernel {
     act: [i32; 2],
     depthwise: bool,
     multiplier: usize,
+    /// Weights packed for the AVX-512 VNNI GEMM (ordinary convolutions, CPUs that have it).
+    packed: Option<crate::vnni::Packed>,
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +186,7 @@ pub enum Flavor {
 #[derive(Clone, Debug)]
 pub struct Interpreter {
     flavor: Flavor,
+    portable: bool,
     kernels: Vec<Kernel>,
     /// Element count of every tensor that is computed (0 for constants).
     sizes: Vec<usize>,
@@ -461,6 +464,7 @@ impl Interpreter {
         }
         Ok(Self {
             flavor,
+            portable: false,
             kernels,
             sizes,
             float,
@@ -604,7 +608,17 @@ impl Interpreter {
                     }
                     t
                 };
-                Kernel::Conv(Box::new(ConvKernel {
+                let bias = bias_i32(graph, op.inputs.get(2), units, n, name)?;
+                let packed = (!depthwise && crate::vnni::available()).then(|| {
+                    crate::vnni::Packed::new(
+                        &filter,
+                        kernel[0] * kernel[1] * in_shape[3],
+                        units,
+                        &bias,
+                        in_zp,
+                    )
+                });
+                let mut k = Box::new(ConvKernel {
                     input: ii,
                     output: oi,
                     in_shape,
@@ -614,7 +628,7 @@ impl Interpreter {
                     stride: *stride,
                     dilation: *dilation,
                     pad,
-                    bias: bias_i32(graph, op.inputs.get(2), units, n, name)?,
+                    bias,
                     input_offset: -in_zp,
                     output_offset: out_zp,
                     requant: Requant {
@@ -625,7 +639,10 @@ impl Interpreter {
                         .map_err(|e| bad(n, name, e))?,
                     depthwise,
                     multiplier,
-                }))
+                    packed: None,
+                });
+                k.packed = packed;
+                Kernel::Conv(k)
             }
             ("FULLY_CONNECTED", Options::FullyConnected { activation, .. }) => {
                 let (ii, it) = tensor(0)?;
@@ -889,6 +906,22 @@ impl Interpreter {
         })
     }
 
+    /// Use only the portable kernels (no AVX-512 VNNI GEMM), for tests and benchmarks that
+    /// compare the two; results are identical either way.
+    pub fn set_portable(&mut self, portable: bool) {
+        self.portable = portable;
+    }
+
+    /// Whether the AVX-512 VNNI GEMM runs the ordinary convolutions (the CPU has it and
+    /// [`set_portable`](Self::set_portable) is off).
+    pub fn uses_vnni(&self) -> bool {
+        !self.portable
+            && self
+                .kernels
+                .iter()
+                .any(|k| matches!(k, Kernel::Conv(c) if c.packed.is_some()))
+    }
+
     /// Bytes of all computed tensors together.
     pub fn activation_bytes(&self) -> usize {
         self.sizes
@@ -1016,7 +1049,10 @@ impl Interpreter {
     fn step(&self, k: &Kernel, i8s: &mut [Vec<i8>], f32s: &mut [Vec<f32>]) {
         match k {
             Kernel::Conv(c) => {
-                let out = conv(c, &i8s[c.input]);
+                let out = match (&c.packed, self.portable) {
+                    (Some(p), false) => conv_vnni(c, p, &i8s[c.input]),
+                    _ => conv(c, &i8s[c.input]),
+                };
                 i8s[c.output] = out;
             }
             Kernel::FullyConnected {
@@ -1240,9 +1276,112 @@ impl Interpreter {
     }
 }
 
+/// `clamp(MultiplyByQuantizedMultiplier(acc, m[c], s[c]) + zp)` for rows of `oc` accumulators,
+/// vectorised (AVX-512 or AVX2 where present; the same integers as [`mbqm`]).
+fn requantize(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the features were just detected.
+            return unsafe { requantize_avx512(acc, c, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected.
+            return unsafe { requantize_avx2(acc, c, out) };
+        }
+    }
+    requantize_impl(acc, c, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn requantize_avx512(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
+    requantize_impl(acc, c, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn requantize_avx2(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
+    requantize_impl(acc, c, out)
+}
+
+#[inline(always)]
+fn requantize_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
+    let oc = c.out_shape[3];
+    for (row, o) in acc.chunks_exact(oc).zip(out.chunks_exact_mut(oc)) {
+        requantize_row_impl(row, c, o);
+    }
+}
+
+/// Branch-free `MultiplyByQuantizedMultiplier` (multipliers are ≥ 0, so the one saturating case
+/// of the doubling high multiply, `i32::MIN · i32::MIN`, cannot occur) so the loop vectorises.
+#[inline(always)]
+fn requantize_row_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
+    let (m, sh) = (&c.requant.multiplier, &c.requant.shift);
+    let (zp, lo, hi) = (c.output_offset, c.act[0], c.act[1]);
+    for (((o, a), m), s) in out.iter_mut().zip(acc).zip(m).zip(sh) {
+        let left = (*s).max(0);
+        let right = (-*s).max(0);
+        let x = a.wrapping_shl(left as u32) as i64;
+        let ab = x * *m as i64;
+        let nudge = if ab >= 0 {
+            1i64 << 30
+        } else {
+            1 - (1i64 << 30)
+        };
+        let q = ab + nudge;
+        // Division by 2^31 truncating toward zero.
+        let high = ((q + ((q >> 63) & ((1i64 << 31) - 1))) >> 31) as i32;
+        let mask = ((1i64 << right) - 1) as i32;
+        let remainder = high & mask;
+        let threshold = (mask >> 1) + (high >> 31 & 1);
+        let v = (high >> right) + i32::from(remainder > threshold);
+        *o = v.wrapping_add(zp).clamp(lo, hi) as i8;
+    }
+}
+
+/// CONV_2D through the VNNI GEMM, then the same requantization.
+fn conv_vnni(c: &ConvKernel, p: &crate::vnni::Packed, x: &[i8]) -> Vec<i8> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let g = crate::vnni::Geometry {
+            in_shape: c.in_shape,
+            out_shape: c.out_shape,
+            kernel: c.kernel,
+            stride: c.stride,
+            dilation: c.dilation,
+            pad: c.pad,
+            input_zp: -c.input_offset,
+        };
+        // SAFETY: `packed` is only built when vnni::available() found AVX-512 F/BW/VNNI.
+        let acc = unsafe { crate::vnni::accumulate(&g, p, x) };
+        let mut out = vec![0i8; acc.len()];
+        requantize(&acc, c, &mut out);
+        out
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+        conv(c, x)
+    }
+}
+
 /// CONV_2D / DEPTHWISE_CONV_2D: `acc = Σ f·(x + input_offset) + bias`, requantized per channel.
 /// Uses AVX2 where the CPU has it (the same integer arithmetic, so the same results).
 fn conv(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the features were just detected; the same safe code runs.
+        return unsafe { conv_avx512(c, x) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above); conv_avx2 only enables it for
@@ -1255,6 +1394,12 @@ fn conv(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn conv_avx2(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
+    conv_impl(c, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn conv_avx512(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
     conv_impl(c, x)
 }
 
@@ -1314,11 +1459,7 @@ fn conv_impl(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
                     }
                 }
                 let o = &mut out[((b * oh + oy) * ow + ox) * oc..][..oc];
-                for (ch, (dst, a)) in o.iter_mut().zip(&acc).enumerate() {
-                    let v = mbqm(*a, c.requant.multiplier[ch], c.requant.shift[ch])
-                        .wrapping_add(c.output_offset);
-                    *dst = v.clamp(c.act[0], c.act[1]) as i8;
-                }
+                requantize_row_impl(&acc, c, o);
             }
         }
     }

@@ -40,6 +40,7 @@ pub mod npy;
 pub mod reader;
 pub mod report;
 pub mod tools;
+mod vnni;
 pub mod writer;
 
 pub use interp::{Data, Flavor, Interpreter, Port};

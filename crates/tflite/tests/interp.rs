@@ -202,8 +202,9 @@ mod random_graphs {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// The interpreter's vectorised conv (HWIO weights, zero skipping, AVX2) computes exactly
-        /// TFLite's formula, for convolutions and depthwise ones with any multiplier.
+        /// The interpreter's fast convolutions (AVX-512 VNNI GEMM where the CPU has it; HWIO
+        /// weights, zero skipping, AVX2 otherwise) compute exactly TFLite's formula, for
+        /// convolutions and depthwise ones with any multiplier.
         #[test]
         fn conv_equals_the_plain_formula(c in case()) {
             let [_, _, _, ic] = c.shape;
@@ -235,6 +236,11 @@ mod random_graphs {
             let input: Vec<i8> = values(c.seed ^ 11, c.shape.iter().product(), -128, 127)
                 .into_iter().map(|v| v as i8).collect();
             let got = interp.run_i8(&input).unwrap();
+            // The portable kernel (no AVX-512 VNNI) computes the same.
+            let mut portable = interp.clone();
+            portable.set_portable(true);
+            prop_assert!(!portable.uses_vnni());
+            prop_assert_eq!(&portable.run_i8(&input).unwrap(), &got);
             // The writer's int32 bias and TFLite's multipliers, recomputed here.
             let qb: Vec<i32> = bias.iter().zip(&scales)
                 .map(|(b, s)| (*b as f64 / (in_q.scale * s) as f64).round() as i32).collect();

@@ -1,0 +1,247 @@
+//! Benchmarks behind `collab bench`: training-step time of a model, plain or wrapped, and
+//! int8 inference latency of a `.tflite` file with our interpreter.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use collab_cluster::ClusteringConfig;
+use collab_core::BnMode;
+use collab_prune::{PruningConfig, PruningSchedule};
+use collab_quant::{FusedActivation, QatConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::CollabError;
+use crate::network::{ModelSpec, Network, Task};
+
+/// How the model's layers are wrapped for a training-step benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wrap {
+    /// Plain layers.
+    None,
+    /// `Prunable` (50% constant sparsity, masks in place).
+    Prune,
+    /// `Clustered` (16 centroids per tensor).
+    Cluster,
+    /// `QatAware` (weights and outputs fake-quantized, input of the first layer too).
+    Qat,
+    /// `QatAware<Clustered<Prunable<…>>>` (PCQAT: 50% sparsity, 16 clusters keeping zeros).
+    Pcqat,
+}
+
+impl std::str::FromStr for Wrap {
+    type Err = CollabError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "none" => Self::None,
+            "prune" => Self::Prune,
+            "cluster" => Self::Cluster,
+            "qat" => Self::Qat,
+            "pcqat" => Self::Pcqat,
+            other => {
+                return Err(CollabError::Usage(format!(
+                    "--wrap {other}: use none, prune, cluster, qat or pcqat"
+                )));
+            }
+        })
+    }
+}
+
+/// Timings of a benchmark: `{"median_ms", "min_ms", "steps", "backend"}` plus what ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Median milliseconds per step / run.
+    pub median_ms: f64,
+    /// Fastest step / run.
+    pub min_ms: f64,
+    /// Timed steps / runs (after warm-up).
+    pub steps: usize,
+    /// Backend, e.g. `flex` or `int8-interpreter`.
+    pub backend: String,
+    /// What was measured.
+    pub what: String,
+}
+
+fn summarize(mut times: Vec<f64>, backend: &str, what: String) -> Timing {
+    times.sort_by(f64::total_cmp);
+    Timing {
+        median_ms: times[times.len() / 2],
+        min_ms: times[0],
+        steps: times.len(),
+        backend: backend.into(),
+        what,
+    }
+}
+
+/// Median time of `steps` training steps (forward, cross-entropy, backward, Adam) after two
+/// warm-up steps, on one fixed random batch.
+fn time_steps<M: Module>(
+    mut model: M,
+    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+    x: &Tensor<4>,
+    y: &Tensor<1, Int>,
+    steps: usize,
+) -> Vec<f64> {
+    let loss_fn = CrossEntropyLossConfig::new().init(&x.device());
+    let mut optim = AdamConfig::new().init();
+    let mut times = Vec::new();
+    for i in 0..steps + 2 {
+        let start = Instant::now();
+        let loss = loss_fn.forward(forward(&model, x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        // flex is eager; reading a value also waits for lazy backends.
+        let _ = loss.into_data();
+        if i >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times
+}
+
+/// Run `$body` with `$m` bound to the concrete model inside a [`Network`].
+macro_rules! each_family {
+    ($net:expr, $m:ident => $body:expr) => {
+        match $net {
+            Network::DsCnn($m) => $body,
+            Network::MobileNetV1($m) => $body,
+            Network::MobileNetV2($m) => $body,
+        }
+    };
+}
+
+fn pruned<L: collab_core::WeightLayer>(
+    config: &PruningConfig,
+    layer: L,
+) -> Result<collab_prune::Prunable<L>, CollabError> {
+    let p = config.wrap(layer).map_err(err)?;
+    p.prune_to(0.5).map_err(err)?;
+    Ok(p)
+}
+
+fn err(e: impl std::fmt::Display) -> CollabError {
+    CollabError::Usage(e.to_string())
+}
+
+/// Training-step time of `spec` (batch `batch_size`, random inputs) with its layers wrapped
+/// as `wrap`; BatchNorm folded (`Folded`, as compression stages train) or batch statistics.
+pub fn train_step(
+    spec: &ModelSpec,
+    wrap: Wrap,
+    bn: BnMode,
+    batch_size: usize,
+    steps: usize,
+    seed: u64,
+) -> Result<Timing, CollabError> {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let (shape, classes) = match spec.task() {
+        Task::Keywords => ([batch_size, 1, 49, 10], 12),
+        Task::Images { side, classes } => ([batch_size, 3, side, side], classes),
+    };
+    let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let labels: Vec<i64> = (0..batch_size as i64).map(|i| i % classes as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);
+    let act = match spec {
+        ModelSpec::DsCnn { .. } => FusedActivation::Relu,
+        _ => FusedActivation::Relu6,
+    };
+    let net = spec.init(&device)?.with_bn_mode(bn);
+    let prune = PruningConfig::new(PruningSchedule::constant(0.5));
+    let cluster = ClusteringConfig::new(16).with_seed(seed);
+    let keep = ClusteringConfig::new(16)
+        .with_seed(seed)
+        .with_preserve_sparsity(true);
+    let qat = |name: &str| {
+        QatConfig::new()
+            .with_activation(act)
+            .with_input(name == "conv1" || name == "stem")
+    };
+    let times = each_family!(net, m => match wrap {
+        Wrap::None => time_steps(m, |m, x| m.forward(x), &x, &y, steps),
+        Wrap::Prune => {
+            let m = m.try_map(|_, c| pruned(&prune, c), |_, l| pruned(&prune, l))?;
+            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+        }
+        Wrap::Cluster => {
+            let m = m.try_map(
+                |n, c| cluster.wrap_named(n, c).map_err(err),
+                |n, l| cluster.wrap_named(n, l).map_err(err),
+            )?;
+            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+        }
+        Wrap::Qat => {
+            let m = m.try_map(
+                |n, c| qat(n).wrap(c).map_err(err),
+                |_, l| QatConfig::new().wrap(l).map_err(err),
+            )?;
+            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+        }
+        Wrap::Pcqat => {
+            let m = m.try_map(
+                |n, c| qat(n).wrap(keep.wrap_named(n, pruned(&prune, c)?).map_err(err)?).map_err(err),
+                |n, l| {
+                    QatConfig::new()
+                        .wrap(keep.wrap_named(n, pruned(&prune, l)?).map_err(err)?)
+                        .map_err(err)
+                },
+            )?;
+            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+        }
+    });
+    Ok(summarize(
+        times,
+        "flex",
+        format!(
+            "{} train step, batch {batch_size}, wrap {wrap:?}, BatchNorm {bn:?}",
+            spec.name()
+        ),
+    ))
+}
+
+/// Latency of one batch of `path` in our int8 interpreter, `runs` timed runs after 10 warm-up
+/// runs, single thread. The input is fixed pseudo-random values (not zeros: the interpreter
+/// skips real zeros, which would flatter it).
+pub fn infer(path: &Path, runs: usize) -> Result<Timing, CollabError> {
+    use collab_tflite::{Data, Graph, Interpreter, TensorType};
+    let graph = Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
+    let interp = Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
+    let inputs: Vec<Data> = interp
+        .inputs()
+        .iter()
+        .map(|p| {
+            let n: usize = p.shape.iter().product();
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 256) as i32 - 128
+            };
+            match p.dtype {
+                TensorType::Float32 => Data::F32((0..n).map(|_| next() as f32 / 64.0).collect()),
+                _ => Data::I8((0..n).map(|_| next() as i8).collect()),
+            }
+        })
+        .collect();
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs.max(1) + 10 {
+        let start = Instant::now();
+        let out = interp
+            .run(&inputs)
+            .map_err(|e| CollabError::checkpoint(path, e))?;
+        std::hint::black_box(out);
+        if i >= 10 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(summarize(
+        times,
+        "int8-interpreter",
+        format!("{} int8 inference, 1 thread", path.display()),
+    ))
+}
