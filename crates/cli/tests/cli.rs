@@ -140,6 +140,47 @@ fn export_then_eval_the_int8_file() {
 }
 
 #[test]
+fn bench_prints_timings() {
+    for wrap in ["none", "pcqat"] {
+        let (code, out, err) = collab(&[
+            "bench",
+            "train",
+            "--model",
+            "ds-cnn-s",
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--wrap",
+            wrap,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["steps"], 1);
+        assert_eq!(v["backend"], "flex");
+    }
+    let model = collab_data::shared::require_shared().join("tools/testdata/kws_ref_model.tflite");
+    let (code, out, err) = collab(&[
+        "bench",
+        "infer",
+        "--model",
+        model.to_str().unwrap(),
+        "--runs",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["min_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["steps"], 5);
+    let (code, _, err) = collab(&["bench", "train", "--model", "ds-cnn-s", "--wrap", "magic"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--wrap magic"), "{err}");
+}
+
+#[test]
 fn inspect_reports_a_tflite_file() {
     let model = collab_data::shared::require_shared().join("tools/testdata/kws_ref_model.tflite");
     let (code, out, err) = collab(&["inspect", model.to_str().unwrap(), "--json"]);
