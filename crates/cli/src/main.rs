@@ -100,6 +100,22 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Run a deployment tree (baseline → pruned / clustered / QAT → PQAT / CQAT / PCQAT), every
+    /// node a checkpoint exported to int8, evaluated and sized; writes results.json and table.md.
+    Tree {
+        /// The tree (configs/*.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Data folder (Speech Commands / CIFAR-10); the synthetic set when absent.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output folder (finished nodes in it are reused).
+        #[arg(long)]
+        out: PathBuf,
+        /// Print results.json instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time training steps or int8 inference.
     Bench {
         #[command(subcommand)]
@@ -650,6 +666,25 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             )),
         },
         Command::Bench { what } => bench(what),
+        Command::Tree {
+            config,
+            data,
+            out,
+            json,
+        } => {
+            let tree = collab::tree::TreeConfig::open(&config)?;
+            let leaves = collab::tree::run(&tree, data.as_deref(), &out)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&leaves).unwrap_or_default()
+                );
+            } else {
+                print!("{}", collab::tree::table(&leaves));
+                println!("results: {}", out.join("results.json").display());
+            }
+            Ok(())
+        }
         Command::Inspect { model, json } => {
             let bytes = std::fs::read(&model).map_err(|e| CollabError::checkpoint(&model, e))?;
             let report = collab_tflite::Report::new(&bytes)

@@ -6,6 +6,8 @@
 //!   cosine for MobileNet), evaluation, per-epoch checkpoints, best-on-validation, resume;
 //! - [`export`]: int8 `.tflite` export (PTQ calibration or QAT ranges) and int8 evaluation;
 //! - [`bench`]: training-step and int8-inference timings (`collab bench`);
+//! - [`tree`]: the deployment tree (pruned / clustered / QAT / PQAT / CQAT / PCQAT nodes,
+//!   each a checkpoint, exported to int8, evaluated, sized, invariants checked);
 //! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
 //!   through a temporary folder and a rename.
 
@@ -15,6 +17,7 @@ pub mod data;
 pub mod export;
 pub mod network;
 pub mod train;
+pub mod tree;
 
 pub use checkpoint::Manifest;
 pub use network::{ModelSpec, Network};

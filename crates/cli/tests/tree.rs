@@ -1,0 +1,128 @@
+//! `collab tree` on the synthetic default (configs/quick.toml): every node, the invariants in
+//! the written files, numbers that `collab eval` / `collab inspect` reproduce, and reuse.
+
+use std::path::Path;
+use std::process::Command;
+
+fn collab(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_collab"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn quick_tree_produces_every_leaf_with_its_invariants() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/quick.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quick");
+    let run = || {
+        let (code, stdout, err) = collab(&[
+            "tree",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let leaves = run();
+    let leaves = leaves.as_array().unwrap();
+    let stages: Vec<&str> = leaves
+        .iter()
+        .map(|l| l["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "baseline",
+            "pruned",
+            "qat",
+            "pqat",
+            "clustered",
+            "cqat",
+            "sparsity_preserving_clustered",
+            "pcqat"
+        ]
+    );
+    let leaf = |name: &str| leaves.iter().find(|l| l["stage"] == name).unwrap();
+    // The baseline learned the synthetic task; the compressed nodes keep most of it.
+    for l in leaves {
+        let acc = l["int8_accuracy"].as_f64().unwrap();
+        assert!(acc > 0.8, "{}: int8 accuracy {acc}", l["stage"]);
+    }
+    // Pruned lineages: ≥ 50% zeros in every weight tensor of the file.
+    for name in ["pruned", "pqat", "sparsity_preserving_clustered", "pcqat"] {
+        for layer in leaf(name)["layers"].as_array().unwrap() {
+            let z = layer["zero_fraction"].as_f64().unwrap();
+            assert!(z >= 0.495, "{name} {}: {z}", layer["name"]);
+        }
+    }
+    // Clustered lineages: ≤ 16 values per channel.
+    for name in [
+        "clustered",
+        "cqat",
+        "sparsity_preserving_clustered",
+        "pcqat",
+    ] {
+        for layer in leaf(name)["layers"].as_array().unwrap() {
+            let u = layer["unique_per_channel_max"].as_u64().unwrap_or(0);
+            assert!(u <= 16, "{name} {}: {u}", layer["name"]);
+        }
+    }
+    // The table's numbers are what `collab eval` and `collab inspect` say about the files.
+    for name in ["baseline", "pcqat"] {
+        let file = out.join(leaf(name)["tflite"].as_str().unwrap());
+        let (code, stdout, err) = collab(&["eval", "--model", file.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let eval: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(eval["accuracy"], leaf(name)["int8_accuracy"]);
+        assert_eq!(eval["samples"], leaf(name)["samples"]);
+        let (code, stdout, err) = collab(&["inspect", file.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let inspect: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(inspect["bytes"], leaf(name)["bytes"]);
+        assert_eq!(inspect["gzip_bytes"], leaf(name)["gzip_bytes"]);
+    }
+    assert!(out.join("results.json").is_file() && out.join("table.md").is_file());
+    // A second run reuses every finished node and reports the same numbers.
+    let again = run();
+    for (a, b) in leaves.iter().zip(again.as_array().unwrap()) {
+        assert_eq!(a["int8_accuracy"], b["int8_accuracy"]);
+        assert_eq!(a["gzip_bytes"], b["gzip_bytes"]);
+    }
+}
+
+#[test]
+fn bad_tree_configs_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "model = \"ds-cnn-s\"\n[finetune]\nepochs = 1\n[[stage]]\nname = \"pqat\"\nparent = \"pruned\"\nkind = \"qat\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = collab(&[
+        "tree",
+        "--config",
+        bad.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`pruned`, which is not defined above it"),
+        "{err}"
+    );
+    std::fs::write(&bad, "model = 3").unwrap();
+    let (code, _, err) = collab(&["tree", "--config", bad.to_str().unwrap(), "--out", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a tree config"), "{err}");
+}

@@ -1,0 +1,852 @@
+//! The deployment tree: baseline → pruned / clustered / QAT → sparsity-preserving clustered /
+//! PQAT / CQAT → PCQAT, every node a checkpoint, every node exported to int8 and measured.
+//!
+//! Each stage starts from its parent's **stripped** model (plain layers: pruning zeros and
+//! cluster values are in the weights) with a fresh optimizer, wraps the layers for its scheme,
+//! fine-tunes and strips again. What earlier stages established is re-imposed from the weights:
+//! a QAT stage below a pruned node keeps the zero set as a fixed mask (PQAT), below a clustered
+//! node re-clusters the ≤ k values exactly (k-means on k distinct values returns them) and
+//! trains them as centroids (CQAT), below a sparsity-preserving clustered node does both
+//! (PCQAT). After every stage the invariants are checked on the weights and again on the
+//! written `.tflite` (zero fraction, unique values per tensor / channel); a violation is an
+//! error naming the layer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use collab_cluster::ClusteringConfig;
+use collab_core::{BnMode, WeightLayer, host::to_vec_f32};
+use collab_prune::{Prunable, PruningConfig, PruningSchedule};
+use collab_quant::{Calibration, FusedActivation, QatConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::CollabError;
+use crate::checkpoint::{self, Manifest};
+use crate::data::{self, Batches, SyntheticSize, TaskData};
+use crate::export::{self, ExportOptions, Plan, Traceable};
+use crate::network::{ModelSpec, Network, Task};
+use crate::train::{self, EvalReport};
+
+/// Fine-tuning settings shared by every stage (the recipe: Adam, constant rate, batch 100).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FineTune {
+    /// Epochs per stage.
+    pub epochs: usize,
+    /// Batch size.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Adam learning rate (constant).
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+}
+
+fn default_batch() -> usize {
+    100
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_samples() -> usize {
+    200
+}
+fn default_frequency() -> u64 {
+    10
+}
+fn default_power() -> f64 {
+    3.0
+}
+fn default_width() -> f64 {
+    1.0
+}
+
+/// One stage's scheme.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Scheme {
+    /// Magnitude pruning with TFMOT's PolynomialDecay from 0 to `sparsity`.
+    Prune {
+        /// Final sparsity.
+        sparsity: f64,
+        /// Step at which the final sparsity is reached (default: 60% of the stage's steps).
+        #[serde(default)]
+        end_step: Option<u64>,
+        /// Mask update every this many steps.
+        #[serde(default = "default_frequency")]
+        frequency: u64,
+        /// Polynomial power.
+        #[serde(default = "default_power")]
+        power: f64,
+        /// Leave depthwise convolutions dense (as TFMOT's recipe did).
+        #[serde(default)]
+        skip_depthwise: bool,
+    },
+    /// Weight clustering (k-means++), per tensor or per output channel; with
+    /// `preserve_sparsity` the zeros of a pruned parent stay exactly zero.
+    Cluster {
+        /// Clusters per tensor / channel (fewer where a channel has fewer weights).
+        clusters: usize,
+        /// One set of centroids per output channel.
+        #[serde(default)]
+        per_channel: bool,
+        /// Keep the parent's zeros (sparsity-preserving clustering).
+        #[serde(default)]
+        preserve_sparsity: bool,
+    },
+    /// Quantization-aware training, preserving what the parent stages established.
+    Qat,
+}
+
+/// A node of the tree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageSpec {
+    /// Its name (`pruned`, `pqat`, …): the folder and the `stage` in `results.json`.
+    pub name: String,
+    /// The node it starts from (`baseline` or an earlier stage).
+    pub parent: String,
+    /// What it does.
+    #[serde(flatten)]
+    pub scheme: Scheme,
+}
+
+/// A whole tree, as `configs/*.toml` write it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TreeConfig {
+    /// Model name (`ds-cnn-l`, `mobilenet-v1-cifar`, …).
+    pub model: String,
+    /// Width multiplier (MobileNets).
+    #[serde(default = "default_width")]
+    pub width: f64,
+    /// Published weights for the baseline (DS-CNN safetensors); a fresh model otherwise.
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
+    /// Epochs to train the baseline before the tree (0: use it as imported / initialised).
+    #[serde(default)]
+    pub baseline_epochs: usize,
+    /// Seed of everything.
+    #[serde(default)]
+    pub seed: u64,
+    /// Fine-tuning of every stage.
+    pub finetune: FineTune,
+    /// Training samples used as PTQ representative data.
+    #[serde(default = "default_samples")]
+    pub calibration_samples: usize,
+    /// Sizes of the synthetic set used when no data folder is given.
+    #[serde(default)]
+    pub synthetic_train: Option<usize>,
+    /// Sizes of the synthetic set used when no data folder is given.
+    #[serde(default)]
+    pub synthetic_val: Option<usize>,
+    /// The nodes below the baseline, parents first.
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<StageSpec>,
+}
+
+impl TreeConfig {
+    /// Read a TOML file; relative `weights` paths are taken from the working directory.
+    pub fn open(path: &Path) -> Result<Self, CollabError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CollabError::checkpoint(path, e))?;
+        let config: Self = toml::from_str(&text)
+            .map_err(|e| CollabError::checkpoint(path, format!("not a tree config: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| CollabError::checkpoint(path, e))?;
+        Ok(config)
+    }
+
+    /// Names unique, parents defined before use, settings in range.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut known = vec!["baseline".to_string()];
+        for s in &self.stages {
+            if known.contains(&s.name) {
+                return Err(format!("stage `{}` is defined twice", s.name));
+            }
+            if !known.contains(&s.parent) {
+                return Err(format!(
+                    "stage `{}` starts from `{}`, which is not defined above it",
+                    s.name, s.parent
+                ));
+            }
+            match &s.scheme {
+                Scheme::Prune { sparsity, .. } if !(0.0..1.0).contains(sparsity) => {
+                    return Err(format!(
+                        "stage `{}`: sparsity {sparsity} not in [0, 1)",
+                        s.name
+                    ));
+                }
+                Scheme::Cluster { clusters, .. } if *clusters < 2 => {
+                    return Err(format!("stage `{}`: at least 2 clusters", s.name));
+                }
+                _ => {}
+            }
+            known.push(s.name.clone());
+        }
+        if self.finetune.batch_size == 0 {
+            return Err("finetune.batch_size must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Per-layer figures of a node's weights (from the int8 file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerFigures {
+    /// Weight tensor name in the file (`blocks.0.pw/weight`).
+    pub name: String,
+    /// Fraction of exact zeros.
+    pub zero_fraction: f64,
+    /// Distinct values in the tensor.
+    pub unique: usize,
+    /// Most distinct values in one output channel.
+    pub unique_per_channel_max: Option<usize>,
+}
+
+/// One node's results (an entry of `results.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Leaf {
+    /// Stage name.
+    pub stage: String,
+    /// Parent stage (none for the baseline).
+    pub parent: Option<String>,
+    /// Path of the int8 file, relative to the output folder.
+    pub tflite: String,
+    /// Validation accuracy of the float model (fake-int8 for QAT nodes).
+    pub float_accuracy: f64,
+    /// Validation accuracy of the int8 file (our interpreter).
+    pub int8_accuracy: f64,
+    /// Validation samples.
+    pub samples: usize,
+    /// int8 file size.
+    pub bytes: usize,
+    /// gzip -9 size.
+    pub gzip_bytes: usize,
+    /// 1 − gzip / bytes.
+    pub compression: f64,
+    /// Weight figures per layer, read back from the file.
+    pub layers: Vec<LayerFigures>,
+    /// Seconds the stage took (training, export, evaluation).
+    pub seconds: f64,
+}
+
+/// Run `$body` with `$m` bound to the concrete model inside a [`Network`], re-wrapping the
+/// result (a model of the same family) into a `Network`.
+macro_rules! each_family {
+    ($net:expr, $m:ident => $body:expr) => {
+        match $net {
+            Network::DsCnn($m) => $body.map(Network::DsCnn),
+            Network::MobileNetV1($m) => $body.map(Network::MobileNetV1),
+            Network::MobileNetV2($m) => $body.map(Network::MobileNetV2),
+        }
+    };
+}
+
+/// A stripped (BatchNorm-folded) convolution as a plain block again: an identity BatchNorm
+/// (γ 1, β 0, mean 0, variance 1, ε 1e-30, which vanishes next to 1 in f32), so the block
+/// computes exactly the stripped weights.
+fn refold(conv: burn::nn::conv::Conv2d) -> collab_models::ConvBlock {
+    let out = conv.weight.dims()[0];
+    let device = conv.weight.val().device();
+    let bn = burn::nn::BatchNormConfig::new(out)
+        .with_epsilon(1e-30)
+        .init(&device);
+    collab_core::ConvBn::new(conv, bn)
+}
+
+fn err(e: impl std::fmt::Display) -> CollabError {
+    CollabError::Usage(e.to_string())
+}
+
+/// Adam (constant rate) over `data.train` for `ft.epochs`, no augmentation, shuffled per
+/// epoch from `seed`. Returns the trained model in evaluation mode.
+fn fine_tune<M: Module>(
+    model: M,
+    data: &TaskData,
+    ft: &FineTune,
+    seed: u64,
+    what: &str,
+    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+) -> Result<M, CollabError> {
+    let device = Device::flex().autodiff();
+    let mut model = model.fork(&device).train();
+    let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    for epoch in 0..ft.epochs {
+        let batches =
+            collab_data::shuffled_batches(data.train.len(), ft.batch_size, seed + epoch as u64);
+        let bar = train::progress(batches.len() as u64, &format!("{what} {}", epoch + 1));
+        let mut loss_sum = 0.0;
+        for indices in &batches {
+            let (x, y) = data.train.batch(indices, None, &device)?;
+            let loss = loss_fn.forward(forward(&model, x), y);
+            loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(ft.learning_rate, model, grads);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        tracing::info!(
+            stage = what,
+            epoch = epoch + 1,
+            loss = format!("{:.4}", loss_sum / batches.len().max(1) as f64),
+            "fine-tuning"
+        );
+    }
+    Ok(model.valid())
+}
+
+fn prune_layer<L: WeightLayer>(
+    name: &str,
+    layer: L,
+    scheme: &Scheme,
+    total_steps: u64,
+) -> Result<Prunable<L>, CollabError> {
+    let Scheme::Prune {
+        sparsity,
+        end_step,
+        frequency,
+        power,
+        skip_depthwise,
+    } = scheme
+    else {
+        return Err(err("internal: prune_layer on a non-prune scheme"));
+    };
+    let dense = *skip_depthwise && layer.layout().is_depthwise();
+    let schedule = PruningSchedule::PolynomialDecay {
+        initial_sparsity: 0.0,
+        final_sparsity: if dense { 0.0 } else { *sparsity },
+        begin_step: 0,
+        end_step: end_step.unwrap_or((total_steps * 3 / 5).max(1)),
+        power: *power,
+        frequency: (*frequency).max(1),
+    };
+    PruningConfig::new(schedule)
+        .wrap(layer)
+        .map_err(|e| err(format!("layer `{name}`: {e}")))
+}
+
+/// A mask that keeps exactly the non-zero weights, never updated: what PQAT / PCQAT train under.
+fn keep_zeros<L: WeightLayer>(name: &str, layer: L) -> Result<Prunable<L>, CollabError> {
+    let weights = to_vec_f32(layer.effective_weight());
+    let mask: Vec<bool> = weights.iter().map(|w| *w != 0.0).collect();
+    let sparsity = mask.iter().filter(|k| !**k).count() as f64 / mask.len().max(1) as f64;
+    let schedule = PruningSchedule::Constant {
+        sparsity: sparsity.min(0.999),
+        begin_step: u64::MAX / 2,
+        end_step: None,
+        frequency: 1,
+    };
+    let p = PruningConfig::new(schedule)
+        .wrap(layer)
+        .map_err(|e| err(format!("layer `{name}`: {e}")))?;
+    p.set_mask(mask, sparsity)
+        .map_err(|e| err(format!("layer `{name}`: {e}")))?;
+    Ok(p)
+}
+
+/// The clustering config for one layer: `k` capped at the weights per channel / tensor.
+fn cluster_config<L: WeightLayer>(
+    name: &str,
+    layer: &L,
+    clusters: usize,
+    per_channel: bool,
+    preserve: bool,
+    seed: u64,
+) -> ClusteringConfig {
+    let layout = layer.layout();
+    let cols = if per_channel {
+        layout.numel() / layout.out_channels().max(1)
+    } else {
+        layout.numel()
+    };
+    ClusteringConfig::new(clusters)
+        .with_per_channel(per_channel)
+        .with_preserve_sparsity(preserve)
+        .with_seed(seed)
+        .with_override(name, clusters.min(cols).max(1))
+}
+
+fn cluster_layer<L: WeightLayer>(
+    name: &str,
+    layer: L,
+    clusters: usize,
+    per_channel: bool,
+    preserve: bool,
+    seed: u64,
+) -> Result<collab_cluster::Clustered<L>, CollabError> {
+    cluster_config(name, &layer, clusters, per_channel, preserve, seed)
+        .wrap_named(name, layer)
+        .map_err(|e| err(format!("layer `{name}`: {e}")))
+}
+
+/// What the stages above a node established, which later stages must keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Lineage {
+    pruned: bool,
+    clusters: Option<(usize, bool)>,
+}
+
+impl Lineage {
+    fn after(self, scheme: &Scheme) -> Self {
+        match scheme {
+            Scheme::Prune { .. } => Self {
+                pruned: true,
+                clusters: None,
+            },
+            Scheme::Cluster {
+                clusters,
+                per_channel,
+                preserve_sparsity,
+            } => Self {
+                pruned: self.pruned && *preserve_sparsity,
+                clusters: Some((*clusters, *per_channel)),
+            },
+            Scheme::Qat => self,
+        }
+    }
+}
+
+fn qat_config(name: &str, act: FusedActivation) -> QatConfig {
+    QatConfig::new()
+        .with_activation(act)
+        .with_input(name == "conv1" || name == "stem")
+}
+
+/// The activation each family fuses after a convolution (for QAT).
+fn conv_activation(spec: &ModelSpec, name: &str) -> FusedActivation {
+    match spec {
+        ModelSpec::DsCnn { .. } => FusedActivation::Relu,
+        _ if name.ends_with(".project") => FusedActivation::None,
+        _ => FusedActivation::Relu6,
+    }
+}
+
+/// The outcome of one stage: the stripped model, and for QAT stages the plan with QAT's
+/// quantization parameters (and the fake-int8 validation report).
+struct StageOutput {
+    network: Network,
+    qat: Option<(Plan, EvalReport)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    spec: &ModelSpec,
+    parent: Network,
+    lineage: Lineage,
+    stage: &StageSpec,
+    data: &TaskData,
+    ft: &FineTune,
+    seed: u64,
+    input: [usize; 3],
+) -> Result<StageOutput, CollabError> {
+    let steps = (data.train.len().div_ceil(ft.batch_size) * ft.epochs) as u64;
+    let net = parent.with_bn_mode(BnMode::Folded);
+    let name = stage.name.as_str();
+    let mut qat_out = None;
+    let network = match &stage.scheme {
+        Scheme::Prune { .. } => each_family!(net, m => {
+            let s = &stage.scheme;
+            let w = m.try_map(|n, c| prune_layer(n, c, s, steps), |n, l| prune_layer(n, l, s, steps))?;
+            let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
+            w.try_map(|_, c| Ok::<_, CollabError>(refold(c.strip())), |_, l| Ok(l.strip()))
+        })?,
+        Scheme::Cluster {
+            clusters,
+            per_channel,
+            preserve_sparsity,
+        } => {
+            let (k, pc, keep) = (
+                *clusters,
+                *per_channel,
+                *preserve_sparsity && lineage.pruned,
+            );
+            each_family!(net, m => {
+                let w = m.try_map(
+                    |n, c| cluster_layer(n, c, k, pc, keep, seed),
+                    |n, l| cluster_layer(n, l, k, pc, keep, seed),
+                )?;
+                let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
+                w.try_map(|_, c| Ok::<_, CollabError>(refold(c.strip())), |_, l| Ok(l.strip()))
+            })?
+        }
+        Scheme::Qat => {
+            let act = |n: &str| conv_activation(spec, n);
+            let finish = |plan: Result<Plan, CollabError>,
+                          report: Result<EvalReport, CollabError>| {
+                Ok::<_, CollabError>((plan?, report?))
+            };
+            macro_rules! qat_stage {
+                ($m:ident, $conv:expr, $lin:expr) => {{
+                    let w = $m.try_map(
+                        |n, c| qat_config(n, act(n)).wrap($conv(n, c)?).map_err(err),
+                        |n, l| QatConfig::new().wrap($lin(n, l)?).map_err(err),
+                    )?;
+                    // Start QAT from the parent's ranges: one calibration pass.
+                    let device = Device::flex();
+                    let calib: Vec<_> = (0..data.train.len().min(500)).collect();
+                    let w = collab_quant::calibrate(
+                        w,
+                        calib
+                            .chunks(100)
+                            .filter_map(|c| data.train.batch(c, None, &device).ok()),
+                        |m, (x, _)| {
+                            m.forward(x);
+                        },
+                    )
+                    .train();
+                    let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
+                    let report = train::evaluate(|x| w.forward(x), data.val.as_ref(), 256);
+                    qat_out = Some(finish(w.trace(input), report)?);
+                    w.try_map(
+                        |_, c| Ok::<_, CollabError>(refold(c.strip())),
+                        |_, l| Ok(l.strip()),
+                    )
+                }};
+            }
+            match (lineage.pruned, lineage.clusters) {
+                (false, None) => each_family!(net, m => qat_stage!(m,
+                    |_: &str, c| Ok::<_, CollabError>(c),
+                    |_: &str, l| Ok::<_, CollabError>(l)))?,
+                (true, None) => each_family!(net, m => qat_stage!(m,
+                    |n: &str, c| keep_zeros(n, c),
+                    |n: &str, l| keep_zeros(n, l)))?,
+                (false, Some((k, pc))) => each_family!(net, m => qat_stage!(m,
+                    |n: &str, c| cluster_layer(n, c, k, pc, false, seed),
+                    |n: &str, l| cluster_layer(n, l, k, pc, false, seed)))?,
+                (true, Some((k, pc))) => each_family!(net, m => qat_stage!(m,
+                    |n: &str, c| cluster_layer(n, keep_zeros(n, c)?, k, pc, true, seed),
+                    |n: &str, l| cluster_layer(n, keep_zeros(n, l)?, k, pc, true, seed)))?,
+            }
+        }
+    };
+    Ok(StageOutput {
+        network,
+        qat: qat_out,
+    })
+}
+
+/// Zero sets and unique counts a node must have, checked on its int8 file.
+fn check_file(
+    stage: &str,
+    lineage: Lineage,
+    parent_zeros: &BTreeMap<String, f64>,
+    report: &collab_tflite::Report,
+    scheme: Option<&Scheme>,
+) -> Result<(), CollabError> {
+    for w in &report.weights {
+        if w.dtype != collab_tflite::TensorType::Int8 {
+            continue;
+        }
+        if lineage.pruned {
+            // Zeros never disappear below a pruned node (int8 adds zeros, never removes them).
+            if let Some(before) = parent_zeros.get(&w.name)
+                && w.zero_fraction + 1e-9 < *before
+            {
+                return Err(err(format!(
+                    "stage `{stage}`, layer `{}`: zero fraction fell from {before:.4} to {:.4} \
+                     in the int8 file",
+                    w.name, w.zero_fraction
+                )));
+            }
+        }
+        if let Some((k, _)) = lineage.clusters {
+            // Convolution weights are quantized per output channel, so even per-tensor
+            // clusters become up to k integers per channel (not per tensor).
+            let got = w.unique_per_channel_max.unwrap_or(w.unique);
+            // Sparsity-preserving clustering pins 0 as one of the k values.
+            if got > k {
+                return Err(err(format!(
+                    "stage `{stage}`, layer `{}`: {got} distinct int8 values, more than the {k} \
+                     clusters",
+                    w.name
+                )));
+            }
+        }
+    }
+    if let Some(Scheme::Prune {
+        sparsity,
+        skip_depthwise,
+        ..
+    }) = scheme
+    {
+        for w in &report.weights {
+            let depthwise = w.used_by.as_deref() == Some("DEPTHWISE_CONV_2D");
+            if w.dtype == collab_tflite::TensorType::Int8
+                && !(depthwise && *skip_depthwise)
+                && w.zero_fraction + 0.005 < *sparsity
+            {
+                return Err(err(format!(
+                    "stage `{stage}`, layer `{}`: {:.4} zeros, target {sparsity}",
+                    w.name, w.zero_fraction
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn evaluate_int8(
+    bytes: &[u8],
+    input: [usize; 3],
+    data: &dyn Batches,
+) -> Result<EvalReport, CollabError> {
+    let graph = collab_tflite::Graph::from_bytes(bytes).map_err(err)?;
+    let interp = collab_tflite::Interpreter::new(&graph).map_err(err)?;
+    let classes = interp.outputs()[0].shape.last().copied().unwrap_or(1);
+    let failure = std::cell::RefCell::new(None);
+    let report = train::evaluate(
+        |x| {
+            let [n, ..] = x.dims();
+            let device = x.device();
+            let values = to_vec_f32(x.flatten::<1>(0, 3));
+            let out = export::run_int8(&interp, &values, n, input).unwrap_or_else(|e| {
+                *failure.borrow_mut() = Some(e);
+                vec![0.0; n * classes]
+            });
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(out, [n, classes]), &device)
+        },
+        data,
+        256,
+    )?;
+    match failure.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// Run the tree of `config` on `data_dir` (synthetic when `None`) into `out`. Nodes whose
+/// folder already holds a finished node (`leaf.json`) are reused.
+pub fn run(
+    config: &TreeConfig,
+    data_dir: Option<&Path>,
+    out: &Path,
+) -> Result<Vec<Leaf>, CollabError> {
+    config.validate().map_err(CollabError::Usage)?;
+    let spec: ModelSpec = config
+        .model
+        .parse::<ModelSpec>()?
+        .with_width(config.width)?;
+    let input = match spec.task() {
+        Task::Keywords => [1, 49, 10],
+        Task::Images { side, .. } => [3, side, side],
+    };
+    let defaults = SyntheticSize::default();
+    let synthetic = SyntheticSize {
+        train: config.synthetic_train.unwrap_or(defaults.train),
+        val: config.synthetic_val.unwrap_or(defaults.val),
+    };
+    std::fs::create_dir_all(out).map_err(|e| CollabError::checkpoint(out, e))?;
+    let data = data::load(spec.task(), data_dir, false, config.seed, synthetic)?;
+    let device = Device::flex();
+    device.seed(config.seed);
+    let calib: Vec<usize> = {
+        let mut idx: Vec<usize> = (0..data.train.len()).collect();
+        use rand::seq::SliceRandom;
+        idx.shuffle(&mut data::epoch_rng(config.seed, 0));
+        idx.truncate(config.calibration_samples.max(1));
+        idx
+    };
+
+    let mut leaves: Vec<Leaf> = Vec::new();
+    let mut nets: BTreeMap<String, (Network, Lineage, BTreeMap<String, f64>)> = BTreeMap::new();
+    let nodes: Vec<Option<&StageSpec>> = std::iter::once(None)
+        .chain(config.stages.iter().map(Some))
+        .collect();
+    for node in nodes {
+        let name = node.map_or("baseline", |s| s.name.as_str());
+        let dir = out.join(name);
+        let leaf_file = dir.join("leaf.json");
+        let start = std::time::Instant::now();
+        let parent = node.map(|s| s.parent.clone());
+        let lineage = match node {
+            None => Lineage::default(),
+            Some(s) => nets[&s.parent].1.after(&s.scheme),
+        };
+        if leaf_file.is_file()
+            && dir.join(checkpoint::MANIFEST).is_file()
+            && dir.join("model.tflite").is_file()
+        {
+            let (net, _) = checkpoint::load(&dir, &device)?;
+            let text = std::fs::read_to_string(&leaf_file)
+                .map_err(|e| CollabError::checkpoint(&leaf_file, e))?;
+            let leaf: Leaf =
+                serde_json::from_str(&text).map_err(|e| CollabError::checkpoint(&leaf_file, e))?;
+            tracing::info!(stage = name, "reusing finished stage");
+            let zeros = leaf
+                .layers
+                .iter()
+                .map(|l| (l.name.clone(), l.zero_fraction))
+                .collect();
+            nets.insert(name.to_string(), (net, lineage, zeros));
+            leaves.push(leaf);
+            continue;
+        }
+        tracing::info!(stage = name, "running stage");
+        let (network, qat) = match node {
+            None => {
+                let net = match &config.weights {
+                    Some(w) => {
+                        let ModelSpec::DsCnn { size } = spec else {
+                            return Err(err("published weights exist for DS-CNN only"));
+                        };
+                        let bytes = std::fs::read(w).map_err(|e| CollabError::checkpoint(w, e))?;
+                        Network::DsCnn(collab_models::import::ds_cnn(
+                            &collab_models::DsCnnConfig::new(size),
+                            &bytes,
+                            &w.display().to_string(),
+                            &device,
+                        )?)
+                    }
+                    None => spec.init(&device)?,
+                };
+                let net = if config.baseline_epochs > 0 {
+                    let tc = train::TrainConfig {
+                        epochs: config.baseline_epochs,
+                        batch_size: config.finetune.batch_size,
+                        optimizer: train::OptimizerConfig::for_model(&spec),
+                        seed: config.seed,
+                    };
+                    let m = Manifest::new(spec.clone(), "baseline", config.seed);
+                    train::fit(net.with_bn_mode(BnMode::Batch), &data, &tc, m, None, false)?.0
+                } else {
+                    net
+                };
+                (net.with_bn_mode(BnMode::Folded).valid(), None)
+            }
+            Some(stage) => {
+                let parent_net = nets[&stage.parent].0.clone();
+                let parent_lineage = nets[&stage.parent].1;
+                let out = run_stage(
+                    &spec,
+                    parent_net,
+                    parent_lineage,
+                    stage,
+                    &data,
+                    &config.finetune,
+                    config.seed,
+                    input,
+                )?;
+                (out.network.with_bn_mode(BnMode::Folded).valid(), out.qat)
+            }
+        };
+        // Float (or fake-int8) accuracy, export, int8 accuracy, sizes.
+        let plain_plan = network.plan(input)?;
+        let ranges =
+            plain_plan.calibrate_on(data.train.as_ref(), &calib, 100, Calibration::MinMax)?;
+        let (plan, float_report) = match qat {
+            Some((plan, report)) => (plan, report),
+            None => {
+                let report = train::evaluate(|x| network.forward(x), data.val.as_ref(), 256)?;
+                (plain_plan, report)
+            }
+        };
+        let bytes = export::to_tflite(&plan, Some(&ranges), &ExportOptions::default())?;
+        let report = collab_tflite::Report::new(&bytes).map_err(err)?;
+        let empty = BTreeMap::new();
+        let parent_zeros = node.map_or(&empty, |s| &nets[&s.parent].2);
+        check_file(
+            name,
+            lineage,
+            parent_zeros,
+            &report,
+            node.map(|s| &s.scheme),
+        )?;
+        let int8 = evaluate_int8(&bytes, input, data.val.as_ref())?;
+        let layers: Vec<LayerFigures> = report
+            .weights
+            .iter()
+            .filter(|w| w.dtype == collab_tflite::TensorType::Int8)
+            .map(|w| LayerFigures {
+                name: w.name.clone(),
+                zero_fraction: w.zero_fraction,
+                unique: w.unique,
+                unique_per_channel_max: w.unique_per_channel_max,
+            })
+            .collect();
+        let leaf = Leaf {
+            stage: name.to_string(),
+            parent,
+            tflite: format!("{name}/model.tflite"),
+            float_accuracy: float_report.accuracy,
+            int8_accuracy: int8.accuracy,
+            samples: int8.samples,
+            bytes: report.bytes,
+            gzip_bytes: report.gzip_bytes,
+            compression: report.compression,
+            layers,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let mut manifest = Manifest::new(spec.clone(), name, config.seed);
+        manifest.config = serde_json::json!({
+            "stage": node,
+            "finetune": config.finetune,
+        });
+        manifest.metrics = serde_json::json!({
+            "val_accuracy": leaf.float_accuracy,
+            "int8_val_accuracy": leaf.int8_accuracy,
+        });
+        manifest.data = Some(format!(
+            "{}; {}",
+            data.train.describe(),
+            data.train.fingerprint()
+        ));
+        // The checkpoint folder is replaced as a whole: write the file into it afterwards.
+        checkpoint::save(&dir, &network, &manifest, None)?;
+        export::write(&dir.join("model.tflite"), &bytes)?;
+        crate::export::write(
+            &leaf_file,
+            serde_json::to_string_pretty(&leaf)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        tracing::info!(
+            stage = name,
+            float = format!("{:.4}", leaf.float_accuracy),
+            int8 = format!("{:.4}", leaf.int8_accuracy),
+            gzip = leaf.gzip_bytes,
+            "stage done"
+        );
+        let zeros = leaf
+            .layers
+            .iter()
+            .map(|l| (l.name.clone(), l.zero_fraction))
+            .collect();
+        nets.insert(name.to_string(), (network, lineage, zeros));
+        leaves.push(leaf);
+    }
+    let results = serde_json::json!({
+        "model": spec.name(),
+        "data": format!("{}; {}", data.val.describe(), data.val.fingerprint()),
+        "leaves": leaves,
+    });
+    export::write(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(&results)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    export::write(&out.join("table.md"), table(&leaves).as_bytes())?;
+    Ok(leaves)
+}
+
+/// The results as a markdown table in the published layout.
+pub fn table(leaves: &[Leaf]) -> String {
+    let mut s = String::from(
+        "| stage | from | fp32 / fake-int8 % | int8 file % | int8 bytes → gzip -9 (compression) |\n|---|---|---|---|---|\n",
+    );
+    for l in leaves {
+        s += &format!(
+            "| {} | {} | {:.2} | {:.2} | {} → {} ({:.1}%) |\n",
+            l.stage,
+            l.parent.as_deref().unwrap_or("-"),
+            100.0 * l.float_accuracy,
+            100.0 * l.int8_accuracy,
+            l.bytes,
+            l.gzip_bytes,
+            100.0 * l.compression
+        );
+    }
+    s
+}
