@@ -1,19 +1,8 @@
 //! The `collab` binary end to end: info, import of the published weights, evaluation on the
 //! real shared clips, and error exits.
 
-use std::process::Command;
-
-fn collab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_collab"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::collab;
 
 #[test]
 fn info_prints_parameter_counts() {

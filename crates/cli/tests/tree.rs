@@ -2,19 +2,9 @@
 //! the written files, numbers that `collab eval` / `collab inspect` reproduce, and reuse.
 
 use std::path::Path;
-use std::process::Command;
 
-fn collab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_collab"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::collab;
 
 #[test]
 fn quick_tree_produces_every_leaf_with_its_invariants() {

@@ -209,20 +209,38 @@ fn check_act(name: &str, trained: FusedActivation, model: Act) -> Result<(), Col
     }
 }
 
+/// The plan of a depthwise-separable network (DS-CNN, MobileNet v1): first convolution,
+/// blocks of depthwise + pointwise, global pooling, classifier; `act` after every convolution.
+fn trace_separable<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
+    input: [usize; 3],
+    first: (&str, &C),
+    blocks: &[collab_models::DsBlock<C>],
+    fc: &L,
+    act: Act,
+) -> Result<Plan, CollabError> {
+    let mut t = Tracer { steps: Vec::new() };
+    let mut x = t.conv(first.0, 0, first.1, act)?;
+    for (i, b) in blocks.iter().enumerate() {
+        x = t.conv(&format!("blocks.{i}.dw"), x, &b.dw, act)?;
+        x = t.conv(&format!("blocks.{i}.pw"), x, &b.pw, act)?;
+    }
+    let x = t.push(Step::Pool { src: x });
+    t.linear("fc", x, fc)?;
+    Ok(Plan {
+        input,
+        steps: t.steps,
+    })
+}
+
 impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable for DsCnn<C, L> {
     fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
-        let mut t = Tracer { steps: Vec::new() };
-        let mut x = t.conv("conv1", 0, &self.conv1, Act::Relu)?;
-        for (i, b) in self.blocks.iter().enumerate() {
-            x = t.conv(&format!("blocks.{i}.dw"), x, &b.dw, Act::Relu)?;
-            x = t.conv(&format!("blocks.{i}.pw"), x, &b.pw, Act::Relu)?;
-        }
-        let x = t.push(Step::Pool { src: x });
-        t.linear("fc", x, &self.fc)?;
-        Ok(Plan {
+        trace_separable(
             input,
-            steps: t.steps,
-        })
+            ("conv1", &self.conv1),
+            &self.blocks,
+            &self.fc,
+            Act::Relu,
+        )
     }
 }
 
@@ -230,18 +248,13 @@ impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
     for MobileNetV1<C, L>
 {
     fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
-        let mut t = Tracer { steps: Vec::new() };
-        let mut x = t.conv("stem", 0, &self.stem, Act::Relu6)?;
-        for (i, b) in self.blocks.iter().enumerate() {
-            x = t.conv(&format!("blocks.{i}.dw"), x, &b.dw, Act::Relu6)?;
-            x = t.conv(&format!("blocks.{i}.pw"), x, &b.pw, Act::Relu6)?;
-        }
-        let x = t.push(Step::Pool { src: x });
-        t.linear("fc", x, &self.fc)?;
-        Ok(Plan {
+        trace_separable(
             input,
-            steps: t.steps,
-        })
+            ("stem", &self.stem),
+            &self.blocks,
+            &self.fc,
+            Act::Relu6,
+        )
     }
 }
 

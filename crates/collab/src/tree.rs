@@ -231,6 +231,16 @@ pub struct Leaf {
     pub seconds: f64,
 }
 
+impl Leaf {
+    /// Zero fraction per weight tensor of its file.
+    fn zeros(&self) -> BTreeMap<String, f64> {
+        self.layers
+            .iter()
+            .map(|l| (l.name.clone(), l.zero_fraction))
+            .collect()
+    }
+}
+
 /// Run `$body` with `$m` bound to the concrete model inside a [`Network`], re-wrapping the
 /// result (a model of the same family) into a `Network`.
 macro_rules! each_family {
@@ -531,6 +541,7 @@ fn run_stage(
 fn check_file(
     stage: &str,
     lineage: Lineage,
+    parent_pruned: bool,
     parent_zeros: &BTreeMap<String, f64>,
     report: &collab_tflite::Report,
     scheme: Option<&Scheme>,
@@ -539,7 +550,7 @@ fn check_file(
         if w.dtype != collab_tflite::TensorType::Int8 {
             continue;
         }
-        if lineage.pruned {
+        if parent_pruned && lineage.pruned {
             // Zeros never disappear below a pruned node (int8 adds zeros, never removes them).
             if let Some(before) = parent_zeros.get(&w.name)
                 && w.zero_fraction + 1e-9 < *before
@@ -674,12 +685,7 @@ pub fn run(
             let leaf: Leaf =
                 serde_json::from_str(&text).map_err(|e| CollabError::checkpoint(&leaf_file, e))?;
             tracing::info!(stage = name, "reusing finished stage");
-            let zeros = leaf
-                .layers
-                .iter()
-                .map(|l| (l.name.clone(), l.zero_fraction))
-                .collect();
-            nets.insert(name.to_string(), (net, lineage, zeros));
+            nets.insert(name.to_string(), (net, lineage, leaf.zeros()));
             leaves.push(leaf);
             continue;
         }
@@ -746,9 +752,11 @@ pub fn run(
         let report = collab_tflite::Report::new(&bytes).map_err(err)?;
         let empty = BTreeMap::new();
         let parent_zeros = node.map_or(&empty, |s| &nets[&s.parent].2);
+        let parent_pruned = node.is_some_and(|s| nets[&s.parent].1.pruned);
         check_file(
             name,
             lineage,
+            parent_pruned,
             parent_zeros,
             &report,
             node.map(|s| &s.scheme),
@@ -808,12 +816,7 @@ pub fn run(
             gzip = leaf.gzip_bytes,
             "stage done"
         );
-        let zeros = leaf
-            .layers
-            .iter()
-            .map(|l| (l.name.clone(), l.zero_fraction))
-            .collect();
-        nets.insert(name.to_string(), (network, lineage, zeros));
+        nets.insert(name.to_string(), (network, lineage, leaf.zeros()));
         leaves.push(leaf);
     }
     let results = serde_json::json!({

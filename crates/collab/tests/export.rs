@@ -20,16 +20,7 @@ use collab_tflite::tools::Validators;
 use collab_tflite::{Data, Flavor, Graph, Interpreter, Report, npy};
 
 fn tools() -> Option<Validators> {
-    let found = Validators::find(&require_shared().join("tools"));
-    if found.is_none() {
-        assert!(
-            std::env::var("COLLAB_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "COLLAB_REQUIRE_TOOLS=1 but the validators are not installed: \
-             pip install -r ../shared/tools/requirements.txt"
-        );
-        eprintln!("skipped: pip install -r ../shared/tools/requirements.txt to run this test");
-    }
-    found
+    Validators::for_tests(&require_shared().join("tools"))
 }
 
 /// 100 real keyword clips (every class), as MFCC `[100, 1, 49, 10]` and labels.

@@ -32,6 +32,22 @@ impl Validators {
         })
     }
 
+    /// For tests: the validators in `dir`, or `None` with a note on stderr where they are not
+    /// installed. With `COLLAB_REQUIRE_TOOLS=1` (CI sets it) their absence panics instead, so a
+    /// broken installation cannot pass as a skipped test.
+    pub fn for_tests(dir: &Path) -> Option<Self> {
+        let found = Self::find(dir);
+        if found.is_none() {
+            assert!(
+                std::env::var("COLLAB_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "COLLAB_REQUIRE_TOOLS=1 but the validators are not installed: \
+                 pip install -r ../shared/tools/requirements.txt"
+            );
+            eprintln!("skipped: pip install -r ../shared/tools/requirements.txt to run this test");
+        }
+        found
+    }
+
     fn json(
         &self,
         script: &str,

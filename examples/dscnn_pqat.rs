@@ -1,0 +1,27 @@
+//! PQAT on DS-CNN: baseline → pruned 50% → PQAT (and plain QAT for comparison), each exported
+//! to int8 and measured, as the published PQAT table.
+//!
+//! ```text
+//! cargo run --release --example dscnn_pqat                                    # synthetic
+//! cargo run --release --example dscnn_pqat -- --data ../shared/data/speech_commands_12
+//! ```
+
+#[path = "common/trees.rs"]
+mod trees;
+
+use burn_collab::workflow::tree::Scheme;
+use clap::Parser;
+use trees::{Args, prune, stage};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let config = trees::dscnn(
+        &args,
+        vec![
+            stage("pruned", "baseline", prune(0.5)),
+            stage("qat", "baseline", Scheme::Qat),
+            stage("pqat", "pruned", Scheme::Qat),
+        ],
+    );
+    trees::run(&args, &config, "dscnn_pqat")
+}
