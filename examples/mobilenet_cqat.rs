@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model: "mobilenet-v1-cifar".into(),
         width: if args.quick { 0.25 } else { cli.width },
         weights: None,
+        checkpoint: None,
         baseline_epochs: if args.quick { 2 } else { cli.baseline_epochs },
         seed: args.seed,
         finetune: FineTune {

@@ -71,6 +71,7 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
         model: if real { "ds-cnn-l" } else { "ds-cnn-s" }.into(),
         width: 1.0,
         weights: real.then_some(weights),
+        checkpoint: None,
         baseline_epochs: if real { 0 } else { 10 },
         seed: args.seed,
         finetune: FineTune {

@@ -116,6 +116,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prune a checkpoint while fine-tuning (PolynomialDecay to --sparsity); writes OUT/pruned.
+    Prune {
+        #[command(flatten)]
+        stage: StageArgs,
+        /// Final sparsity.
+        #[arg(long, default_value_t = 0.5)]
+        sparsity: f64,
+        /// Leave depthwise convolutions dense.
+        #[arg(long)]
+        skip_depthwise: bool,
+    },
+    /// Cluster a checkpoint's weights while fine-tuning; writes OUT/clustered. From a pruned
+    /// checkpoint with --preserve-sparsity: sparsity-preserving clustering.
+    Cluster {
+        #[command(flatten)]
+        stage: StageArgs,
+        /// Clusters per tensor (or per channel).
+        #[arg(long, default_value_t = 16)]
+        clusters: usize,
+        /// One set of centroids per output channel.
+        #[arg(long)]
+        per_channel: bool,
+        /// Keep the checkpoint's zeros exactly.
+        #[arg(long)]
+        preserve_sparsity: bool,
+    },
+    /// Quantization-aware training of a checkpoint, keeping its zeros (PQAT) and clusters (CQAT,
+    /// PCQAT) as its lineage says; writes OUT/qat with its int8 file.
+    Qat {
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+    /// Post-training quantization: the same as `export`.
+    Ptq {
+        /// Checkpoint folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Calibration data folder; synthetic when absent.
+        #[arg(long, alias = "data")]
+        calibration: Option<PathBuf>,
+        /// Training samples used for calibration.
+        #[arg(long, default_value_t = 500)]
+        calibration_samples: usize,
+        /// The .tflite file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Time training steps or int8 inference.
     Bench {
         #[command(subcommand)]
@@ -174,6 +221,75 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What every single-stage command takes.
+#[derive(clap::Args, Debug)]
+struct StageArgs {
+    /// The checkpoint to start from (`collab import` / `train` output, or a tree node).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Data folder; the synthetic set when absent.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder: OUT/baseline (the input, evaluated) and OUT/<stage> (the new checkpoint
+    /// with its model.tflite and leaf.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Fine-tuning epochs.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Adam learning rate (constant).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn single_stage(
+    args: StageArgs,
+    name: &str,
+    scheme: collab::tree::Scheme,
+) -> Result<(), CollabError> {
+    let config = collab::tree::TreeConfig {
+        model: String::new(),
+        width: 1.0,
+        weights: None,
+        checkpoint: Some(args.checkpoint.clone()),
+        baseline_epochs: 0,
+        seed: args.seed,
+        finetune: collab::tree::FineTune {
+            epochs: args.epochs,
+            batch_size: args.batch_size.max(1),
+            learning_rate: args.lr,
+        },
+        calibration_samples: 200,
+        synthetic_train: None,
+        synthetic_val: None,
+        stages: vec![collab::tree::StageSpec {
+            name: name.into(),
+            parent: "baseline".into(),
+            scheme,
+        }],
+    };
+    let leaves = collab::tree::run(&config, args.data.as_deref(), &args.out)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&leaves).unwrap_or_default()
+        );
+    } else {
+        print!("{}", collab::tree::table(&leaves));
+        println!("checkpoint: {}", args.out.join(name).display());
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -666,6 +782,50 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             )),
         },
         Command::Bench { what } => bench(what),
+        Command::Prune {
+            stage,
+            sparsity,
+            skip_depthwise,
+        } => single_stage(
+            stage,
+            "pruned",
+            collab::tree::Scheme::Prune {
+                sparsity,
+                end_step: None,
+                frequency: 10,
+                power: 3.0,
+                skip_depthwise,
+            },
+        ),
+        Command::Cluster {
+            stage,
+            clusters,
+            per_channel,
+            preserve_sparsity,
+        } => single_stage(
+            stage,
+            "clustered",
+            collab::tree::Scheme::Cluster {
+                clusters,
+                per_channel,
+                preserve_sparsity,
+            },
+        ),
+        Command::Qat { stage } => single_stage(stage, "qat", collab::tree::Scheme::Qat),
+        Command::Ptq {
+            checkpoint,
+            calibration,
+            calibration_samples,
+            out,
+        } => export_command(
+            &checkpoint,
+            calibration.as_deref(),
+            calibration_samples,
+            collab_quant::Calibration::MinMax,
+            &out,
+            &ExportOptions::default(),
+            0,
+        ),
         Command::Tree {
             config,
             data,

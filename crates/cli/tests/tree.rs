@@ -82,6 +82,28 @@ fn quick_tree_produces_every_leaf_with_its_invariants() {
         assert_eq!(inspect["gzip_bytes"], leaf(name)["gzip_bytes"]);
     }
     assert!(out.join("results.json").is_file() && out.join("table.md").is_file());
+    // One stage from a tree node: QAT of the pruned checkpoint is PQAT (its lineage says so).
+    let single = dir.path().join("single");
+    let (code, stdout, err) = collab(&[
+        "qat",
+        "--checkpoint",
+        out.join("pruned").to_str().unwrap(),
+        "--out",
+        single.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let single: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let qat = &single.as_array().unwrap()[1];
+    assert_eq!(qat["stage"], "qat");
+    for layer in qat["layers"].as_array().unwrap() {
+        let z = layer["zero_fraction"].as_f64().unwrap();
+        assert!(z >= 0.495, "single-stage PQAT {}: {z}", layer["name"]);
+    }
     // A second run reuses every finished node and reports the same numbers.
     let again = run();
     for (a, b) in leaves.iter().zip(again.as_array().unwrap()) {

@@ -123,6 +123,10 @@ pub struct TreeConfig {
     /// Published weights for the baseline (DS-CNN safetensors); a fresh model otherwise.
     #[serde(default)]
     pub weights: Option<PathBuf>,
+    /// Start from this checkpoint instead (its model and lineage: a node of an earlier tree,
+    /// or any `collab train` / `import` output). `model` and `weights` are then ignored.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
     /// Epochs to train the baseline before the tree (0: use it as imported / initialised).
     #[serde(default)]
     pub baseline_epochs: usize,
@@ -392,7 +396,7 @@ fn cluster_layer<L: WeightLayer>(
 }
 
 /// What the stages above a node established, which later stages must keep.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Lineage {
     pruned: bool,
     clusters: Option<(usize, bool)>,
@@ -635,10 +639,19 @@ pub fn run(
     out: &Path,
 ) -> Result<Vec<Leaf>, CollabError> {
     config.validate().map_err(CollabError::Usage)?;
-    let spec: ModelSpec = config
-        .model
-        .parse::<ModelSpec>()?
-        .with_width(config.width)?;
+    let spec: ModelSpec = match &config.checkpoint {
+        Some(dir) => checkpoint::manifest(dir)?.model,
+        None => config
+            .model
+            .parse::<ModelSpec>()?
+            .with_width(config.width)?,
+    };
+    // The lineage the tree starts from (a pruned / clustered checkpoint keeps its invariants).
+    let root_lineage: Lineage = match &config.checkpoint {
+        Some(dir) => serde_json::from_value(checkpoint::manifest(dir)?.config["lineage"].clone())
+            .unwrap_or_default(),
+        None => Lineage::default(),
+    };
     let input = match spec.task() {
         Task::Keywords => [1, 49, 10],
         Task::Images { side, .. } => [3, side, side],
@@ -672,7 +685,7 @@ pub fn run(
         let start = std::time::Instant::now();
         let parent = node.map(|s| s.parent.clone());
         let lineage = match node {
-            None => Lineage::default(),
+            None => root_lineage,
             Some(s) => nets[&s.parent].1.after(&s.scheme),
         };
         if leaf_file.is_file()
@@ -691,6 +704,11 @@ pub fn run(
         }
         tracing::info!(stage = name, "running stage");
         let (network, qat) = match node {
+            None if config.checkpoint.is_some() => {
+                let dir = config.checkpoint.as_deref().unwrap_or(out);
+                let (net, _) = checkpoint::load(dir, &device)?;
+                (net.with_bn_mode(BnMode::Folded).valid(), None)
+            }
             None => {
                 let net = match &config.weights {
                     Some(w) => {
@@ -790,6 +808,7 @@ pub fn run(
         manifest.config = serde_json::json!({
             "stage": node,
             "finetune": config.finetune,
+            "lineage": lineage,
         });
         manifest.metrics = serde_json::json!({
             "val_accuracy": leaf.float_accuracy,
