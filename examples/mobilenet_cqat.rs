@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stage("cqat", "clustered", Scheme::Qat),
             stage("qat", "baseline", Scheme::Qat),
         ],
+        targets: Default::default(),
     };
     trees::run(args, &config, "mobilenet_cqat")
 }

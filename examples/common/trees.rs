@@ -83,6 +83,7 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
         synthetic_train: Some(if args.quick { 600 } else { 1200 }),
         synthetic_val: Some(300),
         stages,
+        targets: Default::default(),
     }
 }
 

@@ -115,6 +115,15 @@ enum Command {
         /// Print results.json instead of the table.
         #[arg(long)]
         json: bool,
+        /// Stop at the first node (level by level) whose .tflite is at most this many bytes…
+        #[arg(long)]
+        target_size: Option<usize>,
+        /// … whose gzip -9 size is at most this …
+        #[arg(long)]
+        target_gzip: Option<usize>,
+        /// … and whose int8 accuracy is at most this many points below the baseline's.
+        #[arg(long)]
+        max_accuracy_drop: Option<f64>,
     },
     /// Prune a checkpoint while fine-tuning (PolynomialDecay to --sparsity); writes OUT/pruned.
     Prune {
@@ -278,6 +287,7 @@ fn single_stage(
             parent: "baseline".into(),
             scheme,
         }],
+        targets: Default::default(),
     };
     let leaves = collab::tree::run(&config, args.data.as_deref(), &args.out)?;
     if args.json {
@@ -831,8 +841,18 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             data,
             out,
             json,
+            target_size,
+            target_gzip,
+            max_accuracy_drop,
         } => {
-            let tree = collab::tree::TreeConfig::open(&config)?;
+            let mut tree = collab::tree::TreeConfig::open(&config)?;
+            if target_size.is_some() || target_gzip.is_some() || max_accuracy_drop.is_some() {
+                tree.targets = collab::tree::Targets {
+                    max_bytes: target_size,
+                    max_gzip: target_gzip,
+                    max_accuracy_drop,
+                };
+            }
             let leaves = collab::tree::run(&tree, data.as_deref(), &out)?;
             if json {
                 println!(
@@ -841,6 +861,21 @@ fn run(cli: Cli) -> Result<(), CollabError> {
                 );
             } else {
                 print!("{}", collab::tree::table(&leaves));
+                if tree.targets.any() {
+                    let results = std::fs::read_to_string(out.join("results.json"))
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+                    match results.as_ref().map(|r| &r["targets_met_by"]) {
+                        Some(serde_json::Value::Array(path)) => println!(
+                            "targets met by: {}",
+                            path.iter()
+                                .filter_map(|p| p.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" → ")
+                        ),
+                        _ => println!("no node meets the targets"),
+                    }
+                }
                 println!("results: {}", out.join("results.json").display());
             }
             Ok(())

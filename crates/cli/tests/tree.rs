@@ -104,6 +104,26 @@ fn quick_tree_produces_every_leaf_with_its_invariants() {
         let z = layer["zero_fraction"].as_f64().unwrap();
         assert!(z >= 0.495, "single-stage PQAT {}: {z}", layer["name"]);
     }
+    // Targets: walked level by level (baseline; pruned, qat, clustered; …), the tree stops at
+    // the first node small enough: `pruned` meets its own gzip size, the baseline does not.
+    let target = leaf("pruned")["gzip_bytes"].as_u64().unwrap();
+    assert!(leaf("baseline")["gzip_bytes"].as_u64().unwrap() > target);
+    let (code, stdout, err) = collab(&[
+        "tree",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--target-gzip",
+        &target.to_string(),
+        "--max-accuracy-drop",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("targets met by: baseline → pruned"),
+        "{stdout}"
+    );
     // A second run reuses every finished node and reports the same numbers.
     let again = run();
     for (a, b) in leaves.iter().zip(again.as_array().unwrap()) {

@@ -147,6 +147,40 @@ pub struct TreeConfig {
     /// The nodes below the baseline, parents first.
     #[serde(default, rename = "stage")]
     pub stages: Vec<StageSpec>,
+    /// Stop at the first node that meets these (nodes run level by level).
+    #[serde(default)]
+    pub targets: Targets,
+}
+
+/// Deployment targets: the tree is walked level by level (baseline, then its children, then
+/// theirs) and stops at the first node whose int8 file meets every target given.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Targets {
+    /// Largest `.tflite` size in bytes.
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+    /// Largest gzip -9 size in bytes.
+    #[serde(default)]
+    pub max_gzip: Option<usize>,
+    /// Largest int8 accuracy drop from the baseline's int8 accuracy, in percentage points.
+    #[serde(default)]
+    pub max_accuracy_drop: Option<f64>,
+}
+
+impl Targets {
+    /// Whether any target is set.
+    pub fn any(&self) -> bool {
+        self.max_bytes.is_some() || self.max_gzip.is_some() || self.max_accuracy_drop.is_some()
+    }
+
+    /// Whether `leaf` meets every target, the baseline's int8 accuracy being `baseline`.
+    pub fn met_by(&self, leaf: &Leaf, baseline: f64) -> bool {
+        self.max_bytes.is_none_or(|b| leaf.bytes <= b)
+            && self.max_gzip.is_none_or(|g| leaf.gzip_bytes <= g)
+            && self
+                .max_accuracy_drop
+                .is_none_or(|d| 100.0 * (baseline - leaf.int8_accuracy) <= d + 1e-9)
+    }
 }
 
 impl TreeConfig {
@@ -690,10 +724,40 @@ pub fn run(
 
     let mut leaves: Vec<Leaf> = Vec::new();
     let mut nets: BTreeMap<String, (Network, Lineage, BTreeMap<String, f64>)> = BTreeMap::new();
-    let nodes: Vec<Option<&StageSpec>> = std::iter::once(None)
+    // Level by level (the baseline, its children, theirs …), config order within a level.
+    let mut depth: BTreeMap<&str, usize> = BTreeMap::from([("baseline", 0)]);
+    for s in &config.stages {
+        let d = depth[s.parent.as_str()] + 1;
+        depth.insert(&s.name, d);
+    }
+    let mut nodes: Vec<Option<&StageSpec>> = std::iter::once(None)
         .chain(config.stages.iter().map(Some))
         .collect();
+    nodes.sort_by_key(|n| n.map_or(0, |s| depth[s.name.as_str()]));
+    let mut walk: Option<Vec<String>> = None;
     for node in nodes {
+        if walk.is_some() {
+            break;
+        }
+        let met = |leaf: &Leaf, leaves: &[Leaf]| -> Option<Vec<String>> {
+            let baseline = leaves
+                .first()
+                .map_or(leaf.int8_accuracy, |b| b.int8_accuracy);
+            if !(config.targets.any() && config.targets.met_by(leaf, baseline)) {
+                return None;
+            }
+            let mut path = vec![leaf.stage.clone()];
+            let mut at = leaf.parent.clone();
+            while let Some(p) = at {
+                at = leaves
+                    .iter()
+                    .find(|l| l.stage == p)
+                    .and_then(|l| l.parent.clone());
+                path.push(p);
+            }
+            path.reverse();
+            Some(path)
+        };
         let name = node.map_or("baseline", |s| s.name.as_str());
         let dir = out.join(name);
         let leaf_file = dir.join("leaf.json");
@@ -715,6 +779,7 @@ pub fn run(
             tracing::info!(stage = name, "reusing finished stage");
             let zeros = float_zeros(&net, input)?;
             nets.insert(name.to_string(), (net, lineage, zeros));
+            walk = met(&leaf, &leaves);
             leaves.push(leaf);
             continue;
         }
@@ -853,12 +918,30 @@ pub fn run(
         );
         let zeros = float_zeros(&network, input)?;
         nets.insert(name.to_string(), (network, lineage, zeros));
+        walk = met(&leaf, &leaves);
         leaves.push(leaf);
+    }
+    // Report in the config's order (the published tables' order).
+    let order = |stage: &str| {
+        config
+            .stages
+            .iter()
+            .position(|s| s.name == stage)
+            .map_or(0, |i| i + 1)
+    };
+    leaves.sort_by_key(|l| order(&l.stage));
+    if config.targets.any() {
+        match &walk {
+            Some(path) => tracing::info!(path = path.join(" → "), "targets met"),
+            None => tracing::warn!("no node of the tree meets the targets"),
+        }
     }
     let results = serde_json::json!({
         "model": spec.name(),
         "data": format!("{}; {}", data.val.describe(), data.val.fingerprint()),
         "leaves": leaves,
+        "targets": config.targets,
+        "targets_met_by": walk,
     });
     export::write(
         &out.join("results.json"),
