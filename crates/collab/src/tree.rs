@@ -711,7 +711,10 @@ pub fn run(
         val: config.synthetic_val.unwrap_or(defaults.val),
     };
     std::fs::create_dir_all(out).map_err(|e| CollabError::checkpoint(out, e))?;
-    let data = data::load(spec.task(), data_dir, false, config.seed, synthetic)?;
+    // Augmentation (where the data has it) applies to training the baseline only: the stages'
+    // fine-tuning and every evaluation read batches without it.
+    let augment = config.baseline_epochs > 0;
+    let data = data::load(spec.task(), data_dir, augment, config.seed, synthetic)?;
     let device = Device::flex();
     device.seed(config.seed);
     let calib: Vec<usize> = {
