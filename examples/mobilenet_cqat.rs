@@ -49,6 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stage("qat", "baseline", Scheme::Qat),
         ],
         targets: Default::default(),
+        plot_layer: None,
+        augment: true,
     };
     trees::run(args, &config, "mobilenet_cqat")
 }

@@ -84,6 +84,8 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
         synthetic_val: Some(300),
         stages,
         targets: Default::default(),
+        plot_layer: None,
+        augment: real,
     }
 }
 

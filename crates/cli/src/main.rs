@@ -288,6 +288,8 @@ fn single_stage(
             scheme,
         }],
         targets: Default::default(),
+        plot_layer: None,
+        augment: true,
     };
     let leaves = collab::tree::run(&config, args.data.as_deref(), &args.out)?;
     if args.json {

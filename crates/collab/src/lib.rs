@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod export;
 pub mod network;
+pub mod plot;
 pub mod train;
 pub mod tree;
 

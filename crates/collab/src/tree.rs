@@ -59,6 +59,9 @@ fn default_frequency() -> u64 {
 fn default_power() -> f64 {
     3.0
 }
+fn default_true() -> bool {
+    true
+}
 fn default_width() -> f64 {
     1.0
 }
@@ -130,6 +133,9 @@ pub struct TreeConfig {
     /// Epochs to train the baseline before the tree (0: use it as imported / initialised).
     #[serde(default)]
     pub baseline_epochs: usize,
+    /// Augment the data while training the baseline (where the data set has augmentation).
+    #[serde(default = "default_true")]
+    pub augment: bool,
     /// Seed of everything.
     #[serde(default)]
     pub seed: u64,
@@ -150,6 +156,9 @@ pub struct TreeConfig {
     /// Stop at the first node that meets these (nodes run level by level).
     #[serde(default)]
     pub targets: Targets,
+    /// The layer whose weight histogram `density.png` shows (default: the largest kernel).
+    #[serde(default)]
+    pub plot_layer: Option<String>,
 }
 
 /// Deployment targets: the tree is walked level by level (baseline, then its children, then
@@ -713,7 +722,7 @@ pub fn run(
     std::fs::create_dir_all(out).map_err(|e| CollabError::checkpoint(out, e))?;
     // Augmentation (where the data has it) applies to training the baseline only: the stages'
     // fine-tuning and every evaluation read batches without it.
-    let augment = config.baseline_epochs > 0;
+    let augment = config.augment && config.baseline_epochs > 0;
     let data = data::load(spec.task(), data_dir, augment, config.seed, synthetic)?;
     let device = Device::flex();
     device.seed(config.seed);
@@ -953,7 +962,41 @@ pub fn run(
             .as_bytes(),
     )?;
     export::write(&out.join("table.md"), table(&leaves).as_bytes())?;
+    plots(config, &leaves, out)?;
     Ok(leaves)
+}
+
+/// `density.png` (one kernel's weights at every node, from the int8 files) and
+/// `accuracy_vs_size.png`.
+fn plots(config: &TreeConfig, leaves: &[Leaf], out: &Path) -> Result<(), CollabError> {
+    let layer = match &config.plot_layer {
+        Some(l) => format!("{l}/weight"),
+        None => {
+            let Some(first) = leaves.first() else {
+                return Ok(());
+            };
+            let graph = collab_tflite::Graph::open(&out.join(&first.tflite)).map_err(err)?;
+            match graph
+                .constants()
+                .filter(|(_, t)| t.dtype == collab_tflite::TensorType::Int8 && t.shape.len() == 4)
+                .max_by_key(|(_, t)| t.shape.iter().product::<usize>())
+            {
+                Some((_, t)) => t.name.clone(),
+                None => return Ok(()),
+            }
+        }
+    };
+    let mut nodes = Vec::new();
+    for leaf in leaves {
+        let graph = collab_tflite::Graph::open(&out.join(&leaf.tflite)).map_err(err)?;
+        if let Some(values) = graph.tensor(&layer).and_then(|t| t.to_f32()) {
+            nodes.push((leaf.stage.clone(), values));
+        }
+    }
+    let name = layer.trim_end_matches("/weight");
+    crate::plot::density(&out.join("density.png"), name, &nodes)?;
+    crate::plot::accuracy_vs_size(&out.join("accuracy_vs_size.png"), leaves)?;
+    Ok(())
 }
 
 /// The results as a markdown table in the published layout.

@@ -1,0 +1,156 @@
+//! PNG figures of a tree (plotters): the weight histogram of one kernel at every node (the
+//! guide's density figure: pruning's spike at 0, clustering's k lines) and accuracy against
+//! gzip size of every node.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::CollabError;
+use crate::tree::Leaf;
+
+/// Fonts tried for the labels (`COLLAB_FONT` first). Without one the figures are skipped.
+const FONTS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+fn font_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        let candidates = std::env::var("COLLAB_FONT")
+            .into_iter()
+            .chain(FONTS.iter().map(|s| s.to_string()));
+        for path in candidates {
+            if let Ok(bytes) = std::fs::read(&path) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        tracing::warn!("no TrueType font found (set COLLAB_FONT=FILE.ttf): figures skipped");
+        false
+    })
+}
+
+fn err(e: impl std::fmt::Display) -> CollabError {
+    CollabError::Usage(format!("plot: {e}"))
+}
+
+/// Histograms of `layer`'s weights (dequantized from each node's int8 file), one panel per
+/// node, into `path`. Returns whether a figure was written.
+pub fn density(
+    path: &Path,
+    layer: &str,
+    nodes: &[(String, Vec<f32>)],
+) -> Result<bool, CollabError> {
+    if nodes.is_empty() || !font_ready() {
+        return Ok(false);
+    }
+    let (lo, hi) = nodes
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+            (a.min(*v), b.max(*v))
+        });
+    let (lo, hi) = if lo < hi {
+        (lo, hi)
+    } else {
+        (lo - 1.0, hi + 1.0)
+    };
+    const BINS: usize = 120;
+    let cols = 2usize;
+    let rows = nodes.len().div_ceil(cols);
+    let root = BitMapBackend::new(path, (1000, 260 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            &format!("weights of {layer} at each node"),
+            ("sans-serif", 22),
+        )
+        .map_err(err)?;
+    for (area, (name, values)) in root.split_evenly((rows, cols)).iter().zip(nodes) {
+        let mut counts = vec![0u32; BINS];
+        for v in values {
+            let b = (((v - lo) / (hi - lo)) * BINS as f32) as usize;
+            counts[b.min(BINS - 1)] += 1;
+        }
+        let top = counts.iter().copied().max().unwrap_or(1).max(1);
+        let width = (hi - lo) / BINS as f32;
+        let mut chart = ChartBuilder::on(area)
+            .caption(name, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(24)
+            .y_label_area_size(44)
+            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .y_labels(4)
+            .disable_mesh()
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(
+                counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(i, c)| {
+                        let x0 = lo + i as f32 * width;
+                        Rectangle::new([(x0, 0), (x0 + width, *c)], BLUE.mix(0.7).filled())
+                    }),
+            )
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(true)
+}
+
+/// int8 accuracy against gzip size of every node, labelled, into `path`.
+pub fn accuracy_vs_size(path: &Path, leaves: &[Leaf]) -> Result<bool, CollabError> {
+    if leaves.is_empty() || !font_ready() {
+        return Ok(false);
+    }
+    let kib = |l: &Leaf| l.gzip_bytes as f64 / 1024.0;
+    let acc = |l: &Leaf| 100.0 * l.int8_accuracy;
+    let (x0, x1) = leaves
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| {
+            (a.min(kib(l)), b.max(kib(l)))
+        });
+    let (y0, y1) = leaves
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| {
+            (a.min(acc(l)), b.max(acc(l)))
+        });
+    let pad_x = ((x1 - x0) * 0.1).max(1.0);
+    let pad_y = ((y1 - y0) * 0.15).max(0.5);
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("int8 accuracy vs gzip -9 size", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((x0 - pad_x)..(x1 + pad_x), (y0 - pad_y)..(y1 + pad_y))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("gzip -9 KiB")
+        .y_desc("int8 top-1 %")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(leaves.iter().map(|l| {
+            EmptyElement::at((kib(l), acc(l)))
+                + Circle::new((0, 0), 5, RED.filled())
+                + Text::new(l.stage.clone(), (8, -6), ("sans-serif", 14))
+        }))
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(true)
+}
