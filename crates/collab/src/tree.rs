@@ -1018,3 +1018,56 @@ pub fn table(leaves: &[Leaf]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_are_valid_trees() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = TreeConfig::open(&path).unwrap();
+                assert!(!config.stages.is_empty(), "{}", path.display());
+                config.model.parse::<ModelSpec>().unwrap();
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} configs");
+    }
+
+    #[test]
+    fn lineage_decides_what_qat_keeps() {
+        let prune = Scheme::Prune {
+            sparsity: 0.5,
+            end_step: None,
+            frequency: 10,
+            power: 3.0,
+            skip_depthwise: false,
+        };
+        let keep = Scheme::Cluster {
+            clusters: 16,
+            per_channel: false,
+            preserve_sparsity: true,
+        };
+        let plain = Scheme::Cluster {
+            clusters: 8,
+            per_channel: true,
+            preserve_sparsity: false,
+        };
+        let root = Lineage::default();
+        assert_eq!(root.after(&Scheme::Qat), root);
+        let pruned = root.after(&prune);
+        assert!(pruned.pruned && pruned.clusters.is_none());
+        let pcq = pruned.after(&keep).after(&Scheme::Qat);
+        assert!(pcq.pruned);
+        assert_eq!(pcq.clusters, Some((16, false)));
+        // Clustering without preserving sparsity ends the pruned lineage.
+        let lost = pruned.after(&plain);
+        assert!(!lost.pruned);
+        assert_eq!(lost.clusters, Some((8, true)));
+    }
+}
