@@ -190,35 +190,44 @@ fn read_options(op: &tflite::Operator<'_>, n: usize, name: &str) -> Result<Optio
             Padding::Same
         }
     };
+    // CONV_2D and DEPTHWISE_CONV_2D share everything but the multiplier.
+    let conv = |p: tflite::Padding,
+                s: [i32; 2],
+                d: [i32; 2],
+                a: tflite::ActivationFunctionType,
+                depth_multiplier: usize|
+     -> Result<Options, TfliteError> {
+        Ok(Options::Conv {
+            padding: padding(p),
+            stride: [
+                dim(s[0], "stride_h", n, name)?,
+                dim(s[1], "stride_w", n, name)?,
+            ],
+            dilation: [
+                dim(d[0], "dilation_h", n, name)?,
+                dim(d[1], "dilation_w", n, name)?,
+            ],
+            activation: Activation::from_tflite(a),
+            depth_multiplier,
+        })
+    };
     Ok(if let Some(o) = op.builtin_options_as_conv_2_doptions() {
-        Options::Conv {
-            padding: padding(o.padding()),
-            stride: [
-                dim(o.stride_h(), "stride_h", n, name)?,
-                dim(o.stride_w(), "stride_w", n, name)?,
-            ],
-            dilation: [
-                dim(o.dilation_h_factor(), "dilation_h", n, name)?,
-                dim(o.dilation_w_factor(), "dilation_w", n, name)?,
-            ],
-            activation: Activation::from_tflite(o.fused_activation_function()),
-            depth_multiplier: 1,
-        }
+        conv(
+            o.padding(),
+            [o.stride_h(), o.stride_w()],
+            [o.dilation_h_factor(), o.dilation_w_factor()],
+            o.fused_activation_function(),
+            1,
+        )?
     } else if let Some(o) = op.builtin_options_as_depthwise_conv_2_doptions() {
-        Options::Conv {
-            padding: padding(o.padding()),
-            stride: [
-                dim(o.stride_h(), "stride_h", n, name)?,
-                dim(o.stride_w(), "stride_w", n, name)?,
-            ],
-            dilation: [
-                dim(o.dilation_h_factor(), "dilation_h", n, name)?,
-                dim(o.dilation_w_factor(), "dilation_w", n, name)?,
-            ],
-            activation: Activation::from_tflite(o.fused_activation_function()),
-            // Version-1 files may leave it 0; the tensors' shapes decide then.
-            depth_multiplier: o.depth_multiplier().max(0) as usize,
-        }
+        // Version-1 files may leave the multiplier 0; the tensors' shapes decide then.
+        conv(
+            o.padding(),
+            [o.stride_h(), o.stride_w()],
+            [o.dilation_h_factor(), o.dilation_w_factor()],
+            o.fused_activation_function(),
+            o.depth_multiplier().max(0) as usize,
+        )?
     } else if let Some(o) = op.builtin_options_as_pool_2_doptions() {
         Options::Pool {
             padding: padding(o.padding()),
