@@ -19,23 +19,29 @@ cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) core
     echo
     echo "## Training step (forward + backward + Adam), median of $STEPS steps after 2 warm-up"
     echo
-    echo "| model | batch | wrap | BatchNorm | median ms | ratio to plain (same BatchNorm) |"
+    echo "| model | batch | wrap | BatchNorm | median ms | ratio to plain (same BatchNorm, random batch) |"
     echo "|---|---|---|---|---|---|"
 } > "$TMP"
-row() { # model batch wrap bn base
+row() { # model batch wrap bn base [data]
     local json
-    json="$("$BIN/collab" bench train --model "$1" --batch-size "$2" --wrap "$3" --bn "$4" --steps "$STEPS" --json 2>/dev/null)"
+    local data=()
+    if [ -n "${6:-}" ]; then data=(--data "$6"); fi
+    json="$("$BIN/collab" bench train --model "$1" --batch-size "$2" --wrap "$3" --bn "$4" --steps "$STEPS" "${data[@]}" --json 2>/dev/null)"
     local ms
     ms="$(echo "$json" | jq -r .median_ms)"
     local ratio="-"
     if [ -n "$5" ]; then ratio="$(python3 -c "print(f'{$ms / $5:.2f}')")"; fi
-    printf '| %s | %s | %s | %s | %.1f | %s |\n' "$1" "$2" "$3" "$4" "$ms" "$ratio" >> "$TMP"
+    local wrap="$3"
+    if [ -n "${6:-}" ]; then wrap="$3, batches read + augmented from $(basename "$6")"; fi
+    printf '| %s | %s | %s | %s | %.1f | %s |\n' "$1" "$2" "$wrap" "$4" "$ms" "$ratio" >> "$TMP"
     echo "$ms"
 }
-row ds-cnn-l 100 none batch "" > /dev/null
+base="$(row ds-cnn-l 100 none batch "")"
+row ds-cnn-l 100 none batch "$base" "$SHARED/data/speech_commands_12" > /dev/null
 base="$(row ds-cnn-l 100 none folded "")"
 for w in prune cluster qat pcqat; do row ds-cnn-l 100 "$w" folded "$base" > /dev/null; done
-row mobilenet-v1-cifar 64 none batch "" > /dev/null
+base="$(row mobilenet-v1-cifar 64 none batch "")"
+row mobilenet-v1-cifar 64 none batch "$base" "$SHARED/data/cifar10" > /dev/null
 base="$(row mobilenet-v1-cifar 64 none folded "")"
 for w in prune qat; do row mobilenet-v1-cifar 64 "$w" folded "$base" > /dev/null; done
 {

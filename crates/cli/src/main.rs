@@ -329,6 +329,9 @@ enum BenchCommand {
         /// Device: cpu (flex). GPU (wgpu) needs a build with `--features wgpu`.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Read (and augment) real batches from this data folder inside each timed step.
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -363,6 +366,7 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
             wrap,
             bn,
             device,
+            data,
             seed,
             json,
         } => {
@@ -381,6 +385,16 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
                 }
             };
             let spec = spec(&model, width)?;
+            let sets = match &data {
+                Some(dir) => Some(data::load(
+                    spec.task(),
+                    Some(dir),
+                    true,
+                    seed,
+                    SyntheticSize::default(),
+                )?),
+                None => None,
+            };
             let t = collab::bench::train_step(
                 &spec,
                 wrap.parse()?,
@@ -388,6 +402,7 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
                 batch_size.max(1),
                 steps.max(1),
                 seed,
+                sets.as_ref().map(|s| s.train.as_ref()),
             )?;
             (t, json)
         }

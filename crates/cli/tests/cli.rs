@@ -150,6 +150,29 @@ fn bench_prints_timings() {
         assert_eq!(v["steps"], 1);
         assert_eq!(v["backend"], "flex");
     }
+    // With real batches read (and augmented) inside each timed step.
+    let cifar = collab_data::shared::require_shared().join("data/cifar10");
+    let (code, out, err) = collab(&[
+        "bench",
+        "train",
+        "--model",
+        "mobilenet-v1-cifar",
+        "--width",
+        "0.25",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--data",
+        cifar.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        v["what"].as_str().unwrap().contains("batches read from"),
+        "{v}"
+    );
     let model = collab_data::shared::require_shared().join("tools/testdata/kws_ref_model.tflite");
     let (code, out, err) = collab(&[
         "bench",

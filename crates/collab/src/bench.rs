@@ -77,21 +77,23 @@ fn summarize(mut times: Vec<f64>, backend: &str, what: String) -> Timing {
     }
 }
 
-/// Median time of `steps` training steps (forward, cross-entropy, backward, Adam) after two
-/// warm-up steps, on one fixed random batch.
+/// Times of `steps` training steps (the batch from `batch(step)`, forward, cross-entropy,
+/// backward, Adam) after two warm-up steps. Fetching the batch is part of the step.
+type Fetch<'a> = dyn FnMut(usize) -> Result<(Tensor<4>, Tensor<1, Int>), CollabError> + 'a;
+
 fn time_steps<M: Module>(
     mut model: M,
     forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
-    x: &Tensor<4>,
-    y: &Tensor<1, Int>,
+    batch: &mut Fetch<'_>,
     steps: usize,
-) -> Vec<f64> {
-    let loss_fn = CrossEntropyLossConfig::new().init(&x.device());
-    let mut optim = AdamConfig::new().init();
+) -> Result<Vec<f64>, CollabError> {
     let mut times = Vec::new();
+    let mut optim = AdamConfig::new().init();
     for i in 0..steps + 2 {
         let start = Instant::now();
-        let loss = loss_fn.forward(forward(&model, x.clone()), y.clone());
+        let (x, y) = batch(i)?;
+        let loss_fn = CrossEntropyLossConfig::new().init(&x.device());
+        let loss = loss_fn.forward(forward(&model, x), y);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-4, model, grads);
         // flex is eager; reading a value also waits for lazy backends.
@@ -100,7 +102,7 @@ fn time_steps<M: Module>(
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    times
+    Ok(times)
 }
 
 /// Run `$body` with `$m` bound to the concrete model inside a [`Network`].
@@ -127,8 +129,10 @@ fn err(e: impl std::fmt::Display) -> CollabError {
     CollabError::Usage(e.to_string())
 }
 
-/// Training-step time of `spec` (batch `batch_size`, random inputs) with its layers wrapped
-/// as `wrap`; BatchNorm folded (`Folded`, as compression stages train) or batch statistics.
+/// Training-step time of `spec` (batch `batch_size`) with its layers wrapped as `wrap`;
+/// BatchNorm folded (`Folded`, as compression stages train) or batch statistics. The batches
+/// are one fixed random batch, or with `data` real batches read (and augmented, where the set
+/// augments) inside each timed step: the difference is what data loading costs.
 pub fn train_step(
     spec: &ModelSpec,
     wrap: Wrap,
@@ -136,6 +140,7 @@ pub fn train_step(
     batch_size: usize,
     steps: usize,
     seed: u64,
+    data: Option<&dyn crate::data::Batches>,
 ) -> Result<Timing, CollabError> {
     let device = Device::flex().autodiff();
     device.seed(seed);
@@ -146,6 +151,19 @@ pub fn train_step(
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<i64> = (0..batch_size as i64).map(|i| i % classes as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);
+    let mut rng = crate::data::epoch_rng(seed, 0);
+    let mut fetch = |step: usize| -> Result<(Tensor<4>, Tensor<1, Int>), CollabError> {
+        match data {
+            Some(d) => {
+                let n = d.len().max(1);
+                let indices: Vec<usize> = (0..batch_size)
+                    .map(|i| (step * batch_size + i) % n)
+                    .collect();
+                d.batch(&indices, Some(&mut rng), &device)
+            }
+            None => Ok((x.clone(), y.clone())),
+        }
+    };
     let act = match spec {
         ModelSpec::DsCnn { .. } => FusedActivation::Relu,
         _ => FusedActivation::Relu6,
@@ -162,24 +180,24 @@ pub fn train_step(
             .with_input(name == "conv1" || name == "stem")
     };
     let times = each_family!(net, m => match wrap {
-        Wrap::None => time_steps(m, |m, x| m.forward(x), &x, &y, steps),
+        Wrap::None => time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?,
         Wrap::Prune => {
             let m = m.try_map(|_, c| pruned(&prune, c), |_, l| pruned(&prune, l))?;
-            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
         }
         Wrap::Cluster => {
             let m = m.try_map(
                 |n, c| cluster.wrap_named(n, c).map_err(err),
                 |n, l| cluster.wrap_named(n, l).map_err(err),
             )?;
-            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
         }
         Wrap::Qat => {
             let m = m.try_map(
                 |n, c| qat(n).wrap(c).map_err(err),
                 |_, l| QatConfig::new().wrap(l).map_err(err),
             )?;
-            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
         }
         Wrap::Pcqat => {
             let m = m.try_map(
@@ -190,15 +208,19 @@ pub fn train_step(
                         .map_err(err)
                 },
             )?;
-            time_steps(m, |m, x| m.forward(x), &x, &y, steps)
+            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
         }
     });
     Ok(summarize(
         times,
         "flex",
         format!(
-            "{} train step, batch {batch_size}, wrap {wrap:?}, BatchNorm {bn:?}",
-            spec.name()
+            "{} train step, batch {batch_size}, wrap {wrap:?}, BatchNorm {bn:?}, {}",
+            spec.name(),
+            match data {
+                Some(d) => format!("batches read from {}", d.describe()),
+                None => "one random batch".into(),
+            }
         ),
     ))
 }
