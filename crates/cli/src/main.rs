@@ -633,38 +633,30 @@ fn eval_tflite(
             ));
         }
     };
-    let failure = std::cell::RefCell::new(None);
-    let forward = |x: burn::tensor::Tensor<4>| {
-        let [n, ..] = x.dims();
-        let device = x.device();
-        let values = collab_core::host::to_vec_f32(x.flatten::<1>(0, 3));
-        let out = export::run_int8(&interp, &values, n, input).unwrap_or_else(|e| {
-            *failure.borrow_mut() = Some(e);
-            vec![0.0; n * classes.max(1)]
-        });
-        burn::tensor::Tensor::<2>::from_data(
-            burn::tensor::TensorData::new(out, [n, classes.max(1)]),
-            &device,
-        )
-    };
     let report = if all {
-        let dir = data_dir.ok_or_else(|| CollabError::Usage("--all needs --data".into()))?;
-        let set = collab_data::SpeechCommands::open(dir)?;
-        let clips = set.split(collab_data::Split::All);
-        let audio = collab_data::speech::load_audio(&clips)?;
-        let labels = clips.iter().map(|c| c.label).collect();
-        let kws =
-            collab::data::KwsData::new(audio, labels, Vec::new(), false, dir.display().to_string());
-        train::evaluate(forward, &kws, 256)?
+        export::evaluate_int8(&interp, input, &all_clips(data_dir)?)?
     } else {
         let data = data::load(task, data_dir, false, 0, SyntheticSize::default())?;
-        train::evaluate(forward, data.val.as_ref(), 256)?
+        export::evaluate_int8(&interp, input, data.val.as_ref())?
     };
-    if let Some(e) = failure.into_inner() {
-        return Err(e);
-    }
     print_report(&report, &format!("{} (int8)", path.display()), json);
     Ok(())
+}
+
+/// Every clip of a Speech Commands folder (`--all`), without augmentation.
+fn all_clips(data_dir: Option<&Path>) -> Result<collab::data::KwsData, CollabError> {
+    let dir = data_dir.ok_or_else(|| CollabError::Usage("--all needs --data".into()))?;
+    let set = collab_data::SpeechCommands::open(dir)?;
+    let clips = set.split(collab_data::Split::All);
+    let audio = collab_data::speech::load_audio(&clips)?;
+    let labels = clips.iter().map(|c| c.label).collect();
+    Ok(collab::data::KwsData::new(
+        audio,
+        labels,
+        Vec::new(),
+        false,
+        dir.display().to_string(),
+    ))
 }
 
 fn print_report(report: &train::EvalReport, what: &str, json: bool) {
@@ -697,14 +689,7 @@ fn eval(
     let network = network.with_bn_mode(BnMode::Folded).valid();
     let task = manifest.model.task();
     let report = if all {
-        let dir = data_dir.ok_or_else(|| CollabError::Usage("--all needs --data".into()))?;
-        let set = collab_data::SpeechCommands::open(dir)?;
-        let clips = set.split(collab_data::Split::All);
-        let audio = collab_data::speech::load_audio(&clips)?;
-        let labels = clips.iter().map(|c| c.label).collect();
-        let kws =
-            collab::data::KwsData::new(audio, labels, Vec::new(), false, dir.display().to_string());
-        train::evaluate(|x| network.forward(x), &kws, 256)?
+        train::evaluate(|x| network.forward(x), &all_clips(data_dir)?, 256)?
     } else {
         let data = data::load(
             task,

@@ -775,6 +775,41 @@ pub fn run_int8(
     Ok(out)
 }
 
+/// Top-1 accuracy of an int8 interpreter on all of `data` (inputs `[n, c, h, w]` quantized
+/// with the model input's parameters by [`run_int8`]): the same report as for float models.
+pub fn evaluate_int8(
+    interp: &collab_tflite::Interpreter,
+    input: [usize; 3],
+    data: &dyn Batches,
+) -> Result<crate::train::EvalReport, CollabError> {
+    let classes = interp.outputs()[0]
+        .shape
+        .last()
+        .copied()
+        .unwrap_or(1)
+        .max(1);
+    // `evaluate` takes an infallible forward pass; the first interpreter error is kept here.
+    let failure = std::cell::RefCell::new(None);
+    let report = crate::train::evaluate(
+        |x| {
+            let [n, ..] = x.dims();
+            let device = x.device();
+            let values = to_vec_f32(x.flatten::<1>(0, 3));
+            let out = run_int8(interp, &values, n, input).unwrap_or_else(|e| {
+                *failure.borrow_mut() = Some(e);
+                vec![0.0; n * classes]
+            });
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(out, [n, classes]), &device)
+        },
+        data,
+        256,
+    )?;
+    match failure.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::round_scale;

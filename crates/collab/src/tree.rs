@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
 use crate::checkpoint::{self, Manifest};
-use crate::data::{self, Batches, SyntheticSize, TaskData};
+use crate::data::{self, SyntheticSize, TaskData};
 use crate::export::{self, ExportOptions, Plan, Traceable};
 use crate::network::{ModelSpec, Network, Task};
 use crate::train::{self, EvalReport};
@@ -660,35 +660,6 @@ fn check_file(
     Ok(())
 }
 
-fn evaluate_int8(
-    bytes: &[u8],
-    input: [usize; 3],
-    data: &dyn Batches,
-) -> Result<EvalReport, CollabError> {
-    let graph = collab_tflite::Graph::from_bytes(bytes).map_err(err)?;
-    let interp = collab_tflite::Interpreter::new(&graph).map_err(err)?;
-    let classes = interp.outputs()[0].shape.last().copied().unwrap_or(1);
-    let failure = std::cell::RefCell::new(None);
-    let report = train::evaluate(
-        |x| {
-            let [n, ..] = x.dims();
-            let device = x.device();
-            let values = to_vec_f32(x.flatten::<1>(0, 3));
-            let out = export::run_int8(&interp, &values, n, input).unwrap_or_else(|e| {
-                *failure.borrow_mut() = Some(e);
-                vec![0.0; n * classes]
-            });
-            Tensor::<2>::from_data(burn::tensor::TensorData::new(out, [n, classes]), &device)
-        },
-        data,
-        256,
-    )?;
-    match failure.into_inner() {
-        Some(e) => Err(e),
-        None => Ok(report),
-    }
-}
-
 /// Run the tree of `config` on `data_dir` (synthetic when `None`) into `out`. Nodes whose
 /// folder already holds a finished node (`leaf.json`) are reused.
 pub fn run(
@@ -872,7 +843,9 @@ pub fn run(
             &report,
             node.map(|s| &s.scheme),
         )?;
-        let int8 = evaluate_int8(&bytes, input, data.val.as_ref())?;
+        let graph = collab_tflite::Graph::from_bytes(&bytes).map_err(err)?;
+        let interp = collab_tflite::Interpreter::new(&graph).map_err(err)?;
+        let int8 = export::evaluate_int8(&interp, input, data.val.as_ref())?;
         let layers: Vec<LayerFigures> = report
             .weights
             .iter()
