@@ -163,21 +163,6 @@ enum Command {
         #[command(flatten)]
         stage: StageArgs,
     },
-    /// Post-training quantization: the same as `export`.
-    Ptq {
-        /// Checkpoint folder.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Calibration data folder; synthetic when absent.
-        #[arg(long, alias = "data")]
-        calibration: Option<PathBuf>,
-        /// Training samples used for calibration.
-        #[arg(long, default_value_t = 500)]
-        calibration_samples: usize,
-        /// The .tflite file to write.
-        #[arg(long)]
-        out: PathBuf,
-    },
     /// Time training steps or int8 inference.
     Bench {
         #[command(subcommand)]
@@ -191,7 +176,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a checkpoint as a full-integer int8 .tflite (PTQ calibration where it has no QAT ranges).
+    /// Write a checkpoint as a full-integer int8 .tflite (PTQ calibration where it has no QAT
+    /// ranges); `ptq` is the same command.
+    #[command(alias = "ptq")]
     Export {
         /// Checkpoint folder.
         #[arg(long)]
@@ -830,20 +817,6 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             },
         ),
         Command::Qat { stage } => single_stage(stage, "qat", collab::tree::Scheme::Qat),
-        Command::Ptq {
-            checkpoint,
-            calibration,
-            calibration_samples,
-            out,
-        } => export_command(
-            &checkpoint,
-            calibration.as_deref(),
-            calibration_samples,
-            collab_quant::Calibration::MinMax,
-            &out,
-            &ExportOptions::default(),
-            0,
-        ),
         Command::Tree {
             config,
             data,
