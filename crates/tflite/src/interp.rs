@@ -1276,16 +1276,21 @@ impl Interpreter {
     }
 }
 
+/// Whether the CPU has the AVX-512 subsets the vectorised kernels are compiled for.
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
 /// `clamp(MultiplyByQuantizedMultiplier(acc, m[c], s[c]) + zp)` for rows of `oc` accumulators,
 /// vectorised (AVX-512 or AVX2 where present; the same integers as [`mbqm`]).
 fn requantize(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
+        if avx512() {
             // SAFETY: the features were just detected.
             return unsafe { requantize_avx512(acc, c, out) };
         }
@@ -1374,11 +1379,7 @@ fn conv_vnni(c: &ConvKernel, p: &crate::vnni::Packed, x: &[i8]) -> Vec<i8> {
 /// Uses AVX2 where the CPU has it (the same integer arithmetic, so the same results).
 fn conv(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-    {
+    if avx512() {
         // SAFETY: the features were just detected; the same safe code runs.
         return unsafe { conv_avx512(c, x) };
     }

@@ -10,8 +10,6 @@
 /// output channels padded to a multiple of 32, laid out `[k / 4][oc][4]`.
 #[derive(Clone, Debug)]
 pub(crate) struct Packed {
-    /// `kh · kw · ic`.
-    k: usize,
     /// `k` rounded up to 4.
     k4: usize,
     /// Output channels rounded up to 32.
@@ -54,7 +52,6 @@ impl Packed {
             })
             .collect();
         Self {
-            k,
             k4,
             oc32,
             w,
@@ -184,6 +181,5 @@ pub(crate) unsafe fn accumulate(g: &Geometry, p: &Packed, x: &[i8]) -> Vec<i32> 
         }
         start += rows;
     }
-    let _ = p.k;
     out
 }
