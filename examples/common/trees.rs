@@ -113,7 +113,7 @@ pub fn run(args: &Args, config: &TreeConfig, name: &str) -> Result<(), Box<dyn s
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/{name}")));
     let start = std::time::Instant::now();
-    let leaves = tree::run(config, args.data.as_deref(), &out)?;
+    let leaves = tree::run(config, args.data.as_deref(), &out)?.leaves;
     println!(
         "{} on {}, {:.0} s:",
         config.model,

@@ -284,7 +284,7 @@ fn single_stage(
         plot_layer: None,
         augment: true,
     };
-    let leaves = collab::tree::run(&config, args.data.as_deref(), &args.out)?;
+    let leaves = collab::tree::run(&config, args.data.as_deref(), &args.out)?.leaves;
     if args.json {
         println!(
             "{}",
@@ -834,27 +834,18 @@ fn run(cli: Cli) -> Result<(), CollabError> {
                     max_accuracy_drop,
                 };
             }
-            let leaves = collab::tree::run(&tree, data.as_deref(), &out)?;
+            let outcome = collab::tree::run(&tree, data.as_deref(), &out)?;
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&leaves).unwrap_or_default()
+                    serde_json::to_string_pretty(&outcome.leaves).unwrap_or_default()
                 );
             } else {
-                print!("{}", collab::tree::table(&leaves));
+                print!("{}", collab::tree::table(&outcome.leaves));
                 if tree.targets.any() {
-                    let results = std::fs::read_to_string(out.join("results.json"))
-                        .ok()
-                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-                    match results.as_ref().map(|r| &r["targets_met_by"]) {
-                        Some(serde_json::Value::Array(path)) => println!(
-                            "targets met by: {}",
-                            path.iter()
-                                .filter_map(|p| p.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" → ")
-                        ),
-                        _ => println!("no node meets the targets"),
+                    match &outcome.targets_met_by {
+                        Some(path) => println!("targets met by: {}", path.join(" → ")),
+                        None => println!("no node meets the targets"),
                     }
                 }
                 println!("results: {}", out.join("results.json").display());

@@ -280,13 +280,11 @@ pub struct Leaf {
 
 /// Fraction of exact zeros in every weight of `network`, keyed like the int8 file's weight
 /// tensors (`blocks.0.pw/weight`): the zeros a child stage must keep (they stay 0 in int8).
-fn float_zeros(network: &Network, input: [usize; 3]) -> Result<BTreeMap<String, f64>, CollabError> {
-    let plan = network.plan(input)?;
+fn float_zeros(plan: &Plan) -> BTreeMap<String, f64> {
     let fraction = |values: Vec<f32>| {
         values.iter().filter(|v| **v == 0.0).count() as f64 / values.len().max(1) as f64
     };
-    Ok(plan
-        .steps
+    plan.steps
         .iter()
         .filter_map(|step| match step {
             crate::export::Step::Conv { name, layer, .. } => Some((
@@ -299,7 +297,17 @@ fn float_zeros(network: &Network, input: [usize; 3]) -> Result<BTreeMap<String, 
             )),
             _ => None,
         })
-        .collect())
+        .collect()
+}
+
+/// What [`run`] produced: every node run (in the config's order) and, when targets were
+/// given, the path from the baseline to the first node that meets them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The nodes.
+    pub leaves: Vec<Leaf>,
+    /// `baseline → … → node`, or `None` (no targets, or none met).
+    pub targets_met_by: Option<Vec<String>>,
 }
 
 /// Run `$body` with `$m` bound to the concrete model inside a [`Network`], re-wrapping the
@@ -666,20 +674,24 @@ pub fn run(
     config: &TreeConfig,
     data_dir: Option<&Path>,
     out: &Path,
-) -> Result<Vec<Leaf>, CollabError> {
+) -> Result<Outcome, CollabError> {
     config.validate().map_err(CollabError::Usage)?;
-    let spec: ModelSpec = match &config.checkpoint {
-        Some(dir) => checkpoint::manifest(dir)?.model,
-        None => config
-            .model
-            .parse::<ModelSpec>()?
-            .with_width(config.width)?,
-    };
-    // The lineage the tree starts from (a pruned / clustered checkpoint keeps its invariants).
-    let root_lineage: Lineage = match &config.checkpoint {
-        Some(dir) => serde_json::from_value(checkpoint::manifest(dir)?.config["lineage"].clone())
-            .unwrap_or_default(),
-        None => Lineage::default(),
+    // The model and the lineage the tree starts from (a pruned / clustered checkpoint keeps its
+    // invariants).
+    let (spec, root_lineage): (ModelSpec, Lineage) = match &config.checkpoint {
+        Some(dir) => {
+            let manifest = checkpoint::manifest(dir)?;
+            let lineage =
+                serde_json::from_value(manifest.config["lineage"].clone()).unwrap_or_default();
+            (manifest.model, lineage)
+        }
+        None => (
+            config
+                .model
+                .parse::<ModelSpec>()?
+                .with_width(config.width)?,
+            Lineage::default(),
+        ),
     };
     let input = match spec.task() {
         Task::Keywords => [1, 49, 10],
@@ -760,7 +772,7 @@ pub fn run(
             let leaf: Leaf =
                 serde_json::from_str(&text).map_err(|e| CollabError::checkpoint(&leaf_file, e))?;
             tracing::info!(stage = name, "reusing finished stage");
-            let zeros = float_zeros(&net, input)?;
+            let zeros = float_zeros(&net.plan(input)?);
             nets.insert(name.to_string(), (net, lineage, zeros));
             walk = met(&leaf, &leaves);
             leaves.push(leaf);
@@ -821,6 +833,7 @@ pub fn run(
         };
         // Float (or fake-int8) accuracy, export, int8 accuracy, sizes.
         let plain_plan = network.plan(input)?;
+        let zeros = float_zeros(&plain_plan);
         let ranges =
             plain_plan.calibrate_on(data.train.as_ref(), &calib, 100, Calibration::MinMax)?;
         let (plan, float_report) = match qat {
@@ -901,7 +914,6 @@ pub fn run(
             gzip = leaf.gzip_bytes,
             "stage done"
         );
-        let zeros = float_zeros(&network, input)?;
         nets.insert(name.to_string(), (network, lineage, zeros));
         walk = met(&leaf, &leaves);
         leaves.push(leaf);
@@ -936,7 +948,10 @@ pub fn run(
     )?;
     export::write(&out.join("table.md"), table(&leaves).as_bytes())?;
     plots(config, &leaves, out)?;
-    Ok(leaves)
+    Ok(Outcome {
+        leaves,
+        targets_met_by: walk,
+    })
 }
 
 /// `density.png` (one kernel's weights at every node, from the int8 files) and
