@@ -15,7 +15,8 @@ use collab_quant::{FusedActivation, QatConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
-use crate::network::{ModelSpec, Network, Task};
+use crate::network::{ModelSpec, Task};
+use crate::usage as err;
 
 /// How the model's layers are wrapped for a training-step benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,17 +106,6 @@ fn time_steps<M: Module>(
     Ok(times)
 }
 
-/// Run `$body` with `$m` bound to the concrete model inside a [`Network`].
-macro_rules! each_family {
-    ($net:expr, $m:ident => $body:expr) => {
-        match $net {
-            Network::DsCnn($m) => $body,
-            Network::MobileNetV1($m) => $body,
-            Network::MobileNetV2($m) => $body,
-        }
-    };
-}
-
 fn pruned<L: collab_core::WeightLayer>(
     config: &PruningConfig,
     layer: L,
@@ -123,10 +113,6 @@ fn pruned<L: collab_core::WeightLayer>(
     let p = config.wrap(layer).map_err(err)?;
     p.prune_to(0.5).map_err(err)?;
     Ok(p)
-}
-
-fn err(e: impl std::fmt::Display) -> CollabError {
-    CollabError::Usage(e.to_string())
 }
 
 /// Training-step time of `spec` (batch `batch_size`) with its layers wrapped as `wrap`;

@@ -11,6 +11,30 @@
 //! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
 //!   through a temporary folder and a rename.
 
+/// Run `$body` with `$m` bound to the concrete model inside a [`Network`] (every arm has its
+/// own type, so generic code over the families is written once). With `rewrap`, the body's
+/// `Result<model, _>` is mapped back into the same `Network` variant.
+macro_rules! each_family {
+    (rewrap $net:expr, $m:ident => $body:expr) => {
+        match $net {
+            $crate::network::Network::DsCnn($m) => $body.map($crate::network::Network::DsCnn),
+            $crate::network::Network::MobileNetV1($m) => {
+                $body.map($crate::network::Network::MobileNetV1)
+            }
+            $crate::network::Network::MobileNetV2($m) => {
+                $body.map($crate::network::Network::MobileNetV2)
+            }
+        }
+    };
+    ($net:expr, $m:ident => $body:expr) => {
+        match $net {
+            $crate::network::Network::DsCnn($m) => $body,
+            $crate::network::Network::MobileNetV1($m) => $body,
+            $crate::network::Network::MobileNetV2($m) => $body,
+        }
+    };
+}
+
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
@@ -45,6 +69,11 @@ pub enum CollabError {
     /// A setting that does not fit the rest.
     #[error("{0}")]
     Usage(String),
+}
+
+/// Any error as a [`CollabError::Usage`] with its message (for `map_err`).
+pub(crate) fn usage(e: impl std::fmt::Display) -> CollabError {
+    CollabError::Usage(e.to_string())
 }
 
 impl CollabError {

@@ -30,6 +30,7 @@ use crate::data::{self, SyntheticSize, TaskData};
 use crate::export::{self, ExportOptions, Plan, Traceable};
 use crate::network::{ModelSpec, Network, Task};
 use crate::train::{self, EvalReport};
+use crate::usage as err;
 
 /// Fine-tuning settings shared by every stage (the recipe: Adam, constant rate, batch 100).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -310,18 +311,6 @@ pub struct Outcome {
     pub targets_met_by: Option<Vec<String>>,
 }
 
-/// Run `$body` with `$m` bound to the concrete model inside a [`Network`], re-wrapping the
-/// result (a model of the same family) into a `Network`.
-macro_rules! each_family {
-    ($net:expr, $m:ident => $body:expr) => {
-        match $net {
-            Network::DsCnn($m) => $body.map(Network::DsCnn),
-            Network::MobileNetV1($m) => $body.map(Network::MobileNetV1),
-            Network::MobileNetV2($m) => $body.map(Network::MobileNetV2),
-        }
-    };
-}
-
 /// A stripped (BatchNorm-folded) convolution as a plain block again: an identity BatchNorm
 /// (γ 1, β 0, mean 0, variance 1, ε 1e-30, which vanishes next to 1 in f32), so the block
 /// computes exactly the stripped weights.
@@ -332,10 +321,6 @@ fn refold(conv: burn::nn::conv::Conv2d) -> collab_models::ConvBlock {
         .with_epsilon(1e-30)
         .init(&device);
     collab_core::ConvBn::new(conv, bn)
-}
-
-fn err(e: impl std::fmt::Display) -> CollabError {
-    CollabError::Usage(e.to_string())
 }
 
 /// Adam (constant rate) over `data.train` for `ft.epochs`, no augmentation, shuffled per
@@ -525,7 +510,7 @@ fn run_stage(
     let name = stage.name.as_str();
     let mut qat_out = None;
     let network = match &stage.scheme {
-        Scheme::Prune { .. } => each_family!(net, m => {
+        Scheme::Prune { .. } => each_family!(rewrap net, m => {
             let s = &stage.scheme;
             let w = m.try_map(|n, c| prune_layer(n, c, s, steps), |n, l| prune_layer(n, l, s, steps))?;
             let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
@@ -541,7 +526,7 @@ fn run_stage(
                 *per_channel,
                 *preserve_sparsity && lineage.pruned,
             );
-            each_family!(net, m => {
+            each_family!(rewrap net, m => {
                 let w = m.try_map(
                     |n, c| cluster_layer(n, c, k, pc, keep, seed),
                     |n, l| cluster_layer(n, l, k, pc, keep, seed),
@@ -585,16 +570,16 @@ fn run_stage(
                 }};
             }
             match (lineage.pruned, lineage.clusters) {
-                (false, None) => each_family!(net, m => qat_stage!(m,
+                (false, None) => each_family!(rewrap net, m => qat_stage!(m,
                     |_: &str, c| Ok::<_, CollabError>(c),
                     |_: &str, l| Ok::<_, CollabError>(l)))?,
-                (true, None) => each_family!(net, m => qat_stage!(m,
+                (true, None) => each_family!(rewrap net, m => qat_stage!(m,
                     |n: &str, c| keep_zeros(n, c),
                     |n: &str, l| keep_zeros(n, l)))?,
-                (false, Some((k, pc))) => each_family!(net, m => qat_stage!(m,
+                (false, Some((k, pc))) => each_family!(rewrap net, m => qat_stage!(m,
                     |n: &str, c| cluster_layer(n, c, k, pc, false, seed),
                     |n: &str, l| cluster_layer(n, l, k, pc, false, seed)))?,
-                (true, Some((k, pc))) => each_family!(net, m => qat_stage!(m,
+                (true, Some((k, pc))) => each_family!(rewrap net, m => qat_stage!(m,
                     |n: &str, c| cluster_layer(n, keep_zeros(n, c)?, k, pc, true, seed),
                     |n: &str, l| cluster_layer(n, keep_zeros(n, l)?, k, pc, true, seed)))?,
             }
