@@ -369,13 +369,18 @@ impl LayerForward<3> for Conv1d {
     }
 }
 
+/// Conv2d runs through [`crate::conv::conv2d`]: burn's function, formulated for a fast backward
+/// pass.
 impl LayerForward<4> for Conv2d {
     fn forward_transformed<T: WeightTransform>(
         &self,
         input: Tensor<4>,
         transform: &T,
     ) -> Tensor<4> {
-        forward_with_weight!(self, input, transform)
+        let [_, _, h, w] = input.dims();
+        let spec = crate::conv::ConvSpec::of(self, [h, w]);
+        let weight = transform.apply(self.weight.val());
+        crate::conv::conv2d(input, weight, self.bias.as_ref().map(|b| b.val()), &spec)
     }
 }
 

@@ -3,12 +3,14 @@
 //! - [`layer`]: the [`WeightLayer`] / [`LayerForward`] traits that every supported burn layer
 //!   (`Linear`, `Conv1d`, `Conv2d` including depthwise and grouped) implements, and that each
 //!   wrapper implements again so wrappers stack (`Clustered<Prunable<Conv2d>>`).
+//! - [`conv`]: burn's `conv2d` formulated so that its backward pass is fast on CPU.
 //! - [`state`]: module state that a forward pass may update (masks, step counters, ranges),
 //!   saved with the record, moved across devices and never touched by an optimizer.
 //! - [`host`]: moving weights between device tensors and host vectors.
 //!
 //! See `docs/DESIGN.md` for why the wrappers are built this way.
 
+pub mod conv;
 pub mod convbn;
 pub mod error;
 pub mod host;
