@@ -61,6 +61,14 @@ for w in prune qat; do row mobilenet-v1-cifar 64 "$w" folded "$base" > /dev/null
     "$BIN/examples/bench_data" --data "$SHARED/data/speech_commands_12" 2>/dev/null | tail -3
     "$BIN/examples/bench_cluster" 2>/dev/null | sed -n 1,3p
     echo '```'
+    echo
+    echo "## Kernels (criterion: \`cargo bench\`, median estimate [95% interval])"
+    echo
+    echo '```text'
+    cargo bench -q --bench train_kernels --bench int8 --bench frontend 2>/dev/null |
+        awk '/^[A-Za-z]/ && !/^(Benchmarking|Found|Warning|Gnuplot)/ { name = $0 }
+             /time:/ && !/%/ { gsub(/.*time: +/, ""); printf "%-70s %s\n", name, $0 }'
+    echo '```'
 } >> "$TMP"
 mv "$TMP" "$OUT"
 echo "wrote $OUT"
