@@ -29,7 +29,8 @@ pub struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Device: cpu (this build); GPU needs `--features wgpu` (not wired to the trees yet).
+    /// Device for training and float evaluation: cpu (flex) or wgpu (GPU; run the example with
+    /// `--features wgpu`). int8 evaluation runs on our interpreter on the CPU either way.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -95,13 +96,7 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
 
 /// Run and print.
 pub fn run(args: &Args, config: &TreeConfig, name: &str) -> Result<(), Box<dyn std::error::Error>> {
-    if args.device != "cpu" {
-        return Err(format!(
-            "--device {}: the trees run on the CPU (flex) in this build",
-            args.device
-        )
-        .into());
-    }
+    burn_collab::workflow::device::select(args.device.parse()?)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

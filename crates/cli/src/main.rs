@@ -12,7 +12,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use burn::module::Module;
-use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use collab::checkpoint::{self, Manifest};
 use collab::data::{self, SyntheticSize};
@@ -31,6 +30,10 @@ use collab_models::DsCnnConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Compute device for models, training and evaluation: cpu (burn's flex backend) or wgpu
+    /// (GPU; needs a build with `--features wgpu`). The int8 interpreter always runs on the CPU.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -319,9 +322,6 @@ enum BenchCommand {
         /// BatchNorm: folded (compression stages) or batch (training from scratch).
         #[arg(long, default_value = "folded")]
         bn: String,
-        /// Device: cpu (flex). GPU (wgpu) needs a build with `--features wgpu`.
-        #[arg(long, default_value = "cpu")]
-        device: String,
         /// Read (and augment) real batches from this data folder inside each timed step.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -358,16 +358,10 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
             steps,
             wrap,
             bn,
-            device,
             data,
             seed,
             json,
         } => {
-            if device != "cpu" {
-                return Err(CollabError::Usage(format!(
-                    "--device {device}: this build runs on the CPU (flex) only"
-                )));
-            }
             let bn = match bn.as_str() {
                 "folded" => BnMode::Folded,
                 "batch" => BnMode::Batch,
@@ -436,7 +430,7 @@ fn import(model: &str, weights: &Path, out: &Path) -> Result<(), CollabError> {
         )));
     };
     let bytes = std::fs::read(weights).map_err(|e| CollabError::checkpoint(weights, e))?;
-    let device = Device::flex();
+    let device = collab::device::compute();
     let net = collab_models::import::ds_cnn(
         &DsCnnConfig::new(size),
         &bytes,
@@ -466,7 +460,7 @@ fn train_command(
     resume: bool,
 ) -> Result<(), CollabError> {
     let spec = spec(model, width)?;
-    let device = Device::flex();
+    let device = collab::device::compute();
     device.seed(seed);
     let network = match (init, weights) {
         (Init::Pretrained, Some(w)) => {
@@ -551,7 +545,7 @@ fn export_command(
     options: &ExportOptions,
     seed: u64,
 ) -> Result<(), CollabError> {
-    let device = Device::flex();
+    let device = collab::device::compute();
     let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
     let network = network.with_bn_mode(BnMode::Folded).valid();
     let input = match manifest.model.task() {
@@ -671,7 +665,7 @@ fn eval(
     all: bool,
     json: bool,
 ) -> Result<(), CollabError> {
-    let device = Device::flex();
+    let device = collab::device::compute();
     let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
     let network = network.with_bn_mode(BnMode::Folded).valid();
     let task = manifest.model.task();
@@ -696,6 +690,7 @@ fn eval(
 }
 
 fn run(cli: Cli) -> Result<(), CollabError> {
+    collab::device::select(cli.device.parse()?)?;
     match cli.command {
         Command::Info { model, width, json } => {
             let info = spec(&model, width)?.info();

@@ -227,4 +227,16 @@ fn failures_exit_with_a_message() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("DS-CNN only"), "{err}");
+    // --device is global; an unknown one, or wgpu in a build without it, says how to fix it.
+    let (code, _, err) = collab(&["info", "--model", "ds-cnn-s", "--device", "tpu"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--device tpu") && err.contains("cpu"), "{err}");
+    if !cfg!(feature = "wgpu") {
+        let (code, _, err) = collab(&["--device", "wgpu", "info", "--model", "ds-cnn-s"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("--features wgpu"), "{err}");
+    }
+    let (code, out, err) = collab(&["info", "--model", "ds-cnn-s", "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("conv1"), "{out}");
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use collab_cluster::ClusteringConfig;
 use collab_core::BnMode;
 use collab_prune::{PruningConfig, PruningSchedule};
@@ -128,7 +128,7 @@ pub fn train_step(
     seed: u64,
     data: Option<&dyn crate::data::Batches>,
 ) -> Result<Timing, CollabError> {
-    let device = Device::flex().autodiff();
+    let device = crate::device::compute().autodiff();
     device.seed(seed);
     let (shape, classes) = match spec.task() {
         Task::Keywords => ([batch_size, 1, 49, 10], 12),
@@ -199,7 +199,7 @@ pub fn train_step(
     });
     Ok(summarize(
         times,
-        "flex",
+        crate::device::selected().backend_name(),
         format!(
             "{} train step, batch {batch_size}, wrap {wrap:?}, BatchNorm {bn:?}, {}",
             spec.name(),

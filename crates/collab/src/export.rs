@@ -19,7 +19,7 @@ use std::path::Path;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use collab_cluster::Clustered;
 use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, WeightLayer};
@@ -418,7 +418,7 @@ impl Plan {
         batch_size: usize,
         method: Calibration,
     ) -> Result<Ranges, CollabError> {
-        let device = Device::flex();
+        let device = crate::device::compute();
         self.calibrate(
             indices
                 .chunks(batch_size.max(1))

@@ -38,6 +38,7 @@ macro_rules! each_family {
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod export;
 pub mod network;
 pub mod plot;

@@ -15,7 +15,6 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
@@ -151,7 +150,7 @@ pub fn evaluate<F>(
 where
     F: Fn(burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2>,
 {
-    let device = Device::flex();
+    let device = crate::device::compute();
     let names = data.class_names();
     let mut correct = vec![0usize; names.len()];
     let mut total = vec![0usize; names.len()];
@@ -203,7 +202,7 @@ pub fn fit(
     out: Option<&Path>,
     resume: bool,
 ) -> Result<(Network, Vec<EpochMetrics>), CollabError> {
-    let device = Device::flex().autodiff();
+    let device = crate::device::compute().autodiff();
     // `train()` moves plain tensors onto the autodiff device with their configured trainability.
     let mut network = network.fork(&device).train();
     let mut optim = config.optimizer.init();

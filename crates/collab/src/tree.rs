@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use collab_cluster::ClusteringConfig;
 use collab_core::{BnMode, WeightLayer, host::to_vec_f32};
 use collab_prune::{Prunable, PruningConfig, PruningSchedule};
@@ -333,7 +333,7 @@ fn fine_tune<M: Module>(
     what: &str,
     forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
 ) -> Result<M, CollabError> {
-    let device = Device::flex().autodiff();
+    let device = crate::device::compute().autodiff();
     let mut model = model.fork(&device).train();
     let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -548,7 +548,7 @@ fn run_stage(
                         |n, l| QatConfig::new().wrap($lin(n, l)?).map_err(err),
                     )?;
                     // Start QAT from the parent's ranges: one calibration pass.
-                    let device = Device::flex();
+                    let device = crate::device::compute();
                     let calib: Vec<_> = (0..data.train.len().min(500)).collect();
                     let w = collab_quant::calibrate(
                         w,
@@ -692,7 +692,7 @@ pub fn run(
     // fine-tuning and every evaluation read batches without it.
     let augment = config.augment && config.baseline_epochs > 0;
     let data = data::load(spec.task(), data_dir, augment, config.seed, synthetic)?;
-    let device = Device::flex();
+    let device = crate::device::compute();
     device.seed(config.seed);
     let calib: Vec<usize> = {
         let mut idx: Vec<usize> = (0..data.train.len()).collect();
