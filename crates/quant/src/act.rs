@@ -126,11 +126,21 @@ impl ActQuant {
         let n = shape.num_elements();
         let mut values = to_vec_f32(plain.reshape([n]));
         let range = if training {
+            use rayon::prelude::*;
+            // min and max do not depend on the order, so the split is exact.
             let (low, high) = values
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-                    (lo.min(*v), hi.max(*v))
-                });
+                .par_chunks(crate::params::PARALLEL_CHUNK)
+                .map(|chunk| {
+                    chunk
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                            (lo.min(*v), hi.max(*v))
+                        })
+                })
+                .reduce(
+                    || (f32::INFINITY, f32::NEG_INFINITY),
+                    |(a, b), (c, d)| (a.min(c), b.max(d)),
+                );
             self.observe(low, high, current)
         } else {
             current

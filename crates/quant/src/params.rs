@@ -94,19 +94,32 @@ impl QuantParams {
     /// rounding is `trunc(|v| + HALF_DOWN)` through an integer conversion, which equals
     /// `round(v)` (ties away from zero) for every finite `f32` (see `fake::round_half_away`).
     pub fn fake_quant_slice(&self, values: &mut [f32], channel: usize) {
+        use rayon::prelude::*;
         let i = self.index(channel);
         let (scale, zp) = (self.scale[i], self.zero_point[i]);
+        let (qmin, qmax) = (self.qmin, self.qmax);
         // Anything beyond this saturates anyway; keeps the integer conversion in range.
-        let limit = (self.qmax - self.qmin + 256) as f32;
-        for v in values.iter_mut() {
-            let x = (*v / scale).clamp(-limit, limit);
-            let magnitude = (x.abs() + crate::fake::HALF_DOWN) as i32;
-            let rounded = if x < 0.0 { -magnitude } else { magnitude };
-            let q = (rounded + zp).clamp(self.qmin, self.qmax);
-            *v = (q - zp) as f32 * scale;
+        let limit = (qmax - qmin + 256) as f32;
+        let run = |chunk: &mut [f32]| {
+            for v in chunk.iter_mut() {
+                let x = (*v / scale).clamp(-limit, limit);
+                let magnitude = (x.abs() + crate::fake::HALF_DOWN) as i32;
+                let rounded = if x < 0.0 { -magnitude } else { magnitude };
+                let q = (rounded + zp).clamp(qmin, qmax);
+                *v = (q - zp) as f32 * scale;
+            }
+        };
+        // Element-wise, so splitting cannot change a value; small slices stay on one thread.
+        if values.len() >= PARALLEL_CHUNK * 2 {
+            values.par_chunks_mut(PARALLEL_CHUNK).for_each(run);
+        } else {
+            run(values);
         }
     }
 }
+
+/// Elements per rayon task in the host-side loops over activations.
+pub(crate) const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// `max_abs / 127`, or 1 for an all-zero tensor.
 pub(crate) fn symmetric_scale(max_abs: f32) -> f32 {
