@@ -119,6 +119,25 @@ impl ActQuant {
         if !training && current.is_none() {
             return x;
         }
+        if crate::fused::has_fused_kernel(&x.device()) {
+            // Range from two parallel reductions, then one fused pass each way.
+            let range = if training {
+                let (low, high) = Self::batch_range(&x);
+                self.observe(low, high, current)
+            } else {
+                current
+            };
+            let Some((min, max)) = range else {
+                return x;
+            };
+            return match QuantParams::asymmetric(min, max) {
+                Ok(p) => crate::fused::fake_quant_fused(x.clone(), &p).unwrap_or(x),
+                Err(err) => {
+                    tracing::error!(%err, "activation range unusable; passing the tensor through");
+                    x
+                }
+            };
+        }
         // One read of the activation serves both the range update and the quantization.
         let plain = x.clone().without_autodiff();
         let shape = plain.shape();

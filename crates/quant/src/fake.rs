@@ -45,10 +45,14 @@ pub fn fake_quant<const D: usize>(
 }
 
 /// Fake-quantize `x` with per-tensor parameters (activations, per-tensor weights). Same value
-/// and gradient as [`fake_quant`]. The value is computed in one pass on the host
-/// ([`QuantParams::fake_quant_slice`]); only the straight-through gradient (clipped to the
-/// range) goes through the autodiff graph. This keeps QAT's activation cost low on CPU.
+/// and gradient as [`fake_quant`]. On `flex` this is the fused op
+/// ([`crate::fused::fake_quant_fused`]: one pass forward, one backward); elsewhere the value is
+/// computed in one pass on the host ([`QuantParams::fake_quant_slice`]) and only the
+/// straight-through gradient (clipped to the range) goes through the autodiff graph.
 pub fn fake_quant_per_tensor<const D: usize>(x: Tensor<D>, params: &QuantParams) -> Tensor<D> {
+    if let Some(y) = crate::fused::fake_quant_fused(x.clone(), params) {
+        return y;
+    }
     let plain = x.clone().without_autodiff();
     let shape = plain.shape();
     let device = plain.device();

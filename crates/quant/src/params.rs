@@ -98,15 +98,9 @@ impl QuantParams {
         let i = self.index(channel);
         let (scale, zp) = (self.scale[i], self.zero_point[i]);
         let (qmin, qmax) = (self.qmin, self.qmax);
-        // Anything beyond this saturates anyway; keeps the integer conversion in range.
-        let limit = (qmax - qmin + 256) as f32;
         let run = |chunk: &mut [f32]| {
             for v in chunk.iter_mut() {
-                let x = (*v / scale).clamp(-limit, limit);
-                let magnitude = (x.abs() + crate::fake::HALF_DOWN) as i32;
-                let rounded = if x < 0.0 { -magnitude } else { magnitude };
-                let q = (rounded + zp).clamp(qmin, qmax);
-                *v = (q - zp) as f32 * scale;
+                *v = fake_quant_one(*v, scale, zp, qmin, qmax);
             }
         };
         // Element-wise, so splitting cannot change a value; small slices stay on one thread.
@@ -116,6 +110,18 @@ impl QuantParams {
             run(values);
         }
     }
+}
+
+/// One value quantized to `[qmin, qmax]` (ties away from zero, saturating) and dequantized.
+#[inline(always)]
+pub(crate) fn fake_quant_one(v: f32, scale: f32, zero_point: i32, qmin: i32, qmax: i32) -> f32 {
+    // Anything beyond this saturates anyway; keeps the integer conversion in range.
+    let limit = (qmax - qmin + 256) as f32;
+    let x = (v / scale).clamp(-limit, limit);
+    let magnitude = (x.abs() + crate::fake::HALF_DOWN) as i32;
+    let rounded = if x < 0.0 { -magnitude } else { magnitude };
+    let q = (rounded + zero_point).clamp(qmin, qmax);
+    (q - zero_point) as f32 * scale
 }
 
 /// Elements per rayon task in the host-side loops over activations.

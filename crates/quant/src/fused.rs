@@ -1,0 +1,289 @@
+//! Fused per-tensor fake quantization with its straight-through gradient, as one burn backend
+//! extension op.
+//!
+//! Composed from burn ops, an activation's fake quantization costs about ten passes over the
+//! activation (host copy out, quantize, copy in, then clamp, subtract and add through autodiff,
+//! and the clamp's masks in the backward pass). On `flex` this op does one pass forward
+//! (quantize–dequantize) and one backward (the gradient where `low ≤ x ≤ high`, 0 outside), with
+//! rayon. Values are bit-identical to [`QuantParams::fake_quant_slice`], gradients to burn's
+//! `clamp` (the gradient passes where `x` is neither below `low` nor above `high`, NaN included).
+//!
+//! Only `flex` (with or without autodiff) has the kernel; [`fake_quant_fused`] returns `None` on
+//! other devices and the caller composes burn ops instead.
+
+use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Device, Tensor};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use crate::QuantParams;
+use crate::params::{PARALLEL_CHUNK, fake_quant_one};
+
+/// Fake quantization as a backend operation (see the module documentation).
+#[backend_extension(Flex, Autodiff)]
+pub trait FakeQuantOps: Backend {
+    /// `x` quantized to `[qmin, qmax]` with `scale` and `zero_point` and dequantized; same shape.
+    fn fake_quant_ste(
+        x: FloatTensor<Self>,
+        scale: f32,
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+    ) -> FloatTensor<Self>;
+
+    /// `grad` where `low ≤ x ≤ high` (or `x` is NaN), 0 elsewhere; the shape of `x`.
+    fn fake_quant_ste_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        low: f32,
+        high: f32,
+    ) -> FloatTensor<Self>;
+}
+
+fn contiguous_f32(t: FlexTensor) -> FlexTensor {
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        panic!("fake_quant_ste: f32 tensors only, got {:?}", t.dtype())
+    };
+    if t.is_contiguous() && t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+impl FakeQuantOps for burn::backend::Flex {
+    fn fake_quant_ste(
+        x: FlexTensor,
+        scale: f32,
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+    ) -> FlexTensor {
+        use burn::backend::TensorMetadata;
+        let x = contiguous_f32(x);
+        let mut out = FlexTensor::empty(x.shape(), DType::F32);
+        let src = x.as_slice::<f32>().expect("contiguous f32");
+        let dst = out.storage_mut::<f32>();
+        dst.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(src.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(d, s)| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d = fake_quant_one(*s, scale, zero_point, qmin, qmax);
+                }
+            });
+        out
+    }
+
+    fn fake_quant_ste_backward(x: FlexTensor, grad: FlexTensor, low: f32, high: f32) -> FlexTensor {
+        use burn::backend::TensorMetadata;
+        let x = contiguous_f32(x);
+        let grad = contiguous_f32(grad);
+        let mut out = FlexTensor::empty(x.shape(), DType::F32);
+        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let gs = grad.as_slice::<f32>().expect("contiguous f32");
+        let dst = out.storage_mut::<f32>();
+        dst.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(
+                xs.par_chunks(PARALLEL_CHUNK)
+                    .zip(gs.par_chunks(PARALLEL_CHUNK)),
+            )
+            .for_each(|(d, (x, g))| {
+                for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
+                    // Where burn's clamp masks: strictly below low or above high.
+                    *d = if *x < low || *x > high { 0.0 } else { *g };
+                }
+            });
+        out
+    }
+}
+
+#[derive(Debug)]
+struct FakeQuantBackward;
+
+impl<B: Backend + FakeQuantOps> Backward<B, 1> for FakeQuantBackward {
+    type State = (B::FloatTensorPrimitive, f32, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, low, high) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::fake_quant_ste_backward(x, grad, low, high)
+        });
+    }
+}
+
+#[derive(Debug)]
+struct NoGradient;
+
+impl<B: Backend> Backward<B, 2> for NoGradient {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _ = grads.consume::<B>(&ops.node);
+    }
+}
+
+impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff<B, C> {
+    fn fake_quant_ste(
+        x: FloatTensor<Self>,
+        scale: f32,
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+    ) -> FloatTensor<Self> {
+        let low = (qmin - zero_point) as f32 * scale;
+        let high = (qmax - zero_point) as f32 * scale;
+        let guard = x.node();
+        let x = x.into_primitive();
+        match FakeQuantBackward
+            .prepare::<C>([guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fake_quant_ste(x.clone(), scale, zero_point, qmin, qmax);
+                prep.finish((x, low, high), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fake_quant_ste(x, scale, zero_point, qmin, qmax))
+            }
+        }
+    }
+
+    fn fake_quant_ste_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        low: f32,
+        high: f32,
+    ) -> FloatTensor<Self> {
+        // A gradient of a gradient is not needed for QAT: computed, and recorded as an op
+        // that passes nothing back.
+        let guards = [x.node(), grad.node()];
+        let out = B::fake_quant_ste_backward(x.into_primitive(), grad.into_primitive(), low, high);
+        match NoGradient.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+/// Whether [`fake_quant_fused`] has a kernel for tensors on `device`.
+pub fn has_fused_kernel(device: &Device) -> bool {
+    let flex = Device::flex();
+    *device == flex || *device == flex.clone().autodiff()
+}
+
+/// `x` fake-quantized with the per-tensor `params`, with the clipped straight-through gradient,
+/// in one fused op; `None` where the device has no kernel (see [`has_fused_kernel`]) or the
+/// parameters are per channel.
+///
+/// # Shapes
+/// Any; the output has the input's shape.
+pub fn fake_quant_fused<const D: usize>(x: Tensor<D>, params: &QuantParams) -> Option<Tensor<D>> {
+    if params.scale.len() != 1 || !has_fused_kernel(&x.device()) {
+        return None;
+    }
+    Some(Tensor::from_dispatch(
+        <Dispatch as FakeQuantOps>::fake_quant_ste(
+            x.into_dispatch(),
+            params.scale[0],
+            params.zero_point[0],
+            params.qmin,
+            params.qmax,
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+    use proptest::prelude::*;
+
+    fn composed<const D: usize>(x: Tensor<D>, p: &QuantParams) -> Tensor<D> {
+        // The burn-op formulation the fused op replaces: host values, clamp STE.
+        let plain = x.clone().without_autodiff();
+        let shape = plain.shape();
+        let n = shape.num_elements();
+        let mut values = collab_core::host::to_vec_f32(plain.reshape([n]));
+        p.fake_quant_slice(&mut values, 0);
+        let value =
+            Tensor::<1>::from_data(TensorData::new(values, [n]), &x.device()).reshape(shape);
+        crate::fake::with_straight_through(x, value, p)
+    }
+
+    /// Fused and composed: the same bits forward, the same gradient backward.
+    fn check(values: Vec<f32>, min: f32, max: f32) {
+        let device = Device::flex().autodiff();
+        let p = QuantParams::asymmetric(min, max).unwrap();
+        let n = values.len();
+        let x = Tensor::<1>::from_data(TensorData::new(values, [n]), &device).require_grad();
+        let g = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let a = fake_quant_fused(x.clone(), &p).expect("flex has the kernel");
+        let b = composed(x.clone(), &p);
+        assert_eq!(a.clone().into_data(), b.clone().into_data());
+        let ga = x.grad(&(a * g.clone()).sum().backward()).unwrap();
+        let gb = x.grad(&(b * g).sum().backward()).unwrap();
+        assert_eq!(ga.into_data(), gb.into_data());
+    }
+
+    #[test]
+    fn boundaries_ties_and_saturation_match_the_composed_op() {
+        let p = QuantParams::asymmetric(-1.0, 3.0).unwrap();
+        let (low, high) = (
+            (p.qmin - p.zero_point[0]) as f32 * p.scale[0],
+            (p.qmax - p.zero_point[0]) as f32 * p.scale[0],
+        );
+        let s = p.scale[0];
+        check(
+            vec![
+                0.0,
+                -0.0,
+                low,
+                high,
+                low - 1e-6,
+                high + 1e-6,
+                -10.0,
+                10.0,
+                2.5 * s,
+                -2.5 * s,
+                0.5 * s,
+                1e30,
+                -1e30,
+            ],
+            -1.0,
+            3.0,
+        );
+    }
+
+    #[test]
+    fn without_autodiff_it_is_the_host_fake_quant_and_per_channel_is_declined() {
+        let device = Device::flex();
+        let p = QuantParams::asymmetric(-2.0, 2.0).unwrap();
+        let x = Tensor::<2>::random([7, 300], Distribution::Normal(0.0, 2.0), &device);
+        let mut want = collab_core::host::to_vec_f32(x.clone());
+        p.fake_quant_slice(&mut want, 0);
+        let got = collab_core::host::to_vec_f32(fake_quant_fused(x.clone(), &p).unwrap());
+        assert_eq!(got, want);
+        let per_channel = QuantParams::symmetric(&[1.0, 2.0], true);
+        assert!(fake_quant_fused(x, &per_channel).is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_tensors_match_the_composed_op(
+            values in proptest::collection::vec(-50.0f32..50.0, 1..3000),
+            min in -20.0f32..0.0,
+            width in 0.01f32..40.0,
+        ) {
+            check(values, min, min + width);
+        }
+    }
+}
