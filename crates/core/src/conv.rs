@@ -21,7 +21,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
-use burn::tensor::{Tensor, s};
+use burn::tensor::{Device, Tensor, s};
 
 /// The largest `C_in/groups · kh · kw` for which im2col + GEMM replaces burn's conv.
 const MAX_IM2COL_TAPS: usize = 64;
@@ -37,6 +37,8 @@ pub enum Formulation {
     Im2col,
     /// Depthwise with stride > 1: stride-1 depthwise, then a strided slice.
     StridedDepthwise,
+    /// Depthwise on flex: burn's forward, our backward ([`crate::depthwise`]).
+    Depthwise,
 }
 
 /// Convolution settings in one place: stride, `(begin, end)` padding per spatial axis,
@@ -103,11 +105,20 @@ fn same_padding(kernel: usize, stride: usize, size: usize) -> (usize, usize) {
 
 /// The formulation [`conv2d`] uses for an input `[N, C_in, H, W]`, a weight
 /// `[C_out, C_in/groups, kh, kw]` and `spec`.
-pub fn plan(input: [usize; 4], weight: [usize; 4], spec: &ConvSpec) -> Formulation {
+pub fn plan(
+    input: [usize; 4],
+    weight: [usize; 4],
+    spec: &ConvSpec,
+    device: &Device,
+) -> Formulation {
     let [_, c_in, _, _] = input;
     let [c_out, per_group, kh, kw] = weight;
     if spec.dilation != [1, 1] || std::env::var_os("COLLAB_BURN_CONV").is_some() {
         return Formulation::Burn;
+    }
+    let depthwise = spec.groups == c_in && c_out == c_in && per_group == 1;
+    if depthwise && crate::depthwise::has_kernel(device) {
+        return Formulation::Depthwise;
     }
     let no_padding = spec.padding == [(0, 0), (0, 0)];
     if spec.groups == 1 && [kh, kw] == [1, 1] && no_padding {
@@ -116,7 +127,7 @@ pub fn plan(input: [usize; 4], weight: [usize; 4], spec: &ConvSpec) -> Formulati
     if spec.groups == 1 && per_group * kh * kw <= MAX_IM2COL_TAPS {
         return Formulation::Im2col;
     }
-    if spec.groups == c_in && c_out == c_in && per_group == 1 && spec.stride != [1, 1] {
+    if depthwise && spec.stride != [1, 1] {
         return Formulation::StridedDepthwise;
     }
     Formulation::Burn
@@ -133,9 +144,20 @@ pub fn conv2d(
 ) -> Tensor<4> {
     let [n, c_in, h, w] = input.dims();
     let [c_out, per_group, kh, kw] = weight.dims();
-    let formulation = plan([n, c_in, h, w], [c_out, per_group, kh, kw], spec);
+    let formulation = plan(
+        [n, c_in, h, w],
+        [c_out, per_group, kh, kw],
+        spec,
+        &input.device(),
+    );
     let out = match formulation {
         Formulation::Burn => return burn_conv2d(input, weight, bias, spec.options()),
+        Formulation::Depthwise => {
+            match crate::depthwise::depthwise_conv2d(input, weight, spec.stride, spec.padding) {
+                Some(y) => y,
+                None => unreachable!("plan picks Depthwise only where the kernel exists"),
+            }
+        }
         Formulation::Pointwise => {
             let input = subsample(input, spec.stride, [0, 0]);
             let [_, _, h, w] = input.dims();
@@ -239,7 +261,7 @@ mod tests {
         let b =
             Tensor::<1>::random([weight[0]], Distribution::Normal(0.0, 1.0), &dev).require_grad();
         assert_eq!(
-            plan(input, weight, &spec),
+            plan(input, weight, &spec, &dev),
             expect,
             "{input:?} {weight:?} {spec:?}"
         );
@@ -289,17 +311,12 @@ mod tests {
         );
         // Stride-2 depthwise with SAME's asymmetric (0, 1) padding on the width.
         let dw2 = spec([2, 2], [same_padding(3, 2, 25), same_padding(3, 2, 10)], 16);
-        check(
-            [3, 16, 25, 10],
-            [16, 1, 3, 3],
-            dw2,
-            Formulation::StridedDepthwise,
-        );
+        check([3, 16, 25, 10], [16, 1, 3, 3], dw2, Formulation::Depthwise);
         check(
             [3, 16, 13, 5],
             [16, 1, 3, 3],
             spec([1, 1], [(1, 1); 2], 16),
-            Formulation::Burn,
+            Formulation::Depthwise,
         );
     }
 
@@ -351,7 +368,7 @@ mod tests {
             prop_assume!(h + pads[0] + pads[1] >= kh && w + pads[2] + pads[3] >= kw);
             let (groups, out, per_group) = if depthwise { (c, c, 1) } else { (1, co, c) };
             let spec = spec([sh, sw], padding, groups);
-            let expect = plan([n, c, h, w], [out, per_group, kh, kw], &spec);
+            let expect = plan([n, c, h, w], [out, per_group, kh, kw], &spec, &device());
             check([n, c, h, w], [out, per_group, kh, kw], spec, expect);
         }
     }

@@ -4,6 +4,7 @@
 //!   (`Linear`, `Conv1d`, `Conv2d` including depthwise and grouped) implements, and that each
 //!   wrapper implements again so wrappers stack (`Clustered<Prunable<Conv2d>>`).
 //! - [`conv`]: burn's `conv2d` formulated so that its backward pass is fast on CPU.
+//! - [`depthwise`]: depthwise convolution with a fast backward pass on flex (a backend extension).
 //! - [`state`]: module state that a forward pass may update (masks, step counters, ranges),
 //!   saved with the record, moved across devices and never touched by an optimizer.
 //! - [`host`]: moving weights between device tensors and host vectors.
@@ -12,6 +13,7 @@
 
 pub mod conv;
 pub mod convbn;
+pub mod depthwise;
 pub mod error;
 pub mod host;
 pub mod layer;
