@@ -69,10 +69,17 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
-/// For output row `i` and tap `a`: the input row, if inside the input.
+/// The outputs `o` in `0..out` whose tap `tap` reads inside the input
+/// (`0 ≤ o·stride + tap − pad < size`).
 #[inline(always)]
-fn source(i: usize, a: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
-    (i * stride + a).checked_sub(pad).filter(|&h| h < size)
+fn valid(tap: usize, pad: usize, stride: usize, size: usize, out: usize) -> std::ops::Range<usize> {
+    let start = pad.saturating_sub(tap).div_ceil(stride);
+    let end = if size + pad > tap {
+        ((size - 1 + pad - tap) / stride + 1).min(out)
+    } else {
+        0
+    };
+    start..end.max(start)
 }
 
 impl DepthwiseOps for burn::backend::Flex {
@@ -107,17 +114,17 @@ impl DepthwiseOps for burn::backend::Flex {
             .enumerate()
             .for_each(|(plane, (dx, dy))| {
                 let k = &wt[(plane % c) * kh * kw..][..kh * kw];
-                for i in 0..ho {
-                    for a in 0..kh {
-                        let Some(row) = source(i, a, sh, pt, h) else {
-                            continue;
-                        };
-                        for j in 0..wo {
-                            let g = dy[i * wo + j];
-                            for b in 0..kw {
-                                if let Some(col) = source(j, b, sw, pl, w) {
-                                    dx[row * w + col] += k[a * kw + b] * g;
-                                }
+                for a in 0..kh {
+                    let rows = valid(a, pt, sh, h, ho);
+                    for b in 0..kw {
+                        let cols = valid(b, pl, sw, w, wo);
+                        let kv = k[a * kw + b];
+                        for i in rows.clone() {
+                            let row = i * sh + a - pt;
+                            let src = &dy[i * wo..][..wo];
+                            let dst = &mut dx[row * w..][..w];
+                            for j in cols.clone() {
+                                dst[j * sw + b - pl] += kv * src[j];
                             }
                         }
                     }
@@ -151,19 +158,21 @@ impl DepthwiseOps for burn::backend::Flex {
                     let plane = b_ * c + ch;
                     let xp = &xs[plane * h * w..][..h * w];
                     let dy = &gs[plane * ho * wo..][..ho * wo];
-                    for i in 0..ho {
-                        for a in 0..kh {
-                            let Some(row) = source(i, a, sh, pt, h) else {
-                                continue;
-                            };
-                            for j in 0..wo {
-                                let g = dy[i * wo + j];
-                                for b in 0..kw {
-                                    if let Some(col) = source(j, b, sw, pl, w) {
-                                        acc[a * kw + b] += (xp[row * w + col] * g) as f64;
-                                    }
+                    for a in 0..kh {
+                        let rows = valid(a, pt, sh, h, ho);
+                        for b in 0..kw {
+                            let cols = valid(b, pl, sw, w, wo);
+                            // One plane's dot product in f32, accumulated over the batch in f64.
+                            let mut dot = 0f32;
+                            for i in rows.clone() {
+                                let row = i * sh + a - pt;
+                                let src = &xp[row * w..][..w];
+                                let g = &dy[i * wo..][..wo];
+                                for j in cols.clone() {
+                                    dot += src[j * sw + b - pl] * g[j];
                                 }
                             }
+                            acc[a * kw + b] += dot as f64;
                         }
                     }
                 }
