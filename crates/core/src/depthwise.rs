@@ -206,10 +206,10 @@ impl<B: Backend + DepthwiseOps> Backward<B, 2> for DepthwiseBackward {
 #[derive(Debug)]
 struct NoGradient;
 
-impl<B: Backend> Backward<B, 3> for NoGradient {
+impl<B: Backend, const N: usize> Backward<B, N> for NoGradient {
     type State = ();
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let _ = grads.consume::<B>(&ops.node);
     }
 }
@@ -248,7 +248,7 @@ impl<B: Backend + DepthwiseOps, C: CheckpointStrategy> DepthwiseOps for Autodiff
             grad.into_primitive(),
             geometry,
         );
-        untracked::<B, C>(guards, out)
+        untracked::<B, C, 3>(guards, out)
     }
 
     fn depthwise_backward_weight(
@@ -264,13 +264,15 @@ impl<B: Backend + DepthwiseOps, C: CheckpointStrategy> DepthwiseOps for Autodiff
             grad.into_primitive(),
             geometry,
         );
-        untracked::<B, C>(guards, out)
+        untracked::<B, C, 3>(guards, out)
     }
 }
 
-/// A result recorded as an op that passes no gradient back (second derivatives are not needed).
-fn untracked<B: Backend, C: CheckpointStrategy>(
-    guards: [burn_autodiff::ops::NodeGuard; 3],
+/// `out`, computed from the tensors behind `guards`, recorded as an autodiff op that passes no
+/// gradient back: for the backward ops of backend extensions, whose second derivatives no
+/// training here needs.
+pub fn untracked<B: Backend, C: CheckpointStrategy, const N: usize>(
+    guards: [burn_autodiff::ops::NodeGuard; N],
     out: B::FloatTensorPrimitive,
 ) -> FloatTensor<Autodiff<B, C>> {
     match NoGradient.prepare::<C>(guards).compute_bound().stateful() {

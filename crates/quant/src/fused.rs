@@ -118,17 +118,6 @@ impl<B: Backend + FakeQuantOps> Backward<B, 1> for FakeQuantBackward {
     }
 }
 
-#[derive(Debug)]
-struct NoGradient;
-
-impl<B: Backend> Backward<B, 2> for NoGradient {
-    type State = ();
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let _ = grads.consume::<B>(&ops.node);
-    }
-}
-
 impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff<B, C> {
     fn fake_quant_ste(
         x: FloatTensor<Self>,
@@ -166,10 +155,7 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
         // that passes nothing back.
         let guards = [x.node(), grad.node()];
         let out = B::fake_quant_ste_backward(x.into_primitive(), grad.into_primitive(), low, high);
-        match NoGradient.prepare::<C>(guards).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        collab_core::depthwise::untracked::<B, C, 2>(guards, out)
     }
 }
 
