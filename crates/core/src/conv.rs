@@ -10,12 +10,14 @@
 //! |---|---|---|
 //! | pointwise 1×1, `groups = 1` | one GEMM `[C_out, C_in] × [C_in, N·H·W]` over a channel-major view | 30 ms |
 //! | few input taps (`C_in/groups · kh · kw ≤ 64`, `groups = 1`), e.g. a 1-channel stem | im2col from strided slices, one batched GEMM | 30 ms |
-//! | depthwise with stride > 1 | burn's stride-1 depthwise, then a strided slice | 90 ms |
+//! | depthwise on `flex` | [`crate::depthwise`]: burn's forward, our backward kernels | — |
+//! | depthwise with stride > 1 elsewhere | burn's stride-1 depthwise, then a strided slice | 90 ms |
 //! | anything else (dilation, grouped, large kernels) | burn's `conv2d` | — |
 //!
-//! The results equal burn's `conv2d` up to float summation order (0 difference on the shapes
-//! above; the tests check values and gradients against burn's op). Set
-//! `COLLAB_BURN_CONV=1` to route every call to burn's `conv2d` (for comparison).
+//! (Timings single-threaded, before burn's `rayon` feature was on; `cargo bench --bench
+//! train_kernels` gives current ones.) The results equal burn's `conv2d` up to float summation
+//! order (the tests check values and gradients against burn's op). Set `COLLAB_BURN_CONV=1`
+//! (read once per process) to route every call to burn's `conv2d`, for comparison.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -113,11 +115,13 @@ pub fn plan(
 ) -> Formulation {
     let [_, c_in, _, _] = input;
     let [c_out, per_group, kh, kw] = weight;
-    if spec.dilation != [1, 1] || std::env::var_os("COLLAB_BURN_CONV").is_some() {
+    static BURN_CONV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let burn_conv = *BURN_CONV.get_or_init(|| std::env::var_os("COLLAB_BURN_CONV").is_some());
+    if spec.dilation != [1, 1] || burn_conv {
         return Formulation::Burn;
     }
     let depthwise = spec.groups == c_in && c_out == c_in && per_group == 1;
-    if depthwise && crate::depthwise::has_kernel(device) {
+    if depthwise && crate::extension::has_flex_kernels(device) {
         return Formulation::Depthwise;
     }
     let no_padding = spec.padding == [(0, 0), (0, 0)];

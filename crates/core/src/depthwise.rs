@@ -9,7 +9,7 @@
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,6 +17,10 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use crate::extension::{contiguous_f32, has_flex_kernels, untracked};
+
+const OP: &str = "depthwise";
 
 /// Geometry shared by the forward and both gradients: `[stride_h, stride_w, pad_top,
 /// pad_bottom, pad_left, pad_right]`.
@@ -52,15 +56,6 @@ pub trait DepthwiseOps: Backend {
 fn options(geometry: Geometry, channels: usize) -> ConvOptions<2> {
     let [sh, sw, t, b, l, r] = geometry;
     ConvOptions::new_with_padding([sh, sw], [(t, b), (l, r)], [1, 1], channels)
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "depthwise: f32 tensors only");
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
@@ -103,7 +98,7 @@ impl DepthwiseOps for burn::backend::Flex {
         let [_, c, h, w] = dims4(&x);
         let [_, _, kh, kw] = dims4(&weight);
         let [_, _, ho, wo] = dims4(&grad);
-        let (weight, grad) = (contiguous(weight), contiguous(grad));
+        let (weight, grad) = (contiguous_f32(weight, OP), contiguous_f32(grad, OP));
         let wt = weight.as_slice::<f32>().expect("contiguous");
         let gs = grad.as_slice::<f32>().expect("contiguous");
         use burn::backend::TensorMetadata;
@@ -143,7 +138,7 @@ impl DepthwiseOps for burn::backend::Flex {
         let [n, c, h, w] = dims4(&x);
         let [_, _, kh, kw] = dims4(&weight);
         let [_, _, ho, wo] = dims4(&grad);
-        let (x, grad) = (contiguous(x), contiguous(grad));
+        let (x, grad) = (contiguous_f32(x, OP), contiguous_f32(grad, OP));
         let xs = x.as_slice::<f32>().expect("contiguous");
         let gs = grad.as_slice::<f32>().expect("contiguous");
         use burn::backend::TensorMetadata;
@@ -203,17 +198,6 @@ impl<B: Backend + DepthwiseOps> Backward<B, 2> for DepthwiseBackward {
     }
 }
 
-#[derive(Debug)]
-struct NoGradient;
-
-impl<B: Backend, const N: usize> Backward<B, N> for NoGradient {
-    type State = ();
-
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let _ = grads.consume::<B>(&ops.node);
-    }
-}
-
 impl<B: Backend + DepthwiseOps, C: CheckpointStrategy> DepthwiseOps for Autodiff<B, C> {
     fn depthwise_forward(
         x: FloatTensor<Self>,
@@ -268,35 +252,16 @@ impl<B: Backend + DepthwiseOps, C: CheckpointStrategy> DepthwiseOps for Autodiff
     }
 }
 
-/// `out`, computed from the tensors behind `guards`, recorded as an autodiff op that passes no
-/// gradient back: for the backward ops of backend extensions, whose second derivatives no
-/// training here needs.
-pub fn untracked<B: Backend, C: CheckpointStrategy, const N: usize>(
-    guards: [burn_autodiff::ops::NodeGuard; N],
-    out: B::FloatTensorPrimitive,
-) -> FloatTensor<Autodiff<B, C>> {
-    match NoGradient.prepare::<C>(guards).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish((), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    }
-}
-
-/// Whether [`depthwise_conv2d`] has a kernel for tensors on `device`.
-pub fn has_kernel(device: &Device) -> bool {
-    let flex = Device::flex();
-    *device == flex || *device == flex.clone().autodiff()
-}
-
 /// Depthwise convolution of `x` `[N, C, H, W]` with `weight` `[C, 1, kh, kw]`, `stride` and
 /// `(begin, end)` zero `padding` per axis, giving `[N, C, H_out, W_out]`; `None` where the
-/// device has no kernel ([`has_kernel`]).
+/// device has no kernel ([`has_flex_kernels`]).
 pub fn depthwise_conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
     stride: [usize; 2],
     padding: [(usize, usize); 2],
 ) -> Option<Tensor<4>> {
-    if !has_kernel(&x.device()) {
+    if !has_flex_kernels(&x.device()) {
         return None;
     }
     let geometry = [

@@ -4,6 +4,8 @@
 //!   (`Linear`, `Conv1d`, `Conv2d` including depthwise and grouped) implements, and that each
 //!   wrapper implements again so wrappers stack (`Clustered<Prunable<Conv2d>>`).
 //! - [`conv`]: burn's `conv2d` formulated so that its backward pass is fast on CPU.
+//! - [`extension`]: plumbing shared by the backend-extension ops (devices with our flex
+//!   kernels, `f32` slices, results without a gradient).
 //! - [`depthwise`]: depthwise convolution with a fast backward pass on flex (a backend extension).
 //! - [`state`]: module state that a forward pass may update (masks, step counters, ranges),
 //!   saved with the record, moved across devices and never touched by an optimizer.
@@ -15,6 +17,7 @@ pub mod conv;
 pub mod convbn;
 pub mod depthwise;
 pub mod error;
+pub mod extension;
 pub mod host;
 pub mod layer;
 pub mod state;

@@ -3,13 +3,14 @@
 //! calibrated over representative batches (PTQ).
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use collab_core::host::{to_finite_vec_f32, to_vec_f32};
 use collab_core::{Counter, StateTensor};
 use serde::{Deserialize, Serialize};
 
-use crate::fake::with_straight_through;
+use crate::fake::{host_values, quantize_host_values};
 use crate::{QuantError, QuantParams};
+use collab_core::extension::has_flex_kernels;
 
 /// How calibration (PTQ) turns the observed batches into a range.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,47 +120,14 @@ impl ActQuant {
         if !training && current.is_none() {
             return x;
         }
-        if crate::fused::has_fused_kernel(&x.device()) {
-            // Range from two parallel reductions, then one fused pass each way.
-            let range = if training {
-                let (low, high) = Self::batch_range(&x);
-                self.observe(low, high, current)
-            } else {
-                current
-            };
-            let Some((min, max)) = range else {
-                return x;
-            };
-            return match QuantParams::asymmetric(min, max) {
-                Ok(p) => crate::fused::fake_quant_fused(x.clone(), &p).unwrap_or(x),
-                Err(err) => {
-                    tracing::error!(%err, "activation range unusable; passing the tensor through");
-                    x
-                }
-            };
-        }
-        // One read of the activation serves both the range update and the quantization.
-        let plain = x.clone().without_autodiff();
-        let shape = plain.shape();
-        let device = plain.device();
-        let n = shape.num_elements();
-        let mut values = to_vec_f32(plain.reshape([n]));
+        // On flex: the range from two parallel reductions, then one fused pass each way.
+        // Elsewhere one host read of the activation serves both the range and the quantization.
+        let host = (!has_flex_kernels(&x.device())).then(|| host_values(&x));
         let range = if training {
-            use rayon::prelude::*;
-            // min and max do not depend on the order, so the split is exact.
-            let (low, high) = values
-                .par_chunks(crate::params::PARALLEL_CHUNK)
-                .map(|chunk| {
-                    chunk
-                        .iter()
-                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-                            (lo.min(*v), hi.max(*v))
-                        })
-                })
-                .reduce(
-                    || (f32::INFINITY, f32::NEG_INFINITY),
-                    |(a, b), (c, d)| (a.min(c), b.max(d)),
-                );
+            let (low, high) = match &host {
+                Some(values) => host_range(values),
+                None => Self::batch_range(&x),
+            };
             self.observe(low, high, current)
         } else {
             current
@@ -167,17 +135,16 @@ impl ActQuant {
         let Some((min, max)) = range else {
             return x;
         };
-        match QuantParams::asymmetric(min, max) {
-            Ok(p) => {
-                p.fake_quant_slice(&mut values, 0);
-                let value =
-                    Tensor::<1>::from_data(TensorData::new(values, [n]), &device).reshape(shape);
-                with_straight_through(x, value, &p)
-            }
+        let p = match QuantParams::asymmetric(min, max) {
+            Ok(p) => p,
             Err(err) => {
                 tracing::error!(%err, "activation range unusable; passing the tensor through");
-                x
+                return x;
             }
+        };
+        match host {
+            Some(values) => quantize_host_values(x, values, &p),
+            None => crate::fused::fake_quant_fused(x.clone(), &p).unwrap_or(x),
         }
     }
 
@@ -269,6 +236,20 @@ impl ActQuant {
         }
         self.observed.increment();
     }
+}
+
+/// The smallest and largest of `values` (rayon; min and max do not depend on the order, so the
+/// split is exact).
+fn host_range(values: &[f32]) -> (f32, f32) {
+    use rayon::prelude::*;
+    let fold = |(lo, hi): (f32, f32), v: &f32| (lo.min(*v), hi.max(*v));
+    values
+        .par_chunks(crate::params::PARALLEL_CHUNK)
+        .map(|chunk| chunk.iter().fold((f32::INFINITY, f32::NEG_INFINITY), fold))
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |(a, b), (c, d)| (a.min(c), b.max(d)),
+        )
 }
 
 #[cfg(test)]

@@ -53,12 +53,28 @@ pub fn fake_quant_per_tensor<const D: usize>(x: Tensor<D>, params: &QuantParams)
     if let Some(y) = crate::fused::fake_quant_fused(x.clone(), params) {
         return y;
     }
-    let plain = x.clone().without_autodiff();
-    let shape = plain.shape();
-    let device = plain.device();
-    let n = shape.num_elements();
-    let mut values = collab_core::host::to_vec_f32(plain.reshape([n]));
+    let values = host_values(&x);
+    quantize_host_values(x, values, params)
+}
+
+/// `x` flattened to the host (row-major `f32`).
+pub(crate) fn host_values<const D: usize>(x: &Tensor<D>) -> Vec<f32> {
+    let n = x.shape().num_elements();
+    collab_core::host::to_vec_f32(x.clone().without_autodiff().reshape([n]))
+}
+
+/// The composed per-tensor fake quantization of `x`, given its host copy `values`: the value
+/// computed on the host ([`QuantParams::fake_quant_slice`]), the clipped straight-through
+/// gradient through the autodiff graph.
+pub(crate) fn quantize_host_values<const D: usize>(
+    x: Tensor<D>,
+    mut values: Vec<f32>,
+    params: &QuantParams,
+) -> Tensor<D> {
     params.fake_quant_slice(&mut values, 0);
+    let shape = x.shape();
+    let n = values.len();
+    let device = x.clone().without_autodiff().device();
     let value = Tensor::<1>::from_data(TensorData::new(values, [n]), &device).reshape(shape);
     with_straight_through(x, value, params)
 }

@@ -12,7 +12,7 @@
 //! other devices and the caller composes burn ops instead.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,8 +21,12 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked};
+
 use crate::QuantParams;
 use crate::params::{PARALLEL_CHUNK, fake_quant_one};
+
+const OP: &str = "fake_quant_ste";
 
 /// Fake quantization as a backend operation (see the module documentation).
 #[backend_extension(Flex, Autodiff)]
@@ -45,19 +49,6 @@ pub trait FakeQuantOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-fn contiguous_f32(t: FlexTensor) -> FlexTensor {
-    let t = if t.dtype() == DType::F32 {
-        t
-    } else {
-        panic!("fake_quant_ste: f32 tensors only, got {:?}", t.dtype())
-    };
-    if t.is_contiguous() && t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
 impl FakeQuantOps for burn::backend::Flex {
     fn fake_quant_ste(
         x: FlexTensor,
@@ -67,7 +58,7 @@ impl FakeQuantOps for burn::backend::Flex {
         qmax: i32,
     ) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let x = contiguous_f32(x);
+        let x = contiguous_f32(x, OP);
         let mut out = FlexTensor::empty(x.shape(), DType::F32);
         let src = x.as_slice::<f32>().expect("contiguous f32");
         let dst = out.storage_mut::<f32>();
@@ -83,8 +74,8 @@ impl FakeQuantOps for burn::backend::Flex {
 
     fn fake_quant_ste_backward(x: FlexTensor, grad: FlexTensor, low: f32, high: f32) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let x = contiguous_f32(x);
-        let grad = contiguous_f32(grad);
+        let x = contiguous_f32(x, OP);
+        let grad = contiguous_f32(grad, OP);
         let mut out = FlexTensor::empty(x.shape(), DType::F32);
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
@@ -155,24 +146,18 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
         // that passes nothing back.
         let guards = [x.node(), grad.node()];
         let out = B::fake_quant_ste_backward(x.into_primitive(), grad.into_primitive(), low, high);
-        collab_core::depthwise::untracked::<B, C, 2>(guards, out)
+        untracked::<B, C, 2>(guards, out)
     }
 }
 
-/// Whether [`fake_quant_fused`] has a kernel for tensors on `device`.
-pub fn has_fused_kernel(device: &Device) -> bool {
-    let flex = Device::flex();
-    *device == flex || *device == flex.clone().autodiff()
-}
-
 /// `x` fake-quantized with the per-tensor `params`, with the clipped straight-through gradient,
-/// in one fused op; `None` where the device has no kernel (see [`has_fused_kernel`]) or the
+/// in one fused op; `None` where the device has no kernel (see [`collab_core::extension::has_flex_kernels`]) or the
 /// parameters are per channel.
 ///
 /// # Shapes
 /// Any; the output has the input's shape.
 pub fn fake_quant_fused<const D: usize>(x: Tensor<D>, params: &QuantParams) -> Option<Tensor<D>> {
-    if params.scale.len() != 1 || !has_fused_kernel(&x.device()) {
+    if params.scale.len() != 1 || !has_flex_kernels(&x.device()) {
         return None;
     }
     Some(Tensor::from_dispatch(
@@ -189,19 +174,13 @@ pub fn fake_quant_fused<const D: usize>(x: Tensor<D>, params: &QuantParams) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::{Device, Distribution, TensorData};
     use proptest::prelude::*;
 
     fn composed<const D: usize>(x: Tensor<D>, p: &QuantParams) -> Tensor<D> {
         // The burn-op formulation the fused op replaces: host values, clamp STE.
-        let plain = x.clone().without_autodiff();
-        let shape = plain.shape();
-        let n = shape.num_elements();
-        let mut values = collab_core::host::to_vec_f32(plain.reshape([n]));
-        p.fake_quant_slice(&mut values, 0);
-        let value =
-            Tensor::<1>::from_data(TensorData::new(values, [n]), &x.device()).reshape(shape);
-        crate::fake::with_straight_through(x, value, p)
+        let values = crate::fake::host_values(&x);
+        crate::fake::quantize_host_values(x, values, p)
     }
 
     /// Fused and composed: the same bits forward, the same gradient backward.

@@ -35,7 +35,7 @@ pub mod qat;
 pub use act::{ActQuant, ActQuantConfig, Calibration};
 pub use error::QuantError;
 pub use fake::{fake_quant, fake_quant_per_tensor, round_half_away};
-pub use fused::{fake_quant_fused, has_fused_kernel};
+pub use fused::fake_quant_fused;
 pub use params::QuantParams;
 pub use ptq::{begin_calibration, calibrate, end_calibration};
 pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, WeightFakeQuant};

@@ -1,0 +1,57 @@
+//! Plumbing shared by burn-collab's backend-extension ops ([`crate::depthwise`] and
+//! `collab_quant::fused`): which devices have our kernels, `f32` slices of flex tensors, and
+//! results recorded without a gradient.
+
+use burn::backend::{Backend, tensor::FloatTensor};
+use burn::tensor::{DType, Device};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
+use burn_flex::FlexTensor;
+
+/// Whether tensors on `device` reach our flex kernels: `flex`, with or without autodiff. On any
+/// other device the ops' Tensor-level functions return `None` and callers compose burn ops.
+pub fn has_flex_kernels(device: &Device) -> bool {
+    let flex = Device::flex();
+    *device == flex || *device == flex.autodiff()
+}
+
+/// `t` with a contiguous `f32` storage (copied only when it is a strided view), so that
+/// `as_slice::<f32>()` succeeds.
+///
+/// # Panics
+/// On another dtype: `op` names the operation in the message.
+pub fn contiguous_f32(t: FlexTensor, op: &str) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "{op}: f32 tensors only");
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+#[derive(Debug)]
+struct NoGradient;
+
+impl<B: Backend, const N: usize> Backward<B, N> for NoGradient {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _ = grads.consume::<B>(&ops.node);
+    }
+}
+
+/// `out`, computed from the tensors behind `guards`, recorded as an autodiff op that passes no
+/// gradient back: for the backward ops of backend extensions, whose second derivatives no
+/// training here needs.
+pub fn untracked<B: Backend, C: CheckpointStrategy, const N: usize>(
+    guards: [NodeGuard; N],
+    out: B::FloatTensorPrimitive,
+) -> FloatTensor<Autodiff<B, C>> {
+    match NoGradient.prepare::<C>(guards).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
