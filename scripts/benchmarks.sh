@@ -69,6 +69,15 @@ for w in prune qat; do row mobilenet-v1-cifar 64 "$w" folded "$base" > /dev/null
         awk '/^[A-Za-z]/ && !/^(Benchmarking|Found|Warning|Gnuplot)/ { name = $0 }
              /time:/ && !/%/ { gsub(/.*time: +/, ""); printf "%-70s %s\n", name, $0 }'
     echo '```'
+    gpu=docs/results/gpu_h200
+    if [ -f "$gpu/bench.jsonl" ]; then
+        echo
+        echo "## GPU (recorded, not rerun: \`$gpu/\`)"
+        echo
+        cat "$gpu/summary.md"
+        echo
+        python3 scripts/gpu_table.py "$gpu/bench.jsonl"
+    fi
 } >> "$TMP"
 mv "$TMP" "$OUT"
 echo "wrote $OUT"
