@@ -349,4 +349,8 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Clustered<L> {
             },
         )
     }
+
+    fn applies_activation(&self, activation: collab_core::Activation) -> bool {
+        self.inner.applies_activation(activation)
+    }
 }

@@ -253,6 +253,28 @@ pub trait WeightLayer: Module + ModuleDisplay {
     fn bias(&self) -> Option<Tensor<1>>;
 }
 
+/// An activation a model applies after a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
+
+impl Activation {
+    /// Apply the activation.
+    ///
+    /// # Shapes
+    /// Any; the output has the input's shape.
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Relu => burn::tensor::activation::relu(x),
+            Self::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+}
+
 /// A [`WeightLayer`] whose forward maps a rank-`D` input to a rank-`D` output.
 ///
 /// `Linear` implements it for every `D`, `Conv1d` for 3, `Conv2d` for 4.
@@ -273,6 +295,30 @@ pub trait LayerForward<const D: usize>: WeightLayer {
     /// precedence and does the same).
     fn forward(&self, input: Tensor<D>) -> Tensor<D> {
         self.forward_transformed(input, &NoTransform)
+    }
+
+    /// Whether the stack's output has already been through `activation`: a QAT layer with the
+    /// activation fused into its output quantizer, as TFLite fuses it. Weight-only wrappers
+    /// answer for the layer they wrap; layers and [`crate::ConvBn`] answer `false`.
+    fn applies_activation(&self, activation: Activation) -> bool {
+        let _ = activation;
+        false
+    }
+
+    /// `activation(forward(input))`, where the model's activation after this layer is
+    /// skipped when the stack has applied it (see [`Self::applies_activation`]): the output
+    /// quantizer's values are already in the activation's range, and the int8 op has one
+    /// fused activation, not two.
+    ///
+    /// # Shapes
+    /// As [`Self::forward`].
+    fn forward_activated(&self, input: Tensor<D>, activation: Activation) -> Tensor<D> {
+        let y = self.forward(input);
+        if self.applies_activation(activation) {
+            y
+        } else {
+            activation.apply(y)
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub mod state;
 pub use convbn::{BnMode, ConvBn};
 pub use error::CoreError;
 pub use layer::{
-    Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,
+    Activation, Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,
     WeightLayout, WeightTransform,
 };
 pub use state::{Counter, StateTensor};

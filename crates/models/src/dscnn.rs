@@ -2,9 +2,8 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use collab_core::LayerForward;
+use collab_core::{Activation, LayerForward};
 use serde::{Deserialize, Serialize};
 
 use crate::info::{Counter, ModelInfo};
@@ -129,10 +128,10 @@ pub struct DsCnn<C, L> {
 impl<C: LayerForward<4>, L: LayerForward<2>> DsCnn<C, L> {
     /// MFCCs `[batch, 1, 49, 10]` (time × coefficient) → logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.conv1.forward(x));
+        let mut x = self.conv1.forward_activated(x, Activation::Relu);
         for block in &self.blocks {
-            x = relu(block.dw.forward(x));
-            x = relu(block.pw.forward(x));
+            x = block.dw.forward_activated(x, Activation::Relu);
+            x = block.pw.forward_activated(x, Activation::Relu);
         }
         let x: Tensor<2> = x.mean_dim(3).mean_dim(2).flatten(1, 3);
         self.fc.forward(x)

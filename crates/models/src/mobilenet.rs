@@ -6,7 +6,7 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
-use collab_core::LayerForward;
+use collab_core::{Activation, LayerForward};
 use serde::{Deserialize, Serialize};
 
 use crate::dscnn::DsBlock;
@@ -55,10 +55,6 @@ fn check(width: f64, classes: usize) -> Result<(), ModelError> {
         });
     }
     Ok(())
-}
-
-fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.clamp(0.0, 6.0)
 }
 
 fn pool<const D: usize>(x: Tensor<D>) -> Tensor<2> {
@@ -179,10 +175,10 @@ pub struct MobileNetV1<C, L> {
 impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV1<C, L> {
     /// Images `[batch, 3, h, w]` → logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu6(self.stem.forward(x));
+        let mut x = self.stem.forward_activated(x, Activation::Relu6);
         for b in &self.blocks {
-            x = relu6(b.dw.forward(x));
-            x = relu6(b.pw.forward(x));
+            x = b.dw.forward_activated(x, Activation::Relu6);
+            x = b.pw.forward_activated(x, Activation::Relu6);
         }
         self.fc.forward(pool(x))
     }
@@ -408,18 +404,18 @@ impl<C> InvertedResidual<C> {
 impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV2<C, L> {
     /// Images `[batch, 3, h, w]` → logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu6(self.stem.forward(x));
+        let mut x = self.stem.forward_activated(x, Activation::Relu6);
         for b in &self.blocks {
             let input = x.clone();
             let mut y = match &b.expand {
-                Some(e) => relu6(e.forward(x)),
+                Some(e) => e.forward_activated(x, Activation::Relu6),
                 None => x,
             };
-            y = relu6(b.dw.forward(y));
+            y = b.dw.forward_activated(y, Activation::Relu6);
             y = b.project.forward(y);
             x = if b.residual { y + input } else { y };
         }
-        let x = relu6(self.head.forward(x));
+        let x = self.head.forward_activated(x, Activation::Relu6);
         self.fc.forward(pool(x))
     }
 }

@@ -3,6 +3,7 @@
 //! calibrated over representative batches (PTQ).
 
 use burn::module::{Module, Param};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use collab_core::host::{to_finite_vec_f32, to_vec_f32};
 use collab_core::{Counter, StateTensor};
@@ -145,6 +146,40 @@ impl ActQuant {
         match host {
             Some(values) => quantize_host_values(x, values, &p),
             None => crate::fused::fake_quant_fused(x.clone(), &p).unwrap_or(x),
+        }
+    }
+
+    /// `relu(x)` fake-quantized: the same values, gradients and range updates as
+    /// `self.forward(relu(x))`. On flex, outside calibration, the ReLU happens inside the fused
+    /// quantization pass (one pass each way instead of two, no ReLU-sized buffers): the range
+    /// of `relu(x)` is `[max(min x, 0), max(max x, 0)]`, computed from `x` directly.
+    ///
+    /// # Shapes
+    /// Any; the output has the input's shape.
+    pub fn forward_relu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.calibrating.is_enabled() || !has_flex_kernels(&x.device()) {
+            return self.forward(relu(x));
+        }
+        let training = self.training.is_enabled() && x.device().is_autodiff();
+        let current = self.range();
+        let range = if training {
+            let (low, high) = Self::batch_range(&x);
+            // relu's minimum and maximum: +0.0 where they are 0 (never -0.0); a NaN stays NaN
+            // so that `observe` leaves the batch out, as it would the NaN of relu(NaN).
+            let positive = |v: f32| if v.is_nan() || v > 0.0 { v } else { 0.0 };
+            self.observe(positive(low), positive(high), current)
+        } else {
+            current
+        };
+        let Some((min, max)) = range else {
+            return relu(x);
+        };
+        match QuantParams::asymmetric(min, max) {
+            Ok(p) => crate::fused::fake_quant_relu_fused(x.clone(), &p).unwrap_or_else(|| relu(x)),
+            Err(err) => {
+                tracing::error!(%err, "activation range unusable; passing the tensor through");
+                relu(x)
+            }
         }
     }
 
@@ -292,6 +327,61 @@ mod tests {
             .map(|x| p.fake_quant(*x, 0))
             .collect();
         assert_eq!(collab_core::host::to_vec_f32(y), want);
+    }
+
+    /// `forward_relu(x)` is `forward(relu(x))`: values, gradients and ranges, in training
+    /// (ranges moving), in evaluation and before any range exists.
+    #[test]
+    fn forward_relu_is_forward_of_relu() {
+        use burn::tensor::Distribution;
+        let device = Device::flex().autodiff();
+        let fused = ActQuant::new(
+            ActQuantConfig {
+                decay: 0.5,
+                ..Default::default()
+            },
+            &device,
+        )
+        .unwrap();
+        let composed = fused.clone();
+        let check = |a: &ActQuant, b: &ActQuant, shift: f64| {
+            let x = Tensor::<2>::random([37, 53], Distribution::Normal(shift, 2.0), &device)
+                .require_grad();
+            let g = Tensor::<2>::random([37, 53], Distribution::Normal(0.0, 1.0), &device);
+            let ya = a.forward_relu(x.clone());
+            let yb = b.forward(relu(x.clone()));
+            assert_eq!(
+                collab_core::host::to_vec_f32(ya.clone()),
+                collab_core::host::to_vec_f32(yb.clone())
+            );
+            let ga = x.grad(&(ya * g.clone()).sum().backward()).unwrap();
+            let gb = x.grad(&(yb * g).sum().backward()).unwrap();
+            assert_eq!(
+                collab_core::host::to_vec_f32(ga),
+                collab_core::host::to_vec_f32(gb)
+            );
+            assert_eq!(a.range(), b.range());
+        };
+        // All-positive batches too: the range's minimum is then above 0.
+        for shift in [0.0, -1.0, 1.5, 8.0, 0.3] {
+            check(&fused, &composed, shift);
+        }
+        assert!(fused.range().is_some());
+        let (a, b) = (fused.valid(), composed.valid());
+        let x = Tensor::<2>::random([5, 40], Distribution::Normal(0.0, 3.0), &Device::flex());
+        assert_eq!(
+            collab_core::host::to_vec_f32(a.forward_relu(x.clone())),
+            collab_core::host::to_vec_f32(b.forward(relu(x)))
+        );
+        // No range yet: the ReLU alone.
+        let fresh = ActQuant::new(ActQuantConfig::default(), &device)
+            .unwrap()
+            .valid();
+        let x = Tensor::<2>::random([3, 9], Distribution::Normal(0.0, 1.0), &Device::flex());
+        assert_eq!(
+            collab_core::host::to_vec_f32(fresh.forward_relu(x.clone())),
+            collab_core::host::to_vec_f32(relu(x))
+        );
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! rayon. Values are bit-identical to [`QuantParams::fake_quant_slice`], gradients to burn's
 //! `clamp` (the gradient passes where `x` is neither below `low` nor above `high`, NaN included).
 //!
+//! With `relu`, the op fake-quantizes `relu(x)` in the same pass (a quantizer whose layer has a
+//! fused ReLU, as TFLite fuses it): values bit-identical to quantizing burn's `relu`, gradients to
+//! `relu`'s backward (the gradient passes where `x > 0` or `x` is NaN) times the clamp's. That
+//! saves the ReLU's own pass each way and its activation-sized buffers.
+//!
 //! Only `flex` (with or without autodiff) has the kernel; [`fake_quant_fused`] returns `None` on
 //! other devices and the caller composes burn ops instead.
 
@@ -31,21 +36,25 @@ const OP: &str = "fake_quant_ste";
 /// Fake quantization as a backend operation (see the module documentation).
 #[backend_extension(Flex, Autodiff)]
 pub trait FakeQuantOps: Backend {
-    /// `x` quantized to `[qmin, qmax]` with `scale` and `zero_point` and dequantized; same shape.
+    /// `x` (`relu(x)` with `relu`) quantized to `[qmin, qmax]` with `scale` and `zero_point`
+    /// and dequantized; same shape.
     fn fake_quant_ste(
         x: FloatTensor<Self>,
         scale: f32,
         zero_point: i32,
         qmin: i32,
         qmax: i32,
+        relu: bool,
     ) -> FloatTensor<Self>;
 
-    /// `grad` where `low ≤ x ≤ high` (or `x` is NaN), 0 elsewhere; the shape of `x`.
+    /// `grad` where `low ≤ x ≤ high` (or `x` is NaN), 0 elsewhere; with `relu` also 0 where
+    /// `x ≤ 0`. The shape of `x`.
     fn fake_quant_ste_backward(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         low: f32,
         high: f32,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -56,6 +65,7 @@ impl FakeQuantOps for burn::backend::Flex {
         zero_point: i32,
         qmin: i32,
         qmax: i32,
+        relu: bool,
     ) -> FlexTensor {
         use burn::backend::TensorMetadata;
         let x = contiguous_f32(x, OP);
@@ -66,13 +76,25 @@ impl FakeQuantOps for burn::backend::Flex {
             .zip(src.par_chunks(PARALLEL_CHUNK))
             .for_each(|(d, s)| {
                 for (d, s) in d.iter_mut().zip(s) {
-                    *d = fake_quant_one(*s, scale, zero_point, qmin, qmax);
+                    // burn's relu on flex: NaN propagates, everything not above 0 becomes 0.
+                    let s = if relu && !(s.is_nan() || *s > 0.0) {
+                        0.0
+                    } else {
+                        *s
+                    };
+                    *d = fake_quant_one(s, scale, zero_point, qmin, qmax);
                 }
             });
         out
     }
 
-    fn fake_quant_ste_backward(x: FlexTensor, grad: FlexTensor, low: f32, high: f32) -> FlexTensor {
+    fn fake_quant_ste_backward(
+        x: FlexTensor,
+        grad: FlexTensor,
+        low: f32,
+        high: f32,
+        relu: bool,
+    ) -> FlexTensor {
         use burn::backend::TensorMetadata;
         let x = contiguous_f32(x, OP);
         let grad = contiguous_f32(grad, OP);
@@ -87,8 +109,14 @@ impl FakeQuantOps for burn::backend::Flex {
             )
             .for_each(|(d, (x, g))| {
                 for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
-                    // Where burn's clamp masks: strictly below low or above high.
-                    *d = if *x < low || *x > high { 0.0 } else { *g };
+                    // Where burn's clamp masks: strictly below low or above high; where its
+                    // relu_backward masks: not above 0 and not NaN (relu(x) = x there).
+                    let relu_masks = relu && !(x.is_nan() || *x > 0.0);
+                    *d = if *x < low || *x > high || relu_masks {
+                        0.0
+                    } else {
+                        *g
+                    };
                 }
             });
         out
@@ -99,12 +127,12 @@ impl FakeQuantOps for burn::backend::Flex {
 struct FakeQuantBackward;
 
 impl<B: Backend + FakeQuantOps> Backward<B, 1> for FakeQuantBackward {
-    type State = (B::FloatTensorPrimitive, f32, f32);
+    type State = (B::FloatTensorPrimitive, f32, f32, bool);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, low, high) = ops.state;
+        let (x, low, high, relu) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::fake_quant_ste_backward(x, grad, low, high)
+            B::fake_quant_ste_backward(x, grad, low, high, relu)
         });
     }
 }
@@ -116,6 +144,7 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
         zero_point: i32,
         qmin: i32,
         qmax: i32,
+        relu: bool,
     ) -> FloatTensor<Self> {
         let low = (qmin - zero_point) as f32 * scale;
         let high = (qmax - zero_point) as f32 * scale;
@@ -127,11 +156,11 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::fake_quant_ste(x.clone(), scale, zero_point, qmin, qmax);
-                prep.finish((x, low, high), out)
+                let out = B::fake_quant_ste(x.clone(), scale, zero_point, qmin, qmax, relu);
+                prep.finish((x, low, high, relu), out)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(B::fake_quant_ste(x, scale, zero_point, qmin, qmax))
+                prep.finish(B::fake_quant_ste(x, scale, zero_point, qmin, qmax, relu))
             }
         }
     }
@@ -141,11 +170,13 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
         grad: FloatTensor<Self>,
         low: f32,
         high: f32,
+        relu: bool,
     ) -> FloatTensor<Self> {
         // A gradient of a gradient is not needed for QAT: computed, and recorded as an op
         // that passes nothing back.
         let guards = [x.node(), grad.node()];
-        let out = B::fake_quant_ste_backward(x.into_primitive(), grad.into_primitive(), low, high);
+        let out =
+            B::fake_quant_ste_backward(x.into_primitive(), grad.into_primitive(), low, high, relu);
         untracked::<B, C, 2>(guards, out)
     }
 }
@@ -157,6 +188,23 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
 /// # Shapes
 /// Any; the output has the input's shape.
 pub fn fake_quant_fused<const D: usize>(x: Tensor<D>, params: &QuantParams) -> Option<Tensor<D>> {
+    fused(x, params, false)
+}
+
+/// `relu(x)` fake-quantized as [`fake_quant_fused`] does, in the same single pass each way:
+/// the same values and gradients as `fake_quant_fused(relu(x), params)`; `None` where that
+/// returns `None`.
+///
+/// # Shapes
+/// Any; the output has the input's shape.
+pub fn fake_quant_relu_fused<const D: usize>(
+    x: Tensor<D>,
+    params: &QuantParams,
+) -> Option<Tensor<D>> {
+    fused(x, params, true)
+}
+
+fn fused<const D: usize>(x: Tensor<D>, params: &QuantParams, relu: bool) -> Option<Tensor<D>> {
     if params.scale.len() != 1 || !has_flex_kernels(&x.device()) {
         return None;
     }
@@ -167,6 +215,7 @@ pub fn fake_quant_fused<const D: usize>(x: Tensor<D>, params: &QuantParams) -> O
             params.zero_point[0],
             params.qmin,
             params.qmax,
+            relu,
         ),
     ))
 }
@@ -183,19 +232,31 @@ mod tests {
         crate::fake::quantize_host_values(x, values, p)
     }
 
-    /// Fused and composed: the same bits forward, the same gradient backward.
+    /// Fused and composed: the same bits forward, the same gradient backward; likewise the
+    /// ReLU-fused op against burn's `relu` followed by the composed op.
     fn check(values: Vec<f32>, min: f32, max: f32) {
         let device = Device::flex().autodiff();
         let p = QuantParams::asymmetric(min, max).unwrap();
         let n = values.len();
         let x = Tensor::<1>::from_data(TensorData::new(values, [n]), &device).require_grad();
         let g = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
-        let a = fake_quant_fused(x.clone(), &p).expect("flex has the kernel");
-        let b = composed(x.clone(), &p);
-        assert_eq!(a.clone().into_data(), b.clone().into_data());
-        let ga = x.grad(&(a * g.clone()).sum().backward()).unwrap();
-        let gb = x.grad(&(b * g).sum().backward()).unwrap();
-        assert_eq!(ga.into_data(), gb.into_data());
+        let same = |a: Tensor<1>, b: Tensor<1>| {
+            assert_eq!(
+                collab_core::host::to_vec_f32(a.clone()),
+                collab_core::host::to_vec_f32(b.clone())
+            );
+            let ga = x.grad(&(a * g.clone()).sum().backward()).unwrap();
+            let gb = x.grad(&(b * g.clone()).sum().backward()).unwrap();
+            assert_eq!(ga.into_data(), gb.into_data());
+        };
+        same(
+            fake_quant_fused(x.clone(), &p).expect("flex has the kernel"),
+            composed(x.clone(), &p),
+        );
+        same(
+            fake_quant_relu_fused(x.clone(), &p).expect("flex has the kernel"),
+            composed(burn::tensor::activation::relu(x.clone()), &p),
+        );
     }
 
     #[test]
@@ -225,6 +286,8 @@ mod tests {
             -1.0,
             3.0,
         );
+        // A ReLU output's range starts at 0: negative inputs land exactly on the zero point.
+        check(vec![-1.0, -0.0, 0.0, 1e-9, 0.5, 2.0, 9.0], 0.0, 2.0);
     }
 
     #[test]
@@ -247,7 +310,9 @@ mod tests {
             values in proptest::collection::vec(-50.0f32..50.0, 1..3000),
             min in -20.0f32..0.0,
             width in 0.01f32..40.0,
+            relu_range in proptest::bool::ANY,
         ) {
+            let min = if relu_range { 0.0 } else { min };
             check(values, min, min + width);
         }
     }

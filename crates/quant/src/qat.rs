@@ -292,6 +292,18 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
                 then: transform,
             },
         );
-        self.output.forward(self.activation.apply(y))
+        match self.activation {
+            // One fused pass (on flex) instead of relu's and the quantizer's.
+            FusedActivation::Relu => self.output.forward_relu(y),
+            other => self.output.forward(other.apply(y)),
+        }
+    }
+
+    fn applies_activation(&self, activation: collab_core::Activation) -> bool {
+        use collab_core::Activation;
+        matches!(
+            (self.activation, activation),
+            (FusedActivation::Relu, Activation::Relu) | (FusedActivation::Relu6, Activation::Relu6)
+        )
     }
 }

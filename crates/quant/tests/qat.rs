@@ -155,6 +155,61 @@ fn train_conv<L: LayerForward<4>>(
     layer
 }
 
+/// A model applies its activation after a layer unless the layer's QAT output quantizer has
+/// it fused (the values are then already activated); the result is the same either way.
+#[test]
+fn forward_activated_skips_only_an_activation_the_stack_applied() {
+    use burn::tensor::activation::relu;
+    use collab_core::Activation;
+    let device = device();
+    let conv = Conv2dConfig::new([3, 5], [3, 3])
+        .with_padding(PaddingConfig2d::Same)
+        .init(&device);
+    let x = Tensor::<4>::random([2, 3, 6, 6], Distribution::Normal(0.0, 2.0), &device);
+    assert!(!conv.applies_activation(Activation::Relu));
+    assert_eq!(
+        to_vec_f32(conv.forward_activated(x.clone(), Activation::Relu)),
+        // The trait's forward (burn-collab's convolution), not burn's inherent `Conv2d::forward`.
+        to_vec_f32(relu(LayerForward::forward(&conv, x.clone())))
+    );
+    // PQAT's stack: the pruning wrapper inside answers for nothing, the QAT layer for its ReLU.
+    let pruned = PruningConfig::new(PruningSchedule::constant(0.5))
+        .wrap(conv.clone())
+        .unwrap();
+    assert!(!pruned.applies_activation(Activation::Relu));
+    let q = QatConfig::new()
+        .with_activation(FusedActivation::Relu)
+        .wrap(pruned)
+        .unwrap();
+    assert!(q.applies_activation(Activation::Relu));
+    assert!(!q.applies_activation(Activation::Relu6));
+    let relu6 = QatConfig::new()
+        .with_activation(FusedActivation::Relu6)
+        .wrap(conv)
+        .unwrap();
+    assert!(relu6.applies_activation(Activation::Relu6));
+    assert!(!relu6.applies_activation(Activation::Relu));
+    // Training (the range moves with each batch: compare twins) and evaluation.
+    for shift in [0.0, 1.0, -0.5] {
+        let twin = q.clone();
+        let x = Tensor::<4>::random([2, 3, 6, 6], Distribution::Normal(shift, 2.0), &device);
+        assert_eq!(
+            to_vec_f32(q.forward_activated(x.clone(), Activation::Relu)),
+            to_vec_f32(relu(twin.forward(x)))
+        );
+    }
+    let eval = q.valid();
+    let x = Tensor::<4>::random(
+        [2, 3, 6, 6],
+        Distribution::Normal(0.0, 2.0),
+        &Device::flex(),
+    );
+    assert_eq!(
+        to_vec_f32(eval.forward_activated(x.clone(), Activation::Relu)),
+        to_vec_f32(relu(eval.forward(x)))
+    );
+}
+
 #[test]
 fn pqat_keeps_zeros_through_fake_quant() {
     let device = device();

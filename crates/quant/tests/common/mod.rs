@@ -6,9 +6,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use collab_core::LayerForward;
+use collab_core::{Activation, LayerForward};
 use collab_data::{ImageSet, SyntheticImages};
 
 /// conv 3×3/2 → depthwise 3×3 → pointwise 1×1 → mean → linear; ReLU after each conv.
@@ -52,11 +51,11 @@ impl<C, L> Net<C, L> {
 }
 
 impl<C: LayerForward<4>, L: LayerForward<2>> Net<C, L> {
-    /// ReLU is applied here; a QAT layer with a fused ReLU has already applied it (idempotent).
+    /// ReLU after each conv, unless a QAT layer has it fused (as the models do).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = relu(self.conv.forward(x));
-        let x = relu(self.dw.forward(x));
-        let x = relu(self.pw.forward(x));
+        let x = self.conv.forward_activated(x, Activation::Relu);
+        let x = self.dw.forward_activated(x, Activation::Relu);
+        let x = self.pw.forward_activated(x, Activation::Relu);
         let x: Tensor<2> = x.mean_dim(3).mean_dim(2).flatten(1, 3);
         self.fc.forward(x)
     }
