@@ -100,6 +100,22 @@ impl WeightTransform for ClusterTransform {
     fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
         let shape = weight.shape();
         let view = self.view.flatten_rows(weight);
+        // One fused op on flex; the same maths from burn ops elsewhere.
+        let clustered = crate::fused::cluster_fused(
+            view.clone(),
+            self.centroids.clone(),
+            self.zero_mask.clone(),
+            self.pinned.is_some(),
+        )
+        .unwrap_or_else(|| self.composed(view));
+        self.view.unflatten_rows(clustered, shape)
+    }
+}
+
+impl ClusterTransform {
+    /// The transform of a `[rows, cols]` view from burn ops (every device; the reference the
+    /// fused op is tested against).
+    pub(crate) fn composed(&self, view: Tensor<2>) -> Tensor<2> {
         let centroids = self.centroids_effective();
         let index = self.indices(view.clone(), centroids.clone());
         let [rows, cols] = view.dims();
@@ -115,7 +131,7 @@ impl WeightTransform for ClusterTransform {
         if let Some(zeros) = &self.zero_mask {
             clustered = clustered.mask_fill(zeros.clone(), 0.0);
         }
-        self.view.unflatten_rows(clustered, shape)
+        clustered
     }
 }
 
@@ -352,5 +368,107 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Clustered<L> {
 
     fn applies_activation(&self, activation: collab_core::Activation) -> bool {
         self.inner.applies_activation(activation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClusteringConfig;
+    use burn::nn::LinearConfig;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution};
+
+    /// The fused transform against the composed one: the same values and weight gradient bit
+    /// for bit, the same centroid gradient within rounding (another summation order).
+    fn check<L: WeightLayer>(layer: L, config: &ClusteringConfig) {
+        let device = Device::flex().autodiff();
+        let k = config.num_clusters;
+        let clustered = Clustered::new(layer, config, k, "layer").unwrap();
+        let t = clustered.transform();
+        let weight = clustered.inner.effective_weight();
+        let n = weight.shape().num_elements();
+        let leaf = || {
+            (
+                Tensor::<1>::from_data(weight.clone().into_data(), &device).require_grad(),
+                Tensor::<2>::from_data(t.centroids.clone().into_data(), &device).require_grad(),
+            )
+        };
+        let g = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let (w, c) = leaf();
+            let t = ClusterTransform {
+                centroids: c.clone(),
+                ..t.clone()
+            };
+            let y = if fused {
+                t.apply(w.clone())
+            } else {
+                let shape = w.shape();
+                t.view
+                    .unflatten_rows(t.composed(t.view.flatten_rows(w.clone())), shape)
+            };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            (
+                to_vec_f32(y),
+                to_vec_f32(w.grad(&grads).unwrap()),
+                to_vec_f32(c.grad(&grads).unwrap()),
+            )
+        };
+        let (fused, composed) = (run(true), run(false));
+        assert_eq!(fused.0, composed.0, "values");
+        assert_eq!(fused.1, composed.1, "weight gradient");
+        let scale = composed.2.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (a, b) in fused.2.iter().zip(&composed.2) {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale,
+                "centroid gradient {a} vs {b}"
+            );
+        }
+    }
+
+    /// Half the weights set to 0, as pruning leaves them.
+    fn sparse(weight: Tensor<1>) -> Tensor<1> {
+        let n = weight.shape().num_elements();
+        let mask: Vec<f32> = (0..n).map(|i| ((i * 7) % 2) as f32).collect();
+        weight.clone() * Tensor::from_data(TensorData::new(mask, [n]), &weight.device())
+    }
+
+    #[test]
+    fn fused_transform_matches_the_composed_ops() {
+        let device = Device::flex().autodiff();
+        let conv = || Conv2dConfig::new([6, 10], [3, 3]).init(&device);
+        let depthwise = || {
+            Conv2dConfig::new([12, 12], [3, 3])
+                .with_groups(12)
+                .init(&device)
+        };
+        // Per tensor, per channel, and a Linear (transposed view) with more weights per row
+        // than one kernel chunk.
+        check(conv(), &ClusteringConfig::new(8));
+        check(conv(), &ClusteringConfig::new(5).with_per_channel(true));
+        check(
+            depthwise(),
+            &ClusteringConfig::new(4).with_per_channel(true),
+        );
+        check(
+            LinearConfig::new(300, 120).init(&device),
+            &ClusteringConfig::new(16),
+        );
+        check(
+            LinearConfig::new(40, 30).init(&device),
+            &ClusteringConfig::new(6).with_per_channel(true),
+        );
+        // Sparsity-preserving: zeros kept, centroid 0 pinned.
+        let preserve = ClusteringConfig::new(6).with_preserve_sparsity(true);
+        check(conv().map_weight(sparse), &preserve);
+        check(
+            conv().map_weight(sparse),
+            &preserve.clone().with_per_channel(true),
+        );
+        check(
+            LinearConfig::new(300, 120).init(&device).map_weight(sparse),
+            &preserve,
+        );
     }
 }

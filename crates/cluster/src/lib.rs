@@ -24,6 +24,7 @@
 pub mod clustered;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod kmeans;
 
 pub use clustered::{ClusterReport, ClusterTransform, Clustered, distinct_count};
