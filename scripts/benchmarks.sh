@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md: every timing in one run on this machine (ratios are what matter:
-# the machine is shared and noisy). Usage: bash scripts/benchmarks.sh [STEPS]
+# the machine is shared and noisy). Usage: bash scripts/benchmarks.sh [STEPS] [ROUNDS]
+# The wrapped / plain DS-CNN-L ratios come from ROUNDS alternating rounds (plain, prune, cluster,
+# qat, pcqat, plain, …): one run each drifts by ±10% on a shared VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/burn-collab/target}"
 STEPS="${1:-5}"
+ROUNDS="${2:-5}"
 SHARED="${COLLAB_SHARED:-../shared}"
 cargo build --release -q -p collab-cli --examples
 BIN="$CARGO_TARGET_DIR/release"
@@ -38,8 +41,29 @@ row() { # model batch wrap bn base [data]
 }
 base="$(row ds-cnn-l 100 none batch "")"
 row ds-cnn-l 100 none batch "$base" "$SHARED/data/speech_commands_12" > /dev/null
-base="$(row ds-cnn-l 100 none folded "")"
-for w in prune cluster qat pcqat; do row ds-cnn-l 100 "$w" folded "$base" > /dev/null; done
+# Alternating rounds: the median over rounds of each wrap's median step, ratios of those.
+rounds="$(mktemp)"
+for _ in $(seq "$ROUNDS"); do
+    for w in none prune cluster qat pcqat; do
+        ms="$("$BIN/collab" bench train --model ds-cnn-l --batch-size 100 --wrap "$w" --bn folded \
+            --steps "$STEPS" --json 2>/dev/null | jq -r .median_ms)"
+        echo "$w $ms" >> "$rounds"
+    done
+done
+python3 - "$rounds" "$ROUNDS" >> "$TMP" <<'PY'
+import statistics, sys
+times = {}
+for line in open(sys.argv[1]):
+    wrap, ms = line.split()
+    times.setdefault(wrap, []).append(float(ms))
+base = statistics.median(times["none"])
+for wrap in ["none", "prune", "cluster", "qat", "pcqat"]:
+    med = statistics.median(times[wrap])
+    ratio = "-" if wrap == "none" else f"{med / base:.2f}"
+    spread = f"{min(times[wrap]):.0f}-{max(times[wrap]):.0f}"
+    print(f"| ds-cnn-l | 100 | {wrap} (median of {sys.argv[2]} alternating rounds, {spread} ms) | folded | {med:.1f} | {ratio} |")
+PY
+rm -f "$rounds"
 base="$(row mobilenet-v1-cifar 64 none batch "")"
 row mobilenet-v1-cifar 64 none batch "$base" "$SHARED/data/cifar10" > /dev/null
 base="$(row mobilenet-v1-cifar 64 none folded "")"
