@@ -366,6 +366,21 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Clustered<L> {
         )
     }
 
+    fn forward_transformed_unbiased<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> (Tensor<D>, Option<Tensor<1>>) {
+        let cluster = self.transform();
+        self.inner.forward_transformed_unbiased(
+            input,
+            &Chain {
+                first: &cluster,
+                then: transform,
+            },
+        )
+    }
+
     fn applies_activation(&self, activation: collab_core::Activation) -> bool {
         self.inner.applies_activation(activation)
     }

@@ -140,8 +140,21 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
         input: Tensor<4>,
         transform: &T,
     ) -> Tensor<4> {
+        match self.forward_transformed_unbiased(input, transform) {
+            (y, Some(shift)) => y + shift.reshape([1, -1, 1, 1]),
+            (y, None) => y,
+        }
+    }
+
+    /// Folded: the convolution with the folded weight, and the shift to the folded bias.
+    fn forward_transformed_unbiased<T: WeightTransform>(
+        &self,
+        input: Tensor<4>,
+        transform: &T,
+    ) -> (Tensor<4>, Option<Tensor<1>>) {
         if self.mode == BnMode::Batch {
-            return batch_norm(&self.bn, self.conv.forward_transformed(input, transform));
+            let y = batch_norm(&self.bn, self.conv.forward_transformed(input, transform));
+            return (y, None);
         }
         let factor = self.factor();
         let fold = Fold {
@@ -160,7 +173,7 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
                 then: transform,
             },
         );
-        y + shift.reshape([1, -1, 1, 1])
+        (y, Some(shift))
     }
 }
 

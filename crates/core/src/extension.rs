@@ -32,6 +32,29 @@ pub fn contiguous_f32(t: FlexTensor, op: &str) -> FlexTensor {
     }
 }
 
+/// Run `f` compiled for AVX2 and FMA where the CPU has them, for the portable build otherwise.
+///
+/// The workspace builds for baseline x86-64 (SSE2), so the element loops of our kernels stay
+/// scalar unless they are compiled with wider features; call this around the innermost loop
+/// (inside each rayon task: `f` must be inlined into the feature-enabled frame to be
+/// vectorized). Feature detection is a cached flag.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { run(f) };
+        }
+    }
+    f()
+}
+
 #[derive(Debug)]
 struct NoGradient;
 

@@ -253,6 +253,14 @@ pub trait WeightLayer: Module + ModuleDisplay {
     fn bias(&self) -> Option<Tensor<1>>;
 }
 
+/// `b` `[channels]` shaped `[1, channels, 1, …]` to broadcast over dimension 1 of a rank-`D`
+/// activation.
+pub fn channel_broadcast<const D: usize>(b: Tensor<1>) -> Tensor<D> {
+    let mut shape = [1i64; D];
+    shape[D.min(2) - 1] = -1;
+    b.reshape(shape)
+}
+
 /// An activation a model applies after a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -287,6 +295,20 @@ pub trait LayerForward<const D: usize>: WeightLayer {
     /// `[batch, in, h, w] -> [batch, out, h', w']` for `Conv2d`).
     fn forward_transformed<T: WeightTransform>(&self, input: Tensor<D>, transform: &T)
     -> Tensor<D>;
+
+    /// [`Self::forward_transformed`] split before a trailing per-output-channel bias:
+    /// `(y, Some(b))` with `forward_transformed(input, transform) == y + b` (`b` `[channels]`
+    /// broadcast over dimension 1), so that a QAT layer can add `b` inside its fused output
+    /// quantizer instead of in a pass of its own. A folded [`crate::ConvBn`] splits off its
+    /// BatchNorm shift; weight-only wrappers split as the layer they wrap; other layers return
+    /// `(forward_transformed(..), None)`.
+    fn forward_transformed_unbiased<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> (Tensor<D>, Option<Tensor<1>>) {
+        (self.forward_transformed(input, transform), None)
+    }
 
     /// The forward pass of the whole stack (wrappers included), with no extra transform.
     ///

@@ -245,13 +245,24 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Prunable<L> {
         input: Tensor<D>,
         transform: &T,
     ) -> Tensor<D> {
+        match self.forward_transformed_unbiased(input, transform) {
+            (y, Some(b)) => y + collab_core::layer::channel_broadcast(b),
+            (y, None) => y,
+        }
+    }
+
+    fn forward_transformed_unbiased<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> (Tensor<D>, Option<Tensor<1>>) {
         if self.is_training_pass(&input) {
             self.advance();
         }
         let mask = MaskTransform {
             mask: self.mask.get(),
         };
-        self.inner.forward_transformed(
+        self.inner.forward_transformed_unbiased(
             input,
             &Chain {
                 first: &mask,

@@ -183,6 +183,48 @@ impl ActQuant {
         }
     }
 
+    /// `relu(y + shift)` fake-quantized (`shift` `[C]` broadcast over dimension 1): the same
+    /// values, gradient of `y`, range updates, and gradient of `shift` within rounding, as
+    /// `self.forward_relu(y + shift)`. On flex, outside calibration, one fused pass each way
+    /// (see [`crate::epilogue`]) instead of the add, the ReLU and the quantizer.
+    ///
+    /// # Shapes
+    /// `y`: `[N, C, …]`; `shift`: `[C]`; the output has `y`'s shape.
+    pub fn forward_shift_relu<const D: usize>(&self, y: Tensor<D>, shift: Tensor<1>) -> Tensor<D> {
+        let composed = |y: Tensor<D>, shift: Tensor<1>| {
+            self.forward_relu(y + collab_core::layer::channel_broadcast(shift))
+        };
+        if self.calibrating.is_enabled() || !has_flex_kernels(&y.device()) {
+            return composed(y, shift);
+        }
+        let training = self.training.is_enabled() && y.device().is_autodiff();
+        let current = self.range();
+        if !training && current.is_none() {
+            return relu(y + collab_core::layer::channel_broadcast(shift));
+        }
+        let range = if training {
+            let Some((low, high)) = crate::epilogue::shifted_range(&y, &shift) else {
+                return composed(y, shift);
+            };
+            // relu's range, as in `forward_relu`.
+            let positive = |v: f32| if v.is_nan() || v > 0.0 { v } else { 0.0 };
+            self.observe(positive(low), positive(high), current)
+        } else {
+            current
+        };
+        let Some((min, max)) = range else {
+            return relu(y + collab_core::layer::channel_broadcast(shift));
+        };
+        match QuantParams::asymmetric(min, max) {
+            Ok(p) => crate::epilogue::fake_quant_shift_relu_fused(y.clone(), shift.clone(), &p)
+                .unwrap_or_else(|| relu(y + collab_core::layer::channel_broadcast(shift))),
+            Err(err) => {
+                tracing::error!(%err, "activation range unusable; passing the tensor through");
+                relu(y + collab_core::layer::channel_broadcast(shift))
+            }
+        }
+    }
+
     /// The range on the host, if any batch has been seen.
     pub fn range(&self) -> Option<(f32, f32)> {
         (self.observed.get() > 0).then(|| {
@@ -381,6 +423,60 @@ mod tests {
         assert_eq!(
             collab_core::host::to_vec_f32(fresh.forward_relu(x.clone())),
             collab_core::host::to_vec_f32(relu(x))
+        );
+    }
+
+    /// `forward_shift_relu(y, shift)` is `forward_relu(y + shift)`: values, the gradient of
+    /// `y` and ranges bit for bit, the gradient of `shift` within rounding.
+    #[test]
+    fn forward_shift_relu_is_forward_relu_of_the_sum() {
+        use burn::tensor::Distribution;
+        let device = Device::flex().autodiff();
+        let fused = ActQuant::new(
+            ActQuantConfig {
+                decay: 0.5,
+                ..Default::default()
+            },
+            &device,
+        )
+        .unwrap();
+        let composed = fused.clone();
+        // 39,000 elements of 65-element planes: two kernel tasks.
+        let shape = [20, 30, 13, 5];
+        for mean in [0.0, -1.0, 2.0, 0.4] {
+            let y =
+                Tensor::<4>::random(shape, Distribution::Normal(mean, 2.0), &device).require_grad();
+            let shift =
+                Tensor::<1>::random([30], Distribution::Normal(0.0, 1.5), &device).require_grad();
+            let g = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let a = fused.forward_shift_relu(y.clone(), shift.clone());
+            let b = composed
+                .forward_relu(y.clone() + collab_core::layer::channel_broadcast(shift.clone()));
+            assert_eq!(
+                collab_core::host::to_vec_f32(a.clone()),
+                collab_core::host::to_vec_f32(b.clone())
+            );
+            assert_eq!(fused.range(), composed.range());
+            let ga = (a * g.clone()).sum().backward();
+            let gb = (b * g).sum().backward();
+            assert_eq!(
+                collab_core::host::to_vec_f32(y.grad(&ga).unwrap()),
+                collab_core::host::to_vec_f32(y.grad(&gb).unwrap())
+            );
+            let sa = collab_core::host::to_vec_f32(shift.grad(&ga).unwrap());
+            let sb = collab_core::host::to_vec_f32(shift.grad(&gb).unwrap());
+            for (x, z) in sa.iter().zip(&sb) {
+                assert!((x - z).abs() <= 1e-4 * z.abs().max(1.0), "{x} vs {z}");
+            }
+        }
+        let (a, b) = (fused.valid(), composed.valid());
+        let y = Tensor::<4>::random(shape, Distribution::Normal(0.0, 2.0), &Device::flex());
+        let shift = Tensor::<1>::random([30], Distribution::Normal(0.0, 1.0), &Device::flex());
+        assert_eq!(
+            collab_core::host::to_vec_f32(a.forward_shift_relu(y.clone(), shift.clone())),
+            collab_core::host::to_vec_f32(
+                b.forward_relu(y + collab_core::layer::channel_broadcast(shift))
+            )
         );
     }
 

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod act;
+pub mod epilogue;
 pub mod error;
 pub mod fake;
 pub mod fused;

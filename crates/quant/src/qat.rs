@@ -285,18 +285,20 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
             None => input,
         };
         let weight = self.weight_quant();
-        let y = self.inner.forward_transformed(
-            input,
-            &Chain {
-                first: &weight,
-                then: transform,
-            },
-        );
-        match self.activation {
-            // One fused pass (on flex) instead of relu's and the quantizer's.
-            FusedActivation::Relu => self.output.forward_relu(y),
-            other => self.output.forward(other.apply(y)),
+        let chain = Chain {
+            first: &weight,
+            then: transform,
+        };
+        if self.activation == FusedActivation::Relu {
+            // One fused pass (on flex) for the layer's trailing bias (a folded BatchNorm's
+            // shift), the ReLU and the quantizer.
+            return match self.inner.forward_transformed_unbiased(input, &chain) {
+                (y, Some(shift)) => self.output.forward_shift_relu(y, shift),
+                (y, None) => self.output.forward_relu(y),
+            };
         }
+        let y = self.inner.forward_transformed(input, &chain);
+        self.output.forward(self.activation.apply(y))
     }
 
     fn applies_activation(&self, activation: collab_core::Activation) -> bool {
