@@ -371,21 +371,23 @@ mod tests {
         assert_eq!(collab_core::host::to_vec_f32(y), want);
     }
 
+    /// Two quantizers in the same state (decay 0.5, no range yet), flex with autodiff.
+    fn twins() -> (ActQuant, ActQuant, Device) {
+        let device = Device::flex().autodiff();
+        let config = ActQuantConfig {
+            decay: 0.5,
+            ..Default::default()
+        };
+        let q = ActQuant::new(config, &device).unwrap();
+        (q.clone(), q, device)
+    }
+
     /// `forward_relu(x)` is `forward(relu(x))`: values, gradients and ranges, in training
     /// (ranges moving), in evaluation and before any range exists.
     #[test]
     fn forward_relu_is_forward_of_relu() {
         use burn::tensor::Distribution;
-        let device = Device::flex().autodiff();
-        let fused = ActQuant::new(
-            ActQuantConfig {
-                decay: 0.5,
-                ..Default::default()
-            },
-            &device,
-        )
-        .unwrap();
-        let composed = fused.clone();
+        let (fused, composed, device) = twins();
         let check = |a: &ActQuant, b: &ActQuant, shift: f64| {
             let x = Tensor::<2>::random([37, 53], Distribution::Normal(shift, 2.0), &device)
                 .require_grad();
@@ -431,16 +433,7 @@ mod tests {
     #[test]
     fn forward_shift_relu_is_forward_relu_of_the_sum() {
         use burn::tensor::Distribution;
-        let device = Device::flex().autodiff();
-        let fused = ActQuant::new(
-            ActQuantConfig {
-                decay: 0.5,
-                ..Default::default()
-            },
-            &device,
-        )
-        .unwrap();
-        let composed = fused.clone();
+        let (fused, composed, device) = twins();
         // 39,000 elements of 65-element planes: two kernel tasks.
         let shape = [20, 30, 13, 5];
         for mean in [0.0, -1.0, 2.0, 0.4] {
