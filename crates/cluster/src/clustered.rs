@@ -356,14 +356,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Clustered<L> {
         input: Tensor<D>,
         transform: &T,
     ) -> Tensor<D> {
-        let cluster = self.transform();
-        self.inner.forward_transformed(
-            input,
-            &Chain {
-                first: &cluster,
-                then: transform,
-            },
-        )
+        collab_core::layer::join_bias(self.forward_transformed_unbiased(input, transform))
     }
 
     fn forward_transformed_unbiased<T: WeightTransform>(

@@ -140,10 +140,7 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
         input: Tensor<4>,
         transform: &T,
     ) -> Tensor<4> {
-        match self.forward_transformed_unbiased(input, transform) {
-            (y, Some(shift)) => y + shift.reshape([1, -1, 1, 1]),
-            (y, None) => y,
-        }
+        crate::layer::join_bias(self.forward_transformed_unbiased(input, transform))
     }
 
     /// Folded: the convolution with the folded weight, and the shift to the folded bias.

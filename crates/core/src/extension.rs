@@ -1,6 +1,7 @@
-//! Plumbing shared by burn-collab's backend-extension ops ([`crate::depthwise`] and
-//! `collab_quant::fused`): which devices have our kernels, `f32` slices of flex tensors, and
-//! results recorded without a gradient.
+//! Plumbing shared by burn-collab's backend-extension ops ([`crate::depthwise`],
+//! `collab_quant::fused`, `collab_quant::epilogue`, `collab_cluster::fused`): which devices have
+//! our kernels, `f32` slices of flex tensors, AVX2 dispatch for element loops, and results
+//! recorded without a gradient.
 
 use burn::backend::{Backend, tensor::FloatTensor};
 use burn::tensor::{DType, Device};

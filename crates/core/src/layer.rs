@@ -261,6 +261,15 @@ pub fn channel_broadcast<const D: usize>(b: Tensor<1>) -> Tensor<D> {
     b.reshape(shape)
 }
 
+/// `y + b` for the split that [`LayerForward::forward_transformed_unbiased`] returns (`b`
+/// broadcast over dimension 1), or `y` where there is no bias to add.
+pub fn join_bias<const D: usize>((y, b): (Tensor<D>, Option<Tensor<1>>)) -> Tensor<D> {
+    match b {
+        Some(b) => y + channel_broadcast(b),
+        None => y,
+    }
+}
+
 /// An activation a model applies after a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {

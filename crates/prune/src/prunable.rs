@@ -245,10 +245,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Prunable<L> {
         input: Tensor<D>,
         transform: &T,
     ) -> Tensor<D> {
-        match self.forward_transformed_unbiased(input, transform) {
-            (y, Some(b)) => y + collab_core::layer::channel_broadcast(b),
-            (y, None) => y,
-        }
+        collab_core::layer::join_bias(self.forward_transformed_unbiased(input, transform))
     }
 
     fn forward_transformed_unbiased<T: WeightTransform>(

@@ -116,7 +116,7 @@ impl ActQuant {
             self.calibrate(&x);
             return x;
         }
-        let training = self.training.is_enabled() && x.device().is_autodiff();
+        let training = self.is_training(&x);
         let current = self.range();
         if !training && current.is_none() {
             return x;
@@ -133,15 +133,8 @@ impl ActQuant {
         } else {
             current
         };
-        let Some((min, max)) = range else {
+        let Some(p) = range.and_then(usable_params) else {
             return x;
-        };
-        let p = match QuantParams::asymmetric(min, max) {
-            Ok(p) => p,
-            Err(err) => {
-                tracing::error!(%err, "activation range unusable; passing the tensor through");
-                return x;
-            }
         };
         match host {
             Some(values) => quantize_host_values(x, values, &p),
@@ -160,26 +153,12 @@ impl ActQuant {
         if self.calibrating.is_enabled() || !has_flex_kernels(&x.device()) {
             return self.forward(relu(x));
         }
-        let training = self.training.is_enabled() && x.device().is_autodiff();
-        let current = self.range();
-        let range = if training {
-            let (low, high) = Self::batch_range(&x);
-            // relu's minimum and maximum: +0.0 where they are 0 (never -0.0); a NaN stays NaN
-            // so that `observe` leaves the batch out, as it would the NaN of relu(NaN).
-            let positive = |v: f32| if v.is_nan() || v > 0.0 { v } else { 0.0 };
-            self.observe(positive(low), positive(high), current)
-        } else {
-            current
-        };
-        let Some((min, max)) = range else {
-            return relu(x);
-        };
-        match QuantParams::asymmetric(min, max) {
-            Ok(p) => crate::fused::fake_quant_relu_fused(x.clone(), &p).unwrap_or_else(|| relu(x)),
-            Err(err) => {
-                tracing::error!(%err, "activation range unusable; passing the tensor through");
-                relu(x)
+        let batch = self.is_training(&x).then(|| Self::batch_range(&x));
+        match self.relu_params(batch) {
+            Some(p) => {
+                crate::fused::fake_quant_relu_fused(x.clone(), &p).unwrap_or_else(|| relu(x))
             }
+            None => relu(x),
         }
     }
 
@@ -191,38 +170,46 @@ impl ActQuant {
     /// # Shapes
     /// `y`: `[N, C, …]`; `shift`: `[C]`; the output has `y`'s shape.
     pub fn forward_shift_relu<const D: usize>(&self, y: Tensor<D>, shift: Tensor<1>) -> Tensor<D> {
-        let composed = |y: Tensor<D>, shift: Tensor<1>| {
-            self.forward_relu(y + collab_core::layer::channel_broadcast(shift))
-        };
+        let sum = |y: Tensor<D>, shift: Tensor<1>| y + collab_core::layer::channel_broadcast(shift);
         if self.calibrating.is_enabled() || !has_flex_kernels(&y.device()) {
-            return composed(y, shift);
+            return self.forward_relu(sum(y, shift));
         }
-        let training = self.training.is_enabled() && y.device().is_autodiff();
-        let current = self.range();
-        if !training && current.is_none() {
-            return relu(y + collab_core::layer::channel_broadcast(shift));
-        }
-        let range = if training {
-            let Some((low, high)) = crate::epilogue::shifted_range(&y, &shift) else {
-                return composed(y, shift);
+        let batch = if self.is_training(&y) {
+            let Some(range) = crate::epilogue::shifted_range(&y, &shift) else {
+                return self.forward_relu(sum(y, shift));
             };
-            // relu's range, as in `forward_relu`.
-            let positive = |v: f32| if v.is_nan() || v > 0.0 { v } else { 0.0 };
-            self.observe(positive(low), positive(high), current)
+            Some(range)
         } else {
-            current
+            None
         };
-        let Some((min, max)) = range else {
-            return relu(y + collab_core::layer::channel_broadcast(shift));
-        };
-        match QuantParams::asymmetric(min, max) {
-            Ok(p) => crate::epilogue::fake_quant_shift_relu_fused(y.clone(), shift.clone(), &p)
-                .unwrap_or_else(|| relu(y + collab_core::layer::channel_broadcast(shift))),
-            Err(err) => {
-                tracing::error!(%err, "activation range unusable; passing the tensor through");
-                relu(y + collab_core::layer::channel_broadcast(shift))
-            }
+        match self.relu_params(batch) {
+            Some(p) => crate::epilogue::fake_quant_shift_relu_fused(y.clone(), shift.clone(), &p)
+                .unwrap_or_else(|| relu(sum(y, shift))),
+            None => relu(sum(y, shift)),
         }
+    }
+
+    /// Whether `x` is a training batch: the range follows it.
+    fn is_training<const D: usize>(&self, x: &Tensor<D>) -> bool {
+        self.training.is_enabled() && x.device().is_autodiff()
+    }
+
+    /// The range step of the ReLU-fused quantizers: with `batch` (the training batch's
+    /// `[min, max]` before the ReLU), fold the ReLU's range of it into the stored one; then the
+    /// parameters to quantize with, or `None` (no range yet, or an unusable one): the ReLU
+    /// alone.
+    fn relu_params(&self, batch: Option<(f32, f32)>) -> Option<QuantParams> {
+        let current = self.range();
+        let range = match batch {
+            Some((low, high)) => {
+                // relu's minimum and maximum: +0.0 where they are 0 (never -0.0); a NaN stays
+                // NaN so that `observe` leaves the batch out, as it would the NaN of relu(NaN).
+                let positive = |v: f32| if v.is_nan() || v > 0.0 { v } else { 0.0 };
+                self.observe(positive(low), positive(high), current)
+            }
+            None => current,
+        };
+        usable_params(range?)
     }
 
     /// The range on the host, if any batch has been seen.
@@ -313,6 +300,16 @@ impl ActQuant {
         }
         self.observed.increment();
     }
+}
+
+/// The quantization parameters of the range `(min, max)`, or `None` (logged) where it cannot
+/// give any: the quantizer then passes its tensor through.
+fn usable_params((min, max): (f32, f32)) -> Option<QuantParams> {
+    QuantParams::asymmetric(min, max)
+        .map_err(
+            |err| tracing::error!(%err, "activation range unusable; passing the tensor through"),
+        )
+        .ok()
 }
 
 /// The smallest and largest of `values` (rayon; min and max do not depend on the order, so the

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, wide};
 
 use crate::QuantParams;
-use crate::params::{PARALLEL_CHUNK, fake_quant_one};
+use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
 
 const OP: &str = "fake_quant_shift_relu";
 
@@ -321,8 +321,7 @@ impl<B: Backend + ShiftReluQuantOps, C: CheckpointStrategy> ShiftReluQuantOps fo
         qmin: i32,
         qmax: i32,
     ) -> FloatTensor<Self> {
-        let low = (qmin - zero_point) as f32 * scale;
-        let high = (qmax - zero_point) as f32 * scale;
+        let (low, high) = clamp_bounds(scale, zero_point, qmin, qmax);
         let guards = [y.node(), shift.node()];
         let (y, shift) = (y.into_primitive(), shift.into_primitive());
         match ShiftReluQuantBackward

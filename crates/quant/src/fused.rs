@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked};
 
 use crate::QuantParams;
-use crate::params::{PARALLEL_CHUNK, fake_quant_one};
+use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
 
 const OP: &str = "fake_quant_ste";
 
@@ -146,8 +146,7 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
         qmax: i32,
         relu: bool,
     ) -> FloatTensor<Self> {
-        let low = (qmin - zero_point) as f32 * scale;
-        let high = (qmax - zero_point) as f32 * scale;
+        let (low, high) = clamp_bounds(scale, zero_point, qmin, qmax);
         let guard = x.node();
         let x = x.into_primitive();
         match FakeQuantBackward
@@ -262,10 +261,7 @@ mod tests {
     #[test]
     fn boundaries_ties_and_saturation_match_the_composed_op() {
         let p = QuantParams::asymmetric(-1.0, 3.0).unwrap();
-        let (low, high) = (
-            (p.qmin - p.zero_point[0]) as f32 * p.scale[0],
-            (p.qmax - p.zero_point[0]) as f32 * p.scale[0],
-        );
+        let (low, high) = clamp_bounds(p.scale[0], p.zero_point[0], p.qmin, p.qmax);
         let s = p.scale[0];
         check(
             vec![

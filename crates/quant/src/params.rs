@@ -124,6 +124,15 @@ pub(crate) fn fake_quant_one(v: f32, scale: f32, zero_point: i32, qmin: i32, qma
     (q - zero_point) as f32 * scale
 }
 
+/// The dequantized ends of `[qmin, qmax]`: where [`fake_quant_one`] saturates, and outside
+/// which the straight-through gradient is 0.
+pub(crate) fn clamp_bounds(scale: f32, zero_point: i32, qmin: i32, qmax: i32) -> (f32, f32) {
+    (
+        (qmin - zero_point) as f32 * scale,
+        (qmax - zero_point) as f32 * scale,
+    )
+}
+
 /// Elements per rayon task in the host-side loops over activations.
 pub(crate) const PARALLEL_CHUNK: usize = 1 << 15;
 
