@@ -92,8 +92,17 @@ struct ConvKernel {
     act: [i32; 2],
     depthwise: bool,
     multiplier: usize,
-    /// Weights packed for the AVX-512 VNNI GEMM (ordinary convolutions, CPUs that have it).
-    packed: Option<crate::vnni::Packed>,
+    /// Weights and requantization constants for the AVX-512 VNNI kernels (CPUs that have them).
+    fast: Option<Fast>,
+}
+
+/// A convolution prepared for the AVX-512 VNNI kernels.
+#[derive(Clone, Debug)]
+enum Fast {
+    /// CONV_2D as a GEMM.
+    Gemm(crate::vnni::Packed, crate::vnni::Requant),
+    /// DEPTHWISE_CONV_2D with channel multiplier 1.
+    Depthwise(crate::vnni::DwPacked, crate::vnni::Requant),
 }
 
 #[derive(Clone, Debug)]
@@ -609,16 +618,32 @@ impl Interpreter {
                     t
                 };
                 let bias = bias_i32(graph, op.inputs.get(2), units, n, name)?;
-                let packed = (!depthwise && crate::vnni::available()).then(|| {
-                    crate::vnni::Packed::new(
-                        &filter,
-                        kernel[0] * kernel[1] * in_shape[3],
-                        units,
-                        &bias,
-                        in_zp,
-                    )
+                let act = activation_range(*activation, out_scale, out_zp)
+                    .map_err(|e| bad(n, name, e))?;
+                let fast = crate::vnni::available().then(|| {
+                    let requant = crate::vnni::Requant::new(&mult, &shift, out_zp, act);
+                    let taps = kernel[0] * kernel[1];
+                    if !depthwise {
+                        Some(Fast::Gemm(
+                            crate::vnni::Packed::new(
+                                &filter,
+                                taps * in_shape[3],
+                                units,
+                                &bias,
+                                in_zp,
+                            ),
+                            requant,
+                        ))
+                    } else if multiplier == 1 {
+                        Some(Fast::Depthwise(
+                            crate::vnni::DwPacked::new(&filter, taps, units, &bias, in_zp),
+                            requant,
+                        ))
+                    } else {
+                        None
+                    }
                 });
-                let mut k = Box::new(ConvKernel {
+                let k = Box::new(ConvKernel {
                     input: ii,
                     output: oi,
                     in_shape,
@@ -635,13 +660,11 @@ impl Interpreter {
                         multiplier: mult,
                         shift,
                     },
-                    act: activation_range(*activation, out_scale, out_zp)
-                        .map_err(|e| bad(n, name, e))?,
+                    act,
                     depthwise,
                     multiplier,
-                    packed: None,
+                    fast: fast.flatten(),
                 });
-                k.packed = packed;
                 Kernel::Conv(k)
             }
             ("FULLY_CONNECTED", Options::FullyConnected { activation, .. }) => {
@@ -906,20 +929,21 @@ impl Interpreter {
         })
     }
 
-    /// Use only the portable kernels (no AVX-512 VNNI GEMM), for tests and benchmarks that
-    /// compare the two; results are identical either way.
+    /// Use only the portable kernels (no AVX-512 VNNI convolutions), for tests and benchmarks
+    /// that compare the two; results are identical either way.
     pub fn set_portable(&mut self, portable: bool) {
         self.portable = portable;
     }
 
-    /// Whether the AVX-512 VNNI GEMM runs the ordinary convolutions (the CPU has it and
+    /// Whether the AVX-512 VNNI kernels run the convolutions (ordinary ones and depthwise ones
+    /// with multiplier 1; the CPU has AVX-512 F/BW/VL/VNNI and
     /// [`set_portable`](Self::set_portable) is off).
     pub fn uses_vnni(&self) -> bool {
         !self.portable
             && self
                 .kernels
                 .iter()
-                .any(|k| matches!(k, Kernel::Conv(c) if c.packed.is_some()))
+                .any(|k| matches!(k, Kernel::Conv(c) if c.fast.is_some()))
     }
 
     /// Bytes of all computed tensors together.
@@ -1049,8 +1073,8 @@ impl Interpreter {
     fn step(&self, k: &Kernel, i8s: &mut [Vec<i8>], f32s: &mut [Vec<f32>]) {
         match k {
             Kernel::Conv(c) => {
-                let out = match (&c.packed, self.portable) {
-                    (Some(p), false) => conv_vnni(c, p, &i8s[c.input]),
+                let out = match (&c.fast, self.portable) {
+                    (Some(f), false) => conv_vnni(c, f, &i8s[c.input]),
                     _ => conv(c, &i8s[c.input]),
                 };
                 i8s[c.output] = out;
@@ -1106,45 +1130,15 @@ impl Interpreter {
                 pad,
                 act,
             } => {
-                let x = &i8s[*input];
-                let [nb, ih, iw, ch] = *in_shape;
-                let [_, oh, ow, _] = *out_shape;
-                let mut out = vec![0i8; nb * oh * ow * ch];
-                for b in 0..nb {
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let y0 = (oy * stride[0]) as isize - pad[0] as isize;
-                            let x0 = (ox * stride[1]) as isize - pad[1] as isize;
-                            let fy0 = (-y0).max(0) as usize;
-                            let fy1 = (filter[0] as isize).min(ih as isize - y0).max(0) as usize;
-                            let fx0 = (-x0).max(0) as usize;
-                            let fx1 = (filter[1] as isize).min(iw as isize - x0).max(0) as usize;
-                            let count = (fy1.saturating_sub(fy0) * fx1.saturating_sub(fx0)) as i32;
-                            for c in 0..ch {
-                                let mut acc = 0i32;
-                                for fy in fy0..fy1 {
-                                    let y = (y0 + fy as isize) as usize;
-                                    for fx in fx0..fx1 {
-                                        let xx = (x0 + fx as isize) as usize;
-                                        acc = acc.wrapping_add(
-                                            x[((b * ih + y) * iw + xx) * ch + c] as i32,
-                                        );
-                                    }
-                                }
-                                let v = if count == 0 {
-                                    0
-                                } else if acc > 0 {
-                                    (acc + count / 2) / count
-                                } else {
-                                    (acc - count / 2) / count
-                                };
-                                out[((b * oh + oy) * ow + ox) * ch + c] =
-                                    v.clamp(act[0], act[1]) as i8;
-                            }
-                        }
-                    }
-                }
-                i8s[*output] = out;
+                i8s[*output] = avg_pool(
+                    &i8s[*input],
+                    *in_shape,
+                    *out_shape,
+                    *filter,
+                    *stride,
+                    *pad,
+                    *act,
+                );
             }
             Kernel::Copy { input, output } => {
                 if self.float[*input] {
@@ -1276,6 +1270,92 @@ impl Interpreter {
     }
 }
 
+/// AVERAGE_POOL_2D: the window's sum per channel (padding excluded from the count), divided
+/// rounding half away from zero, clamped. Channels are the inner loop, so it vectorises (AVX2
+/// where the CPU has it).
+fn avg_pool(
+    x: &[i8],
+    in_shape: [usize; 4],
+    out_shape: [usize; 4],
+    filter: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    act: [i32; 2],
+) -> Vec<i8> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected; the same safe code runs.
+        return unsafe { avg_pool_avx2(x, in_shape, out_shape, filter, stride, pad, act) };
+    }
+    avg_pool_impl(x, in_shape, out_shape, filter, stride, pad, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avg_pool_avx2(
+    x: &[i8],
+    in_shape: [usize; 4],
+    out_shape: [usize; 4],
+    filter: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    act: [i32; 2],
+) -> Vec<i8> {
+    avg_pool_impl(x, in_shape, out_shape, filter, stride, pad, act)
+}
+
+#[inline(always)]
+fn avg_pool_impl(
+    x: &[i8],
+    in_shape: [usize; 4],
+    out_shape: [usize; 4],
+    filter: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    act: [i32; 2],
+) -> Vec<i8> {
+    let [nb, ih, iw, ch] = in_shape;
+    let [_, oh, ow, _] = out_shape;
+    let mut out = vec![0i8; nb * oh * ow * ch];
+    let mut acc = vec![0i32; ch];
+    for b in 0..nb {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let y0 = (oy * stride[0]) as isize - pad[0] as isize;
+                let x0 = (ox * stride[1]) as isize - pad[1] as isize;
+                let fy0 = (-y0).max(0) as usize;
+                let fy1 = (filter[0] as isize).min(ih as isize - y0).max(0) as usize;
+                let fx0 = (-x0).max(0) as usize;
+                let fx1 = (filter[1] as isize).min(iw as isize - x0).max(0) as usize;
+                let count = (fy1.saturating_sub(fy0) * fx1.saturating_sub(fx0)) as i32;
+                acc.fill(0);
+                for fy in fy0..fy1 {
+                    let y = (y0 + fy as isize) as usize;
+                    for fx in fx0..fx1 {
+                        let xx = (x0 + fx as isize) as usize;
+                        let px = &x[((b * ih + y) * iw + xx) * ch..][..ch];
+                        for (a, v) in acc.iter_mut().zip(px) {
+                            *a = a.wrapping_add(*v as i32);
+                        }
+                    }
+                }
+                let o = &mut out[((b * oh + oy) * ow + ox) * ch..][..ch];
+                for (o, a) in o.iter_mut().zip(&acc) {
+                    let v = if count == 0 {
+                        0
+                    } else if *a > 0 {
+                        (a + count / 2) / count
+                    } else {
+                        (a - count / 2) / count
+                    };
+                    *o = v.clamp(act[0], act[1]) as i8;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Whether the CPU has the AVX-512 subsets the vectorised kernels are compiled for.
 #[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
@@ -1283,43 +1363,6 @@ fn avx512() -> bool {
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512dq")
         && std::arch::is_x86_feature_detected!("avx512vl")
-}
-
-/// `clamp(MultiplyByQuantizedMultiplier(acc, m[c], s[c]) + zp)` for rows of `oc` accumulators,
-/// vectorised (AVX-512 or AVX2 where present; the same integers as [`mbqm`]).
-fn requantize(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if avx512() {
-            // SAFETY: the features were just detected.
-            return unsafe { requantize_avx512(acc, c, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was just detected.
-            return unsafe { requantize_avx2(acc, c, out) };
-        }
-    }
-    requantize_impl(acc, c, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-fn requantize_avx512(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
-    requantize_impl(acc, c, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn requantize_avx2(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
-    requantize_impl(acc, c, out)
-}
-
-#[inline(always)]
-fn requantize_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
-    let oc = c.out_shape[3];
-    for (row, o) in acc.chunks_exact(oc).zip(out.chunks_exact_mut(oc)) {
-        requantize_row_impl(row, c, o);
-    }
 }
 
 /// Branch-free `MultiplyByQuantizedMultiplier` (multipliers are ≥ 0, so the one saturating case
@@ -1349,8 +1392,9 @@ fn requantize_row_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
     }
 }
 
-/// CONV_2D through the VNNI GEMM, then the same requantization.
-fn conv_vnni(c: &ConvKernel, p: &crate::vnni::Packed, x: &[i8]) -> Vec<i8> {
+/// CONV_2D / DEPTHWISE_CONV_2D through the AVX-512 VNNI kernels (the same integers as
+/// [`conv`]).
+fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
     #[cfg(target_arch = "x86_64")]
     {
         let g = crate::vnni::Geometry {
@@ -1362,15 +1406,20 @@ fn conv_vnni(c: &ConvKernel, p: &crate::vnni::Packed, x: &[i8]) -> Vec<i8> {
             pad: c.pad,
             input_zp: -c.input_offset,
         };
-        // SAFETY: `packed` is only built when vnni::available() found AVX-512 F/BW/VNNI.
-        let acc = unsafe { crate::vnni::accumulate(&g, p, x) };
-        let mut out = vec![0i8; acc.len()];
-        requantize(&acc, c, &mut out);
+        let mut out = vec![0i8; c.out_shape.iter().product()];
+        // SAFETY: `fast` is only built when vnni::available() found AVX-512 F/BW/VL/VNNI, for
+        // this kernel's geometry; `x` and `out` have its input and output sizes.
+        unsafe {
+            match f {
+                Fast::Gemm(p, rq) => crate::vnni::conv(&g, p, rq, x, &mut out),
+                Fast::Depthwise(p, rq) => crate::vnni::depthwise(&g, p, rq, x, &mut out),
+            }
+        }
         out
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = p;
+        let _ = f;
         conv(c, x)
     }
 }

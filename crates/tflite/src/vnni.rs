@@ -1,12 +1,76 @@
-//! CONV_2D as an int8 GEMM with AVX-512 VNNI (`vpdpbusd`: 64 u8×i8 products per instruction).
+//! CONV_2D and DEPTHWISE_CONV_2D with AVX-512 VNNI, requantized in registers.
 //!
-//! Same integer result as the reference formula `bias + Σ w·(x − zp)`: inputs are shifted to
-//! unsigned (`x + 128`, padding taps get `zp + 128`, i.e. a real zero), the GEMM computes
-//! `Σ w·(x + 128)` exactly in i32, and the per-channel constant `bias − (zp + 128)·Σw` is added
-//! before the same requantization. Used when the CPU has AVX-512 F/BW/VNNI; otherwise the
-//! portable kernel runs (tests compare both with the plain formula).
+//! Both kernels compute TFLite's integers exactly: `clamp(MultiplyByQuantizedMultiplier(bias +
+//! Σ w·(x − zp)) + out_zp)` per output channel (tests compare them with the portable kernels and
+//! with the plain formula).
+//!
+//! - **CONV_2D** is an int8 GEMM on `vpdpbusd` (64 u8×i8 products per instruction). Inputs are
+//!   shifted to unsigned (`x + 128`; padding taps get `zp + 128`, i.e. a real zero), the GEMM
+//!   computes `Σ w·(x + 128)` exactly in i32, and the per-channel constant
+//!   `bias − (zp + 128)·Σw` is added before requantization. The loops run block of 32 output
+//!   channels outermost, so that block's weights (`k × 32` bytes) and the whole unfolded input
+//!   stay in L1 while tiles of 8 pixels × 32 channels (16 accumulator registers) sweep over it.
+//! - **DEPTHWISE_CONV_2D** (multiplier 1) runs on `vpdpwssd`: two taps of 32 channels at a time,
+//!   sign-extended to i16 and interleaved, against weights packed in the same order. The input is
+//!   first copied into a buffer padded with `zp` (padding then contributes `w·zp`, which the
+//!   per-channel constant `bias − zp·Σw` cancels), so no tap needs a bounds check.
+//! - **Requantization** (`MultiplyByQuantizedMultiplier` with TFLite's two roundings, the zero
+//!   point, the activation clamp) runs on 16 accumulators at a time in registers and stores int8
+//!   directly: no i32 output tensor is written.
+//!
+//! Used when the CPU has AVX-512 F/BW/VL and VNNI; otherwise the portable kernels run.
 
-/// Weights packed for the kernel: `k = (fy, fx, i)` flattened and padded to a multiple of 4,
+/// Per-output-channel requantization constants, padded with zeros to a multiple of 32 channels.
+#[derive(Clone, Debug)]
+pub(crate) struct Requant {
+    multiplier: Vec<i32>,
+    /// The multiplier of every odd channel moved to the even slot before it (what
+    /// `_mm512_mul_epi32` reads), zeros in the odd slots.
+    multiplier_odd: Vec<i32>,
+    /// `max(shift, 0)`.
+    left: Vec<i32>,
+    /// `max(−shift, 0)`.
+    right: Vec<i32>,
+    /// `2^right − 1`.
+    mask: Vec<i32>,
+    /// `mask >> 1`.
+    half: Vec<i32>,
+    zero_point: i32,
+    lo: i32,
+    hi: i32,
+}
+
+impl Requant {
+    /// From TFLite's per-channel `(multiplier, shift)` (`shift` in −31..=30, as
+    /// `quantize_multiplier` returns it), the output zero point and the activation range.
+    pub(crate) fn new(multiplier: &[i32], shift: &[i32], zero_point: i32, act: [i32; 2]) -> Self {
+        let n = multiplier.len().div_ceil(32) * 32;
+        let pad = |v: Vec<i32>| {
+            let mut v = v;
+            v.resize(n, 0);
+            v
+        };
+        let right = pad(shift.iter().map(|s| (-*s).clamp(0, 31)).collect());
+        let mask: Vec<i32> = right.iter().map(|r| ((1i64 << r) - 1) as i32).collect();
+        let multiplier = pad(multiplier.to_vec());
+        let multiplier_odd = (0..n)
+            .map(|i| if i % 2 == 0 { multiplier[i + 1] } else { 0 })
+            .collect();
+        Self {
+            multiplier,
+            multiplier_odd,
+            left: pad(shift.iter().map(|s| (*s).clamp(0, 31)).collect()),
+            right,
+            half: mask.iter().map(|m| m >> 1).collect(),
+            mask,
+            zero_point,
+            lo: act[0],
+            hi: act[1],
+        }
+    }
+}
+
+/// Weights packed for the GEMM: `k = (fy, fx, i)` flattened and padded to a multiple of 4,
 /// output channels padded to a multiple of 32, laid out `[k / 4][oc][4]`.
 #[derive(Clone, Debug)]
 pub(crate) struct Packed {
@@ -15,7 +79,7 @@ pub(crate) struct Packed {
     /// Output channels rounded up to 32.
     oc32: usize,
     w: Vec<i8>,
-    /// `bias − (zp + 128)·Σw` per output channel.
+    /// `bias − (zp + 128)·Σw` per output channel, padded to `oc32`.
     corr: Vec<i32>,
     /// Per block of 32 output channels, the groups of 4 `k` that hold a non-zero weight: the
     /// kernel skips the rest, so block-sparse weights (32 × 4 zero blocks, e.g. block pruning
@@ -37,9 +101,10 @@ impl Packed {
                 sums[o] = sums[o].wrapping_add(v);
             }
         }
-        let corr = (0..oc)
+        let mut corr: Vec<i32> = (0..oc)
             .map(|o| bias[o].wrapping_sub((input_zp.wrapping_add(128)).wrapping_mul(sums[o])))
             .collect();
+        corr.resize(oc32, 0);
         let active = (0..oc32 / 32)
             .map(|ob| {
                 (0..k4 / 4)
@@ -61,12 +126,73 @@ impl Packed {
     }
 }
 
-/// Whether this CPU runs the VNNI kernel.
+/// Depthwise weights (multiplier 1) packed for `vpdpwssd`: per block of 32 channels and pair
+/// of taps `(2j, 2j + 1)`, 64 `i16` in the order `unpacklo_epi16` / `unpackhi_epi16` interleave
+/// two taps' sign-extended inputs (an odd last tap is paired with a zero weight).
+#[derive(Clone, Debug)]
+pub(crate) struct DwPacked {
+    /// Taps (`kh · kw`) rounded up to 2, halved.
+    pairs: usize,
+    /// Channels rounded up to 32.
+    c32: usize,
+    /// `[c32 / 32][pairs][64]`.
+    w: Vec<i16>,
+    /// `bias − zp·Σw` per channel, padded to `c32`.
+    corr: Vec<i32>,
+}
+
+impl DwPacked {
+    /// From `[kh · kw, c]` weights (TFLite's `[1, kh, kw, c]`), the int32 bias and the input
+    /// zero point.
+    pub(crate) fn new(w: &[i32], taps: usize, c: usize, bias: &[i32], input_zp: i32) -> Self {
+        let pairs = taps.div_ceil(2);
+        let c32 = c.div_ceil(32) * 32;
+        let at = |t: usize, ch: usize| -> i16 {
+            if t < taps && ch < c {
+                w[t * c + ch] as i16
+            } else {
+                0
+            }
+        };
+        let mut packed = vec![0i16; c32 / 32 * pairs * 64];
+        for cb in 0..c32 / 32 {
+            for j in 0..pairs {
+                let dst = &mut packed[(cb * pairs + j) * 64..][..64];
+                for lane in 0..4 {
+                    for i in 0..4 {
+                        for (half, base) in [(0, 0), (32, 4)] {
+                            let ch = cb * 32 + 8 * lane + base + i;
+                            let d = half + 8 * lane + 2 * i;
+                            dst[d] = at(2 * j, ch);
+                            dst[d + 1] = at(2 * j + 1, ch);
+                        }
+                    }
+                }
+            }
+        }
+        let mut corr: Vec<i32> = (0..c)
+            .map(|ch| {
+                let sum = (0..taps).fold(0i32, |s, t| s.wrapping_add(w[t * c + ch]));
+                bias[ch].wrapping_sub(input_zp.wrapping_mul(sum))
+            })
+            .collect();
+        corr.resize(c32, 0);
+        Self {
+            pairs,
+            c32,
+            w: packed,
+            corr,
+        }
+    }
+}
+
+/// Whether this CPU runs the VNNI kernels.
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -87,22 +213,40 @@ pub(crate) struct Geometry {
 }
 
 /// Fill `col` with the `k4` unsigned input values of output pixel `(b, oy, ox)`.
+#[inline(always)]
 fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]) {
     let [_, ih, iw, ic] = g.in_shape;
+    let [kh, kw] = g.kernel;
     let pad = (g.input_zp + 128) as u8;
     let y0 = (oy * g.stride[0]) as isize - g.pad[0] as isize;
     let x0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
+    // A filter row lies in one contiguous run of the input when its taps are adjacent and all
+    // inside: copy it at once (e.g. DS-CNN's 10×4 stem on one input channel).
+    let contiguous = g.dilation[1] == 1 && x0 >= 0 && x0 + kw as isize <= iw as isize;
     let mut at = 0;
-    for fy in 0..g.kernel[0] {
+    for fy in 0..kh {
         let y = y0 + (fy * g.dilation[0]) as isize;
-        for fx in 0..g.kernel[1] {
+        if y < 0 || y >= ih as isize {
+            col[at..at + kw * ic].fill(pad);
+            at += kw * ic;
+            continue;
+        }
+        let row = &x[(g_row(g, b, y as usize))..][..iw * ic];
+        if contiguous {
+            let src = &row[x0 as usize * ic..][..kw * ic];
+            for (d, s) in col[at..at + kw * ic].iter_mut().zip(src) {
+                *d = (*s as u8) ^ 0x80;
+            }
+            at += kw * ic;
+            continue;
+        }
+        for fx in 0..kw {
             let xx = x0 + (fx * g.dilation[1]) as isize;
             let dst = &mut col[at..at + ic];
-            if y < 0 || y >= ih as isize || xx < 0 || xx >= iw as isize {
+            if xx < 0 || xx >= iw as isize {
                 dst.fill(pad);
             } else {
-                let src = &x[((b * ih + y as usize) * iw + xx as usize) * ic..][..ic];
-                for (d, s) in dst.iter_mut().zip(src) {
+                for (d, s) in dst.iter_mut().zip(&row[xx as usize * ic..][..ic]) {
                     *d = (*s as u8) ^ 0x80;
                 }
             }
@@ -112,74 +256,361 @@ fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]
     col[at..].fill(0);
 }
 
-/// The raw accumulators `Σ w·(x + 128) + corr` of every output, `[pixels, oc]`.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW and VNNI ([`available`]).
+/// Offset of input row `(b, y)`.
+#[inline(always)]
+fn g_row(g: &Geometry, b: usize, y: usize) -> usize {
+    let [_, ih, iw, ic] = g.in_shape;
+    (b * ih + y) * iw * ic
+}
+
+thread_local! {
+    /// Memory the kernels reuse from call to call on one thread: the unfolded GEMM input, the
+    /// padded depthwise input.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's scratch memory, taken for one kernel call (at least `len` bytes, contents left
+/// from earlier calls) and given back when dropped. A plain buffer rather than a closure, so the
+/// kernels' loops stay inside their `target_feature` functions.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Scratch(Vec<u8>);
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Scratch {
+    fn take(len: usize) -> Self {
+        let mut buf = SCRATCH.with(|cell| {
+            cell.try_borrow_mut()
+                .map(|mut b| std::mem::take(&mut *b))
+                .unwrap_or_default()
+        });
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        Self(buf)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        SCRATCH.with(|cell| {
+            if let Ok(mut b) = cell.try_borrow_mut()
+                && b.len() < buf.len()
+            {
+                *b = buf;
+            }
+        });
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn accumulate(g: &Geometry, p: &Packed, x: &[i8]) -> Vec<i32> {
+mod x86 {
+    use super::{DwPacked, Geometry, Packed, Requant, Scratch, gather};
     use std::arch::x86_64::*;
-    const ROWS: usize = 4;
-    let [nb, _, _, _] = g.in_shape;
-    let [_, oh, ow, oc] = g.out_shape;
-    let pixels = nb * oh * ow;
-    let mut out = vec![0i32; pixels * oc];
-    let mut col = vec![0u8; ROWS * p.k4];
-    let mut tile = vec![0i32; ROWS * p.oc32];
-    let mut start = 0;
-    while start < pixels {
-        let rows = ROWS.min(pixels - start);
-        for r in 0..rows {
-            let px = start + r;
-            let (b, rest) = (px / (oh * ow), px % (oh * ow));
-            gather(
-                g,
-                x,
-                b,
-                rest / ow,
-                rest % ow,
-                &mut col[r * p.k4..(r + 1) * p.k4],
+
+    /// Pixels per GEMM tile: 8 rows × 32 channels = 16 accumulators.
+    const ROWS: usize = 8;
+
+    /// `clamp(MultiplyByQuantizedMultiplier(v) + zp)` of 16 channels starting at `at`, as int8
+    /// (the same integers as `fixed::mbqm`).
+    ///
+    /// The doubling high multiply `(x·m + (x·m ≥ 0 ? 2^30 : 1 − 2^30)) / 2^31`, truncated toward
+    /// zero, equals `⌊(x·m + 2^30) / 2^31⌋` for every product (both round ties up), so it is one
+    /// add and one shift of the 64-bit product; multipliers are ≥ 0, so its saturating case
+    /// (`i32::MIN · i32::MIN`) cannot occur.
+    #[inline(always)]
+    unsafe fn requant16(v: __m512i, rq: &Requant, at: usize) -> __m128i {
+        // SAFETY: `at + 16` is within the constants (all padded to 32 channels, `at` a multiple
+        // of 16 below the padded count), and the caller has AVX-512 F/BW.
+        unsafe {
+            let load = |v: &Vec<i32>| _mm512_loadu_si512(v.as_ptr().add(at) as *const __m512i);
+            let x = _mm512_sllv_epi32(v, load(&rq.left));
+            let round = _mm512_set1_epi64(1 << 30);
+            let even = _mm512_add_epi64(_mm512_mul_epi32(x, load(&rq.multiplier)), round);
+            let odd = _mm512_add_epi64(
+                _mm512_mul_epi32(_mm512_srli_epi64(x, 32), load(&rq.multiplier_odd)),
+                round,
             );
+            // Bits 31..62 of each product: into the low dword (even) or the high one (odd).
+            let high = _mm512_mask_blend_epi32(
+                0xAAAA,
+                _mm512_srli_epi64(even, 31),
+                _mm512_slli_epi64(odd, 1),
+            );
+            // RoundingDivideByPOT(high, right): round half away from zero.
+            let remainder = _mm512_and_si512(high, load(&rq.mask));
+            let threshold = _mm512_add_epi32(load(&rq.half), _mm512_srli_epi32(high, 31));
+            let shifted = _mm512_srav_epi32(high, load(&rq.right));
+            let up = _mm512_cmpgt_epi32_mask(remainder, threshold);
+            let one = _mm512_set1_epi32(1);
+            let r = _mm512_mask_add_epi32(shifted, up, shifted, one);
+            let r = _mm512_add_epi32(r, _mm512_set1_epi32(rq.zero_point));
+            let r = _mm512_max_epi32(r, _mm512_set1_epi32(rq.lo));
+            let r = _mm512_min_epi32(r, _mm512_set1_epi32(rq.hi));
+            _mm512_cvtepi32_epi8(r)
         }
-        for r in rows..ROWS {
-            col[r * p.k4..(r + 1) * p.k4].fill(0);
+    }
+
+    /// Store 32 int8 channels (`lo` then `hi`) at `dst`, only the first `n` when `n < 32`.
+    #[inline(always)]
+    unsafe fn store32(dst: *mut i8, lo: __m128i, hi: __m128i, n: usize) {
+        // SAFETY: the caller owns `n` bytes at `dst`; the masked stores write no others.
+        unsafe {
+            if n >= 32 {
+                _mm_storeu_si128(dst as *mut __m128i, lo);
+                _mm_storeu_si128(dst.add(16) as *mut __m128i, hi);
+            } else if n > 16 {
+                _mm_storeu_si128(dst as *mut __m128i, lo);
+                _mm_mask_storeu_epi8(dst.add(16), (1u16 << (n - 16)) - 1, hi);
+            } else {
+                _mm_mask_storeu_epi8(dst, ((1u32 << n) - 1) as u16, lo);
+            }
         }
-        for ob in (0..p.oc32).step_by(32) {
-            let mut acc = [_mm512_setzero_si512(); 2 * ROWS];
+    }
+
+    /// One tile of `R` pixels (rows of `col` from `start`) × the 32 output channels at `ob`:
+    /// accumulate, requantize, store the first `rows` pixels.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize>(
+        p: &Packed,
+        rq: &Requant,
+        col: &[u8],
+        start: usize,
+        rows: usize,
+        ob: usize,
+        oc: usize,
+        out: &mut [i8],
+    ) {
+        // SAFETY: `col` holds at least `start + R` rows of `k4` bytes (the caller pads it), every
+        // active `kg < k4 / 4`, `ob + 32 <= oc32`, and only `rows` valid rows × `min(32, oc −
+        // ob)` channels of `out` are written.
+        unsafe {
+            let mut acc = [_mm512_setzero_si512(); 16];
+            let cols = col.as_ptr().add(start * p.k4);
+            let w = p.w.as_ptr().add(ob * 4);
             for &kg in &p.active[ob / 32] {
                 let kg = kg as usize;
-                // SAFETY: kg < k4 / 4 and ob + 32 <= oc32, so both 64-byte loads stay in `w`.
-                let (w0, w1) = unsafe {
-                    let base = p.w.as_ptr().add((kg * p.oc32 + ob) * 4);
-                    (
-                        _mm512_loadu_si512(base as *const __m512i),
-                        _mm512_loadu_si512(base.add(64) as *const __m512i),
-                    )
-                };
-                for r in 0..ROWS {
-                    let c = &col[r * p.k4 + kg * 4..][..4];
-                    let xb = _mm512_set1_epi32(i32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                let base = w.add(kg * p.oc32 * 4);
+                let w0 = _mm512_loadu_si512(base as *const __m512i);
+                let w1 = _mm512_loadu_si512(base.add(64) as *const __m512i);
+                for r in 0..R {
+                    let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
+                        cols.add(r * p.k4 + kg * 4) as *const i32,
+                    ));
                     acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], xb, w0);
                     acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], xb, w1);
                 }
             }
-            for r in 0..ROWS {
-                // SAFETY: ob + 32 <= oc32 = the tile's row length.
-                unsafe {
-                    let dst = tile.as_mut_ptr().add(r * p.oc32 + ob);
-                    _mm512_storeu_si512(dst as *mut __m512i, acc[2 * r]);
-                    _mm512_storeu_si512(dst.add(16) as *mut __m512i, acc[2 * r + 1]);
+            let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(ob) as *const __m512i);
+            let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(ob + 16) as *const __m512i);
+            for r in 0..R.min(rows) {
+                let lo = requant16(_mm512_add_epi32(acc[2 * r], c0), rq, ob);
+                let hi = requant16(_mm512_add_epi32(acc[2 * r + 1], c1), rq, ob + 16);
+                store32(out.as_mut_ptr().add((start + r) * oc + ob), lo, hi, oc - ob);
+            }
+        }
+    }
+
+    /// CONV_2D: unfold the input, GEMM against the packed weights, requantize into `out`
+    /// (`[pixels, oc]` int8).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`super::available`]); `x` and `out`
+    /// must have the geometry's sizes, `p` and `rq` must be built for this convolution.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn conv(g: &Geometry, p: &Packed, rq: &Requant, x: &[i8], out: &mut [i8]) {
+        let [nb, _, _, _] = g.in_shape;
+        let [_, oh, ow, oc] = g.out_shape;
+        let pixels = nb * oh * ow;
+        // `ROWS` spare rows: the last tile reads them (whatever they hold) and stores nothing
+        // of theirs.
+        let mut scratch = Scratch::take((pixels + ROWS) * p.k4);
+        let col = &mut scratch.0[..(pixels + ROWS) * p.k4];
+        for (px, dst) in col.chunks_exact_mut(p.k4).take(pixels).enumerate() {
+            let (b, rest) = (px / (oh * ow), px % (oh * ow));
+            gather(g, x, b, rest / ow, rest % ow, dst);
+        }
+        // SAFETY: forwarded.
+        unsafe { gemm(p, rq, col, pixels, oc, out) }
+    }
+
+    /// The GEMM over unfolded rows `col` (`[pixels + ROWS, k4]` u8), requantized into `out`.
+    #[inline(always)]
+    unsafe fn gemm(p: &Packed, rq: &Requant, col: &[u8], pixels: usize, oc: usize, out: &mut [i8]) {
+        for ob in (0..p.oc32).step_by(32) {
+            let mut start = 0;
+            // SAFETY: as `tile` requires: `col` has `ROWS` spare rows, `out` is `[pixels, oc]`.
+            unsafe {
+                while pixels - start >= ROWS {
+                    tile::<ROWS>(p, rq, col, start, ROWS, ob, oc, out);
+                    start += ROWS;
+                }
+                let rest = pixels - start;
+                if rest > 4 {
+                    tile::<ROWS>(p, rq, col, start, rest, ob, oc, out);
+                } else if rest > 2 {
+                    tile::<4>(p, rq, col, start, rest, ob, oc, out);
+                } else if rest > 0 {
+                    tile::<2>(p, rq, col, start, rest, ob, oc, out);
                 }
             }
         }
-        for r in 0..rows {
-            let dst = &mut out[(start + r) * oc..][..oc];
-            for ((d, t), corr) in dst.iter_mut().zip(&tile[r * p.oc32..]).zip(&p.corr) {
-                *d = t.wrapping_add(*corr);
+    }
+
+    /// Depthwise convolution, channel multiplier 1, into `out` (`[pixels, c]` int8).
+    ///
+    /// # Safety
+    /// As [`conv`], with `p` built by [`DwPacked::new`] for this convolution.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn depthwise(
+        g: &Geometry,
+        p: &DwPacked,
+        rq: &Requant,
+        x: &[i8],
+        out: &mut [i8],
+    ) {
+        // Specialised copies for the common tap counts (3×3 → 5 pairs), so the weights and the
+        // tap loop are fixed at compile time.
+        // SAFETY: forwarded.
+        unsafe {
+            match p.pairs {
+                5 => depthwise_impl(g, p, rq, x, out, 5),
+                2 => depthwise_impl(g, p, rq, x, out, 2),
+                13 => depthwise_impl(g, p, rq, x, out, 13),
+                n => depthwise_impl(g, p, rq, x, out, n),
             }
         }
-        start += rows;
     }
-    out
+
+    #[inline(always)]
+    unsafe fn depthwise_impl(
+        g: &Geometry,
+        p: &DwPacked,
+        rq: &Requant,
+        x: &[i8],
+        out: &mut [i8],
+        pairs: usize,
+    ) {
+        let [nb, ih, iw, c] = g.in_shape;
+        let [_, oh, ow, _] = g.out_shape;
+        let [kh, kw] = g.kernel;
+        let (s, d) = (g.stride, g.dilation);
+        let hp = (oh - 1) * s[0] + (kh - 1) * d[0] + 1;
+        let wp = (ow - 1) * s[1] + (kw - 1) * d[1] + 1;
+        let c32 = p.c32;
+        // The input padded with its zero point; the channels from `c` to `c32` keep whatever the
+        // scratch held (their weights are 0).
+        let zp = g.input_zp as u8;
+        // SAFETY: i8 and u8 have the same layout.
+        let x = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) };
+        let mut scratch = Scratch::take(nb * hp * wp * c32);
+        let padded = &mut scratch.0[..nb * hp * wp * c32];
+        for b in 0..nb {
+            for py in 0..hp {
+                let row = &mut padded[(b * hp + py) * wp * c32..][..wp * c32];
+                let Some(y) = py.checked_sub(g.pad[0]).filter(|y| *y < ih) else {
+                    row.fill(zp);
+                    continue;
+                };
+                for (px, dst) in row.chunks_exact_mut(c32).enumerate() {
+                    match px.checked_sub(g.pad[1]).filter(|xx| *xx < iw) {
+                        Some(xx) => {
+                            dst[..c].copy_from_slice(&x[((b * ih + y) * iw + xx) * c..][..c])
+                        }
+                        None => dst.fill(zp),
+                    }
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { depthwise_loop(g, p, rq, padded, out, pairs, [hp, wp]) }
+    }
+
+    /// The depthwise loop over the padded input (`[nb, hp, wp, c32]`), requantized into `out`.
+    #[inline(always)]
+    unsafe fn depthwise_loop(
+        g: &Geometry,
+        p: &DwPacked,
+        rq: &Requant,
+        padded: &[u8],
+        out: &mut [i8],
+        pairs: usize,
+        [hp, wp]: [usize; 2],
+    ) {
+        let [nb, _, _, c] = g.in_shape;
+        let [_, oh, ow, _] = g.out_shape;
+        let [kh, kw] = g.kernel;
+        let (s, d) = (g.stride, g.dilation);
+        let c32 = p.c32;
+        let offset = |t: usize| {
+            if t >= kh * kw {
+                // The zero-weight partner of an odd last tap: any readable position.
+                0
+            } else {
+                ((t / kw) * d[0] * wp + (t % kw) * d[1]) * c32
+            }
+        };
+        let taps: Vec<[usize; 2]> = (0..pairs)
+            .map(|j| [offset(2 * j), offset(2 * j + 1)])
+            .collect();
+        // Channel k of the 16 outputs: dword k % 8 < 4 of the lo accumulator, else of hi.
+        let index = |first: usize| {
+            let mut idx = [0i32; 16];
+            for (k, v) in idx.iter_mut().enumerate() {
+                let (lane, i) = ((first + k) / 8, (first + k) % 8);
+                *v = if i < 4 {
+                    (4 * lane + i) as i32
+                } else {
+                    (16 + 4 * lane + i - 4) as i32
+                };
+            }
+            idx
+        };
+        let (i0, i1) = (index(0), index(16));
+        // SAFETY: every tap of every output pixel lies inside `padded` (its size follows from
+        // the output geometry), each block reads 32 channels of `c32`, and `store32` writes
+        // `min(32, c − cb·32)` channels of the pixel's row in `out`.
+        unsafe {
+            let i0 = _mm512_loadu_si512(i0.as_ptr() as *const __m512i);
+            let i1 = _mm512_loadu_si512(i1.as_ptr() as *const __m512i);
+            let src = padded.as_ptr() as *const i8;
+            for cb in 0..c32 / 32 {
+                let w = p.w.as_ptr().add(cb * pairs * 64);
+                let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32) as *const __m512i);
+                let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32 + 16) as *const __m512i);
+                for b in 0..nb {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let base =
+                                src.add(((b * hp + oy * s[0]) * wp + ox * s[1]) * c32 + cb * 32);
+                            let mut lo = _mm512_setzero_si512();
+                            let mut hi = _mm512_setzero_si512();
+                            for (j, [t0, t1]) in taps.iter().enumerate().take(pairs) {
+                                let a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                    base.add(*t0) as *const __m256i
+                                ));
+                                let bb = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                    base.add(*t1) as *const __m256i
+                                ));
+                                let wl = _mm512_loadu_si512(w.add(j * 64) as *const __m512i);
+                                let wh = _mm512_loadu_si512(w.add(j * 64 + 32) as *const __m512i);
+                                lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(a, bb), wl);
+                                hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(a, bb), wh);
+                            }
+                            let v0 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i0, hi), c0);
+                            let v1 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i1, hi), c1);
+                            let q0 = requant16(v0, rq, cb * 32);
+                            let q1 = requant16(v1, rq, cb * 32 + 16);
+                            let px = (b * oh + oy) * ow + ox;
+                            store32(out.as_mut_ptr().add(px * c + cb * 32), q0, q1, c - cb * 32);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{conv, depthwise};

@@ -88,6 +88,10 @@ mod random_graphs {
         multiplier: usize,
         units: usize,
         relu6: bool,
+        /// Dilation of both spatial axes.
+        dilation: usize,
+        /// Output scale: small ones give requantization multipliers above 1 (left shifts).
+        out_scale: f32,
         seed: u64,
     }
 
@@ -114,16 +118,18 @@ mod random_graphs {
     ) -> Vec<i8> {
         let [n, h, wd, ic] = c.shape;
         let [kh, kw] = c.kernel;
+        let d = c.dilation;
         let out = |size: usize, k: usize| {
             if c.same {
                 size.div_ceil(c.stride)
             } else {
-                (size - k) / c.stride + 1
+                (size - (k - 1) * d - 1) / c.stride + 1
             }
         };
         let (oh, ow) = (out(h, kh), out(wd, kw));
-        let pad =
-            |size: usize, k: usize, o: usize| ((o - 1) * c.stride + k).saturating_sub(size) / 2;
+        let pad = |size: usize, k: usize, o: usize| {
+            ((o - 1) * c.stride + (k - 1) * d + 1).saturating_sub(size) / 2
+        };
         let (ph, pw) = if c.same {
             (pad(h, kh, oh), pad(wd, kw, ow))
         } else {
@@ -143,8 +149,8 @@ mod random_graphs {
                         let mut acc = bias[o];
                         for fy in 0..kh {
                             for fx in 0..kw {
-                                let iy = (oy * c.stride + fy) as isize - ph as isize;
-                                let ix = (ox * c.stride + fx) as isize - pw as isize;
+                                let iy = (oy * c.stride + fy * d) as isize - ph as isize;
+                                let ix = (ox * c.stride + fx * d) as isize - pw as isize;
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
                                     continue;
                                 }
@@ -194,64 +200,177 @@ mod random_graphs {
                     multiplier,
                     units,
                     relu6,
+                    dilation: 1,
+                    out_scale: 0.1,
                     seed,
                 },
             )
     }
 
+    /// Channel counts across several blocks of 32 with ragged tails (the AVX-512 kernels'
+    /// blocking), dilation, and output scales that make some multipliers exceed 1.
+    fn wide_case() -> impl Strategy<Value = Case> {
+        (
+            (1usize..3, 1usize..7, 1usize..7, 1usize..80),
+            (1usize..4, 1usize..4),
+            (1usize..3, 1usize..3),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
+            (1usize..3, 1usize..80),
+            prop::sample::select(vec![0.1f32, 0.004, 0.0003]),
+            any::<u64>(),
+        )
+            .prop_filter("kernel fits", |(s, k, (_, d), (same, ..), ..)| {
+                *same || ((k.0 - 1) * d < s.1 && (k.1 - 1) * d < s.2)
+            })
+            .prop_map(
+                |(
+                    s,
+                    k,
+                    (stride, dilation),
+                    (same, depthwise, relu6),
+                    (multiplier, units),
+                    out_scale,
+                    seed,
+                )| Case {
+                    shape: [s.0, s.1, s.2, s.3],
+                    kernel: [k.0, k.1],
+                    stride,
+                    same,
+                    depthwise,
+                    multiplier,
+                    units,
+                    relu6,
+                    dilation,
+                    out_scale,
+                    seed,
+                },
+            )
+    }
+
+    /// Build the one-convolution graph of `c`, run it with the fast and the portable kernels,
+    /// and compare both with the oracle.
+    fn check(c: &Case) -> Result<(), TestCaseError> {
+        let [_, _, _, ic] = c.shape;
+        let oc = if c.depthwise {
+            ic * c.multiplier
+        } else {
+            c.units
+        };
+        let wshape = if c.depthwise {
+            [1, c.kernel[0], c.kernel[1], oc]
+        } else {
+            [oc, c.kernel[0], c.kernel[1], ic]
+        };
+        let wn: usize = wshape.iter().product();
+        let w: Vec<i8> = values(c.seed, wn, -127, 127)
+            .into_iter()
+            .map(|v| v as i8)
+            .collect();
+        let scales: Vec<f32> = values(c.seed ^ 7, oc, 1, 100)
+            .into_iter()
+            .map(|v| v as f32 * 1e-3)
+            .collect();
+        let bias: Vec<f32> = values(c.seed ^ 9, oc, -1000, 1000)
+            .into_iter()
+            .map(|v| v as f32 * 1e-3)
+            .collect();
+        let in_q = ActQ {
+            scale: 0.05,
+            zero_point: values(c.seed ^ 3, 1, -20, 20)[0],
+        };
+        let out_q = ActQ {
+            scale: c.out_scale,
+            zero_point: values(c.seed ^ 5, 1, -128, 0)[0],
+        };
+        let mut b = Int8Builder::new();
+        let x = b.input("x", &c.shape, in_q).unwrap();
+        let layer = ConvLayer {
+            weight: w.clone(),
+            shape: wshape,
+            scales: scales.clone(),
+            bias: Some(bias.clone()),
+            stride: [c.stride; 2],
+            dilation: [c.dilation; 2],
+            padding: if c.same {
+                ConvPadding::Same
+            } else {
+                ConvPadding::Valid
+            },
+            activation: if c.relu6 {
+                Activation::Relu6
+            } else {
+                Activation::None
+            },
+            depthwise: c.depthwise,
+        };
+        let y = b.conv2d("y", x, &layer, out_q).unwrap();
+        b.output(y);
+        let bytes = b.finish().unwrap();
+        let interp = Interpreter::new(&Graph::from_bytes(&bytes).unwrap()).unwrap();
+        let input: Vec<i8> = values(c.seed ^ 11, c.shape.iter().product(), -128, 127)
+            .into_iter()
+            .map(|v| v as i8)
+            .collect();
+        let got = interp.run_i8(&input).unwrap();
+        // The portable kernel (no AVX-512 VNNI) computes the same.
+        let mut portable = interp.clone();
+        portable.set_portable(true);
+        prop_assert!(!portable.uses_vnni());
+        prop_assert_eq!(&portable.run_i8(&input).unwrap(), &got);
+        // The writer's int32 bias and TFLite's multipliers, recomputed here.
+        let qb: Vec<i32> = bias
+            .iter()
+            .zip(&scales)
+            .map(|(b, s)| (*b as f64 / (in_q.scale * s) as f64).round() as i32)
+            .collect();
+        let m: Vec<(i32, i32)> = scales
+            .iter()
+            .map(|s| {
+                collab_tflite::fixed::quantize_multiplier(
+                    in_q.scale as f64 * *s as f64 / out_q.scale as f64,
+                )
+            })
+            .collect();
+        let (lo, hi) = if c.relu6 {
+            (
+                out_q.zero_point.max(-128),
+                (out_q.zero_point + (6.0f32 / out_q.scale).round() as i32).min(127),
+            )
+        } else {
+            (-128, 127)
+        };
+        let want = oracle(
+            c,
+            &input,
+            &w,
+            &qb,
+            &m,
+            [in_q.zero_point, out_q.zero_point, lo, hi],
+        );
+        prop_assert_eq!(got, want);
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// The interpreter's fast convolutions (AVX-512 VNNI GEMM where the CPU has it; HWIO
-        /// weights, zero skipping, AVX2 otherwise) compute exactly TFLite's formula, for
-        /// convolutions and depthwise ones with any multiplier.
+        /// The interpreter's fast convolutions (AVX-512 VNNI GEMM and depthwise kernels where the
+        /// CPU has them; HWIO weights, zero skipping, AVX2 otherwise) compute exactly TFLite's
+        /// formula, for convolutions and depthwise ones with any multiplier.
         #[test]
         fn conv_equals_the_plain_formula(c in case()) {
-            let [_, _, _, ic] = c.shape;
-            let oc = if c.depthwise { ic * c.multiplier } else { c.units };
-            let wshape = if c.depthwise { [1, c.kernel[0], c.kernel[1], oc] } else { [oc, c.kernel[0], c.kernel[1], ic] };
-            let wn: usize = wshape.iter().product();
-            let w: Vec<i8> = values(c.seed, wn, -127, 127).into_iter().map(|v| v as i8).collect();
-            let scales: Vec<f32> = values(c.seed ^ 7, oc, 1, 100).into_iter().map(|v| v as f32 * 1e-3).collect();
-            let bias: Vec<f32> = values(c.seed ^ 9, oc, -1000, 1000).into_iter().map(|v| v as f32 * 1e-3).collect();
-            let in_q = ActQ { scale: 0.05, zero_point: values(c.seed ^ 3, 1, -20, 20)[0] };
-            let out_q = ActQ { scale: 0.1, zero_point: values(c.seed ^ 5, 1, -128, 0)[0] };
-            let mut b = Int8Builder::new();
-            let x = b.input("x", &c.shape, in_q).unwrap();
-            let layer = ConvLayer {
-                weight: w.clone(),
-                shape: wshape,
-                scales: scales.clone(),
-                bias: Some(bias.clone()),
-                stride: [c.stride; 2],
-                dilation: [1, 1],
-                padding: if c.same { ConvPadding::Same } else { ConvPadding::Valid },
-                activation: if c.relu6 { Activation::Relu6 } else { Activation::None },
-                depthwise: c.depthwise,
-            };
-            let y = b.conv2d("y", x, &layer, out_q).unwrap();
-            b.output(y);
-            let bytes = b.finish().unwrap();
-            let interp = Interpreter::new(&Graph::from_bytes(&bytes).unwrap()).unwrap();
-            let input: Vec<i8> = values(c.seed ^ 11, c.shape.iter().product(), -128, 127)
-                .into_iter().map(|v| v as i8).collect();
-            let got = interp.run_i8(&input).unwrap();
-            // The portable kernel (no AVX-512 VNNI) computes the same.
-            let mut portable = interp.clone();
-            portable.set_portable(true);
-            prop_assert!(!portable.uses_vnni());
-            prop_assert_eq!(&portable.run_i8(&input).unwrap(), &got);
-            // The writer's int32 bias and TFLite's multipliers, recomputed here.
-            let qb: Vec<i32> = bias.iter().zip(&scales)
-                .map(|(b, s)| (*b as f64 / (in_q.scale * s) as f64).round() as i32).collect();
-            let m: Vec<(i32, i32)> = scales.iter()
-                .map(|s| collab_tflite::fixed::quantize_multiplier(in_q.scale as f64 * *s as f64 / out_q.scale as f64))
-                .collect();
-            let (lo, hi) = if c.relu6 {
-                (out_q.zero_point.max(-128), (out_q.zero_point + (6.0f32 / out_q.scale).round() as i32).min(127))
-            } else { (-128, 127) };
-            let want = oracle(&c, &input, &w, &qb, &m, [in_q.zero_point, out_q.zero_point, lo, hi]);
-            prop_assert_eq!(got, want);
+            check(&c)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(120))]
+
+        /// The same over many channels (several blocks of 32 with ragged tails), dilation and
+        /// requantization multipliers above 1.
+        #[test]
+        fn wide_conv_equals_the_plain_formula(c in wide_case()) {
+            check(&c)?;
         }
     }
 }
