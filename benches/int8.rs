@@ -1,6 +1,7 @@
 //! The int8 interpreter, single thread, batch 1: DS-CNN-L (random weights, calibrated on random
-//! features) dense and pruned 50% in 32×4 blocks, with the AVX-512 VNNI kernels (where the CPU
-//! has them) and the portable ones. LiteRT comparisons are in `examples/bench_int8`.
+//! features) dense and pruned 50% in 32×4 blocks, with the best kernels (AVX-512 VNNI where the
+//! CPU has them), the AVX2 ones and the portable ones. LiteRT comparisons are in
+//! `examples/bench_int8`.
 //!
 //! ```text
 //! cargo bench --bench int8
@@ -10,7 +11,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use burn_collab::models::{DsCnnConfig, DsCnnSize};
 use burn_collab::prune::{Granularity, PruningConfig, PruningSchedule};
 use burn_collab::quant::Calibration;
-use burn_collab::tflite::{Graph, Interpreter};
+use burn_collab::tflite::{Graph, Interpreter, Kernels};
 use burn_collab::workflow::export::{self, ExportOptions, Traceable};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -51,17 +52,10 @@ fn interpreters() -> Vec<(String, Interpreter)> {
         let bytes =
             export::to_tflite(&plan, Some(&ranges), &ExportOptions::default()).expect("export");
         let graph = Graph::from_bytes(&bytes).expect("read");
-        for portable in [false, true] {
+        for kernels in [Kernels::Best, Kernels::Avx2, Kernels::Portable] {
             let mut interp = Interpreter::new(&graph).expect("interpreter");
-            interp.set_portable(portable);
-            let kernels = if portable {
-                "portable"
-            } else if interp.uses_vnni() {
-                "vnni"
-            } else {
-                "portable (no VNNI on this CPU)"
-            };
-            out.push((format!("{name}, {kernels}"), interp));
+            interp.set_kernels(kernels);
+            out.push((format!("{name}, {}", interp.kernel_name()), interp));
         }
     }
     out

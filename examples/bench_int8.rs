@@ -1,5 +1,5 @@
-//! Single-thread int8 latency: burn-collab's interpreter (AVX-512 VNNI GEMM where the CPU has
-//! it, and its portable kernels) vs LiteRT (XNNPACK, its optimised builtin kernels and its
+//! Single-thread int8 latency: burn-collab's interpreter (its best kernels, AVX-512 VNNI where
+//! the CPU has it; its AVX2 kernels, what CPUs without VNNI run; its portable kernels) vs LiteRT (XNNPACK, its optimised builtin kernels and its
 //! reference kernels) on DS-CNN-S and DS-CNN-L files exported by `collab::export`, and on
 //! DS-CNN-L pruned 50% (unstructured and in 32×4 blocks) and clustered (16 per tensor), all in
 //! one run on one machine. Prints medians and ratios.
@@ -23,7 +23,7 @@ use burn_collab::models::{DsCnnConfig, DsCnnSize, import};
 use burn_collab::prune::{Granularity, PruningConfig, PruningSchedule};
 use burn_collab::quant::Calibration;
 use burn_collab::tflite::tools::Validators;
-use burn_collab::tflite::{Data, Graph, Interpreter, npy};
+use burn_collab::tflite::{Data, Graph, Interpreter, Kernels, npy};
 use burn_collab::workflow::export::{self, ExportOptions, Traceable};
 use clap::Parser;
 
@@ -59,9 +59,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dir = tempfile::tempdir()?;
     println!(
-        "{:<22} {:>9} {:>11} {:>11} {:>11} {:>10} {:>9} {:>9}",
+        "{:<22} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10} {:>9} {:>9}",
         "model",
         "ours ms",
+        "avx2 ms",
         "portable ms",
         "xnnpack ms",
         "builtin ms",
@@ -143,8 +144,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(median(times))
             };
             let ours = time(&interp)?;
+            let mut avx2 = interp.clone();
+            avx2.set_kernels(Kernels::Avx2);
+            let ours_avx2 = time(&avx2)?;
             let mut portable = interp.clone();
-            portable.set_portable(true);
+            portable.set_kernels(Kernels::Portable);
             let ours_portable = time(&portable)?;
             let (mut xnn, mut builtin, mut reference) = (f64::NAN, f64::NAN, f64::NAN);
             if let Some(tools) = &tools {
@@ -176,9 +180,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             println!(
-                "{:<22} {:>9.4} {:>11.4} {:>11.4} {:>11.4} {:>10.4} {:>9.2} {:>9.2}",
+                "{:<22} {:>9.4} {:>9.4} {:>11.4} {:>11.4} {:>11.4} {:>10.4} {:>9.2} {:>9.2}",
                 label,
                 ours,
+                ours_avx2,
                 ours_portable,
                 xnn,
                 builtin,

@@ -343,6 +343,10 @@ enum BenchCommand {
         /// Timed runs (after 10 warm-up runs).
         #[arg(long, default_value_t = 200)]
         runs: usize,
+        /// Convolution kernels: best (AVX-512 VNNI, else AVX2, else portable), avx2 (what a CPU
+        /// without VNNI runs) or portable.
+        #[arg(long, default_value = "best")]
+        kernels: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -397,6 +401,7 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
             model,
             threads,
             runs,
+            kernels,
             json,
         } => {
             if threads != 1 {
@@ -404,7 +409,17 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
                     "--threads: the int8 interpreter runs on one thread".into(),
                 ));
             }
-            (collab::bench::infer(&model, runs)?, json)
+            let kernels = match kernels.as_str() {
+                "best" => collab_tflite::Kernels::Best,
+                "avx2" => collab_tflite::Kernels::Avx2,
+                "portable" => collab_tflite::Kernels::Portable,
+                other => {
+                    return Err(CollabError::Usage(format!(
+                        "--kernels {other}: use best, avx2 or portable"
+                    )));
+                }
+            };
+            (collab::bench::infer(&model, runs, kernels)?, json)
         }
     };
     if json {

@@ -187,6 +187,22 @@ fn bench_prints_timings() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["min_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(v["steps"], 5);
+    let (code, out, err) = collab(&[
+        "bench",
+        "infer",
+        "--model",
+        model.to_str().unwrap(),
+        "--runs",
+        "3",
+        "--kernels",
+        "portable",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("portable kernels"), "{out}");
+    let (code, _, err) = collab(&["bench", "infer", "--model", "x.tflite", "--kernels", "gpu"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--kernels gpu"), "{err}");
     let (code, _, err) = collab(&["bench", "train", "--model", "ds-cnn-s", "--wrap", "magic"]);
     assert_eq!(code, 1);
     assert!(err.contains("--wrap magic"), "{err}");

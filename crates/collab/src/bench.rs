@@ -214,10 +214,15 @@ pub fn train_step(
 /// Latency of one batch of `path` in our int8 interpreter, `runs` timed runs after 10 warm-up
 /// runs, single thread. The input is fixed pseudo-random values (not zeros: the interpreter
 /// skips real zeros, which would flatter it).
-pub fn infer(path: &Path, runs: usize) -> Result<Timing, CollabError> {
+pub fn infer(
+    path: &Path,
+    runs: usize,
+    kernels: collab_tflite::Kernels,
+) -> Result<Timing, CollabError> {
     use collab_tflite::{Data, Graph, Interpreter, TensorType};
     let graph = Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
-    let interp = Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
+    let mut interp = Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
+    interp.set_kernels(kernels);
     let inputs: Vec<Data> = interp
         .inputs()
         .iter()
@@ -250,6 +255,10 @@ pub fn infer(path: &Path, runs: usize) -> Result<Timing, CollabError> {
     Ok(summarize(
         times,
         "int8-interpreter",
-        format!("{} int8 inference, 1 thread", path.display()),
+        format!(
+            "{} int8 inference, 1 thread, {} kernels",
+            path.display(),
+            interp.kernel_name()
+        ),
     ))
 }

@@ -96,13 +96,68 @@ struct ConvKernel {
     fast: Option<Fast>,
 }
 
-/// A convolution prepared for the AVX-512 VNNI kernels.
+/// A convolution prepared for the SIMD kernels.
 #[derive(Clone, Debug)]
 enum Fast {
-    /// CONV_2D as a GEMM.
+    /// CONV_2D as an AVX-512 VNNI GEMM.
     Gemm(crate::vnni::Packed, crate::vnni::Requant),
-    /// DEPTHWISE_CONV_2D with channel multiplier 1.
+    /// DEPTHWISE_CONV_2D with channel multiplier 1, AVX-512 VNNI.
     Depthwise(crate::vnni::DwPacked, crate::vnni::Requant),
+    /// CONV_2D as an AVX2 GEMM.
+    Avx2Gemm(crate::vnni::avx2::Packed16, crate::vnni::Requant),
+    /// DEPTHWISE_CONV_2D with channel multiplier 1, AVX2.
+    Avx2Depthwise(crate::vnni::DwPacked, crate::vnni::Requant),
+}
+
+/// Which convolution kernels an [`Interpreter`] runs. All compute the same integers (tests
+/// compare them); only their speed differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernels {
+    /// The fastest this CPU supports: AVX-512 VNNI, else AVX2, else portable.
+    #[default]
+    Best,
+    /// AVX2 (`vpmaddwd`) where the CPU has it, else portable: what a CPU without AVX-512 VNNI
+    /// runs.
+    Avx2,
+    /// Plain Rust loops (auto-vectorised), on every CPU.
+    Portable,
+}
+
+/// The SIMD form of convolution `c` for `kernels` on this CPU, if any.
+fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
+    let vnni = kernels == Kernels::Best && crate::vnni::available();
+    let avx2 = kernels != Kernels::Portable && crate::vnni::avx2_available();
+    if !(vnni || avx2) || (c.depthwise && c.multiplier != 1) {
+        return None;
+    }
+    let requant = crate::vnni::Requant::new(
+        &c.requant.multiplier,
+        &c.requant.shift,
+        c.output_offset,
+        c.act,
+    );
+    let taps = c.kernel[0] * c.kernel[1];
+    let units = c.out_shape[3];
+    let zp = -c.input_offset;
+    Some(match (c.depthwise, vnni) {
+        (false, true) => Fast::Gemm(
+            crate::vnni::Packed::new(&c.filter, taps * c.in_shape[3], units, &c.bias, zp),
+            requant,
+        ),
+        (true, true) => Fast::Depthwise(
+            crate::vnni::DwPacked::new(&c.filter, taps, units, &c.bias, zp, 32),
+            requant,
+        ),
+        (false, false) => Fast::Avx2Gemm(
+            crate::vnni::avx2::Packed16::new(&c.filter, taps * c.in_shape[3], units, &c.bias, zp),
+            requant,
+        ),
+        (true, false) => Fast::Avx2Depthwise(
+            crate::vnni::DwPacked::new(&c.filter, taps, units, &c.bias, zp, 16),
+            requant,
+        ),
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -620,30 +675,7 @@ impl Interpreter {
                 let bias = bias_i32(graph, op.inputs.get(2), units, n, name)?;
                 let act = activation_range(*activation, out_scale, out_zp)
                     .map_err(|e| bad(n, name, e))?;
-                let fast = crate::vnni::available().then(|| {
-                    let requant = crate::vnni::Requant::new(&mult, &shift, out_zp, act);
-                    let taps = kernel[0] * kernel[1];
-                    if !depthwise {
-                        Some(Fast::Gemm(
-                            crate::vnni::Packed::new(
-                                &filter,
-                                taps * in_shape[3],
-                                units,
-                                &bias,
-                                in_zp,
-                            ),
-                            requant,
-                        ))
-                    } else if multiplier == 1 {
-                        Some(Fast::Depthwise(
-                            crate::vnni::DwPacked::new(&filter, taps, units, &bias, in_zp),
-                            requant,
-                        ))
-                    } else {
-                        None
-                    }
-                });
-                let k = Box::new(ConvKernel {
+                let mut k = Box::new(ConvKernel {
                     input: ii,
                     output: oi,
                     in_shape,
@@ -663,8 +695,9 @@ impl Interpreter {
                     act,
                     depthwise,
                     multiplier,
-                    fast: fast.flatten(),
+                    fast: None,
                 });
+                k.fast = build_fast(&k, Kernels::Best);
                 Kernel::Conv(k)
             }
             ("FULLY_CONNECTED", Options::FullyConnected { activation, .. }) => {
@@ -929,10 +962,42 @@ impl Interpreter {
         })
     }
 
-    /// Use only the portable kernels (no AVX-512 VNNI convolutions), for tests and benchmarks
-    /// that compare the two; results are identical either way.
+    /// Use only the portable kernels (no SIMD convolutions), for tests and benchmarks that
+    /// compare them; results are identical either way. Same as
+    /// [`set_kernels`](Self::set_kernels)`(Kernels::Portable)` / `(Kernels::Best)`.
     pub fn set_portable(&mut self, portable: bool) {
-        self.portable = portable;
+        self.set_kernels(if portable {
+            Kernels::Portable
+        } else {
+            Kernels::Best
+        });
+    }
+
+    /// Choose the convolution kernels (repacks the weights); results are identical for all.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.portable = kernels == Kernels::Portable;
+        for k in &mut self.kernels {
+            if let Kernel::Conv(c) = k {
+                c.fast = build_fast(c, kernels);
+            }
+        }
+    }
+
+    /// The kernels the convolutions run on: `"avx512-vnni"`, `"avx2"` or `"portable"` (the
+    /// first that any convolution uses, in that order).
+    pub fn kernel_name(&self) -> &'static str {
+        let mut name = "portable";
+        for k in &self.kernels {
+            match k {
+                Kernel::Conv(c) if !self.portable => match c.fast {
+                    Some(Fast::Gemm(..) | Fast::Depthwise(..)) => return "avx512-vnni",
+                    Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => name = "avx2",
+                    None => {}
+                },
+                _ => {}
+            }
+        }
+        name
     }
 
     /// Whether the AVX-512 VNNI kernels run the convolutions (ordinary ones and depthwise ones
@@ -940,10 +1005,13 @@ impl Interpreter {
     /// [`set_portable`](Self::set_portable) is off).
     pub fn uses_vnni(&self) -> bool {
         !self.portable
-            && self
-                .kernels
-                .iter()
-                .any(|k| matches!(k, Kernel::Conv(c) if c.fast.is_some()))
+            && self.kernels.iter().any(|k| {
+                matches!(
+                    k,
+                    Kernel::Conv(c)
+                        if matches!(c.fast, Some(Fast::Gemm(..) | Fast::Depthwise(..)))
+                )
+            })
     }
 
     /// Bytes of all computed tensors together.
@@ -1407,12 +1475,15 @@ fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
             input_zp: -c.input_offset,
         };
         let mut out = vec![0i8; c.out_shape.iter().product()];
-        // SAFETY: `fast` is only built when vnni::available() found AVX-512 F/BW/VL/VNNI, for
-        // this kernel's geometry; `x` and `out` have its input and output sizes.
+        // SAFETY: `build_fast` builds the VNNI forms only where vnni::available() found AVX-512
+        // F/BW/VL/VNNI and the AVX2 forms only where AVX2 is present, for this kernel's
+        // geometry; `x` and `out` have its input and output sizes.
         unsafe {
             match f {
                 Fast::Gemm(p, rq) => crate::vnni::conv(&g, p, rq, x, &mut out),
                 Fast::Depthwise(p, rq) => crate::vnni::depthwise(&g, p, rq, x, &mut out),
+                Fast::Avx2Gemm(p, rq) => crate::vnni::avx2::conv(&g, p, rq, x, &mut out),
+                Fast::Avx2Depthwise(p, rq) => crate::vnni::avx2::depthwise(&g, p, rq, x, &mut out),
             }
         }
         out

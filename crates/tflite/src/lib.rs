@@ -43,7 +43,7 @@ pub mod tools;
 mod vnni;
 pub mod writer;
 
-pub use interp::{Data, Flavor, Interpreter, Port};
+pub use interp::{Data, Flavor, Interpreter, Kernels, Port};
 pub use reader::{
     Activation, Graph, Operator, Options, Padding, Quantization, TensorInfo, TensorType,
 };

@@ -126,27 +126,37 @@ impl Packed {
     }
 }
 
-/// Depthwise weights (multiplier 1) packed for `vpdpwssd`: per block of 32 channels and pair
-/// of taps `(2j, 2j + 1)`, 64 `i16` in the order `unpacklo_epi16` / `unpackhi_epi16` interleave
-/// two taps' sign-extended inputs (an odd last tap is paired with a zero weight).
+/// Depthwise weights (multiplier 1) packed for `vpdpwssd` / `vpmaddwd`: per block of `width`
+/// channels (32 for AVX-512, 16 for AVX2) and pair of taps `(2j, 2j + 1)`, `2 · width` `i16` in
+/// the order `unpacklo_epi16` / `unpackhi_epi16` interleave two taps' sign-extended inputs in
+/// each 128-bit lane (an odd last tap is paired with a zero weight).
 #[derive(Clone, Debug)]
 pub(crate) struct DwPacked {
     /// Taps (`kh · kw`) rounded up to 2, halved.
     pairs: usize,
-    /// Channels rounded up to 32.
-    c32: usize,
-    /// `[c32 / 32][pairs][64]`.
+    /// Channels per block.
+    width: usize,
+    /// Channels rounded up to `width`.
+    padded: usize,
+    /// `[padded / width][pairs][2 · width]`.
     w: Vec<i16>,
-    /// `bias − zp·Σw` per channel, padded to `c32`.
+    /// `bias − zp·Σw` per channel, padded to a multiple of 32.
     corr: Vec<i32>,
 }
 
 impl DwPacked {
-    /// From `[kh · kw, c]` weights (TFLite's `[1, kh, kw, c]`), the int32 bias and the input
-    /// zero point.
-    pub(crate) fn new(w: &[i32], taps: usize, c: usize, bias: &[i32], input_zp: i32) -> Self {
+    /// From `[kh · kw, c]` weights (TFLite's `[1, kh, kw, c]`), the int32 bias, the input
+    /// zero point and the block width (32 or 16).
+    pub(crate) fn new(
+        w: &[i32],
+        taps: usize,
+        c: usize,
+        bias: &[i32],
+        input_zp: i32,
+        width: usize,
+    ) -> Self {
         let pairs = taps.div_ceil(2);
-        let c32 = c.div_ceil(32) * 32;
+        let padded = c.div_ceil(width) * width;
         let at = |t: usize, ch: usize| -> i16 {
             if t < taps && ch < c {
                 w[t * c + ch] as i16
@@ -154,14 +164,14 @@ impl DwPacked {
                 0
             }
         };
-        let mut packed = vec![0i16; c32 / 32 * pairs * 64];
-        for cb in 0..c32 / 32 {
+        let mut packed = vec![0i16; padded / width * pairs * 2 * width];
+        for cb in 0..padded / width {
             for j in 0..pairs {
-                let dst = &mut packed[(cb * pairs + j) * 64..][..64];
-                for lane in 0..4 {
+                let dst = &mut packed[(cb * pairs + j) * 2 * width..][..2 * width];
+                for lane in 0..width / 8 {
                     for i in 0..4 {
-                        for (half, base) in [(0, 0), (32, 4)] {
-                            let ch = cb * 32 + 8 * lane + base + i;
+                        for (half, base) in [(0, 0), (width, 4)] {
+                            let ch = cb * width + 8 * lane + base + i;
                             let d = half + 8 * lane + 2 * i;
                             dst[d] = at(2 * j, ch);
                             dst[d + 1] = at(2 * j + 1, ch);
@@ -176,10 +186,11 @@ impl DwPacked {
                 bias[ch].wrapping_sub(input_zp.wrapping_mul(sum))
             })
             .collect();
-        corr.resize(c32, 0);
+        corr.resize(c.div_ceil(32) * 32, 0);
         Self {
             pairs,
-            c32,
+            width,
+            padded,
             w: packed,
             corr,
         }
@@ -194,6 +205,18 @@ pub(crate) fn available() -> bool {
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU runs the AVX2 kernels (the fallback where VNNI is missing).
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -256,6 +279,50 @@ fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]
     col[at..].fill(0);
 }
 
+/// The input of a depthwise convolution padded with its zero point to the rows and columns its
+/// taps reach and to `cp` channels, in `buf` (grown as needed): returns it with its height and
+/// width. Channels `c..cp` keep whatever `buf` held (their weights are 0).
+fn pad_input<'a>(
+    g: &Geometry,
+    x: &[i8],
+    cp: usize,
+    buf: &'a mut Vec<u8>,
+) -> (&'a [u8], usize, usize) {
+    let [nb, ih, iw, c] = g.in_shape;
+    let [_, oh, ow, _] = g.out_shape;
+    let [kh, kw] = g.kernel;
+    let (s, d) = (g.stride, g.dilation);
+    let hp = (oh - 1) * s[0] + (kh - 1) * d[0] + 1;
+    let wp = (ow - 1) * s[1] + (kw - 1) * d[1] + 1;
+    let zp = g.input_zp as u8;
+    let len = nb * hp * wp * cp;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let padded = &mut buf[..len];
+    for b in 0..nb {
+        for py in 0..hp {
+            let row = &mut padded[(b * hp + py) * wp * cp..][..wp * cp];
+            let Some(y) = py.checked_sub(g.pad[0]).filter(|y| *y < ih) else {
+                row.fill(zp);
+                continue;
+            };
+            for (px, dst) in row.chunks_exact_mut(cp).enumerate() {
+                match px.checked_sub(g.pad[1]).filter(|xx| *xx < iw) {
+                    Some(xx) => {
+                        let src = &x[((b * ih + y) * iw + xx) * c..][..c];
+                        for (d, s) in dst[..c].iter_mut().zip(src) {
+                            *d = *s as u8;
+                        }
+                    }
+                    None => dst.fill(zp),
+                }
+            }
+        }
+    }
+    (padded, hp, wp)
+}
+
 /// Offset of input row `(b, y)`.
 #[inline(always)]
 fn g_row(g: &Geometry, b: usize, y: usize) -> usize {
@@ -263,37 +330,55 @@ fn g_row(g: &Geometry, b: usize, y: usize) -> usize {
     (b * ih + y) * iw * ic
 }
 
+type Pool<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
+
 thread_local! {
     /// Memory the kernels reuse from call to call on one thread: the unfolded GEMM input, the
     /// padded depthwise input.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The unfolded GEMM input widened to i16 (AVX2 kernels).
+    static WORDS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// This thread's scratch memory, taken for one kernel call (at least `len` bytes, contents left
+/// This thread's scratch memory, taken for one kernel call (at least `len` values, contents left
 /// from earlier calls) and given back when dropped. A plain buffer rather than a closure, so the
 /// kernels' loops stay inside their `target_feature` functions.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct Scratch(Vec<u8>);
+struct Scratch<T: Copy + Default + 'static>(Vec<T>, &'static Pool<T>);
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-impl Scratch {
-    fn take(len: usize) -> Self {
-        let mut buf = SCRATCH.with(|cell| {
+impl Scratch<u8> {
+    fn bytes(len: usize) -> Self {
+        Scratch::take(&BYTES, len)
+    }
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Scratch<i16> {
+    fn words(len: usize) -> Self {
+        Scratch::take(&WORDS, len)
+    }
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl<T: Copy + Default + 'static> Scratch<T> {
+    fn take(pool: &'static Pool<T>, len: usize) -> Self {
+        let mut buf = pool.with(|cell| {
             cell.try_borrow_mut()
                 .map(|mut b| std::mem::take(&mut *b))
                 .unwrap_or_default()
         });
         if buf.len() < len {
-            buf.resize(len, 0);
+            buf.resize(len, T::default());
         }
-        Self(buf)
+        Self(buf, pool)
     }
 }
 
-impl Drop for Scratch {
+impl<T: Copy + Default + 'static> Drop for Scratch<T> {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.0);
-        SCRATCH.with(|cell| {
+        self.1.with(|cell| {
             if let Ok(mut b) = cell.try_borrow_mut()
                 && b.len() < buf.len()
             {
@@ -303,9 +388,11 @@ impl Drop for Scratch {
     }
 }
 
+pub(crate) mod avx2;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DwPacked, Geometry, Packed, Requant, Scratch, gather};
+    use super::{DwPacked, Geometry, Packed, Requant, Scratch, gather, pad_input};
     use std::arch::x86_64::*;
 
     /// Pixels per GEMM tile: 8 rows × 32 channels = 16 accumulators.
@@ -404,10 +491,13 @@ mod x86 {
             }
             let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(ob) as *const __m512i);
             let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(ob + 16) as *const __m512i);
-            for r in 0..R.min(rows) {
-                let lo = requant16(_mm512_add_epi32(acc[2 * r], c0), rq, ob);
-                let hi = requant16(_mm512_add_epi32(acc[2 * r + 1], c1), rq, ob + 16);
-                store32(out.as_mut_ptr().add((start + r) * oc + ob), lo, hi, oc - ob);
+            // A loop of constant trip count, so the accumulators stay in registers.
+            for r in 0..R {
+                if r < rows {
+                    let lo = requant16(_mm512_add_epi32(acc[2 * r], c0), rq, ob);
+                    let hi = requant16(_mm512_add_epi32(acc[2 * r + 1], c1), rq, ob + 16);
+                    store32(out.as_mut_ptr().add((start + r) * oc + ob), lo, hi, oc - ob);
+                }
             }
         }
     }
@@ -425,7 +515,7 @@ mod x86 {
         let pixels = nb * oh * ow;
         // `ROWS` spare rows: the last tile reads them (whatever they hold) and stores nothing
         // of theirs.
-        let mut scratch = Scratch::take((pixels + ROWS) * p.k4);
+        let mut scratch = Scratch::bytes((pixels + ROWS) * p.k4);
         let col = &mut scratch.0[..(pixels + ROWS) * p.k4];
         for (px, dst) in col.chunks_exact_mut(p.k4).take(pixels).enumerate() {
             let (b, rest) = (px / (oh * ow), px % (oh * ow));
@@ -472,6 +562,7 @@ mod x86 {
     ) {
         // Specialised copies for the common tap counts (3×3 → 5 pairs), so the weights and the
         // tap loop are fixed at compile time.
+        debug_assert_eq!(p.width, 32);
         // SAFETY: forwarded.
         unsafe {
             match p.pairs {
@@ -492,37 +583,8 @@ mod x86 {
         out: &mut [i8],
         pairs: usize,
     ) {
-        let [nb, ih, iw, c] = g.in_shape;
-        let [_, oh, ow, _] = g.out_shape;
-        let [kh, kw] = g.kernel;
-        let (s, d) = (g.stride, g.dilation);
-        let hp = (oh - 1) * s[0] + (kh - 1) * d[0] + 1;
-        let wp = (ow - 1) * s[1] + (kw - 1) * d[1] + 1;
-        let c32 = p.c32;
-        // The input padded with its zero point; the channels from `c` to `c32` keep whatever the
-        // scratch held (their weights are 0).
-        let zp = g.input_zp as u8;
-        // SAFETY: i8 and u8 have the same layout.
-        let x = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) };
-        let mut scratch = Scratch::take(nb * hp * wp * c32);
-        let padded = &mut scratch.0[..nb * hp * wp * c32];
-        for b in 0..nb {
-            for py in 0..hp {
-                let row = &mut padded[(b * hp + py) * wp * c32..][..wp * c32];
-                let Some(y) = py.checked_sub(g.pad[0]).filter(|y| *y < ih) else {
-                    row.fill(zp);
-                    continue;
-                };
-                for (px, dst) in row.chunks_exact_mut(c32).enumerate() {
-                    match px.checked_sub(g.pad[1]).filter(|xx| *xx < iw) {
-                        Some(xx) => {
-                            dst[..c].copy_from_slice(&x[((b * ih + y) * iw + xx) * c..][..c])
-                        }
-                        None => dst.fill(zp),
-                    }
-                }
-            }
-        }
+        let mut scratch = Scratch::bytes(0);
+        let (padded, hp, wp) = pad_input(g, x, p.padded, &mut scratch.0);
         // SAFETY: forwarded.
         unsafe { depthwise_loop(g, p, rq, padded, out, pairs, [hp, wp]) }
     }
@@ -542,7 +604,7 @@ mod x86 {
         let [_, oh, ow, _] = g.out_shape;
         let [kh, kw] = g.kernel;
         let (s, d) = (g.stride, g.dilation);
-        let c32 = p.c32;
+        let c32 = p.padded;
         let offset = |t: usize| {
             if t >= kh * kw {
                 // The zero-weight partner of an odd last tap: any readable position.

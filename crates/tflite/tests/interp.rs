@@ -74,7 +74,7 @@ fn mlperf_tiny_kws_model_matches_litert_reference_on_random_inputs() {
 mod random_graphs {
     use collab_tflite::fixed::mbqm;
     use collab_tflite::{
-        ActQ, Activation, ConvLayer, ConvPadding, Graph, Int8Builder, Interpreter,
+        ActQ, Activation, ConvLayer, ConvPadding, Graph, Int8Builder, Interpreter, Kernels,
     };
     use proptest::prelude::*;
 
@@ -312,11 +312,20 @@ mod random_graphs {
             .map(|v| v as i8)
             .collect();
         let got = interp.run_i8(&input).unwrap();
-        // The portable kernel (no AVX-512 VNNI) computes the same.
-        let mut portable = interp.clone();
-        portable.set_portable(true);
-        prop_assert!(!portable.uses_vnni());
-        prop_assert_eq!(&portable.run_i8(&input).unwrap(), &got);
+        // The AVX2 kernels (CPUs without VNNI) and the portable ones compute the same.
+        for kernels in [Kernels::Avx2, Kernels::Portable] {
+            let mut other = interp.clone();
+            other.set_kernels(kernels);
+            prop_assert!(!other.uses_vnni());
+            #[cfg(target_arch = "x86_64")]
+            if kernels == Kernels::Avx2
+                && std::arch::is_x86_feature_detected!("avx2")
+                && !(c.depthwise && c.multiplier > 1)
+            {
+                prop_assert_eq!(other.kernel_name(), "avx2");
+            }
+            prop_assert_eq!(&other.run_i8(&input).unwrap(), &got, "{:?}", kernels);
+        }
         // The writer's int32 bias and TFLite's multipliers, recomputed here.
         let qb: Vec<i32> = bias
             .iter()
