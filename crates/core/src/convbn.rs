@@ -185,21 +185,34 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         return bn.forward(x);
     }
     let device = x.device();
+    let momentum = bn.momentum;
+    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+        let running = state.value_sync().to_device(&device);
+        state.update((running * (1.0 - momentum) + batch.detach() * momentum).detach());
+    };
+    // One fused op each way on flex (`crate::batchnorm`).
+    if let Some((y, stats)) = crate::batchnorm::batch_norm_train(
+        x.clone(),
+        bn.gamma.val(),
+        bn.beta.val(),
+        bn.epsilon as f32,
+    ) {
+        let [_, c] = stats.dims();
+        update(
+            &bn.running_mean,
+            stats.clone().slice([0..1, 0..c]).reshape([c]),
+        );
+        update(&bn.running_var, stats.slice([1..2, 0..c]).reshape([c]));
+        return y;
+    }
     let mean = x.clone().mean_dims(&[0, 2, 3]);
     let centered = x - mean.clone();
     let variance = centered.clone().square().mean_dims(&[0, 2, 3]);
     let scale =
         (variance.clone() + bn.epsilon).sqrt().recip() * bn.gamma.val().reshape([1, -1, 1, 1]);
     let y = centered * scale + bn.beta.val().reshape([1, -1, 1, 1]);
-
-    let momentum = bn.momentum;
-    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<4>| {
-        let running = state.value_sync().to_device(&device);
-        let batch = batch.detach().reshape([-1]);
-        state.update((running * (1.0 - momentum) + batch * momentum).detach());
-    };
-    update(&bn.running_mean, mean);
-    update(&bn.running_var, variance);
+    update(&bn.running_mean, mean.reshape([-1]));
+    update(&bn.running_var, variance.reshape([-1]));
     y
 }
 

@@ -18,7 +18,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, has_flex_kernels, untracked};
+use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide};
 
 const OP: &str = "depthwise";
 
@@ -77,6 +77,33 @@ fn valid(tap: usize, pad: usize, stride: usize, size: usize, out: usize) -> std:
     start..end.max(start)
 }
 
+/// `dst += a · src`.
+#[inline(always)]
+fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += a * s;
+    }
+}
+
+/// `Σ x·y` in eight lanes (fixed order: the same result every run).
+#[inline(always)]
+fn dot8(x: &[f32], y: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..8 {
+            lanes[l] += xs[l] * ys[l];
+        }
+    }
+    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (x, y) in xr.iter().zip(yr) {
+        sum += x * y;
+    }
+    sum
+}
+
 impl DepthwiseOps for burn::backend::Flex {
     fn depthwise_forward(x: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTensor {
         let channels = dims4(&x)[1];
@@ -109,21 +136,30 @@ impl DepthwiseOps for burn::backend::Flex {
             .enumerate()
             .for_each(|(plane, (dx, dy))| {
                 let k = &wt[(plane % c) * kh * kw..][..kh * kw];
-                for a in 0..kh {
-                    let rows = valid(a, pt, sh, h, ho);
-                    for b in 0..kw {
-                        let cols = valid(b, pl, sw, w, wo);
-                        let kv = k[a * kw + b];
-                        for i in rows.clone() {
-                            let row = i * sh + a - pt;
-                            let src = &dy[i * wo..][..wo];
-                            let dst = &mut dx[row * w..][..w];
-                            for j in cols.clone() {
-                                dst[j * sw + b - pl] += kv * src[j];
+                let mut body = || {
+                    for a in 0..kh {
+                        let rows = valid(a, pt, sh, h, ho);
+                        for b in 0..kw {
+                            let cols = valid(b, pl, sw, w, wo);
+                            let kv = k[a * kw + b];
+                            for i in rows.clone() {
+                                let row = i * sh + a - pt;
+                                let src = &dy[i * wo..][..wo];
+                                let dst = &mut dx[row * w..][..w];
+                                if sw == 1 {
+                                    let (j0, j1) = (cols.start, cols.end);
+                                    axpy(&mut dst[j0 + b - pl..j1 + b - pl], kv, &src[j0..j1]);
+                                } else {
+                                    for j in cols.clone() {
+                                        dst[j * sw + b - pl] += kv * src[j];
+                                    }
+                                }
                             }
                         }
                     }
-                }
+                };
+                // AVX2 for the contiguous rows of stride 1; strided rows ran slower under it.
+                if sw == 1 { wide(body) } else { body() }
             });
         out
     }
@@ -153,23 +189,33 @@ impl DepthwiseOps for burn::backend::Flex {
                     let plane = b_ * c + ch;
                     let xp = &xs[plane * h * w..][..h * w];
                     let dy = &gs[plane * ho * wo..][..ho * wo];
-                    for a in 0..kh {
-                        let rows = valid(a, pt, sh, h, ho);
-                        for b in 0..kw {
-                            let cols = valid(b, pl, sw, w, wo);
-                            // One plane's dot product in f32, accumulated over the batch in f64.
-                            let mut dot = 0f32;
-                            for i in rows.clone() {
-                                let row = i * sh + a - pt;
-                                let src = &xp[row * w..][..w];
-                                let g = &dy[i * wo..][..wo];
-                                for j in cols.clone() {
-                                    dot += src[j * sw + b - pl] * g[j];
+                    let mut body = || {
+                        for a in 0..kh {
+                            let rows = valid(a, pt, sh, h, ho);
+                            for b in 0..kw {
+                                let cols = valid(b, pl, sw, w, wo);
+                                // One plane's dot product in f32 (eight fixed lanes, so it
+                                // vectorizes and stays deterministic), accumulated over the batch
+                                // in f64.
+                                let mut dot = 0f32;
+                                for i in rows.clone() {
+                                    let row = i * sh + a - pt;
+                                    let src = &xp[row * w..][..w];
+                                    let g = &dy[i * wo..][..wo];
+                                    if sw == 1 {
+                                        let (j0, j1) = (cols.start, cols.end);
+                                        dot += dot8(&src[j0 + b - pl..j1 + b - pl], &g[j0..j1]);
+                                    } else {
+                                        for j in cols.clone() {
+                                            dot += src[j * sw + b - pl] * g[j];
+                                        }
+                                    }
                                 }
+                                acc[a * kw + b] += dot as f64;
                             }
-                            acc[a * kw + b] += dot as f64;
                         }
-                    }
+                    };
+                    if sw == 1 { wide(body) } else { body() }
                 }
                 for (d, a) in dw.iter_mut().zip(acc) {
                     *d = a as f32;

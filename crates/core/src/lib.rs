@@ -8,6 +8,8 @@
 //!   kernels, `f32` slices, results without a gradient).
 //! - [`depthwise`]: depthwise convolution with a fast backward pass on flex (a backend extension).
 //! - [`activation`]: ReLU / ReLU6 as one fused op each way on flex (a backend extension).
+//! - [`batchnorm`]: training-mode BatchNorm as one fused op each way on flex (a backend
+//!   extension).
 //! - [`state`]: module state that a forward pass may update (masks, step counters, ranges),
 //!   saved with the record, moved across devices and never touched by an optimizer.
 //! - [`host`]: moving weights between device tensors and host vectors.
@@ -15,6 +17,7 @@
 //! See `docs/DESIGN.md` for why the wrappers are built this way.
 
 pub mod activation;
+pub mod batchnorm;
 pub mod conv;
 pub mod convbn;
 pub mod depthwise;
