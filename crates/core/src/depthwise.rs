@@ -2,13 +2,14 @@
 //!
 //! burn computes a depthwise convolution's input gradient with a transposed convolution and its
 //! weight gradient with one small convolution per channel; on DS-CNN-L shapes that backward is
-//! 3–10× the forward. Here the forward is burn's own (flex has a fast depthwise kernel) and the
-//! two gradients are direct loops over each channel's plane, split over channels with rayon.
+//! 3–10× the forward, and its forward walks each channel's small plane (13 × 5 in DS-CNN-L).
+//! Here all three run channels last (`[N, H, W, C]`): every inner loop is a multiply-add over
+//! the `C` contiguous channels, vectorised whatever the plane size or stride, split over images
+//! with rayon; the weight gradient is summed over the batch in a fixed order (deterministic).
 //! Other devices never reach the op: [`depthwise_conv2d`] returns `None` for them and the caller
 //! uses burn's `conv2d`.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -53,66 +54,106 @@ pub trait DepthwiseOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-fn options(geometry: Geometry, channels: usize) -> ConvOptions<2> {
-    let [sh, sw, t, b, l, r] = geometry;
-    ConvOptions::new_with_padding([sh, sw], [(t, b), (l, r)], [1, 1], channels)
-}
-
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     use burn::backend::TensorMetadata;
     let s = t.shape();
     [s[0], s[1], s[2], s[3]]
 }
 
-/// The outputs `o` in `0..out` whose tap `tap` reads inside the input
-/// (`0 ≤ o·stride + tap − pad < size`).
-#[inline(always)]
-fn valid(tap: usize, pad: usize, stride: usize, size: usize, out: usize) -> std::ops::Range<usize> {
-    let start = pad.saturating_sub(tap).div_ceil(stride);
-    let end = if size + pad > tap {
-        ((size - 1 + pad - tap) / stride + 1).min(out)
-    } else {
-        0
-    };
-    start..end.max(start)
+/// `[N, C, H, W]` → `[N, H, W, C]` (channels last), one rayon task per image.
+fn to_channels_last(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let hw = h * w;
+    let mut out = vec![0f32; n * c * hw];
+    out.par_chunks_mut(c * hw)
+        .zip(x.par_chunks(c * hw))
+        .for_each(|(dst, src)| {
+            for (ch, plane) in src.chunks_exact(hw).enumerate() {
+                for (p, v) in plane.iter().enumerate() {
+                    dst[p * c + ch] = *v;
+                }
+            }
+        });
+    out
 }
 
-/// `dst += a · src`.
-#[inline(always)]
-fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += a * s;
-    }
+/// `[N, H, W, C]` → `[N, C, H, W]` into `out`, one rayon task per image.
+fn to_channels_first(x: &[f32], [_, c, h, w]: [usize; 4], out: &mut [f32]) {
+    let hw = h * w;
+    out.par_chunks_mut(c * hw)
+        .zip(x.par_chunks(c * hw))
+        .for_each(|(dst, src)| {
+            for (ch, plane) in dst.chunks_exact_mut(hw).enumerate() {
+                for (p, v) in plane.iter_mut().enumerate() {
+                    *v = src[p * c + ch];
+                }
+            }
+        });
 }
 
-/// `Σ x·y` in eight lanes (fixed order: the same result every run).
-#[inline(always)]
-fn dot8(x: &[f32], y: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (xs, ys) in xc.zip(yc) {
-        for l in 0..8 {
-            lanes[l] += xs[l] * ys[l];
+/// `[C, 1, kh, kw]` weights as `[kh·kw, C]`.
+fn taps_last(weight: &[f32], c: usize, taps: usize) -> Vec<f32> {
+    let mut out = vec![0f32; c * taps];
+    for ch in 0..c {
+        for t in 0..taps {
+            out[t * c + ch] = weight[ch * taps + t];
         }
     }
-    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    for (x, y) in xr.iter().zip(yr) {
-        sum += x * y;
-    }
-    sum
+    out
 }
 
+/// `acc += k ⊙ x` (element-wise over channels).
+#[inline(always)]
+fn fma_into(acc: &mut [f32], k: &[f32], x: &[f32]) {
+    for ((a, k), x) in acc.iter_mut().zip(k).zip(x) {
+        *a += k * x;
+    }
+}
+
+/// The output positions `o` of one axis with the input position each tap reads:
+/// `(o, tap, o·stride + tap − pad)` for every in-bounds pair.
+fn taps_of(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Vec<[usize; 3]> {
+    let mut v = Vec::new();
+    for o in 0..out {
+        for t in 0..k {
+            let i = (o * stride + t) as isize - pad as isize;
+            if i >= 0 && (i as usize) < size {
+                v.push([o, t, i as usize]);
+            }
+        }
+    }
+    v
+}
+
+/// Flex kernels: channels last, so every inner loop is an element-wise multiply-add over the
+/// channels (`C` contiguous floats, vectorised under [`wide`]) whatever the plane size, stride
+/// or padding. The layout changes cost one pass each way over the tensors.
 impl DepthwiseOps for burn::backend::Flex {
     fn depthwise_forward(x: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTensor {
-        let channels = dims4(&x)[1];
-        <Self as burn::backend::ops::ModuleOps<Self>>::conv2d(
-            x,
-            weight,
-            None,
-            options(geometry, channels),
-        )
+        let [sh, sw, pt, pb, pl, pr] = geometry;
+        let [n, c, h, w] = dims4(&x);
+        let [_, _, kh, kw] = dims4(&weight);
+        let ho = (h + pt + pb - kh) / sh + 1;
+        let wo = (w + pl + pr - kw) / sw + 1;
+        let (x, weight) = (contiguous_f32(x, OP), contiguous_f32(weight, OP));
+        let xt = to_channels_last(x.as_slice::<f32>().expect("contiguous"), [n, c, h, w]);
+        let k = taps_last(weight.as_slice::<f32>().expect("contiguous"), c, kh * kw);
+        let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
+        let mut yt = vec![0f32; n * ho * wo * c];
+        yt.par_chunks_mut(ho * wo * c)
+            .zip(xt.par_chunks(h * w * c))
+            .for_each(|(y, x)| {
+                wide(|| {
+                    for &[i, a, r] in &rows {
+                        for &[j, b, q] in &cols {
+                            let acc = &mut y[(i * wo + j) * c..][..c];
+                            fma_into(acc, &k[(a * kw + b) * c..][..c], &x[(r * w + q) * c..][..c]);
+                        }
+                    }
+                })
+            });
+        let mut out = FlexTensor::empty([n, c, ho, wo].into(), DType::F32);
+        to_channels_first(&yt, [n, c, ho, wo], out.storage_mut::<f32>());
+        out
     }
 
     fn depthwise_backward_input(
@@ -122,45 +163,32 @@ impl DepthwiseOps for burn::backend::Flex {
         geometry: Geometry,
     ) -> FlexTensor {
         let [sh, sw, pt, _, pl, _] = geometry;
-        let [_, c, h, w] = dims4(&x);
+        let [n, c, h, w] = dims4(&x);
         let [_, _, kh, kw] = dims4(&weight);
         let [_, _, ho, wo] = dims4(&grad);
         let (weight, grad) = (contiguous_f32(weight, OP), contiguous_f32(grad, OP));
-        let wt = weight.as_slice::<f32>().expect("contiguous");
-        let gs = grad.as_slice::<f32>().expect("contiguous");
-        use burn::backend::TensorMetadata;
-        let mut out = FlexTensor::zeros(x.shape(), DType::F32);
-        out.storage_mut::<f32>()
-            .par_chunks_mut(h * w)
-            .zip(gs.par_chunks(ho * wo))
-            .enumerate()
-            .for_each(|(plane, (dx, dy))| {
-                let k = &wt[(plane % c) * kh * kw..][..kh * kw];
-                let mut body = || {
-                    for a in 0..kh {
-                        let rows = valid(a, pt, sh, h, ho);
-                        for b in 0..kw {
-                            let cols = valid(b, pl, sw, w, wo);
-                            let kv = k[a * kw + b];
-                            for i in rows.clone() {
-                                let row = i * sh + a - pt;
-                                let src = &dy[i * wo..][..wo];
-                                let dst = &mut dx[row * w..][..w];
-                                if sw == 1 {
-                                    let (j0, j1) = (cols.start, cols.end);
-                                    axpy(&mut dst[j0 + b - pl..j1 + b - pl], kv, &src[j0..j1]);
-                                } else {
-                                    for j in cols.clone() {
-                                        dst[j * sw + b - pl] += kv * src[j];
-                                    }
-                                }
-                            }
+        let gt = to_channels_last(grad.as_slice::<f32>().expect("contiguous"), [n, c, ho, wo]);
+        let k = taps_last(weight.as_slice::<f32>().expect("contiguous"), c, kh * kw);
+        let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
+        let mut dxt = vec![0f32; n * h * w * c];
+        dxt.par_chunks_mut(h * w * c)
+            .zip(gt.par_chunks(ho * wo * c))
+            .for_each(|(dx, dy)| {
+                wide(|| {
+                    for &[i, a, r] in &rows {
+                        for &[j, b, q] in &cols {
+                            let acc = &mut dx[(r * w + q) * c..][..c];
+                            fma_into(
+                                acc,
+                                &k[(a * kw + b) * c..][..c],
+                                &dy[(i * wo + j) * c..][..c],
+                            );
                         }
                     }
-                };
-                // AVX2 for the contiguous rows of stride 1; strided rows ran slower under it.
-                if sw == 1 { wide(body) } else { body() }
+                })
             });
+        let mut out = FlexTensor::empty([n, c, h, w].into(), DType::F32);
+        to_channels_first(&dxt, [n, c, h, w], out.storage_mut::<f32>());
         out
     }
 
@@ -175,52 +203,44 @@ impl DepthwiseOps for burn::backend::Flex {
         let [_, _, kh, kw] = dims4(&weight);
         let [_, _, ho, wo] = dims4(&grad);
         let (x, grad) = (contiguous_f32(x, OP), contiguous_f32(grad, OP));
-        let xs = x.as_slice::<f32>().expect("contiguous");
-        let gs = grad.as_slice::<f32>().expect("contiguous");
-        use burn::backend::TensorMetadata;
-        let mut out = FlexTensor::zeros(weight.shape(), DType::F32);
-        out.storage_mut::<f32>()
-            .par_chunks_mut(kh * kw)
-            .enumerate()
-            .for_each(|(ch, dw)| {
-                // Sum in f64 over the batch: the order is fixed, so the result is deterministic.
-                let mut acc = vec![0f64; kh * kw];
-                for b_ in 0..n {
-                    let plane = b_ * c + ch;
-                    let xp = &xs[plane * h * w..][..h * w];
-                    let dy = &gs[plane * ho * wo..][..ho * wo];
-                    let mut body = || {
-                        for a in 0..kh {
-                            let rows = valid(a, pt, sh, h, ho);
-                            for b in 0..kw {
-                                let cols = valid(b, pl, sw, w, wo);
-                                // One plane's dot product in f32 (eight fixed lanes, so it
-                                // vectorizes and stays deterministic), accumulated over the batch
-                                // in f64.
-                                let mut dot = 0f32;
-                                for i in rows.clone() {
-                                    let row = i * sh + a - pt;
-                                    let src = &xp[row * w..][..w];
-                                    let g = &dy[i * wo..][..wo];
-                                    if sw == 1 {
-                                        let (j0, j1) = (cols.start, cols.end);
-                                        dot += dot8(&src[j0 + b - pl..j1 + b - pl], &g[j0..j1]);
-                                    } else {
-                                        for j in cols.clone() {
-                                            dot += src[j * sw + b - pl] * g[j];
-                                        }
-                                    }
-                                }
-                                acc[a * kw + b] += dot as f64;
-                            }
+        let xt = to_channels_last(x.as_slice::<f32>().expect("contiguous"), [n, c, h, w]);
+        let gt = to_channels_last(grad.as_slice::<f32>().expect("contiguous"), [n, c, ho, wo]);
+        let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
+        let taps = kh * kw;
+        // One `[kh·kw, C]` partial sum per image in f32, summed over the batch in f64 in image
+        // order: the result does not depend on the thread count.
+        let mut partial = vec![0f32; n * taps * c];
+        partial
+            .par_chunks_mut(taps * c)
+            .zip(xt.par_chunks(h * w * c).zip(gt.par_chunks(ho * wo * c)))
+            .for_each(|(dw, (x, dy))| {
+                wide(|| {
+                    for &[i, a, r] in &rows {
+                        for &[j, b, q] in &cols {
+                            let acc = &mut dw[(a * kw + b) * c..][..c];
+                            fma_into(
+                                acc,
+                                &x[(r * w + q) * c..][..c],
+                                &dy[(i * wo + j) * c..][..c],
+                            );
                         }
-                    };
-                    if sw == 1 { wide(body) } else { body() }
-                }
-                for (d, a) in dw.iter_mut().zip(acc) {
-                    *d = a as f32;
-                }
+                    }
+                })
             });
+        let mut sum = vec![0f64; taps * c];
+        for image in partial.chunks_exact(taps * c) {
+            for (s, v) in sum.iter_mut().zip(image) {
+                *s += *v as f64;
+            }
+        }
+        use burn::backend::TensorMetadata;
+        let mut out = FlexTensor::empty(weight.shape(), DType::F32);
+        let dst = out.storage_mut::<f32>();
+        for ch in 0..c {
+            for t in 0..taps {
+                dst[ch * taps + t] = sum[t * c + ch] as f32;
+            }
+        }
         out
     }
 }
