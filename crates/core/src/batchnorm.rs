@@ -119,6 +119,74 @@ impl Out {
     }
 }
 
+/// The `N` planes of channel `ch` in an `[N, C, H·W]` buffer.
+#[derive(Clone, Copy)]
+struct Planes {
+    n: usize,
+    c: usize,
+    hw: usize,
+    ch: usize,
+}
+
+impl Planes {
+    /// Index of image `b`'s plane.
+    #[inline(always)]
+    fn at(&self, b: usize) -> usize {
+        b * self.c + self.ch
+    }
+}
+
+/// One channel's forward: statistics, then the normalized planes into `out`; returns
+/// `(mean, biased variance)`. A named function (not a closure) so it is inlined into
+/// [`wide`]'s AVX2 frame.
+#[inline(always)]
+fn forward_channel(p: Planes, xs: &[f32], out: Out, gamma: f32, beta: f32, eps: f32) -> (f32, f32) {
+    let m = (p.n * p.hw) as f64;
+    let sum: f64 = (0..p.n)
+        .map(|b| lanes_sum(plane(xs, p.at(b), p.hw), |v| v) as f64)
+        .sum();
+    let mean = (sum / m) as f32;
+    let sq: f64 = (0..p.n)
+        .map(|b| lanes_sum(plane(xs, p.at(b), p.hw), |v| (v - mean) * (v - mean)) as f64)
+        .sum();
+    let var = (sq / m) as f32;
+    let scale = gamma / (var + eps).sqrt();
+    for b in 0..p.n {
+        // SAFETY: plane (b, ch) belongs to this channel's task only.
+        let dst = unsafe { out.plane(p.at(b), p.hw) };
+        for (d, v) in dst.iter_mut().zip(plane(xs, p.at(b), p.hw)) {
+            *d = (v - mean) * scale + beta;
+        }
+    }
+    (mean, var)
+}
+
+/// One channel's backward: `Σ dy·x̂` and `Σ dy`, then `dx` into `out`; returns both sums.
+/// `k = [mean, σ⁻¹, γ, M]`.
+#[inline(always)]
+fn backward_channel(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -> (f32, f32) {
+    let [mean, inv, gamma, m] = k;
+    let mut sum_dy = 0f64;
+    let mut sum_dy_xhat = 0f64;
+    for b in 0..p.n {
+        let (xp, gp) = (plane(xs, p.at(b), p.hw), plane(dys, p.at(b), p.hw));
+        sum_dy += lanes_sum(gp, |g| g) as f64;
+        sum_dy_xhat += lanes_sum2(xp, gp, |v, g| g * ((v - mean) * inv)) as f64;
+    }
+    let scale = gamma * inv / m;
+    let (bsum, xsum) = (sum_dy as f32, sum_dy_xhat as f32);
+    for b in 0..p.n {
+        let (xp, gp) = (plane(xs, p.at(b), p.hw), plane(dys, p.at(b), p.hw));
+        // SAFETY: plane (b, ch) belongs to this channel's task only.
+        let dst = unsafe { out.plane(p.at(b), p.hw) };
+        for ((d, v), g) in dst.iter_mut().zip(xp).zip(gp) {
+            let xhat = (v - mean) * inv;
+            *d = scale * (m * g - bsum - xhat * xsum);
+        }
+    }
+    (xsum, bsum)
+}
+
 impl BatchNormOps for burn::backend::Flex {
     fn bn_train_forward(
         x: FlexTensor,
@@ -129,7 +197,6 @@ impl BatchNormOps for burn::backend::Flex {
         use burn::backend::TensorMetadata;
         let [n, c, h, w] = dims4(&x);
         let hw = h * w;
-        let m = (n * hw) as f64;
         let x = contiguous_f32(x, OP);
         let (gamma, beta) = (contiguous_f32(gamma, OP), contiguous_f32(beta, OP));
         let xs = x.as_slice::<f32>().expect("contiguous f32");
@@ -141,25 +208,8 @@ impl BatchNormOps for burn::backend::Flex {
         let per_channel: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let plane = |b: usize| &xs[(b * c + ch) * hw..][..hw];
-                wide(|| {
-                    let sum: f64 = (0..n).map(|b| lanes_sum(plane(b), |v| v) as f64).sum();
-                    let mean = (sum / m) as f32;
-                    let sq: f64 = (0..n)
-                        .map(|b| lanes_sum(plane(b), |v| (v - mean) * (v - mean)) as f64)
-                        .sum();
-                    let var = (sq / m) as f32;
-                    let scale = gs[ch] / (var + epsilon).sqrt();
-                    let shift = bs[ch];
-                    for b in 0..n {
-                        // SAFETY: plane (b, ch) belongs to this task only.
-                        let dst = unsafe { out.plane(b * c + ch, hw) };
-                        for (d, v) in dst.iter_mut().zip(plane(b)) {
-                            *d = (v - mean) * scale + shift;
-                        }
-                    }
-                    (mean, var)
-                })
+                let planes = Planes { n, c, hw, ch };
+                wide(|| forward_channel(planes, xs, out, gs[ch], bs[ch], epsilon))
             })
             .collect();
         let st = stats.storage_mut::<f32>();
@@ -194,28 +244,8 @@ impl BatchNormOps for burn::backend::Flex {
             .map(|ch| {
                 let (mean, var) = (st[ch], st[c + ch]);
                 let inv = 1.0 / (var + epsilon).sqrt();
-                wide(|| {
-                    let mut sum_dy = 0f64;
-                    let mut sum_dy_xhat = 0f64;
-                    for b in 0..n {
-                        let (xp, gp) = (plane(xs, b * c + ch, hw), plane(dys, b * c + ch, hw));
-                        sum_dy += lanes_sum(gp, |g| g) as f64;
-                        sum_dy_xhat += lanes_sum2(xp, gp, |v, g| g * ((v - mean) * inv)) as f64;
-                    }
-                    let k = gs[ch] * inv / m as f32;
-                    let (a, bsum) = (m as f32, sum_dy as f32);
-                    let xsum = sum_dy_xhat as f32;
-                    for b in 0..n {
-                        let (xp, gp) = (plane(xs, b * c + ch, hw), plane(dys, b * c + ch, hw));
-                        // SAFETY: plane (b, ch) belongs to this task only.
-                        let dst = unsafe { out.plane(b * c + ch, hw) };
-                        for ((d, v), g) in dst.iter_mut().zip(xp).zip(gp) {
-                            let xhat = (v - mean) * inv;
-                            *d = k * (a * g - bsum - xhat * xsum);
-                        }
-                    }
-                    (xsum, bsum)
-                })
+                let planes = Planes { n, c, hw, ch };
+                wide(|| backward_channel(planes, xs, dys, out, [mean, inv, gs[ch], m as f32]))
             })
             .collect();
         let mut dgamma = FlexTensor::empty([c].into(), DType::F32);
