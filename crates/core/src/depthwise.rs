@@ -60,19 +60,84 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
+/// `src` `[rows, cols]` → `dst` `[cols, rows]`: 8 × 8 blocks through AVX registers where the
+/// CPU has AVX2, the plain loop for the ragged edges and elsewhere.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    #[cfg(target_arch = "x86_64")]
+    let blocked = if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected; the sizes were checked above.
+        unsafe { transpose_avx2(src, rows, cols, dst) };
+        true
+    } else {
+        false
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let blocked = false;
+    let (r8, c8) = if blocked { (r8, c8) } else { (0, 0) };
+    // What the blocks left: the last columns of every row, the last rows of the rest.
+    for r in 0..rows {
+        let first = if r < r8 { c8 } else { 0 };
+        for c in first..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// The full 8 × 8 blocks of [`transpose`].
+///
+/// # Safety
+/// AVX2; `src` and `dst` hold `rows · cols` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_avx2(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for r0 in (0..rows / 8 * 8).step_by(8) {
+        for c0 in (0..cols / 8 * 8).step_by(8) {
+            // SAFETY: rows r0..r0 + 8 and columns c0..c0 + 8 are inside both matrices.
+            unsafe {
+                let row = |i: usize| _mm256_loadu_ps(s.add((r0 + i) * cols + c0));
+                let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+                let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
+                let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+                let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+                let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
+                let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
+                let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+                let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+                let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+                let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+                let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                let out = [
+                    _mm256_permute2f128_ps(u0, u4, 0x20),
+                    _mm256_permute2f128_ps(u1, u5, 0x20),
+                    _mm256_permute2f128_ps(u2, u6, 0x20),
+                    _mm256_permute2f128_ps(u3, u7, 0x20),
+                    _mm256_permute2f128_ps(u0, u4, 0x31),
+                    _mm256_permute2f128_ps(u1, u5, 0x31),
+                    _mm256_permute2f128_ps(u2, u6, 0x31),
+                    _mm256_permute2f128_ps(u3, u7, 0x31),
+                ];
+                for (i, v) in out.into_iter().enumerate() {
+                    _mm256_storeu_ps(d.add((c0 + i) * rows + r0), v);
+                }
+            }
+        }
+    }
+}
+
 /// `[N, C, H, W]` → `[N, H, W, C]` (channels last), one rayon task per image.
 fn to_channels_last(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     let hw = h * w;
     let mut out = vec![0f32; n * c * hw];
     out.par_chunks_mut(c * hw)
         .zip(x.par_chunks(c * hw))
-        .for_each(|(dst, src)| {
-            for (ch, plane) in src.chunks_exact(hw).enumerate() {
-                for (p, v) in plane.iter().enumerate() {
-                    dst[p * c + ch] = *v;
-                }
-            }
-        });
+        .for_each(|(dst, src)| transpose(src, c, hw, dst));
     out
 }
 
@@ -81,13 +146,7 @@ fn to_channels_first(x: &[f32], [_, c, h, w]: [usize; 4], out: &mut [f32]) {
     let hw = h * w;
     out.par_chunks_mut(c * hw)
         .zip(x.par_chunks(c * hw))
-        .for_each(|(dst, src)| {
-            for (ch, plane) in dst.chunks_exact_mut(hw).enumerate() {
-                for (p, v) in plane.iter_mut().enumerate() {
-                    *v = src[p * c + ch];
-                }
-            }
-        });
+        .for_each(|(dst, src)| transpose(src, hw, c, dst));
 }
 
 /// `[C, 1, kh, kw]` weights as `[kh·kw, C]`.
