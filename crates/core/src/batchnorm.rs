@@ -8,8 +8,8 @@
 //! hit the core's cache): forward, the two-pass mean and biased variance (sums in `f64`) and the
 //! normalized output; backward, `Σ dy` and `Σ dy·x̂` and then
 //! `dx = γ·σ⁻¹/M · (M·dy − Σ dy − x̂·Σ dy·x̂)`, the gradient of the same function with the
-//! statistics differentiated through (`M = N·H·W`). Element loops run in eight fixed lanes under
-//! [`wide`], so results are deterministic. Other devices never reach the op:
+//! statistics differentiated through (`M = N·H·W`). Element loops run in eight fixed lanes,
+//! compiled for AVX2 + FMA where the CPU has them, so results are deterministic. Other devices never reach the op:
 //! [`batch_norm_train`] returns `None` for them.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
@@ -22,7 +22,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide};
+use crate::extension::{contiguous_f32, has_flex_kernels, untracked};
 
 const OP: &str = "batch_norm_train";
 
@@ -137,8 +137,7 @@ impl Planes {
 }
 
 /// One channel's forward: statistics, then the normalized planes into `out`; returns
-/// `(mean, biased variance)`. A named function (not a closure) so it is inlined into
-/// [`wide`]'s AVX2 frame.
+/// `(mean, biased variance)`.
 #[inline(always)]
 fn forward_channel(p: Planes, xs: &[f32], out: Out, gamma: f32, beta: f32, eps: f32) -> (f32, f32) {
     let m = (p.n * p.hw) as f64;
@@ -187,6 +186,56 @@ fn backward_channel(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -
     (xsum, bsum)
 }
 
+/// Whether this CPU runs the AVX2 + FMA copies.
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`forward_channel`] compiled for AVX2 + FMA where the CPU has them. A named
+/// `target_feature` function rather than [`crate::extension::wide`]'s closure, which the compiler may leave out
+/// of line (and so unvectorized) when the body is large.
+fn forward_channel_fast(
+    p: Planes,
+    xs: &[f32],
+    out: Out,
+    gamma: f32,
+    beta: f32,
+    eps: f32,
+) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        #[target_feature(enable = "avx2,fma")]
+        fn run(p: Planes, xs: &[f32], out: Out, gamma: f32, beta: f32, eps: f32) -> (f32, f32) {
+            forward_channel(p, xs, out, gamma, beta, eps)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { run(p, xs, out, gamma, beta, eps) };
+    }
+    forward_channel(p, xs, out, gamma, beta, eps)
+}
+
+/// [`backward_channel`] compiled for AVX2 + FMA where the CPU has them (see
+/// [`forward_channel_fast`]).
+fn backward_channel_fast(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        #[target_feature(enable = "avx2,fma")]
+        fn run(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -> (f32, f32) {
+            backward_channel(p, xs, dys, out, k)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { run(p, xs, dys, out, k) };
+    }
+    backward_channel(p, xs, dys, out, k)
+}
+
 impl BatchNormOps for burn::backend::Flex {
     fn bn_train_forward(
         x: FlexTensor,
@@ -209,7 +258,7 @@ impl BatchNormOps for burn::backend::Flex {
             .into_par_iter()
             .map(|ch| {
                 let planes = Planes { n, c, hw, ch };
-                wide(|| forward_channel(planes, xs, out, gs[ch], bs[ch], epsilon))
+                forward_channel_fast(planes, xs, out, gs[ch], bs[ch], epsilon)
             })
             .collect();
         let st = stats.storage_mut::<f32>();
@@ -245,7 +294,7 @@ impl BatchNormOps for burn::backend::Flex {
                 let (mean, var) = (st[ch], st[c + ch]);
                 let inv = 1.0 / (var + epsilon).sqrt();
                 let planes = Planes { n, c, hw, ch };
-                wide(|| backward_channel(planes, xs, dys, out, [mean, inv, gs[ch], m as f32]))
+                backward_channel_fast(planes, xs, dys, out, [mean, inv, gs[ch], m as f32])
             })
             .collect();
         let mut dgamma = FlexTensor::empty([c].into(), DType::F32);
