@@ -70,8 +70,12 @@ base="$(row mobilenet-v1-cifar 64 none folded "")"
 for w in prune qat; do row mobilenet-v1-cifar 64 "$w" folded "$base" > /dev/null; done
 {
     echo
-    echo "TensorFlow 2.21 Keras on this machine class (issue #8, measured by the issue's author on an"
-    echo "idle 2-core machine; no TensorFlow is installed here to rerun it): DS-CNN-L batch 100 ≈ 380 ms."
+    echo "## Against TensorFlow-Keras, same machine (\`bash benches/vs_tensorflow.sh $STEPS 3\`)"
+    echo
+    echo "The same two models in TensorFlow 2.21 Keras (\`benches/tf_keras_step.py\`, a venv made by"
+    echo "\`bash benches/vs_tensorflow.sh --install\`), timed the same way, alternating with ours."
+    echo
+    bash benches/vs_tensorflow.sh "$STEPS" 3 2>/dev/null
     echo
     echo "## int8 inference, single thread, batch 1 (\`cargo run --release --example bench_int8\`)"
     echo

@@ -167,9 +167,23 @@ pub fn conv2d(
             let [_, _, h, w] = input.dims();
             // [C_in, N·H·W]: one transpose in, one GEMM each for output, input and weight
             // gradients, instead of a batched GEMM whose weight gradient is N partial products.
-            let x = input.swap_dims(0, 1).reshape([c_in, n * h * w]);
-            let y = weight.reshape([c_out, c_in]).matmul(x);
-            y.reshape([c_out, n, h, w]).swap_dims(0, 1)
+            // On flex the layout changes are row copies (`crate::layout`), not burn's
+            // element-wise strided copies.
+            let x3 = input.reshape([n, c_in, h * w]);
+            let x = match crate::layout::swap_outer(x3.clone()) {
+                Some(x) => x,
+                None => x3.swap_dims(0, 1),
+            }
+            .reshape([c_in, n * h * w]);
+            let y = weight
+                .reshape([c_out, c_in])
+                .matmul(x)
+                .reshape([c_out, n, h * w]);
+            match crate::layout::swap_outer(y.clone()) {
+                Some(y) => y,
+                None => y.swap_dims(0, 1),
+            }
+            .reshape([n, c_out, h, w])
         }
         Formulation::Im2col => {
             let [ho, wo] = spec.output_size([h, w], [kh, kw]);

@@ -10,6 +10,7 @@
 //! - [`activation`]: ReLU / ReLU6 as one fused op each way on flex (a backend extension).
 //! - [`batchnorm`]: training-mode BatchNorm as one fused op each way on flex (a backend
 //!   extension).
+//! - [`layout`]: `[A, B, K]` → `[B, A, K]` as row copies on flex (a backend extension).
 //! - [`state`]: module state that a forward pass may update (masks, step counters, ranges),
 //!   saved with the record, moved across devices and never touched by an optimizer.
 //! - [`host`]: moving weights between device tensors and host vectors.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod extension;
 pub mod host;
 pub mod layer;
+pub mod layout;
 pub mod state;
 
 pub use convbn::{BnMode, ConvBn};
