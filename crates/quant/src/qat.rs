@@ -1,7 +1,6 @@
 //! `QatAware<L>`: quantization-aware training of a weight layer, with TFLite's int8 arithmetic.
 
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use collab_core::host::to_vec_f32;
 use collab_core::{
@@ -28,12 +27,13 @@ pub enum FusedActivation {
 }
 
 impl FusedActivation {
-    /// Apply the activation.
+    /// Apply the activation (on flex one fused op each way, `collab_core::activation`; burn's
+    /// `relu` / `clamp(0, 6)` elsewhere, with the same values and gradients).
     pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Self::None => x,
-            Self::Relu => relu(x),
-            Self::Relu6 => x.clamp(0.0, 6.0),
+            Self::Relu => collab_core::Activation::Relu.apply(x),
+            Self::Relu6 => collab_core::Activation::Relu6.apply(x),
         }
     }
 }
