@@ -40,8 +40,9 @@ pub trait ActivationOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// `relu(x)` or `clamp(x, 0, 6)` of one value, as burn computes it on flex.
 #[inline(always)]
-fn forward_one(x: f32, six: bool) -> f32 {
+pub(crate) fn forward_one(x: f32, six: bool) -> f32 {
     if six {
         // What burn's clamp computes on flex (NaN stays NaN).
         x.clamp(0.0, 6.0)
@@ -52,9 +53,10 @@ fn forward_one(x: f32, six: bool) -> f32 {
     }
 }
 
+/// The gradient `g` where burn's activation backward keeps it (input `x`), else 0.
 #[inline(always)]
 #[allow(clippy::manual_range_contains)] // NaN keeps its gradient, as in burn's clamp
-fn backward_one(x: f32, g: f32, six: bool) -> f32 {
+pub(crate) fn backward_one(x: f32, g: f32, six: bool) -> f32 {
     let keep = if six {
         !(x < 0.0 || x > 6.0)
     } else {

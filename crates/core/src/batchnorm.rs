@@ -22,7 +22,9 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::activation::{backward_one, forward_one};
 use crate::extension::{contiguous_f32, has_flex_kernels, untracked};
+use crate::layer::Activation;
 
 const OP: &str = "batch_norm_train";
 
@@ -30,13 +32,14 @@ const OP: &str = "batch_norm_train";
 #[backend_extension(Flex, Autodiff)]
 pub trait BatchNormOps: Backend {
     /// `x` `[N, C, H, W]` normalized with its per-channel batch mean and biased variance, scaled
-    /// by `gamma` `[C]` and shifted by `beta` `[C]`; also the statistics `[2, C]` (means, then
-    /// variances; not differentiated).
+    /// by `gamma` `[C]` and shifted by `beta` `[C]`, then passed through `activation` (see
+    /// [`act_code`]); also the statistics `[2, C]` (means, then variances; not differentiated).
     fn bn_train_forward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f32,
+        activation: u8,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradients of `x`, `gamma` and `beta` given the output gradient `grad` and the
@@ -44,9 +47,11 @@ pub trait BatchNormOps: Backend {
     fn bn_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         epsilon: f32,
+        activation: u8,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -139,7 +144,13 @@ impl Planes {
 /// One channel's forward: statistics, then the normalized planes into `out`; returns
 /// `(mean, biased variance)`.
 #[inline(always)]
-fn forward_channel(p: Planes, xs: &[f32], out: Out, gamma: f32, beta: f32, eps: f32) -> (f32, f32) {
+fn forward_channel(
+    p: Planes,
+    xs: &[f32],
+    out: Out,
+    [gamma, beta, eps]: [f32; 3],
+    act: u8,
+) -> (f32, f32) {
     let m = (p.n * p.hw) as f64;
     let sum: f64 = (0..p.n)
         .map(|b| lanes_sum(plane(xs, p.at(b), p.hw), |v| v) as f64)
@@ -153,24 +164,53 @@ fn forward_channel(p: Planes, xs: &[f32], out: Out, gamma: f32, beta: f32, eps: 
     for b in 0..p.n {
         // SAFETY: plane (b, ch) belongs to this channel's task only.
         let dst = unsafe { out.plane(p.at(b), p.hw) };
-        for (d, v) in dst.iter_mut().zip(plane(xs, p.at(b), p.hw)) {
-            *d = (v - mean) * scale + beta;
+        let src = plane(xs, p.at(b), p.hw);
+        match act {
+            0 => {
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = (v - mean) * scale + beta;
+                }
+            }
+            _ => {
+                let six = act == 2;
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = forward_one((v - mean) * scale + beta, six);
+                }
+            }
         }
     }
     (mean, var)
 }
 
 /// One channel's backward: `Σ dy·x̂` and `Σ dy`, then `dx` into `out`; returns both sums.
-/// `k = [mean, σ⁻¹, γ, M]`.
+/// `k = [mean, variance, γ, β, ε, M]`; with an activation, `dy` is first masked where its
+/// backward would mask it, at the pre-activation value recomputed exactly as the forward did.
 #[inline(always)]
-fn backward_channel(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -> (f32, f32) {
-    let [mean, inv, gamma, m] = k;
+fn backward_channel(
+    p: Planes,
+    xs: &[f32],
+    dys: &[f32],
+    out: Out,
+    k: [f32; 6],
+    act: u8,
+) -> (f32, f32) {
+    let [mean, var, gamma, beta, eps, m] = k;
+    let inv = 1.0 / (var + eps).sqrt();
+    let fscale = gamma / (var + eps).sqrt();
+    let six = act == 2;
+    let eff = |v: f32, g: f32| {
+        if act == 0 {
+            g
+        } else {
+            backward_one((v - mean) * fscale + beta, g, six)
+        }
+    };
     let mut sum_dy = 0f64;
     let mut sum_dy_xhat = 0f64;
     for b in 0..p.n {
         let (xp, gp) = (plane(xs, p.at(b), p.hw), plane(dys, p.at(b), p.hw));
-        sum_dy += lanes_sum(gp, |g| g) as f64;
-        sum_dy_xhat += lanes_sum2(xp, gp, |v, g| g * ((v - mean) * inv)) as f64;
+        sum_dy += lanes_sum2(xp, gp, eff) as f64;
+        sum_dy_xhat += lanes_sum2(xp, gp, |v, g| eff(v, g) * ((v - mean) * inv)) as f64;
     }
     let scale = gamma * inv / m;
     let (bsum, xsum) = (sum_dy as f32, sum_dy_xhat as f32);
@@ -180,7 +220,7 @@ fn backward_channel(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -
         let dst = unsafe { out.plane(p.at(b), p.hw) };
         for ((d, v), g) in dst.iter_mut().zip(xp).zip(gp) {
             let xhat = (v - mean) * inv;
-            *d = scale * (m * g - bsum - xhat * xsum);
+            *d = scale * (m * eff(*v, *g) - bsum - xhat * xsum);
         }
     }
     (xsum, bsum)
@@ -201,39 +241,39 @@ fn avx2_fma() -> bool {
 /// [`forward_channel`] compiled for AVX2 + FMA where the CPU has them. A named
 /// `target_feature` function rather than [`crate::extension::wide`]'s closure, which the compiler may leave out
 /// of line (and so unvectorized) when the body is large.
-fn forward_channel_fast(
-    p: Planes,
-    xs: &[f32],
-    out: Out,
-    gamma: f32,
-    beta: f32,
-    eps: f32,
-) -> (f32, f32) {
+fn forward_channel_fast(p: Planes, xs: &[f32], out: Out, k: [f32; 3], act: u8) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
         #[target_feature(enable = "avx2,fma")]
-        fn run(p: Planes, xs: &[f32], out: Out, gamma: f32, beta: f32, eps: f32) -> (f32, f32) {
-            forward_channel(p, xs, out, gamma, beta, eps)
+        fn run(p: Planes, xs: &[f32], out: Out, k: [f32; 3], act: u8) -> (f32, f32) {
+            forward_channel(p, xs, out, k, act)
         }
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { run(p, xs, out, gamma, beta, eps) };
+        return unsafe { run(p, xs, out, k, act) };
     }
-    forward_channel(p, xs, out, gamma, beta, eps)
+    forward_channel(p, xs, out, k, act)
 }
 
 /// [`backward_channel`] compiled for AVX2 + FMA where the CPU has them (see
 /// [`forward_channel_fast`]).
-fn backward_channel_fast(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -> (f32, f32) {
+fn backward_channel_fast(
+    p: Planes,
+    xs: &[f32],
+    dys: &[f32],
+    out: Out,
+    k: [f32; 6],
+    act: u8,
+) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
         #[target_feature(enable = "avx2,fma")]
-        fn run(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 4]) -> (f32, f32) {
-            backward_channel(p, xs, dys, out, k)
+        fn run(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 6], act: u8) -> (f32, f32) {
+            backward_channel(p, xs, dys, out, k, act)
         }
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { run(p, xs, dys, out, k) };
+        return unsafe { run(p, xs, dys, out, k, act) };
     }
-    backward_channel(p, xs, dys, out, k)
+    backward_channel(p, xs, dys, out, k, act)
 }
 
 impl BatchNormOps for burn::backend::Flex {
@@ -242,6 +282,7 @@ impl BatchNormOps for burn::backend::Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         epsilon: f32,
+        activation: u8,
     ) -> (FlexTensor, FlexTensor) {
         use burn::backend::TensorMetadata;
         let [n, c, h, w] = dims4(&x);
@@ -258,7 +299,7 @@ impl BatchNormOps for burn::backend::Flex {
             .into_par_iter()
             .map(|ch| {
                 let planes = Planes { n, c, hw, ch };
-                forward_channel_fast(planes, xs, out, gs[ch], bs[ch], epsilon)
+                forward_channel_fast(planes, xs, out, [gs[ch], bs[ch], epsilon], activation)
             })
             .collect();
         let st = stats.storage_mut::<f32>();
@@ -272,9 +313,11 @@ impl BatchNormOps for burn::backend::Flex {
     fn bn_train_backward(
         x: FlexTensor,
         gamma: FlexTensor,
+        beta: FlexTensor,
         stats: FlexTensor,
         grad: FlexTensor,
         epsilon: f32,
+        activation: u8,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         use burn::backend::TensorMetadata;
         let [n, c, h, w] = dims4(&x);
@@ -282,19 +325,19 @@ impl BatchNormOps for burn::backend::Flex {
         let m = (n * hw) as f64;
         let (x, grad) = (contiguous_f32(x, OP), contiguous_f32(grad, OP));
         let (gamma, stats) = (contiguous_f32(gamma, OP), contiguous_f32(stats, OP));
+        let beta = contiguous_f32(beta, OP);
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let dys = grad.as_slice::<f32>().expect("contiguous f32");
         let gs = gamma.as_slice::<f32>().expect("contiguous f32");
+        let bs = beta.as_slice::<f32>().expect("contiguous f32");
         let st = stats.as_slice::<f32>().expect("contiguous f32");
         let mut dx = FlexTensor::empty(x.shape(), DType::F32);
         let out = Out(dx.storage_mut::<f32>().as_mut_ptr());
         let sums: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, var) = (st[ch], st[c + ch]);
-                let inv = 1.0 / (var + epsilon).sqrt();
-                let planes = Planes { n, c, hw, ch };
-                backward_channel_fast(planes, xs, dys, out, [mean, inv, gs[ch], m as f32])
+                let k = [st[ch], st[c + ch], gs[ch], bs[ch], epsilon, m as f32];
+                backward_channel_fast(Planes { n, c, hw, ch }, xs, dys, out, k, activation)
             })
             .collect();
         let mut dgamma = FlexTensor::empty([c].into(), DType::F32);
@@ -314,18 +357,20 @@ impl BatchNormOps for burn::backend::Flex {
 struct BatchNormBackward;
 
 impl<B: Backend + BatchNormOps> Backward<B, 3> for BatchNormBackward {
-    /// `x`, `gamma`, the statistics and ε.
+    /// `x`, `gamma`, `beta`, the statistics, ε and the activation.
     type State = (
         B::FloatTensorPrimitive,
         B::FloatTensorPrimitive,
         B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
         f32,
+        u8,
     );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, gamma, stats, epsilon) = ops.state;
+        let (x, gamma, beta, stats, epsilon, act) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
-        let (dx, dgamma, dbeta) = B::bn_train_backward(x, gamma, stats, grad, epsilon);
+        let (dx, dgamma, dbeta) = B::bn_train_backward(x, gamma, beta, stats, grad, epsilon, act);
         let [x_node, gamma_node, beta_node] = ops.parents;
         for (node, g) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
             if let Some(node) = node {
@@ -341,6 +386,7 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f32,
+        activation: u8,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let guards = [x.node(), gamma.node(), beta.node()];
         let stats_guards = [x.node(), gamma.node(), beta.node()];
@@ -349,13 +395,16 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
             gamma.into_primitive(),
             beta.into_primitive(),
         );
-        let (y, stats) = B::bn_train_forward(x.clone(), gamma.clone(), beta, epsilon);
+        let (y, stats) =
+            B::bn_train_forward(x.clone(), gamma.clone(), beta.clone(), epsilon, activation);
         let y = match BatchNormBackward
             .prepare::<C>(guards)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((x, gamma, stats.clone(), epsilon), y),
+            OpsKind::Tracked(prep) => {
+                prep.finish((x, gamma, beta, stats.clone(), epsilon, activation), y)
+            }
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         (y, untracked::<B, C, 3>(stats_guards, stats))
@@ -364,35 +413,59 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
     fn bn_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         epsilon: f32,
+        activation: u8,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // Second derivatives are not needed: the results pass nothing back.
-        let guards = || [x.node(), gamma.node(), stats.node(), grad.node()];
+        let guards = || {
+            [
+                x.node(),
+                gamma.node(),
+                beta.node(),
+                stats.node(),
+                grad.node(),
+            ]
+        };
         let (dx, dgamma, dbeta) = B::bn_train_backward(
             x.clone().into_primitive(),
             gamma.clone().into_primitive(),
+            beta.clone().into_primitive(),
             stats.clone().into_primitive(),
             grad.clone().into_primitive(),
             epsilon,
+            activation,
         );
         (
-            untracked::<B, C, 4>(guards(), dx),
-            untracked::<B, C, 4>(guards(), dgamma),
-            untracked::<B, C, 4>(guards(), dbeta),
+            untracked::<B, C, 5>(guards(), dx),
+            untracked::<B, C, 5>(guards(), dgamma),
+            untracked::<B, C, 5>(guards(), dbeta),
         )
     }
 }
 
-/// Training-mode BatchNorm of `x` `[N, C, H, W]` with `gamma`, `beta` `[C]` and `epsilon` as one
-/// fused op each way: the output, and the batch statistics `[2, C]` (means, then biased
-/// variances; detached). `None` where the device has no kernel ([`has_flex_kernels`]).
+/// The op's code for an activation after the BatchNorm: 0 none, 1 ReLU, 2 ReLU6.
+pub fn act_code(activation: Option<Activation>) -> u8 {
+    match activation {
+        None => 0,
+        Some(Activation::Relu) => 1,
+        Some(Activation::Relu6) => 2,
+    }
+}
+
+/// Training-mode BatchNorm of `x` `[N, C, H, W]` with `gamma`, `beta` `[C]` and `epsilon`,
+/// followed by `activation`, as one fused op each way: the output, and the batch statistics
+/// `[2, C]` (means, then biased variances; detached). The same values and gradients as the
+/// BatchNorm followed by [`Activation::apply`]. `None` where the device has no kernel
+/// ([`has_flex_kernels`]).
 pub fn batch_norm_train(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f32,
+    activation: Option<Activation>,
 ) -> Option<(Tensor<4>, Tensor<2>)> {
     if !has_flex_kernels(&x.device()) {
         return None;
@@ -402,6 +475,7 @@ pub fn batch_norm_train(
         gamma.into_dispatch(),
         beta.into_dispatch(),
         epsilon,
+        act_code(activation),
     );
     Some((Tensor::from_dispatch(y), Tensor::from_dispatch(stats)))
 }
