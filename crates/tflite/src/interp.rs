@@ -250,7 +250,6 @@ pub enum Flavor {
 #[derive(Clone, Debug)]
 pub struct Interpreter {
     flavor: Flavor,
-    portable: bool,
     kernels: Vec<Kernel>,
     /// Element count of every tensor that is computed (0 for constants).
     sizes: Vec<usize>,
@@ -528,7 +527,6 @@ impl Interpreter {
         }
         Ok(Self {
             flavor,
-            portable: false,
             kernels,
             sizes,
             float,
@@ -975,7 +973,7 @@ impl Interpreter {
 
     /// Choose the convolution kernels (repacks the weights); results are identical for all.
     pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.portable = kernels == Kernels::Portable;
+        // `Portable` builds no fast form: every convolution then runs `conv`.
         for k in &mut self.kernels {
             if let Kernel::Conv(c) = k {
                 c.fast = build_fast(c, kernels);
@@ -988,13 +986,12 @@ impl Interpreter {
     pub fn kernel_name(&self) -> &'static str {
         let mut name = "portable";
         for k in &self.kernels {
-            match k {
-                Kernel::Conv(c) if !self.portable => match c.fast {
+            if let Kernel::Conv(c) = k {
+                match c.fast {
                     Some(Fast::Gemm(..) | Fast::Depthwise(..)) => return "avx512-vnni",
                     Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => name = "avx2",
                     None => {}
-                },
-                _ => {}
+                }
             }
         }
         name
@@ -1004,14 +1001,7 @@ impl Interpreter {
     /// with multiplier 1; the CPU has AVX-512 F/BW/VL/VNNI and
     /// [`set_portable`](Self::set_portable) is off).
     pub fn uses_vnni(&self) -> bool {
-        !self.portable
-            && self.kernels.iter().any(|k| {
-                matches!(
-                    k,
-                    Kernel::Conv(c)
-                        if matches!(c.fast, Some(Fast::Gemm(..) | Fast::Depthwise(..)))
-                )
-            })
+        self.kernel_name() == "avx512-vnni"
     }
 
     /// Bytes of all computed tensors together.
@@ -1141,9 +1131,9 @@ impl Interpreter {
     fn step(&self, k: &Kernel, i8s: &mut [Vec<i8>], f32s: &mut [Vec<f32>]) {
         match k {
             Kernel::Conv(c) => {
-                let out = match (&c.fast, self.portable) {
-                    (Some(f), false) => conv_vnni(c, f, &i8s[c.input]),
-                    _ => conv(c, &i8s[c.input]),
+                let out = match &c.fast {
+                    Some(f) => conv_vnni(c, f, &i8s[c.input]),
+                    None => conv(c, &i8s[c.input]),
                 };
                 i8s[c.output] = out;
             }
