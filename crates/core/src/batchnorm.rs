@@ -23,7 +23,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::activation::{backward_one, forward_one};
-use crate::extension::{contiguous_f32, has_flex_kernels, untracked};
+use crate::extension::{contiguous_f32, has_avx2_fma, has_flex_kernels, untracked};
 use crate::layer::Activation;
 
 const OP: &str = "batch_norm_train";
@@ -226,24 +226,12 @@ fn backward_channel(
     (xsum, bsum)
 }
 
-/// Whether this CPU runs the AVX2 + FMA copies.
-fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// [`forward_channel`] compiled for AVX2 + FMA where the CPU has them. A named
 /// `target_feature` function rather than [`crate::extension::wide`]'s closure, which the compiler may leave out
 /// of line (and so unvectorized) when the body is large.
 fn forward_channel_fast(p: Planes, xs: &[f32], out: Out, k: [f32; 3], act: u8) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
+    if has_avx2_fma() {
         #[target_feature(enable = "avx2,fma")]
         fn run(p: Planes, xs: &[f32], out: Out, k: [f32; 3], act: u8) -> (f32, f32) {
             forward_channel(p, xs, out, k, act)
@@ -265,7 +253,7 @@ fn backward_channel_fast(
     act: u8,
 ) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
+    if has_avx2_fma() {
         #[target_feature(enable = "avx2,fma")]
         fn run(p: Planes, xs: &[f32], dys: &[f32], out: Out, k: [f32; 6], act: u8) -> (f32, f32) {
             backward_channel(p, xs, dys, out, k, act)

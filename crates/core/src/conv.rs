@@ -19,6 +19,7 @@
 //! order (the tests check values and gradients against burn's op). Set `COLLAB_BURN_CONV=1`
 //! (read once per process) to route every call to burn's `conv2d`, for comparison.
 
+use crate::layout::swap_outer;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::module::conv2d as burn_conv2d;
@@ -167,23 +168,11 @@ pub fn conv2d(
             let [_, _, h, w] = input.dims();
             // [C_in, N·H·W]: one transpose in, one GEMM each for output, input and weight
             // gradients, instead of a batched GEMM whose weight gradient is N partial products.
-            // On flex the layout changes are row copies (`crate::layout`), not burn's
+            // On flex the layout changes are row copies (`swap_outer`), not burn's
             // element-wise strided copies.
-            let x3 = input.reshape([n, c_in, h * w]);
-            let x = match crate::layout::swap_outer(x3.clone()) {
-                Some(x) => x,
-                None => x3.swap_dims(0, 1),
-            }
-            .reshape([c_in, n * h * w]);
-            let y = weight
-                .reshape([c_out, c_in])
-                .matmul(x)
-                .reshape([c_out, n, h * w]);
-            match crate::layout::swap_outer(y.clone()) {
-                Some(y) => y,
-                None => y.swap_dims(0, 1),
-            }
-            .reshape([n, c_out, h, w])
+            let x = swap_outer(input.reshape([n, c_in, h * w])).reshape([c_in, n * h * w]);
+            let y = weight.reshape([c_out, c_in]).matmul(x);
+            swap_outer(y.reshape([c_out, n, h * w])).reshape([n, c_out, h, w])
         }
         Formulation::Im2col => {
             let [ho, wo] = spec.output_size([h, w], [kh, kw]);

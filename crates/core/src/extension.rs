@@ -33,6 +33,18 @@ pub fn contiguous_f32(t: FlexTensor, op: &str) -> FlexTensor {
     }
 }
 
+/// Whether the CPU has AVX2 and FMA (the features [`wide`] compiles for). A cached flag.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Run `f` compiled for AVX2 and FMA where the CPU has them, for the portable build otherwise.
 ///
 /// The workspace builds for baseline x86-64 (SSE2), so the element loops of our kernels stay
@@ -47,8 +59,7 @@ pub fn wide<R>(f: impl FnOnce() -> R) -> R {
         fn run<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             return unsafe { run(f) };
         }
