@@ -21,7 +21,7 @@ use burn::backend::{
     Backend, Dispatch, backend_extension,
     tensor::{BoolTensor, FloatTensor, IntTensor},
 };
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -30,7 +30,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked};
+use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, zeros_f32, zeros_i32};
 
 const OP: &str = "cluster_assign";
 
@@ -88,8 +88,8 @@ impl ClusterOps for burn::backend::Flex {
         let w = view.as_slice::<f32>().expect("contiguous f32");
         let c = centroids.as_slice::<f32>().expect("contiguous f32");
         let zeros = bool_bytes(&zeros);
-        let mut out = FlexTensor::empty(shape.clone(), DType::F32);
-        let mut index = FlexTensor::empty(shape, DType::I32);
+        let mut out = zeros_f32(shape.clone());
+        let mut index = zeros_i32(shape);
         out.storage_mut::<f32>()
             .par_chunks_mut(CHUNK)
             .zip(index.storage_mut::<i32>().par_chunks_mut(CHUNK))
@@ -148,7 +148,7 @@ impl ClusterOps for burn::backend::Flex {
         };
         let grad = contiguous_f32(grad, OP);
         let g = grad.as_slice::<f32>().expect("contiguous f32");
-        let mut out = FlexTensor::empty(grad.shape(), DType::F32);
+        let mut out = zeros_f32(grad.shape());
         out.storage_mut::<f32>()
             .par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(z.par_chunks(CHUNK)))
@@ -192,7 +192,7 @@ impl ClusterOps for burn::backend::Flex {
                 sums
             })
             .collect();
-        let mut out = FlexTensor::empty([rows, k].into(), DType::F32);
+        let mut out = zeros_f32([rows, k]);
         let o = out.storage_mut::<f32>();
         for r in 0..rows {
             for j in 0..k {

@@ -9,7 +9,7 @@
 //! (tests). Other devices never reach the op: [`activation`] returns `None` for them.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,7 +18,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide};
+use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
 use crate::layer::Activation;
 
 const OP: &str = "activation";
@@ -69,7 +69,7 @@ impl ActivationOps for burn::backend::Flex {
     fn fused_relu_forward(x: FlexTensor, six: bool) -> FlexTensor {
         use burn::backend::TensorMetadata;
         let x = contiguous_f32(x, OP);
-        let mut out = FlexTensor::empty(x.shape(), DType::F32);
+        let mut out = zeros_f32(x.shape());
         let src = x.as_slice::<f32>().expect("contiguous f32");
         out.storage_mut::<f32>()
             .par_chunks_mut(CHUNK)
@@ -87,7 +87,7 @@ impl ActivationOps for burn::backend::Flex {
     fn fused_relu_backward(x: FlexTensor, grad: FlexTensor, six: bool) -> FlexTensor {
         use burn::backend::TensorMetadata;
         let (x, grad) = (contiguous_f32(x, OP), contiguous_f32(grad, OP));
-        let mut out = FlexTensor::empty(x.shape(), DType::F32);
+        let mut out = zeros_f32(x.shape());
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
         out.storage_mut::<f32>()

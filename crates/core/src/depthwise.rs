@@ -10,7 +10,7 @@
 //! uses burn's `conv2d`.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -19,7 +19,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide};
+use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
 
 const OP: &str = "depthwise";
 
@@ -210,7 +210,7 @@ impl DepthwiseOps for burn::backend::Flex {
                     }
                 })
             });
-        let mut out = FlexTensor::empty([n, c, ho, wo].into(), DType::F32);
+        let mut out = zeros_f32([n, c, ho, wo]);
         to_channels_first(&yt, [n, c, ho, wo], out.storage_mut::<f32>());
         out
     }
@@ -246,7 +246,7 @@ impl DepthwiseOps for burn::backend::Flex {
                     }
                 })
             });
-        let mut out = FlexTensor::empty([n, c, h, w].into(), DType::F32);
+        let mut out = zeros_f32([n, c, h, w]);
         to_channels_first(&dxt, [n, c, h, w], out.storage_mut::<f32>());
         out
     }
@@ -293,7 +293,7 @@ impl DepthwiseOps for burn::backend::Flex {
             }
         }
         use burn::backend::TensorMetadata;
-        let mut out = FlexTensor::empty(weight.shape(), DType::F32);
+        let mut out = zeros_f32(weight.shape());
         let dst = out.storage_mut::<f32>();
         for ch in 0..c {
             for t in 0..taps {

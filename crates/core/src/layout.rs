@@ -9,7 +9,7 @@
 //! calls `swap_dims` for them.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,7 +18,7 @@ use burn_autodiff::ops::{Backward, Ops, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, has_flex_kernels};
+use crate::extension::{contiguous_f32, has_flex_kernels, zeros_f32};
 
 const OP: &str = "swap_outer";
 
@@ -36,7 +36,7 @@ impl LayoutOps for burn::backend::Flex {
         let (a, b, k) = (shape[0], shape[1], shape[2]);
         let x = contiguous_f32(x, OP);
         let src = x.as_slice::<f32>().expect("contiguous f32");
-        let mut out = FlexTensor::empty([b, a, k].into(), DType::F32);
+        let mut out = zeros_f32([b, a, k]);
         if k > 0 {
             out.storage_mut::<f32>()
                 .par_chunks_mut(a * k)

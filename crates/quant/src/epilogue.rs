@@ -15,7 +15,7 @@
 //! rounding. Only `flex` has the kernels; elsewhere the caller composes burn ops.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -24,7 +24,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, wide};
+use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
 
 use crate::QuantParams;
 use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
@@ -217,7 +217,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         let s = shift.as_slice::<f32>().expect("contiguous f32");
         let channels = s.len();
         let src = y.as_slice::<f32>().expect("contiguous f32");
-        let mut out = FlexTensor::empty(y.shape(), DType::F32);
+        let mut out = zeros_f32(y.shape());
         let task = task_len(inner);
         let inner = inner.max(1);
         out.storage_mut::<f32>()
@@ -250,7 +250,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         let channels = s.len();
         let ys = y.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
-        let mut dy = FlexTensor::empty(y.shape(), DType::F32);
+        let mut dy = zeros_f32(y.shape());
         let task = task_len(inner);
         let inner = inner.max(1);
         let planes: Vec<f64> = dy

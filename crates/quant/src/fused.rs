@@ -17,7 +17,7 @@
 //! other devices and the caller composes burn ops instead.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -26,7 +26,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked};
+use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, zeros_f32};
 
 use crate::QuantParams;
 use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
@@ -69,7 +69,7 @@ impl FakeQuantOps for burn::backend::Flex {
     ) -> FlexTensor {
         use burn::backend::TensorMetadata;
         let x = contiguous_f32(x, OP);
-        let mut out = FlexTensor::empty(x.shape(), DType::F32);
+        let mut out = zeros_f32(x.shape());
         let src = x.as_slice::<f32>().expect("contiguous f32");
         let dst = out.storage_mut::<f32>();
         dst.par_chunks_mut(PARALLEL_CHUNK)
@@ -98,7 +98,7 @@ impl FakeQuantOps for burn::backend::Flex {
         use burn::backend::TensorMetadata;
         let x = contiguous_f32(x, OP);
         let grad = contiguous_f32(grad, OP);
-        let mut out = FlexTensor::empty(x.shape(), DType::F32);
+        let mut out = zeros_f32(x.shape());
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
         let dst = out.storage_mut::<f32>();
