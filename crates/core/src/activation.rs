@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
 use crate::layer::Activation;
+use crate::layout::{channels_first, channels_last_buffer, is_channels_last};
 
 const OP: &str = "activation";
 
@@ -68,7 +69,14 @@ pub(crate) fn backward_one(x: f32, g: f32, six: bool) -> f32 {
 impl ActivationOps for burn::backend::Flex {
     fn fused_relu_forward(x: FlexTensor, six: bool) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let x = contiguous_f32(x, OP);
+        // Element-wise: a tensor stored channels last is computed in its own buffer order,
+        // and so is its output (no copy to channels first).
+        let stored_last = is_channels_last(&x);
+        let x = if stored_last {
+            channels_last_buffer(x, OP)
+        } else {
+            contiguous_f32(x, OP)
+        };
         let mut out = zeros_f32(x.shape());
         let src = x.as_slice::<f32>().expect("contiguous f32");
         out.storage_mut::<f32>()
@@ -81,12 +89,17 @@ impl ActivationOps for burn::backend::Flex {
                     }
                 })
             });
-        out
+        restore(out, stored_last)
     }
 
     fn fused_relu_backward(x: FlexTensor, grad: FlexTensor, six: bool) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let (x, grad) = (contiguous_f32(x, OP), contiguous_f32(grad, OP));
+        let stored_last = is_channels_last(&x);
+        let (x, grad) = if stored_last {
+            (channels_last_buffer(x, OP), channels_last_buffer(grad, OP))
+        } else {
+            (contiguous_f32(x, OP), channels_first(grad, OP))
+        };
         let mut out = zeros_f32(x.shape());
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
@@ -100,6 +113,15 @@ impl ActivationOps for burn::backend::Flex {
                     }
                 })
             });
+        restore(out, stored_last)
+    }
+}
+
+/// A result computed in channels-last buffer order back as the `[N, C, H, W]` view it stores.
+fn restore(out: FlexTensor, stored_last: bool) -> FlexTensor {
+    if stored_last {
+        out.permute(&[0, 3, 1, 2])
+    } else {
         out
     }
 }

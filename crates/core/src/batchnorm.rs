@@ -13,7 +13,7 @@
 //! [`batch_norm_train`] returns `None` for them.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -23,10 +23,15 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::activation::{backward_one, forward_one};
-use crate::extension::{contiguous_f32, has_avx2_fma, has_flex_kernels, untracked, zeros_f32};
+use crate::extension::{
+    contiguous_f32, from_vec_f32, has_avx2_fma, has_flex_kernels, untracked, zeros_f32,
+};
 use crate::layer::Activation;
+use crate::layout::{channels_first, channels_last_buffer, from_channels_last, is_channels_last};
 
 const OP: &str = "batch_norm_train";
+
+mod channels_last;
 
 /// Channels per backward task: their planes of one image are adjacent, and a block's input and
 /// gradient (`2·BLOCK·N·H·W` values, 400 KiB for DS-CNN-L) stay in a core's L2 between the
@@ -515,8 +520,18 @@ impl BatchNormOps for burn::backend::Flex {
         use burn::backend::TensorMetadata;
         let [n, c, h, w] = dims4(&x);
         let hw = h * w;
-        let x = contiguous_f32(x, OP);
         let (gamma, beta) = (contiguous_f32(gamma, OP), contiguous_f32(beta, OP));
+        if is_channels_last(&x) {
+            let xb = channels_last_buffer(x, OP);
+            let xs = xb.as_slice::<f32>().expect("contiguous f32");
+            let mut y = vec![0f32; xs.len()];
+            let gs = gamma.as_slice::<f32>().expect("contiguous f32");
+            let bs = beta.as_slice::<f32>().expect("contiguous f32");
+            let (mean, var) = channels_last::forward(xs, &mut y, gs, bs, epsilon, activation);
+            let stats = FlexTensor::from_data(TensorData::new([mean, var].concat(), [2, c]));
+            return (from_channels_last(y, [n, c, h, w]), stats);
+        }
+        let x = contiguous_f32(x, OP);
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = gamma.as_slice::<f32>().expect("contiguous f32");
         let bs = beta.as_slice::<f32>().expect("contiguous f32");
@@ -551,9 +566,12 @@ impl BatchNormOps for burn::backend::Flex {
         let [n, c, h, w] = dims4(&x);
         let hw = h * w;
         let m = (n * hw) as f64;
-        let (x, mut grad) = (contiguous_f32(x, OP), contiguous_f32(grad, OP));
         let (gamma, stats) = (contiguous_f32(gamma, OP), contiguous_f32(stats, OP));
         let beta = contiguous_f32(beta, OP);
+        if is_channels_last(&x) {
+            return backward_channels_last(x, [gamma, beta, stats, grad], epsilon, activation);
+        }
+        let (x, mut grad) = (contiguous_f32(x, OP), channels_first(grad, OP));
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = gamma.as_slice::<f32>().expect("contiguous f32");
         let bs = beta.as_slice::<f32>().expect("contiguous f32");
@@ -598,6 +616,45 @@ impl BatchNormOps for burn::backend::Flex {
         }
         (dx, dgamma, dbeta)
     }
+}
+
+/// The backward for an input stored channels last: the output gradient read channels last too
+/// (a copy only if it arrives otherwise), the input gradient returned channels last, written
+/// over the output gradient's buffer when autodiff hands over its only reference.
+fn backward_channels_last(
+    x: FlexTensor,
+    [gamma, beta, stats, grad]: [FlexTensor; 4],
+    epsilon: f32,
+    activation: u8,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let [n, c, h, w] = dims4(&x);
+    let m = (n * h * w) as f32;
+    let xb = channels_last_buffer(x, OP);
+    let xs = xb.as_slice::<f32>().expect("contiguous f32");
+    let gs = gamma.as_slice::<f32>().expect("contiguous f32");
+    let bs = beta.as_slice::<f32>().expect("contiguous f32");
+    let st = stats.as_slice::<f32>().expect("contiguous f32");
+    let ks: Vec<[f32; 6]> = (0..c)
+        .map(|ch| [st[ch], st[c + ch], gs[ch], bs[ch], epsilon, m])
+        .collect();
+    // Written over the output gradient: its buffer when autodiff handed over the only
+    // reference, else a copy.
+    let mut gb = channels_last_buffer(grad, OP);
+    if gb.try_storage_mut::<f32>().map(|v| v.len()) != Some(xs.len()) {
+        gb = from_vec_f32(
+            gb.as_slice::<f32>().expect("contiguous f32").to_vec(),
+            [n, h, w, c],
+        );
+    }
+    let g = gb.try_storage_mut::<f32>().expect("a buffer of its own");
+    let sums = channels_last::backward(xs, g, &ks, activation);
+    let dx = gb.permute(&[0, 3, 1, 2]);
+    let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = sums.into_iter().unzip();
+    (
+        dx,
+        FlexTensor::from_data(TensorData::new(dgamma, [c])),
+        FlexTensor::from_data(TensorData::new(dbeta, [c])),
+    )
 }
 
 #[derive(Debug)]

@@ -19,7 +19,7 @@
 //! order (the tests check values and gradients against burn's op). Set `COLLAB_BURN_CONV=1`
 //! (read once per process) to route every call to burn's `conv2d`, for comparison.
 
-use crate::layout::swap_outer;
+use crate::layout::{channels_last, swap_outer};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::module::conv2d as burn_conv2d;
@@ -166,6 +166,20 @@ pub fn conv2d(
         Formulation::Pointwise => {
             let input = subsample(input, spec.stride, [0, 0]);
             let [_, _, h, w] = input.dims();
+            if crate::extension::has_flex_kernels(&input.device()) {
+                // Channels last (see `crate::layout`): `[N·H·W, C_in] × [C_in, C_out]` over the
+                // input's buffer, the output a view of the product's. No copy when the input is
+                // stored channels last (as the depthwise and BatchNorm kernels return it); one
+                // transpose otherwise.
+                let x = channels_last(input)
+                    .permute([0, 2, 3, 1])
+                    .reshape([n * h * w, c_in]);
+                let mut y = x.matmul(weight.reshape([c_out, c_in]).transpose());
+                if let Some(b) = bias {
+                    y = y + b.reshape([1, c_out]);
+                }
+                return y.reshape([n, h, w, c_out]).permute([0, 3, 1, 2]);
+            }
             // [C_in, N·H·W]: one transpose in, one GEMM each for output, input and weight
             // gradients, instead of a batched GEMM whose weight gradient is N partial products.
             // On flex the layout changes are row copies (`swap_outer`), not burn's
@@ -218,6 +232,11 @@ pub fn conv2d(
         }
     };
     match bias {
+        // The depthwise kernel returns its output stored channels last: add the bias there,
+        // so that the sum stays channels last.
+        Some(b) if formulation == Formulation::Depthwise => {
+            (out.permute([0, 2, 3, 1]) + b.reshape([1, 1, 1, c_out])).permute([0, 3, 1, 2])
+        }
         Some(b) => out + b.reshape([1, c_out, 1, 1]),
         None => out,
     }
@@ -259,8 +278,20 @@ mod tests {
         Device::flex().autodiff()
     }
 
-    /// Values and the gradients of input, weight and bias against burn's `conv2d`.
+    /// Values and the gradients of input, weight and bias against burn's `conv2d`, with the
+    /// input stored channels first and channels last.
     fn check(input: [usize; 4], weight: [usize; 4], spec: ConvSpec, expect: Formulation) {
+        check_layout(input, weight, spec, expect, false);
+        check_layout(input, weight, spec, expect, true);
+    }
+
+    fn check_layout(
+        input: [usize; 4],
+        weight: [usize; 4],
+        spec: ConvSpec,
+        expect: Formulation,
+        stored_channels_last: bool,
+    ) {
         let dev = device();
         dev.seed(7);
         let x = Tensor::<4>::random(input, Distribution::Normal(0.0, 1.0), &dev).require_grad();
@@ -272,7 +303,12 @@ mod tests {
             expect,
             "{input:?} {weight:?} {spec:?}"
         );
-        let ours = conv2d(x.clone(), w.clone(), Some(b.clone()), &spec);
+        let input = if stored_channels_last {
+            channels_last(x.clone())
+        } else {
+            x.clone()
+        };
+        let ours = conv2d(input, w.clone(), Some(b.clone()), &spec);
         let theirs = burn_conv2d(x.clone(), w.clone(), Some(b.clone()), spec.options());
         assert_eq!(ours.dims(), theirs.dims());
         let g = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);

@@ -177,13 +177,21 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
     }
 
     /// In batch mode the BatchNorm and the activation are one fused op on flex
-    /// ([`batch_norm_activated`]); folded, the forward and then the activation.
+    /// ([`batch_norm_activated`]); folded, the convolution and then the folded bias with the
+    /// activation, fused on flex ([`crate::bias::bias_activation`]).
     fn forward_activated(&self, input: Tensor<4>, activation: Activation) -> Tensor<4> {
         if self.mode == BnMode::Batch {
             let y = self.conv.forward_transformed(input, &NoTransform);
             return batch_norm_activated(&self.bn, y, Some(activation));
         }
-        activation.apply(self.forward(input))
+        let (y, shift) = self.forward_transformed_unbiased(input, &NoTransform);
+        // On flex the folded bias and the activation are one fused op each way.
+        match shift {
+            Some(b) if crate::extension::has_flex_kernels(&y.device()) => {
+                crate::bias::bias_activation(y, b, Some(activation)).expect("flex")
+            }
+            shift => activation.apply(crate::layer::join_bias((y, shift))),
+        }
     }
 }
 
@@ -402,5 +410,96 @@ mod tests {
             .into_data()
             .assert_approx_eq::<f32>(&bn.forward(x).into_data(), tol);
         assert_eq!(bn.running_mean.value().into_data(), before);
+    }
+
+    /// A MobileNet / DS-CNN block computed by our kernels (its activations stored channels
+    /// last from the depthwise on: BatchNorm, pointwise GEMM and depthwise read and return that
+    /// layout, gradients included) equals the block composed of burn's ops: values and the
+    /// gradients of the input, both weights, γ and β. Input stored channels first and last,
+    /// stride 1 and 2, both activations.
+    #[test]
+    fn channels_last_block_equals_burn_ops() {
+        use crate::conv::{ConvSpec, conv2d};
+        use burn::tensor::module::conv2d as burn_conv2d;
+        use burn::tensor::ops::ConvOptions;
+        let device = Device::flex().autodiff();
+        device.seed(21);
+        for (stride, act, stored_last) in [
+            (1, Activation::Relu, false),
+            (2, Activation::Relu6, false),
+            (1, Activation::Relu6, true),
+            (2, Activation::Relu, true),
+        ] {
+            let (n, c, co, h, w) = (3, 5, 7, 9, 6);
+            let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.5, 2.0), &device)
+                .require_grad();
+            let wd = Tensor::<4>::random([c, 1, 3, 3], Distribution::Normal(0.0, 0.6), &device)
+                .require_grad();
+            let wp = Tensor::<4>::random([co, c, 1, 1], Distribution::Normal(0.0, 0.6), &device)
+                .require_grad();
+            let (bn1, bn2) = (bn_with_stats(c, &device), bn_with_stats(co, &device));
+            let dw = ConvSpec {
+                stride: [stride, stride],
+                padding: [(1, 1), (1, 1)],
+                dilation: [1, 1],
+                groups: c,
+            };
+            let pw = ConvSpec {
+                stride: [1, 1],
+                padding: [(0, 0), (0, 0)],
+                dilation: [1, 1],
+                groups: 1,
+            };
+            let input = if stored_last {
+                crate::layout::channels_last(x.clone())
+            } else {
+                x.clone()
+            };
+            let y = conv2d(input, wd.clone(), None, &dw);
+            let y = batch_norm_activated(&bn1, y, Some(act));
+            let y = conv2d(y, wp.clone(), None, &pw);
+            let ours = batch_norm_activated(&bn2, y, Some(act));
+            let opts = |s: &ConvSpec| {
+                ConvOptions::new_with_padding(s.stride, s.padding, s.dilation, s.groups)
+            };
+            let (r1, r2) = (bn1.clone(), bn2.clone());
+            let reference = |y: Tensor<4>| match act {
+                Activation::Relu => burn::tensor::activation::relu(y),
+                Activation::Relu6 => y.clamp(0.0, 6.0),
+            };
+            let y = burn_conv2d(x.clone(), wd.clone(), None, opts(&dw));
+            let y = reference(r1.forward(y));
+            let y = burn_conv2d(y, wp.clone(), None, opts(&pw));
+            let theirs = reference(r2.forward(y));
+            let tol = burn::tensor::Tolerance::<f32>::absolute(2e-4).set_relative(2e-3);
+            let what = format!("stride {stride}, {act:?}, stored channels last {stored_last}");
+            ours.clone()
+                .into_data()
+                .assert_approx_eq::<f32>(&theirs.clone().into_data(), tol);
+            let g = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let ga = (ours * g.clone()).sum().backward();
+            let gb = (theirs * g).sum().backward();
+            let data4 = |t: Option<Tensor<4>>| t.map(|t| t.into_data());
+            let data1 = |t: Option<Tensor<1>>| t.map(|t| t.into_data());
+            for (name, a, b) in [
+                ("input", data4(x.grad(&ga)), data4(x.grad(&gb))),
+                ("depthwise weight", data4(wd.grad(&ga)), data4(wd.grad(&gb))),
+                ("pointwise weight", data4(wp.grad(&ga)), data4(wp.grad(&gb))),
+                (
+                    "gamma 1",
+                    data1(bn1.gamma.val().grad(&ga)),
+                    data1(r1.gamma.val().grad(&gb)),
+                ),
+                (
+                    "beta 2",
+                    data1(bn2.beta.val().grad(&ga)),
+                    data1(r2.beta.val().grad(&gb)),
+                ),
+            ] {
+                let (a, b) = (a.expect(name), b.expect(name));
+                assert_eq!(a.shape(), b.shape(), "{what}: {name}");
+                a.assert_approx_eq::<f32>(&b, tol);
+            }
+        }
     }
 }

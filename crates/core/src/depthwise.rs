@@ -20,6 +20,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
+use crate::layout::{channels_last_buffer, from_channels_last};
 
 const OP: &str = "depthwise";
 
@@ -60,95 +61,6 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
-/// `src` `[rows, cols]` → `dst` `[cols, rows]`: 8 × 8 blocks through AVX registers where the
-/// CPU has AVX2, the plain loop for the ragged edges and elsewhere.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
-    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
-    #[cfg(target_arch = "x86_64")]
-    let blocked = if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected; the sizes were checked above.
-        unsafe { transpose_avx2(src, rows, cols, dst) };
-        true
-    } else {
-        false
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let blocked = false;
-    let (r8, c8) = if blocked { (r8, c8) } else { (0, 0) };
-    // What the blocks left: the last columns of every row, the last rows of the rest.
-    for r in 0..rows {
-        let first = if r < r8 { c8 } else { 0 };
-        for c in first..cols {
-            dst[c * rows + r] = src[r * cols + c];
-        }
-    }
-}
-
-/// The full 8 × 8 blocks of [`transpose`].
-///
-/// # Safety
-/// AVX2; `src` and `dst` hold `rows · cols` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose_avx2(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    for r0 in (0..rows / 8 * 8).step_by(8) {
-        for c0 in (0..cols / 8 * 8).step_by(8) {
-            // SAFETY: rows r0..r0 + 8 and columns c0..c0 + 8 are inside both matrices.
-            unsafe {
-                let row = |i: usize| _mm256_loadu_ps(s.add((r0 + i) * cols + c0));
-                let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
-                let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
-                let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
-                let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
-                let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
-                let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
-                let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
-                let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-                let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
-                let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-                let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
-                let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-                let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
-                let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-                let out = [
-                    _mm256_permute2f128_ps(u0, u4, 0x20),
-                    _mm256_permute2f128_ps(u1, u5, 0x20),
-                    _mm256_permute2f128_ps(u2, u6, 0x20),
-                    _mm256_permute2f128_ps(u3, u7, 0x20),
-                    _mm256_permute2f128_ps(u0, u4, 0x31),
-                    _mm256_permute2f128_ps(u1, u5, 0x31),
-                    _mm256_permute2f128_ps(u2, u6, 0x31),
-                    _mm256_permute2f128_ps(u3, u7, 0x31),
-                ];
-                for (i, v) in out.into_iter().enumerate() {
-                    _mm256_storeu_ps(d.add((c0 + i) * rows + r0), v);
-                }
-            }
-        }
-    }
-}
-
-/// `[N, C, H, W]` → `[N, H, W, C]` (channels last), one rayon task per image.
-fn to_channels_last(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
-    let hw = h * w;
-    let mut out = vec![0f32; n * c * hw];
-    out.par_chunks_mut(c * hw)
-        .zip(x.par_chunks(c * hw))
-        .for_each(|(dst, src)| transpose(src, c, hw, dst));
-    out
-}
-
-/// `[N, H, W, C]` → `[N, C, H, W]` into `out`, one rayon task per image.
-fn to_channels_first(x: &[f32], [_, c, h, w]: [usize; 4], out: &mut [f32]) {
-    let hw = h * w;
-    out.par_chunks_mut(c * hw)
-        .zip(x.par_chunks(c * hw))
-        .for_each(|(dst, src)| transpose(src, hw, c, dst));
-}
-
 /// `[C, 1, kh, kw]` weights as `[kh·kw, C]`.
 fn taps_last(weight: &[f32], c: usize, taps: usize) -> Vec<f32> {
     let mut out = vec![0f32; c * taps];
@@ -185,7 +97,9 @@ fn taps_of(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Vec<
 
 /// Flex kernels: channels last, so every inner loop is an element-wise multiply-add over the
 /// channels (`C` contiguous floats, vectorised under [`wide`]) whatever the plane size, stride
-/// or padding. The layout changes cost one pass each way over the tensors.
+/// or padding. Inputs stored channels last ([`crate::layout::is_channels_last`]) are read in
+/// place, others transposed once; the output and the input gradient are returned stored
+/// channels last, so the next channels-last kernel reads them without a copy.
 impl DepthwiseOps for burn::backend::Flex {
     fn depthwise_forward(x: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTensor {
         let [sh, sw, pt, pb, pl, pr] = geometry;
@@ -193,8 +107,9 @@ impl DepthwiseOps for burn::backend::Flex {
         let [_, _, kh, kw] = dims4(&weight);
         let ho = (h + pt + pb - kh) / sh + 1;
         let wo = (w + pl + pr - kw) / sw + 1;
-        let (x, weight) = (contiguous_f32(x, OP), contiguous_f32(weight, OP));
-        let xt = to_channels_last(x.as_slice::<f32>().expect("contiguous"), [n, c, h, w]);
+        let weight = contiguous_f32(weight, OP);
+        let xb = channels_last_buffer(x, OP);
+        let xt = xb.as_slice::<f32>().expect("contiguous");
         let k = taps_last(weight.as_slice::<f32>().expect("contiguous"), c, kh * kw);
         let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
         let mut yt = vec![0f32; n * ho * wo * c];
@@ -210,9 +125,7 @@ impl DepthwiseOps for burn::backend::Flex {
                     }
                 })
             });
-        let mut out = zeros_f32([n, c, ho, wo]);
-        to_channels_first(&yt, [n, c, ho, wo], out.storage_mut::<f32>());
-        out
+        from_channels_last(yt, [n, c, ho, wo])
     }
 
     fn depthwise_backward_input(
@@ -225,8 +138,9 @@ impl DepthwiseOps for burn::backend::Flex {
         let [n, c, h, w] = dims4(&x);
         let [_, _, kh, kw] = dims4(&weight);
         let [_, _, ho, wo] = dims4(&grad);
-        let (weight, grad) = (contiguous_f32(weight, OP), contiguous_f32(grad, OP));
-        let gt = to_channels_last(grad.as_slice::<f32>().expect("contiguous"), [n, c, ho, wo]);
+        let weight = contiguous_f32(weight, OP);
+        let gb = channels_last_buffer(grad, OP);
+        let gt = gb.as_slice::<f32>().expect("contiguous");
         let k = taps_last(weight.as_slice::<f32>().expect("contiguous"), c, kh * kw);
         let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
         let mut dxt = vec![0f32; n * h * w * c];
@@ -246,9 +160,7 @@ impl DepthwiseOps for burn::backend::Flex {
                     }
                 })
             });
-        let mut out = zeros_f32([n, c, h, w]);
-        to_channels_first(&dxt, [n, c, h, w], out.storage_mut::<f32>());
-        out
+        from_channels_last(dxt, [n, c, h, w])
     }
 
     fn depthwise_backward_weight(
@@ -261,9 +173,9 @@ impl DepthwiseOps for burn::backend::Flex {
         let [n, c, h, w] = dims4(&x);
         let [_, _, kh, kw] = dims4(&weight);
         let [_, _, ho, wo] = dims4(&grad);
-        let (x, grad) = (contiguous_f32(x, OP), contiguous_f32(grad, OP));
-        let xt = to_channels_last(x.as_slice::<f32>().expect("contiguous"), [n, c, h, w]);
-        let gt = to_channels_last(grad.as_slice::<f32>().expect("contiguous"), [n, c, ho, wo]);
+        let (xb, gb) = (channels_last_buffer(x, OP), channels_last_buffer(grad, OP));
+        let xt = xb.as_slice::<f32>().expect("contiguous");
+        let gt = gb.as_slice::<f32>().expect("contiguous");
         let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
         let taps = kh * kw;
         // One `[kh·kw, C]` partial sum per image in f32, summed over the batch in f64 in image

@@ -46,6 +46,17 @@ pub fn zeros_f32(shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::new(data, Layout::contiguous(shape), DType::F32)
 }
 
+/// `values` as a contiguous `f32` flex tensor of `shape` (no copy; see [`zeros_f32`]).
+pub fn from_vec_f32(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    let shape = shape.into();
+    debug_assert_eq!(values.len(), shape.num_elements());
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
 /// [`zeros_f32`] for `i32` (index tensors).
 pub fn zeros_i32(shape: impl Into<Shape>) -> FlexTensor {
     let shape = shape.into();

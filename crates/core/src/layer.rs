@@ -263,8 +263,17 @@ pub fn channel_broadcast<const D: usize>(b: Tensor<1>) -> Tensor<D> {
 
 /// `y + b` for the split that [`LayerForward::forward_transformed_unbiased`] returns (`b`
 /// broadcast over dimension 1), or `y` where there is no bias to add.
+///
+/// On flex a rank-4 sum is [`crate::bias::bias_activation`]: one pass each way in the
+/// tensor's storage order, where burn's broadcast add copies the gradient three times to
+/// reduce it to the bias.
 pub fn join_bias<const D: usize>((y, b): (Tensor<D>, Option<Tensor<1>>)) -> Tensor<D> {
     match b {
+        Some(b) if D == 4 && crate::extension::has_flex_kernels(&y.device()) => {
+            let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
+            let out = crate::bias::bias_activation(y, b, None).expect("flex");
+            Tensor::from_dispatch(out.into_dispatch())
+        }
         Some(b) => y + channel_broadcast(b),
         None => y,
     }

@@ -19,6 +19,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod bias;
 pub mod conv;
 pub mod convbn;
 pub mod depthwise;
