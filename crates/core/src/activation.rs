@@ -18,9 +18,9 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
+use crate::extension::{has_flex_kernels, untracked, wide, zeros_f32};
 use crate::layer::Activation;
-use crate::layout::{channels_first, channels_last_buffer, is_channels_last};
+use crate::layout::{in_order, restore_order, storage_order};
 
 const OP: &str = "activation";
 
@@ -71,12 +71,7 @@ impl ActivationOps for burn::backend::Flex {
         use burn::backend::TensorMetadata;
         // Element-wise: a tensor stored channels last is computed in its own buffer order,
         // and so is its output (no copy to channels first).
-        let stored_last = is_channels_last(&x);
-        let x = if stored_last {
-            channels_last_buffer(x, OP)
-        } else {
-            contiguous_f32(x, OP)
-        };
+        let (x, stored_last) = storage_order(x, OP);
         let mut out = zeros_f32(x.shape());
         let src = x.as_slice::<f32>().expect("contiguous f32");
         out.storage_mut::<f32>()
@@ -89,17 +84,13 @@ impl ActivationOps for burn::backend::Flex {
                     }
                 })
             });
-        restore(out, stored_last)
+        restore_order(out, stored_last)
     }
 
     fn fused_relu_backward(x: FlexTensor, grad: FlexTensor, six: bool) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let stored_last = is_channels_last(&x);
-        let (x, grad) = if stored_last {
-            (channels_last_buffer(x, OP), channels_last_buffer(grad, OP))
-        } else {
-            (contiguous_f32(x, OP), channels_first(grad, OP))
-        };
+        let (x, stored_last) = storage_order(x, OP);
+        let grad = in_order(grad, stored_last, OP);
         let mut out = zeros_f32(x.shape());
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
@@ -113,16 +104,7 @@ impl ActivationOps for burn::backend::Flex {
                     }
                 })
             });
-        restore(out, stored_last)
-    }
-}
-
-/// A result computed in channels-last buffer order back as the `[N, C, H, W]` view it stores.
-fn restore(out: FlexTensor, stored_last: bool) -> FlexTensor {
-    if stored_last {
-        out.permute(&[0, 3, 1, 2])
-    } else {
-        out
+        restore_order(out, stored_last)
     }
 }
 

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use crate::activation::{backward_one, forward_one};
 use crate::batchnorm::act_code;
 use crate::extension::{
-    contiguous_f32, from_vec_f32, has_flex_kernels, untracked, wide, zeros_f32,
+    contiguous_f32, from_vec_f32, has_flex_kernels, untracked, widest, zeros_f32,
 };
 use crate::layer::Activation;
 use crate::layout::{channels_first, channels_last_buffer, is_channels_last};
@@ -96,9 +96,9 @@ impl Order {
     }
 }
 
-/// `out = act(x + b)` over one task's values starting at value `start`.
-fn forward_chunk(o: Order, start: usize, x: &[f32], b: &[f32], out: &mut [f32], act: u8) {
-    wide(|| {
+widest! {
+    /// `out = act(x + b)` over one task's values starting at value `start`.
+    fn forward_chunk(o: Order, start: usize, x: &[f32], b: &[f32], out: &mut [f32], act: u8) -> () {
         if o.channels_last {
             for (row, dst) in x.chunks_exact(o.c).zip(out.chunks_exact_mut(o.c)) {
                 for ((d, v), bias) in dst.iter_mut().zip(row).zip(b) {
@@ -107,31 +107,20 @@ fn forward_chunk(o: Order, start: usize, x: &[f32], b: &[f32], out: &mut [f32], 
             }
         } else {
             let first = start / o.hw;
-            for (p, (plane, dst)) in x
-                .chunks_exact(o.hw)
-                .zip(out.chunks_exact_mut(o.hw))
-                .enumerate()
-            {
+            for (p, (plane, dst)) in x.chunks_exact(o.hw).zip(out.chunks_exact_mut(o.hw)).enumerate() {
                 let bias = b[(first + p) % o.c];
                 for (d, v) in dst.iter_mut().zip(plane) {
                     *d = act_forward(v + bias, act);
                 }
             }
         }
-    })
+    }
 }
 
-/// One task's backward: `g` masked by the activation (at `x + b`) in place, and its sums per
-/// channel (`f64`, in storage order).
-fn backward_chunk(
-    o: Order,
-    start: usize,
-    x: &[f32],
-    b: &[f32],
-    g: &mut [f32],
-    act: u8,
-) -> Vec<f64> {
-    wide(|| {
+widest! {
+    /// One task's backward: `g` masked by the activation (at `x + b`) in place, and its sums
+    /// per channel (`f64`, in storage order).
+    fn backward_chunk(o: Order, start: usize, x: &[f32], b: &[f32], g: &mut [f32], act: u8) -> Vec<f64> {
         let mut sums = vec![0f64; o.c];
         if o.channels_last {
             let mut acc = vec![0f32; o.c];
@@ -146,11 +135,7 @@ fn backward_chunk(
             }
         } else {
             let first = start / o.hw;
-            for (p, (plane, gp)) in x
-                .chunks_exact(o.hw)
-                .zip(g.chunks_exact_mut(o.hw))
-                .enumerate()
-            {
+            for (p, (plane, gp)) in x.chunks_exact(o.hw).zip(g.chunks_exact_mut(o.hw)).enumerate() {
                 let ch = (first + p) % o.c;
                 let bias = b[ch];
                 let mut acc = 0f32;
@@ -162,7 +147,7 @@ fn backward_chunk(
             }
         }
         sums
-    })
+    }
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {

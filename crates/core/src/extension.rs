@@ -121,3 +121,41 @@ pub fn untracked<B: Backend, C: CheckpointStrategy, const N: usize>(
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
+
+/// Define `fn $name(args) -> ret { body }` that runs `body` compiled for AVX-512F, else AVX2 +
+/// FMA, else the baseline (runtime detection): a named `target_feature` function per level,
+/// with the body inlined into each, so its loops are vectorized for it. (A closure handed to
+/// [`wide`] may stay out of line, and so scalar, when it is large.) The body must not depend
+/// on the vector width for its results (no reductions across lanes), so that every CPU gets the
+/// same values.
+#[macro_export]
+macro_rules! widest {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn w512($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn w256($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    return unsafe { w512($($arg),*) };
+                }
+                if $crate::extension::has_avx2_fma() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    return unsafe { w256($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub use crate::widest;

@@ -78,6 +78,35 @@ pub fn channels_last_buffer(x: FlexTensor, op: &str) -> FlexTensor {
     from_vec_f32(values, [dims[0], dims[2], dims[3], dims[1]])
 }
 
+/// For element-wise kernels: `x` as a contiguous buffer in its storage order (a tensor stored
+/// channels last stays so, other views are copied channels first), and whether it was stored
+/// channels last. Compute in buffer order, then [`restore_order`].
+pub fn storage_order(x: FlexTensor, op: &str) -> (FlexTensor, bool) {
+    if is_channels_last(&x) {
+        (channels_last_buffer(x, op), true)
+    } else {
+        (contiguous_f32(x, op), false)
+    }
+}
+
+/// A second operand (a gradient) in the buffer order [`storage_order`] chose for the first.
+pub fn in_order(t: FlexTensor, stored_last: bool, op: &str) -> FlexTensor {
+    if stored_last {
+        channels_last_buffer(t, op)
+    } else {
+        channels_first(t, op)
+    }
+}
+
+/// A result computed in buffer order back as the tensor it stores (see [`storage_order`]).
+pub fn restore_order(out: FlexTensor, stored_last: bool) -> FlexTensor {
+    if stored_last {
+        out.permute(&[0, 3, 1, 2])
+    } else {
+        out
+    }
+}
+
 /// `x` `[N, C, H, W]` as a contiguous `[N, C, H, W]` tensor (a transposed copy when it is
 /// stored channels last; flex's strided copy for other views).
 pub fn channels_first(x: FlexTensor, op: &str) -> FlexTensor {

@@ -231,6 +231,11 @@ impl ActQuant {
 
     /// The batch's smallest and largest value, on the host.
     fn batch_range<const D: usize>(x: &Tensor<D>) -> (f32, f32) {
+        // Rank 4 on flex: the per-channel kernel reads the buffer in its storage order (a
+        // channels-last activation is not copied to flatten it).
+        if let Some(range) = crate::epilogue::channel_range(x) {
+            return range;
+        }
         let x = x.clone().without_autodiff();
         let n = x.shape().num_elements();
         let flat = x.reshape([n]);
@@ -426,20 +431,33 @@ mod tests {
     }
 
     /// `forward_shift_relu(y, shift)` is `forward_relu(y + shift)`: values, the gradient of
-    /// `y` and ranges bit for bit, the gradient of `shift` within rounding.
+    /// `y` and ranges bit for bit, the gradient of `shift` within rounding; `y` stored either
+    /// way.
     #[test]
     fn forward_shift_relu_is_forward_relu_of_the_sum() {
         use burn::tensor::Distribution;
         let (fused, composed, device) = twins();
         // 39,000 elements of 65-element planes: two kernel tasks.
         let shape = [20, 30, 13, 5];
-        for mean in [0.0, -1.0, 2.0, 0.4] {
+        // `y` stored channels first and channels last (`collab_core::layout`).
+        for (mean, stored_last) in [
+            (0.0, false),
+            (-1.0, true),
+            (2.0, false),
+            (0.4, true),
+            (0.0, true),
+        ] {
             let y =
                 Tensor::<4>::random(shape, Distribution::Normal(mean, 2.0), &device).require_grad();
             let shift =
                 Tensor::<1>::random([30], Distribution::Normal(0.0, 1.5), &device).require_grad();
             let g = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-            let a = fused.forward_shift_relu(y.clone(), shift.clone());
+            let input = if stored_last {
+                collab_core::layout::channels_last(y.clone())
+            } else {
+                y.clone()
+            };
+            let a = fused.forward_shift_relu(input, shift.clone());
             let b = composed
                 .forward_relu(y.clone() + collab_core::layer::channel_broadcast(shift.clone()));
             assert_eq!(

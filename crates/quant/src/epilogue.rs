@@ -25,6 +25,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
+use collab_core::layout::{channels_first, channels_last_buffer, is_channels_last};
 
 use crate::QuantParams;
 use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
@@ -171,8 +172,11 @@ fn passes(v: f32, low: f32, high: f32) -> bool {
 impl ShiftReluQuantOps for burn::backend::Flex {
     fn channel_min_max(y: FlexTensor, inner: usize) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let y = contiguous_f32(y, OP);
         let channels = y.shape()[1];
+        if is_channels_last(&y) {
+            return channels_last::min_max(channels_last_buffer(y, OP), channels);
+        }
+        let y = contiguous_f32(y, OP);
         let src = y.as_slice::<f32>().expect("contiguous f32");
         let planes: Vec<(f32, f32)> = src
             .par_chunks(task_len(inner))
@@ -212,9 +216,14 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         qmax: i32,
     ) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let y = contiguous_f32(y, OP);
         let shift = contiguous_f32(shift, OP);
         let s = shift.as_slice::<f32>().expect("contiguous f32");
+        if is_channels_last(&y) {
+            let q = [scale, zero_point as f32, qmin as f32, qmax as f32];
+            let out = channels_last::forward(channels_last_buffer(y, OP), s, q);
+            return out.permute(&[0, 3, 1, 2]);
+        }
+        let y = contiguous_f32(y, OP);
         let channels = s.len();
         let src = y.as_slice::<f32>().expect("contiguous f32");
         let mut out = zeros_f32(y.shape());
@@ -243,10 +252,19 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         high: f32,
     ) -> (FlexTensor, FlexTensor) {
         use burn::backend::TensorMetadata;
-        let y = contiguous_f32(y, OP);
-        let grad = contiguous_f32(grad, OP);
         let shift = contiguous_f32(shift, OP);
         let s = shift.as_slice::<f32>().expect("contiguous f32");
+        if is_channels_last(&y) {
+            let y = channels_last_buffer(y, OP);
+            let grad = channels_last_buffer(grad, OP);
+            let (dy, ds) = channels_last::backward(y, grad, s, low, high);
+            return (
+                dy.permute(&[0, 3, 1, 2]),
+                FlexTensor::from_data(TensorData::new(ds, [s.len()])),
+            );
+        }
+        let y = contiguous_f32(y, OP);
+        let grad = channels_first(grad, OP);
         let channels = s.len();
         let ys = y.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
@@ -275,6 +293,136 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         }
         let ds: Vec<f32> = ds.into_iter().map(|v| v as f32).collect();
         (dy, FlexTensor::from_data(TensorData::new(ds, [channels])))
+    }
+}
+
+/// The three kernels for `y` stored channels last (`collab_core::layout`): `M = N·H·W` rows
+/// of `C` values, channel `j` at position `j` of every row. Per-channel results go down the
+/// rows in fixed chunks combined in order (deterministic for any thread count); values are
+/// computed exactly as the channels-first kernels compute them.
+mod channels_last {
+    use super::*;
+
+    /// Rows per rayon task.
+    const ROWS: usize = 64;
+
+    collab_core::widest! {
+        /// One chunk's per-channel minimum, maximum and NaN flag (rows of `c`).
+        fn chunk_min_max(chunk: &[f32], c: usize) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
+            let (mut low, mut high) = (vec![f32::INFINITY; c], vec![f32::NEG_INFINITY; c]);
+            let mut nan = vec![0u8; c];
+            for row in chunk.chunks_exact(c) {
+                for (((l, h), n), v) in low.iter_mut().zip(high.iter_mut()).zip(nan.iter_mut()).zip(row) {
+                    *n |= v.is_nan() as u8;
+                    *l = if *v < *l { *v } else { *l };
+                    *h = if *v > *h { *v } else { *h };
+                }
+            }
+            (low, high, nan)
+        }
+    }
+
+    /// Per-channel `[min, max]` (`[C, 2]`), NaN for both where the channel holds a NaN.
+    pub(super) fn min_max(y: FlexTensor, c: usize) -> FlexTensor {
+        let ys = y.as_slice::<f32>().expect("contiguous f32");
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<u8>)> = ys
+            .par_chunks(ROWS * c)
+            .map(|chunk| chunk_min_max(chunk, c))
+            .collect();
+        let mut out = vec![0f32; 2 * c];
+        for j in 0..c {
+            let (mut low, mut high, mut nan) = (f32::INFINITY, f32::NEG_INFINITY, false);
+            for (l, h, n) in &parts {
+                low = low.min(l[j]);
+                high = high.max(h[j]);
+                nan |= n[j] != 0;
+            }
+            let (low, high) = if nan {
+                (f32::NAN, f32::NAN)
+            } else {
+                (low, high)
+            };
+            out[2 * j] = low;
+            out[2 * j + 1] = high;
+        }
+        FlexTensor::from_data(TensorData::new(out, [c, 2]))
+    }
+
+    /// `fake_quant(relu(y + shift))` in buffer order; `q = [scale, zero point, qmin, qmax]`.
+    pub(super) fn forward(y: FlexTensor, s: &[f32], q: [f32; 4]) -> FlexTensor {
+        use burn::backend::TensorMetadata;
+        let c = s.len();
+        let [scale, zp, qmin, qmax] = q;
+        let (zp, qmin, qmax) = (zp as i32, qmin as i32, qmax as i32);
+        let ys = y.as_slice::<f32>().expect("contiguous f32");
+        let mut out = zeros_f32(y.shape());
+        out.storage_mut::<f32>()
+            .par_chunks_mut(ROWS * c)
+            .zip(ys.par_chunks(ROWS * c))
+            .for_each(|(d, src)| {
+                wide(|| {
+                    for (drow, row) in d.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+                        for ((d, v), shift) in drow.iter_mut().zip(row).zip(s) {
+                            let v = *v + shift;
+                            let v = if v.is_nan() | (v > 0.0) { v } else { 0.0 };
+                            *d = fake_quant_one(v, scale, zp, qmin, qmax);
+                        }
+                    }
+                })
+            });
+        out
+    }
+
+    /// The gradient of `y` (buffer order) and of the shift.
+    pub(super) fn backward(
+        y: FlexTensor,
+        grad: FlexTensor,
+        s: &[f32],
+        low: f32,
+        high: f32,
+    ) -> (FlexTensor, Vec<f32>) {
+        use burn::backend::TensorMetadata;
+        let c = s.len();
+        let ys = y.as_slice::<f32>().expect("contiguous f32");
+        let gs = grad.as_slice::<f32>().expect("contiguous f32");
+        let mut dy = zeros_f32(y.shape());
+        let parts: Vec<Vec<f32>> = dy
+            .storage_mut::<f32>()
+            .par_chunks_mut(ROWS * c)
+            .zip(ys.par_chunks(ROWS * c).zip(gs.par_chunks(ROWS * c)))
+            .map(|(d, (yc, gc))| {
+                wide(|| {
+                    let mut acc = vec![0f32; c];
+                    let rows = d
+                        .chunks_exact_mut(c)
+                        .zip(yc.chunks_exact(c).zip(gc.chunks_exact(c)));
+                    for (drow, (yrow, grow)) in rows {
+                        for ((((d, y), g), shift), a) in drow
+                            .iter_mut()
+                            .zip(yrow)
+                            .zip(grow)
+                            .zip(s)
+                            .zip(acc.iter_mut())
+                        {
+                            *d = if passes(*y + shift, low, high) {
+                                *g
+                            } else {
+                                0.0
+                            };
+                            *a += *d;
+                        }
+                    }
+                    acc
+                })
+            })
+            .collect();
+        let mut ds = vec![0f64; c];
+        for part in &parts {
+            for (t, p) in ds.iter_mut().zip(part) {
+                *t += f64::from(*p);
+            }
+        }
+        (dy, ds.into_iter().map(|v| v as f32).collect())
     }
 }
 
@@ -405,6 +553,28 @@ pub fn shifted_range<const D: usize>(y: &Tensor<D>, shift: &Tensor<1>) -> Option
         high = high.max(b);
     }
     Some((low, high))
+}
+
+/// `(min, max)` over all of a rank-4 `y` from the per-channel kernel (either storage order,
+/// one pass); NaN for both if `y` holds a NaN. `None` for other ranks or devices.
+pub fn channel_range<const D: usize>(y: &Tensor<D>) -> Option<(f32, f32)> {
+    if D != 4 || !has_flex_kernels(&y.device()) {
+        return None;
+    }
+    let per_channel: Tensor<2> =
+        Tensor::from_dispatch(<Dispatch as ShiftReluQuantOps>::channel_min_max(
+            y.clone().without_autodiff().into_dispatch(),
+            plane(y),
+        ));
+    let values = collab_core::host::to_vec_f32(per_channel);
+    let mut range = (f32::INFINITY, f32::NEG_INFINITY);
+    for pair in values.chunks_exact(2) {
+        if pair[0].is_nan() || pair[1].is_nan() {
+            return Some((f32::NAN, f32::NAN));
+        }
+        range = (range.0.min(pair[0]), range.1.max(pair[1]));
+    }
+    Some(range)
 }
 
 /// `relu(y + shift)` fake-quantized with the per-tensor `params` in one fused op (see the module

@@ -26,7 +26,8 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, zeros_f32};
+use collab_core::extension::{has_flex_kernels, untracked, wide, zeros_f32};
+use collab_core::layout::{in_order, restore_order, storage_order};
 
 use crate::QuantParams;
 use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
@@ -68,24 +69,27 @@ impl FakeQuantOps for burn::backend::Flex {
         relu: bool,
     ) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let x = contiguous_f32(x, OP);
+        // Element-wise: computed in the buffer's order (channels last stays channels last).
+        let (x, stored_last) = storage_order(x, OP);
         let mut out = zeros_f32(x.shape());
         let src = x.as_slice::<f32>().expect("contiguous f32");
         let dst = out.storage_mut::<f32>();
         dst.par_chunks_mut(PARALLEL_CHUNK)
             .zip(src.par_chunks(PARALLEL_CHUNK))
             .for_each(|(d, s)| {
-                for (d, s) in d.iter_mut().zip(s) {
-                    // burn's relu on flex: NaN propagates, everything not above 0 becomes 0.
-                    let s = if relu && !(s.is_nan() || *s > 0.0) {
-                        0.0
-                    } else {
-                        *s
-                    };
-                    *d = fake_quant_one(s, scale, zero_point, qmin, qmax);
-                }
+                wide(|| {
+                    for (d, s) in d.iter_mut().zip(s) {
+                        // burn's relu on flex: NaN propagates, all else not above 0 becomes 0.
+                        let s = if relu && !(s.is_nan() || *s > 0.0) {
+                            0.0
+                        } else {
+                            *s
+                        };
+                        *d = fake_quant_one(s, scale, zero_point, qmin, qmax);
+                    }
+                })
             });
-        out
+        restore_order(out, stored_last)
     }
 
     fn fake_quant_ste_backward(
@@ -96,8 +100,8 @@ impl FakeQuantOps for burn::backend::Flex {
         relu: bool,
     ) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let x = contiguous_f32(x, OP);
-        let grad = contiguous_f32(grad, OP);
+        let (x, stored_last) = storage_order(x, OP);
+        let grad = in_order(grad, stored_last, OP);
         let mut out = zeros_f32(x.shape());
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
@@ -108,18 +112,20 @@ impl FakeQuantOps for burn::backend::Flex {
                     .zip(gs.par_chunks(PARALLEL_CHUNK)),
             )
             .for_each(|(d, (x, g))| {
-                for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
-                    // Where burn's clamp masks: strictly below low or above high; where its
-                    // relu_backward masks: not above 0 and not NaN (relu(x) = x there).
-                    let relu_masks = relu && !(x.is_nan() || *x > 0.0);
-                    *d = if *x < low || *x > high || relu_masks {
-                        0.0
-                    } else {
-                        *g
-                    };
-                }
+                wide(|| {
+                    for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
+                        // Where burn's clamp masks: strictly below low or above high; where
+                        // its relu_backward masks: not above 0 and not NaN (relu(x) = x there).
+                        let relu_masks = relu && !(x.is_nan() || *x > 0.0);
+                        *d = if *x < low || *x > high || relu_masks {
+                            0.0
+                        } else {
+                            *g
+                        };
+                    }
+                })
             });
-        out
+        restore_order(out, stored_last)
     }
 }
 

@@ -12,42 +12,10 @@
 use rayon::prelude::*;
 
 use crate::activation::{backward_one, forward_one};
-use crate::extension::has_avx2_fma;
+use crate::extension::widest;
 
 /// Rows per task.
 pub(super) const ROWS: usize = 64;
-
-/// Run `$body` compiled for AVX-512F, else AVX2 + FMA, else the baseline: a named
-/// `target_feature` function per level, so the loops inside are vectorized for it.
-macro_rules! widest {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn body($($arg: $ty),*) -> $ret $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn w512($($arg: $ty),*) -> $ret {
-                    body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn w256($($arg: $ty),*) -> $ret {
-                    body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    return unsafe { w512($($arg),*) };
-                }
-                if has_avx2_fma() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    return unsafe { w256($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
 
 widest! {
     /// One chunk's per-channel mean and centred sum of squares (`c` channels per row).
