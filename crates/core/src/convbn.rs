@@ -184,14 +184,10 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
             let y = self.conv.forward_transformed(input, &NoTransform);
             return batch_norm_activated(&self.bn, y, Some(activation));
         }
-        let (y, shift) = self.forward_transformed_unbiased(input, &NoTransform);
-        // On flex the folded bias and the activation are one fused op each way.
-        match shift {
-            Some(b) if crate::extension::has_flex_kernels(&y.device()) => {
-                crate::bias::bias_activation(y, b, Some(activation)).expect("flex")
-            }
-            shift => activation.apply(crate::layer::join_bias((y, shift))),
-        }
+        crate::layer::join_bias_activated(
+            self.forward_transformed_unbiased(input, &NoTransform),
+            activation,
+        )
     }
 }
 

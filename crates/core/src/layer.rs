@@ -357,13 +357,34 @@ pub trait LayerForward<const D: usize>: WeightLayer {
     ///
     /// # Shapes
     /// As [`Self::forward`].
+    ///
+    /// A trailing bias ([`Self::forward_transformed_unbiased`]) and the activation are one
+    /// fused pass each way on flex ([`join_bias_activated`]).
     fn forward_activated(&self, input: Tensor<D>, activation: Activation) -> Tensor<D> {
-        let y = self.forward(input);
         if self.applies_activation(activation) {
-            y
-        } else {
-            activation.apply(y)
+            return self.forward(input);
         }
+        join_bias_activated(
+            self.forward_transformed_unbiased(input, &NoTransform),
+            activation,
+        )
+    }
+}
+
+/// `activation(y + b)` for the split of [`LayerForward::forward_transformed_unbiased`]: on flex
+/// for rank 4 one fused op each way ([`crate::bias::bias_activation`]), else [`join_bias`] and
+/// then [`Activation::apply`].
+pub fn join_bias_activated<const D: usize>(
+    (y, b): (Tensor<D>, Option<Tensor<1>>),
+    activation: Activation,
+) -> Tensor<D> {
+    match b {
+        Some(b) if D == 4 && crate::extension::has_flex_kernels(&y.device()) => {
+            let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
+            let out = crate::bias::bias_activation(y, b, Some(activation)).expect("flex");
+            Tensor::from_dispatch(out.into_dispatch())
+        }
+        b => activation.apply(join_bias((y, b))),
     }
 }
 

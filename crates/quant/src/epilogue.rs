@@ -348,6 +348,37 @@ mod channels_last {
         FlexTensor::from_data(TensorData::new(out, [c, 2]))
     }
 
+    collab_core::widest! {
+        /// One chunk of the forward: rows of `s.len()` values.
+        fn chunk_forward(src: &[f32], d: &mut [f32], s: &[f32], scale: f32, zp: i32, qmin: i32, qmax: i32) -> () {
+            let c = s.len();
+            for (drow, row) in d.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+                for ((d, v), shift) in drow.iter_mut().zip(row).zip(s) {
+                    let v = *v + shift;
+                    let v = if v.is_nan() | (v > 0.0) { v } else { 0.0 };
+                    *d = fake_quant_one(v, scale, zp, qmin, qmax);
+                }
+            }
+        }
+    }
+
+    collab_core::widest! {
+        /// One chunk of the backward: `d` and the chunk's per-channel sums of it.
+        fn chunk_backward(d: &mut [f32], yc: &[f32], gc: &[f32], s: &[f32], low: f32, high: f32) -> Vec<f32> {
+            let c = s.len();
+            let mut acc = vec![0f32; c];
+            let rows = d.chunks_exact_mut(c).zip(yc.chunks_exact(c).zip(gc.chunks_exact(c)));
+            for (drow, (yrow, grow)) in rows {
+                let values = drow.iter_mut().zip(yrow).zip(grow).zip(s).zip(acc.iter_mut());
+                for ((((d, y), g), shift), a) in values {
+                    *d = if passes(*y + shift, low, high) { *g } else { 0.0 };
+                    *a += *d;
+                }
+            }
+            acc
+        }
+    }
+
     /// `fake_quant(relu(y + shift))` in buffer order; `q = [scale, zero point, qmin, qmax]`.
     pub(super) fn forward(y: FlexTensor, s: &[f32], q: [f32; 4]) -> FlexTensor {
         use burn::backend::TensorMetadata;
@@ -359,17 +390,7 @@ mod channels_last {
         out.storage_mut::<f32>()
             .par_chunks_mut(ROWS * c)
             .zip(ys.par_chunks(ROWS * c))
-            .for_each(|(d, src)| {
-                wide(|| {
-                    for (drow, row) in d.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
-                        for ((d, v), shift) in drow.iter_mut().zip(row).zip(s) {
-                            let v = *v + shift;
-                            let v = if v.is_nan() | (v > 0.0) { v } else { 0.0 };
-                            *d = fake_quant_one(v, scale, zp, qmin, qmax);
-                        }
-                    }
-                })
-            });
+            .for_each(|(d, src)| chunk_forward(src, d, s, scale, zp, qmin, qmax));
         out
     }
 
@@ -390,31 +411,7 @@ mod channels_last {
             .storage_mut::<f32>()
             .par_chunks_mut(ROWS * c)
             .zip(ys.par_chunks(ROWS * c).zip(gs.par_chunks(ROWS * c)))
-            .map(|(d, (yc, gc))| {
-                wide(|| {
-                    let mut acc = vec![0f32; c];
-                    let rows = d
-                        .chunks_exact_mut(c)
-                        .zip(yc.chunks_exact(c).zip(gc.chunks_exact(c)));
-                    for (drow, (yrow, grow)) in rows {
-                        for ((((d, y), g), shift), a) in drow
-                            .iter_mut()
-                            .zip(yrow)
-                            .zip(grow)
-                            .zip(s)
-                            .zip(acc.iter_mut())
-                        {
-                            *d = if passes(*y + shift, low, high) {
-                                *g
-                            } else {
-                                0.0
-                            };
-                            *a += *d;
-                        }
-                    }
-                    acc
-                })
-            })
+            .map(|(d, (yc, gc))| chunk_backward(d, yc, gc, s, low, high))
             .collect();
         let mut ds = vec![0f64; c];
         for part in &parts {

@@ -26,7 +26,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{has_flex_kernels, untracked, wide, zeros_f32};
+use collab_core::extension::{has_flex_kernels, untracked, zeros_f32};
 use collab_core::layout::{in_order, restore_order, storage_order};
 
 use crate::QuantParams;
@@ -59,6 +59,31 @@ pub trait FakeQuantOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+collab_core::widest! {
+    /// One task's forward: `q = [scale, zero point, qmin, qmax]`.
+    fn forward_chunk(d: &mut [f32], s: &[f32], q: [f32; 4], relu: bool) -> () {
+        let [scale, zero_point, qmin, qmax] = q;
+        let (zero_point, qmin, qmax) = (zero_point as i32, qmin as i32, qmax as i32);
+        for (d, s) in d.iter_mut().zip(s) {
+            // burn's relu on flex: NaN propagates, all else not above 0 becomes 0.
+            let s = if relu && !(s.is_nan() || *s > 0.0) { 0.0 } else { *s };
+            *d = fake_quant_one(s, scale, zero_point, qmin, qmax);
+        }
+    }
+}
+
+collab_core::widest! {
+    /// One task's backward.
+    fn backward_chunk(d: &mut [f32], x: &[f32], g: &[f32], low: f32, high: f32, relu: bool) -> () {
+        for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
+            // Where burn's clamp masks: strictly below low or above high; where its
+            // relu_backward masks: not above 0 and not NaN (relu(x) = x there).
+            let relu_masks = relu && !(x.is_nan() || *x > 0.0);
+            *d = if *x < low || *x > high || relu_masks { 0.0 } else { *g };
+        }
+    }
+}
+
 impl FakeQuantOps for burn::backend::Flex {
     fn fake_quant_ste(
         x: FlexTensor,
@@ -77,17 +102,12 @@ impl FakeQuantOps for burn::backend::Flex {
         dst.par_chunks_mut(PARALLEL_CHUNK)
             .zip(src.par_chunks(PARALLEL_CHUNK))
             .for_each(|(d, s)| {
-                wide(|| {
-                    for (d, s) in d.iter_mut().zip(s) {
-                        // burn's relu on flex: NaN propagates, all else not above 0 becomes 0.
-                        let s = if relu && !(s.is_nan() || *s > 0.0) {
-                            0.0
-                        } else {
-                            *s
-                        };
-                        *d = fake_quant_one(s, scale, zero_point, qmin, qmax);
-                    }
-                })
+                forward_chunk(
+                    d,
+                    s,
+                    [scale, zero_point as f32, qmin as f32, qmax as f32],
+                    relu,
+                )
             });
         restore_order(out, stored_last)
     }
@@ -111,20 +131,7 @@ impl FakeQuantOps for burn::backend::Flex {
                 xs.par_chunks(PARALLEL_CHUNK)
                     .zip(gs.par_chunks(PARALLEL_CHUNK)),
             )
-            .for_each(|(d, (x, g))| {
-                wide(|| {
-                    for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
-                        // Where burn's clamp masks: strictly below low or above high; where
-                        // its relu_backward masks: not above 0 and not NaN (relu(x) = x there).
-                        let relu_masks = relu && !(x.is_nan() || *x > 0.0);
-                        *d = if *x < low || *x > high || relu_masks {
-                            0.0
-                        } else {
-                            *g
-                        };
-                    }
-                })
-            });
+            .for_each(|(d, (x, g))| backward_chunk(d, x, g, low, high, relu));
         restore_order(out, stored_last)
     }
 }

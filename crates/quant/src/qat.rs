@@ -297,17 +297,13 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
                 (y, None) => self.output.forward_relu(y),
             };
         }
-        let (y, shift) = self.inner.forward_transformed_unbiased(input, &chain);
-        let flex = collab_core::extension::has_flex_kernels(&y.device());
-        let y = match (shift, self.activation) {
+        let split = self.inner.forward_transformed_unbiased(input, &chain);
+        let y = match self.activation {
             // On flex the trailing bias and a ReLU6 as one fused op each way.
-            (Some(b), FusedActivation::Relu6) if D == 4 && flex => {
-                let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
-                let relu6 = Some(collab_core::Activation::Relu6);
-                let z = collab_core::bias::bias_activation(y, b, relu6).expect("flex");
-                Tensor::from_dispatch(z.into_dispatch())
+            FusedActivation::Relu6 => {
+                collab_core::layer::join_bias_activated(split, collab_core::Activation::Relu6)
             }
-            (shift, activation) => activation.apply(collab_core::layer::join_bias((y, shift))),
+            activation => activation.apply(collab_core::layer::join_bias(split)),
         };
         self.output.forward(y)
     }
