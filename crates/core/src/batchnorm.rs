@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::activation::{backward_one, forward_one};
 use crate::extension::{
-    contiguous_f32, from_vec_f32, has_avx2_fma, has_flex_kernels, untracked, zeros_f32,
+    contiguous_f32, from_vec_f32, has_avx2_fma, has_flex_kernels, untracked, widest, zeros_f32,
 };
 use crate::layer::Activation;
 use crate::layout::{channels_first, channels_last_buffer, from_channels_last, is_channels_last};
@@ -304,18 +304,11 @@ fn backward_in_place() -> bool {
     }
 }
 
-/// [`backward_block_fast`] without AVX-512: channel by channel, compiled for AVX2 + FMA where
-/// the CPU has them.
-fn backward_block_portable(
-    p: Planes,
-    xs: &[f32],
-    dys: &[f32],
-    out: Out,
-    ks: &[[f32; 6]],
-    act: u8,
-) -> Vec<(f32, f32)> {
-    #[inline(always)]
-    fn channels(
+widest! {
+    /// [`backward_block_fast`] without the AVX-512 intrinsics: channel by channel, compiled for
+    /// the widest features the CPU has (the sums run in eight fixed lanes, so the result does
+    /// not depend on them).
+    fn backward_block_portable(
         p: Planes,
         xs: &[f32],
         dys: &[f32],
@@ -328,23 +321,6 @@ fn backward_block_portable(
         };
         ks.iter().enumerate().map(each).collect()
     }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        #[target_feature(enable = "avx2,fma")]
-        fn run(
-            p: Planes,
-            xs: &[f32],
-            dys: &[f32],
-            out: Out,
-            ks: &[[f32; 6]],
-            act: u8,
-        ) -> Vec<(f32, f32)> {
-            channels(p, xs, dys, out, ks, act)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { run(p, xs, dys, out, ks, act) };
-    }
-    channels(p, xs, dys, out, ks, act)
 }
 
 /// The backward channel kernel in AVX-512F intrinsics.

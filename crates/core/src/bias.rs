@@ -27,7 +27,7 @@ use crate::extension::{
     contiguous_f32, from_vec_f32, has_flex_kernels, untracked, widest, zeros_f32,
 };
 use crate::layer::Activation;
-use crate::layout::{channels_first, channels_last_buffer, is_channels_last};
+use crate::layout::{in_order, restore_order, storage_order};
 
 const OP: &str = "bias_activation";
 
@@ -156,36 +156,25 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
-/// `x` as a contiguous buffer in its storage order, and that order.
-fn storage(x: FlexTensor, stored_last: bool) -> (FlexTensor, Order) {
+/// `x` as a contiguous buffer in its storage order ([`storage_order`]), and that order.
+fn storage(x: FlexTensor) -> (FlexTensor, Order) {
     let [_, c, h, w] = dims4(&x);
-    let order = Order {
-        channels_last: stored_last,
-        c,
-        hw: h * w,
-    };
-    let buffer = if stored_last {
-        channels_last_buffer(x, OP)
-    } else {
-        contiguous_f32(x, OP)
-    };
-    (buffer, order)
-}
-
-/// A result computed in storage order back as the `[N, C, H, W]` tensor it stores.
-fn restore(out: FlexTensor, o: Order) -> FlexTensor {
-    if o.channels_last {
-        out.permute(&[0, 3, 1, 2])
-    } else {
-        out
-    }
+    let (buffer, channels_last) = storage_order(x, OP);
+    let hw = h * w;
+    (
+        buffer,
+        Order {
+            channels_last,
+            c,
+            hw,
+        },
+    )
 }
 
 impl BiasOps for burn::backend::Flex {
     fn bias_act_forward(x: FlexTensor, b: FlexTensor, activation: u8) -> FlexTensor {
         use burn::backend::TensorMetadata;
-        let stored_last = is_channels_last(&x);
-        let (x, o) = storage(x, stored_last);
+        let (x, o) = storage(x);
         let b = contiguous_f32(b, OP);
         let bs = b.as_slice::<f32>().expect("contiguous f32");
         let xs = x.as_slice::<f32>().expect("contiguous f32");
@@ -196,7 +185,7 @@ impl BiasOps for burn::backend::Flex {
             .zip(xs.par_chunks(chunk))
             .enumerate()
             .for_each(|(i, (dst, src))| forward_chunk(o, i * chunk, src, bs, dst, activation));
-        restore(out, o)
+        restore_order(out, o.channels_last)
     }
 
     fn bias_act_backward(
@@ -205,18 +194,13 @@ impl BiasOps for burn::backend::Flex {
         grad: FlexTensor,
         activation: u8,
     ) -> (FlexTensor, FlexTensor) {
-        let stored_last = is_channels_last(&x);
-        let (x, o) = storage(x, stored_last);
+        let (x, o) = storage(x);
         let b = contiguous_f32(b, OP);
         let bs = b.as_slice::<f32>().expect("contiguous f32");
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         // The input gradient is the output gradient masked: written over it when autodiff
         // handed over its only reference, else over a copy.
-        let mut g = if stored_last {
-            channels_last_buffer(grad, OP)
-        } else {
-            channels_first(grad, OP)
-        };
+        let mut g = in_order(grad, o.channels_last, OP);
         if g.try_storage_mut::<f32>().map(|v| v.len()) != Some(xs.len()) {
             use burn::backend::TensorMetadata;
             let shape = g.shape();
@@ -238,7 +222,7 @@ impl BiasOps for burn::backend::Flex {
         }
         let db: Vec<f32> = db.into_iter().map(|v| v as f32).collect();
         (
-            restore(g, o),
+            restore_order(g, o.channels_last),
             FlexTensor::from_data(TensorData::new(db, [o.c])),
         )
     }
