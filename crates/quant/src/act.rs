@@ -154,7 +154,7 @@ impl ActQuant {
             return self.forward(relu(x));
         }
         let batch = self.is_training(&x).then(|| Self::batch_range(&x));
-        match self.relu_params(batch) {
+        match self.relu_params(batch, false) {
             Some(p) => {
                 crate::fused::fake_quant_relu_fused(x.clone(), &p).unwrap_or_else(|| relu(x))
             }
@@ -170,22 +170,57 @@ impl ActQuant {
     /// # Shapes
     /// `y`: `[N, C, …]`; `shift`: `[C]`; the output has `y`'s shape.
     pub fn forward_shift_relu<const D: usize>(&self, y: Tensor<D>, shift: Tensor<1>) -> Tensor<D> {
+        self.forward_shift_act(y, shift, false)
+    }
+
+    /// [`Self::forward_shift_relu`] with ReLU6: the same values, gradient of `y` and range
+    /// updates as `self.forward(relu6(y + shift))`, the gradient of `shift` within rounding.
+    ///
+    /// # Shapes
+    /// `y`: `[N, C, …]`; `shift`: `[C]`; the output has `y`'s shape.
+    pub fn forward_shift_relu6<const D: usize>(&self, y: Tensor<D>, shift: Tensor<1>) -> Tensor<D> {
+        self.forward_shift_act(y, shift, true)
+    }
+
+    /// `forward_shift_relu` (`six = false`) or `forward_shift_relu6`.
+    fn forward_shift_act<const D: usize>(
+        &self,
+        y: Tensor<D>,
+        shift: Tensor<1>,
+        six: bool,
+    ) -> Tensor<D> {
         let sum = |y: Tensor<D>, shift: Tensor<1>| y + collab_core::layer::channel_broadcast(shift);
+        let act = |x: Tensor<D>| {
+            if six {
+                collab_core::Activation::Relu6.apply(x)
+            } else {
+                relu(x)
+            }
+        };
+        let composed = |y: Tensor<D>, shift: Tensor<1>| {
+            if six {
+                self.forward(act(sum(y, shift)))
+            } else {
+                self.forward_relu(sum(y, shift))
+            }
+        };
         if self.calibrating.is_enabled() || !has_flex_kernels(&y.device()) {
-            return self.forward_relu(sum(y, shift));
+            return composed(y, shift);
         }
         let batch = if self.is_training(&y) {
             let Some(range) = crate::epilogue::shifted_range(&y, &shift) else {
-                return self.forward_relu(sum(y, shift));
+                return composed(y, shift);
             };
             Some(range)
         } else {
             None
         };
-        match self.relu_params(batch) {
-            Some(p) => crate::epilogue::fake_quant_shift_relu_fused(y.clone(), shift.clone(), &p)
-                .unwrap_or_else(|| relu(sum(y, shift))),
-            None => relu(sum(y, shift)),
+        match self.relu_params(batch, six) {
+            Some(p) => {
+                crate::epilogue::fake_quant_shift_relu_fused(y.clone(), shift.clone(), &p, six)
+                    .unwrap_or_else(|| act(sum(y, shift)))
+            }
+            None => act(sum(y, shift)),
         }
     }
 
@@ -198,9 +233,17 @@ impl ActQuant {
     /// `[min, max]` before the ReLU), fold the ReLU's range of it into the stored one; then the
     /// parameters to quantize with, or `None` (no range yet, or an unusable one): the ReLU
     /// alone.
-    fn relu_params(&self, batch: Option<(f32, f32)>) -> Option<QuantParams> {
+    ///
+    /// With `six`, ReLU6's range of the batch: each end clamped to `[0, 6]` as burn's clamp
+    /// computes it (the minimum and maximum of `relu6(x)`, as the quantizer after a ReLU6 sees
+    /// them).
+    fn relu_params(&self, batch: Option<(f32, f32)>, six: bool) -> Option<QuantParams> {
         let current = self.range();
         let range = match batch {
+            Some((low, high)) if six => {
+                let clamped = |v: f32| v.clamp(0.0, 6.0);
+                self.observe(clamped(low), clamped(high), current)
+            }
             Some((low, high)) => {
                 // relu's minimum and maximum: +0.0 where they are 0 (never -0.0); a NaN stays
                 // NaN so that `observe` leaves the batch out, as it would the NaN of relu(NaN).
@@ -486,6 +529,53 @@ mod tests {
                 b.forward_relu(y + collab_core::layer::channel_broadcast(shift))
             )
         );
+    }
+
+    /// `forward_shift_relu6(y, shift)` is `forward(relu6(y + shift))`: values, the gradient of
+    /// `y` and ranges bit for bit (outputs above 6, below 0 and exactly 0 included), the
+    /// gradient of `shift` within rounding; `y` stored either way.
+    #[test]
+    fn forward_shift_relu6_is_forward_of_relu6_of_the_sum() {
+        use burn::tensor::Distribution;
+        let (fused, composed, device) = twins();
+        let shape = [20, 30, 13, 5];
+        for (mean, stored_last) in [(3.0, false), (5.0, true), (-1.0, true), (2.0, false)] {
+            // Rounded to quarters: some sums are exactly 0 and 6, where ReLU6's clamp keeps
+            // the gradient and ReLU would not.
+            let y = (Tensor::<4>::random(shape, Distribution::Normal(mean, 4.0), &device) * 4.0)
+                .round()
+                / 4.0;
+            let y = y.detach().require_grad();
+            let shift = (Tensor::<1>::random([30], Distribution::Normal(0.0, 1.5), &device) * 4.0)
+                .round()
+                / 4.0;
+            let shift = shift.detach().require_grad();
+            let g = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let input = if stored_last {
+                collab_core::layout::channels_last(y.clone())
+            } else {
+                y.clone()
+            };
+            let a = fused.forward_shift_relu6(input, shift.clone());
+            let sum = y.clone() + collab_core::layer::channel_broadcast(shift.clone());
+            let b = composed.forward(sum.clamp(0.0, 6.0));
+            assert_eq!(
+                collab_core::host::to_vec_f32(a.clone()),
+                collab_core::host::to_vec_f32(b.clone())
+            );
+            assert_eq!(fused.range(), composed.range());
+            let ga = (a * g.clone()).sum().backward();
+            let gb = (b * g).sum().backward();
+            assert_eq!(
+                collab_core::host::to_vec_f32(y.grad(&ga).unwrap()),
+                collab_core::host::to_vec_f32(y.grad(&gb).unwrap())
+            );
+            let sa = collab_core::host::to_vec_f32(shift.grad(&ga).unwrap());
+            let sb = collab_core::host::to_vec_f32(shift.grad(&gb).unwrap());
+            for (x, z) in sa.iter().zip(&sb) {
+                assert!((x - z).abs() <= 1e-4 * z.abs().max(1.0), "{x} vs {z}");
+            }
+        }
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub trait ShiftReluQuantOps: Backend {
     /// channel that holds a NaN). Not differentiated.
     fn channel_min_max(y: FloatTensor<Self>, inner: usize) -> FloatTensor<Self>;
 
-    /// `relu(y + shift)` quantized to `[qmin, qmax]` and dequantized; the shape of `y`.
+    /// `relu(y + shift)` (`min(relu(y + shift), top)` for a finite `top`: ReLU6 with `top = 6`)
+    /// quantized to `[qmin, qmax]` and dequantized; the shape of `y`.
+    #[allow(clippy::too_many_arguments)]
     fn fake_quant_shift_relu(
         y: FloatTensor<Self>,
         shift: FloatTensor<Self>,
@@ -50,10 +52,12 @@ pub trait ShiftReluQuantOps: Backend {
         zero_point: i32,
         qmin: i32,
         qmax: i32,
+        top: f32,
     ) -> FloatTensor<Self>;
 
     /// The gradients of `y` and `shift`: `grad` where `v = y + shift` is inside `[low, high]`
-    /// and above 0 (or NaN), 0 elsewhere; and that summed per channel.
+    /// and above 0 (with a finite `top`, inside `[0, top]`) or NaN, 0 elsewhere; and that summed
+    /// per channel.
     fn fake_quant_shift_relu_backward(
         y: FloatTensor<Self>,
         shift: FloatTensor<Self>,
@@ -61,6 +65,7 @@ pub trait ShiftReluQuantOps: Backend {
         inner: usize,
         low: f32,
         high: f32,
+        top: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -103,7 +108,16 @@ fn plane_min_max(plane: &[f32]) -> (f32, f32) {
     (low, high)
 }
 
-/// One plane of the forward pass: `fake_quant(relu(y + shift))`.
+/// `relu(v)`, capped at `top` (ReLU6 for `top = 6`; infinite for ReLU). burn's relu and clamp
+/// on flex: NaN propagates, all else not above 0 becomes 0 (ReLU6's -0.0 quantizes as 0.0).
+#[inline(always)]
+fn activated(v: f32, top: f32) -> f32 {
+    let v = if v.is_nan() | (v > 0.0) { v } else { 0.0 };
+    if v > top { top } else { v }
+}
+
+/// One plane of the forward pass: `fake_quant(act(y + shift))`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn plane_forward(
     d: &mut [f32],
@@ -113,11 +127,10 @@ fn plane_forward(
     zero_point: i32,
     qmin: i32,
     qmax: i32,
+    top: f32,
 ) {
     for (d, y) in d.iter_mut().zip(y) {
-        let v = *y + shift;
-        // burn's relu on flex: NaN propagates, all else not above 0 becomes 0.
-        let v = if v.is_nan() | (v > 0.0) { v } else { 0.0 };
+        let v = activated(*y + shift, top);
         *d = fake_quant_one(v, scale, zero_point, qmin, qmax);
     }
 }
@@ -125,7 +138,8 @@ fn plane_forward(
 /// One plane of the backward pass: `dy` where the gradient passes, and its sum (f32 lanes
 /// over the plane, then f64; a fixed order).
 #[inline(always)]
-fn plane_backward(d: &mut [f32], y: &[f32], g: &[f32], shift: f32, low: f32, high: f32) -> f64 {
+fn plane_backward(d: &mut [f32], y: &[f32], g: &[f32], shift: f32, bounds: [f32; 3]) -> f64 {
+    let [low, high, top] = bounds;
     let mut acc = [0f32; LANES];
     let mut dc = d.chunks_exact_mut(LANES);
     let mut yc = y.chunks_exact(LANES);
@@ -135,7 +149,7 @@ fn plane_backward(d: &mut [f32], y: &[f32], g: &[f32], shift: f32, low: f32, hig
         let y: &[f32; LANES] = y.try_into().expect("LANES elements");
         let g: &[f32; LANES] = g.try_into().expect("LANES elements");
         for l in 0..LANES {
-            let v = if passes(y[l] + shift, low, high) {
+            let v = if passes(y[l] + shift, low, high, top) {
                 g[l]
             } else {
                 0.0
@@ -151,7 +165,7 @@ fn plane_backward(d: &mut [f32], y: &[f32], g: &[f32], shift: f32, low: f32, hig
         .zip(yc.remainder())
         .zip(gc.remainder())
     {
-        *d = if passes(*y + shift, low, high) {
+        *d = if passes(*y + shift, low, high, top) {
             *g
         } else {
             0.0
@@ -161,12 +175,18 @@ fn plane_backward(d: &mut [f32], y: &[f32], g: &[f32], shift: f32, low: f32, hig
     acc.iter().map(|v| f64::from(*v)).sum::<f64>() + rest
 }
 
-/// Where the gradient passes, as burn's `clamp` and `relu` backward passes decide it.
+/// Where the gradient passes, as burn's `clamp` and `relu` backward passes decide it (ReLU:
+/// above 0; ReLU6, a finite `top`: burn's clamp keeps `[0, top]`, 0 included).
 /// Branch-free (`&`, `|` on the comparisons) so that the loops vectorize.
 #[inline(always)]
-fn passes(v: f32, low: f32, high: f32) -> bool {
+fn passes(v: f32, low: f32, high: f32, top: f32) -> bool {
+    let active = if top.is_finite() {
+        (v >= 0.0) & (v <= top)
+    } else {
+        v > 0.0
+    };
     // NaN passes everywhere (neither clamp nor relu masks it).
-    v.is_nan() | ((v >= low) & (v <= high) & (v > 0.0))
+    v.is_nan() | ((v >= low) & (v <= high) & active)
 }
 
 impl ShiftReluQuantOps for burn::backend::Flex {
@@ -214,12 +234,13 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         zero_point: i32,
         qmin: i32,
         qmax: i32,
+        top: f32,
     ) -> FlexTensor {
         use burn::backend::TensorMetadata;
         let shift = contiguous_f32(shift, OP);
         let s = shift.as_slice::<f32>().expect("contiguous f32");
         if is_channels_last(&y) {
-            let q = [scale, zero_point as f32, qmin as f32, qmax as f32];
+            let q = [scale, zero_point as f32, qmin as f32, qmax as f32, top];
             let out = channels_last::forward(channels_last_buffer(y, OP), s, q);
             return out.permute(&[0, 3, 1, 2]);
         }
@@ -237,7 +258,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
                 let first = t * task / inner;
                 for (p, (d, y)) in d.chunks_mut(inner).zip(y.chunks(inner)).enumerate() {
                     let shift = s[(first + p) % channels];
-                    wide(|| plane_forward(d, y, shift, scale, zero_point, qmin, qmax));
+                    wide(|| plane_forward(d, y, shift, scale, zero_point, qmin, qmax, top));
                 }
             });
         out
@@ -250,6 +271,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         inner: usize,
         low: f32,
         high: f32,
+        top: f32,
     ) -> (FlexTensor, FlexTensor) {
         use burn::backend::TensorMetadata;
         let shift = contiguous_f32(shift, OP);
@@ -257,7 +279,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         if is_channels_last(&y) {
             let y = channels_last_buffer(y, OP);
             let grad = channels_last_buffer(grad, OP);
-            let (dy, ds) = channels_last::backward(y, grad, s, low, high);
+            let (dy, ds) = channels_last::backward(y, grad, s, [low, high, top]);
             return (
                 dy.permute(&[0, 3, 1, 2]),
                 FlexTensor::from_data(TensorData::new(ds, [s.len()])),
@@ -282,7 +304,9 @@ impl ShiftReluQuantOps for burn::backend::Flex {
                     .zip(y.chunks(inner).zip(g.chunks(inner)))
                     .enumerate()
                     .map(move |(p, (d, (y, g)))| {
-                        wide(|| plane_backward(d, y, g, s[(first + p) % channels], low, high))
+                        wide(|| {
+                            plane_backward(d, y, g, s[(first + p) % channels], [low, high, top])
+                        })
                     })
                     .collect::<Vec<_>>()
             })
@@ -350,12 +374,14 @@ mod channels_last {
 
     collab_core::widest! {
         /// One chunk of the forward: rows of `s.len()` values.
-        fn chunk_forward(src: &[f32], d: &mut [f32], s: &[f32], scale: f32, zp: i32, qmin: i32, qmax: i32) -> () {
+        /// `q = [scale, zero point, qmin, qmax, top]`.
+        fn chunk_forward(src: &[f32], d: &mut [f32], s: &[f32], q: [f32; 5]) -> () {
             let c = s.len();
+            let [scale, zp, qmin, qmax, top] = q;
+            let (zp, qmin, qmax) = (zp as i32, qmin as i32, qmax as i32);
             for (drow, row) in d.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
                 for ((d, v), shift) in drow.iter_mut().zip(row).zip(s) {
-                    let v = *v + shift;
-                    let v = if v.is_nan() | (v > 0.0) { v } else { 0.0 };
+                    let v = activated(*v + shift, top);
                     *d = fake_quant_one(v, scale, zp, qmin, qmax);
                 }
             }
@@ -364,14 +390,14 @@ mod channels_last {
 
     collab_core::widest! {
         /// One chunk of the backward: `d` and the chunk's per-channel sums of it.
-        fn chunk_backward(d: &mut [f32], yc: &[f32], gc: &[f32], s: &[f32], low: f32, high: f32) -> Vec<f32> {
+        fn chunk_backward(d: &mut [f32], yc: &[f32], gc: &[f32], s: &[f32], low: f32, high: f32, top: f32) -> Vec<f32> {
             let c = s.len();
             let mut acc = vec![0f32; c];
             let rows = d.chunks_exact_mut(c).zip(yc.chunks_exact(c).zip(gc.chunks_exact(c)));
             for (drow, (yrow, grow)) in rows {
                 let values = drow.iter_mut().zip(yrow).zip(grow).zip(s).zip(acc.iter_mut());
                 for ((((d, y), g), shift), a) in values {
-                    *d = if passes(*y + shift, low, high) { *g } else { 0.0 };
+                    *d = if passes(*y + shift, low, high, top) { *g } else { 0.0 };
                     *a += *d;
                 }
             }
@@ -380,17 +406,15 @@ mod channels_last {
     }
 
     /// `fake_quant(relu(y + shift))` in buffer order; `q = [scale, zero point, qmin, qmax]`.
-    pub(super) fn forward(y: FlexTensor, s: &[f32], q: [f32; 4]) -> FlexTensor {
+    pub(super) fn forward(y: FlexTensor, s: &[f32], q: [f32; 5]) -> FlexTensor {
         use burn::backend::TensorMetadata;
         let c = s.len();
-        let [scale, zp, qmin, qmax] = q;
-        let (zp, qmin, qmax) = (zp as i32, qmin as i32, qmax as i32);
         let ys = y.as_slice::<f32>().expect("contiguous f32");
         let mut out = zeros_f32(y.shape());
         out.storage_mut::<f32>()
             .par_chunks_mut(ROWS * c)
             .zip(ys.par_chunks(ROWS * c))
-            .for_each(|(d, src)| chunk_forward(src, d, s, scale, zp, qmin, qmax));
+            .for_each(|(d, src)| chunk_forward(src, d, s, q));
         out
     }
 
@@ -399,8 +423,7 @@ mod channels_last {
         y: FlexTensor,
         grad: FlexTensor,
         s: &[f32],
-        low: f32,
-        high: f32,
+        [low, high, top]: [f32; 3],
     ) -> (FlexTensor, Vec<f32>) {
         use burn::backend::TensorMetadata;
         let c = s.len();
@@ -411,7 +434,7 @@ mod channels_last {
             .storage_mut::<f32>()
             .par_chunks_mut(ROWS * c)
             .zip(ys.par_chunks(ROWS * c).zip(gs.par_chunks(ROWS * c)))
-            .map(|(d, (yc, gc))| chunk_backward(d, yc, gc, s, low, high))
+            .map(|(d, (yc, gc))| chunk_backward(d, yc, gc, s, low, high, top))
             .collect();
         let mut ds = vec![0f64; c];
         for part in &parts {
@@ -427,19 +450,18 @@ mod channels_last {
 struct ShiftReluQuantBackward;
 
 impl<B: Backend + ShiftReluQuantOps> Backward<B, 2> for ShiftReluQuantBackward {
-    /// `y`, `shift`, the plane size and the range's dequantized ends.
+    /// `y`, `shift`, the plane size, the range's dequantized ends and the activation's top.
     type State = (
         B::FloatTensorPrimitive,
         B::FloatTensorPrimitive,
         usize,
-        f32,
-        f32,
+        [f32; 3],
     );
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (y, shift, inner, low, high) = ops.state;
+        let (y, shift, inner, [low, high, top]) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
-        let (dy, ds) = B::fake_quant_shift_relu_backward(y, shift, grad, inner, low, high);
+        let (dy, ds) = B::fake_quant_shift_relu_backward(y, shift, grad, inner, low, high, top);
         let [y_node, shift_node] = ops.parents;
         if let Some(node) = y_node {
             grads.register::<B>(node.id, dy);
@@ -465,6 +487,7 @@ impl<B: Backend + ShiftReluQuantOps, C: CheckpointStrategy> ShiftReluQuantOps fo
         zero_point: i32,
         qmin: i32,
         qmax: i32,
+        top: f32,
     ) -> FloatTensor<Self> {
         let (low, high) = clamp_bounds(scale, zero_point, qmin, qmax);
         let guards = [y.node(), shift.node()];
@@ -483,11 +506,12 @@ impl<B: Backend + ShiftReluQuantOps, C: CheckpointStrategy> ShiftReluQuantOps fo
                     zero_point,
                     qmin,
                     qmax,
+                    top,
                 );
-                prep.finish((y, shift, inner, low, high), out)
+                prep.finish((y, shift, inner, [low, high, top]), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fake_quant_shift_relu(
-                y, shift, inner, scale, zero_point, qmin, qmax,
+                y, shift, inner, scale, zero_point, qmin, qmax, top,
             )),
         }
     }
@@ -499,6 +523,7 @@ impl<B: Backend + ShiftReluQuantOps, C: CheckpointStrategy> ShiftReluQuantOps fo
         inner: usize,
         low: f32,
         high: f32,
+        top: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         // Second derivatives are not needed: both results pass nothing back.
         let (dy, ds) = B::fake_quant_shift_relu_backward(
@@ -508,6 +533,7 @@ impl<B: Backend + ShiftReluQuantOps, C: CheckpointStrategy> ShiftReluQuantOps fo
             inner,
             low,
             high,
+            top,
         );
         let guards = || [y.node(), shift.node(), grad.node()];
         (
@@ -574,8 +600,9 @@ pub fn channel_range<const D: usize>(y: &Tensor<D>) -> Option<(f32, f32)> {
     Some(range)
 }
 
-/// `relu(y + shift)` fake-quantized with the per-tensor `params` in one fused op (see the module
-/// documentation); `None` where the device has no kernel or the parameters are per channel.
+/// `relu(y + shift)` (with `six`, `relu6(y + shift)`) fake-quantized with the per-tensor
+/// `params` in one fused op (see the module documentation); `None` where the device has no
+/// kernel or the parameters are per channel.
 ///
 /// # Shapes
 /// `y`: `[N, C, …]`; `shift`: `[C]`; the output has `y`'s shape.
@@ -583,6 +610,7 @@ pub fn fake_quant_shift_relu_fused<const D: usize>(
     y: Tensor<D>,
     shift: Tensor<1>,
     params: &QuantParams,
+    six: bool,
 ) -> Option<Tensor<D>> {
     if D < 2 || params.scale.len() != 1 || !has_flex_kernels(&y.device()) {
         return None;
@@ -597,6 +625,7 @@ pub fn fake_quant_shift_relu_fused<const D: usize>(
             params.zero_point[0],
             params.qmin,
             params.qmax,
+            if six { 6.0 } else { f32::INFINITY },
         ),
     ))
 }

@@ -118,7 +118,12 @@ pub(crate) fn fake_quant_one(v: f32, scale: f32, zero_point: i32, qmin: i32, qma
     // Anything beyond this saturates anyway; keeps the integer conversion in range.
     let limit = (qmax - qmin + 256) as f32;
     let x = (v / scale).clamp(-limit, limit);
-    let magnitude = (x.abs() + crate::fake::HALF_DOWN) as i32;
+    // NaN quantizes as 0 (what the saturating `as i32` made of it); every other `x` is within
+    // ±limit, so the unchecked conversion is exact and vectorizes (the saturating one does not:
+    // a scalar conversion per lane).
+    let x = if x.is_nan() { 0.0 } else { x };
+    // SAFETY: |x| + HALF_DOWN is finite and below 2^31 (x is within ±limit, limit < 2^17).
+    let magnitude: i32 = unsafe { (x.abs() + crate::fake::HALF_DOWN).to_int_unchecked() };
     let rounded = if x < 0.0 { -magnitude } else { magnitude };
     let q = (rounded + zero_point).clamp(qmin, qmax);
     (q - zero_point) as f32 * scale

@@ -298,14 +298,13 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
             };
         }
         let split = self.inner.forward_transformed_unbiased(input, &chain);
-        let y = match self.activation {
-            // On flex the trailing bias and a ReLU6 as one fused op each way.
-            FusedActivation::Relu6 => {
-                collab_core::layer::join_bias_activated(split, collab_core::Activation::Relu6)
-            }
-            activation => activation.apply(collab_core::layer::join_bias(split)),
-        };
-        self.output.forward(y)
+        match (split, self.activation) {
+            // One fused pass (on flex) for the trailing bias, the ReLU6 and the quantizer.
+            ((y, Some(shift)), FusedActivation::Relu6) => self.output.forward_shift_relu6(y, shift),
+            (split, activation) => self
+                .output
+                .forward(activation.apply(collab_core::layer::join_bias(split))),
+        }
     }
 
     fn applies_activation(&self, activation: collab_core::Activation) -> bool {
