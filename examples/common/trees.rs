@@ -8,6 +8,14 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Keep freed memory mapped (mimalloc's `mi_option_purge_delay`, index 15 in mimalloc 2 and 3,
+/// set to -1): a training step frees and reallocates activation-sized buffers every op, and
+/// purging them made each step page-fault them back (see `crates/cli/src/main.rs`).
+pub fn keep_freed_memory() {
+    // SAFETY: sets an allocator option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+}
+
 use burn_collab::workflow::tree::{self, FineTune, Scheme, StageSpec, TreeConfig};
 
 /// Command-line flags every scheme example takes.
@@ -96,6 +104,7 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
 
 /// Run and print.
 pub fn run(args: &Args, config: &TreeConfig, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    keep_freed_memory();
     burn_collab::workflow::device::select(args.device.parse()?)?;
     tracing_subscriber::fmt()
         .with_env_filter(
