@@ -5,7 +5,7 @@
 //! element): on MobileNet v1 CIFAR that was 29% of a training step. Here the forward is one
 //! vectorized pass and the backward one pass that keeps the gradient where burn's would (ReLU:
 //! `x > 0` or NaN; ReLU6: `0 ≤ x ≤ 6` or NaN, burn's clamp masks only values strictly outside),
-//! split over rayon tasks of [`CHUNK`] elements. Values and gradients are the same as burn's ops
+//! split over rayon tasks of `CHUNK` elements. Values and gradients are the same as burn's ops
 //! (tests). Other devices never reach the op: [`activation`] returns `None` for them.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
