@@ -32,6 +32,7 @@ pub mod fused;
 pub mod params;
 pub mod ptq;
 pub mod qat;
+pub mod rows;
 
 pub use act::{ActQuant, ActQuantConfig, Calibration};
 pub use error::QuantError;

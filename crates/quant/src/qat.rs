@@ -141,8 +141,17 @@ impl WeightTransform for WeightFakeQuant {
         let scale = scale
             .clone()
             .mask_where(max_abs.lower_equal_elem(0.0), scale.ones_like());
-        let zero_point = scale.zeros_like();
-        let quantized = fake_quant(rows, scale, zero_point, -127, 127);
+        let n = scale.dims()[0];
+        // On flex one fused pass each way (`crate::rows`); elsewhere the composed ops.
+        let quantized = match crate::rows::fake_quant_rows_fused(
+            rows.clone(),
+            scale.clone().reshape([n]),
+            -127,
+            127,
+        ) {
+            Some(q) => q,
+            None => fake_quant(rows, scale.clone(), scale.zeros_like(), -127, 127),
+        };
         self.view.unflatten_rows(quantized, shape)
     }
 }
