@@ -473,6 +473,34 @@ mod tests {
         );
     }
 
+    /// The fused output `a` and the composed `b` of `y` and `shift`: values, the quantizers'
+    /// ranges and the gradient of `y` (for the output gradient `g`) bit for bit, the gradient
+    /// of `shift` within rounding.
+    fn assert_fused_equals_composed(
+        [a, b]: [&Tensor<4>; 2],
+        [fused, composed]: [&ActQuant; 2],
+        y: &Tensor<4>,
+        shift: &Tensor<1>,
+        g: Tensor<4>,
+    ) {
+        assert_eq!(
+            collab_core::host::to_vec_f32(a.clone()),
+            collab_core::host::to_vec_f32(b.clone())
+        );
+        assert_eq!(fused.range(), composed.range());
+        let ga = (a.clone() * g.clone()).sum().backward();
+        let gb = (b.clone() * g).sum().backward();
+        assert_eq!(
+            collab_core::host::to_vec_f32(y.grad(&ga).unwrap()),
+            collab_core::host::to_vec_f32(y.grad(&gb).unwrap())
+        );
+        let sa = collab_core::host::to_vec_f32(shift.grad(&ga).unwrap());
+        let sb = collab_core::host::to_vec_f32(shift.grad(&gb).unwrap());
+        for (x, z) in sa.iter().zip(&sb) {
+            assert!((x - z).abs() <= 1e-4 * z.abs().max(1.0), "{x} vs {z}");
+        }
+    }
+
     /// `forward_shift_relu(y, shift)` is `forward_relu(y + shift)`: values, the gradient of
     /// `y` and ranges bit for bit, the gradient of `shift` within rounding; `y` stored either
     /// way.
@@ -503,22 +531,7 @@ mod tests {
             let a = fused.forward_shift_relu(input, shift.clone());
             let b = composed
                 .forward_relu(y.clone() + collab_core::layer::channel_broadcast(shift.clone()));
-            assert_eq!(
-                collab_core::host::to_vec_f32(a.clone()),
-                collab_core::host::to_vec_f32(b.clone())
-            );
-            assert_eq!(fused.range(), composed.range());
-            let ga = (a * g.clone()).sum().backward();
-            let gb = (b * g).sum().backward();
-            assert_eq!(
-                collab_core::host::to_vec_f32(y.grad(&ga).unwrap()),
-                collab_core::host::to_vec_f32(y.grad(&gb).unwrap())
-            );
-            let sa = collab_core::host::to_vec_f32(shift.grad(&ga).unwrap());
-            let sb = collab_core::host::to_vec_f32(shift.grad(&gb).unwrap());
-            for (x, z) in sa.iter().zip(&sb) {
-                assert!((x - z).abs() <= 1e-4 * z.abs().max(1.0), "{x} vs {z}");
-            }
+            assert_fused_equals_composed([&a, &b], [&fused, &composed], &y, &shift, g);
         }
         let (a, b) = (fused.valid(), composed.valid());
         let y = Tensor::<4>::random(shape, Distribution::Normal(0.0, 2.0), &Device::flex());
@@ -559,22 +572,7 @@ mod tests {
             let a = fused.forward_shift_relu6(input, shift.clone());
             let sum = y.clone() + collab_core::layer::channel_broadcast(shift.clone());
             let b = composed.forward(sum.clamp(0.0, 6.0));
-            assert_eq!(
-                collab_core::host::to_vec_f32(a.clone()),
-                collab_core::host::to_vec_f32(b.clone())
-            );
-            assert_eq!(fused.range(), composed.range());
-            let ga = (a * g.clone()).sum().backward();
-            let gb = (b * g).sum().backward();
-            assert_eq!(
-                collab_core::host::to_vec_f32(y.grad(&ga).unwrap()),
-                collab_core::host::to_vec_f32(y.grad(&gb).unwrap())
-            );
-            let sa = collab_core::host::to_vec_f32(shift.grad(&ga).unwrap());
-            let sb = collab_core::host::to_vec_f32(shift.grad(&gb).unwrap());
-            for (x, z) in sa.iter().zip(&sb) {
-                assert!((x - z).abs() <= 1e-4 * z.abs().max(1.0), "{x} vs {z}");
-            }
+            assert_fused_equals_composed([&a, &b], [&fused, &composed], &y, &shift, g);
         }
     }
 
