@@ -19,7 +19,7 @@
 //! order (the tests check values and gradients against burn's op). Set `COLLAB_BURN_CONV=1`
 //! (read once per process) to route every call to burn's `conv2d`, for comparison.
 
-use crate::layout::{channels_last, swap_outer};
+use crate::layout::channels_last;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::module::conv2d as burn_conv2d;
@@ -174,19 +174,21 @@ pub fn conv2d(
                 let x = channels_last(input)
                     .permute([0, 2, 3, 1])
                     .reshape([n * h * w, c_in]);
-                let mut y = x.matmul(weight.reshape([c_out, c_in]).transpose());
-                if let Some(b) = bias {
-                    y = y + b.reshape([1, c_out]);
-                }
-                return y.reshape([n, h, w, c_out]).permute([0, 3, 1, 2]);
+                let y = x.matmul(weight.reshape([c_out, c_in]).transpose());
+                y.reshape([n, h, w, c_out]).permute([0, 3, 1, 2])
+            } else {
+                // [C_in, N·H·W]: one transpose in, one GEMM each for output, input and weight
+                // gradients, instead of a batched GEMM whose weight gradient is N partial
+                // products.
+                let x = input
+                    .reshape([n, c_in, h * w])
+                    .swap_dims(0, 1)
+                    .reshape([c_in, n * h * w]);
+                let y = weight.reshape([c_out, c_in]).matmul(x);
+                y.reshape([c_out, n, h * w])
+                    .swap_dims(0, 1)
+                    .reshape([n, c_out, h, w])
             }
-            // [C_in, N·H·W]: one transpose in, one GEMM each for output, input and weight
-            // gradients, instead of a batched GEMM whose weight gradient is N partial products.
-            // On flex the layout changes are row copies (`swap_outer`), not burn's
-            // element-wise strided copies.
-            let x = swap_outer(input.reshape([n, c_in, h * w])).reshape([c_in, n * h * w]);
-            let y = weight.reshape([c_out, c_in]).matmul(x);
-            swap_outer(y.reshape([c_out, n, h * w])).reshape([n, c_out, h, w])
         }
         Formulation::Im2col => {
             let [ho, wo] = spec.output_size([h, w], [kh, kw]);
@@ -231,15 +233,9 @@ pub fn conv2d(
             strided_window(full, [oh, ow], [ho, wo], spec.stride)
         }
     };
-    match bias {
-        // The depthwise kernel returns its output stored channels last: add the bias there,
-        // so that the sum stays channels last.
-        Some(b) if formulation == Formulation::Depthwise => {
-            (out.permute([0, 2, 3, 1]) + b.reshape([1, 1, 1, c_out])).permute([0, 3, 1, 2])
-        }
-        Some(b) => out + b.reshape([1, c_out, 1, 1]),
-        None => out,
-    }
+    // On flex one pass in the output's storage order (the depthwise and pointwise outputs are
+    // stored channels last), elsewhere burn's broadcast add.
+    crate::layer::join_bias((out, bias))
 }
 
 /// Every `stride`-th row and column of `x`, starting at `offset`, `size` of them.

@@ -1,21 +1,12 @@
-//! Layout changes on `flex`: `[A, B, K]` → `[B, A, K]` as one backend-extension op, a row copy
-//! per `(a, b)`; and channels last.
-//!
-//! **Channels last.** A `[N, C, H, W]` tensor may be stored as a contiguous `[N, H, W, C]`
+//! Channels last on `flex`. A `[N, C, H, W]` tensor may be stored as a contiguous `[N, H, W, C]`
 //! buffer viewed through a permutation ([`is_channels_last`]): its values, shape and every burn
 //! op on it are unchanged, only where each value sits in memory. Our depthwise and BatchNorm
 //! kernels read and write that layout directly, and the pointwise convolution is then one GEMM
 //! `[N·H·W, C_in] × [C_in, C_out]` over the buffer, so a stack of depthwise-separable blocks
 //! runs without a transpose between layers. [`channels_last`] converts a tensor once (on entry
 //! to such a stack); ops that do not know the layout see a strided view and copy it, as for
-//! any view.
-//!
-//! The pointwise convolution runs as one GEMM over `[C, N·H·W]` (see [`crate::conv`]), so its
-//! input and output change between `[N, C, H·W]` and `[C, N, H·W]`, and so do their gradients.
-//! burn's `swap_dims` + `reshape` make that copy element by element (`copy_2d_tiled`); here each
-//! of the `A·B` rows of `K` contiguous values is one `copy_from_slice`, split over rayon tasks.
-//! The gradient of the swap is the same swap. Other devices never reach the op: [`swap_outer`]
-//! calls `swap_dims` for them.
+//! any view. The conversion is a backend-extension op whose gradient passes through; other
+//! devices never reach it ([`channels_last`] returns its input there).
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
 use burn::tensor::Tensor;
@@ -29,14 +20,9 @@ use rayon::prelude::*;
 
 use crate::extension::{contiguous_f32, from_vec_f32, has_flex_kernels, zeros_f32};
 
-const OP: &str = "swap_outer";
-
-/// The swap of the two outer dimensions of a rank-3 tensor, as a backend operation.
+/// The conversion to channels last as a backend operation.
 #[backend_extension(Flex, Autodiff)]
 pub trait LayoutOps: Backend {
-    /// `x` `[A, B, K]` → `[B, A, K]`, contiguous.
-    fn swap_outer_dims(x: FloatTensor<Self>) -> FloatTensor<Self>;
-
     /// `x` `[N, C, H, W]` with the same values stored channels last ([`is_channels_last`]);
     /// returned as it is when it already is.
     fn channels_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -127,26 +113,6 @@ pub fn channels_first(x: FlexTensor, op: &str) -> FlexTensor {
 }
 
 impl LayoutOps for burn::backend::Flex {
-    fn swap_outer_dims(x: FlexTensor) -> FlexTensor {
-        use burn::backend::TensorMetadata;
-        let shape = x.shape();
-        let (a, b, k) = (shape[0], shape[1], shape[2]);
-        let x = contiguous_f32(x, OP);
-        let src = x.as_slice::<f32>().expect("contiguous f32");
-        let mut out = zeros_f32([b, a, k]);
-        if k > 0 {
-            out.storage_mut::<f32>()
-                .par_chunks_mut(a * k)
-                .enumerate()
-                .for_each(|(j, dst)| {
-                    for (i, row) in dst.chunks_exact_mut(k).enumerate() {
-                        row.copy_from_slice(&src[(i * b + j) * k..][..k]);
-                    }
-                });
-        }
-        out
-    }
-
     fn channels_last(x: FlexTensor) -> FlexTensor {
         if is_channels_last(&x) {
             return x;
@@ -167,29 +133,7 @@ impl<B: Backend + LayoutOps> Backward<B, 1> for SameValues {
     }
 }
 
-#[derive(Debug)]
-struct SwapBackward;
-
-impl<B: Backend + LayoutOps> Backward<B, 1> for SwapBackward {
-    type State = ();
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::swap_outer_dims(grad)
-        });
-    }
-}
-
 impl<B: Backend + LayoutOps, C: CheckpointStrategy> LayoutOps for Autodiff<B, C> {
-    fn swap_outer_dims(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let guard = x.node();
-        let x = x.into_primitive();
-        SwapBackward
-            .prepare::<C>([guard])
-            .compute_bound()
-            .stateless(B::swap_outer_dims(x))
-    }
-
     fn channels_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let guard = x.node();
         let x = x.into_primitive();
@@ -207,15 +151,6 @@ pub fn channels_last(x: Tensor<4>) -> Tensor<4> {
         return x;
     }
     Tensor::from_dispatch(<Dispatch as LayoutOps>::channels_last(x.into_dispatch()))
-}
-
-/// `x` `[A, B, K]` as `[B, A, K]`: on flex a contiguous copy by rows (differentiable), on other
-/// devices burn's `swap_dims(0, 1)`.
-pub fn swap_outer(x: Tensor<3>) -> Tensor<3> {
-    if !has_flex_kernels(&x.device()) {
-        return x.swap_dims(0, 1);
-    }
-    Tensor::from_dispatch(<Dispatch as LayoutOps>::swap_outer_dims(x.into_dispatch()))
 }
 
 /// `src` `[rows, cols]` → `dst` `[cols, rows]`: 8 × 8 blocks through AVX registers where the
@@ -312,26 +247,31 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
 
-    /// Values and gradients equal burn's `swap_dims(0, 1)`.
+    /// `channels_last` keeps the values and shape, stores the tensor channels last (one that
+    /// already is, unchanged), and passes the gradient through.
     #[test]
-    fn equals_swap_dims() {
+    fn channels_last_keeps_values_and_gradient() {
+        use burn::tensor::TensorData;
+        let dims = [3, 5, 4, 7];
+        let values: Vec<f32> = (0..3 * 5 * 4 * 7).map(|v| v as f32).collect();
+        let t = FlexTensor::from_data(TensorData::new(values, dims));
+        let cl = <burn::backend::Flex as LayoutOps>::channels_last(t.clone());
+        assert!(is_channels_last(&cl) && !cl.is_contiguous());
+        assert_eq!(cl.clone().into_data(), t.clone().into_data());
+        let again = <burn::backend::Flex as LayoutOps>::channels_last(cl.clone());
+        assert_eq!(again.layout(), cl.layout());
+        assert!(!is_channels_last(&t));
+
         let device = Device::flex().autodiff();
         device.seed(5);
-        let base = Tensor::<3>::random([7, 5, 13], Distribution::Default, &device);
-        let up = Tensor::<3>::random([5, 7, 13], Distribution::Default, &device);
-        let run = |ours: bool| {
-            let x = base.clone().detach().require_grad();
-            let y = if ours {
-                swap_outer(x.clone())
-            } else {
-                x.clone().swap_dims(0, 1)
-            };
-            let g = (y.clone() * up.clone()).sum().backward();
-            (
-                crate::host::to_vec_f32(y.inner()),
-                crate::host::to_vec_f32(x.grad(&g).expect("gradient")),
-            )
-        };
-        assert_eq!(run(true), run(false));
+        let x = Tensor::<4>::random(dims, Distribution::Default, &device).require_grad();
+        let up = Tensor::<4>::random(dims, Distribution::Default, &device);
+        let y = channels_last(x.clone());
+        assert_eq!(y.clone().into_data(), x.clone().into_data());
+        let g = (y * up.clone()).sum().backward();
+        assert_eq!(
+            x.grad(&g).expect("gradient").into_data(),
+            up.inner().into_data()
+        );
     }
 }
