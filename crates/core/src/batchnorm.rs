@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::activation::{backward_one, forward_one};
 use crate::extension::{
-    contiguous_f32, from_vec_f32, has_avx2_fma, has_flex_kernels, untracked, widest, zeros_f32,
+    contiguous_f32, has_avx2_fma, has_flex_kernels, owned_f32, untracked, widest, zeros_f32,
 };
 use crate::layer::Activation;
 use crate::layout::{channels_first, channels_last_buffer, from_channels_last, is_channels_last};
@@ -615,13 +615,7 @@ fn backward_channels_last(
         .collect();
     // Written over the output gradient: its buffer when autodiff handed over the only
     // reference, else a copy.
-    let mut gb = channels_last_buffer(grad, OP);
-    if gb.try_storage_mut::<f32>().map(|v| v.len()) != Some(xs.len()) {
-        gb = from_vec_f32(
-            gb.as_slice::<f32>().expect("contiguous f32").to_vec(),
-            [n, h, w, c],
-        );
-    }
+    let mut gb = owned_f32(channels_last_buffer(grad, OP));
     let g = gb.try_storage_mut::<f32>().expect("a buffer of its own");
     let sums = channels_last::backward(xs, g, &ks, activation);
     let dx = gb.permute(&[0, 3, 1, 2]);

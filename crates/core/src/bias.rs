@@ -23,9 +23,7 @@ use rayon::prelude::*;
 
 use crate::activation::{backward_one, forward_one};
 use crate::batchnorm::act_code;
-use crate::extension::{
-    contiguous_f32, from_vec_f32, has_flex_kernels, untracked, widest, zeros_f32,
-};
+use crate::extension::{contiguous_f32, has_flex_kernels, owned_f32, untracked, widest, zeros_f32};
 use crate::layer::Activation;
 use crate::layout::{in_order, restore_order, storage_order};
 
@@ -200,12 +198,7 @@ impl BiasOps for burn::backend::Flex {
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         // The input gradient is the output gradient masked: written over it when autodiff
         // handed over its only reference, else over a copy.
-        let mut g = in_order(grad, o.channels_last, OP);
-        if g.try_storage_mut::<f32>().map(|v| v.len()) != Some(xs.len()) {
-            use burn::backend::TensorMetadata;
-            let shape = g.shape();
-            g = from_vec_f32(g.as_slice::<f32>().expect("contiguous f32").to_vec(), shape);
-        }
+        let mut g = owned_f32(in_order(grad, o.channels_last, OP));
         let chunk = o.chunk();
         let gs = g.try_storage_mut::<f32>().expect("a buffer of its own");
         let parts: Vec<Vec<f64>> = gs

@@ -57,6 +57,19 @@ pub fn from_vec_f32(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     )
 }
 
+/// `t` (a contiguous `f32` tensor, `as_slice` succeeds) with a buffer of its own holding exactly
+/// its values, for a kernel to write its result over: `t` itself when autodiff handed over the
+/// only reference to such a buffer, else a copy. `try_storage_mut` then succeeds on it.
+pub fn owned_f32(mut t: FlexTensor) -> FlexTensor {
+    use burn::backend::TensorMetadata;
+    let numel = t.shape().num_elements();
+    if t.try_storage_mut::<f32>().map(|v| v.len()) == Some(numel) {
+        return t;
+    }
+    let shape = t.shape();
+    from_vec_f32(t.as_slice::<f32>().expect("contiguous f32").to_vec(), shape)
+}
+
 /// [`zeros_f32`] for `i32` (index tensors).
 pub fn zeros_i32(shape: impl Into<Shape>) -> FlexTensor {
     let shape = shape.into();

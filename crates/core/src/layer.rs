@@ -269,14 +269,22 @@ pub fn channel_broadcast<const D: usize>(b: Tensor<1>) -> Tensor<D> {
 /// reduce it to the bias.
 pub fn join_bias<const D: usize>((y, b): (Tensor<D>, Option<Tensor<1>>)) -> Tensor<D> {
     match b {
-        Some(b) if D == 4 && crate::extension::has_flex_kernels(&y.device()) => {
-            let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
-            let out = crate::bias::bias_activation(y, b, None).expect("flex");
-            Tensor::from_dispatch(out.into_dispatch())
-        }
+        Some(b) if fusable(&y) => fused_bias(y, b, None),
         Some(b) => y + channel_broadcast(b),
         None => y,
     }
+}
+
+/// Whether `y + b` (and an activation) can be [`crate::bias::bias_activation`]: rank 4 on flex.
+fn fusable<const D: usize>(y: &Tensor<D>) -> bool {
+    D == 4 && crate::extension::has_flex_kernels(&y.device())
+}
+
+/// [`crate::bias::bias_activation`] for a rank-`D` tensor that [`fusable`] accepted.
+fn fused_bias<const D: usize>(y: Tensor<D>, b: Tensor<1>, act: Option<Activation>) -> Tensor<D> {
+    let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
+    let out = crate::bias::bias_activation(y, b, act).expect("flex");
+    Tensor::from_dispatch(out.into_dispatch())
 }
 
 /// An activation a model applies after a layer.
@@ -379,11 +387,7 @@ pub fn join_bias_activated<const D: usize>(
     activation: Activation,
 ) -> Tensor<D> {
     match b {
-        Some(b) if D == 4 && crate::extension::has_flex_kernels(&y.device()) => {
-            let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
-            let out = crate::bias::bias_activation(y, b, Some(activation)).expect("flex");
-            Tensor::from_dispatch(out.into_dispatch())
-        }
+        Some(b) if fusable(&y) => fused_bias(y, b, Some(activation)),
         b => activation.apply(join_bias((y, b))),
     }
 }

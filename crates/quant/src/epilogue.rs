@@ -557,25 +557,8 @@ pub fn shifted_range<const D: usize>(y: &Tensor<D>, shift: &Tensor<1>) -> Option
     if D < 2 || !has_flex_kernels(&y.device()) {
         return None;
     }
-    let per_channel: Tensor<2> =
-        Tensor::from_dispatch(<Dispatch as ShiftReluQuantOps>::channel_min_max(
-            y.clone().without_autodiff().into_dispatch(),
-            plane(y),
-        ));
-    let per_channel = collab_core::host::to_vec_f32(per_channel);
     let shift = collab_core::host::to_vec_f32(shift.clone());
-    let mut low = f32::INFINITY;
-    let mut high = f32::NEG_INFINITY;
-    for (c, s) in shift.iter().enumerate() {
-        // fl(min y + s) = min fl(y + s): rounding a sum is monotonic.
-        let (a, b) = (per_channel[2 * c] + s, per_channel[2 * c + 1] + s);
-        if a.is_nan() || b.is_nan() {
-            return Some((f32::NAN, f32::NAN));
-        }
-        low = low.min(a);
-        high = high.max(b);
-    }
-    Some((low, high))
+    Some(folded_range(y, Some(&shift)))
 }
 
 /// `(min, max)` over all of a rank-4 `y` from the per-channel kernel (either storage order,
@@ -584,20 +567,33 @@ pub fn channel_range<const D: usize>(y: &Tensor<D>) -> Option<(f32, f32)> {
     if D != 4 || !has_flex_kernels(&y.device()) {
         return None;
     }
+    Some(folded_range(y, None))
+}
+
+/// The per-channel `[min, max]` of `y` (flex), each plus `shift[c]` when given, folded into one
+/// `(min, max)`; NaN for both if any is NaN.
+fn folded_range<const D: usize>(y: &Tensor<D>, shift: Option<&[f32]>) -> (f32, f32) {
     let per_channel: Tensor<2> =
         Tensor::from_dispatch(<Dispatch as ShiftReluQuantOps>::channel_min_max(
             y.clone().without_autodiff().into_dispatch(),
             plane(y),
         ));
-    let values = collab_core::host::to_vec_f32(per_channel);
-    let mut range = (f32::INFINITY, f32::NEG_INFINITY);
-    for pair in values.chunks_exact(2) {
-        if pair[0].is_nan() || pair[1].is_nan() {
-            return Some((f32::NAN, f32::NAN));
+    let per_channel = collab_core::host::to_vec_f32(per_channel);
+    let mut low = f32::INFINITY;
+    let mut high = f32::NEG_INFINITY;
+    for (c, pair) in per_channel.chunks_exact(2).enumerate() {
+        // fl(min y + s) = min fl(y + s): rounding a sum is monotonic.
+        let (a, b) = match shift {
+            Some(s) => (pair[0] + s[c], pair[1] + s[c]),
+            None => (pair[0], pair[1]),
+        };
+        if a.is_nan() || b.is_nan() {
+            return (f32::NAN, f32::NAN);
         }
-        range = (range.0.min(pair[0]), range.1.max(pair[1]));
+        low = low.min(a);
+        high = high.max(b);
     }
-    Some(range)
+    (low, high)
 }
 
 /// `relu(y + shift)` (with `six`, `relu6(y + shift)`) fake-quantized with the per-tensor
