@@ -8,6 +8,7 @@
 //! - [`bench`]: training-step and int8-inference timings (`collab bench`);
 //! - [`tree`]: the deployment tree (pruned / clustered / QAT / PQAT / CQAT / PCQAT nodes,
 //!   each a checkpoint, exported to int8, evaluated, sized, invariants checked);
+//! - [`fault`]: fault-injection points for the crash-safety tests (`COLLAB_FAULT_AT`);
 //! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
 //!   through a temporary folder and a rename.
 
@@ -40,6 +41,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod export;
+pub mod fault;
 pub mod network;
 pub mod plot;
 pub mod train;
