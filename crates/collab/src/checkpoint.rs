@@ -138,3 +138,70 @@ pub fn load_optimizer(dir: &Path) -> Result<Option<OptimizerRecord>, CollabError
         CollabError::checkpoint(&path, format!("cannot load the optimizer state: {e}"))
     })
 }
+
+/// What a path holds before a checkpoint is written there ([`inspect_target`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Existing {
+    /// Nothing: the folder will be created.
+    Nothing,
+    /// An empty folder.
+    EmptyFolder,
+    /// A checkpoint folder (its manifest reads).
+    Checkpoint(Box<Manifest>),
+}
+
+/// Check, before any work, that `dir` can become a checkpoint folder: an error (naming the path
+/// and what to do) when it is a file, a device or another non-folder, a non-empty folder that is
+/// not a checkpoint, or when its parent cannot be created or written. What is there decides
+/// whether the caller may replace it (a checkpoint made by an earlier run needs the user's
+/// `--resume` or `--force`).
+pub fn inspect_target(dir: &Path) -> Result<Existing, CollabError> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(CollabError::checkpoint(dir, e)),
+    };
+    let existing = match meta {
+        None => Existing::Nothing,
+        Some(m) if !m.is_dir() => {
+            return Err(CollabError::checkpoint(
+                dir,
+                "exists and is not a folder (a checkpoint is a folder); choose another path or \
+                 remove it",
+            ));
+        }
+        Some(_) => {
+            let mut entries = std::fs::read_dir(dir).map_err(|e| CollabError::checkpoint(dir, e))?;
+            if entries.next().is_none() {
+                Existing::EmptyFolder
+            } else if dir.join(MANIFEST).is_file() {
+                Existing::Checkpoint(Box::new(manifest(dir)?))
+            } else {
+                return Err(CollabError::checkpoint(
+                    dir,
+                    "is a folder with files but no checkpoint (no manifest.json): burn-collab \
+                     does not write over it; choose another path or empty it",
+                ));
+            }
+        }
+    };
+    writable_parent(dir)?;
+    Ok(existing)
+}
+
+/// Create `path`'s parent folder if needed and check that files can be created in it.
+pub fn writable_parent(path: &Path) -> Result<(), CollabError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| {
+        CollabError::checkpoint(parent, format!("cannot create the output's folder: {e}"))
+    })?;
+    let probe = parent.join(format!(".collab-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        CollabError::checkpoint(parent, format!("cannot write into the output's folder: {e}"))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

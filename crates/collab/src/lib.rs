@@ -9,6 +9,7 @@
 //! - [`tree`]: the deployment tree (pruned / clustered / QAT / PQAT / CQAT / PCQAT nodes,
 //!   each a checkpoint, exported to int8, evaluated, sized, invariants checked);
 //! - [`fault`]: fault-injection points for the crash-safety tests (`COLLAB_FAULT_AT`);
+//! - [`lock`]: one run per output folder (an OS lock on `OUT/.collab.lock`);
 //! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
 //!   through a temporary folder and a rename.
 
@@ -42,6 +43,7 @@ pub mod data;
 pub mod device;
 pub mod export;
 pub mod fault;
+pub mod lock;
 pub mod network;
 pub mod plot;
 pub mod train;
