@@ -98,6 +98,7 @@ pub fn save(
     }
     std::fs::rename(&tmp, dir).map_err(|e| CollabError::checkpoint(dir, e))?;
     let _ = std::fs::remove_dir_all(&old);
+    crate::fault::point(&format!("checkpoint {}", dir.display()));
     Ok(())
 }
 
@@ -171,7 +172,8 @@ pub fn inspect_target(dir: &Path) -> Result<Existing, CollabError> {
             ));
         }
         Some(_) => {
-            let mut entries = std::fs::read_dir(dir).map_err(|e| CollabError::checkpoint(dir, e))?;
+            let mut entries =
+                std::fs::read_dir(dir).map_err(|e| CollabError::checkpoint(dir, e))?;
             if entries.next().is_none() {
                 Existing::EmptyFolder
             } else if dir.join(MANIFEST).is_file() {
@@ -200,7 +202,10 @@ pub fn writable_parent(path: &Path) -> Result<(), CollabError> {
     })?;
     let probe = parent.join(format!(".collab-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| {
-        CollabError::checkpoint(parent, format!("cannot write into the output's folder: {e}"))
+        CollabError::checkpoint(
+            parent,
+            format!("cannot write into the output's folder: {e}"),
+        )
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())

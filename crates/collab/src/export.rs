@@ -709,7 +709,9 @@ fn conv_layer(
 
 /// Write `bytes` to `path` atomically (temp file + rename).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CollabError> {
-    collab_tflite::write_atomic(path, bytes).map_err(|e| CollabError::checkpoint(path, e))
+    collab_tflite::write_atomic(path, bytes).map_err(|e| CollabError::checkpoint(path, e))?;
+    crate::fault::point(&format!("file {}", path.display()));
+    Ok(())
 }
 
 /// Run an int8 interpreter on NCHW float inputs `[n, c, h, w]` (quantized with the model

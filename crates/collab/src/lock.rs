@@ -41,13 +41,18 @@ impl OutLock {
                     format!(
                         "another collab run ({}) is writing into this folder; wait for it to \
                          finish or choose another --out",
-                        if holder.is_empty() { "pid unknown" } else { holder }
+                        if holder.is_empty() {
+                            "pid unknown"
+                        } else {
+                            holder
+                        }
                     ),
                 ));
             }
             Err(TryLockError::Error(e)) => return Err(CollabError::checkpoint(&path, e)),
         }
-        file.set_len(0).map_err(|e| CollabError::checkpoint(&path, e))?;
+        file.set_len(0)
+            .map_err(|e| CollabError::checkpoint(&path, e))?;
         let _ = write!(file, "pid {}", std::process::id());
         Ok(Self { _file: file, path })
     }
@@ -68,7 +73,10 @@ mod tests {
         let first = OutLock::acquire(dir.path()).unwrap();
         let err = OutLock::acquire(dir.path()).unwrap_err().to_string();
         assert!(err.contains("another collab run"), "{err}");
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         OutLock::acquire(dir.path()).unwrap();
     }

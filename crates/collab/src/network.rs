@@ -155,7 +155,23 @@ impl Network {
     /// Set how every conv + BatchNorm block computes: `Batch` statistics (training from
     /// scratch, ML-KWS fine-tuning) or `Folded` (compression stages).
     pub fn with_bn_mode(self, mode: BnMode) -> Self {
-        let set = |_: &str, b: ConvBlock| Ok::<_, std::convert::Infallible>(b.with_mode(mode));
+        self.map_blocks(|b| b.with_mode(mode))
+    }
+
+    /// The same network with every convolution block's BatchNorm ε set to `epsilon`. ε is a
+    /// setting of burn's `BatchNorm`, not a tensor, so a record does not carry it: a model
+    /// saved with another ε than its family's (a refolded tree node, ε 1e-30) gets it back here
+    /// after loading.
+    pub fn with_bn_epsilon(self, epsilon: f64) -> Self {
+        self.map_blocks(|mut b| {
+            b.bn.epsilon = epsilon;
+            b
+        })
+    }
+
+    /// Every convolution block passed through `f` (the classifier kept).
+    fn map_blocks(self, f: impl Fn(ConvBlock) -> ConvBlock) -> Self {
+        let set = |_: &str, b: ConvBlock| Ok::<_, std::convert::Infallible>(f(b));
         let keep = |_: &str, l: Linear| Ok::<_, std::convert::Infallible>(l);
         let result = match self {
             Self::DsCnn(m) => m.try_map(set, keep).map(Self::DsCnn),

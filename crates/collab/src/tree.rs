@@ -311,6 +311,11 @@ pub struct Outcome {
     pub targets_met_by: Option<Vec<String>>,
 }
 
+/// The BatchNorm ε of a refolded block. A record does not hold ε (it is a setting, not a
+/// tensor), so every node's manifest records it and loading a node restores it: a reloaded
+/// parent is then the same model as the one that was in memory.
+pub const REFOLD_EPSILON: f64 = 1e-30;
+
 /// A stripped (BatchNorm-folded) convolution as a plain block again: an identity BatchNorm
 /// (γ 1, β 0, mean 0, variance 1, ε 1e-30, which vanishes next to 1 in f32), so the block
 /// computes exactly the stripped weights.
@@ -318,7 +323,7 @@ fn refold(conv: burn::nn::conv::Conv2d) -> collab_models::ConvBlock {
     let out = conv.weight.dims()[0];
     let device = conv.weight.val().device();
     let bn = burn::nn::BatchNormConfig::new(out)
-        .with_epsilon(1e-30)
+        .with_epsilon(REFOLD_EPSILON)
         .init(&device);
     collab_core::ConvBn::new(conv, bn)
 }
@@ -342,10 +347,20 @@ fn fine_tune<M: Module>(
             collab_data::shuffled_batches(data.train.len(), ft.batch_size, seed + epoch as u64);
         let bar = train::progress(batches.len() as u64, &format!("{what} {}", epoch + 1));
         let mut loss_sum = 0.0;
-        for indices in &batches {
+        for (step, indices) in batches.iter().enumerate() {
             let (x, y) = data.train.batch(indices, None, &device)?;
             let loss = loss_fn.forward(forward(&model, x), y);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            if !value.is_finite() {
+                return Err(err(format!(
+                    "stage `{what}`: the loss became {value} at epoch {}, step {}; no node was \
+                     saved. Lower finetune.learning_rate (now {})",
+                    epoch + 1,
+                    step + 1,
+                    ft.learning_rate
+                )));
+            }
+            loss_sum += value;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(ft.learning_rate, model, grads);
             bar.inc(1);
@@ -653,8 +668,236 @@ fn check_file(
     Ok(())
 }
 
-/// Run the tree of `config` on `data_dir` (synthetic when `None`) into `out`. Nodes whose
-/// folder already holds a finished node (`leaf.json`) are reused.
+/// Bumped whenever a node made from the same inputs would come out differently: nodes written
+/// under another format are rebuilt, never reused.
+pub const NODE_FORMAT: u32 = 2;
+
+/// sha256 of `bytes` in hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn file_digest(path: &Path) -> Result<String, CollabError> {
+    let bytes = std::fs::read(path).map_err(|e| CollabError::checkpoint(path, e))?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// A content fingerprint of a data set: its size, every label, and the values of up to 256
+/// evenly spaced samples as the model sees them (no augmentation). Moving the folder keeps it;
+/// other clips, another split or the synthetic set instead of real data change it.
+fn data_fingerprint(set: &dyn data::Batches) -> Result<String, CollabError> {
+    let n = set.len();
+    let take = n.min(256);
+    let mut bytes: Vec<u8> = Vec::new();
+    bytes.extend_from_slice(&(n as u64).to_le_bytes());
+    for label in set.labels() {
+        bytes.extend_from_slice(&(label as u64).to_le_bytes());
+    }
+    let device = crate::device::compute();
+    let indices: Vec<usize> = (0..take).map(|i| i * n / take.max(1)).collect();
+    for chunk in indices.chunks(64) {
+        let (x, _) = set.batch(chunk, None, &device)?;
+        for v in to_vec_f32(x.flatten::<1>(0, 3)) {
+            bytes.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+    Ok(sha256_hex(&bytes))
+}
+
+/// Everything that made the root node (the baseline): the model and where its weights came
+/// from, how it was trained, the data, the seed and the node format.
+fn root_identity(
+    config: &TreeConfig,
+    spec: &ModelSpec,
+    data: &serde_json::Value,
+) -> Result<serde_json::Value, CollabError> {
+    let start = match &config.checkpoint {
+        Some(dir) => serde_json::json!({
+            "checkpoint": file_digest(&dir.join(checkpoint::RECORD))?,
+        }),
+        None => serde_json::json!({
+            "weights": config.weights.as_deref().map(file_digest).transpose()?,
+            "baseline_epochs": config.baseline_epochs,
+            "augment": config.augment && config.baseline_epochs > 0,
+            "batch_size": (config.baseline_epochs > 0).then_some(config.finetune.batch_size),
+        }),
+    };
+    Ok(serde_json::json!({
+        "format": NODE_FORMAT,
+        "model": spec,
+        "start": start,
+        "seed": config.seed,
+        "calibration_samples": config.calibration_samples,
+        "data": data,
+    }))
+}
+
+/// Everything that made a stage node: its spec, the fine-tuning, its parent's identity, the
+/// data, the seed and the node format.
+fn stage_identity(
+    config: &TreeConfig,
+    stage: &StageSpec,
+    parent: &serde_json::Value,
+    data: &serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "format": NODE_FORMAT,
+        "stage": stage,
+        "finetune": config.finetune,
+        "parent": sha256_hex(parent.to_string().as_bytes()),
+        "seed": config.seed,
+        "calibration_samples": config.calibration_samples,
+        "data": data,
+    })
+}
+
+/// What differs between two identities, key by key (`finetune: {…} → {…}`).
+fn identity_diff(old: &serde_json::Value, new: &serde_json::Value) -> String {
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            if k == "parent" {
+                "its parent node changed".to_string()
+            } else {
+                format!("{k}: {} → {}", show(a.get(k)), show(b.get(k)))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A finished node in `dir` made from exactly `identity`, with its files intact: its leaf and
+/// model. `None` (logging why) when the node must be built: missing, unfinished, made from
+/// something else, or with a file that no longer has the digest written at the time.
+fn reusable(
+    dir: &Path,
+    name: &str,
+    identity: &serde_json::Value,
+    device: &burn::tensor::Device,
+) -> Result<Option<(Leaf, Network)>, CollabError> {
+    let leaf_file = dir.join(LEAF);
+    if !leaf_file.is_file() {
+        if dir.exists() {
+            tracing::info!(
+                stage = name,
+                "unfinished node from an earlier run: rebuilding it"
+            );
+        }
+        return Ok(None);
+    }
+    let manifest = checkpoint::manifest(dir)?;
+    let recorded = manifest.config.get("identity").cloned().unwrap_or_default();
+    if &recorded != identity {
+        tracing::warn!(
+            stage = name,
+            "rebuilding: the node on disk was made from other settings ({})",
+            identity_diff(&recorded, identity)
+        );
+        return Ok(None);
+    }
+    let tflite = dir.join("model.tflite");
+    let written = manifest
+        .config
+        .get("tflite_sha256")
+        .and_then(|v| v.as_str());
+    let actual = file_digest(&tflite).ok();
+    if written.is_none() || actual.as_deref() != written {
+        tracing::warn!(
+            stage = name,
+            "rebuilding: {} is missing or changed since the node was written",
+            tflite.display()
+        );
+        return Ok(None);
+    }
+    let leaf: Option<Leaf> = std::fs::read_to_string(&leaf_file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let Some(leaf) = leaf else {
+        tracing::warn!(
+            stage = name,
+            "rebuilding: {} cannot be read",
+            leaf_file.display()
+        );
+        return Ok(None);
+    };
+    let (net, _) = checkpoint::load(dir, device)?;
+    Ok(Some((leaf, node_network(net, &manifest))))
+}
+
+/// A loaded node's network as it was in memory: the refolded blocks get their ε back.
+fn node_network(net: Network, manifest: &Manifest) -> Network {
+    match manifest.config.get("bn_epsilon").and_then(|v| v.as_f64()) {
+        Some(eps) => net.with_bn_epsilon(eps),
+        None => net,
+    }
+}
+
+/// File name of a finished node's figures; written last, so its presence marks the node done.
+const LEAF: &str = "leaf.json";
+
+/// Check `plot_layer` against the model's weight layers before any work.
+fn check_plot_layer(
+    config: &TreeConfig,
+    spec: &ModelSpec,
+    input: [usize; 3],
+) -> Result<(), CollabError> {
+    let Some(layer) = &config.plot_layer else {
+        return Ok(());
+    };
+    let device = crate::device::compute();
+    let plan = spec.init(&device)?.plan(input)?;
+    let names: Vec<&str> =
+        plan.steps
+            .iter()
+            .filter_map(|step| match step {
+                crate::export::Step::Conv { name, .. }
+                | crate::export::Step::Linear { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+    if names.contains(&layer.as_str()) {
+        return Ok(());
+    }
+    Err(CollabError::Usage(format!(
+        "plot_layer = \"{layer}\": {} has no such weight layer; its layers are {}",
+        spec.name(),
+        names.join(", ")
+    )))
+}
+
+/// The device seed of one node: the tree's seed for the baseline (its random initialisation),
+/// mixed with the stage's name below it, so a node draws the same numbers whether its
+/// siblings ran in this process or in an earlier one.
+fn node_seed(seed: u64, name: &str) -> u64 {
+    if name == "baseline" {
+        return seed;
+    }
+    name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Run the tree of `config` on `data_dir` (synthetic when `None`) into `out`.
+///
+/// One run per output folder (an OS lock on `OUT/.collab.lock`; a second run is refused). A
+/// finished node on disk is reused only when everything that made it is the same (its
+/// settings, its parent, the data's content, the seed, [`NODE_FORMAT`]) and its files still
+/// have the digests recorded when it was written; otherwise it is rebuilt, with a log line
+/// that says what differs. A node rebuilt from reused parents is the same, bit for bit, as in
+/// an uninterrupted run.
 pub fn run(
     config: &TreeConfig,
     data_dir: Option<&Path>,
@@ -682,18 +925,23 @@ pub fn run(
         Task::Keywords => [1, 49, 10],
         Task::Images { side, .. } => [3, side, side],
     };
+    check_plot_layer(config, &spec, input)?;
     let defaults = SyntheticSize::default();
     let synthetic = SyntheticSize {
         train: config.synthetic_train.unwrap_or(defaults.train),
         val: config.synthetic_val.unwrap_or(defaults.val),
     };
     std::fs::create_dir_all(out).map_err(|e| CollabError::checkpoint(out, e))?;
+    let _lock = crate::lock::OutLock::acquire(out)?;
     // Augmentation (where the data has it) applies to training the baseline only: the stages'
     // fine-tuning and every evaluation read batches without it.
     let augment = config.augment && config.baseline_epochs > 0;
     let data = data::load(spec.task(), data_dir, augment, config.seed, synthetic)?;
+    let data_identity = serde_json::json!({
+        "train": data_fingerprint(data.train.as_ref())?,
+        "val": data_fingerprint(data.val.as_ref())?,
+    });
     let device = crate::device::compute();
-    device.seed(config.seed);
     let calib: Vec<usize> = {
         let mut idx: Vec<usize> = (0..data.train.len()).collect();
         use rand::seq::SliceRandom;
@@ -704,6 +952,7 @@ pub fn run(
 
     let mut leaves: Vec<Leaf> = Vec::new();
     let mut nets: BTreeMap<String, (Network, Lineage, BTreeMap<String, f64>)> = BTreeMap::new();
+    let mut identities: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     // Level by level (the baseline, its children, theirs …), config order within a level.
     let mut depth: BTreeMap<&str, usize> = BTreeMap::from([("baseline", 0)]);
     for s in &config.stages {
@@ -740,22 +989,19 @@ pub fn run(
         };
         let name = node.map_or("baseline", |s| s.name.as_str());
         let dir = out.join(name);
-        let leaf_file = dir.join("leaf.json");
+        let leaf_file = dir.join(LEAF);
         let start = std::time::Instant::now();
         let parent = node.map(|s| s.parent.clone());
         let lineage = match node {
             None => root_lineage,
             Some(s) => nets[&s.parent].1.after(&s.scheme),
         };
-        if leaf_file.is_file()
-            && dir.join(checkpoint::MANIFEST).is_file()
-            && dir.join("model.tflite").is_file()
-        {
-            let (net, _) = checkpoint::load(&dir, &device)?;
-            let text = std::fs::read_to_string(&leaf_file)
-                .map_err(|e| CollabError::checkpoint(&leaf_file, e))?;
-            let leaf: Leaf =
-                serde_json::from_str(&text).map_err(|e| CollabError::checkpoint(&leaf_file, e))?;
+        let identity = match node {
+            None => root_identity(config, &spec, &data_identity)?,
+            Some(s) => stage_identity(config, s, &identities[&s.parent], &data_identity),
+        };
+        identities.insert(name.to_string(), identity.clone());
+        if let Some((leaf, net)) = reusable(&dir, name, &identity, &device)? {
             tracing::info!(stage = name, "reusing finished stage");
             let zeros = float_zeros(&net.plan(input)?);
             nets.insert(name.to_string(), (net, lineage, zeros));
@@ -764,11 +1010,14 @@ pub fn run(
             continue;
         }
         tracing::info!(stage = name, "running stage");
-        let (network, qat) = match node {
+        device.seed(node_seed(config.seed, name));
+        let (network, qat, bn_epsilon) = match node {
             None if config.checkpoint.is_some() => {
                 let dir = config.checkpoint.as_deref().unwrap_or(out);
-                let (net, _) = checkpoint::load(dir, &device)?;
-                (net.with_bn_mode(BnMode::Folded).valid(), None)
+                let (net, manifest) = checkpoint::load(dir, &device)?;
+                let eps = manifest.config.get("bn_epsilon").and_then(|v| v.as_f64());
+                let net = node_network(net, &manifest);
+                (net.with_bn_mode(BnMode::Folded).valid(), None, eps)
             }
             None => {
                 let net = match &config.weights {
@@ -798,7 +1047,7 @@ pub fn run(
                 } else {
                     net
                 };
-                (net.with_bn_mode(BnMode::Folded).valid(), None)
+                (net.with_bn_mode(BnMode::Folded).valid(), None, None)
             }
             Some(stage) => {
                 let parent_net = nets[&stage.parent].0.clone();
@@ -813,7 +1062,11 @@ pub fn run(
                     config.seed,
                     input,
                 )?;
-                (out.network.with_bn_mode(BnMode::Folded).valid(), out.qat)
+                (
+                    out.network.with_bn_mode(BnMode::Folded).valid(),
+                    out.qat,
+                    Some(REFOLD_EPSILON),
+                )
             }
         };
         // Float (or fake-int8) accuracy, export, int8 accuracy, sizes.
@@ -873,6 +1126,9 @@ pub fn run(
             "stage": node,
             "finetune": config.finetune,
             "lineage": lineage,
+            "identity": identity,
+            "bn_epsilon": bn_epsilon,
+            "tflite_sha256": sha256_hex(&bytes),
         });
         manifest.metrics = serde_json::json!({
             "val_accuracy": leaf.float_accuracy,
@@ -883,7 +1139,8 @@ pub fn run(
             data.train.describe(),
             data.train.fingerprint()
         ));
-        // The checkpoint folder is replaced as a whole: write the file into it afterwards.
+        // The checkpoint folder is replaced as a whole: write the file into it afterwards, and
+        // the leaf last (its presence marks the node finished).
         checkpoint::save(&dir, &network, &manifest, None)?;
         export::write(&dir.join("model.tflite"), &bytes)?;
         crate::export::write(
@@ -892,6 +1149,7 @@ pub fn run(
                 .unwrap_or_default()
                 .as_bytes(),
         )?;
+        crate::fault::point(&format!("node {name} finished"));
         tracing::info!(
             stage = name,
             float = format!("{:.4}", leaf.float_accuracy),
@@ -948,7 +1206,9 @@ fn plots(config: &TreeConfig, leaves: &[Leaf], out: &Path) -> Result<(), CollabE
             let Some(first) = leaves.first() else {
                 return Ok(());
             };
-            let graph = collab_tflite::Graph::open(&out.join(&first.tflite)).map_err(err)?;
+            let path = out.join(&first.tflite);
+            let graph =
+                collab_tflite::Graph::open(&path).map_err(|e| CollabError::checkpoint(&path, e))?;
             match graph
                 .constants()
                 .filter(|(_, t)| t.dtype == collab_tflite::TensorType::Int8 && t.shape.len() == 4)
@@ -961,7 +1221,9 @@ fn plots(config: &TreeConfig, leaves: &[Leaf], out: &Path) -> Result<(), CollabE
     };
     let mut nodes = Vec::new();
     for leaf in leaves {
-        let graph = collab_tflite::Graph::open(&out.join(&leaf.tflite)).map_err(err)?;
+        let path = out.join(&leaf.tflite);
+        let graph =
+            collab_tflite::Graph::open(&path).map_err(|e| CollabError::checkpoint(&path, e))?;
         if let Some(values) = graph.tensor(&layer).and_then(|t| t.to_f32()) {
             nodes.push((leaf.stage.clone(), values));
         }

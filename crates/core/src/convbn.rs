@@ -129,8 +129,12 @@ impl<C: WeightLayer<Plain = Conv2d>> WeightLayer for ConvBn<C> {
         } else {
             bias
         };
+        // `Param::map` keeps the bias's configured trainability; `Param::initialized` would take
+        // it from the tensor, which is never "requires grad" off the autodiff device, and the
+        // folded bias of a stripped (evaluation-mode) block would then stay frozen when the
+        // block is trained again (a reloaded copy of the same block trains it).
         conv.bias = Some(match conv.bias {
-            Some(param) => Param::initialized(param.id, bias),
+            Some(param) => param.map(|_| bias),
             None => Param::from_tensor(bias),
         });
         conv
@@ -311,6 +315,27 @@ mod tests {
 
     /// The fused BatchNorm + activation equals the BatchNorm followed by the activation:
     /// values, the gradients of the input, γ and β, and the running statistics, exactly.
+    #[test]
+    fn a_stripped_block_trains_its_folded_bias_again() {
+        // Stripped in evaluation mode (off the autodiff device), as every tree node is: taken
+        // back to training, weight and folded bias must both be trainable, as they are in a
+        // copy of the same block loaded from a record.
+        let device = Device::flex();
+        for bias in [true, false] {
+            let conv = Conv2dConfig::new([4, 4], [3, 3])
+                .with_bias(bias)
+                .init(&device);
+            let stripped = ConvBn::new(conv, bn_with_stats(4, &device)).strip();
+            let trained = stripped.fork(&device.clone().autodiff()).train();
+            assert!(
+                trained.weight.val().is_require_grad(),
+                "bias {bias}: weight"
+            );
+            let folded = trained.bias.as_ref().expect("a folded bias").val();
+            assert!(folded.is_require_grad(), "bias {bias}: folded bias frozen");
+        }
+    }
+
     #[test]
     fn fused_activation_equals_batch_norm_then_activation() {
         let device = Device::flex().autodiff();
