@@ -6,6 +6,7 @@
 //!   cosine for MobileNet), evaluation, per-epoch checkpoints, best-on-validation, resume;
 //! - [`export`]: int8 `.tflite` export (PTQ calibration or QAT ranges) and int8 evaluation;
 //! - [`bench`]: training-step and int8-inference timings (`collab bench`);
+//! - [`config`]: strict reading of tree configs (unknown keys, types, ranges, stage names);
 //! - [`tree`]: the deployment tree (pruned / clustered / QAT / PQAT / CQAT / PCQAT nodes,
 //!   each a checkpoint, exported to int8, evaluated, sized, invariants checked);
 //! - [`fault`]: fault-injection points for the crash-safety tests (`COLLAB_FAULT_AT`);
@@ -39,6 +40,7 @@ macro_rules! each_family {
 
 pub mod bench;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod export;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
 use crate::checkpoint::{self, Manifest};
+use crate::config::ConfigError;
 use crate::data::{self, SyntheticSize, TaskData};
 use crate::export::{self, ExportOptions, Plan, Traceable};
 use crate::network::{ModelSpec, Network, Task};
@@ -194,48 +195,30 @@ impl Targets {
 }
 
 impl TreeConfig {
-    /// Read a TOML file; relative `weights` paths are taken from the working directory.
+    /// Read a TOML file ([`TreeConfig::from_toml`]); relative `weights` paths are taken from
+    /// the working directory. Errors name the file, the line, the key and how to fix it.
     pub fn open(path: &Path) -> Result<Self, CollabError> {
         let text = std::fs::read_to_string(path).map_err(|e| CollabError::checkpoint(path, e))?;
-        let config: Self = toml::from_str(&text)
-            .map_err(|e| CollabError::checkpoint(path, format!("not a tree config: {e}")))?;
-        config
-            .validate()
-            .map_err(|e| CollabError::checkpoint(path, e))?;
-        Ok(config)
+        Self::from_toml(&text).map_err(|e| CollabError::checkpoint(path, e))
     }
 
-    /// Names unique, parents defined before use, settings in range.
+    /// Read a config from TOML text, strictly: an unknown or misplaced key, a value of the
+    /// wrong type or out of its range is an error naming its line, key and table and the
+    /// nearest valid key ([`crate::config`]); then [`TreeConfig::check`].
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        crate::config::parse(text)
+    }
+
+    /// Every number in its range ([`crate::config::RANGES`]), stage names usable as folder
+    /// names (1 to 64 ASCII letters, digits, `_`, `-`; not `baseline`) and unique, parents
+    /// defined above their stage. For a config built in code (no lines).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        crate::config::validate(self)
+    }
+
+    /// [`TreeConfig::check`] with the error as text.
     pub fn validate(&self) -> Result<(), String> {
-        let mut known = vec!["baseline".to_string()];
-        for s in &self.stages {
-            if known.contains(&s.name) {
-                return Err(format!("stage `{}` is defined twice", s.name));
-            }
-            if !known.contains(&s.parent) {
-                return Err(format!(
-                    "stage `{}` starts from `{}`, which is not defined above it",
-                    s.name, s.parent
-                ));
-            }
-            match &s.scheme {
-                Scheme::Prune { sparsity, .. } if !(0.0..1.0).contains(sparsity) => {
-                    return Err(format!(
-                        "stage `{}`: sparsity {sparsity} not in [0, 1)",
-                        s.name
-                    ));
-                }
-                Scheme::Cluster { clusters, .. } if *clusters < 2 => {
-                    return Err(format!("stage `{}`: at least 2 clusters", s.name));
-                }
-                _ => {}
-            }
-            known.push(s.name.clone());
-        }
-        if self.finetune.batch_size == 0 {
-            return Err("finetune.batch_size must be at least 1".into());
-        }
-        Ok(())
+        self.check().map_err(|e| e.to_string())
     }
 }
 
