@@ -156,11 +156,11 @@ fn bad_tree_configs_are_errors() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("`pruned`, which is not defined above it"),
+        err.contains("line 6: [[stage]] #1 (`pqat`) starts from `pruned`, which is neither"),
         "{err}"
     );
     std::fs::write(&bad, "model = 3").unwrap();
     let (code, _, err) = collab(&["tree", "--config", bad.to_str().unwrap(), "--out", "x"]);
     assert_eq!(code, 1);
-    assert!(err.contains("not a tree config"), "{err}");
+    assert!(err.contains("line 1: `model` at the top level must be a string"), "{err}");
 }
