@@ -269,6 +269,49 @@ fn save_refuses_files_devices_and_foreign_folders_leaving_them_untouched() {
     assert_eq!(snapshot(root), before);
 }
 
+#[test]
+fn file_writes_refuse_folders_devices_and_fifos_leaving_them_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let folder = root.join("m.tflite");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("keep"), b"a user's file").unwrap();
+    let fifo = root.join("fifo.tflite");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // As `/dev/full` (needs root to create; skipped otherwise).
+    let full = root.join("full");
+    let c = std::ffi::CString::new(full.as_os_str().as_encoded_bytes()).unwrap();
+    let have_device =
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 7)) } == 0;
+    let before = snapshot(root);
+    let mut targets = vec![(folder, "a folder"), (fifo, "not a regular file")];
+    if have_device {
+        targets.push((full.clone(), "not a regular file"));
+    }
+    for (target, why) in &targets {
+        let err = collab::export::write(target, b"model bytes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&target.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshot(root), before, "something was changed");
+    if have_device {
+        assert!(
+            std::fs::symlink_metadata(&full)
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    }
+    // A missing folder is named.
+    let err = collab::export::write(&root.join("nodir/x.tflite"), b"x").unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
 /// A pid no process has (a reaped child's).
 fn dead_pid() -> u32 {
     loop {
