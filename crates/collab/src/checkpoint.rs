@@ -286,12 +286,18 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CollabError> {
 
 /// Swap the folder `tmp` into place at `dir`. Returns the path that now holds the previous
 /// checkpoint, to remove (none when `dir` did not exist).
-fn swap_in(tmp: &Path, dir: &Path, name: &str) -> Result<Option<PathBuf>, CollabError> {
+/// With `atomic` false the fallback (two renames) is used even where the OS can exchange.
+fn swap_in(
+    tmp: &Path,
+    dir: &Path,
+    name: &str,
+    atomic: bool,
+) -> Result<Option<PathBuf>, CollabError> {
     if matches!(what_is_there(dir)?, Found::Nothing) {
         std::fs::rename(tmp, dir).map_err(|e| CollabError::checkpoint(dir, e))?;
         return Ok(None);
     }
-    if exchange(tmp, dir)? {
+    if atomic && exchange(tmp, dir)? {
         // `tmp` now holds the previous checkpoint.
         return Ok(Some(tmp.to_path_buf()));
     }
@@ -393,7 +399,7 @@ pub fn save(
         })?;
     }
     sync_dir(&tmp).map_err(|e| CollabError::checkpoint(&tmp, e))?;
-    let previous = swap_in(&tmp, dir, &name)?;
+    let previous = swap_in(&tmp, dir, &name, true)?;
     // From here `tmp` is either gone (renamed to `dir`) or holds the previous checkpoint.
     scratch.keep();
     crate::fault::point(&format!("checkpoint {}", dir.display()));
@@ -634,4 +640,54 @@ pub fn writable_parent(path: &Path) -> Result<(), CollabError> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(path: &Path, file: &str, text: &str) {
+        std::fs::create_dir_all(path).unwrap();
+        std::fs::write(path.join(file), text).unwrap();
+    }
+
+    #[test]
+    fn both_swaps_put_the_new_folder_in_place_and_hand_back_the_old_one() {
+        for atomic in [true, false] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("ck");
+            let tmp = root.path().join(".ck.tmp-1");
+            folder(&dir, MANIFEST, "old");
+            folder(&tmp, MANIFEST, "new");
+            let previous = swap_in(&tmp, &dir, "ck", atomic).unwrap().unwrap();
+            assert_eq!(std::fs::read_to_string(dir.join(MANIFEST)).unwrap(), "new");
+            assert_eq!(
+                std::fs::read_to_string(previous.join(MANIFEST)).unwrap(),
+                "old"
+            );
+            if !atomic {
+                assert_eq!(previous, sibling(&dir, "ck", "old", std::process::id()));
+                assert!(!tmp.exists());
+            }
+            // Into an empty folder: what comes back is that empty folder.
+            std::fs::remove_dir_all(&previous).unwrap();
+            let empty = root.path().join("empty");
+            std::fs::create_dir(&empty).unwrap();
+            folder(&tmp, MANIFEST, "new");
+            let previous = swap_in(&tmp, &empty, "empty", atomic).unwrap().unwrap();
+            assert_eq!(std::fs::read_dir(&previous).unwrap().count(), 0);
+            assert_eq!(
+                std::fs::read_to_string(empty.join(MANIFEST)).unwrap(),
+                "new"
+            );
+            // Into nothing: a rename, nothing to remove.
+            folder(&tmp, MANIFEST, "newer");
+            let fresh = root.path().join("fresh");
+            assert_eq!(swap_in(&tmp, &fresh, "fresh", atomic).unwrap(), None);
+            assert_eq!(
+                std::fs::read_to_string(fresh.join(MANIFEST)).unwrap(),
+                "newer"
+            );
+        }
+    }
 }
