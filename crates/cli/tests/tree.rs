@@ -162,5 +162,8 @@ fn bad_tree_configs_are_errors() {
     std::fs::write(&bad, "model = 3").unwrap();
     let (code, _, err) = collab(&["tree", "--config", bad.to_str().unwrap(), "--out", "x"]);
     assert_eq!(code, 1);
-    assert!(err.contains("line 1: `model` at the top level must be a string"), "{err}");
+    assert!(
+        err.contains("line 1: `model` at the top level must be a string"),
+        "{err}"
+    );
 }

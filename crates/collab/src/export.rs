@@ -707,9 +707,15 @@ fn conv_layer(
     })
 }
 
-/// Write `bytes` to `path` atomically (temp file + rename).
+/// Write `bytes` to `path` atomically (temp file flushed to disk, then renamed over `path`):
+/// refused when `path` is a folder, a device or anything but a regular file; on failure no
+/// temporary file is left and the previous file is unchanged ([`collab_tflite::write_atomic`]).
+/// A fault-injection point ([`crate::fault::point`]) follows each successful write.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CollabError> {
-    collab_tflite::write_atomic(path, bytes).map_err(|e| CollabError::checkpoint(path, e))?;
+    collab_tflite::write_atomic(path, bytes).map_err(|e| match e {
+        collab_tflite::TfliteError::Io { reason, .. } => CollabError::checkpoint(path, reason),
+        other => CollabError::checkpoint(path, other),
+    })?;
     crate::fault::point(&format!("file {}", path.display()));
     Ok(())
 }

@@ -817,15 +817,7 @@ fn reusable(
         return Ok(None);
     };
     let (net, _) = checkpoint::load(dir, device)?;
-    Ok(Some((leaf, node_network(net, &manifest))))
-}
-
-/// A loaded node's network as it was in memory: the refolded blocks get their ε back.
-fn node_network(net: Network, manifest: &Manifest) -> Network {
-    match manifest.config.get("bn_epsilon").and_then(|v| v.as_f64()) {
-        Some(eps) => net.with_bn_epsilon(eps),
-        None => net,
-    }
+    Ok(Some((leaf, net)))
 }
 
 /// File name of a finished node's figures; written last, so its presence marks the node done.
@@ -998,8 +990,10 @@ pub fn run(
             None if config.checkpoint.is_some() => {
                 let dir = config.checkpoint.as_deref().unwrap_or(out);
                 let (net, manifest) = checkpoint::load(dir, &device)?;
-                let eps = manifest.config.get("bn_epsilon").and_then(|v| v.as_f64());
-                let net = node_network(net, &manifest);
+                let eps = manifest
+                    .config
+                    .get(checkpoint::BN_EPSILON)
+                    .and_then(|v| v.as_f64());
                 (net.with_bn_mode(BnMode::Folded).valid(), None, eps)
             }
             None => {
@@ -1110,7 +1104,7 @@ pub fn run(
             "finetune": config.finetune,
             "lineage": lineage,
             "identity": identity,
-            "bn_epsilon": bn_epsilon,
+            (checkpoint::BN_EPSILON): bn_epsilon,
             "tflite_sha256": sha256_hex(&bytes),
         });
         manifest.metrics = serde_json::json!({

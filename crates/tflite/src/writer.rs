@@ -20,26 +20,75 @@ use crate::tflite::{
     ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT,
 };
 
-/// Write `bytes` to `path` through a temporary sibling file and a rename, so an existing file
-/// is never left half-written.
+/// Write `bytes` to `path` through a temporary sibling file (`.NAME.tmpPID`), flushed to disk
+/// and then renamed over `path`, so an existing file is never left half-written.
+///
+/// Refuses (an error naming the path and the reason) when `path` exists and is not a regular
+/// file (a folder, a device such as `/dev/full`, a fifo, a socket; a symbolic link is judged by
+/// what it points to): renaming over it would replace something that is not ours. On every
+/// failure (a full disk, a quota, a missing folder) the temporary file is removed and `path` is
+/// left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TfliteError> {
-    let io = |e: std::io::Error| TfliteError::Io {
+    use std::io::Write;
+    let fail = |reason: String| TfliteError::Io {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason,
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("the path has no file name")))?;
+    let name = path.file_name().ok_or_else(|| {
+        fail("the path has no file name; give a file path such as `out/model.tflite`".into())
+    })?;
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            let what = if meta.is_dir() {
+                "a folder"
+            } else {
+                "not a regular file (a device, a fifo or a socket)"
+            };
+            return Err(fail(format!(
+                "exists and is {what}: burn-collab only replaces regular files it can rewrite; \
+                 choose another path"
+            )));
+        }
+        _ => {}
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(fail(format!(
+            "its folder `{}` does not exist (or is not a folder); create it first",
+            parent.display()
+        )));
+    }
     let tmp = path.with_file_name(format!(
         ".{}.tmp{}",
         name.to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    // A leftover of an earlier attempt by a process with this id: ours to replace.
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+        return Err(fail(format!(
+            "cannot write it: {e}; the previous file (if any) is unchanged"
+        )));
+    }
+    // Make the rename itself durable (best effort: the file is in place either way).
+    if let Ok(dir) = std::fs::File::open(parent) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// Quantization of an activation tensor: `real = scale · (q − zero_point)`, q in [−128, 127].
