@@ -28,7 +28,7 @@ use std::process::ExitCode;
 
 use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
-use collab::checkpoint::{self, Manifest};
+use collab::checkpoint::{self, Existing, Manifest};
 use collab::data::{self, SyntheticSize};
 use collab::export::{self, ExportOptions};
 use collab::train::{self, OptimizerConfig, TrainConfig};
@@ -45,10 +45,30 @@ use collab_models::DsCnnConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Compute device for models, training and evaluation: cpu (burn's flex backend) or wgpu
-    /// (GPU; needs a build with `--features wgpu`). The int8 interpreter always runs on the CPU.
-    #[arg(long, global = true, default_value = "cpu")]
-    device: String,
+    /// Compute device for models, training and evaluation. The int8 interpreter always runs on
+    /// the CPU.
+    #[arg(long, global = true, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+}
+
+/// `--device`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum DeviceArg {
+    /// burn's flex CPU backend.
+    #[value(alias = "flex")]
+    Cpu,
+    /// A GPU through burn's wgpu backend (needs a build with `--features wgpu`).
+    #[value(alias = "gpu")]
+    Wgpu,
+}
+
+impl From<DeviceArg> for collab::device::Backend {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => Self::Cpu,
+            DeviceArg::Wgpu => Self::Wgpu,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -59,15 +79,224 @@ enum Init {
     Scratch,
 }
 
+/// `bench infer --kernels`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum KernelsArg {
+    /// AVX-512 VNNI, else AVX2, else portable.
+    Best,
+    /// What a CPU without VNNI runs.
+    Avx2,
+    /// Plain Rust loops, on every CPU.
+    Portable,
+}
+
+impl From<KernelsArg> for collab_tflite::Kernels {
+    fn from(k: KernelsArg) -> Self {
+        match k {
+            KernelsArg::Best => Self::Best,
+            KernelsArg::Avx2 => Self::Avx2,
+            KernelsArg::Portable => Self::Portable,
+        }
+    }
+}
+
+/// `bench train --bn`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum BnArg {
+    /// Folded into the convolution (compression stages).
+    Folded,
+    /// Batch statistics (training from scratch).
+    Batch,
+}
+
+impl From<BnArg> for BnMode {
+    fn from(b: BnArg) -> Self {
+        match b {
+            BnArg::Folded => Self::Folded,
+            BnArg::Batch => Self::Batch,
+        }
+    }
+}
+
+/// `bench train --wrap`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum WrapArg {
+    /// Plain layers.
+    None,
+    /// Prunable layers.
+    Prune,
+    /// Clustered layers.
+    Cluster,
+    /// Quantization-aware layers.
+    Qat,
+    /// Pruned, clustered and quantization-aware layers.
+    Pcqat,
+}
+
+impl From<WrapArg> for collab::bench::Wrap {
+    fn from(w: WrapArg) -> Self {
+        match w {
+            WrapArg::None => Self::None,
+            WrapArg::Prune => Self::Prune,
+            WrapArg::Cluster => Self::Cluster,
+            WrapArg::Qat => Self::Qat,
+            WrapArg::Pcqat => Self::Pcqat,
+        }
+    }
+}
+
+/// The value parsers of the numeric options: an out-of-range value is a usage error (exit 2)
+/// that names the option (clap adds it) and the valid range.
+mod parse {
+    use std::ffi::OsStr;
+    use std::str::FromStr;
+
+    use clap::builder::{PossibleValue, TypedValueParser};
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use collab::ModelSpec;
+    use collab::network::MODEL_NAMES;
+
+    fn number<T: FromStr>(s: &str) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        s.trim()
+            .parse()
+            .map_err(|e| format!("`{s}` is not a number ({e})"))
+    }
+
+    fn within<T: FromStr + Copy>(s: &str, ok: impl Fn(T) -> bool, range: &str) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let v = number(s)?;
+        if ok(v) {
+            Ok(v)
+        } else {
+            Err(format!("{s} is out of range; give {range}"))
+        }
+    }
+
+    /// `--width`: finite, in (0, 4].
+    pub fn width(s: &str) -> Result<f64, String> {
+        within(
+            s,
+            |v: f64| v > 0.0 && v <= 4.0,
+            "a width multiplier in (0, 4], e.g. 0.25, 0.5 or 1",
+        )
+    }
+
+    /// `--percentile`: in (50, 100].
+    pub fn percentile(s: &str) -> Result<f64, String> {
+        within(
+            s,
+            |v: f64| v > 50.0 && v <= 100.0,
+            "a value in (50, 100], e.g. 99.99",
+        )
+    }
+
+    /// `--sparsity`: in [0, 1).
+    pub fn sparsity(s: &str) -> Result<f64, String> {
+        within(
+            s,
+            |v: f64| (0.0..1.0).contains(&v),
+            "a fraction in [0, 1), e.g. 0.5",
+        )
+    }
+
+    /// `--clusters`: 2..=256 (an int8 weight has 256 values).
+    pub fn clusters(s: &str) -> Result<usize, String> {
+        within(s, |v: usize| (2..=256).contains(&v), "a count in 2..=256")
+    }
+
+    /// `--epochs`: 1..=10000.
+    pub fn epochs(s: &str) -> Result<usize, String> {
+        within(
+            s,
+            |v: usize| (1..=10_000).contains(&v),
+            "a count in 1..=10000",
+        )
+    }
+
+    /// A count of at least 1 (`--batch-size`, `--calibration-samples`, `--runs`, `--steps`).
+    pub fn positive(s: &str) -> Result<usize, String> {
+        within(s, |v: usize| v >= 1, "a count of at least 1")
+    }
+
+    /// `--lr`: finite and > 0.
+    pub fn learning_rate(s: &str) -> Result<f64, String> {
+        within(
+            s,
+            |v: f64| v.is_finite() && v > 0.0,
+            "a finite learning rate > 0, e.g. 1e-4",
+        )
+    }
+
+    /// `--max-accuracy-drop`: finite and >= 0 (percentage points).
+    pub fn non_negative(s: &str) -> Result<f64, String> {
+        within(s, |v: f64| v.is_finite() && v >= 0.0, "a finite value >= 0")
+    }
+
+    /// `--threads`: 1 (the int8 interpreter is single-threaded).
+    pub fn threads(s: &str) -> Result<usize, String> {
+        match number(s)? {
+            1 => Ok(1),
+            _ => Err(format!(
+                "{s} threads: the int8 interpreter runs on one thread; give 1 or leave it out"
+            )),
+        }
+    }
+
+    /// `--model`: a name [`ModelSpec`] parses; the error and `--help` list
+    /// [`MODEL_NAMES`].
+    #[derive(Clone, Copy, Debug)]
+    pub struct Model;
+
+    impl TypedValueParser for Model {
+        type Value = ModelSpec;
+
+        fn parse_ref(
+            &self,
+            cmd: &clap::Command,
+            arg: Option<&clap::Arg>,
+            value: &OsStr,
+        ) -> Result<ModelSpec, clap::Error> {
+            let text = value.to_string_lossy();
+            text.parse::<ModelSpec>().map_err(|_| {
+                let mut err = clap::Error::new(ErrorKind::InvalidValue).with_cmd(cmd);
+                if let Some(arg) = arg {
+                    err.insert(
+                        ContextKind::InvalidArg,
+                        ContextValue::String(arg.to_string()),
+                    );
+                }
+                err.insert(
+                    ContextKind::InvalidValue,
+                    ContextValue::String(text.into_owned()),
+                );
+                err.insert(
+                    ContextKind::ValidValue,
+                    ContextValue::Strings(MODEL_NAMES.iter().map(|n| n.to_string()).collect()),
+                );
+                err
+            })
+        }
+
+        fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+            Some(Box::new(MODEL_NAMES.iter().map(PossibleValue::new)))
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print a model's layers, parameters and MACs.
     Info {
-        /// ds-cnn-s, ds-cnn-m, ds-cnn-l, mobilenet-v1, mobilenet-v1-cifar, mobilenet-v2, mobilenet-v2-cifar.
-        #[arg(long)]
-        model: String,
-        /// Width multiplier (MobileNets).
-        #[arg(long, default_value_t = 1.0)]
+        /// Model name.
+        #[arg(long, value_parser = parse::Model)]
+        model: ModelSpec,
+        /// Width multiplier (MobileNets), in (0, 4].
+        #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse::width)]
         width: f64,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -75,23 +304,26 @@ enum Command {
     },
     /// Turn published DS-CNN weights (safetensors, TF layouts) into a checkpoint.
     Import {
-        /// ds-cnn-s, ds-cnn-m or ds-cnn-l.
-        #[arg(long)]
-        model: String,
+        /// A DS-CNN model.
+        #[arg(long, value_parser = parse::Model)]
+        model: ModelSpec,
         /// The `ds_cnn_*.safetensors` file.
         #[arg(long)]
         weights: PathBuf,
-        /// Checkpoint folder to write.
+        /// Checkpoint folder to write (new or empty; a checkpoint there needs --force).
         #[arg(long)]
         out: PathBuf,
+        /// Replace a checkpoint already at --out.
+        #[arg(long)]
+        force: bool,
     },
     /// Train a model (from scratch or published weights); checkpoints every epoch.
     Train {
-        /// Model name (see `info`).
-        #[arg(long)]
-        model: String,
-        /// Width multiplier (MobileNets).
-        #[arg(long, default_value_t = 1.0)]
+        /// Model name.
+        #[arg(long, value_parser = parse::Model)]
+        model: ModelSpec,
+        /// Width multiplier (MobileNets), in (0, 4].
+        #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse::width)]
         width: f64,
         /// Data folder (Speech Commands or CIFAR-10); the synthetic set when absent.
         #[arg(long)]
@@ -99,17 +331,18 @@ enum Command {
         /// Start point.
         #[arg(long, value_enum, default_value = "scratch")]
         init: Init,
-        /// Weights for `--init pretrained`.
-        #[arg(long)]
+        /// Weights for `--init pretrained` (DS-CNN).
+        #[arg(long, required_if_eq("init", "pretrained"))]
         weights: Option<PathBuf>,
-        /// Epochs.
-        #[arg(long, default_value_t = 10)]
+        /// Epochs, 1..=10000.
+        #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = parse::epochs)]
         epochs: usize,
-        /// Batch size.
-        #[arg(long, default_value_t = 100)]
+        /// Batch size (at least 1).
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = parse::positive)]
         batch_size: usize,
-        /// Learning rate (Adam: constant; SGD: initial cosine value). Default: the paper's schedule.
-        #[arg(long)]
+        /// Learning rate, > 0 (Adam: constant; SGD: initial cosine value). Default: the paper's
+        /// schedule.
+        #[arg(long, allow_hyphen_values = true, value_parser = parse::learning_rate)]
         lr: Option<f64>,
         /// Seed.
         #[arg(long, default_value_t = 0)]
@@ -117,12 +350,16 @@ enum Command {
         /// No augmentation.
         #[arg(long)]
         no_augment: bool,
-        /// Checkpoint folder (best model; `last/` for resuming).
+        /// Checkpoint folder (best model; `last/` for resuming). New or empty; a checkpoint
+        /// there needs --resume or --force.
         #[arg(long)]
         out: PathBuf,
         /// Continue from `OUT/last`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "force")]
         resume: bool,
+        /// Replace the checkpoint already at --out with a new run.
+        #[arg(long)]
+        force: bool,
     },
     /// Run a deployment tree (baseline → pruned / clustered / QAT → PQAT / CQAT / PCQAT), every
     /// node a checkpoint exported to int8, evaluated and sized; writes results.json and table.md.
@@ -140,21 +377,21 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Stop at the first node (level by level) whose .tflite is at most this many bytes…
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         target_size: Option<usize>,
         /// … whose gzip -9 size is at most this …
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         target_gzip: Option<usize>,
-        /// … and whose int8 accuracy is at most this many points below the baseline's.
-        #[arg(long)]
+        /// … and whose int8 accuracy is at most this many points (>= 0) below the baseline's.
+        #[arg(long, allow_hyphen_values = true, value_parser = parse::non_negative)]
         max_accuracy_drop: Option<f64>,
     },
     /// Prune a checkpoint while fine-tuning (PolynomialDecay to --sparsity); writes OUT/pruned.
     Prune {
         #[command(flatten)]
         stage: StageArgs,
-        /// Final sparsity.
-        #[arg(long, default_value_t = 0.5)]
+        /// Final sparsity, in [0, 1).
+        #[arg(long, default_value_t = 0.5, allow_hyphen_values = true, value_parser = parse::sparsity)]
         sparsity: f64,
         /// Leave depthwise convolutions dense.
         #[arg(long)]
@@ -165,8 +402,8 @@ enum Command {
     Cluster {
         #[command(flatten)]
         stage: StageArgs,
-        /// Clusters per tensor (or per channel).
-        #[arg(long, default_value_t = 16)]
+        /// Clusters per tensor (or per channel), 2..=256.
+        #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = parse::clusters)]
         clusters: usize,
         /// One set of centroids per output channel.
         #[arg(long)]
@@ -204,15 +441,20 @@ enum Command {
         /// Calibration data folder (training split of Speech Commands / CIFAR-10); synthetic when absent.
         #[arg(long, alias = "data")]
         calibration: Option<PathBuf>,
-        /// Training samples used for calibration.
-        #[arg(long, default_value_t = 500)]
+        /// Training samples used for calibration (at least 1).
+        #[arg(long, default_value_t = 500, allow_negative_numbers = true, value_parser = parse::positive)]
         calibration_samples: usize,
-        /// Calibrate with per-batch percentiles (e.g. 99.99, averaged over batches) instead of min/max.
-        #[arg(long)]
+        /// Calibrate with per-batch percentiles in (50, 100] (e.g. 99.99, averaged over
+        /// batches) instead of min/max.
+        #[arg(long, allow_hyphen_values = true, value_parser = parse::percentile)]
         percentile: Option<f64>,
-        /// The .tflite file to write (written to a temporary file, then renamed).
+        /// The .tflite file to write (written to a temporary file, then renamed); its folder
+        /// must exist.
         #[arg(long)]
         out: PathBuf,
+        /// Write over an existing --out that is not a .tflite file.
+        #[arg(long)]
+        force: bool,
         /// Float32 input and output (QUANTIZE / DEQUANTIZE at the edges; these run on the CPU of an NPU system).
         #[arg(long)]
         float_io: bool,
@@ -234,8 +476,9 @@ enum Command {
         /// Data folder (validation split of Speech Commands / CIFAR-10 test batch); synthetic when absent.
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Evaluate every clip of a Speech Commands folder, not only the validation speakers.
-        #[arg(long)]
+        /// Evaluate every clip of a Speech Commands folder (--data), not only the validation
+        /// speakers.
+        #[arg(long, requires = "data")]
         all: bool,
         /// Print `{"accuracy", "samples", "per_class"}` as JSON.
         #[arg(long)]
@@ -256,14 +499,14 @@ struct StageArgs {
     /// with its model.tflite and leaf.json).
     #[arg(long)]
     out: PathBuf,
-    /// Fine-tuning epochs.
-    #[arg(long, default_value_t = 5)]
+    /// Fine-tuning epochs, 1..=10000.
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = parse::epochs)]
     epochs: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 100)]
+    /// Batch size (at least 1).
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = parse::positive)]
     batch_size: usize,
-    /// Adam learning rate (constant).
-    #[arg(long, default_value_t = 1e-4)]
+    /// Adam learning rate (constant), > 0.
+    #[arg(long, default_value_t = 1e-4, allow_hyphen_values = true, value_parser = parse::learning_rate)]
     lr: f64,
     /// Seed.
     #[arg(long, default_value_t = 0)]
@@ -273,11 +516,55 @@ struct StageArgs {
     json: bool,
 }
 
-fn single_stage(
-    args: StageArgs,
-    name: &str,
-    scheme: collab::tree::Scheme,
-) -> Result<(), CollabError> {
+/// Why `collab` stops: bad usage (exit 2) or a failure (exit 1). The library's
+/// [`CollabError::Usage`] also reports failures found while working (data that does not fit a
+/// model, …), so only this binary decides what is a usage error.
+#[derive(Debug)]
+enum CliError {
+    /// Options that do not fit together (clap reports single bad values itself, also with 2).
+    Usage(String),
+    /// Anything that went wrong while working.
+    Failed(CollabError),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Usage(msg) => f.write_str(msg),
+            Self::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<CollabError> for CliError {
+    fn from(e: CollabError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<collab_models::ModelError> for CliError {
+    fn from(e: collab_models::ModelError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<collab_data::DataError> for CliError {
+    fn from(e: collab_data::DataError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl CliError {
+    /// The process exit code: 2 for usage, 1 for failures.
+    fn code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Failed(_) => 1,
+        }
+    }
+}
+
+fn single_stage(args: StageArgs, name: &str, scheme: collab::tree::Scheme) -> Result<(), CliError> {
     let config = collab::tree::TreeConfig {
         model: String::new(),
         width: 1.0,
@@ -287,7 +574,7 @@ fn single_stage(
         seed: args.seed,
         finetune: collab::tree::FineTune {
             epochs: args.epochs,
-            batch_size: args.batch_size.max(1),
+            batch_size: args.batch_size,
             learning_rate: args.lr,
         },
         calibration_samples: 200,
@@ -319,24 +606,24 @@ fn single_stage(
 enum BenchCommand {
     /// Median ms per training step (forward + backward + Adam) on random input, after warm-up.
     Train {
-        /// Model name (see `info`).
-        #[arg(long)]
-        model: String,
-        /// Width multiplier (MobileNets).
-        #[arg(long, default_value_t = 1.0)]
+        /// Model name.
+        #[arg(long, value_parser = parse::Model)]
+        model: ModelSpec,
+        /// Width multiplier (MobileNets), in (0, 4].
+        #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse::width)]
         width: f64,
-        /// Batch size.
-        #[arg(long, default_value_t = 100)]
+        /// Batch size (at least 1).
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = parse::positive)]
         batch_size: usize,
-        /// Timed steps (after 2 warm-up steps).
-        #[arg(long, default_value_t = 10)]
+        /// Timed steps (after 2 warm-up steps), at least 1.
+        #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = parse::positive)]
         steps: usize,
-        /// Layer wrappers: none, prune, cluster, qat, pcqat.
-        #[arg(long, default_value = "none")]
-        wrap: String,
-        /// BatchNorm: folded (compression stages) or batch (training from scratch).
-        #[arg(long, default_value = "folded")]
-        bn: String,
+        /// Layer wrappers.
+        #[arg(long, value_enum, default_value = "none")]
+        wrap: WrapArg,
+        /// BatchNorm.
+        #[arg(long, value_enum, default_value = "folded")]
+        bn: BnArg,
         /// Read (and augment) real batches from this data folder inside each timed step.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -353,22 +640,21 @@ enum BenchCommand {
         #[arg(long)]
         model: PathBuf,
         /// Threads (the interpreter is single-threaded; only 1 is accepted).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = parse::threads)]
         threads: usize,
-        /// Timed runs (after 10 warm-up runs).
-        #[arg(long, default_value_t = 200)]
+        /// Timed runs (after 10 warm-up runs), at least 1.
+        #[arg(long, default_value_t = 200, allow_negative_numbers = true, value_parser = parse::positive)]
         runs: usize,
-        /// Convolution kernels: best (AVX-512 VNNI, else AVX2, else portable), avx2 (what a CPU
-        /// without VNNI runs) or portable.
-        #[arg(long, default_value = "best")]
-        kernels: String,
+        /// Convolution kernels.
+        #[arg(long, value_enum, default_value = "best")]
+        kernels: KernelsArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
 }
 
-fn bench(what: BenchCommand) -> Result<(), CollabError> {
+fn bench(what: BenchCommand) -> Result<(), CliError> {
     let (timing, json) = match what {
         BenchCommand::Train {
             model,
@@ -381,16 +667,7 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
             seed,
             json,
         } => {
-            let bn = match bn.as_str() {
-                "folded" => BnMode::Folded,
-                "batch" => BnMode::Batch,
-                other => {
-                    return Err(CollabError::Usage(format!(
-                        "--bn {other}: use folded or batch"
-                    )));
-                }
-            };
-            let spec = spec(&model, width)?;
+            let spec = spec(model, width)?;
             let sets = match &data {
                 Some(dir) => Some(data::load(
                     spec.task(),
@@ -403,10 +680,10 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
             };
             let t = collab::bench::train_step(
                 &spec,
-                wrap.parse()?,
-                bn,
-                batch_size.max(1),
-                steps.max(1),
+                wrap.into(),
+                bn.into(),
+                batch_size,
+                steps,
                 seed,
                 sets.as_ref().map(|s| s.train.as_ref()),
             )?;
@@ -414,28 +691,11 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
         }
         BenchCommand::Infer {
             model,
-            threads,
+            threads: _,
             runs,
             kernels,
             json,
-        } => {
-            if threads != 1 {
-                return Err(CollabError::Usage(
-                    "--threads: the int8 interpreter runs on one thread".into(),
-                ));
-            }
-            let kernels = match kernels.as_str() {
-                "best" => collab_tflite::Kernels::Best,
-                "avx2" => collab_tflite::Kernels::Avx2,
-                "portable" => collab_tflite::Kernels::Portable,
-                other => {
-                    return Err(CollabError::Usage(format!(
-                        "--kernels {other}: use best, avx2 or portable"
-                    )));
-                }
-            };
-            (collab::bench::infer(&model, runs, kernels)?, json)
-        }
+        } => (collab::bench::infer(&model, runs, kernels.into())?, json),
     };
     if json {
         println!("{}", serde_json::to_string(&timing).unwrap_or_default());
@@ -448,17 +708,39 @@ fn bench(what: BenchCommand) -> Result<(), CollabError> {
     Ok(())
 }
 
-fn spec(model: &str, width: f64) -> Result<ModelSpec, CollabError> {
-    Ok(model.parse::<ModelSpec>()?.with_width(width)?)
+/// The model with `--width` (a usage error for a model without a width multiplier).
+fn spec(model: ModelSpec, width: f64) -> Result<ModelSpec, CliError> {
+    let name = model.name();
+    model
+        .with_width(width)
+        .map_err(|e| CliError::Usage(format!("--width {width} with --model {name}: {e}")))
 }
 
-fn import(model: &str, weights: &Path, out: &Path) -> Result<(), CollabError> {
-    let spec = spec(model, 1.0)?;
-    let ModelSpec::DsCnn { size } = spec else {
-        return Err(CollabError::Usage(format!(
-            "published weights exist for DS-CNN only, not {model}"
+/// A failure about `path`.
+fn failed(path: &Path, reason: impl std::fmt::Display) -> CliError {
+    CliError::Failed(CollabError::checkpoint(path, reason))
+}
+
+fn import(model: ModelSpec, weights: &Path, out: &Path, force: bool) -> Result<(), CliError> {
+    let ModelSpec::DsCnn { size } = model else {
+        return Err(CliError::Usage(format!(
+            "--model {}: published weights exist for the DS-CNN models only",
+            model.name()
         )));
     };
+    if let Existing::Checkpoint(old) = checkpoint::inspect_target(out)?
+        && !force
+    {
+        return Err(failed(
+            out,
+            format!(
+                "already holds a checkpoint ({}, {}); pass --force to replace it, or choose \
+                 another --out",
+                old.model.name(),
+                old.stage
+            ),
+        ));
+    }
     let bytes = std::fs::read(weights).map_err(|e| CollabError::checkpoint(weights, e))?;
     let device = collab::device::compute();
     let net = collab_models::import::ds_cnn(
@@ -467,20 +749,176 @@ fn import(model: &str, weights: &Path, out: &Path) -> Result<(), CollabError> {
         &weights.display().to_string(),
         &device,
     )?;
-    let mut manifest = Manifest::new(spec, "imported", 0);
+    let mut manifest = Manifest::new(model, "imported", 0);
     manifest.config = serde_json::json!({ "weights": weights.display().to_string() });
     checkpoint::save(out, &Network::DsCnn(net), &manifest, None)?;
     println!("wrote {}", out.display());
     Ok(())
 }
 
+/// Entries a `collab train` run leaves in its `--out` before its first best model is saved:
+/// the lock, `last/` and the temporary names of an interrupted save.
+fn train_leftover(name: &str) -> bool {
+    name == collab::lock::LOCK_FILE
+        || name == "last"
+        || name == ".best-tmp"
+        || name.starts_with("..best-tmp.")
+        || name.starts_with(".last.")
+        || name.starts_with(".collab-probe-")
+}
+
+/// What `train --out` holds: [`checkpoint::inspect_target`], except that a folder holding only
+/// what an interrupted `collab train` leaves (see [`train_leftover`]) counts as that run's
+/// output (its `last/` checkpoint, or empty) instead of a foreign folder.
+fn inspect_train_out(out: &Path) -> Result<Existing, CliError> {
+    match checkpoint::inspect_target(out) {
+        Ok(existing) => Ok(existing),
+        Err(err) => {
+            let ours = out.is_dir()
+                && std::fs::read_dir(out).is_ok_and(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .all(|e| train_leftover(&e.file_name().to_string_lossy()))
+                });
+            if !ours {
+                return Err(err.into());
+            }
+            checkpoint::writable_parent(out)?;
+            let last = out.join("last");
+            Ok(if last.join(checkpoint::MANIFEST).is_file() {
+                Existing::Checkpoint(Box::new(checkpoint::manifest(&last)?))
+            } else {
+                Existing::EmptyFolder
+            })
+        }
+    }
+}
+
+/// Check `train --out` before any work: refuse a file, device or foreign folder, and a
+/// checkpoint of an earlier run unless `--resume` (then `OUT/last` must be a resumable
+/// checkpoint of the same model) or `--force`.
+fn check_train_out(
+    out: &Path,
+    spec: &ModelSpec,
+    resume: bool,
+    force: bool,
+) -> Result<Existing, CliError> {
+    let existing = inspect_train_out(out)?;
+    match &existing {
+        Existing::Checkpoint(_) if resume => {
+            train::resume_point(out, spec)?;
+        }
+        Existing::Checkpoint(old) if force => {
+            tracing::warn!(
+                out = %out.display(),
+                old = %old.model.name(),
+                "--force: this run replaces the checkpoint there"
+            );
+        }
+        Existing::Checkpoint(old) => {
+            return Err(failed(
+                out,
+                format!(
+                    "already holds a checkpoint ({}, {}, epoch {}) from an earlier run; pass \
+                     --resume to continue it, --force to replace it, or choose another --out",
+                    old.model.name(),
+                    old.stage,
+                    old.epoch
+                ),
+            ));
+        }
+        Existing::Nothing | Existing::EmptyFolder if resume => {
+            return Err(failed(
+                out,
+                "--resume: there is no checkpoint here to continue; drop --resume to start a \
+                 new run",
+            ));
+        }
+        Existing::Nothing | Existing::EmptyFolder => {}
+    }
+    Ok(existing)
+}
+
+/// Hold `out`'s lock for a run (the folder is created if missing); a folder this user cannot
+/// write is found here, before any work.
+fn lock_out(out: &Path) -> Result<collab::lock::OutLock, CliError> {
+    collab::lock::OutLock::acquire(out).map_err(|e| match e {
+        CollabError::Checkpoint { path, reason } if !reason.contains("another collab run") => {
+            failed(
+                &path,
+                format!("{reason}; --out must be a folder this user can write"),
+            )
+        }
+        other => other.into(),
+    })
+}
+
+/// The settings of `collab train`.
+struct TrainArgs<'a> {
+    spec: ModelSpec,
+    data_dir: Option<&'a Path>,
+    weights: Option<&'a Path>,
+    epochs: usize,
+    batch_size: usize,
+    lr: Option<f64>,
+    seed: u64,
+    augment: bool,
+    out: &'a Path,
+    resume: bool,
+    force: bool,
+}
+
+fn train_command(args: TrainArgs) -> Result<(), CliError> {
+    let TrainArgs {
+        spec,
+        data_dir,
+        weights,
+        epochs,
+        batch_size,
+        lr,
+        seed,
+        augment,
+        out,
+        resume,
+        force,
+    } = args;
+    let pretrained = match (weights, &spec) {
+        (Some(w), ModelSpec::DsCnn { size }) => Some((w, *size)),
+        (Some(_), _) => {
+            return Err(CliError::Usage(format!(
+                "--init pretrained: published weights exist for the DS-CNN models only, not \
+                 {}; use --init scratch",
+                spec.name()
+            )));
+        }
+        (None, _) => None,
+    };
+    let existing = check_train_out(out, &spec, resume, force)?;
+    let lock = lock_out(out)?;
+    let result = train_into(
+        &spec, pretrained, data_dir, epochs, batch_size, lr, seed, augment, out, resume,
+    );
+    if result.is_err() && existing == Existing::Nothing {
+        // This run made the folder and wrote nothing but its lock: leave nothing behind.
+        let only_lock = std::fs::read_dir(out).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .all(|e| e.file_name() == collab::lock::LOCK_FILE)
+        });
+        if only_lock {
+            let _ = std::fs::remove_file(lock.path());
+            let _ = std::fs::remove_dir(out);
+        }
+    }
+    drop(lock);
+    result
+}
+
 #[allow(clippy::too_many_arguments)]
-fn train_command(
-    model: &str,
-    width: f64,
+fn train_into(
+    spec: &ModelSpec,
+    pretrained: Option<(&Path, collab_models::DsCnnSize)>,
     data_dir: Option<&Path>,
-    init: Init,
-    weights: Option<&Path>,
     epochs: usize,
     batch_size: usize,
     lr: Option<f64>,
@@ -488,17 +926,11 @@ fn train_command(
     augment: bool,
     out: &Path,
     resume: bool,
-) -> Result<(), CollabError> {
-    let spec = spec(model, width)?;
+) -> Result<(), CliError> {
     let device = collab::device::compute();
     device.seed(seed);
-    let network = match (init, weights) {
-        (Init::Pretrained, Some(w)) => {
-            let ModelSpec::DsCnn { size } = spec else {
-                return Err(CollabError::Usage(
-                    "--init pretrained exists for DS-CNN only".into(),
-                ));
-            };
+    let network = match pretrained {
+        Some((w, size)) => {
             let bytes = std::fs::read(w).map_err(|e| CollabError::checkpoint(w, e))?;
             Network::DsCnn(collab_models::import::ds_cnn(
                 &DsCnnConfig::new(size),
@@ -507,12 +939,7 @@ fn train_command(
                 &device,
             )?)
         }
-        (Init::Pretrained, None) => {
-            return Err(CollabError::Usage(
-                "--init pretrained needs --weights FILE.safetensors".into(),
-            ));
-        }
-        (Init::Scratch, _) => spec.init(&device)?,
+        None => spec.init(&device)?,
     };
     let network = network.with_bn_mode(BnMode::Batch);
     tracing::info!(model = %spec.name(), "loading data");
@@ -523,7 +950,7 @@ fn train_command(
         seed,
         SyntheticSize::default(),
     )?;
-    let mut optimizer = OptimizerConfig::for_model(&spec);
+    let mut optimizer = OptimizerConfig::for_model(spec);
     if let Some(lr) = lr {
         optimizer = match optimizer {
             OptimizerConfig::Adam { .. } => OptimizerConfig::Adam {
@@ -546,12 +973,12 @@ fn train_command(
         optimizer,
         seed,
     };
-    let stage = if init == Init::Pretrained {
+    let stage = if pretrained.is_some() {
         "finetuned"
     } else {
         "baseline"
     };
-    let manifest = Manifest::new(spec, stage, seed);
+    let manifest = Manifest::new(spec.clone(), stage, seed);
     let (_, history) = train::fit(network, &data, &config, manifest, Some(out), resume)?;
     if let Some(last) = history.last() {
         let best = history.iter().map(|h| h.val_accuracy).fold(0.0, f64::max);
@@ -566,6 +993,82 @@ fn train_command(
     Ok(())
 }
 
+/// Whether `path` starts like a `.tflite` file (the FlatBuffer identifier `TFL3` at bytes 4..8).
+fn looks_like_tflite(path: &Path) -> Result<bool, CliError> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
+    let mut read = 0;
+    while read < head.len() {
+        match file.read(&mut head[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(failed(path, e)),
+        }
+    }
+    Ok(read == head.len() && &head[4..8] == b"TFL3")
+}
+
+/// Check `export --out` before any work: not a folder or device, in an existing folder that
+/// takes files, and a file already there is a `.tflite` (any other file needs `--force`).
+fn check_export_out(out: &Path, force: bool) -> Result<(), CliError> {
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => {
+            return Err(failed(
+                out,
+                "is a folder; --out is the .tflite file to write (e.g. FOLDER/model.tflite)",
+            ));
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(failed(
+                out,
+                "is not a regular file (a device, pipe or socket); writing the .tflite would \
+                 replace it: choose a file path for --out",
+            ));
+        }
+        Ok(_) if !force && !looks_like_tflite(out)? => {
+            return Err(failed(
+                out,
+                "exists and is not a .tflite file (no `TFL3` identifier); pass --force to \
+                 replace it, or choose another --out",
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(out, e)),
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(failed(
+                parent,
+                format!(
+                    "is not a folder, so --out {} cannot be written; choose another --out",
+                    out.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(failed(
+                parent,
+                format!(
+                    "the folder of --out {} does not exist; create it first (mkdir -p {}) or \
+                     choose another --out",
+                    out.display(),
+                    parent.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(failed(parent, e)),
+    }
+    checkpoint::writable_parent(out)?;
+    Ok(())
+}
+
 fn export_command(
     checkpoint_dir: &Path,
     calibration: Option<&Path>,
@@ -574,7 +1077,7 @@ fn export_command(
     out: &Path,
     options: &ExportOptions,
     seed: u64,
-) -> Result<(), CollabError> {
+) -> Result<(), CliError> {
     let device = collab::device::compute();
     let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
     let network = network.with_bn_mode(BnMode::Folded).valid();
@@ -598,7 +1101,7 @@ fn export_command(
         use rand::seq::SliceRandom;
         indices.shuffle(&mut data::epoch_rng(seed, 0));
     }
-    indices.truncate(samples.max(1));
+    indices.truncate(samples);
     tracing::info!(samples = indices.len(), "calibrating activation ranges");
     let ranges = plan.calibrate_on(data.train.as_ref(), &indices, 100, method)?;
     let bytes = export::to_tflite(&plan, Some(&ranges), options)?;
@@ -617,16 +1120,42 @@ fn export_command(
     Ok(())
 }
 
+/// Whether `graph` computes in float: an operator other than QUANTIZE / DEQUANTIZE writes a
+/// float32 tensor (a float model, or a hybrid one with float activations).
+fn computes_in_float(graph: &collab_tflite::Graph) -> bool {
+    graph
+        .operators
+        .iter()
+        .filter(|op| op.op != "QUANTIZE" && op.op != "DEQUANTIZE")
+        .flat_map(|op| op.outputs.iter())
+        .filter_map(|&t| usize::try_from(t).ok())
+        .filter_map(|t| graph.tensors.get(t))
+        .any(|t| t.dtype == collab_tflite::TensorType::Float32)
+}
+
 /// Evaluate an int8 .tflite with our interpreter: the task follows from its input shape.
 fn eval_tflite(
     path: &Path,
     data_dir: Option<&Path>,
     all: bool,
     json: bool,
-) -> Result<(), CollabError> {
+) -> Result<(), CliError> {
     let graph = collab_tflite::Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
-    let interp =
-        collab_tflite::Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
+    let interp = match collab_tflite::Interpreter::new(&graph) {
+        Ok(interp) => interp,
+        Err(e) if computes_in_float(&graph) => {
+            return Err(failed(
+                path,
+                format!(
+                    "is a float model: `collab eval --model` runs full-integer int8 .tflite \
+                     files only, float ones are not supported there ({e}). Evaluate the \
+                     checkpoint with `collab eval --checkpoint DIR`, or make an int8 file with \
+                     `collab export --checkpoint DIR --out FILE.tflite`"
+                ),
+            ));
+        }
+        Err(e) => return Err(failed(path, e)),
+    };
     let shape = interp.inputs()[0].shape.clone();
     let classes = interp.outputs()[0].shape.last().copied().unwrap_or(0);
     let (task, input) = match shape.as_slice() {
@@ -636,7 +1165,7 @@ fn eval_tflite(
             [3, *h, *w],
         ),
         other => {
-            return Err(CollabError::checkpoint(
+            return Err(failed(
                 path,
                 format!(
                     "input shape {other:?} is neither MFCC [n, 49, 10, 1] nor an image [n, s, s, 3]"
@@ -644,19 +1173,19 @@ fn eval_tflite(
             ));
         }
     };
-    let report = if all {
-        export::evaluate_int8(&interp, input, &all_clips(data_dir)?)?
-    } else {
-        let data = data::load(task, data_dir, false, 0, SyntheticSize::default())?;
-        export::evaluate_int8(&interp, input, data.val.as_ref())?
+    let report = match (all, data_dir) {
+        (true, Some(dir)) => export::evaluate_int8(&interp, input, &all_clips(dir)?)?,
+        _ => {
+            let data = data::load(task, data_dir, false, 0, SyntheticSize::default())?;
+            export::evaluate_int8(&interp, input, data.val.as_ref())?
+        }
     };
     print_report(&report, &format!("{} (int8)", path.display()), json);
     Ok(())
 }
 
 /// Every clip of a Speech Commands folder (`--all`), without augmentation.
-fn all_clips(data_dir: Option<&Path>) -> Result<collab::data::KwsData, CollabError> {
-    let dir = data_dir.ok_or_else(|| CollabError::Usage("--all needs --data".into()))?;
+fn all_clips(dir: &Path) -> Result<collab::data::KwsData, CliError> {
     let set = collab_data::SpeechCommands::open(dir)?;
     let clips = set.split(collab_data::Split::All);
     let audio = collab_data::speech::load_audio(&clips)?;
@@ -694,22 +1223,23 @@ fn eval(
     data_dir: Option<&Path>,
     all: bool,
     json: bool,
-) -> Result<(), CollabError> {
+) -> Result<(), CliError> {
     let device = collab::device::compute();
     let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
     let network = network.with_bn_mode(BnMode::Folded).valid();
     let task = manifest.model.task();
-    let report = if all {
-        train::evaluate(|x| network.forward(x), &all_clips(data_dir)?, 256)?
-    } else {
-        let data = data::load(
-            task,
-            data_dir,
-            false,
-            manifest.seed,
-            SyntheticSize::default(),
-        )?;
-        train::evaluate(|x| network.forward(x), data.val.as_ref(), 256)?
+    let report = match (all, data_dir) {
+        (true, Some(dir)) => train::evaluate(|x| network.forward(x), &all_clips(dir)?, 256)?,
+        _ => {
+            let data = data::load(
+                task,
+                data_dir,
+                false,
+                manifest.seed,
+                SyntheticSize::default(),
+            )?;
+            train::evaluate(|x| network.forward(x), data.val.as_ref(), 256)?
+        }
     };
     print_report(
         &report,
@@ -719,11 +1249,11 @@ fn eval(
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), CollabError> {
-    collab::device::select(cli.device.parse()?)?;
+fn run(cli: Cli) -> Result<(), CliError> {
+    collab::device::select(cli.device.into())?;
     match cli.command {
         Command::Info { model, width, json } => {
-            let info = spec(&model, width)?.info();
+            let info = spec(model, width)?.info();
             if json {
                 println!(
                     "{}",
@@ -738,7 +1268,8 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             model,
             weights,
             out,
-        } => import(&model, &weights, &out),
+            force,
+        } => import(model, &weights, &out, force),
         Command::Train {
             model,
             width,
@@ -752,52 +1283,58 @@ fn run(cli: Cli) -> Result<(), CollabError> {
             no_augment,
             out,
             resume,
-        } => train_command(
-            &model,
-            width,
-            data.as_deref(),
-            init,
-            weights.as_deref(),
-            epochs,
-            batch_size,
-            lr,
-            seed,
-            !no_augment,
-            &out,
-            resume,
-        ),
+            force,
+        } => {
+            if init == Init::Scratch && weights.is_some() {
+                return Err(CliError::Usage(
+                    "--weights is read with --init pretrained only; add --init pretrained or \
+                     drop --weights"
+                        .into(),
+                ));
+            }
+            train_command(TrainArgs {
+                spec: spec(model, width)?,
+                data_dir: data.as_deref(),
+                weights: weights.as_deref(),
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                augment: !no_augment,
+                out: &out,
+                resume,
+                force,
+            })
+        }
         Command::Export {
             checkpoint,
             calibration,
             calibration_samples,
             percentile,
             out,
+            force,
             float_io,
             no_softmax,
             seed,
-        } => export_command(
-            &checkpoint,
-            calibration.as_deref(),
-            calibration_samples,
-            match percentile {
-                Some(p) if p > 50.0 && p <= 100.0 => {
-                    collab_quant::Calibration::Percentile { percentile: p }
-                }
-                Some(p) => {
-                    return Err(CollabError::Usage(format!(
-                        "--percentile {p}: give a value in (50, 100], e.g. 99.99"
-                    )));
-                }
-                None => collab_quant::Calibration::MinMax,
-            },
-            &out,
-            &ExportOptions {
-                batch: 1,
-                float_io,
-                softmax: !no_softmax,
-            },
-            seed,
-        ),
+        } => {
+            check_export_out(&out, force)?;
+            export_command(
+                &checkpoint,
+                calibration.as_deref(),
+                calibration_samples,
+                match percentile {
+                    Some(percentile) => collab_quant::Calibration::Percentile { percentile },
+                    None => collab_quant::Calibration::MinMax,
+                },
+                &out,
+                &ExportOptions {
+                    batch: 1,
+                    float_io,
+                    softmax: !no_softmax,
+                },
+                seed,
+            )
+        }
         Command::Eval {
             checkpoint,
             model,
@@ -807,7 +1344,7 @@ fn run(cli: Cli) -> Result<(), CollabError> {
         } => match (checkpoint, model) {
             (_, Some(model)) => eval_tflite(&model, data.as_deref(), all, json),
             (Some(checkpoint), None) => eval(&checkpoint, data.as_deref(), all, json),
-            (None, None) => Err(CollabError::Usage(
+            (None, None) => Err(CliError::Usage(
                 "give --checkpoint DIR or --model FILE.tflite".into(),
             )),
         },
@@ -906,7 +1443,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
-            ExitCode::FAILURE
+            if matches!(err, CliError::Usage(_)) {
+                eprintln!("\nFor more information, try '--help'.");
+            }
+            ExitCode::from(err.code())
         }
     }
 }

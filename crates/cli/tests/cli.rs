@@ -200,12 +200,13 @@ fn bench_prints_timings() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("portable kernels"), "{out}");
+    // Unknown choices are usage errors (exit 2) listing the choices (more in tests/usage.rs).
     let (code, _, err) = collab(&["bench", "infer", "--model", "x.tflite", "--kernels", "gpu"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--kernels gpu"), "{err}");
+    assert_eq!(code, 2);
+    assert!(err.contains("'gpu'") && err.contains("--kernels"), "{err}");
     let (code, _, err) = collab(&["bench", "train", "--model", "ds-cnn-s", "--wrap", "magic"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--wrap magic"), "{err}");
+    assert_eq!(code, 2);
+    assert!(err.contains("'magic'") && err.contains("pcqat"), "{err}");
 }
 
 #[test]
@@ -224,8 +225,11 @@ fn inspect_reports_a_tflite_file() {
 #[test]
 fn failures_exit_with_a_message() {
     let (code, _, err) = collab(&["info", "--model", "resnet-50"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("unknown model `resnet-50`"), "{err}");
+    assert_eq!(code, 2, "an unknown model is a usage error");
+    assert!(
+        err.contains("'resnet-50'") && err.contains("ds-cnn-l"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = collab(&["eval", "--checkpoint", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1);
@@ -241,12 +245,16 @@ fn failures_exit_with_a_message() {
         "--out",
         "y",
     ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("DS-CNN only"), "{err}");
-    // --device is global; an unknown one, or wgpu in a build without it, says how to fix it.
+    assert_eq!(code, 2);
+    assert!(err.contains("DS-CNN models only"), "{err}");
+    // --device is global; an unknown one (usage, 2), or wgpu in a build without it (1), says
+    // how to fix it.
     let (code, _, err) = collab(&["info", "--model", "ds-cnn-s", "--device", "tpu"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--device tpu") && err.contains("cpu"), "{err}");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("'tpu'") && err.contains("--device") && err.contains("cpu"),
+        "{err}"
+    );
     if !cfg!(feature = "wgpu") {
         let (code, _, err) = collab(&["--device", "wgpu", "info", "--model", "ds-cnn-s"]);
         assert_eq!(code, 1);

@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
-use collab_data::speech::{Augment, load_audio};
+use collab_data::speech::{Augment, load_audio_noted};
+use collab_data::wav::Conversions;
 use collab_data::{
-    Cifar10, CifarAugment, Frontend, ImageFolder, ImageSet, KWS_LABELS, KwsSet, SpeechCommands,
-    Split, SyntheticImages, SyntheticKws,
+    Cifar10, CifarAugment, DataError, Frontend, ImageFolder, ImageSet, KWS_LABELS, KwsSet,
+    SpeechCommands, Split, SyntheticImages, SyntheticKws,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -280,6 +281,16 @@ pub fn load(
     match (task, dir) {
         (Task::Keywords, Some(dir)) => {
             let set = SpeechCommands::open(dir)?;
+            let (train_clips, val_clips) = (set.split(Split::Train), set.split(Split::Validation));
+            for (clips, split) in [
+                (&train_clips, Split::Train),
+                (&val_clips, Split::Validation),
+            ] {
+                if clips.is_empty() {
+                    return Err(empty_speech_split(dir, &set, split).into());
+                }
+            }
+            let mut notes = Conversions::default();
             let noise = set
                 .noise
                 .iter()
@@ -289,13 +300,18 @@ pub fn load(
             let noise = if noise.is_empty() {
                 // Prepared layout: the _silence_ clips are background noise.
                 let silence: Vec<_> = set.clips.iter().filter(|c| c.label == 0).cloned().collect();
-                load_audio(&silence)?
+                let (audio, n) = load_audio_noted(&silence)?;
+                notes += n;
+                audio
             } else {
                 noise
             };
-            let make = |split: Split, aug: bool| -> Result<Box<dyn Batches>, CollabError> {
-                let clips = set.split(split);
-                let audio = load_audio(&clips)?;
+            let mut make = |clips: Vec<collab_data::speech::Clip>,
+                            split: Split,
+                            aug: bool|
+             -> Result<Box<dyn Batches>, CollabError> {
+                let (audio, n) = load_audio_noted(&clips)?;
+                notes += n;
                 let labels = clips.iter().map(|c| c.label).collect();
                 Ok(Box::new(KwsData::new(
                     audio,
@@ -305,10 +321,12 @@ pub fn load(
                     format!("{} ({split:?})", dir.display()),
                 )))
             };
-            Ok(TaskData {
-                train: make(Split::Train, augment)?,
-                val: make(Split::Validation, false)?,
-            })
+            let data = TaskData {
+                train: make(train_clips, Split::Train, augment)?,
+                val: make(val_clips, Split::Validation, false)?,
+            };
+            notes.warn(&dir.display().to_string());
+            Ok(data)
         }
         (Task::Keywords, None) => {
             let g = SyntheticKws::default();
@@ -362,12 +380,12 @@ pub fn load(
             }
             Ok(TaskData {
                 train: Box::new(CifarData {
-                    set: Cifar10::open(dir, true)?,
+                    set: nonempty_cifar(dir, true)?,
                     augment: augment.then(CifarAugment::default),
                     source: format!("{} (train)", dir.display()),
                 }),
                 val: Box::new(CifarData {
-                    set: Cifar10::open(dir, false)?,
+                    set: nonempty_cifar(dir, false)?,
                     augment: None,
                     source: format!("{} (test)", dir.display()),
                 }),
@@ -389,6 +407,53 @@ pub fn load(
             })
         }
     }
+}
+
+/// Why a split of a Speech Commands folder is empty: the split is by speaker (see
+/// [`collab_data::speech`]), so a folder with few speakers can have none in one split.
+fn empty_speech_split(dir: &Path, set: &SpeechCommands, split: Split) -> DataError {
+    let mut speakers: Vec<&str> = set.clips.iter().map(|c| c.speaker.as_str()).collect();
+    speakers.sort_unstable();
+    speakers.dedup();
+    DataError::Empty {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "the {} split has no clips: clips are split by speaker (the name part before \
+             `_nohash_`; validation when sha1(speaker) mod 10 is 0), and {} of the folder's {} \
+             speaker(s) fall there. Add clips from more speakers, or evaluate every clip with \
+             `collab eval --all`",
+            match split {
+                Split::Validation => "validation",
+                _ => "training",
+            },
+            if split == Split::Validation {
+                "none"
+            } else {
+                "all"
+            },
+            speakers.len()
+        ),
+    }
+}
+
+/// A CIFAR-10 split that holds at least one image.
+fn nonempty_cifar(dir: &Path, train: bool) -> Result<Cifar10, CollabError> {
+    let set = Cifar10::open(dir, train)?;
+    if set.is_empty() {
+        return Err(DataError::Empty {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the {} split has no images; expected the official cifar-10-batches-bin files",
+                if train {
+                    "training"
+                } else {
+                    "test (validation)"
+                }
+            ),
+        }
+        .into());
+    }
+    Ok(set)
 }
 
 fn hound_all(path: &Path) -> Result<Vec<f32>, CollabError> {

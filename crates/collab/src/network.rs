@@ -40,6 +40,18 @@ pub enum Task {
     },
 }
 
+/// The model names [`ModelSpec`]'s `FromStr` accepts (it also takes `ds_cnn_s`-style and
+/// `-224` spellings of these), in the order the help and error messages list them.
+pub const MODEL_NAMES: [&str; 7] = [
+    "ds-cnn-s",
+    "ds-cnn-m",
+    "ds-cnn-l",
+    "mobilenet-v1",
+    "mobilenet-v1-cifar",
+    "mobilenet-v2",
+    "mobilenet-v2-cifar",
+];
+
 impl std::str::FromStr for ModelSpec {
     type Err = ModelError;
     fn from_str(name: &str) -> Result<Self, Self::Err> {
@@ -60,8 +72,8 @@ impl std::str::FromStr for ModelSpec {
                 return Err(ModelError::Setting {
                     field: "model",
                     reason: format!(
-                        "unknown model `{name}`; use ds-cnn-s, ds-cnn-m, ds-cnn-l, mobilenet-v1, \
-                         mobilenet-v1-cifar, mobilenet-v2 or mobilenet-v2-cifar"
+                        "unknown model `{name}`; use one of {}",
+                        MODEL_NAMES.join(", ")
                     ),
                 });
             }

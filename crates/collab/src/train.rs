@@ -212,14 +212,12 @@ pub fn fit(
     if resume {
         let out = out.ok_or_else(|| CollabError::Usage("--resume needs --out".into()))?;
         let last = out.join("last");
-        let (loaded, m) = checkpoint::load(&last, &device)?;
-        if m.model != manifest.model {
-            return Err(CollabError::checkpoint(&last, "was made for another model"));
-        }
+        let m = resume_point(out, &manifest.model)?;
+        let (loaded, _) = checkpoint::load(&last, &device)?;
         network = loaded.with_bn_mode(current_mode(&network));
-        if let Some(record) = checkpoint::load_optimizer(&last)? {
-            optim = optim.load_record(record);
-        }
+        // `resume_point` checked that the file is there.
+        let record = checkpoint::load_optimizer(&last)?.ok_or_else(|| missing_optimizer(&last))?;
+        optim = optim.load_record(record);
         start_epoch = m.epoch;
         history = serde_json::from_value(m.metrics.get("history").cloned().unwrap_or_default())
             .unwrap_or_default();
@@ -228,6 +226,22 @@ pub fn fit(
             .map(|h| h.val_accuracy)
             .fold(f64::NEG_INFINITY, f64::max);
         tracing::info!(epoch = start_epoch, "resuming");
+    }
+    if data.train.is_empty() || data.val.is_empty() {
+        return Err(CollabError::Usage(format!(
+            "the {} set is empty ({}); training needs samples in both the training and the \
+             validation split",
+            if data.train.is_empty() {
+                "training"
+            } else {
+                "validation"
+            },
+            if data.train.is_empty() {
+                data.train.describe()
+            } else {
+                data.val.describe()
+            }
+        )));
     }
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let steps_per_epoch = data.train.len().div_ceil(config.batch_size.max(1));
@@ -258,7 +272,16 @@ pub fn fit(
             correct += pred.iter().zip(&target).filter(|(a, b)| a == b).count();
             seen += indices.len();
             let loss = loss_fn.forward(logits, y);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64 * indices.len() as f64;
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            if !value.is_finite() {
+                return Err(diverged(
+                    epoch + 1,
+                    i + 1,
+                    &format!("the loss became {value}"),
+                    config.optimizer.learning_rate(step, total_steps),
+                ));
+            }
+            loss_sum += value * indices.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &network);
             network = optim.step(
                 config.optimizer.learning_rate(step, total_steps),
@@ -269,6 +292,16 @@ pub fn fit(
         }
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
+        if let Some(name) = first_non_finite(&network) {
+            return Err(diverged(
+                epoch + 1,
+                steps_per_epoch,
+                &format!("parameter `{name}` holds NaN or infinite values"),
+                config
+                    .optimizer
+                    .learning_rate((epoch + 1) * steps_per_epoch - 1, total_steps),
+            ));
+        }
         let eval = network.valid();
         let val = evaluate(|x| eval.forward(x), data.val.as_ref(), 256)?;
         let metrics = EpochMetrics {
@@ -309,6 +342,90 @@ pub fn fit(
         }
     }
     Ok((network, history))
+}
+
+/// Check that `out/last` is a checkpoint `collab train --resume` can continue for `model`:
+/// its manifest reads, it was made for the same model (the error names both), and its
+/// optimizer state is there. Returns its manifest.
+pub fn resume_point(out: &Path, model: &ModelSpec) -> Result<Manifest, CollabError> {
+    let last = out.join("last");
+    if !last.join(checkpoint::MANIFEST).is_file() {
+        return Err(CollabError::checkpoint(
+            &last,
+            "--resume: no checkpoint to continue here (a training run writes its state to \
+             OUT/last after each epoch); drop --resume to start a new run, with --force to \
+             replace the checkpoint in OUT",
+        ));
+    }
+    let m = checkpoint::manifest(&last)?;
+    if m.model != *model {
+        return Err(CollabError::checkpoint(
+            &last,
+            format!(
+                "--resume: this checkpoint is a {} model, the run asks for {}; resume with \
+                 --model {0} (and its --width), or start a new {1} run with --force or another \
+                 --out",
+                m.model.name(),
+                model.name()
+            ),
+        ));
+    }
+    if !last.join(checkpoint::OPTIMIZER).is_file() {
+        return Err(missing_optimizer(&last));
+    }
+    Ok(m)
+}
+
+fn missing_optimizer(last: &Path) -> CollabError {
+    CollabError::checkpoint(
+        last,
+        format!(
+            "--resume: the optimizer state ({}) is missing, so training cannot continue \
+             exactly; start again with --force (replacing this checkpoint) or train into \
+             another --out",
+            checkpoint::OPTIMIZER
+        ),
+    )
+}
+
+/// The error of a run whose loss or weights stopped being finite.
+fn diverged(epoch: usize, step: usize, what: &str, learning_rate: f64) -> CollabError {
+    CollabError::Usage(format!(
+        "training diverged at epoch {epoch}, step {step}: {what} (learning rate {learning_rate:e}); \
+         nothing of this epoch was saved. Lower the learning rate (--lr, or the config's \
+         learning_rate), e.g. by 10x"
+    ))
+}
+
+/// The path of the first parameter of `network` holding a NaN or an infinity, if any.
+fn first_non_finite(network: &Network) -> Option<String> {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    #[derive(Default)]
+    struct Finder {
+        path: Vec<String>,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for Finder {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none()
+                && collab_core::host::to_vec_f32(param.val())
+                    .iter()
+                    .any(|v| !v.is_finite())
+            {
+                self.found = Some(self.path.join("."));
+            }
+        }
+    }
+    let mut finder = Finder::default();
+    network.visit(&mut finder);
+    finder.found
 }
 
 fn current_mode(network: &Network) -> collab_core::BnMode {

@@ -76,6 +76,20 @@ impl Cifar10 {
         };
         for f in files {
             let bytes = std::fs::read(&f).map_err(|e| DataError::io(&f, e))?;
+            if bytes.is_empty() {
+                return Err(DataError::Empty {
+                    path: f,
+                    reason: format!(
+                        "empty file: the {} split would have no images; restore the official \
+                         cifar-10-batches-bin file",
+                        if train {
+                            "training"
+                        } else {
+                            "test (validation)"
+                        }
+                    ),
+                });
+            }
             set.push_records(&f, &bytes)?;
         }
         Ok(set)

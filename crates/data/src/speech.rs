@@ -20,7 +20,7 @@ use sha1::{Digest, Sha1};
 
 use crate::DataError;
 use crate::mfcc::{Frontend, MFCC_COEFFICIENTS, MFCC_FRAMES};
-use crate::wav::{CLIP_SAMPLES, read_clip};
+use crate::wav::{CLIP_SAMPLES, Conversions, read_clip_noted};
 
 /// Class names in the models' output order.
 pub const KWS_LABELS: [&str; 12] = [
@@ -210,17 +210,32 @@ impl SpeechCommands {
     }
 }
 
-/// Decode the clips (16,000 samples each), in parallel over the available cores.
+/// Decode the clips (16,000 samples each), in parallel over the available cores. Files that
+/// had to be converted (stereo, not 16-bit, longer than a clip) are counted in one warning.
 pub fn load_audio(clips: &[Clip]) -> Result<Vec<Vec<f32>>, DataError> {
-    parallel_map(clips, |clip| {
+    let (audio, notes) = load_audio_noted(clips)?;
+    notes.warn(&format!("{} clips", clips.len()));
+    Ok(audio)
+}
+
+/// As [`load_audio`], returning the conversion counts instead of logging them.
+pub fn load_audio_noted(clips: &[Clip]) -> Result<(Vec<Vec<f32>>, Conversions), DataError> {
+    let decoded = parallel_map(clips, |clip| {
         if clip.offset == 0 {
-            read_clip(&clip.path)
+            read_clip_noted(&clip.path)
         } else {
-            read_segment(&clip.path, clip.offset)
+            // A second cut from a long background-noise recording: cutting is the point.
+            read_segment(&clip.path, clip.offset).map(|a| (a, Conversions::default()))
         }
-    })
-    .into_iter()
-    .collect()
+    });
+    let mut audio = Vec::with_capacity(decoded.len());
+    let mut notes = Conversions::default();
+    for item in decoded {
+        let (clip, n) = item?;
+        audio.push(clip);
+        notes += n;
+    }
+    Ok((audio, notes))
 }
 
 fn read_segment(path: &Path, offset: usize) -> Result<Vec<f32>, DataError> {
