@@ -111,6 +111,8 @@ pub fn run(args: &Args, config: &TreeConfig, name: &str) -> Result<(), Box<dyn s
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs piped to a file or CI stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let out = args
         .out
