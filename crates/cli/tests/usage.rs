@@ -4,26 +4,32 @@
 mod common;
 use common::collab;
 
-/// `(arguments, what stderr must contain)`: each a usage error.
-fn cases() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
+use std::path::Path;
+
+/// `(arguments, what stderr must contain)`: each a usage error. Outputs go under `out` (a
+/// temporary folder) and `train` reads a missing data folder, so that a build which misses a
+/// check fails at once instead of training or writing anywhere.
+fn cases(out: &'static str) -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
     let info = |extra: &[&'static str]| {
         let mut a = vec!["info", "--model", "ds-cnn-s"];
         a.extend_from_slice(extra);
         a
     };
     let train = |extra: &[&'static str]| {
-        let mut a = vec!["train", "--model", "ds-cnn-s", "--out", "/nonexistent/o"];
+        let mut a = vec![
+            "train",
+            "--model",
+            "ds-cnn-s",
+            "--data",
+            "/nonexistent/data",
+            "--out",
+            out,
+        ];
         a.extend_from_slice(extra);
         a
     };
     let stage = |cmd: &'static str, extra: &[&'static str]| {
-        let mut a = vec![
-            cmd,
-            "--checkpoint",
-            "/nonexistent/c",
-            "--out",
-            "/nonexistent/o",
-        ];
+        let mut a = vec![cmd, "--checkpoint", "/nonexistent/c", "--out", out];
         a.extend_from_slice(extra);
         a
     };
@@ -49,13 +55,7 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         a
     };
     let tree = |extra: &[&'static str]| {
-        let mut a = vec![
-            "tree",
-            "--config",
-            "/nonexistent/c.toml",
-            "--out",
-            "/nonexistent/o",
-        ];
+        let mut a = vec!["tree", "--config", "/nonexistent/c.toml", "--out", out];
         a.extend_from_slice(extra);
         a
     };
@@ -177,8 +177,10 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
                 "pretrained",
                 "--weights",
                 "/nonexistent/w.safetensors",
+                "--data",
+                "/nonexistent/data",
                 "--out",
-                "/nonexistent/o",
+                out,
             ],
             vec!["--init pretrained", "DS-CNN", "mobilenet-v1"],
         ),
@@ -195,7 +197,7 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
                 "--weights",
                 "/nonexistent/w",
                 "--out",
-                "/nonexistent/o",
+                out,
             ],
             vec!["--model mobilenet-v1", "DS-CNN"],
         ),
@@ -205,8 +207,10 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
 
 #[test]
 fn every_usage_error_exits_2_naming_the_option_and_what_it_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out: &'static str = dir.path().join("out").to_str().unwrap().to_string().leak();
     let mut wrong = Vec::new();
-    for (args, needles) in cases() {
+    for (args, needles) in cases(out) {
         let (code, _, err) = collab(&args);
         let missing: Vec<_> = needles.iter().filter(|n| !err.contains(*n)).collect();
         if code != 2 || !missing.is_empty() {
@@ -217,6 +221,7 @@ fn every_usage_error_exits_2_naming_the_option_and_what_it_accepts() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n---\n"));
+    assert!(!Path::new(out).exists(), "no usage error writes anything");
 }
 
 #[test]
