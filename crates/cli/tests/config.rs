@@ -2,11 +2,10 @@
 //! written, every file around the output folder untouched byte for byte, no temporary folder
 //! left behind.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use common::collab;
+use common::{collab, snapshot};
 
 /// A tree that takes seconds if it runs at all (the old code ran it): no baseline training,
 /// tiny synthetic data, one epoch.
@@ -20,24 +19,6 @@ synthetic_val = 32
 epochs = 1
 batch_size = 32
 "#;
-
-/// Every path under `root` with its bytes (`None` for a folder).
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
-    let mut all = BTreeMap::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                all.insert(path.clone(), None);
-                todo.push(path);
-            } else {
-                all.insert(path.clone(), Some(std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    all
-}
 
 /// Run the tree of CONFIG plus a stage named `name` into an existing `--out` that holds a
 /// user's file, beside a folder `victim_dir` that holds another: refused, nothing changed.

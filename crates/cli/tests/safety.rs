@@ -4,30 +4,12 @@
 //! a temporary folder and checks that the files there are untouched, byte for byte.
 
 mod common;
-use common::collab;
+use common::{collab, snapshot};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use collab::ModelSpec;
 use collab::checkpoint::{self, Manifest};
-
-/// Every file under `dir` (recursively) with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.insert(path.clone(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    files
-}
 
 /// A freshly initialised checkpoint of `model` at `dir` (epoch `epoch`, no optimizer state).
 fn save_checkpoint(dir: &Path, model: &str, epoch: usize) {
