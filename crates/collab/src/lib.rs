@@ -76,6 +76,10 @@ pub enum CollabError {
     /// A setting that does not fit the rest.
     #[error("{0}")]
     Usage(String),
+    /// Training stopped: the loss or the weights stopped being finite, or a split it needs is
+    /// empty. Nothing of the failed epoch or stage was saved.
+    #[error("{0}")]
+    Training(String),
 }
 
 /// Any error as a [`CollabError::Usage`] with its message (for `map_err`).

@@ -228,7 +228,7 @@ pub fn fit(
         tracing::info!(epoch = start_epoch, "resuming");
     }
     if data.train.is_empty() || data.val.is_empty() {
-        return Err(CollabError::Usage(format!(
+        return Err(CollabError::Training(format!(
             "the {} set is empty ({}); training needs samples in both the training and the \
              validation split",
             if data.train.is_empty() {
@@ -390,7 +390,7 @@ fn missing_optimizer(last: &Path) -> CollabError {
 
 /// The error of a run whose loss or weights stopped being finite.
 fn diverged(epoch: usize, step: usize, what: &str, learning_rate: f64) -> CollabError {
-    CollabError::Usage(format!(
+    CollabError::Training(format!(
         "training diverged at epoch {epoch}, step {step}: {what} (learning rate {learning_rate:e}); \
          nothing of this epoch was saved. Lower the learning rate (--lr, or the config's \
          learning_rate), e.g. by 10x"

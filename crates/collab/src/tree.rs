@@ -335,7 +335,7 @@ fn fine_tune<M: Module>(
             let loss = loss_fn.forward(forward(&model, x), y);
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
-                return Err(err(format!(
+                return Err(CollabError::Training(format!(
                     "stage `{what}`: the loss became {value} at epoch {}, step {}; no node was \
                      saved. Lower finetune.learning_rate (now {})",
                     epoch + 1,
