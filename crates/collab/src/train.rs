@@ -388,8 +388,9 @@ fn missing_optimizer(last: &Path) -> CollabError {
     )
 }
 
-/// The error of a run whose loss or weights stopped being finite.
-fn diverged(epoch: usize, step: usize, what: &str, learning_rate: f64) -> CollabError {
+/// The error of a run whose loss or weights stopped being finite (the training loop here and
+/// the tree's fine-tuning).
+pub(crate) fn diverged(epoch: usize, step: usize, what: &str, learning_rate: f64) -> CollabError {
     CollabError::Training(format!(
         "training diverged at epoch {epoch}, step {step}: {what} (learning rate {learning_rate:e}); \
          nothing of this epoch was saved. Lower the learning rate (--lr, or the config's \

@@ -335,13 +335,12 @@ fn fine_tune<M: Module>(
             let loss = loss_fn.forward(forward(&model, x), y);
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
-                return Err(CollabError::Training(format!(
-                    "stage `{what}`: the loss became {value} at epoch {}, step {}; no node was \
-                     saved. Lower finetune.learning_rate (now {})",
+                return Err(train::diverged(
                     epoch + 1,
                     step + 1,
-                    ft.learning_rate
-                )));
+                    &format!("stage `{what}`: the loss became {value}"),
+                    ft.learning_rate,
+                ));
             }
             loss_sum += value;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -655,13 +654,9 @@ fn check_file(
 /// under another format are rebuilt, never reused.
 pub const NODE_FORMAT: u32 = 2;
 
-/// sha256 of `bytes` in hex.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// sha256 of `bytes` in hex (the digest checkpoints record, [`checkpoint::FileDigest`]).
+fn sha256_hex(bytes: &[u8]) -> String {
+    checkpoint::FileDigest::of(bytes).sha256
 }
 
 fn file_digest(path: &Path) -> Result<String, CollabError> {
