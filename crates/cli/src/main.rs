@@ -177,13 +177,28 @@ mod parse {
         }
     }
 
-    /// `--width`: finite, in (0, 4].
+    /// The range of a setting that a tree config also has ([`collab::config::RANGES`]: one
+    /// home for what a setting accepts, whether it comes from a config or the command line).
+    fn bound(table: &str, key: &str) -> Result<collab::config::Bound, String> {
+        collab::config::bound(table, key)
+            .ok_or_else(|| format!("internal: no range for `{table}.{key}`"))
+    }
+
+    /// A number setting of a tree config, in its range there.
+    fn real(s: &str, table: &str, key: &str) -> Result<f64, String> {
+        let bound = bound(table, key)?;
+        within(s, |v: f64| bound.contains(v), &bound.to_string())
+    }
+
+    /// A count setting of a tree config, in its range there.
+    fn count(s: &str, table: &str, key: &str) -> Result<usize, String> {
+        let bound = bound(table, key)?;
+        within(s, |v: usize| bound.contains(v as f64), &bound.to_string())
+    }
+
+    /// `--width`: the config's `width`, (0, 4].
     pub fn width(s: &str) -> Result<f64, String> {
-        within(
-            s,
-            |v: f64| v > 0.0 && v <= 4.0,
-            "a width multiplier in (0, 4], e.g. 0.25, 0.5 or 1",
-        )
+        real(s, "", "width")
     }
 
     /// `--percentile`: in (50, 100].
@@ -195,27 +210,19 @@ mod parse {
         )
     }
 
-    /// `--sparsity`: in [0, 1).
+    /// `--sparsity`: a prune stage's `sparsity`, [0, 1).
     pub fn sparsity(s: &str) -> Result<f64, String> {
-        within(
-            s,
-            |v: f64| (0.0..1.0).contains(&v),
-            "a fraction in [0, 1), e.g. 0.5",
-        )
+        real(s, "stage", "sparsity")
     }
 
-    /// `--clusters`: 2..=256 (an int8 weight has 256 values).
+    /// `--clusters`: a cluster stage's `clusters`, 2..=256 (an int8 weight has 256 values).
     pub fn clusters(s: &str) -> Result<usize, String> {
-        within(s, |v: usize| (2..=256).contains(&v), "a count in 2..=256")
+        count(s, "stage", "clusters")
     }
 
-    /// `--epochs`: 1..=10000.
+    /// `--epochs`: the config's `finetune.epochs`, 1..=10000.
     pub fn epochs(s: &str) -> Result<usize, String> {
-        within(
-            s,
-            |v: usize| (1..=10_000).contains(&v),
-            "a count in 1..=10000",
-        )
+        count(s, "finetune", "epochs")
     }
 
     /// A count of at least 1 (`--batch-size`, `--calibration-samples`, `--runs`, `--steps`).
@@ -223,18 +230,15 @@ mod parse {
         within(s, |v: usize| v >= 1, "a count of at least 1")
     }
 
-    /// `--lr`: finite and > 0.
+    /// `--lr`: the config's `finetune.learning_rate`, finite and > 0.
     pub fn learning_rate(s: &str) -> Result<f64, String> {
-        within(
-            s,
-            |v: f64| v.is_finite() && v > 0.0,
-            "a finite learning rate > 0, e.g. 1e-4",
-        )
+        real(s, "finetune", "learning_rate")
     }
 
-    /// `--max-accuracy-drop`: finite and >= 0 (percentage points).
+    /// `--max-accuracy-drop`: the config's `targets.max_accuracy_drop`, finite and >= 0
+    /// (percentage points).
     pub fn non_negative(s: &str) -> Result<f64, String> {
-        within(s, |v: f64| v.is_finite() && v >= 0.0, "a finite value >= 0")
+        real(s, "targets", "max_accuracy_drop")
     }
 
     /// `--threads`: 1 (the int8 interpreter is single-threaded).
@@ -839,20 +843,6 @@ fn check_train_out(
     Ok(existing)
 }
 
-/// Hold `out`'s lock for a run (the folder is created if missing); a folder this user cannot
-/// write is found here, before any work.
-fn lock_out(out: &Path) -> Result<collab::lock::OutLock, CliError> {
-    collab::lock::OutLock::acquire(out).map_err(|e| match e {
-        CollabError::Checkpoint { path, reason } if !reason.contains("another collab run") => {
-            failed(
-                &path,
-                format!("{reason}; --out must be a folder this user can write"),
-            )
-        }
-        other => other.into(),
-    })
-}
-
 /// The settings of `collab train`.
 struct TrainArgs<'a> {
     spec: ModelSpec,
@@ -894,7 +884,8 @@ fn train_command(args: TrainArgs) -> Result<(), CliError> {
         (None, _) => None,
     };
     let existing = check_train_out(out, &spec, resume, force)?;
-    let lock = lock_out(out)?;
+    // Held for the run; a folder this user cannot write is found here, before any work.
+    let lock = collab::lock::OutLock::acquire(out)?;
     let result = train_into(
         &spec, pretrained, data_dir, epochs, batch_size, lr, seed, augment, out, resume,
     );

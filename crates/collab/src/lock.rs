@@ -22,7 +22,13 @@ impl OutLock {
     /// Lock `dir` (created if missing). Fails, naming the folder and the process that holds it,
     /// when another run holds the lock.
     pub fn acquire(dir: &Path) -> Result<Self, CollabError> {
-        std::fs::create_dir_all(dir).map_err(|e| CollabError::checkpoint(dir, e))?;
+        let unwritable = |path: &Path, e: std::io::Error| {
+            CollabError::checkpoint(
+                path,
+                format!("{e}; --out must be a folder this user can write"),
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(|e| unwritable(dir, e))?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -30,7 +36,7 @@ impl OutLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| CollabError::checkpoint(&path, e))?;
+            .map_err(|e| unwritable(&path, e))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -49,10 +55,9 @@ impl OutLock {
                     ),
                 ));
             }
-            Err(TryLockError::Error(e)) => return Err(CollabError::checkpoint(&path, e)),
+            Err(TryLockError::Error(e)) => return Err(unwritable(&path, e)),
         }
-        file.set_len(0)
-            .map_err(|e| CollabError::checkpoint(&path, e))?;
+        file.set_len(0).map_err(|e| unwritable(&path, e))?;
         let _ = write!(file, "pid {}", std::process::id());
         Ok(Self { _file: file, path })
     }
