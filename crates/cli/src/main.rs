@@ -1000,61 +1000,17 @@ fn looks_like_tflite(path: &Path) -> Result<bool, CliError> {
     Ok(read == head.len() && &head[4..8] == b"TFL3")
 }
 
-/// Check `export --out` before any work: not a folder or device, in an existing folder that
-/// takes files, and a file already there is a `.tflite` (any other file needs `--force`).
+/// Check `export --out` before any work: what [`export::write`] refuses (no file name, a
+/// folder or device, a missing folder) is refused now, before calibrating; a file already there
+/// must be a `.tflite` (any other file needs `--force`); the folder must take files.
 fn check_export_out(out: &Path, force: bool) -> Result<(), CliError> {
-    match std::fs::metadata(out) {
-        Ok(m) if m.is_dir() => {
-            return Err(failed(
-                out,
-                "is a folder; --out is the .tflite file to write (e.g. FOLDER/model.tflite)",
-            ));
-        }
-        Ok(m) if !m.is_file() => {
-            return Err(failed(
-                out,
-                "is not a regular file (a device, pipe or socket); writing the .tflite would \
-                 replace it: choose a file path for --out",
-            ));
-        }
-        Ok(_) if !force && !looks_like_tflite(out)? => {
-            return Err(failed(
-                out,
-                "exists and is not a .tflite file (no `TFL3` identifier); pass --force to \
-                 replace it, or choose another --out",
-            ));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(failed(out, e)),
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match std::fs::metadata(parent) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(failed(
-                parent,
-                format!(
-                    "is not a folder, so --out {} cannot be written; choose another --out",
-                    out.display()
-                ),
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(failed(
-                parent,
-                format!(
-                    "the folder of --out {} does not exist; create it first (mkdir -p {}) or \
-                     choose another --out",
-                    out.display(),
-                    parent.display()
-                ),
-            ));
-        }
-        Err(e) => return Err(failed(parent, e)),
+    export::check_out(out)?;
+    if out.is_file() && !force && !looks_like_tflite(out)? {
+        return Err(failed(
+            out,
+            "exists and is not a .tflite file (no `TFL3` identifier); pass --force to \
+             replace it, or choose another --out",
+        ));
     }
     checkpoint::writable_parent(out)?;
     Ok(())

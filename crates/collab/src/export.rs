@@ -712,12 +712,25 @@ fn conv_layer(
 /// temporary file is left and the previous file is unchanged ([`collab_tflite::write_atomic`]).
 /// A fault-injection point ([`crate::fault::point`]) follows each successful write.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CollabError> {
-    collab_tflite::write_atomic(path, bytes).map_err(|e| match e {
-        collab_tflite::TfliteError::Io { reason, .. } => CollabError::checkpoint(path, reason),
-        other => CollabError::checkpoint(path, other),
-    })?;
+    collab_tflite::write_atomic(path, bytes).map_err(|e| file_error(path, e))?;
     crate::fault::point(&format!("file {}", path.display()));
     Ok(())
+}
+
+/// Check, before any work, that [`write`] may write `path` ([`collab_tflite::check_target`]:
+/// a file name, not a folder or device, in an existing folder).
+pub fn check_out(path: &Path) -> Result<(), CollabError> {
+    collab_tflite::check_target(path)
+        .map(|_| ())
+        .map_err(|e| file_error(path, e))
+}
+
+/// A file error naming `path` once (an I/O error already carries it).
+fn file_error(path: &Path, e: collab_tflite::TfliteError) -> CollabError {
+    match e {
+        collab_tflite::TfliteError::Io { reason, .. } => CollabError::checkpoint(path, reason),
+        other => CollabError::checkpoint(path, other),
+    }
 }
 
 /// Run an int8 interpreter on NCHW float inputs `[n, c, h, w]` (quantized with the model

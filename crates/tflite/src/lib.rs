@@ -48,7 +48,7 @@ pub use reader::{
     Activation, Graph, Operator, Options, Padding, Quantization, TensorInfo, TensorType,
 };
 pub use report::{Report, WeightStats, gzip_size};
-pub use writer::{ActQ, ConvLayer, ConvPadding, Int8Builder, TensorId, write_atomic};
+pub use writer::{ActQ, ConvLayer, ConvPadding, Int8Builder, TensorId, check_target, write_atomic};
 
 /// Errors reading or writing `.tflite` files; each says what is wrong with the file.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

@@ -20,23 +20,18 @@ use crate::tflite::{
     ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT,
 };
 
-/// Write `bytes` to `path` through a temporary sibling file (`.NAME.tmpPID`), flushed to disk
-/// and then renamed over `path`, so an existing file is never left half-written.
-///
-/// Refuses (an error naming the path and the reason) when `path` exists and is not a regular
-/// file (a folder, a device such as `/dev/full`, a fifo, a socket; a symbolic link is judged by
-/// what it points to): renaming over it would replace something that is not ours. On every
-/// failure (a full disk, a quota, a missing folder) the temporary file is removed and `path` is
-/// left as it was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TfliteError> {
-    use std::io::Write;
+/// Check, before any work, that [`write_atomic`] may write `path`: it has a file name, it is
+/// not an existing folder, device, fifo or socket, and its folder exists. Returns that folder.
+pub fn check_target(path: &Path) -> Result<&Path, TfliteError> {
     let fail = |reason: String| TfliteError::Io {
         path: path.display().to_string(),
         reason,
     };
-    let name = path.file_name().ok_or_else(|| {
-        fail("the path has no file name; give a file path such as `out/model.tflite`".into())
-    })?;
+    if path.file_name().is_none() {
+        return Err(fail(
+            "the path has no file name; give a file path such as `out/model.tflite`".into(),
+        ));
+    }
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_file() => {
             let what = if meta.is_dir() {
@@ -61,6 +56,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TfliteError> {
             parent.display()
         )));
     }
+    Ok(parent)
+}
+
+/// Write `bytes` to `path` through a temporary sibling file (`.NAME.tmpPID`), flushed to disk
+/// and then renamed over `path`, so an existing file is never left half-written.
+///
+/// Refuses (an error naming the path and the reason) when `path` exists and is not a regular
+/// file (a folder, a device such as `/dev/full`, a fifo, a socket; a symbolic link is judged by
+/// what it points to): renaming over it would replace something that is not ours. On every
+/// failure (a full disk, a quota, a missing folder) the temporary file is removed and `path` is
+/// left as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TfliteError> {
+    use std::io::Write;
+    let parent = check_target(path)?;
+    let fail = |reason: String| TfliteError::Io {
+        path: path.display().to_string(),
+        reason,
+    };
+    let name = path.file_name().unwrap_or_default();
     let tmp = path.with_file_name(format!(
         ".{}.tmp{}",
         name.to_string_lossy(),
