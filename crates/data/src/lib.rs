@@ -4,6 +4,7 @@
 
 pub mod cifar;
 pub mod folder;
+pub mod input;
 pub mod mfcc;
 pub mod shared;
 pub mod speech;
@@ -12,6 +13,7 @@ pub mod wav;
 
 pub use cifar::{Cifar10, CifarAugment};
 pub use folder::ImageFolder;
+pub use input::{Features, ImageNorm, InputSpec, Layout, MfccKind};
 pub use mfcc::{Frontend, MFCC_COEFFICIENTS, MFCC_FRAMES};
 pub use speech::{KWS_LABELS, KwsSet, SpeechCommands, Split, speaker_of, val_bucket};
 pub use synthetic::{ImageSet, SyntheticImages, SyntheticKws};

@@ -10,11 +10,13 @@
 //! configuration alone.
 
 pub mod dscnn;
+pub mod graph;
 pub mod import;
 pub mod info;
 pub mod mobilenet;
 
 pub use dscnn::{DsBlock, DsCnn, DsCnnConfig, DsCnnSize};
+pub use graph::{GraphBuilder, GraphNet, GraphSpec, GraphWeights, REFOLD_EPSILON, refold};
 pub use info::{LayerInfo, ModelInfo};
 pub use mobilenet::{
     InvertedResidual, MobileNetV1, MobileNetV1Config, MobileNetV2, MobileNetV2Config, Variant,

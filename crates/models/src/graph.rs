@@ -1,0 +1,1041 @@
+//! Any feed-forward model as data: a [`GraphSpec`] (operators, their settings, how values flow)
+//! plus the weight layers, as one burn module, [`GraphNet`].
+//!
+//! Why a graph and not generated Rust: an imported ONNX or TFLite file, a model a user builds
+//! with [`GraphBuilder`], and the int8 exporter all need the same three things: a forward pass
+//! burn can train, the weight layers by name so the wrappers (`Prunable`, `Clustered`,
+//! `QatAware`) can replace them, and the operator sequence the exporter writes. A `GraphNet` is
+//! generic over its convolution type `C` and linear type `L` like the built-in families, so
+//! `try_map` wraps and strips it exactly as it does them, and the same spec serves training and
+//! export: a model is described once.
+//!
+//! Values are numbered: 0 is the input, node `i` makes value `i + 1`. Feature maps are
+//! `[n, c, h, w]` (burn's layout; the original file's layout is in [`InputSpec`]), vectors
+//! `[n, features]`. Convolutions carry their BatchNorm folded (an identity BatchNorm, ε
+//! [`REFOLD_EPSILON`], so the block computes exactly the imported weights); an activation that
+//! follows a convolution, linear layer or sum is fused into it, as TFLite fuses it.
+
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use collab_core::{Activation, ConvBn, LayerForward};
+use collab_data::InputSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::info::{LayerInfo, ModelInfo};
+use crate::{ConvBlock, ModelError};
+
+/// The BatchNorm ε of a block whose BatchNorm is already folded into its weights: with γ 1,
+/// β 0, mean 0 and variance 1 it vanishes next to 1 in `f32`, so the block computes exactly
+/// its convolution. A record does not hold ε (it is a setting), so manifests record it.
+pub const REFOLD_EPSILON: f64 = 1e-30;
+
+/// A plain convolution as a [`ConvBlock`] with an identity BatchNorm (see [`REFOLD_EPSILON`]).
+pub fn refold(conv: Conv2d) -> ConvBlock {
+    let out = conv.weight.dims()[0];
+    let device = conv.weight.val().device();
+    let bn = BatchNormConfig::new(out)
+        .with_epsilon(REFOLD_EPSILON)
+        .init(&device);
+    ConvBn::new(conv, bn)
+}
+
+/// An element-wise activation that is not fused into a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Pointwise {
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `x` for `x ≥ 0`, `alpha · x` below.
+    LeakyRelu {
+        /// Slope below zero.
+        alpha: f32,
+    },
+    /// `1 / (1 + e^−x)`.
+    Sigmoid,
+    /// `tanh x`.
+    Tanh,
+    /// `x · relu6(x + 3) / 6`.
+    HardSwish,
+}
+
+impl Pointwise {
+    /// Apply it (any shape).
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        use burn::tensor::activation as a;
+        match self {
+            Self::Relu => Activation::Relu.apply(x),
+            Self::Relu6 => Activation::Relu6.apply(x),
+            Self::LeakyRelu { alpha } => a::leaky_relu(x, alpha as f64),
+            Self::Sigmoid => a::sigmoid(x),
+            Self::Tanh => x.tanh(),
+            Self::HardSwish => x.clone() * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        }
+    }
+
+    /// The fusable form (ReLU, ReLU6), if it has one.
+    pub fn fused(self) -> Option<Activation> {
+        match self {
+            Self::Relu => Some(Activation::Relu),
+            Self::Relu6 => Some(Activation::Relu6),
+            _ => None,
+        }
+    }
+}
+
+/// A fused activation in the serialised spec (`collab_core::Activation` is not serde).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fused {
+    /// No activation.
+    #[default]
+    None,
+    /// ReLU.
+    Relu,
+    /// ReLU6.
+    Relu6,
+}
+
+impl Fused {
+    /// As the core activation type.
+    pub fn activation(self) -> Option<Activation> {
+        match self {
+            Self::None => None,
+            Self::Relu => Some(Activation::Relu),
+            Self::Relu6 => Some(Activation::Relu6),
+        }
+    }
+
+    /// From the core activation type.
+    pub fn from_activation(a: Option<Activation>) -> Self {
+        match a {
+            None => Self::None,
+            Some(Activation::Relu) => Self::Relu,
+            Some(Activation::Relu6) => Self::Relu6,
+        }
+    }
+
+    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self.activation() {
+            Some(a) => a.apply(x),
+            None => x,
+        }
+    }
+}
+
+/// A convolution's settings (a 1-D convolution is a 2-D one of height 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvSpec {
+    /// `[in, out]` channels.
+    pub channels: [usize; 2],
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[dh, dw]`.
+    pub dilation: [usize; 2],
+    /// Groups (`in` for depthwise).
+    pub groups: usize,
+    /// Zero padding `[top, left, bottom, right]`.
+    pub pads: [usize; 4],
+    /// Whether the layer has a bias.
+    pub bias: bool,
+}
+
+/// A pooling window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Padding `[top, left, bottom, right]` (padded cells are not counted in an average).
+    pub pads: [usize; 4],
+}
+
+/// One operator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Convolution `layer` of [`GraphSpec::convs`], map → map.
+    Conv {
+        /// Index into `convs`.
+        layer: usize,
+        /// Fused activation.
+        #[serde(default)]
+        act: Fused,
+    },
+    /// Fully-connected `layer` of [`GraphSpec::linears`], vector → vector.
+    Linear {
+        /// Index into `linears`.
+        layer: usize,
+        /// Fused activation.
+        #[serde(default)]
+        act: Fused,
+    },
+    /// Element-wise sum of two values of one shape.
+    Add {
+        /// Fused activation.
+        #[serde(default)]
+        act: Fused,
+    },
+    /// Channel concatenation of maps of one spatial size.
+    Concat,
+    /// An activation on its own.
+    Act(Pointwise),
+    /// Average pooling, map → map.
+    AvgPool(PoolSpec),
+    /// Max pooling, map → map.
+    MaxPool(PoolSpec),
+    /// Mean over the spatial axes, `[n, c, h, w]` → `[n, c, 1, 1]`.
+    GlobalAvgPool,
+    /// Map → vector. `channels_last`: flattened in `[h, w, c]` order (TensorFlow's), else in
+    /// `[c, h, w]` order (PyTorch's); the same for 1×1 maps.
+    Flatten {
+        /// The flattening order.
+        #[serde(default)]
+        channels_last: bool,
+    },
+}
+
+impl Op {
+    /// The operator's name in messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "Conv",
+            Op::Linear { .. } => "Linear",
+            Op::Add { .. } => "Add",
+            Op::Concat => "Concat",
+            Op::Act(_) => "Activation",
+            Op::AvgPool(_) => "AveragePool",
+            Op::MaxPool(_) => "MaxPool",
+            Op::GlobalAvgPool => "GlobalAveragePool",
+            Op::Flatten { .. } => "Flatten",
+        }
+    }
+}
+
+/// A node: an operator on earlier values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Its name: the layer path for convolutions and linear layers (what `--layer`, plots and
+    /// reports use), the source file's node name otherwise.
+    pub name: String,
+    /// The operator.
+    #[serde(flatten)]
+    pub op: Op,
+    /// Input values (0 is the model input, node `i` made value `i + 1`).
+    pub inputs: Vec<usize>,
+}
+
+/// The shape of a value, without the batch dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Shape {
+    /// `[c, h, w]`.
+    Map([usize; 3]),
+    /// `[features]`.
+    Vec(usize),
+}
+
+/// A whole model as data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphSpec {
+    /// The model's name (file stem for imports).
+    pub name: String,
+    /// What the model takes.
+    pub input: InputSpec,
+    /// Convolution layers.
+    pub convs: Vec<ConvSpec>,
+    /// `[in, out]` and bias of each linear layer.
+    pub linears: Vec<([usize; 2], bool)>,
+    /// Operators in execution order; the last one's value is the output.
+    pub nodes: Vec<Node>,
+    /// The source model ends with a softmax (removed here: training takes logits; the int8
+    /// export writes it back).
+    pub softmax: bool,
+}
+
+impl GraphSpec {
+    /// The layer path of convolution `i` / linear layer `i` (its node's name).
+    pub fn layer_names(&self) -> (Vec<String>, Vec<String>) {
+        let mut convs = vec![String::new(); self.convs.len()];
+        let mut linears = vec![String::new(); self.linears.len()];
+        for n in &self.nodes {
+            match n.op {
+                Op::Conv { layer, .. } => convs[layer] = n.name.clone(),
+                Op::Linear { layer, .. } => linears[layer] = n.name.clone(),
+                _ => {}
+            }
+        }
+        (convs, linears)
+    }
+
+    /// Every value's shape (input first), checking each operator against its inputs: the
+    /// error names the node, its operator and the shapes it was given.
+    pub fn shapes(&self) -> Result<Vec<Shape>, ModelError> {
+        let mut shapes = vec![Shape::Map(self.input.shape)];
+        let mut used_conv = vec![false; self.convs.len()];
+        let mut used_lin = vec![false; self.linears.len()];
+        for (k, node) in self.nodes.iter().enumerate() {
+            let bad = |why: String| ModelError::Setting {
+                field: "graph",
+                reason: format!("node {k} `{}` ({}): {why}", node.name, node.op.kind()),
+            };
+            let arity = match node.op {
+                Op::Add { .. } => 2,
+                Op::Concat => node.inputs.len().max(2),
+                _ => 1,
+            };
+            if node.inputs.len() != arity {
+                return Err(bad(format!("{} inputs, needs {arity}", node.inputs.len())));
+            }
+            let ins: Vec<Shape> = node
+                .inputs
+                .iter()
+                .map(|&i| {
+                    shapes.get(i).copied().ok_or_else(|| {
+                        bad(format!("input value {i} is not computed before this node"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let map = |s: Shape| match s {
+                Shape::Map(m) => Ok(m),
+                Shape::Vec(_) => Err(bad(format!("takes a feature map, given a vector {s:?}"))),
+            };
+            let out = match &node.op {
+                Op::Conv { layer, .. } => {
+                    let c = self
+                        .convs
+                        .get(*layer)
+                        .ok_or_else(|| bad(format!("no convolution {layer}")))?;
+                    used_conv[*layer] = true;
+                    let [ci, h, w] = map(ins[0])?;
+                    if ci != c.channels[0] {
+                        return Err(bad(format!(
+                            "input has {ci} channels, the layer takes {}",
+                            c.channels[0]
+                        )));
+                    }
+                    let (oh, ow) = (
+                        window_out(
+                            h,
+                            c.kernel[0],
+                            c.stride[0],
+                            c.dilation[0],
+                            c.pads[0] + c.pads[2],
+                        ),
+                        window_out(
+                            w,
+                            c.kernel[1],
+                            c.stride[1],
+                            c.dilation[1],
+                            c.pads[1] + c.pads[3],
+                        ),
+                    );
+                    match (oh, ow) {
+                        (Some(oh), Some(ow)) => Shape::Map([c.channels[1], oh, ow]),
+                        _ => {
+                            return Err(bad(format!(
+                                "kernel {:?} does not fit a {h}×{w} input",
+                                c.kernel
+                            )));
+                        }
+                    }
+                }
+                Op::Linear { layer, .. } => {
+                    let ([din, dout], _) = *self
+                        .linears
+                        .get(*layer)
+                        .ok_or_else(|| bad(format!("no linear layer {layer}")))?;
+                    used_lin[*layer] = true;
+                    match ins[0] {
+                        Shape::Vec(f) if f == din => Shape::Vec(dout),
+                        s => {
+                            return Err(bad(format!(
+                                "input {s:?}, the layer takes a vector of {din}"
+                            )));
+                        }
+                    }
+                }
+                Op::Add { .. } => {
+                    if ins[0] != ins[1] {
+                        return Err(bad(format!(
+                            "adds {:?} and {:?}: shapes differ",
+                            ins[0], ins[1]
+                        )));
+                    }
+                    ins[0]
+                }
+                Op::Concat => {
+                    let first = map(ins[0])?;
+                    let mut c = 0;
+                    for s in &ins {
+                        let m = map(*s)?;
+                        if m[1..] != first[1..] {
+                            return Err(bad(format!(
+                                "concatenates {first:?} and {m:?}: spatial sizes differ"
+                            )));
+                        }
+                        c += m[0];
+                    }
+                    Shape::Map([c, first[1], first[2]])
+                }
+                Op::Act(_) => ins[0],
+                Op::AvgPool(p) | Op::MaxPool(p) => {
+                    let [c, h, w] = map(ins[0])?;
+                    match (
+                        window_out(h, p.kernel[0], p.stride[0], 1, p.pads[0] + p.pads[2]),
+                        window_out(w, p.kernel[1], p.stride[1], 1, p.pads[1] + p.pads[3]),
+                    ) {
+                        (Some(oh), Some(ow)) => Shape::Map([c, oh, ow]),
+                        _ => {
+                            return Err(bad(format!(
+                                "window {:?} does not fit a {h}×{w} input",
+                                p.kernel
+                            )));
+                        }
+                    }
+                }
+                Op::GlobalAvgPool => Shape::Map([map(ins[0])?[0], 1, 1]),
+                Op::Flatten { .. } => match ins[0] {
+                    Shape::Map([c, h, w]) => Shape::Vec(c * h * w),
+                    v => v,
+                },
+            };
+            shapes.push(out);
+        }
+        if let Some(i) = used_conv.iter().position(|u| !u) {
+            return Err(ModelError::Setting {
+                field: "graph",
+                reason: format!("convolution {i} is used by no node"),
+            });
+        }
+        if let Some(i) = used_lin.iter().position(|u| !u) {
+            return Err(ModelError::Setting {
+                field: "graph",
+                reason: format!("linear layer {i} is used by no node"),
+            });
+        }
+        if self.nodes.is_empty() {
+            return Err(ModelError::Setting {
+                field: "graph",
+                reason: "the graph has no operators".into(),
+            });
+        }
+        Ok(shapes)
+    }
+
+    /// The same graph with every ReLU / ReLU6 node that is the only user of a convolution,
+    /// linear layer or sum fused into it (as TFLite fuses them), values renumbered. Importers
+    /// emit activations as separate nodes and call this once.
+    pub fn fused(mut self) -> Self {
+        loop {
+            let mut users = vec![0usize; self.nodes.len() + 1];
+            for n in &self.nodes {
+                for &i in &n.inputs {
+                    users[i] += 1;
+                }
+            }
+            let found = self.nodes.iter().enumerate().find_map(|(k, n)| {
+                let Op::Act(p) = n.op else { return None };
+                let a = p.fused()?;
+                let src = *n.inputs.first()?;
+                if src == 0 || users[src] != 1 {
+                    return None;
+                }
+                match self.nodes[src - 1].op {
+                    Op::Conv {
+                        act: Fused::None, ..
+                    }
+                    | Op::Linear {
+                        act: Fused::None, ..
+                    }
+                    | Op::Add { act: Fused::None } => Some((k, src, a)),
+                    _ => None,
+                }
+            });
+            let Some((k, src, a)) = found else {
+                return self;
+            };
+            match &mut self.nodes[src - 1].op {
+                Op::Conv { act, .. } | Op::Linear { act, .. } | Op::Add { act } => {
+                    *act = Fused::from_activation(Some(a))
+                }
+                _ => unreachable!("matched above"),
+            }
+            // Value k + 1 (the activation's) becomes `src`; later values shift down by one.
+            let removed = k + 1;
+            self.nodes.remove(k);
+            for n in &mut self.nodes {
+                for i in &mut n.inputs {
+                    if *i == removed {
+                        *i = src;
+                    } else if *i > removed {
+                        *i -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The output's width (classes for a classifier).
+    pub fn outputs(&self) -> Result<usize, ModelError> {
+        Ok(match self.shapes()?.last() {
+            Some(Shape::Vec(f)) => *f,
+            Some(Shape::Map([c, h, w])) => c * h * w,
+            None => 0,
+        })
+    }
+
+    /// Parameters and MACs per weight layer, from the spec alone.
+    pub fn info(&self) -> Result<ModelInfo, ModelError> {
+        let shapes = self.shapes()?;
+        let mut layers = Vec::new();
+        for (k, node) in self.nodes.iter().enumerate() {
+            let (input, output) = (shapes[node.inputs[0]], shapes[k + 1]);
+            let dims = |s: Shape| match s {
+                Shape::Map(m) => m.to_vec(),
+                Shape::Vec(f) => vec![f],
+            };
+            match node.op {
+                Op::Conv { layer, .. } => {
+                    let c = &self.convs[layer];
+                    let per_out = c.channels[0] / c.groups * c.kernel[0] * c.kernel[1];
+                    let params = c.channels[1] * per_out + if c.bias { c.channels[1] } else { 0 };
+                    let out = dims(output);
+                    let depthwise = c.groups > 1 && c.groups == c.channels[0];
+                    layers.push(LayerInfo {
+                        name: node.name.clone(),
+                        kind: if depthwise { "depthwise" } else { "conv" },
+                        input: dims(input),
+                        macs: out.iter().product::<usize>() * per_out,
+                        output: out,
+                        params,
+                    });
+                }
+                Op::Linear { layer, .. } => {
+                    let ([din, dout], bias) = self.linears[layer];
+                    layers.push(LayerInfo {
+                        name: node.name.clone(),
+                        kind: "linear",
+                        input: vec![din],
+                        output: vec![dout],
+                        params: din * dout + if bias { dout } else { 0 },
+                        macs: din * dout,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(ModelInfo {
+            model: self.name.clone(),
+            input: self.input.shape.to_vec(),
+            params: layers.iter().map(|l| l.params).sum(),
+            macs: layers.iter().map(|l| l.macs).sum(),
+            batch_norm_params: 0,
+            layers,
+        })
+    }
+}
+
+/// `floor((size + pads − dilation·(kernel − 1) − 1) / stride) + 1`, or `None` when it does not fit.
+fn window_out(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pads: usize,
+) -> Option<usize> {
+    let span = dilation * (kernel.max(1) - 1) + 1;
+    (size + pads)
+        .checked_sub(span)
+        .map(|d| d / stride.max(1) + 1)
+}
+
+/// A value during the forward pass.
+#[derive(Clone, Debug)]
+pub enum Value {
+    /// `[n, c, h, w]`.
+    Map(Tensor<4>),
+    /// `[n, features]`.
+    Vec(Tensor<2>),
+}
+
+impl Value {
+    /// As a matrix `[n, …]` (maps flattened in `[c, h, w]` order).
+    pub fn flat(self) -> Tensor<2> {
+        match self {
+            Value::Map(t) => t.flatten(1, 3),
+            Value::Vec(t) => t,
+        }
+    }
+
+    fn map(self) -> Tensor<4> {
+        match self {
+            Value::Map(t) => t,
+            // `shapes()` refuses this before any forward pass.
+            Value::Vec(t) => {
+                let [n, f] = t.dims();
+                t.reshape([n, f, 1, 1])
+            }
+        }
+    }
+}
+
+/// A model built from a [`GraphSpec`]: the weight layers, and the spec (not a tensor, so not
+/// in the record: checkpoints store it in their manifest).
+#[derive(Module, Debug)]
+pub struct GraphNet<C, L> {
+    /// Convolutions, in [`GraphSpec::convs`] order.
+    pub convs: Vec<C>,
+    /// Linear layers, in [`GraphSpec::linears`] order.
+    pub linears: Vec<L>,
+    #[module(skip)]
+    spec: Arc<GraphSpec>,
+}
+
+/// Weights of a graph's layers as plain arrays (what an importer produces).
+#[derive(Clone, Debug, Default)]
+pub struct GraphWeights {
+    /// Per convolution: weight `[out, in / groups, kh, kw]` row-major, and the bias.
+    pub convs: Vec<(Vec<f32>, Option<Vec<f32>>)>,
+    /// Per linear layer: weight `[in, out]` row-major (burn's layout), and the bias.
+    pub linears: Vec<(Vec<f32>, Option<Vec<f32>>)>,
+}
+
+impl GraphNet<ConvBlock, Linear> {
+    /// A freshly initialised model of `spec` (checked first).
+    pub fn init(spec: GraphSpec, device: &Device) -> Result<Self, ModelError> {
+        spec.shapes()?;
+        let convs = spec
+            .convs
+            .iter()
+            .map(|c| {
+                let [t, l, b, r] = c.pads;
+                refold(
+                    Conv2dConfig::new(c.channels, c.kernel)
+                        .with_stride(c.stride)
+                        .with_dilation(c.dilation)
+                        .with_groups(c.groups)
+                        .with_padding(if c.pads == [0; 4] {
+                            PaddingConfig2d::Valid
+                        } else {
+                            PaddingConfig2d::Explicit(t, l, b, r)
+                        })
+                        .with_bias(c.bias)
+                        .init(device),
+                )
+            })
+            .collect();
+        let linears = spec
+            .linears
+            .iter()
+            .map(|([i, o], bias)| LinearConfig::new(*i, *o).with_bias(*bias).init(device))
+            .collect();
+        Ok(Self {
+            convs,
+            linears,
+            spec: Arc::new(spec),
+        })
+    }
+
+    /// The model of `spec` with `weights` (shapes checked against the spec).
+    pub fn from_weights(
+        spec: GraphSpec,
+        weights: GraphWeights,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let mut net = Self::init(spec, device)?;
+        let file = net.spec.name.clone();
+        let bad = |what: String| ModelError::Weights {
+            file: file.clone(),
+            reason: what,
+        };
+        if weights.convs.len() != net.convs.len() || weights.linears.len() != net.linears.len() {
+            return Err(bad(format!(
+                "{} convolution and {} linear weights for a graph of {} and {}",
+                weights.convs.len(),
+                weights.linears.len(),
+                net.convs.len(),
+                net.linears.len()
+            )));
+        }
+        let (conv_names, lin_names) = net.spec.layer_names();
+        for (i, (w, b)) in weights.convs.into_iter().enumerate() {
+            let conv = &mut net.convs[i].conv;
+            let dims = conv.weight.dims();
+            conv.weight = set_param(&conv.weight, w, dims, &conv_names[i]).map_err(&bad)?;
+            set_bias(&mut conv.bias, b, dims[0], &conv_names[i]).map_err(&bad)?;
+        }
+        for (i, (w, b)) in weights.linears.into_iter().enumerate() {
+            let lin = &mut net.linears[i];
+            let dims = lin.weight.dims();
+            lin.weight = set_param(&lin.weight, w, dims, &lin_names[i]).map_err(&bad)?;
+            set_bias(&mut lin.bias, b, dims[1], &lin_names[i]).map_err(&bad)?;
+        }
+        Ok(net)
+    }
+}
+
+fn set_param<const D: usize>(
+    p: &burn::module::Param<Tensor<D>>,
+    values: Vec<f32>,
+    dims: [usize; D],
+    name: &str,
+) -> Result<burn::module::Param<Tensor<D>>, String> {
+    if values.len() != dims.iter().product::<usize>() {
+        return Err(format!(
+            "layer `{name}`: {} weight values for shape {dims:?}",
+            values.len()
+        ));
+    }
+    let device = p.val().device();
+    Ok(p.clone()
+        .map(|_| Tensor::<D>::from_data(TensorData::new(values, dims), &device).require_grad()))
+}
+
+fn set_bias(
+    bias: &mut Option<burn::module::Param<Tensor<1>>>,
+    values: Option<Vec<f32>>,
+    n: usize,
+    name: &str,
+) -> Result<(), String> {
+    match (bias.as_ref(), values) {
+        (Some(p), Some(v)) => {
+            *bias = Some(set_param(p, v, [n], name)?);
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(format!(
+            "layer `{name}`: the spec has a bias, the weights none"
+        )),
+        (None, Some(_)) => Err(format!(
+            "layer `{name}`: the weights have a bias, the spec none"
+        )),
+    }
+}
+
+impl<C, L> GraphNet<C, L> {
+    /// The spec.
+    pub fn spec(&self) -> &GraphSpec {
+        &self.spec
+    }
+
+    /// Rebuild with every convolution passed through `conv(path, layer)` and every linear
+    /// layer through `linear(path, layer)`: how a model is wrapped and stripped.
+    pub fn try_map<C2, L2, E>(
+        self,
+        mut conv: impl FnMut(&str, C) -> Result<C2, E>,
+        mut linear: impl FnMut(&str, L) -> Result<L2, E>,
+    ) -> Result<GraphNet<C2, L2>, E> {
+        let (conv_names, lin_names) = self.spec.layer_names();
+        let convs = self
+            .convs
+            .into_iter()
+            .zip(&conv_names)
+            .map(|(c, n)| conv(n, c))
+            .collect::<Result<_, _>>()?;
+        let linears = self
+            .linears
+            .into_iter()
+            .zip(&lin_names)
+            .map(|(l, n)| linear(n, l))
+            .collect::<Result<_, _>>()?;
+        Ok(GraphNet {
+            convs,
+            linears,
+            spec: self.spec,
+        })
+    }
+
+    /// The fused activation after the layer named `name`, if any (what a QAT layer's output
+    /// quantizer must clamp to).
+    pub fn activation_of(&self, name: &str) -> Option<Activation> {
+        self.spec.nodes.iter().find_map(|n| match n.op {
+            Op::Conv { act, .. } | Op::Linear { act, .. } if n.name == name => act.activation(),
+            _ => None,
+        })
+    }
+}
+
+impl<C: LayerForward<4>, L: LayerForward<2>> GraphNet<C, L> {
+    /// Inputs `[n, c, h, w]` → outputs `[n, classes]` (the last value, flattened).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_values(x, |_, _| {})
+    }
+
+    /// [`Self::forward`], showing every value (index, value) to `visit` as it is made.
+    pub fn forward_values(&self, x: Tensor<4>, mut visit: impl FnMut(usize, &Value)) -> Tensor<2> {
+        let spec = &self.spec;
+        // Free each value after its last use.
+        let mut last_use = vec![0usize; spec.nodes.len() + 1];
+        for (k, n) in spec.nodes.iter().enumerate() {
+            for &i in &n.inputs {
+                last_use[i] = k + 1;
+            }
+        }
+        let mut values: Vec<Option<Value>> = Vec::with_capacity(spec.nodes.len() + 1);
+        let input = Value::Map(x);
+        visit(0, &input);
+        values.push(Some(input));
+        for (k, node) in spec.nodes.iter().enumerate() {
+            let get = |i: usize, values: &mut Vec<Option<Value>>| {
+                if last_use[i] == k + 1 {
+                    values[i].take()
+                } else {
+                    values[i].clone()
+                }
+                .expect("spec checked: every input is computed before use")
+            };
+            let v = match &node.op {
+                Op::Conv { layer, act } => {
+                    let x = get(node.inputs[0], &mut values).map();
+                    Value::Map(match act.activation() {
+                        Some(a) => self.convs[*layer].forward_activated(x, a),
+                        None => self.convs[*layer].forward(x),
+                    })
+                }
+                Op::Linear { layer, act } => {
+                    let x = get(node.inputs[0], &mut values).flat();
+                    Value::Vec(match act.activation() {
+                        Some(a) => self.linears[*layer].forward_activated(x, a),
+                        None => self.linears[*layer].forward(x),
+                    })
+                }
+                Op::Add { act } => {
+                    let a = get(node.inputs[0], &mut values);
+                    let b = get(node.inputs[1], &mut values);
+                    match (a, b) {
+                        (Value::Vec(a), b) => Value::Vec(act.apply(a + b.flat())),
+                        (a, b) => Value::Map(act.apply(a.map() + b.map())),
+                    }
+                }
+                Op::Concat => {
+                    let parts = node
+                        .inputs
+                        .iter()
+                        .map(|&i| get(i, &mut values).map())
+                        .collect::<Vec<_>>();
+                    Value::Map(Tensor::cat(parts, 1))
+                }
+                Op::Act(p) => match get(node.inputs[0], &mut values) {
+                    Value::Map(t) => Value::Map(p.apply(t)),
+                    Value::Vec(t) => Value::Vec(p.apply(t)),
+                },
+                Op::AvgPool(p) => Value::Map(avg_pool(get(node.inputs[0], &mut values).map(), p)),
+                Op::MaxPool(p) => Value::Map(max_pool(get(node.inputs[0], &mut values).map(), p)),
+                Op::GlobalAvgPool => {
+                    let t = get(node.inputs[0], &mut values).map();
+                    let [n, c, h, w] = t.dims();
+                    Value::Map(t.reshape([n, c, h * w]).mean_dim(2).reshape([n, c, 1, 1]))
+                }
+                Op::Flatten { channels_last } => {
+                    let t = get(node.inputs[0], &mut values);
+                    Value::Vec(match t {
+                        Value::Map(m) if *channels_last => m.permute([0, 2, 3, 1]).flatten(1, 3),
+                        other => other.flat(),
+                    })
+                }
+            };
+            visit(k + 1, &v);
+            values.push(Some(v));
+        }
+        values
+            .pop()
+            .flatten()
+            .expect("spec checked: at least one node")
+            .flat()
+    }
+}
+
+/// Average pooling that does not count padded cells (ONNX `count_include_pad = 0`, TFLite).
+pub fn avg_pool(x: Tensor<4>, p: &PoolSpec) -> Tensor<4> {
+    let [t, l, b, r] = p.pads;
+    let options = AvgPoolOptions::new(p.kernel)
+        .with_stride(p.stride)
+        .with_padding_pairs([(t, b), (l, r)])
+        .with_count_include_pad(false);
+    burn::tensor::module::avg_pool2d(x, options)
+}
+
+/// Max pooling (padded cells never win).
+pub fn max_pool(x: Tensor<4>, p: &PoolSpec) -> Tensor<4> {
+    let [t, l, b, r] = p.pads;
+    let mut options = MaxPoolOptions::new(p.kernel).with_stride(p.stride);
+    options.padding = [(t, b), (l, r)];
+    burn::tensor::module::max_pool2d(x, options)
+}
+
+/// Builds a [`GraphSpec`] node by node: how a model written in Rust becomes a graph that
+/// trains with every wrapper and exports to int8 `.tflite`, described once.
+///
+/// ```
+/// # use collab_models::graph::{GraphBuilder, Fused};
+/// # use collab_data::{InputSpec, Layout, Features};
+/// let input = InputSpec { shape: [1, 49, 10], layout: Layout::Nhwc, features: Features::Array, labels: vec![] };
+/// let mut g = GraphBuilder::new("tiny", input);
+/// let x = g.conv(0, 8, [3, 3], [1, 1], 1, Fused::Relu);
+/// let x = g.global_avg_pool(x);
+/// let x = g.flatten(x);
+/// g.linear(x, 12, Fused::None);
+/// let spec = g.finish(true).unwrap();
+/// assert_eq!(spec.outputs().unwrap(), 12);
+/// ```
+pub struct GraphBuilder {
+    spec: GraphSpec,
+    shapes: Vec<Shape>,
+}
+
+impl GraphBuilder {
+    /// An empty graph taking `input`.
+    pub fn new(name: &str, input: InputSpec) -> Self {
+        Self {
+            shapes: vec![Shape::Map(input.shape)],
+            spec: GraphSpec {
+                name: name.to_string(),
+                input,
+                convs: Vec::new(),
+                linears: Vec::new(),
+                nodes: Vec::new(),
+                softmax: false,
+            },
+        }
+    }
+
+    /// The shape of value `v` (maps `[c, h, w]`).
+    pub fn shape(&self, v: usize) -> Shape {
+        self.shapes[v]
+    }
+
+    /// Append any node; returns its value. Shapes are checked by [`Self::finish`].
+    pub fn node(&mut self, name: &str, op: Op, inputs: &[usize]) -> usize {
+        let name = if name.is_empty() {
+            format!("{}_{}", op.kind().to_lowercase(), self.spec.nodes.len())
+        } else {
+            name.to_string()
+        };
+        self.spec.nodes.push(Node {
+            name,
+            op,
+            inputs: inputs.to_vec(),
+        });
+        // Keep shapes for the helpers below; a bad node is reported by `finish`.
+        let shapes = GraphSpec {
+            nodes: self.spec.nodes.clone(),
+            ..self.spec.clone()
+        }
+        .shapes();
+        if let Ok(s) = shapes {
+            self.shapes = s;
+        } else {
+            self.shapes.push(Shape::Vec(0));
+        }
+        self.spec.nodes.len()
+    }
+
+    /// A convolution with TF SAME padding (`groups` = input channels for depthwise).
+    pub fn conv(
+        &mut self,
+        x: usize,
+        out: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        groups: usize,
+        act: Fused,
+    ) -> usize {
+        let (c, h, w) = match self.shapes[x] {
+            Shape::Map([c, h, w]) => (c, h, w),
+            Shape::Vec(f) => (f, 1, 1),
+        };
+        let same = |size: usize, k: usize, s: usize| {
+            let out = size.div_ceil(s);
+            let total = ((out - 1) * s + k).saturating_sub(size);
+            (total / 2, total - total / 2)
+        };
+        let (t, b) = same(h, kernel[0], stride[0]);
+        let (l, r) = same(w, kernel[1], stride[1]);
+        self.conv_with(
+            x,
+            ConvSpec {
+                channels: [c, out],
+                kernel,
+                stride,
+                dilation: [1, 1],
+                groups,
+                pads: [t, l, b, r],
+                bias: true,
+            },
+            act,
+        )
+    }
+
+    /// A convolution with explicit settings.
+    pub fn conv_with(&mut self, x: usize, conv: ConvSpec, act: Fused) -> usize {
+        let layer = self.spec.convs.len();
+        self.spec.convs.push(conv);
+        self.node(&format!("conv{layer}"), Op::Conv { layer, act }, &[x])
+    }
+
+    /// A fully-connected layer of `out` features with a bias.
+    pub fn linear(&mut self, x: usize, out: usize, act: Fused) -> usize {
+        let din = match self.shapes[x] {
+            Shape::Vec(f) => f,
+            Shape::Map([c, h, w]) => c * h * w,
+        };
+        let layer = self.spec.linears.len();
+        self.spec.linears.push(([din, out], true));
+        self.node(&format!("fc{layer}"), Op::Linear { layer, act }, &[x])
+    }
+
+    /// `a + b`, then `act`.
+    pub fn add(&mut self, a: usize, b: usize, act: Fused) -> usize {
+        self.node("", Op::Add { act }, &[a, b])
+    }
+
+    /// Channel concatenation.
+    pub fn concat(&mut self, parts: &[usize]) -> usize {
+        self.node("", Op::Concat, parts)
+    }
+
+    /// Max pooling, no padding.
+    pub fn max_pool(&mut self, x: usize, kernel: [usize; 2], stride: [usize; 2]) -> usize {
+        self.node(
+            "",
+            Op::MaxPool(PoolSpec {
+                kernel,
+                stride,
+                pads: [0; 4],
+            }),
+            &[x],
+        )
+    }
+
+    /// Mean over space.
+    pub fn global_avg_pool(&mut self, x: usize) -> usize {
+        self.node("", Op::GlobalAvgPool, &[x])
+    }
+
+    /// Map → vector.
+    pub fn flatten(&mut self, x: usize) -> usize {
+        self.node(
+            "",
+            Op::Flatten {
+                channels_last: true,
+            },
+            &[x],
+        )
+    }
+
+    /// The checked spec; `softmax`: the model's output is meant as probabilities.
+    pub fn finish(mut self, softmax: bool) -> Result<GraphSpec, ModelError> {
+        self.spec.softmax = softmax;
+        self.spec.shapes()?;
+        Ok(self.spec)
+    }
+}
