@@ -71,6 +71,24 @@ impl From<DeviceArg> for collab::device::Backend {
     }
 }
 
+/// `import --pixels`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Pixels {
+    /// 0..255 as they are.
+    Raw,
+    /// Divided by 255.
+    Unit,
+}
+
+/// `import --mfcc`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum MfccArg {
+    /// ML-KWS-for-MCU's `audio_ops.mfcc`.
+    MlKws,
+    /// MLPerf Tiny's `tf.signal` pipeline.
+    TfSignal,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Init {
     /// Start from published weights (`--weights`).
@@ -308,12 +326,27 @@ enum Command {
     },
     /// Turn published DS-CNN weights (safetensors, TF layouts) into a checkpoint.
     Import {
-        /// A DS-CNN model.
-        #[arg(long, value_parser = parse::Model)]
-        model: ModelSpec,
-        /// The `ds_cnn_*.safetensors` file.
-        #[arg(long)]
-        weights: PathBuf,
+        /// A model file to import as a trainable model: `.onnx` or a float `.tflite`.
+        #[arg(conflicts_with_all = ["model", "weights"], required_unless_present = "model")]
+        file: Option<PathBuf>,
+        /// A DS-CNN model, with its published `--weights` (instead of a FILE).
+        #[arg(long, value_parser = parse::Model, requires = "weights")]
+        model: Option<ModelSpec>,
+        /// The `ds_cnn_*.safetensors` file for `--model`.
+        #[arg(long, requires = "model")]
+        weights: Option<PathBuf>,
+        /// What the imported model's input values are, for images: raw pixels 0..255 (MLPerf
+        /// Tiny's ResNet-8 and VWW), or scaled to 0..1.
+        #[arg(long, value_enum, conflicts_with = "mfcc", requires = "file")]
+        pixels: Option<Pixels>,
+        /// What the imported model's input values are, for keyword spotting: ML-KWS's MFCCs
+        /// (the published DS-CNN weights) or MLPerf Tiny's `tf.signal` MFCCs.
+        #[arg(long, value_enum, requires = "file")]
+        mfcc: Option<MfccArg>,
+        /// Class names in the model's output order, comma-separated (MLPerf KWS:
+        /// down,go,left,no,off,on,right,stop,up,yes,_silence_,_unknown_).
+        #[arg(long, value_delimiter = ',', requires = "file")]
+        labels: Vec<String>,
         /// Checkpoint folder to write (new or empty; a checkpoint there needs --force).
         #[arg(long)]
         out: PathBuf,
@@ -760,6 +793,74 @@ fn import(model: ModelSpec, weights: &Path, out: &Path, force: bool) -> Result<(
     Ok(())
 }
 
+/// `collab import FILE`: the file as a trainable graph model, written as a checkpoint. The
+/// input record is the file's, with the features given on the command line.
+fn import_file(
+    file: &Path,
+    pixels: Option<Pixels>,
+    mfcc: Option<MfccArg>,
+    labels: Vec<String>,
+    out: &Path,
+    force: bool,
+) -> Result<(), CliError> {
+    if let Existing::Checkpoint(old) = checkpoint::inspect_target(out)?
+        && !force
+    {
+        return Err(failed(
+            out,
+            format!(
+                "already holds a checkpoint ({}, {}); pass --force to replace it, or choose \
+                 another --out",
+                old.model.name(),
+                old.stage
+            ),
+        ));
+    }
+    let device = collab::device::compute();
+    // The file's own record first (its shape and layout), then what the user says it holds.
+    let (spec, _) = collab::network::import_file(file, None, &device)?;
+    let ModelSpec::Graph(graph) = &spec else {
+        unreachable!("import_file returns a graph")
+    };
+    let mut input = graph.input.clone();
+    input.features = match (pixels, mfcc) {
+        (Some(Pixels::Raw), _) => collab_data::Features::Image(collab_data::ImageNorm::raw()),
+        (Some(Pixels::Unit), _) => collab_data::Features::Image(collab_data::ImageNorm::unit()),
+        (None, Some(MfccArg::MlKws)) => collab_data::Features::Mfcc {
+            mfcc: collab_data::MfccKind::MlKws,
+        },
+        (None, Some(MfccArg::TfSignal)) => collab_data::Features::Mfcc {
+            mfcc: collab_data::MfccKind::TfSignal,
+        },
+        (None, None) => input.features,
+    };
+    let outputs = graph.outputs().map_err(CollabError::from)?;
+    if !labels.is_empty() {
+        if labels.len() != outputs {
+            return Err(CliError::Usage(format!(
+                "--labels lists {} names; the model has {outputs} outputs",
+                labels.len()
+            )));
+        }
+        input.labels = labels;
+    }
+    let (spec, net) = collab::network::import_file(file, Some(&input), &device)?;
+    let mut manifest = Manifest::new(spec.clone(), "imported", 0);
+    manifest.config = serde_json::json!({ "source": file.display().to_string() });
+    checkpoint::save(out, &net, &manifest, None)?;
+    let info = spec.info().map_err(CollabError::from)?;
+    println!(
+        "imported {} ({} weight layers, {} parameters, input {:?} {:?}) into {}",
+        file.display(),
+        info.layers.len(),
+        info.params,
+        input.file_shape(),
+        input.layout,
+        out.display()
+    );
+    Ok(())
+}
+
 /// Entries a `collab train` run leaves in its `--out` before its first best model is saved:
 /// the lock, `last/` and the temporary names of an interrupted save.
 fn train_leftover(name: &str) -> bool {
@@ -1028,11 +1129,7 @@ fn export_command(
     let device = collab::device::compute();
     let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
     let network = network.with_bn_mode(BnMode::Folded).valid();
-    let input = match manifest.model.task() {
-        collab::network::Task::Keywords => [1, 49, 10],
-        collab::network::Task::Images { side, .. } => [3, side, side],
-    };
-    let plan = network.plan(input)?;
+    let plan = network.plan(manifest.model.input_shape())?;
     if calibration.is_none() {
         tracing::warn!("no --calibration folder: calibrating on the synthetic set");
     }
@@ -1200,7 +1297,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     collab::device::select(cli.device.into())?;
     match cli.command {
         Command::Info { model, width, json } => {
-            let info = spec(model, width)?.info();
+            let info = spec(model, width)?.info().map_err(CollabError::from)?;
             if json {
                 println!(
                     "{}",
@@ -1212,11 +1309,21 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Import {
+            file,
             model,
             weights,
+            pixels,
+            mfcc,
+            labels,
             out,
             force,
-        } => import(model, &weights, &out, force),
+        } => match (file, model, weights) {
+            (Some(file), _, _) => import_file(&file, pixels, mfcc, labels, &out, force),
+            (None, Some(model), Some(weights)) => import(model, &weights, &out, force),
+            _ => Err(CliError::Usage(
+                "give a model FILE (.onnx, .tflite), or --model with --weights".into(),
+            )),
+        },
         Command::Train {
             model,
             width,

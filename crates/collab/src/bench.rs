@@ -133,6 +133,10 @@ pub fn train_step(
     let (shape, classes) = match spec.task() {
         Task::Keywords => ([batch_size, 1, 49, 10], 12),
         Task::Images { side, classes } => ([batch_size, 3, side, side], classes),
+        Task::Graph { input, classes } => {
+            let [c, h, w] = input.shape;
+            ([batch_size, c, h, w], classes.max(1))
+        }
     };
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<i64> = (0..batch_size as i64).map(|i| i % classes as i64).collect();

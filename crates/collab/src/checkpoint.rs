@@ -526,6 +526,24 @@ fn plausible(spec: &ModelSpec, len: usize, record: &Path) -> Result<(), CollabEr
         ModelSpec::DsCnn { .. } => return Ok(()),
         ModelSpec::MobileNetV1(c) => c.classes,
         ModelSpec::MobileNetV2(c) => c.classes,
+        ModelSpec::Graph(g) => {
+            // Every weight is at least one byte of the record.
+            let params = g
+                .info()
+                .map_err(|e| CollabError::checkpoint(record, format!("the manifest's graph: {e}")))?
+                .params;
+            if params > len {
+                return Err(CollabError::checkpoint(
+                    record,
+                    format!(
+                        "the manifest's graph has {params} weights, more than this {len}-byte \
+                         record can hold: the manifest or the record is damaged; restore the \
+                         checkpoint or import the model again"
+                    ),
+                ));
+            }
+            return Ok(());
+        }
     };
     // The classifier holds at least 8 weights per class, each at least one byte.
     if classes.saturating_mul(8) > len {

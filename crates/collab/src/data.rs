@@ -6,8 +6,8 @@ use burn::tensor::{Device, Int, Tensor};
 use collab_data::speech::{Augment, load_audio_noted};
 use collab_data::wav::Conversions;
 use collab_data::{
-    Cifar10, CifarAugment, DataError, Frontend, ImageFolder, ImageSet, KWS_LABELS, KwsSet,
-    SpeechCommands, Split, SyntheticImages, SyntheticKws,
+    Cifar10, CifarAugment, DataError, Features, Frontend, ImageFolder, ImageSet, InputSpec,
+    KWS_LABELS, KwsSet, MfccKind, SpeechCommands, Split, SyntheticImages, SyntheticKws,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -391,6 +391,9 @@ pub fn load(
                 }),
             })
         }
+        (Task::Graph { input, classes }, dir) => {
+            load_graph(&input, classes, dir, augment, seed, synthetic)
+        }
         (Task::Images { side, classes }, None) => {
             let g = SyntheticImages {
                 num_classes: classes.min(10),
@@ -406,6 +409,41 @@ pub fn load(
                 }),
             })
         }
+    }
+}
+
+/// The data of a graph model, by what its input record says the model takes.
+fn load_graph(
+    input: &InputSpec,
+    classes: usize,
+    dir: Option<&Path>,
+    augment: bool,
+    seed: u64,
+    synthetic: SyntheticSize,
+) -> Result<TaskData, CollabError> {
+    let shape = input.shape;
+    match &input.features {
+        Features::Mfcc {
+            mfcc: MfccKind::MlKws,
+        } if shape == [1, 49, 10] && classes == 12 => {
+            load(Task::Keywords, dir, augment, seed, synthetic)
+        }
+        Features::Image(_) if shape[0] == 3 && shape[1] == shape[2] && dir.is_none() => load(
+            Task::Images {
+                side: shape[1],
+                classes,
+            },
+            None,
+            augment,
+            seed,
+            synthetic,
+        ),
+        other => Err(CollabError::Usage(format!(
+            "model input {shape:?} with features {other:?} and {classes} outputs: no loader for \
+             it{}; give the data as an .npz of x (inputs in the model's layout) and y (labels)",
+            dir.map(|d| format!(" in {}", d.display()))
+                .unwrap_or_default()
+        ))),
     }
 }
 

@@ -23,7 +23,9 @@ use burn::tensor::Tensor;
 use collab_cluster::Clustered;
 use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, WeightLayer};
-use collab_models::{DsCnn, MobileNetV1, MobileNetV2};
+use collab_data::{Features, Layout};
+use collab_models::graph::{Fused, Op, Value, apply_op};
+use collab_models::{DsCnn, GraphNet, MobileNetV1, MobileNetV2};
 use collab_prune::Prunable;
 use collab_quant::{Calibration, FusedActivation, LayerQuant, QatAware, QuantParams};
 use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId};
@@ -113,6 +115,8 @@ pub enum Step {
         src: usize,
         /// The plain layer.
         layer: Linear,
+        /// Fused activation.
+        act: Act,
         /// QAT parameters, if trained with them.
         quant: Option<LayerQuant>,
     },
@@ -124,6 +128,18 @@ pub enum Step {
         a: usize,
         /// Inputs.
         b: usize,
+        /// Fused activation.
+        act: Act,
+    },
+    /// Any other parameter-free operator of a graph ([`collab_models::graph::apply_op`]
+    /// computes it): pooling, flattening, concatenation, a lone activation.
+    Op {
+        /// The node's name.
+        name: String,
+        /// The operator.
+        op: Op,
+        /// Input values.
+        inputs: Vec<usize>,
     },
 }
 
@@ -134,6 +150,29 @@ pub struct Plan {
     pub input: [usize; 3],
     /// Steps in execution order.
     pub steps: Vec<Step>,
+    /// The model's output is a probability distribution: the int8 file ends with SOFTMAX
+    /// (when [`ExportOptions::softmax`] asks for it). False for regression models
+    /// (an autoencoder's reconstruction).
+    pub softmax: bool,
+    /// The input's range when the model's input record fixes it (raw pixels 0..255): the int8
+    /// input quantization then follows from it instead of from calibration.
+    pub input_range: Option<(f32, f32)>,
+    /// The input is a vector per sample (`[features, 1, 1]` in burn): the int8 file takes
+    /// `[batch, features]`, as the original did.
+    pub flat_input: bool,
+}
+
+impl Plan {
+    /// A classifier's plan (softmax at the end, input range from calibration, map input).
+    pub fn new(input: [usize; 3], steps: Vec<Step>) -> Self {
+        Self {
+            input,
+            steps,
+            softmax: true,
+            input_range: None,
+            flat_input: false,
+        }
+    }
 }
 
 /// Models that can be traced into a [`Plan`].
@@ -179,6 +218,7 @@ impl Tracer {
             name: name.into(),
             src,
             layer: l.clone().strip(),
+            act: Act::None,
             quant,
         });
         Ok(self.steps.len())
@@ -226,10 +266,7 @@ fn trace_separable<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear
     }
     let x = t.push(Step::Pool { src: x });
     t.linear("fc", x, fc)?;
-    Ok(Plan {
-        input,
-        steps: t.steps,
-    })
+    Ok(Plan::new(input, t.steps))
 }
 
 impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable for DsCnn<C, L> {
@@ -277,6 +314,7 @@ impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
                     name: format!("blocks.{i}.add"),
                     a: y,
                     b: block_in,
+                    act: Act::None,
                 })
             } else {
                 y
@@ -285,9 +323,84 @@ impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
         x = t.conv("head", x, &self.head, Act::Relu6)?;
         let x = t.push(Step::Pool { src: x });
         t.linear("fc", x, &self.fc)?;
+        Ok(Plan::new(input, t.steps))
+    }
+}
+
+impl Act {
+    fn from_fused(f: Fused) -> Self {
+        match f {
+            Fused::None => Act::None,
+            Fused::Relu => Act::Relu,
+            Fused::Relu6 => Act::Relu6,
+        }
+    }
+}
+
+/// A graph traces to its own operators: the spec is the plan, with each layer stripped to its
+/// effective weight (the input shape is the spec's; `input` must match it).
+impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable for GraphNet<C, L> {
+    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
+        let spec = self.spec();
+        if input != spec.input.shape {
+            return Err(CollabError::Usage(format!(
+                "model `{}` takes inputs {:?}, not {input:?}",
+                spec.name, spec.input.shape
+            )));
+        }
+        let mut t = Tracer { steps: Vec::new() };
+        for node in &spec.nodes {
+            let name = node.name.as_str();
+            match &node.op {
+                Op::Conv { layer, act } => {
+                    t.conv(
+                        name,
+                        node.inputs[0],
+                        &self.convs[*layer],
+                        Act::from_fused(*act),
+                    )?;
+                }
+                Op::Linear { layer, act } => {
+                    let l = &self.linears[*layer];
+                    let quant = l.layer_quant(name)?;
+                    if let Some(q) = &quant {
+                        check_act(name, q.activation, Act::from_fused(*act))?;
+                    }
+                    t.push(Step::Linear {
+                        name: name.into(),
+                        src: node.inputs[0],
+                        layer: l.clone().strip(),
+                        act: Act::from_fused(*act),
+                        quant,
+                    });
+                }
+                Op::Add { act } => {
+                    t.push(Step::Add {
+                        name: name.into(),
+                        a: node.inputs[0],
+                        b: node.inputs[1],
+                        act: Act::from_fused(*act),
+                    });
+                }
+                op => {
+                    t.push(Step::Op {
+                        name: name.into(),
+                        op: op.clone(),
+                        inputs: node.inputs.clone(),
+                    });
+                }
+            }
+        }
+        let input_range = match &spec.input.features {
+            Features::Image(norm) => Some(norm.range()),
+            _ => None,
+        };
         Ok(Plan {
             input,
             steps: t.steps,
+            softmax: spec.softmax,
+            input_range,
+            flat_input: spec.input.layout == Layout::Flat,
         })
     }
 }
@@ -299,6 +412,7 @@ impl Network {
             Network::DsCnn(m) => m.trace(input),
             Network::MobileNetV1(m) => m.trace(input),
             Network::MobileNetV2(m) => m.trace(input),
+            Network::Graph(m) => m.trace(input),
         }
     }
 }
@@ -311,46 +425,38 @@ impl Plan {
     /// Run the float plan on `x` `[n, c, h, w]`; returns every value (input first), as burn
     /// tensors flattened to `[n, …]`.
     fn run(&self, x: Tensor<4>) -> Result<Vec<Tensor<2>>, CollabError> {
-        enum V {
-            Map(Tensor<4>),
-            Vec(Tensor<2>),
-        }
-        let mut values: Vec<V> = vec![V::Map(x)];
+        let mut values: Vec<Value> = vec![Value::Map(x)];
         for step in &self.steps {
-            let get4 = |i: usize, values: &[V]| match &values[i] {
-                V::Map(t) => Ok(t.clone()),
-                V::Vec(_) => Err(CollabError::Usage(format!(
-                    "value {i} is a vector where a feature map is needed"
-                ))),
-            };
             let v = match step {
                 Step::Conv {
                     src, layer, act, ..
-                } => V::Map(act.apply(layer.forward(get4(*src, &values)?))),
+                } => Value::Map(act.apply(layer.forward(values[*src].clone().map()))),
                 Step::Pool { src } => {
-                    let m = get4(*src, &values)?;
+                    let m = values[*src].clone().map();
                     let [n, c, h, w] = m.dims();
-                    V::Vec(m.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]))
+                    Value::Vec(m.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]))
                 }
-                Step::Linear { src, layer, .. } => match &values[*src] {
-                    V::Vec(t) => V::Vec(layer.forward(t.clone())),
-                    V::Map(_) => {
-                        return Err(CollabError::Usage(
-                            "the classifier needs a pooled input".into(),
-                        ));
-                    }
-                },
-                Step::Add { a, b, .. } => V::Map(get4(*a, &values)?.add(get4(*b, &values)?)),
+                Step::Linear {
+                    src, layer, act, ..
+                } => Value::Vec(act.apply(layer.forward(values[*src].clone().flat()))),
+                Step::Add { a, b, act, .. } => {
+                    let fused = match act {
+                        Act::None => Fused::None,
+                        Act::Relu => Fused::Relu,
+                        Act::Relu6 => Fused::Relu6,
+                    };
+                    apply_op(
+                        &Op::Add { act: fused },
+                        vec![values[*a].clone(), values[*b].clone()],
+                    )
+                }
+                Step::Op { op, inputs, .. } => {
+                    apply_op(op, inputs.iter().map(|&i| values[i].clone()).collect())
+                }
             };
             values.push(v);
         }
-        Ok(values
-            .into_iter()
-            .map(|v| match v {
-                V::Map(t) => t.flatten(1, 3),
-                V::Vec(t) => t,
-            })
-            .collect())
+        Ok(values.into_iter().map(Value::flat).collect())
     }
 
     /// The float model's logits for `x` `[n, c, h, w]` (the plan is the model: tests compare).
@@ -538,15 +644,26 @@ pub fn to_tflite(
         }
         _ => None,
     });
-    let in_q = match &first_input_quant {
-        Some(p) => act_q(p),
-        None => range_q(ranges, 0, "the model input")?,
+    let in_q = match (&first_input_quant, plan.input_range) {
+        (Some(p), _) => act_q(p),
+        (None, Some((lo, hi))) => act_q(
+            &QuantParams::asymmetric(lo, hi)
+                .map_err(|e| CollabError::Usage(format!("the model input: {e}")))?,
+        ),
+        (None, None) => range_q(ranges, 0, "the model input")?,
+    };
+    let shape: Vec<usize> = if plan.flat_input {
+        vec![options.batch.max(1), c * h * w]
+    } else {
+        shape.to_vec()
     };
     let input = if options.float_io {
         b.float_input("input", &shape, in_q).map_err(tfl)?
     } else {
         b.input("input", &shape, in_q).map_err(tfl)?
     };
+    // Raw-pixel inputs fix the input quantization exactly (q = pixel − 128 for 0..255), as the
+    // reference files do; anything else is calibrated or trained.
     let mut ids: Vec<TensorId> = vec![input];
     for (k, step) in plan.steps.iter().enumerate() {
         let value = k + 1;
@@ -578,6 +695,7 @@ pub fn to_tflite(
                 name,
                 src,
                 layer,
+                act,
                 quant,
             } => {
                 let out_q = match quant {
@@ -616,23 +734,29 @@ pub fn to_tflite(
                     dout,
                     scales[0],
                     bias.as_deref(),
-                    Activation::None,
+                    act.tflite(),
                     out_q,
                 )
                 .map_err(tfl)?
             }
-            Step::Add { name, a, b: bb } => {
+            Step::Add {
+                name,
+                a,
+                b: bb,
+                act,
+            } => {
                 let out_q = range_q(ranges, value, &format!("the sum `{name}`"))?;
-                b.add(name, ids[*a], ids[*bb], Activation::None, out_q)
+                b.add(name, ids[*a], ids[*bb], act.tflite(), out_q)
                     .map_err(tfl)?
             }
+            Step::Op { name, op, inputs } => op_tflite(&mut b, name, op, inputs, &ids)?,
         };
         ids.push(id);
     }
     let mut last = *ids
         .last()
         .ok_or_else(|| CollabError::Usage("empty plan".into()))?;
-    if options.softmax {
+    if options.softmax && plan.softmax {
         last = b.softmax("probabilities", last).map_err(tfl)?;
     }
     if options.float_io {
@@ -641,6 +765,71 @@ pub fn to_tflite(
         b.output(last);
     }
     b.finish().map_err(tfl)
+}
+
+/// A parameter-free graph operator as int8 TFLite: pooling and flattening keep their input's
+/// quantization (as the TFLite spec requires); operators the int8 interpreter and the runtimes
+/// we check against do not share are refused with the node's name.
+fn op_tflite(
+    b: &mut Int8Builder,
+    name: &str,
+    op: &Op,
+    inputs: &[usize],
+    ids: &[TensorId],
+) -> Result<TensorId, CollabError> {
+    let tfl = |e: collab_tflite::TfliteError| CollabError::Usage(format!("int8 export: {e}"));
+    let x = ids[inputs[0]];
+    let s = b.shape(x).to_vec();
+    let window_padding = |pads: [usize; 4], kernel: [usize; 2], stride: [usize; 2]| {
+        if pads == [0; 4] {
+            return Some(Padding::Valid);
+        }
+        // TFLite's SAME: total padding max((out − 1)·stride + k − in, 0), the extra at the end.
+        let same = (0..2).all(|d| {
+            let size = s[1 + d];
+            let out = size.div_ceil(stride[d]);
+            let total = ((out - 1) * stride[d] + kernel[d]).saturating_sub(size);
+            pads[d] == total / 2 && pads[d + 2] == total - total / 2
+        });
+        same.then_some(Padding::Same)
+    };
+    match op {
+        Op::GlobalAvgPool => b
+            .avg_pool(name, x, [s[1], s[2]], [1, 1], Padding::Valid)
+            .map_err(tfl),
+        Op::AvgPool(p) => {
+            let padding = window_padding(p.pads, p.kernel, p.stride).ok_or_else(|| {
+                CollabError::Usage(format!(
+                    "node `{name}`: average pooling with padding {:?} is neither VALID nor SAME \
+                     and has no int8 TFLite form",
+                    p.pads
+                ))
+            })?;
+            b.avg_pool(name, x, p.kernel, p.stride, padding)
+                .map_err(tfl)
+        }
+        Op::Flatten { channels_last } => {
+            if s.len() == 2 {
+                return Ok(x);
+            }
+            let spatial = s[1] * s[2];
+            if !channels_last && spatial > 1 {
+                return Err(CollabError::Usage(format!(
+                    "node `{name}`: flattening a {}×{} map in channels-first order needs a \
+                     TRANSPOSE, which the int8 export does not write; pool to 1×1 first or \
+                     flatten channels-last",
+                    s[1], s[2]
+                )));
+            }
+            b.reshape(name, x, &[s[0], spatial * s[3]]).map_err(tfl)
+        }
+        other => Err(CollabError::Usage(format!(
+            "node `{name}`: {} has no int8 TFLite form in this exporter (the int8 export \
+             writes convolutions, fully-connected layers, ADD, average pooling, reshapes and \
+             softmax); the model trains and evaluates in float, but cannot be written as int8",
+            other.kind()
+        ))),
+    }
 }
 
 fn conv_layer(

@@ -27,6 +27,7 @@ macro_rules! each_family {
             $crate::network::Network::MobileNetV2($m) => {
                 $body.map($crate::network::Network::MobileNetV2)
             }
+            $crate::network::Network::Graph($m) => $body.map($crate::network::Network::Graph),
         }
     };
     ($net:expr, $m:ident => $body:expr) => {
@@ -34,6 +35,7 @@ macro_rules! each_family {
             $crate::network::Network::DsCnn($m) => $body,
             $crate::network::Network::MobileNetV1($m) => $body,
             $crate::network::Network::MobileNetV2($m) => $body,
+            $crate::network::Network::Graph($m) => $body,
         }
     };
 }
@@ -62,6 +64,9 @@ pub enum CollabError {
     /// A model setting or name.
     #[error(transparent)]
     Model(#[from] collab_models::ModelError),
+    /// A model file that cannot be imported.
+    #[error(transparent)]
+    Import(#[from] collab_import::ImportError),
     /// A data set problem.
     #[error(transparent)]
     Data(#[from] collab_data::DataError),

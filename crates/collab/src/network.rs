@@ -5,8 +5,8 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 use collab_core::BnMode;
 use collab_models::{
-    ConvBlock, DsCnn, DsCnnConfig, DsCnnSize, MobileNetV1, MobileNetV1Config, MobileNetV2,
-    MobileNetV2Config, ModelError, ModelInfo, Variant,
+    ConvBlock, DsCnn, DsCnnConfig, DsCnnSize, GraphNet, GraphSpec, MobileNetV1, MobileNetV1Config,
+    MobileNetV2, MobileNetV2Config, ModelError, ModelInfo, Variant,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,10 +24,14 @@ pub enum ModelSpec {
     MobileNetV1(MobileNetV1Config),
     /// MobileNet v2.
     MobileNetV2(MobileNetV2Config),
+    /// Any model as a graph: imported from ONNX or float TFLite, or built with
+    /// [`collab_models::GraphBuilder`]. The spec (operators, layer settings, input record) is
+    /// all a checkpoint needs besides the weights, so it is stored in the manifest.
+    Graph(Box<GraphSpec>),
 }
 
 /// What a model consumes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Task {
     /// MFCC `[1, 49, 10]`, 12 keyword classes.
     Keywords,
@@ -36,6 +40,13 @@ pub enum Task {
         /// Side in pixels (32 or 224).
         side: usize,
         /// Classes.
+        classes: usize,
+    },
+    /// What a graph's input record says ([`ModelSpec::Graph`]; the record is in the spec).
+    Graph {
+        /// The graph's input record.
+        input: Box<collab_data::InputSpec>,
+        /// Outputs (classes).
         classes: usize,
     },
 }
@@ -103,6 +114,16 @@ impl ModelSpec {
             Self::DsCnn { size } => DsCnnConfig::new(*size).name(),
             Self::MobileNetV1(c) => c.name(),
             Self::MobileNetV2(c) => c.name(),
+            Self::Graph(g) => g.name.clone(),
+        }
+    }
+
+    /// One input sample `[channels, height, width]` as burn takes it.
+    pub fn input_shape(&self) -> [usize; 3] {
+        match self.task() {
+            Task::Keywords => [1, 49, 10],
+            Task::Images { side, .. } => [3, side, side],
+            Task::Graph { input, .. } => input.shape,
         }
     }
 
@@ -119,16 +140,21 @@ impl ModelSpec {
                 side: side(c.variant),
                 classes: c.classes,
             },
+            Self::Graph(g) => Task::Graph {
+                input: Box::new(g.input.clone()),
+                classes: g.outputs().unwrap_or(0),
+            },
         }
     }
 
     /// Parameters and MACs.
-    pub fn info(&self) -> ModelInfo {
-        match self {
+    pub fn info(&self) -> Result<ModelInfo, ModelError> {
+        Ok(match self {
             Self::DsCnn { size } => DsCnnConfig::new(*size).info(),
             Self::MobileNetV1(c) => c.info(),
             Self::MobileNetV2(c) => c.info(),
-        }
+            Self::Graph(g) => g.info()?,
+        })
     }
 
     /// A freshly initialised model.
@@ -137,6 +163,7 @@ impl ModelSpec {
             Self::DsCnn { size } => Network::DsCnn(DsCnnConfig::new(*size).init(device)?),
             Self::MobileNetV1(c) => Network::MobileNetV1(c.init(device)?),
             Self::MobileNetV2(c) => Network::MobileNetV2(c.init(device)?),
+            Self::Graph(g) => Network::Graph(GraphNet::init((**g).clone(), device)?),
         })
     }
 }
@@ -152,6 +179,8 @@ pub enum Network {
     MobileNetV1(MobileNetV1<ConvBlock, Linear>),
     /// MobileNet v2.
     MobileNetV2(MobileNetV2<ConvBlock, Linear>),
+    /// A graph (imported or built).
+    Graph(GraphNet<ConvBlock, Linear>),
 }
 
 impl Network {
@@ -161,6 +190,7 @@ impl Network {
             Self::DsCnn(m) => m.forward(x),
             Self::MobileNetV1(m) => m.forward(x),
             Self::MobileNetV2(m) => m.forward(x),
+            Self::Graph(m) => m.forward(x),
         }
     }
 
@@ -189,7 +219,30 @@ impl Network {
             Self::DsCnn(m) => m.try_map(set, keep).map(Self::DsCnn),
             Self::MobileNetV1(m) => m.try_map(set, keep).map(Self::MobileNetV1),
             Self::MobileNetV2(m) => m.try_map(set, keep).map(Self::MobileNetV2),
+            // A graph's blocks hold an identity BatchNorm (folded at import): batch statistics
+            // would normalise what the file does not, so they stay as they are.
+            Self::Graph(m) => Ok(Self::Graph(m)),
         };
         result.unwrap_or_else(|never| match never {})
     }
+}
+
+/// Whether `model` names a model file (`.onnx`, `.tflite`) rather than a built-in model.
+pub fn is_model_file(model: &str) -> bool {
+    let lower = model.to_ascii_lowercase();
+    lower.ends_with(".onnx") || lower.ends_with(".tflite")
+}
+
+/// Import a model file (ONNX or float TFLite) as a trainable graph model; `input`, when given,
+/// is what the model takes (pixel scaling, MFCC kind, labels) and must have the file's shape.
+/// Checks the graph before building any weight.
+pub fn import_file(
+    path: &std::path::Path,
+    input: Option<&collab_data::InputSpec>,
+    device: &Device,
+) -> Result<(ModelSpec, Network), crate::CollabError> {
+    let imported = collab_import::import(path, input)?;
+    let spec = imported.spec.clone();
+    let net = GraphNet::from_weights(imported.spec, imported.weights, device)?;
+    Ok((ModelSpec::Graph(Box::new(spec)), Network::Graph(net)))
 }

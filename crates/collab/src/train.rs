@@ -434,6 +434,7 @@ fn current_mode(network: &Network) -> collab_core::BnMode {
         Network::DsCnn(m) => m.conv1.mode,
         Network::MobileNetV1(m) => m.stem.mode,
         Network::MobileNetV2(m) => m.stem.mode,
+        Network::Graph(m) => m.convs.first().map(|c| c.mode).unwrap_or_default(),
     }
 }
 

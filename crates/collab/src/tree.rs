@@ -29,7 +29,7 @@ use crate::checkpoint::{self, Manifest};
 use crate::config::ConfigError;
 use crate::data::{self, SyntheticSize, TaskData};
 use crate::export::{self, ExportOptions, Plan, Traceable};
-use crate::network::{ModelSpec, Network, Task};
+use crate::network::{ModelSpec, Network};
 use crate::train::{self, EvalReport};
 use crate::usage as err;
 
@@ -294,22 +294,8 @@ pub struct Outcome {
     pub targets_met_by: Option<Vec<String>>,
 }
 
-/// The BatchNorm ε of a refolded block. A record does not hold ε (it is a setting, not a
-/// tensor), so every node's manifest records it and loading a node restores it: a reloaded
-/// parent is then the same model as the one that was in memory.
-pub const REFOLD_EPSILON: f64 = 1e-30;
-
-/// A stripped (BatchNorm-folded) convolution as a plain block again: an identity BatchNorm
-/// (γ 1, β 0, mean 0, variance 1, ε 1e-30, which vanishes next to 1 in f32), so the block
-/// computes exactly the stripped weights.
-fn refold(conv: burn::nn::conv::Conv2d) -> collab_models::ConvBlock {
-    let out = conv.weight.dims()[0];
-    let device = conv.weight.val().device();
-    let bn = burn::nn::BatchNormConfig::new(out)
-        .with_epsilon(REFOLD_EPSILON)
-        .init(&device);
-    collab_core::ConvBn::new(conv, bn)
-}
+pub use collab_models::REFOLD_EPSILON;
+use collab_models::refold;
 
 /// Adam (constant rate) over `data.train` for `ft.epochs`, no augmentation, shuffled per
 /// epoch from `seed`. Returns the trained model in evaluation mode.
@@ -469,18 +455,38 @@ impl Lineage {
     }
 }
 
-fn qat_config(name: &str, act: FusedActivation) -> QatConfig {
-    QatConfig::new()
-        .with_activation(act)
-        .with_input(name == "conv1" || name == "stem")
+/// How layer `name` of `spec` is quantization-aware: the activation fused after it (its
+/// output quantizer clamps to it) and whether it quantizes the model input (the first layer).
+fn qat_config(spec: &ModelSpec, name: &str) -> QatConfig {
+    let (act, first) = match spec {
+        ModelSpec::DsCnn { .. } => (FusedActivation::Relu, name == "conv1"),
+        ModelSpec::Graph(g) => {
+            let node = g.nodes.iter().find(|n| n.name == name);
+            let act = match node.map(|n| &n.op) {
+                Some(
+                    collab_models::graph::Op::Conv { act, .. }
+                    | collab_models::graph::Op::Linear { act, .. },
+                ) => match act {
+                    collab_models::graph::Fused::None => FusedActivation::None,
+                    collab_models::graph::Fused::Relu => FusedActivation::Relu,
+                    collab_models::graph::Fused::Relu6 => FusedActivation::Relu6,
+                },
+                _ => FusedActivation::None,
+            };
+            (act, g.reads_model_input(name))
+        }
+        _ if name.ends_with(".project") => (FusedActivation::None, false),
+        _ => (FusedActivation::Relu6, name == "stem"),
+    };
+    QatConfig::new().with_activation(act).with_input(first)
 }
 
-/// The activation each family fuses after a convolution (for QAT).
-fn conv_activation(spec: &ModelSpec, name: &str) -> FusedActivation {
+/// [`qat_config`] for a linear layer: the built-in families' classifiers have no activation
+/// and never read the input; a graph's linear layers are as the graph says.
+fn qat_linear(spec: &ModelSpec, name: &str) -> QatConfig {
     match spec {
-        ModelSpec::DsCnn { .. } => FusedActivation::Relu,
-        _ if name.ends_with(".project") => FusedActivation::None,
-        _ => FusedActivation::Relu6,
+        ModelSpec::Graph(_) => qat_config(spec, name),
+        _ => QatConfig::new(),
     }
 }
 
@@ -533,7 +539,6 @@ fn run_stage(
             })?
         }
         Scheme::Qat => {
-            let act = |n: &str| conv_activation(spec, n);
             let finish = |plan: Result<Plan, CollabError>,
                           report: Result<EvalReport, CollabError>| {
                 Ok::<_, CollabError>((plan?, report?))
@@ -541,8 +546,8 @@ fn run_stage(
             macro_rules! qat_stage {
                 ($m:ident, $conv:expr, $lin:expr) => {{
                     let w = $m.try_map(
-                        |n, c| qat_config(n, act(n)).wrap($conv(n, c)?).map_err(err),
-                        |n, l| QatConfig::new().wrap($lin(n, l)?).map_err(err),
+                        |n, c| qat_config(spec, n).wrap($conv(n, c)?).map_err(err),
+                        |n, l| qat_linear(spec, n).wrap($lin(n, l)?).map_err(err),
                     )?;
                     // Start QAT from the parent's ranges: one calibration pass.
                     let device = crate::device::compute();
@@ -891,10 +896,7 @@ pub fn run(
             Lineage::default(),
         ),
     };
-    let input = match spec.task() {
-        Task::Keywords => [1, 49, 10],
-        Task::Images { side, .. } => [3, side, side],
-    };
+    let input = spec.input_shape();
     check_plot_layer(config, &spec, input)?;
     let defaults = SyntheticSize::default();
     let synthetic = SyntheticSize {

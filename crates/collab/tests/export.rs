@@ -551,3 +551,112 @@ fn trained_small_mobilenet_exports_bit_exact() {
     );
     assert!(agree >= 0.8, "int8 agrees with float on only {agree}");
 }
+
+/// A model written in Rust as a graph (residual blocks, pooling, a fully-connected ReLU
+/// layer): the same description trains wrapped and exports, bit-exact in every runtime.
+#[test]
+fn a_graph_built_in_rust_trains_wrapped_and_exports_bit_exact() {
+    use burn::module::Module;
+    use burn::optim::{AdamConfig, GradientsParams};
+    use collab_models::GraphNet;
+    use collab_models::graph::{Fused, GraphBuilder, Op, PoolSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let x = cifar_inputs();
+    let input = collab_data::InputSpec {
+        shape: [3, 32, 32],
+        layout: collab_data::Layout::Nhwc,
+        features: collab_data::Features::Array,
+        labels: vec![],
+    };
+    let mut g = GraphBuilder::new("residual", input);
+    let stem = g.conv(0, 16, [3, 3], [2, 2], 1, Fused::Relu);
+    let a = g.conv(stem, 16, [3, 3], [1, 1], 1, Fused::Relu);
+    let b = g.conv(a, 16, [3, 3], [1, 1], 1, Fused::None);
+    let sum = g.add(stem, b, Fused::Relu);
+    let dw = g.conv(sum, 16, [3, 3], [1, 1], 16, Fused::Relu6);
+    let pooled = g.node(
+        "pool",
+        Op::AvgPool(PoolSpec {
+            kernel: [2, 2],
+            stride: [2, 2],
+            pads: [0; 4],
+        }),
+        &[dw],
+    );
+    let gp = g.global_avg_pool(pooled);
+    let flat = g.flatten(gp);
+    let hidden = g.linear(flat, 32, Fused::Relu);
+    g.linear(hidden, 10, Fused::None);
+    let spec = g.finish(true).unwrap();
+    let net = GraphNet::init(spec, &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    // The float plan is the model.
+    let plain = net.trace([3, 32, 32]).unwrap();
+    let (_, test) = split(&x);
+    let diff = (net.forward(test.clone()) - plain.forward(test).unwrap())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "plan and model differ by {diff}");
+
+    // Prune to 50 %, cluster to 8 per channel keeping zeros, train a few steps.
+    let prune = PruningConfig::new(PruningSchedule::constant(0.5));
+    let cluster = ClusteringConfig::new(8)
+        .with_per_channel(true)
+        .with_preserve_sparsity(true);
+    let wrapped = net
+        .try_map(
+            |name, c: ConvBlock| {
+                let p = prune.wrap(c)?;
+                p.prune_to(0.5)?;
+                Ok::<_, Box<dyn std::error::Error>>(cluster.wrap_named(name, p)?)
+            },
+            |name, l| {
+                let p = prune.wrap(l)?;
+                p.prune_to(0.5)?;
+                Ok(cluster.wrap_named(name, p)?)
+            },
+        )
+        .unwrap();
+    let ad = device.clone().autodiff();
+    let mut model = wrapped.fork(&ad).train();
+    let mut optim = AdamConfig::new().init();
+    let labels: Vec<i64> = (0..50).map(|i| i % 10).collect();
+    let y =
+        Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(labels, [50]), &ad);
+    let xs = split(&x).0.to_device(&ad);
+    for _ in 0..3 {
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&ad)
+            .forward(model.forward(xs.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+    }
+    let trained = model.valid();
+    let plan = trained.trace([3, 32, 32]).unwrap();
+    let (_, file) = export_and_check(&plan, &x, true, dir.path(), "graph_residual_pcq");
+    let report = Report::new(&file).unwrap();
+    let layers: Vec<_> = report
+        .weights
+        .iter()
+        .filter(|w| w.dtype == collab_tflite::TensorType::Int8 && w.shape.len() >= 2)
+        .collect();
+    assert_eq!(
+        layers.len(),
+        6,
+        "4 convolutions and 2 fully-connected layers"
+    );
+    for w in &layers {
+        assert!(
+            w.zero_fraction >= 0.5,
+            "{}: {} zeros",
+            w.name,
+            w.zero_fraction
+        );
+        let unique = w.unique_per_channel_max.unwrap_or(w.unique);
+        assert!(unique <= 8, "{}: {unique} values in a channel", w.name);
+    }
+}

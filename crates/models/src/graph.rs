@@ -276,6 +276,28 @@ impl GraphSpec {
         (convs, linears)
     }
 
+    /// Whether the layer (or node) `name` reads the model input, directly or through flattening:
+    /// the layer whose input quantizer is the int8 file's input quantization.
+    pub fn reads_model_input(&self, name: &str) -> bool {
+        let Some(node) = self.nodes.iter().find(|n| n.name == name) else {
+            return false;
+        };
+        node.inputs.iter().any(|&v| {
+            let mut v = v;
+            while v > 0 {
+                match &self.nodes[v - 1] {
+                    Node {
+                        op: Op::Flatten { .. },
+                        inputs,
+                        ..
+                    } => v = inputs[0],
+                    _ => return false,
+                }
+            }
+            true
+        })
+    }
+
     /// Every value's shape (input first), checking each operator against its inputs: the
     /// error names the node, its operator and the shapes it was given.
     pub fn shapes(&self) -> Result<Vec<Shape>, ModelError> {
@@ -576,7 +598,8 @@ impl Value {
         }
     }
 
-    fn map(self) -> Tensor<4> {
+    /// As a map `[n, c, h, w]` (vectors as `[n, f, 1, 1]`).
+    pub fn map(self) -> Tensor<4> {
         match self {
             Value::Map(t) => t,
             // `shapes()` refuses this before any forward pass.
@@ -808,39 +831,13 @@ impl<C: LayerForward<4>, L: LayerForward<2>> GraphNet<C, L> {
                         None => self.linears[*layer].forward(x),
                     })
                 }
-                Op::Add { act } => {
-                    let a = get(node.inputs[0], &mut values);
-                    let b = get(node.inputs[1], &mut values);
-                    match (a, b) {
-                        (Value::Vec(a), b) => Value::Vec(act.apply(a + b.flat())),
-                        (a, b) => Value::Map(act.apply(a.map() + b.map())),
-                    }
-                }
-                Op::Concat => {
-                    let parts = node
+                op => {
+                    let ins = node
                         .inputs
                         .iter()
-                        .map(|&i| get(i, &mut values).map())
+                        .map(|&i| get(i, &mut values))
                         .collect::<Vec<_>>();
-                    Value::Map(Tensor::cat(parts, 1))
-                }
-                Op::Act(p) => match get(node.inputs[0], &mut values) {
-                    Value::Map(t) => Value::Map(p.apply(t)),
-                    Value::Vec(t) => Value::Vec(p.apply(t)),
-                },
-                Op::AvgPool(p) => Value::Map(avg_pool(get(node.inputs[0], &mut values).map(), p)),
-                Op::MaxPool(p) => Value::Map(max_pool(get(node.inputs[0], &mut values).map(), p)),
-                Op::GlobalAvgPool => {
-                    let t = get(node.inputs[0], &mut values).map();
-                    let [n, c, h, w] = t.dims();
-                    Value::Map(t.reshape([n, c, h * w]).mean_dim(2).reshape([n, c, 1, 1]))
-                }
-                Op::Flatten { channels_last } => {
-                    let t = get(node.inputs[0], &mut values);
-                    Value::Vec(match t {
-                        Value::Map(m) if *channels_last => m.permute([0, 2, 3, 1]).flatten(1, 3),
-                        other => other.flat(),
-                    })
+                    apply_op(op, ins)
                 }
             };
             visit(k + 1, &v);
@@ -851,6 +848,46 @@ impl<C: LayerForward<4>, L: LayerForward<2>> GraphNet<C, L> {
             .flatten()
             .expect("spec checked: at least one node")
             .flat()
+    }
+}
+
+/// A parameter-free operator (everything but `Conv` and `Linear`, which need their layer) on
+/// its input values: the one definition of what each computes, for the burn model and for the
+/// exporter's float plan alike.
+///
+/// # Panics
+/// On a `Conv` or `Linear` op, or on too few inputs ([`GraphSpec::shapes`] rules both out).
+pub fn apply_op(op: &Op, inputs: Vec<Value>) -> Value {
+    let mut it = inputs.into_iter();
+    let mut next = || it.next().expect("spec checked: operator arity");
+    match op {
+        Op::Add { act } => match (next(), next()) {
+            (Value::Vec(a), b) => Value::Vec(act.apply(a + b.flat())),
+            (a, b) => Value::Map(act.apply(a.map() + b.map())),
+        },
+        Op::Concat => {
+            let mut parts = vec![next().map()];
+            parts.extend(it.map(Value::map));
+            Value::Map(Tensor::cat(parts, 1))
+        }
+        Op::Act(p) => match next() {
+            Value::Map(t) => Value::Map(p.apply(t)),
+            Value::Vec(t) => Value::Vec(p.apply(t)),
+        },
+        Op::AvgPool(p) => Value::Map(avg_pool(next().map(), p)),
+        Op::MaxPool(p) => Value::Map(max_pool(next().map(), p)),
+        Op::GlobalAvgPool => {
+            let t = next().map();
+            let [n, c, h, w] = t.dims();
+            Value::Map(t.reshape([n, c, h * w]).mean_dim(2).reshape([n, c, 1, 1]))
+        }
+        Op::Flatten { channels_last } => Value::Vec(match next() {
+            Value::Map(m) if *channels_last => m.permute([0, 2, 3, 1]).flatten(1, 3),
+            other => other.flat(),
+        }),
+        Op::Conv { .. } | Op::Linear { .. } => {
+            panic!("apply_op: {} needs its layer", op.kind())
+        }
     }
 }
 
