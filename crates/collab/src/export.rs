@@ -130,6 +130,8 @@ pub enum Step {
         b: usize,
         /// Fused activation.
         act: Act,
+        /// The output quantization QAT trained, if it did.
+        quant: Option<QuantParams>,
     },
     /// Any other parameter-free operator of a graph ([`collab_models::graph::apply_op`]
     /// computes it): pooling, flattening, concatenation, a lone activation.
@@ -315,6 +317,7 @@ impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
                     a: y,
                     b: block_in,
                     act: Act::None,
+                    quant: None,
                 })
             } else {
                 y
@@ -349,7 +352,7 @@ impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable f
             )));
         }
         let mut t = Tracer { steps: Vec::new() };
-        for node in &spec.nodes {
+        for (k, node) in spec.nodes.iter().enumerate() {
             let name = node.name.as_str();
             match &node.op {
                 Op::Conv { layer, act } => {
@@ -375,11 +378,17 @@ impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable f
                     });
                 }
                 Op::Add { act } => {
+                    let quant = self
+                        .requant_of(k)
+                        .map(|q| q.params(name))
+                        .transpose()
+                        .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
                     t.push(Step::Add {
                         name: name.into(),
                         a: node.inputs[0],
                         b: node.inputs[1],
                         act: Act::from_fused(*act),
+                        quant,
                     });
                 }
                 op => {
@@ -744,8 +753,12 @@ pub fn to_tflite(
                 a,
                 b: bb,
                 act,
+                quant,
             } => {
-                let out_q = range_q(ranges, value, &format!("the sum `{name}`"))?;
+                let out_q = match quant {
+                    Some(q) => act_q(q),
+                    None => range_q(ranges, value, &format!("the sum `{name}`"))?,
+                };
                 b.add(name, ids[*a], ids[*bb], act.tflite(), out_q)
                     .map_err(tfl)?
             }

@@ -455,6 +455,32 @@ impl Lineage {
     }
 }
 
+/// Output quantizers on the operators with an int8 scale of their own besides the layers
+/// (a graph's sums), added for QAT and dropped with the wrappers; the families' plans
+/// calibrate their sums.
+trait Requant: Sized {
+    fn add_requant(self) -> Result<Self, CollabError> {
+        Ok(self)
+    }
+    fn drop_requant(self) -> Self {
+        self
+    }
+}
+
+impl<C, L> Requant for collab_models::DsCnn<C, L> {}
+impl<C, L> Requant for collab_models::MobileNetV1<C, L> {}
+impl<C, L> Requant for collab_models::MobileNetV2<C, L> {}
+impl<C, L> Requant for collab_models::GraphNet<C, L> {
+    fn add_requant(self) -> Result<Self, CollabError> {
+        let device = crate::device::compute();
+        self.with_requant(&collab_quant::ActQuantConfig::default(), &device)
+            .map_err(|e| CollabError::Usage(e.to_string()))
+    }
+    fn drop_requant(self) -> Self {
+        self.without_requant()
+    }
+}
+
 /// How layer `name` of `spec` is quantization-aware: the activation fused after it (its
 /// output quantizer clamps to it) and whether it quantizes the model input (the first layer).
 fn qat_config(spec: &ModelSpec, name: &str) -> QatConfig {
@@ -549,6 +575,7 @@ fn run_stage(
                         |n, c| qat_config(spec, n).wrap($conv(n, c)?).map_err(err),
                         |n, l| qat_linear(spec, n).wrap($lin(n, l)?).map_err(err),
                     )?;
+                    let w = w.add_requant()?;
                     // Start QAT from the parent's ranges: one calibration pass.
                     let device = crate::device::compute();
                     let calib: Vec<_> = (0..data.train.len().min(500)).collect();
@@ -565,7 +592,7 @@ fn run_stage(
                     let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
                     let report = train::evaluate(|x| w.forward(x), data.val.as_ref(), 256);
                     qat_out = Some(finish(w.trace(input), report)?);
-                    w.try_map(
+                    w.drop_requant().try_map(
                         |_, c| Ok::<_, CollabError>(refold(c.strip())),
                         |_, l| Ok(l.strip()),
                     )

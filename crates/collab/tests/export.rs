@@ -552,17 +552,11 @@ fn trained_small_mobilenet_exports_bit_exact() {
     assert!(agree >= 0.8, "int8 agrees with float on only {agree}");
 }
 
-/// A model written in Rust as a graph (residual blocks, pooling, a fully-connected ReLU
-/// layer): the same description trains wrapped and exports, bit-exact in every runtime.
-#[test]
-fn a_graph_built_in_rust_trains_wrapped_and_exports_bit_exact() {
-    use burn::module::Module;
-    use burn::optim::{AdamConfig, GradientsParams};
-    use collab_models::GraphNet;
+/// A small residual network on CIFAR-shaped inputs, written as a graph: a stride-2 stem, a
+/// residual block whose sum is followed by ReLU, a depthwise convolution (ReLU6), 2×2 average
+/// pooling, global pooling and two fully-connected layers (the first with ReLU).
+fn residual_graph() -> collab_models::GraphSpec {
     use collab_models::graph::{Fused, GraphBuilder, Op, PoolSpec};
-    let dir = tempfile::tempdir().unwrap();
-    let device = Device::flex();
-    let x = cifar_inputs();
     let input = collab_data::InputSpec {
         shape: [3, 32, 32],
         layout: collab_data::Layout::Nhwc,
@@ -588,7 +582,20 @@ fn a_graph_built_in_rust_trains_wrapped_and_exports_bit_exact() {
     let flat = g.flatten(gp);
     let hidden = g.linear(flat, 32, Fused::Relu);
     g.linear(hidden, 10, Fused::None);
-    let spec = g.finish(true).unwrap();
+    g.finish(true).unwrap()
+}
+
+/// A model written in Rust as a graph (residual blocks, pooling, a fully-connected ReLU
+/// layer): the same description trains wrapped and exports, bit-exact in every runtime.
+#[test]
+fn a_graph_built_in_rust_trains_wrapped_and_exports_bit_exact() {
+    use burn::module::Module;
+    use burn::optim::{AdamConfig, GradientsParams};
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let x = cifar_inputs();
+    let spec = residual_graph();
     let net = GraphNet::init(spec, &device)
         .unwrap()
         .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
@@ -659,4 +666,57 @@ fn a_graph_built_in_rust_trains_wrapped_and_exports_bit_exact() {
         let unique = w.unique_per_channel_max.unwrap_or(w.unique);
         assert!(unique <= 8, "{}: {unique} values in a channel", w.name);
     }
+}
+
+/// QAT on a graph: every layer and every sum gets a trained output quantization, so the file
+/// is written with no calibration data at all, and runs bit-exact.
+#[test]
+fn a_qat_graph_exports_with_trained_ranges_for_its_sums() {
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let x = cifar_inputs();
+    let spec = residual_graph();
+    let first = |name: &str| spec.reads_model_input(name);
+    let act = |name: &str| match spec.nodes.iter().find(|n| n.name == name).map(|n| &n.op) {
+        Some(
+            collab_models::graph::Op::Conv { act, .. }
+            | collab_models::graph::Op::Linear { act, .. },
+        ) => match act {
+            collab_models::graph::Fused::None => FusedActivation::None,
+            collab_models::graph::Fused::Relu => FusedActivation::Relu,
+            collab_models::graph::Fused::Relu6 => FusedActivation::Relu6,
+        },
+        _ => unreachable!("a layer"),
+    };
+    let net = GraphNet::init(spec.clone(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    let qat = net
+        .try_map(
+            |n, c| {
+                QatConfig::new()
+                    .with_activation(act(n))
+                    .with_input(first(n))
+                    .wrap(c)
+            },
+            |n, l| QatConfig::new().with_activation(act(n)).wrap(l),
+        )
+        .unwrap()
+        .with_requant(&collab_quant::ActQuantConfig::default(), &device)
+        .unwrap();
+    assert_eq!(qat.requant.len(), 1, "one sum");
+    let (calib, _) = split(&x);
+    let qat = collab_quant::calibrate(qat, [calib], |m, x| {
+        m.forward(x);
+    });
+    let plan = qat.trace([3, 32, 32]).unwrap();
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| matches!(s, export::Step::Add { quant: Some(_), .. })),
+        "the sum's range comes from QAT"
+    );
+    export_and_check_with(&plan, &x, true, dir.path(), "graph_residual_qat", false);
 }

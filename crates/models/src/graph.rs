@@ -24,6 +24,7 @@ use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use collab_core::{Activation, ConvBn, LayerForward};
 use collab_data::InputSpec;
+use collab_quant::{ActQuant, ActQuantConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::info::{LayerInfo, ModelInfo};
@@ -274,6 +275,17 @@ impl GraphSpec {
             }
         }
         (convs, linears)
+    }
+
+    /// The nodes whose int8 output has a quantization of its own besides the layers': the sums.
+    /// (Pooling and reshapes keep their input's; concatenation would share its inputs'.)
+    pub fn requant_nodes(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::Add { .. }))
+            .map(|(k, _)| k)
+            .collect()
     }
 
     /// Whether the layer (or node) `name` reads the model input, directly or through flattening:
@@ -619,6 +631,9 @@ pub struct GraphNet<C, L> {
     pub convs: Vec<C>,
     /// Linear layers, in [`GraphSpec::linears`] order.
     pub linears: Vec<L>,
+    /// Under QAT, one output quantizer per sum ([`GraphSpec::requant_nodes`] order): an int8
+    /// ADD requantizes to a scale of its own, so training simulates it. Empty otherwise.
+    pub requant: Vec<ActQuant>,
     #[module(skip)]
     spec: Arc<GraphSpec>,
 }
@@ -664,6 +679,7 @@ impl GraphNet<ConvBlock, Linear> {
         Ok(Self {
             convs,
             linears,
+            requant: Vec::new(),
             spec: Arc::new(spec),
         })
     }
@@ -773,8 +789,37 @@ impl<C, L> GraphNet<C, L> {
         Ok(GraphNet {
             convs,
             linears,
+            requant: self.requant,
             spec: self.spec,
         })
+    }
+
+    /// The same model with an output quantizer on every sum (for QAT; ranges start empty and
+    /// follow the batches in training, or come from [`collab_quant::calibrate`]).
+    pub fn with_requant(
+        mut self,
+        config: &ActQuantConfig,
+        device: &Device,
+    ) -> Result<Self, collab_quant::QuantError> {
+        self.requant = self
+            .spec
+            .requant_nodes()
+            .iter()
+            .map(|_| ActQuant::new(config.clone(), device))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// The same model without output quantizers (after QAT, once the layers are stripped).
+    pub fn without_requant(mut self) -> Self {
+        self.requant.clear();
+        self
+    }
+
+    /// The trained output quantization of node `node` (a sum), if the model has one.
+    pub fn requant_of(&self, node: usize) -> Option<&ActQuant> {
+        let i = self.spec.requant_nodes().iter().position(|n| *n == node)?;
+        self.requant.get(i)
     }
 
     /// The fused activation after the layer named `name`, if any (what a QAT layer's output
@@ -839,6 +884,13 @@ impl<C: LayerForward<4>, L: LayerForward<2>> GraphNet<C, L> {
                         .collect::<Vec<_>>();
                     apply_op(op, ins)
                 }
+            };
+            let v = match self.requant_of(k) {
+                Some(q) => match v {
+                    Value::Map(t) => Value::Map(q.forward(t)),
+                    Value::Vec(t) => Value::Vec(q.forward(t)),
+                },
+                None => v,
             };
             visit(k + 1, &v);
             values.push(Some(v));
