@@ -50,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         targets: Default::default(),
         plot_layer: None,
+        input: None,
         augment: true,
     };
     trees::run(args, &config, "mobilenet_cqat")

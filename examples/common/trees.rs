@@ -98,6 +98,7 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
         stages,
         targets: Default::default(),
         plot_layer: None,
+        input: None,
         augment: real,
     }
 }

@@ -624,6 +624,7 @@ fn single_stage(args: StageArgs, name: &str, scheme: collab::tree::Scheme) -> Re
         }],
         targets: Default::default(),
         plot_layer: None,
+        input: None,
         augment: true,
     };
     let leaves = collab::tree::run(&config, args.data.as_deref(), &args.out)?.leaves;
@@ -817,34 +818,22 @@ fn import_file(
         ));
     }
     let device = collab::device::compute();
-    // The file's own record first (its shape and layout), then what the user says it holds.
-    let (spec, _) = collab::network::import_file(file, None, &device)?;
+    let record = collab::network::InputRecord {
+        pixels: pixels.map(|p| match p {
+            Pixels::Raw => collab::network::Pixels::Raw,
+            Pixels::Unit => collab::network::Pixels::Unit,
+        }),
+        mfcc: mfcc.map(|m| match m {
+            MfccArg::MlKws => collab_data::MfccKind::MlKws,
+            MfccArg::TfSignal => collab_data::MfccKind::TfSignal,
+        }),
+        labels,
+    };
+    let (spec, net) = collab::network::import_with_record(file, &record, &device)?;
     let ModelSpec::Graph(graph) = &spec else {
-        unreachable!("import_file returns a graph")
+        unreachable!("an import is a graph")
     };
-    let mut input = graph.input.clone();
-    input.features = match (pixels, mfcc) {
-        (Some(Pixels::Raw), _) => collab_data::Features::Image(collab_data::ImageNorm::raw()),
-        (Some(Pixels::Unit), _) => collab_data::Features::Image(collab_data::ImageNorm::unit()),
-        (None, Some(MfccArg::MlKws)) => collab_data::Features::Mfcc {
-            mfcc: collab_data::MfccKind::MlKws,
-        },
-        (None, Some(MfccArg::TfSignal)) => collab_data::Features::Mfcc {
-            mfcc: collab_data::MfccKind::TfSignal,
-        },
-        (None, None) => input.features,
-    };
-    let outputs = graph.outputs().map_err(CollabError::from)?;
-    if !labels.is_empty() {
-        if labels.len() != outputs {
-            return Err(CliError::Usage(format!(
-                "--labels lists {} names; the model has {outputs} outputs",
-                labels.len()
-            )));
-        }
-        input.labels = labels;
-    }
-    let (spec, net) = collab::network::import_file(file, Some(&input), &device)?;
+    let input = graph.input.clone();
     let mut manifest = Manifest::new(spec.clone(), "imported", 0);
     manifest.config = serde_json::json!({ "source": file.display().to_string() });
     checkpoint::save(out, &net, &manifest, None)?;

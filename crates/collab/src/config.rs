@@ -411,6 +411,11 @@ fn every_scheme() -> [Scheme; 3] {
 fn full_example() -> TreeConfig {
     TreeConfig {
         model: "ds-cnn-s".into(),
+        input: Some(crate::network::InputRecord {
+            pixels: Some(crate::network::Pixels::Raw),
+            mfcc: Some(collab_data::MfccKind::TfSignal),
+            labels: vec!["a".into()],
+        }),
         width: 1.0,
         weights: Some("weights.safetensors".into()),
         checkpoint: Some("checkpoint".into()),
@@ -1282,6 +1287,8 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
         stages,
         targets,
         plot_layer: _,
+        // Checked against the imported file (labels vs outputs) by `InputRecord::apply`.
+        input: _,
     } = config;
     let root = Table::Root;
     real(&root, "width", *width)?;

@@ -246,3 +246,78 @@ pub fn import_file(
     let net = GraphNet::from_weights(imported.spec, imported.weights, device)?;
     Ok((ModelSpec::Graph(Box::new(spec)), Network::Graph(net)))
 }
+
+/// What the user says an imported model's input holds, over what the file says (its shape and
+/// layout): `collab import --pixels / --mfcc / --labels`, a tree config's `[input]` table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRecord {
+    /// Images: `raw` pixels 0..255 or `unit` (divided by 255).
+    #[serde(default)]
+    pub pixels: Option<Pixels>,
+    /// Keyword spotting: `ml-kws` or `tf-signal` MFCCs.
+    #[serde(default)]
+    pub mfcc: Option<collab_data::MfccKind>,
+    /// Class names in output order.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// How image pixels reach a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pixels {
+    /// 0..255 as they are.
+    Raw,
+    /// Divided by 255.
+    Unit,
+}
+
+impl InputRecord {
+    /// `file` (an importer's record) with what this record says; `outputs`: the model's output
+    /// count, which `labels` must match.
+    pub fn apply(
+        &self,
+        mut file: collab_data::InputSpec,
+        outputs: usize,
+    ) -> Result<collab_data::InputSpec, ModelError> {
+        use collab_data::{Features, ImageNorm};
+        file.features = match (self.pixels, self.mfcc) {
+            (Some(_), Some(_)) => {
+                return Err(ModelError::Setting {
+                    field: "input",
+                    reason: "give pixels (images) or mfcc (keyword spotting), not both".into(),
+                });
+            }
+            (Some(Pixels::Raw), None) => Features::Image(ImageNorm::raw()),
+            (Some(Pixels::Unit), None) => Features::Image(ImageNorm::unit()),
+            (None, Some(mfcc)) => Features::Mfcc { mfcc },
+            (None, None) => file.features,
+        };
+        if !self.labels.is_empty() {
+            if self.labels.len() != outputs {
+                return Err(ModelError::Setting {
+                    field: "labels",
+                    reason: format!(
+                        "{} names given; the model has {outputs} outputs",
+                        self.labels.len()
+                    ),
+                });
+            }
+            file.labels = self.labels.clone();
+        }
+        Ok(file)
+    }
+}
+
+/// Import a model file with the user's [`InputRecord`] applied to the file's input record.
+pub fn import_with_record(
+    path: &std::path::Path,
+    record: &InputRecord,
+    device: &Device,
+) -> Result<(ModelSpec, Network), crate::CollabError> {
+    let imported = collab_import::import(path, None)?;
+    let outputs = imported.spec.outputs()?;
+    let input = record.apply(imported.spec.input.clone(), outputs)?;
+    import_file(path, Some(&input), device)
+}

@@ -161,6 +161,9 @@ pub struct TreeConfig {
     /// The layer whose weight histogram `density.png` shows (default: the largest kernel).
     #[serde(default)]
     pub plot_layer: Option<String>,
+    /// What an imported model's input holds (`model` a `.onnx` / `.tflite` file).
+    #[serde(default)]
+    pub input: Option<crate::network::InputRecord>,
 }
 
 /// Deployment targets: the tree is walked level by level (baseline, then its children, then
@@ -731,6 +734,9 @@ fn root_identity(
         }),
         None => serde_json::json!({
             "weights": config.weights.as_deref().map(file_digest).transpose()?,
+            "model_file": crate::network::is_model_file(&config.model)
+                .then(|| file_digest(Path::new(&config.model)))
+                .transpose()?,
             "baseline_epochs": config.baseline_epochs,
             "augment": config.augment && config.baseline_epochs > 0,
             "batch_size": (config.baseline_epochs > 0).then_some(config.finetune.batch_size),
@@ -908,12 +914,22 @@ pub fn run(
     config.validate().map_err(CollabError::Usage)?;
     // The model and the lineage the tree starts from (a pruned / clustered checkpoint keeps its
     // invariants).
+    let mut imported: Option<Network> = None;
     let (spec, root_lineage): (ModelSpec, Lineage) = match &config.checkpoint {
         Some(dir) => {
             let manifest = checkpoint::manifest(dir)?;
             let lineage =
                 serde_json::from_value(manifest.config["lineage"].clone()).unwrap_or_default();
             (manifest.model, lineage)
+        }
+        None if crate::network::is_model_file(&config.model) => {
+            let (spec, net) = crate::network::import_with_record(
+                Path::new(&config.model),
+                &config.input.clone().unwrap_or_default(),
+                &crate::device::compute(),
+            )?;
+            imported = Some(net);
+            (spec, Lineage::default())
         }
         None => (
             config
@@ -1034,7 +1050,10 @@ pub fn run(
                             &device,
                         )?)
                     }
-                    None => spec.init(&device)?,
+                    None => match imported.take() {
+                        Some(net) => net,
+                        None => spec.init(&device)?,
+                    },
                 };
                 let net = if config.baseline_epochs > 0 {
                     let tc = train::TrainConfig {

@@ -734,9 +734,13 @@ fn set_param<const D: usize>(
             values.len()
         ));
     }
+    // A new trainable parameter, as burn's initialisers make one (`Param::map` would keep the
+    // old id but needs an autodiff device to mark the tensor trainable).
     let device = p.val().device();
-    Ok(p.clone()
-        .map(|_| Tensor::<D>::from_data(TensorData::new(values, dims), &device).require_grad()))
+    Ok(burn::module::Param::from_tensor(Tensor::<D>::from_data(
+        TensorData::new(values, dims),
+        &device,
+    )))
 }
 
 fn set_bias(
