@@ -479,11 +479,11 @@ impl<'a> Importer<'a> {
             Activation::None => None,
             Activation::Relu => Some(Pointwise::Relu),
             Activation::Relu6 => Some(Pointwise::Relu6),
-            // ActivationFunctionType::TANH.
-            Activation::Other(4) => Some(Pointwise::Tanh),
+            // TensorFlow's converter fuses only ReLU-like clamps; whether every LiteRT float
+            // kernel applies another fused function is not checked, so none is mapped.
             other => {
                 return Err(at.err(format!(
-                    "fused activation {other:?} has no equivalent (ReLU, ReLU6 and tanh do)"
+                    "fused activation {other:?} has no equivalent (ReLU and ReLU6 do)"
                 )));
             }
         };
