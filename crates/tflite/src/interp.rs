@@ -307,8 +307,10 @@ fn activation_range(act: Activation, scale: f32, zp: i32) -> Result<[i32; 2], St
     })
 }
 
-/// TFLite's output size and leading padding for one spatial dimension.
-pub(crate) fn out_and_pad(
+/// TFLite's output size and leading padding for one spatial dimension (`None` when the window
+/// does not fit). The trailing padding of SAME is the rest:
+/// `(out − 1) · stride + (filter − 1) · dilation + 1 − input − leading`, at least 0.
+pub fn out_and_pad(
     padding: Padding,
     input: usize,
     filter: usize,

@@ -164,10 +164,22 @@ pub enum Options {
         /// β of `exp(β·x)`.
         beta: f32,
     },
-    /// MEAN / SUM and the other reducers.
+    /// MEAN / SUM and the other reducers (the axes are the operator's second input).
     Reducer {
         /// Keep reduced dimensions as 1.
         keep_dims: bool,
+    },
+    /// CONCATENATION.
+    Concatenation {
+        /// The axis joined along (negative: counted from the last).
+        axis: i32,
+        /// Fused activation.
+        activation: Activation,
+    },
+    /// LEAKY_RELU.
+    LeakyRelu {
+        /// Slope below zero.
+        alpha: f32,
     },
     /// No options, or options this crate does not read.
     None,
@@ -256,6 +268,13 @@ fn read_options(op: &tflite::Operator<'_>, n: usize, name: &str) -> Result<Optio
         Options::Reducer {
             keep_dims: o.keep_dims(),
         }
+    } else if let Some(o) = op.builtin_options_as_concatenation_options() {
+        Options::Concatenation {
+            axis: o.axis(),
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
+    } else if let Some(o) = op.builtin_options_as_leaky_relu_options() {
+        Options::LeakyRelu { alpha: o.alpha() }
     } else {
         Options::None
     })
@@ -303,6 +322,23 @@ impl TensorInfo {
                 })
                 .collect(),
         )
+    }
+
+    /// Constant int32 / int64 data as integers (axes, shapes, sizes: the operands that are
+    /// not numbers to compute with). `None` for tensors without data or of other types.
+    pub fn to_i64(&self) -> Option<Vec<i64>> {
+        let data = self.data.as_deref()?;
+        Some(match self.dtype {
+            TensorType::Int32 => data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect(),
+            TensorType::Int64 => data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect(),
+            _ => return None,
+        })
     }
 }
 

@@ -92,6 +92,69 @@ impl Validators {
         self.json("vela_check.py", model, args)
     }
 
+    /// A float `model`'s first output on each sample of `inputs` (`.npy`, float32 `[n, …]`,
+    /// each sample in the model's own input layout), run one sample per `invoke()` in LiteRT
+    /// (`interpreter`: `litert_ref`, `litert_xnnpack` or `litert_builtin`, one thread). Returns
+    /// `[n, outputs]` (each output flattened), also written to `outputs` (`.npy`). How tests
+    /// compare an imported model with the file it came from, on many samples in one process.
+    pub fn litert_outputs(
+        &self,
+        model: &Path,
+        inputs: &Path,
+        outputs: &Path,
+        interpreter: &str,
+    ) -> Result<(Vec<usize>, Vec<f32>), TfliteError> {
+        const RUN: &str = r#"
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+model, inputs, outputs, kind = sys.argv[1:5]
+kinds = {"litert_ref": OpResolverType.BUILTIN_REF, "litert_xnnpack": OpResolverType.AUTO,
+         "litert_builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+if kind not in kinds:
+    sys.exit(f"unknown interpreter {kind!r}; use one of {sorted(kinds)}")
+it = Interpreter(model_path=model, num_threads=1, experimental_op_resolver_type=kinds[kind])
+it.allocate_tensors()
+inp, out = it.get_input_details()[0], it.get_output_details()[0]
+if inp["dtype"] != np.float32:
+    sys.exit(f"the model's input is {np.dtype(inp['dtype'])}, not float32")
+x = np.load(inputs)
+if x.ndim == 0 or len(x) == 0 or x[0].size != int(np.prod(inp["shape"])):
+    sys.exit(f"samples of shape {list(x.shape[1:])} do not fit the input {list(inp['shape'])}")
+ys = []
+for sample in x:
+    it.set_tensor(inp["index"], sample.reshape(inp["shape"]).astype(np.float32))
+    it.invoke()
+    ys.append(np.asarray(it.get_tensor(out["index"]), dtype=np.float32).reshape(-1))
+np.save(outputs, np.stack(ys))
+"#;
+        let out = Command::new(&self.python)
+            .args(["-c", RUN])
+            .arg(model)
+            .arg(inputs)
+            .arg(outputs)
+            .arg(interpreter)
+            .output()
+            .map_err(|e| TfliteError::Io {
+                path: self.python.clone(),
+                reason: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(TfliteError::Unsupported(format!(
+                "LiteRT could not run {}: {}",
+                model.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        match crate::npy::read(outputs)? {
+            (shape, crate::Data::F32(v)) => Ok((shape, v)),
+            (shape, _) => Err(TfliteError::Input(format!(
+                "{}: LiteRT outputs of shape {shape:?} are not float32",
+                outputs.display()
+            ))),
+        }
+    }
+
     /// Run `model` on `inputs` (`.npy`) in each of `interpreters` and return, per interpreter,
     /// the largest absolute difference of its first output from `expect` (`.npy`).
     pub fn max_diffs(

@@ -202,3 +202,66 @@ fn weights_read_back_as_floats() {
     assert!(graph.tensor(&t.name).is_some());
     assert!(graph.tensor("no such tensor").is_none());
 }
+
+#[test]
+fn concatenation_and_leaky_relu_options_and_integer_constants_read() {
+    use collab_tflite::tflite::{
+        BuiltinOperator, BuiltinOptionsT, ConcatenationOptionsT, LeakyReluOptionsT, OperatorT,
+        TensorType,
+    };
+    use collab_tflite::{Activation, Options};
+    let mut model = one_tensor_model(TensorT::default(), 3, None);
+    let code = |c: BuiltinOperator| {
+        let mut code = OperatorCodeT::default();
+        (
+            code.builtin_code,
+            code.deprecated_builtin_code,
+            code.version,
+        ) = (c, c.0 as i8, 1);
+        code
+    };
+    model.operator_codes = Some(vec![
+        code(BuiltinOperator::CONCATENATION),
+        code(BuiltinOperator::LEAKY_RELU),
+    ]);
+    let mut concat = ConcatenationOptionsT::default();
+    concat.axis = -1;
+    concat.fused_activation_function = collab_tflite::tflite::ActivationFunctionType::RELU6;
+    let mut leaky = LeakyReluOptionsT::default();
+    leaky.alpha = 0.25;
+    let op = |index: u32, options: BuiltinOptionsT| {
+        let mut op = OperatorT::default();
+        (op.opcode_index, op.inputs, op.outputs) = (index, Some(vec![0]), Some(vec![0]));
+        op.builtin_options = options;
+        op
+    };
+    let sub = &mut model.subgraphs.as_mut().unwrap()[0];
+    sub.operators = Some(vec![
+        op(0, BuiltinOptionsT::ConcatenationOptions(Box::new(concat))),
+        op(1, BuiltinOptionsT::LeakyReluOptions(Box::new(leaky))),
+    ]);
+    // Tensor 1: int32 axes [1, -2]; tensor 2: int64 [3].
+    let mut axes = TensorT::default();
+    (axes.type_, axes.shape, axes.buffer) = (TensorType::INT32, Some(vec![2]), 1);
+    let mut long = TensorT::default();
+    (long.type_, long.shape, long.buffer) = (TensorType::INT64, Some(vec![1]), 2);
+    sub.tensors.as_mut().unwrap().extend([axes, long]);
+    let mut data: Vec<u8> = 1i32.to_le_bytes().to_vec();
+    data.extend((-2i32).to_le_bytes());
+    let buffers = model.buffers.as_mut().unwrap();
+    buffers[1].data = Some(data);
+    buffers[2].data = Some(3i64.to_le_bytes().to_vec());
+    let g = Graph::from_bytes(&pack(&model)).unwrap();
+    assert_eq!(
+        g.operators[0].options,
+        Options::Concatenation {
+            axis: -1,
+            activation: Activation::Relu6
+        }
+    );
+    assert_eq!(g.operators[1].options, Options::LeakyRelu { alpha: 0.25 });
+    assert_eq!(g.tensors[1].to_i64(), Some(vec![1, -2]));
+    assert_eq!(g.tensors[2].to_i64(), Some(vec![3]));
+    // Float and data-less tensors are not integers.
+    assert_eq!(g.tensors[0].to_i64(), None);
+}
