@@ -2,7 +2,7 @@
 //! output channel), with trainable centroids.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_f32};
 use collab_core::{
     Chain, ChannelView, LayerForward, PlainLayer, StateTensor, WeightLayer, WeightLayout,
@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::kmeans::kmeans;
 use crate::{ClusterError, ClusteringConfig};
+
+/// Number of distinct values (by bit pattern, with -0.0 = 0.0); lives in `collab_core::host`.
+pub use collab_core::host::distinct_count;
 
 /// A burn layer (or a wrapper around one) whose weight is replaced, in every forward pass, by
 /// the nearest of its centroids.
@@ -76,6 +79,23 @@ pub struct ClusterTransform {
 }
 
 impl ClusterTransform {
+    /// The transform for a weight seen through `view`: `centroids` `[rows, k]`, and with
+    /// sparsity preserved the zeros' mask in the `[rows, cols]` view and the pinned centroid
+    /// slots `[rows, k]`.
+    pub fn new(
+        view: ChannelView,
+        centroids: Tensor<2>,
+        zero_mask: Option<Tensor<2, Bool>>,
+        pinned: Option<Tensor<2, Bool>>,
+    ) -> Self {
+        Self {
+            view,
+            centroids,
+            zero_mask,
+            pinned,
+        }
+    }
+
     /// Nearest-centroid indices of a `[rows, cols]` view, `[rows, cols, 1]`.
     fn indices(&self, view: Tensor<2>, centroids: Tensor<2>) -> Tensor<3, Int> {
         let [rows, cols] = view.dims();
@@ -150,87 +170,14 @@ impl<L: WeightLayer> Clustered<L> {
         if weights.is_empty() {
             return Err(ClusterError::Empty { what });
         }
-        let view = ChannelView::new(&layout, config.per_channel);
-        let preserve = config.preserve_sparsity;
-        let k_err = |reason: String| ClusterError::NumClusters {
-            what: what.clone(),
-            reason,
-        };
-        if num_clusters < 1 {
-            return Err(k_err(
-                "num_clusters is 0; use at least 1 (16 is TFMOT's usual choice)".into(),
-            ));
-        }
-        if preserve && num_clusters < 2 {
-            return Err(k_err(
-                "sparsity-preserving clustering needs num_clusters >= 2 (one is the fixed zero)"
-                    .into(),
-            ));
-        }
-        if num_clusters > view.cols {
-            let unit = if view.rows == 1 {
-                "tensor"
-            } else {
-                "output channel"
-            };
-            return Err(k_err(format!(
-                "num_clusters {num_clusters} exceeds the {} weights per {unit}; use at most {}{}",
-                view.cols,
-                view.cols,
-                if view.rows > 1 {
-                    " or per-tensor clustering"
-                } else {
-                    ""
-                }
-            )));
-        }
-
-        // Group weights by row (channel), excluding preserved zeros.
-        let mut rows: Vec<Vec<f32>> = vec![Vec::with_capacity(view.cols); view.rows];
-        let zero_mask: Vec<bool> = weights.iter().map(|w| preserve && *w == 0.0).collect();
-        for (i, w) in weights.iter().enumerate() {
-            if !zero_mask[i] {
-                rows[view.row_of(&layout, i)].push(*w);
-            }
-        }
-        let free = num_clusters - usize::from(preserve);
-        let mut k_free = free;
-        if view.rows == 1 {
-            let distinct = distinct_count(&rows[0]);
-            if distinct < free {
-                tracing::warn!(layer = %what, num_clusters, distinct, "fewer distinct weights than clusters; using fewer clusters");
-                k_free = distinct.max(1);
-            }
-        } else if let Some((r, d)) = rows
-            .iter()
-            .map(|r| distinct_count(r))
-            .enumerate()
-            .find(|(_, d)| *d < free)
-        {
-            tracing::warn!(layer = %what, channel = r, distinct = d, num_clusters, "a channel has fewer distinct weights than clusters; its centroids repeat");
-        }
-        let k = k_free + usize::from(preserve);
-        let mut table = Vec::with_capacity(view.rows * k);
-        for (r, values) in rows.iter().enumerate() {
-            if preserve {
-                table.push(0.0);
-            }
-            let seed = config.seed.wrapping_add(r as u64);
-            table.extend(kmeans(values, k_free, config.init, seed).centroids);
-            if values.is_empty() {
-                tracing::warn!(layer = %what, channel = r, "channel is all zeros; its free centroids are 0");
-            }
-        }
-        let centroids = Tensor::<2>::from_data(TensorData::new(table, [view.rows, k]), &device);
-        let pinned: Vec<bool> = (0..view.rows * k).map(|i| preserve && i % k == 0).collect();
-        let pinned = Tensor::<2, Bool>::from_data(TensorData::new(pinned, [view.rows, k]), &device);
+        let state = initial_state(&weights, &layout, config, num_clusters, &what, &device)?;
         Ok(Self {
             inner,
-            centroids: Param::from_tensor(centroids),
-            zero_mask: StateTensor::new(bool_tensor(zero_mask, &device)),
-            pinned: StateTensor::new(pinned),
+            centroids: Param::from_tensor(state.centroids),
+            zero_mask: StateTensor::new(state.zero_mask),
+            pinned: StateTensor::new(state.pinned),
             per_channel: config.per_channel,
-            preserve_sparsity: preserve,
+            preserve_sparsity: config.preserve_sparsity,
         })
     }
 
@@ -302,6 +249,105 @@ impl<L: WeightLayer> Clustered<L> {
     }
 }
 
+/// The clustering state of a weight when it is wrapped: centroids `[rows, k]` (k-means per row),
+/// the preserved zeros `[numel]` and the pinned centroid slots `[rows, k]`.
+pub(crate) struct InitialState {
+    pub centroids: Tensor<2>,
+    pub zero_mask: Tensor<1, Bool>,
+    pub pinned: Tensor<2, Bool>,
+}
+
+/// k-means on `weights` (finite, non-empty, flattened in burn's layout of `layout`) for
+/// `num_clusters` per tensor or per output channel as `config` says; `what` names the weight in
+/// errors and warnings. Shared by [`Clustered`] and the whole-model wrapper.
+pub(crate) fn initial_state(
+    weights: &[f32],
+    layout: &WeightLayout,
+    config: &ClusteringConfig,
+    num_clusters: usize,
+    what: &str,
+    device: &Device,
+) -> Result<InitialState, ClusterError> {
+    let view = ChannelView::new(layout, config.per_channel);
+    let preserve = config.preserve_sparsity;
+    let k_err = |reason: String| ClusterError::NumClusters {
+        what: what.to_string(),
+        reason,
+    };
+    if num_clusters < 1 {
+        return Err(k_err(
+            "num_clusters is 0; use at least 1 (16 is TFMOT's usual choice)".into(),
+        ));
+    }
+    if preserve && num_clusters < 2 {
+        return Err(k_err(
+            "sparsity-preserving clustering needs num_clusters >= 2 (one is the fixed zero)".into(),
+        ));
+    }
+    if num_clusters > view.cols {
+        let unit = if view.rows == 1 {
+            "tensor"
+        } else {
+            "output channel"
+        };
+        return Err(k_err(format!(
+            "num_clusters {num_clusters} exceeds the {} weights per {unit}; use at most {}{}",
+            view.cols,
+            view.cols,
+            if view.rows > 1 {
+                " or per-tensor clustering"
+            } else {
+                ""
+            }
+        )));
+    }
+
+    // Group weights by row (channel), excluding preserved zeros.
+    let mut rows: Vec<Vec<f32>> = vec![Vec::with_capacity(view.cols); view.rows];
+    let zero_mask: Vec<bool> = weights.iter().map(|w| preserve && *w == 0.0).collect();
+    for (i, w) in weights.iter().enumerate() {
+        if !zero_mask[i] {
+            rows[view.row_of(layout, i)].push(*w);
+        }
+    }
+    let free = num_clusters - usize::from(preserve);
+    let mut k_free = free;
+    if view.rows == 1 {
+        let distinct = distinct_count(&rows[0]);
+        if distinct < free {
+            tracing::warn!(layer = %what, num_clusters, distinct, "fewer distinct weights than clusters; using fewer clusters");
+            k_free = distinct.max(1);
+        }
+    } else if let Some((r, d)) = rows
+        .iter()
+        .map(|r| distinct_count(r))
+        .enumerate()
+        .find(|(_, d)| *d < free)
+    {
+        tracing::warn!(layer = %what, channel = r, distinct = d, num_clusters, "a channel has fewer distinct weights than clusters; its centroids repeat");
+    }
+    let k = k_free + usize::from(preserve);
+    let mut table = Vec::with_capacity(view.rows * k);
+    for (r, values) in rows.iter().enumerate() {
+        if preserve {
+            table.push(0.0);
+        }
+        let seed = config.seed.wrapping_add(r as u64);
+        table.extend(kmeans(values, k_free, config.init, seed).centroids);
+        if values.is_empty() {
+            tracing::warn!(layer = %what, channel = r, "channel is all zeros; its free centroids are 0");
+        }
+    }
+    let centroids = Tensor::<2>::from_data(TensorData::new(table, [view.rows, k]), device);
+    let pinned: Vec<bool> = (0..view.rows * k).map(|i| preserve && i % k == 0).collect();
+    let pinned = Tensor::<2, Bool>::from_data(TensorData::new(pinned, [view.rows, k]), device);
+    Ok(InitialState {
+        centroids,
+        zero_mask: bool_tensor(zero_mask, device),
+        pinned,
+    })
+}
+
 impl ClusterTransform {
     fn centroids_effective(&self) -> Tensor<2> {
         match &self.pinned {
@@ -309,17 +355,6 @@ impl ClusterTransform {
             None => self.centroids.clone(),
         }
     }
-}
-
-/// Number of distinct values (by bit pattern, with -0.0 = 0.0).
-pub fn distinct_count(values: &[f32]) -> usize {
-    let mut bits: Vec<u32> = values
-        .iter()
-        .map(|v| if *v == 0.0 { 0 } else { v.to_bits() })
-        .collect();
-    bits.sort_unstable();
-    bits.dedup();
-    bits.len()
 }
 
 impl<L: WeightLayer> WeightLayer for Clustered<L> {

@@ -6,7 +6,8 @@
 //! chooses `num_clusters` centroids per tensor or per output channel, the forward pass uses the
 //! nearest centroid for every weight, and training moves both the weights and the centroids.
 //! [`strip`](collab_core::WeightLayer::strip) returns the plain burn layer with at most k values
-//! per tensor (or per channel).
+//! per tensor (or per channel). A model whose types cannot change is clustered as a whole with
+//! [`WholeClustering`] (burn's parameter reparameterization; see [`whole`]).
 //!
 //! ```no_run
 //! use burn::nn::conv::Conv2dConfig;
@@ -26,8 +27,10 @@ pub mod config;
 pub mod error;
 pub mod fused;
 pub mod kmeans;
+pub mod whole;
 
 pub use clustered::{ClusterReport, ClusterTransform, Clustered, distinct_count};
 pub use config::ClusteringConfig;
 pub use error::ClusterError;
 pub use kmeans::{CentroidInit, KMeans, kmeans};
+pub use whole::{ClusterCentroids, WholeClustering};

@@ -28,4 +28,35 @@ pub enum CoreError {
         /// The first such flat index.
         first: usize,
     },
+    /// A parameter already carries a reparameterization (burn does not nest them).
+    #[error(
+        "`{path}` already carries a `{wrapper}` reparameterization and burn does not nest them; \
+         bake the model first (collab_core::whole::strip) and wrap the result"
+    )]
+    AlreadyWrapped {
+        /// The parameter's dotted path.
+        path: String,
+        /// The attached reparameterization's name.
+        wrapper: String,
+    },
+    /// An operation needs a weight's output-channel axis and it is unknown or invalid.
+    #[error("`{path}` ({layer}): {reason}")]
+    ChannelAxis {
+        /// The parameter's dotted path.
+        path: String,
+        /// The struct holding it.
+        layer: String,
+        /// Why, and what would work.
+        reason: String,
+    },
+    /// A whole-model selection matched no weight.
+    #[error(
+        "the selection matched no float parameter of rank 2 or more (the model has {params} \
+         float parameter(s)); check the paths given to Selection::only (dotted field names as \
+         in the record, e.g. `encoder.proj.weight`)"
+    )]
+    NothingSelected {
+        /// Float parameters in the model.
+        params: usize,
+    },
 }

@@ -69,3 +69,14 @@ pub fn float_tensor(values: Vec<f32>, device: &Device) -> Tensor<1> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
+
+/// Number of distinct values (by bit pattern, with -0.0 = 0.0).
+pub fn distinct_count(values: &[f32]) -> usize {
+    let mut bits: Vec<u32> = values
+        .iter()
+        .map(|v| if *v == 0.0 { 0 } else { v.to_bits() })
+        .collect();
+    bits.sort_unstable();
+    bits.dedup();
+    bits.len()
+}

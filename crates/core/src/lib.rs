@@ -14,6 +14,8 @@
 //! - [`state`]: module state that a forward pass may update (masks, step counters, ranges),
 //!   saved with the record, moved across devices and never touched by an optimizer.
 //! - [`host`]: moving weights between device tensors and host vectors.
+//! - [`whole`]: what the whole-model wrappers share (finding a model's weights by path,
+//!   attaching burn reparameterizations to them, reading their state, reports, baking).
 //!
 //! See `docs/DESIGN.md` for why the wrappers are built this way.
 
@@ -29,6 +31,7 @@ pub mod host;
 pub mod layer;
 pub mod layout;
 pub mod state;
+pub mod whole;
 
 pub use convbn::{BnMode, ConvBn};
 pub use error::CoreError;

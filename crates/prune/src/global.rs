@@ -221,6 +221,40 @@ impl ModuleMapper for MaskWriter {
     }
 }
 
+/// One magnitude ranking over several weights (each flattened in burn's layout of its
+/// layout): the masks (`true` = kept) that prune `sparsity` of all their weights, or blocks,
+/// together. Unstructured or block granularity.
+pub(crate) fn rank_together<'a>(
+    weights: impl Iterator<Item = (&'a [f32], &'a WeightLayout)>,
+    granularity: &Granularity,
+    sparsity: f64,
+) -> Vec<Vec<bool>> {
+    let units: Vec<Units> = weights
+        .map(|(effective, layout)| {
+            let magnitudes = effective.iter().map(|w| w.abs()).collect();
+            Units::new(magnitudes, layout, granularity)
+        })
+        .collect();
+    let scores: Vec<f32> = units
+        .iter()
+        .flat_map(|u| u.scores.iter().copied())
+        .collect();
+    let mut pruned = vec![false; scores.len()];
+    for i in smallest(&scores, prune_count(scores.len(), sparsity)) {
+        pruned[i] = true;
+    }
+    let mut offset = 0;
+    units
+        .iter()
+        .map(|units| {
+            let count = units.scores.len();
+            let mask = units.mask(&pruned[offset..offset + count]);
+            offset += count;
+            mask
+        })
+        .collect()
+}
+
 /// Global magnitude pruning: one ranking over the weights of every `Prunable` in a model.
 ///
 /// Wrap the layers with [`Scope::Global`](crate::Scope::Global) (they then count steps and apply
@@ -301,27 +335,13 @@ impl GlobalPruning {
         mut layers: Vec<Layer>,
         sparsity: f64,
     ) -> Result<(M, Vec<LayerReport>), PruneError> {
-        let units: Vec<Units> = layers
-            .iter()
-            .map(|l| {
-                let magnitudes = l.effective.iter().map(|w| w.abs()).collect();
-                Units::new(magnitudes, &l.layout, &self.granularity)
-            })
-            .collect();
-        let scores: Vec<f32> = units
-            .iter()
-            .flat_map(|u| u.scores.iter().copied())
-            .collect();
-        let mut pruned = vec![false; scores.len()];
-        for i in smallest(&scores, prune_count(scores.len(), sparsity)) {
-            pruned[i] = true;
-        }
+        let ranked = rank_together(
+            layers.iter().map(|l| (l.effective.as_slice(), &l.layout)),
+            &self.granularity,
+            sparsity,
+        );
         let mut masks = BTreeMap::new();
-        let mut offset = 0;
-        for (layer, units) in layers.iter_mut().zip(&units) {
-            let count = units.scores.len();
-            let mask = units.mask(&pruned[offset..offset + count]);
-            offset += count;
+        for (layer, mask) in layers.iter_mut().zip(ranked) {
             for (w, keep) in layer.effective.iter_mut().zip(&mask) {
                 if !keep {
                     *w = 0.0;

@@ -33,7 +33,8 @@
 //! ```
 //!
 //! Pieces: [`schedule`] (when, to which sparsity), [`mask`] (which weights), [`Prunable`] (the
-//! layer decorator), [`global`] (ranking across a whole model, and model-wide reports).
+//! layer decorator), [`global`] (ranking across a whole model, and model-wide reports),
+//! [`whole`] (a model whose types stay unchanged, through burn's reparameterization).
 
 pub mod config;
 pub mod error;
@@ -41,6 +42,7 @@ pub mod global;
 pub mod mask;
 pub mod prunable;
 pub mod schedule;
+pub mod whole;
 
 pub use config::{PruningConfig, Scope};
 pub use error::PruneError;
@@ -48,3 +50,4 @@ pub use global::{GlobalPruning, model_report};
 pub use mask::Granularity;
 pub use prunable::{LayerReport, MaskTransform, Prunable};
 pub use schedule::PruningSchedule;
+pub use whole::{PruneMask, WholePruning};

@@ -199,14 +199,11 @@ impl<L: WeightLayer> Prunable<L> {
         if self.config.scope == Scope::Global {
             return;
         }
-        let Some(sparsity) = self.config.schedule.update_at(step) else {
+        let Some(sparsity) =
+            update_sparsity(&self.config, step, || self.mask_values().iter().any(|k| !k))
+        else {
             return;
         };
-        if matches!(self.config.granularity, Granularity::NOfM { .. })
-            && self.mask_values().iter().any(|k| !k)
-        {
-            return; // N:M masks are computed once.
-        }
         if let Err(err) = self.prune_to(sparsity) {
             // forward() cannot return an error; keep the previous mask and say why.
             tracing::error!(step, %err, "mask update skipped");
@@ -214,6 +211,21 @@ impl<L: WeightLayer> Prunable<L> {
             tracing::debug!(step, sparsity, layer = %self.inner.layout().describe(), "mask updated");
         }
     }
+}
+
+/// The sparsity a layer's own mask is recomputed for at training step `step`, if the schedule
+/// updates it there. N:M masks are computed once: never again once `has_pruned()` says the mask
+/// already removes weights.
+pub(crate) fn update_sparsity(
+    config: &PruningConfig,
+    step: u64,
+    has_pruned: impl FnOnce() -> bool,
+) -> Option<f64> {
+    let sparsity = config.schedule.update_at(step)?;
+    if matches!(config.granularity, Granularity::NOfM { .. }) && has_pruned() {
+        return None;
+    }
+    Some(sparsity)
 }
 
 impl<L: WeightLayer> WeightLayer for Prunable<L> {

@@ -31,4 +31,7 @@ pub enum QuantError {
         /// The quantizer (its path, or a description).
         what: String,
     },
+    /// Shapes, non-finite weights, whole-model selection.
+    #[error(transparent)]
+    Core(#[from] collab_core::CoreError),
 }

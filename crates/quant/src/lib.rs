@@ -11,6 +11,8 @@
 //! - BatchNorm: wrap a [`collab_core::ConvBn`] block; it is computed with the BatchNorm folded
 //!   into the convolution (running statistics), so the weight quantized in training is the
 //!   weight the int8 file holds.
+//! - [`WholeQat`]: weight fake-quant of every weight of a model whose types stay unchanged
+//!   (burn's parameter reparameterization; weights only, see [`whole`]).
 //!
 //! ```no_run
 //! use burn::nn::conv::Conv2dConfig;
@@ -33,6 +35,7 @@ pub mod params;
 pub mod ptq;
 pub mod qat;
 pub mod rows;
+pub mod whole;
 
 pub use act::{ActQuant, ActQuantConfig, Calibration};
 pub use error::QuantError;
@@ -41,3 +44,4 @@ pub use fused::fake_quant_fused;
 pub use params::QuantParams;
 pub use ptq::{begin_calibration, calibrate, end_calibration};
 pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, WeightFakeQuant};
+pub use whole::{WeightQat, WholeQat};
