@@ -7,6 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::DataError;
+use crate::input::ImageNorm;
 
 const RECORD: usize = 1 + 3 * 32 * 32;
 /// Per-channel mean of CIFAR-10 training images (RGB, 0..1).
@@ -130,13 +131,58 @@ impl Cifar10 {
         self.labels.is_empty()
     }
 
-    /// Normalised images `[batch, 3, 32, 32]` and labels; `augment` with a seeded `rng` for
-    /// training.
+    /// The normalisation [`batch`](Self::batch) applies, as an [`ImageNorm`]: pixels / 255,
+    /// then [`MEAN`] and [`STD`] (the built-in MobileNet's training input).
+    pub fn default_norm() -> ImageNorm {
+        ImageNorm {
+            scale: 1.0 / 255.0,
+            mean: MEAN,
+            std: STD,
+            bgr: false,
+        }
+    }
+
+    /// Normalised images `[batch, 3, 32, 32]` and labels `[batch]`; `augment` with a seeded
+    /// `rng` for training. Normalised by [`default_norm`](Self::default_norm), computed as
+    /// `(pixel / 255 − MEAN[c]) / STD[c]` (the built-in models' input, unchanged).
     pub fn batch(
         &self,
         indices: &[usize],
         augment: Option<(&CifarAugment, &mut StdRng)>,
         device: &Device,
+    ) -> (Tensor<4>, Tensor<1, Int>) {
+        self.batch_by(indices, augment, device, |pixel, c| {
+            (pixel / 255.0 - MEAN[c]) / STD[c]
+        })
+    }
+
+    /// As [`batch`](Self::batch), normalised by `norm` (an imported model's
+    /// [`ImageNorm`]: [`ImageNorm::raw`] for MLPerf's ResNet-8), channels swapped when
+    /// `norm.bgr`. Padding from the augmentation's crop is a black pixel (0) before
+    /// normalisation, as in [`batch`](Self::batch). `[batch, 3, 32, 32]` and `[batch]`.
+    pub fn batch_with(
+        &self,
+        indices: &[usize],
+        augment: Option<(&CifarAugment, &mut StdRng)>,
+        norm: &ImageNorm,
+        device: &Device,
+    ) -> Result<(Tensor<4>, Tensor<1, Int>), DataError> {
+        norm.check()?;
+        let bgr = norm.bgr;
+        let (x, y) = self.batch_by(indices, augment, device, |pixel, c| norm.apply(pixel, c));
+        // Channel c of a BGR model's input is RGB channel 2 - c; the mean and std are indexed
+        // by RGB channel, as `ImageNorm::apply` documents.
+        let x = if bgr { x.flip([1]) } else { x };
+        Ok((x, y))
+    }
+
+    /// Images at `indices` with `normalise(pixel 0..=255, rgb channel)` per value.
+    fn batch_by(
+        &self,
+        indices: &[usize],
+        augment: Option<(&CifarAugment, &mut StdRng)>,
+        device: &Device,
+        normalise: impl Fn(f32, usize) -> f32,
     ) -> (Tensor<4>, Tensor<1, Int>) {
         let per = 3 * 32 * 32;
         let mut x = Vec::with_capacity(indices.len() * per);
@@ -160,12 +206,12 @@ impl Cifar10 {
                     for col in 0..32i64 {
                         let sr = r + dy;
                         let sc = if flip { 31 - col } else { col } + dx;
-                        let v = if (0..32).contains(&sr) && (0..32).contains(&sc) {
-                            img[c * 1024 + (sr * 32 + sc) as usize] as f32 / 255.0
+                        let pixel = if (0..32).contains(&sr) && (0..32).contains(&sc) {
+                            img[c * 1024 + (sr * 32 + sc) as usize] as f32
                         } else {
                             0.0
                         };
-                        x.push((v - MEAN[c]) / STD[c]);
+                        x.push(normalise(pixel, c));
                     }
                 }
             }
@@ -217,5 +263,89 @@ mod tests {
                 .contains("label 12")
         );
         assert!(Cifar10::open(Path::new("/nonexistent"), true).is_err());
+    }
+
+    fn values(x: Tensor<4>) -> Vec<f32> {
+        x.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn default_batches_are_unchanged_and_any_norm_can_be_given() {
+        let mut set = Cifar10 {
+            pixels: vec![],
+            labels: vec![],
+        };
+        let mut bytes = Vec::new();
+        for (label, seed) in [(7u8, 3usize), (2, 11)] {
+            bytes.push(label);
+            bytes.extend((0..3072).map(|i| ((i * seed + i / 7) % 256) as u8));
+        }
+        set.push_records(Path::new("t.bin"), &bytes).unwrap();
+        let device = Device::flex();
+        // The built-in normalisation, written out as it always was: bit for bit.
+        let old = |pixel: f32, c: usize| (pixel / 255.0 - MEAN[c]) / STD[c];
+        let want: Vec<u32> = [1usize, 0]
+            .iter()
+            .flat_map(|&i| (0..3072).map(move |k| (i, k)))
+            .map(|(i, k)| old(set.pixels[i * 3072 + k] as f32, k / 1024).to_bits())
+            .collect();
+        let (x, _) = set.batch(&[1, 0], None, &device);
+        let got: Vec<u32> = values(x).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want);
+
+        // Augmented: the same draws from the same seed, padding a black pixel.
+        let a = CifarAugment::default();
+        let (x, _) = set.batch(&[0], Some((&a, &mut Cifar10::rng(5))), &device);
+        let mut rng = Cifar10::rng(5);
+        let p = a.pad as i64;
+        let (dy, dx) = (rng.random_range(-p..=p), rng.random_range(-p..=p));
+        let flip = rng.random::<bool>();
+        let mut want = Vec::new();
+        for c in 0..3 {
+            for r in 0..32i64 {
+                for col in 0..32i64 {
+                    let (sr, sc) = (r + dy, if flip { 31 - col } else { col } + dx);
+                    let inside = (0..32).contains(&sr) && (0..32).contains(&sc);
+                    let pixel = if inside {
+                        set.pixels[c * 1024 + (sr * 32 + sc) as usize] as f32
+                    } else {
+                        0.0
+                    };
+                    want.push(old(pixel, c).to_bits());
+                }
+            }
+        }
+        let got: Vec<u32> = values(x).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want);
+
+        // The default as an ImageNorm agrees to rounding; raw pixels are the bytes.
+        let (x, y) = set
+            .batch_with(&[1, 0], None, &Cifar10::default_norm(), &device)
+            .unwrap();
+        let (d, _) = set.batch(&[1, 0], None, &device);
+        let worst = values(x)
+            .iter()
+            .zip(values(d))
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst < 1e-5, "{worst}");
+        assert_eq!(crate::host_labels(y), vec![2, 7]);
+        let (x, _) = set
+            .batch_with(&[0], None, &ImageNorm::raw(), &device)
+            .unwrap();
+        let raw: Vec<f32> = set.pixels[..3072].iter().map(|b| *b as f32).collect();
+        assert_eq!(values(x), raw);
+        let bgr = ImageNorm {
+            bgr: true,
+            ..ImageNorm::raw()
+        };
+        let (x, _) = set.batch_with(&[0], None, &bgr, &device).unwrap();
+        let v = values(x);
+        assert_eq!(v[..1024], raw[2048..]);
+        assert_eq!(v[2048..], raw[..1024]);
+        let broken = ImageNorm {
+            std: [1.0, 0.0, 1.0],
+            ..ImageNorm::raw()
+        };
+        assert!(set.batch_with(&[0], None, &broken, &device).is_err());
     }
 }

@@ -1,22 +1,31 @@
 //! Data sets for burn-collab: Speech Commands (WAV + the TensorFlow MFCC frontend the published
-//! DS-CNN weights were trained with), CIFAR-10 binaries, and deterministic synthetic sets that
+//! DS-CNN weights were trained with, and MLPerf Tiny's `tf.signal` one), CIFAR-10 binaries,
+//! NumPy arrays (`.npy` / `.npz`) for imported models, and deterministic synthetic sets that
 //! let every example and test run on a fresh machine with no download.
 
+pub mod arrays;
 pub mod cifar;
 pub mod folder;
 pub mod input;
 pub mod mfcc;
+pub mod npy;
 pub mod shared;
 pub mod speech;
 pub mod synthetic;
+pub mod tf_signal;
 pub mod wav;
 
+pub use arrays::ArraySet;
 pub use cifar::{Cifar10, CifarAugment};
 pub use folder::ImageFolder;
 pub use input::{Features, ImageNorm, InputSpec, Layout, MfccKind};
-pub use mfcc::{Frontend, MFCC_COEFFICIENTS, MFCC_FRAMES};
-pub use speech::{KWS_LABELS, KwsSet, SpeechCommands, Split, speaker_of, val_bucket};
+pub use mfcc::{Frontend, KwsFrontend, MFCC_COEFFICIENTS, MFCC_FRAMES, MfccFrontend};
+pub use speech::{
+    KWS_LABELS, KwsSet, MLPERF_KWS_LABELS, SpeechCommands, Split, kws_label_map, speaker_of,
+    val_bucket,
+};
 pub use synthetic::{ImageSet, SyntheticImages, SyntheticKws};
+pub use tf_signal::TfSignalFrontend;
 
 use std::path::{Path, PathBuf};
 

@@ -3,12 +3,17 @@
 //! (√, 40 HTK-style mel bands 20–4000 Hz over FFT bins 2..=256, floor 1e-12, ln, DCT-II scaled
 //! by √(2/40), first 10 coefficients). Computed in `f64` as TensorFlow's kernels do; the
 //! spectrogram is rounded to `f32` between the two ops, as in the graph.
+//!
+//! [`MfccFrontend`] puts it and MLPerf Tiny's pipeline ([`crate::tf_signal`]) behind one
+//! interface; [`KwsFrontend`] picks one by a model's [`MfccKind`].
 
 use std::sync::Arc;
 
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
+use crate::input::MfccKind;
+use crate::tf_signal::TfSignalFrontend;
 use crate::wav::CLIP_SAMPLES;
 
 /// Frames per 1 s clip: `1 + (16000 − 640) / 320`.
@@ -29,8 +34,24 @@ const UPPER_HZ: f64 = 4000.0;
 const SAMPLE_RATE: f64 = 16_000.0;
 const FLOOR: f64 = 1e-12;
 
-fn freq_to_mel(freq: f64) -> f64 {
+/// The HTK mel scale both TensorFlow pipelines use: `1127 · ln(1 + f / 700)`.
+pub(crate) fn freq_to_mel(freq: f64) -> f64 {
     1127.0 * (freq / 700.0).ln_1p()
+}
+
+/// DCT-II rows `[coefficients · channels]`: `√(2/N) · cos(i · π/N · (j + 0.5))`. TensorFlow's
+/// `MfccDct` (ML-KWS) and `mfccs_from_log_mel_spectrograms` (`dct(type=2)` = `2 Σ …`, times
+/// `rsqrt(2N)`) are both this matrix.
+pub(crate) fn dct_table(coefficients: usize, channels: usize) -> Vec<f64> {
+    let norm = (2.0 / channels as f64).sqrt();
+    let arg = std::f64::consts::PI / channels as f64;
+    let mut dct = Vec::with_capacity(coefficients * channels);
+    for i in 0..coefficients {
+        for j in 0..channels {
+            dct.push(norm * (i as f64 * arg * (j as f64 + 0.5)).cos());
+        }
+    }
+    dct
 }
 
 /// Precomputed window, FFT plan, mel filterbank and DCT table. Cheap to clone (shared plan).
@@ -99,15 +120,7 @@ impl Frontend {
             };
         }
 
-        // DCT-II, TensorFlow's MfccDct: sqrt(2/N) · cos(i · π/N · (j + 0.5)).
-        let norm = (2.0 / CHANNELS as f64).sqrt();
-        let arg = std::f64::consts::PI / CHANNELS as f64;
-        let mut dct = Vec::with_capacity(MFCC_COEFFICIENTS * CHANNELS);
-        for i in 0..MFCC_COEFFICIENTS {
-            for j in 0..CHANNELS {
-                dct.push(norm * (i as f64 * arg * (j as f64 + 0.5)).cos());
-            }
-        }
+        let dct = dct_table(MFCC_COEFFICIENTS, CHANNELS);
         Self {
             window,
             fft,
@@ -176,6 +189,68 @@ impl Frontend {
     pub fn mfcc(&self, audio: &[f32]) -> Vec<f32> {
         debug_assert!(audio.len() >= CLIP_SAMPLES);
         self.mfcc_from_spectrogram(&self.spectrogram(audio))
+    }
+}
+
+impl MfccFrontend for Frontend {
+    fn kind(&self) -> MfccKind {
+        MfccKind::MlKws
+    }
+
+    fn mfcc(&self, audio: &[f32]) -> Vec<f32> {
+        // The spectrogram reads past a short clip as zeros.
+        self.mfcc_from_spectrogram(&self.spectrogram(audio))
+    }
+}
+
+/// A keyword-spotting feature pipeline: a 1 s, 16 kHz clip in, `[49 · 10]` MFCCs out
+/// (row-major (frame, coefficient); the model input `[1, 49, 10]` in burn).
+pub trait MfccFrontend: Send + Sync {
+    /// Which pipeline this is.
+    fn kind(&self) -> MfccKind;
+    /// MFCCs of a clip of 16,000 samples (a shorter one is zero-padded): `[49 · 10]`.
+    fn mfcc(&self, audio: &[f32]) -> Vec<f32>;
+}
+
+/// Either pipeline, chosen by a model's [`MfccKind`] (what a loader holds when an imported
+/// model's [`crate::InputSpec`] decides the features).
+#[derive(Clone, Debug)]
+pub enum KwsFrontend {
+    /// ML-KWS-for-MCU's `audio_ops.mfcc` (the published DS-CNN weights, the built-in models).
+    MlKws(Frontend),
+    /// MLPerf Tiny's `tf.signal` pipeline (its KWS reference model).
+    TfSignal(TfSignalFrontend),
+}
+
+impl KwsFrontend {
+    /// The pipeline of `kind`.
+    pub fn new(kind: MfccKind) -> Self {
+        match kind {
+            MfccKind::MlKws => Self::MlKws(Frontend::new()),
+            MfccKind::TfSignal => Self::TfSignal(TfSignalFrontend::new()),
+        }
+    }
+}
+
+impl Default for KwsFrontend {
+    fn default() -> Self {
+        Self::new(MfccKind::MlKws)
+    }
+}
+
+impl MfccFrontend for KwsFrontend {
+    fn kind(&self) -> MfccKind {
+        match self {
+            Self::MlKws(f) => f.kind(),
+            Self::TfSignal(f) => f.kind(),
+        }
+    }
+
+    fn mfcc(&self, audio: &[f32]) -> Vec<f32> {
+        match self {
+            Self::MlKws(f) => f.mfcc(audio),
+            Self::TfSignal(f) => f.mfcc(audio),
+        }
     }
 }
 

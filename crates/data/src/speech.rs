@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use sha1::{Digest, Sha1};
 
 use crate::DataError;
-use crate::mfcc::{Frontend, MFCC_COEFFICIENTS, MFCC_FRAMES};
+use crate::mfcc::{MFCC_COEFFICIENTS, MFCC_FRAMES, MfccFrontend};
 use crate::wav::{CLIP_SAMPLES, Conversions, read_clip_noted};
 
 /// Class names in the models' output order.
@@ -37,6 +37,61 @@ pub const KWS_LABELS: [&str; 12] = [
     "stop",
     "go",
 ];
+
+/// The class names of MLPerf Tiny's KWS reference model, in its output order (MLPerf's
+/// `get_dataset.py` `word_labels`, the order of TensorFlow Datasets' `speech_commands`).
+///
+/// Silence differs between the two recipes: MLPerf's `Silence` clips are 1 s of background
+/// noise (cut from `_background_noise_` for training, the test archive's `_silence_`
+/// recordings for testing), divided by their peak like every clip, so the model sees
+/// full-scale noise; ML-KWS trains on zeros plus noise at volume ≤ 0.1 and validates on plain
+/// zeros. `../shared/data/speech_commands_12/_silence_` holds the test archive's noise clips:
+/// what MLPerf scores on.
+pub const MLPERF_KWS_LABELS: [&str; 12] = [
+    "Down", "Go", "Left", "No", "Off", "On", "Right", "Stop", "Up", "Yes", "Silence", "Unknown",
+];
+
+/// A class name without case or surrounding underscores (`_silence_` and `Silence` agree).
+fn label_key(name: &str) -> String {
+    name.trim().trim_matches('_').to_lowercase()
+}
+
+/// Where each of our classes ([`KWS_LABELS`] order) sits in `labels` (a model's output order,
+/// e.g. an imported model's `InputSpec::labels`): `map[ours] = theirs`. Names match ignoring
+/// case and surrounding underscores, so [`MLPERF_KWS_LABELS`] maps `yes` (our 2) to `Yes`
+/// (its 9). `labels` must name the same 12 classes, each once.
+pub fn kws_label_map<S: AsRef<str>>(labels: &[S]) -> Result<Vec<usize>, DataError> {
+    let theirs: Vec<String> = labels.iter().map(|l| label_key(l.as_ref())).collect();
+    let missing: Vec<&str> = KWS_LABELS
+        .iter()
+        .filter(|ours| !theirs.contains(&label_key(ours)))
+        .copied()
+        .collect();
+    let ours: Vec<String> = KWS_LABELS.iter().map(|l| label_key(l)).collect();
+    let extra: Vec<&str> = labels
+        .iter()
+        .zip(&theirs)
+        .enumerate()
+        .filter(|(i, (_, key))| !ours.contains(key) || theirs[..*i].contains(key))
+        .map(|(_, (name, _))| name.as_ref())
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        let given: Vec<&str> = labels.iter().map(|l| l.as_ref()).collect();
+        return Err(DataError::InvalidSetting {
+            field: "labels",
+            reason: format!(
+                "the model's classes {given:?} are not the 12 keyword-spotting classes \
+                 {KWS_LABELS:?} in some order (missing: {missing:?}; unknown or repeated: \
+                 {extra:?}); give the model's labels by these names, case and surrounding \
+                 underscores ignored"
+            ),
+        });
+    }
+    Ok(ours
+        .iter()
+        .map(|key| theirs.iter().position(|t| t == key).unwrap_or_default())
+        .collect())
+}
 
 /// Which part of a set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,8 +254,11 @@ impl SpeechCommands {
             .collect()
     }
 
-    /// Decode `clips` and compute their MFCCs in parallel.
-    pub fn features(clips: &[Clip], frontend: &Frontend) -> Result<KwsSet, DataError> {
+    /// Decode `clips` and compute their MFCCs with `frontend` in parallel.
+    pub fn features<F: MfccFrontend + ?Sized>(
+        clips: &[Clip],
+        frontend: &F,
+    ) -> Result<KwsSet, DataError> {
         let audio = load_audio(clips)?;
         Ok(KwsSet::from_audio(
             &audio,
@@ -331,8 +389,12 @@ impl Augment {
 }
 
 impl KwsSet {
-    /// MFCCs of decoded clips, in parallel.
-    pub fn from_audio(audio: &[Vec<f32>], labels: Vec<usize>, frontend: &Frontend) -> Self {
+    /// MFCCs of decoded clips with `frontend` (either pipeline), in parallel.
+    pub fn from_audio<F: MfccFrontend + ?Sized>(
+        audio: &[Vec<f32>],
+        labels: Vec<usize>,
+        frontend: &F,
+    ) -> Self {
         let features = parallel_map(audio, |a| frontend.mfcc(a)).concat();
         Self { features, labels }
     }
@@ -371,6 +433,17 @@ impl KwsSet {
         crate::shuffled_batches(self.len(), batch_size, seed)
     }
 
+    /// Put the labels in the order of `labels` (a model's class names, see
+    /// [`kws_label_map`]): what a model whose outputs are ordered differently (MLPerf's) is
+    /// scored against. The labels must be in [`KWS_LABELS`] order before.
+    pub fn relabel<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<(), DataError> {
+        let map = kws_label_map(labels)?;
+        for l in &mut self.labels {
+            *l = map[*l];
+        }
+        Ok(())
+    }
+
     /// Per-class counts.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; KWS_LABELS.len()];
@@ -399,6 +472,40 @@ mod tests {
             r = (r * 256 + *b as u128) % 10;
         }
         assert_eq!(val_bucket("022cd682") as u128, r);
+    }
+
+    #[test]
+    fn mlperf_labels_map_by_name() {
+        let map = kws_label_map(&MLPERF_KWS_LABELS).unwrap();
+        for (ours, theirs) in map.iter().enumerate() {
+            assert_eq!(
+                KWS_LABELS[ours].trim_matches('_'),
+                MLPERF_KWS_LABELS[*theirs].to_lowercase()
+            );
+        }
+        assert_eq!((map[0], map[1], map[2], map[11]), (10, 11, 9, 1));
+        assert_eq!(
+            kws_label_map(&KWS_LABELS).unwrap(),
+            (0..12).collect::<Vec<_>>()
+        );
+        let mut set = KwsSet {
+            features: vec![0.0; 3 * 490],
+            labels: vec![0, 2, 5],
+        };
+        set.relabel(&MLPERF_KWS_LABELS).unwrap();
+        assert_eq!(set.labels, vec![10, 9, 0]);
+
+        let mut bad = MLPERF_KWS_LABELS.to_vec();
+        bad[3] = "Maybe";
+        let err = kws_label_map(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"no\"") && err.contains("\"Maybe\""), "{err}");
+        bad[3] = "Yes";
+        let err = kws_label_map(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("missing: [\"no\"]") && err.contains("repeated: [\"Yes\"]"),
+            "{err}"
+        );
+        assert!(kws_label_map(&MLPERF_KWS_LABELS[..10]).is_err());
     }
 
     #[test]
