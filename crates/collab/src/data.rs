@@ -5,8 +5,10 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor};
 use collab_data::speech::{Augment, load_audio_noted};
 use collab_data::wav::Conversions;
+use collab_data::arrays::ArraySet;
+use collab_data::mfcc::KwsFrontend;
 use collab_data::{
-    Cifar10, CifarAugment, DataError, Features, Frontend, ImageFolder, ImageSet, InputSpec,
+    Cifar10, CifarAugment, DataError, Features, ImageFolder, ImageNorm, ImageSet, InputSpec,
     KWS_LABELS, KwsSet, MfccKind, SpeechCommands, Split, SyntheticImages, SyntheticKws,
 };
 use rand::SeedableRng;
@@ -58,12 +60,15 @@ pub struct KwsData {
     audio: Option<Vec<Vec<f32>>>,
     noise: Vec<Vec<f32>>,
     augment: Augment,
-    frontend: Frontend,
+    frontend: KwsFrontend,
+    /// Class names in the model's output order (the labels were remapped to it).
+    names: Vec<String>,
     source: String,
 }
 
 impl KwsData {
-    /// Build from decoded clips; `noise` recordings feed the augmentation.
+    /// Build from decoded clips with ML-KWS's MFCCs (the built-in DS-CNNs); `noise`
+    /// recordings feed the augmentation.
     pub fn new(
         audio: Vec<Vec<f32>>,
         labels: Vec<usize>,
@@ -71,16 +76,39 @@ impl KwsData {
         augment: bool,
         source: String,
     ) -> Self {
-        let frontend = Frontend::new();
-        let features = KwsSet::from_audio(&audio, labels, &frontend);
-        Self {
+        Self::for_model(audio, labels, noise, augment, source, MfccKind::MlKws, &[])
+            .expect("no relabelling, nothing to fail")
+    }
+
+    /// As [`Self::new`], for a model with the MFCC pipeline `kind` and the class order
+    /// `order` (empty: ours, [`KWS_LABELS`]); MLPerf's KWS model takes `tf.signal` MFCCs and
+    /// Down … Yes, Silence, Unknown. Fails when `order` names a class the data lacks.
+    pub fn for_model(
+        audio: Vec<Vec<f32>>,
+        labels: Vec<usize>,
+        noise: Vec<Vec<f32>>,
+        augment: bool,
+        source: String,
+        kind: MfccKind,
+        order: &[String],
+    ) -> Result<Self, DataError> {
+        let frontend = KwsFrontend::new(kind);
+        let mut features = KwsSet::from_audio(&audio, labels, &frontend);
+        let names = if order.is_empty() {
+            KWS_LABELS.iter().map(|s| s.to_string()).collect()
+        } else {
+            features.relabel(order)?;
+            order.to_vec()
+        };
+        Ok(Self {
             features,
             audio: augment.then_some(audio),
             noise,
             augment: Augment::default(),
             frontend,
+            names,
             source,
-        }
+        })
     }
 }
 
@@ -111,7 +139,7 @@ impl Batches for KwsData {
     }
 
     fn class_names(&self) -> Vec<String> {
-        KWS_LABELS.iter().map(|s| s.to_string()).collect()
+        self.names.clone()
     }
 
     fn labels(&self) -> Vec<usize> {
@@ -128,6 +156,8 @@ pub struct CifarData {
     /// The images.
     pub set: Cifar10,
     augment: Option<CifarAugment>,
+    /// How pixels become the model's input.
+    norm: ImageNorm,
     source: String,
 }
 
@@ -143,8 +173,11 @@ impl Batches for CifarData {
         device: &Device,
     ) -> Result<Batch, CollabError> {
         Ok(match (rng, &self.augment) {
-            (Some(rng), Some(a)) => self.set.batch(indices, Some((a, rng)), device),
-            _ => self.set.batch(indices, None, device),
+            (Some(rng), Some(a)) => {
+                self.set
+                    .batch_with(indices, Some((a, rng)), &self.norm, device)?
+            }
+            _ => self.set.batch_with(indices, None, &self.norm, device)?,
         })
     }
 
@@ -278,6 +311,19 @@ pub fn load(
     seed: u64,
     synthetic: SyntheticSize,
 ) -> Result<TaskData, CollabError> {
+    load_with(task, dir, augment, seed, synthetic, (MfccKind::MlKws, &[]))
+}
+
+/// [`load`], with keyword clips turned into MFCCs by `kws.0` and relabelled to the order
+/// `kws.1` (empty: ours).
+fn load_with(
+    task: Task,
+    dir: Option<&Path>,
+    augment: bool,
+    seed: u64,
+    synthetic: SyntheticSize,
+    kws: (MfccKind, &[String]),
+) -> Result<TaskData, CollabError> {
     match (task, dir) {
         (Task::Keywords, Some(dir)) => {
             let set = SpeechCommands::open(dir)?;
@@ -313,13 +359,15 @@ pub fn load(
                 let (audio, n) = load_audio_noted(&clips)?;
                 notes += n;
                 let labels = clips.iter().map(|c| c.label).collect();
-                Ok(Box::new(KwsData::new(
+                Ok(Box::new(KwsData::for_model(
                     audio,
                     labels,
                     noise.clone(),
                     aug,
                     format!("{} ({split:?})", dir.display()),
-                )))
+                    kws.0,
+                    kws.1,
+                )?))
             };
             let data = TaskData {
                 train: make(train_clips, Split::Train, augment)?,
@@ -340,20 +388,24 @@ pub fn load(
                 .step_by(12)
                 .collect();
             Ok(TaskData {
-                train: Box::new(KwsData::new(
+                train: Box::new(KwsData::for_model(
                     train_audio,
                     train_labels,
                     noise.clone(),
                     augment,
                     "synthetic keywords".into(),
-                )),
-                val: Box::new(KwsData::new(
+                    kws.0,
+                    kws.1,
+                )?),
+                val: Box::new(KwsData::for_model(
                     val_audio,
                     val_labels,
                     noise,
                     false,
                     "synthetic keywords".into(),
-                )),
+                    kws.0,
+                    kws.1,
+                )?),
             })
         }
         (Task::Images { side, .. }, Some(dir))
@@ -382,11 +434,13 @@ pub fn load(
                 train: Box::new(CifarData {
                     set: nonempty_cifar(dir, true)?,
                     augment: augment.then(CifarAugment::default),
+                    norm: Cifar10::default_norm(),
                     source: format!("{} (train)", dir.display()),
                 }),
                 val: Box::new(CifarData {
                     set: nonempty_cifar(dir, false)?,
                     augment: None,
+                    norm: Cifar10::default_norm(),
                     source: format!("{} (test)", dir.display()),
                 }),
             })
@@ -412,7 +466,11 @@ pub fn load(
     }
 }
 
-/// The data of a graph model, by what its input record says the model takes.
+/// The data of a graph model, by what its input record says the model takes: Speech Commands
+/// through the model's MFCC pipeline and label order, CIFAR-10 through its pixel scaling, or
+/// `.npz` / `.npy` arrays in its input layout (a folder with `train.npz` and `val.npz`, or one
+/// file used for both). Without data: random inputs of the model's shape (enough for
+/// calibration and smoke runs, not for accuracy).
 fn load_graph(
     input: &InputSpec,
     classes: usize,
@@ -422,28 +480,135 @@ fn load_graph(
     synthetic: SyntheticSize,
 ) -> Result<TaskData, CollabError> {
     let shape = input.shape;
-    match &input.features {
-        Features::Mfcc {
-            mfcc: MfccKind::MlKws,
-        } if shape == [1, 49, 10] && classes == 12 => {
-            load(Task::Keywords, dir, augment, seed, synthetic)
+    let is_arrays = |p: &Path| {
+        p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npz") || e.eq_ignore_ascii_case("npy"))
+            || p.join("train.npz").exists()
+    };
+    match (&input.features, dir) {
+        (_, Some(dir)) if is_arrays(dir) => {
+            let (train, val) = if dir.is_dir() {
+                let val = ["val.npz", "test.npz"]
+                    .iter()
+                    .map(|n| dir.join(n))
+                    .find(|p| p.exists())
+                    .ok_or_else(|| {
+                        CollabError::Usage(format!(
+                            "{}: a train.npz but no val.npz (or test.npz) beside it",
+                            dir.display()
+                        ))
+                    })?;
+                (dir.join("train.npz"), val)
+            } else {
+                tracing::warn!(
+                    "{}: one array file serves as training and validation set",
+                    dir.display()
+                );
+                (dir.to_path_buf(), dir.to_path_buf())
+            };
+            Ok(TaskData {
+                train: Box::new(ArrayData(ArraySet::open(&train, input, classes)?)),
+                val: Box::new(ArrayData(ArraySet::open(&val, input, classes)?)),
+            })
         }
-        Features::Image(_) if shape[0] == 3 && shape[1] == shape[2] && dir.is_none() => load(
-            Task::Images {
-                side: shape[1],
-                classes,
-            },
-            None,
-            augment,
-            seed,
-            synthetic,
-        ),
-        other => Err(CollabError::Usage(format!(
-            "model input {shape:?} with features {other:?} and {classes} outputs: no loader for \
-             it{}; give the data as an .npz of x (inputs in the model's layout) and y (labels)",
-            dir.map(|d| format!(" in {}", d.display()))
-                .unwrap_or_default()
+        (Features::Mfcc { mfcc }, _) if shape == [1, 49, 10] => {
+            if input.labels.is_empty() && classes != KWS_LABELS.len() {
+                return Err(CollabError::Usage(format!(
+                    "the model has {classes} outputs; keyword data has {} classes: import it \
+                     with --labels naming its classes in output order",
+                    KWS_LABELS.len()
+                )));
+            }
+            load_with(
+                Task::Keywords,
+                dir,
+                augment,
+                seed,
+                synthetic,
+                (*mfcc, &input.labels),
+            )
+        }
+        (Features::Image(norm), Some(dir)) if dir.join("test_batch.bin").exists() => {
+            if shape != [3, 32, 32] || classes != 10 {
+                return Err(CollabError::Usage(format!(
+                    "{}: CIFAR-10 images are [3, 32, 32] in 10 classes; the model takes {shape:?} \
+                     with {classes} outputs",
+                    dir.display()
+                )));
+            }
+            Ok(TaskData {
+                train: Box::new(CifarData {
+                    set: nonempty_cifar(dir, true)?,
+                    augment: augment.then(CifarAugment::default),
+                    norm: norm.clone(),
+                    source: format!("{} (train)", dir.display()),
+                }),
+                val: Box::new(CifarData {
+                    set: nonempty_cifar(dir, false)?,
+                    augment: None,
+                    norm: norm.clone(),
+                    source: format!("{} (test)", dir.display()),
+                }),
+            })
+        }
+        (_, None) => {
+            let make = |len: usize, seed: u64| -> ArraySet {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let per: usize = shape.iter().product();
+                let (lo, hi) = match &input.features {
+                    Features::Image(norm) => norm.range(),
+                    _ => (-1.0, 1.0),
+                };
+                use rand::Rng;
+                ArraySet {
+                    inputs: (0..len * per).map(|_| rng.random_range(lo..=hi)).collect(),
+                    labels: (0..len).map(|i| i % classes.max(1)).collect(),
+                    shape,
+                    names: (0..classes).map(|c| c.to_string()).collect(),
+                    source: "random inputs".into(),
+                }
+            };
+            Ok(TaskData {
+                train: Box::new(ArrayData(make(synthetic.train, seed))),
+                val: Box::new(ArrayData(make(synthetic.val, seed.wrapping_add(1_000_003)))),
+            })
+        }
+        (other, Some(dir)) => Err(CollabError::Usage(format!(
+            "{}: no loader for a model taking {shape:?} ({other:?}); give Speech Commands \
+             (models imported with --mfcc), CIFAR-10 binaries (--pixels), or an .npz of x \
+             (inputs in the model's layout) and y (labels)",
+            dir.display()
         ))),
+    }
+}
+
+/// Arrays from `.npy` / `.npz` files.
+pub struct ArrayData(pub ArraySet);
+
+impl Batches for ArrayData {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn batch(
+        &self,
+        indices: &[usize],
+        _rng: Option<&mut StdRng>,
+        device: &Device,
+    ) -> Result<Batch, CollabError> {
+        Ok(self.0.batch(indices, device))
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        self.0.names.clone()
+    }
+
+    fn labels(&self) -> Vec<usize> {
+        self.0.labels.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.0.source.clone()
     }
 }
 
