@@ -517,6 +517,11 @@ enum Command {
         /// speakers.
         #[arg(long, requires = "data")]
         all: bool,
+        /// With --model: prepare the data as this checkpoint's model takes it (an imported
+        /// model's input record: pixel scaling, MFCC pipeline, label order), e.g. to score
+        /// MLPerf's own int8 file on the images its imported float model is scored on.
+        #[arg(long, requires = "model")]
+        like: Option<PathBuf>,
         /// Print `{"accuracy", "samples", "per_class"}` as JSON.
         #[arg(long)]
         json: bool,
@@ -1171,6 +1176,7 @@ fn eval_tflite(
     path: &Path,
     data_dir: Option<&Path>,
     all: bool,
+    like: Option<&Path>,
     json: bool,
 ) -> Result<(), CliError> {
     let graph = collab_tflite::Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
@@ -1191,13 +1197,28 @@ fn eval_tflite(
     };
     let shape = interp.inputs()[0].shape.clone();
     let classes = interp.outputs()[0].shape.last().copied().unwrap_or(0);
-    let (task, input) = match shape.as_slice() {
-        [_, 49, 10, 1] => (collab::network::Task::Keywords, [1, 49, 10]),
-        [_, h, w, 3] if h == w => (
+    let like = like.map(checkpoint::manifest).transpose()?;
+    let (task, input) = match (shape.as_slice(), like) {
+        (_, Some(m)) => {
+            let input = m.model.input_shape();
+            let [c, h, w] = input;
+            if shape.iter().skip(1).product::<usize>() != c * h * w {
+                return Err(failed(
+                    path,
+                    format!(
+                        "takes {shape:?}; the --like model takes {:?}: not the same input",
+                        input
+                    ),
+                ));
+            }
+            (m.model.task(), input)
+        }
+        ([_, 49, 10, 1], None) => (collab::network::Task::Keywords, [1, 49, 10]),
+        ([_, h, w, 3], None) if h == w => (
             collab::network::Task::Images { side: *h, classes },
             [3, *h, *w],
         ),
-        other => {
+        (other, None) => {
             return Err(failed(
                 path,
                 format!(
@@ -1383,9 +1404,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             model,
             data,
             all,
+            like,
             json,
         } => match (checkpoint, model) {
-            (_, Some(model)) => eval_tflite(&model, data.as_deref(), all, json),
+            (_, Some(model)) => eval_tflite(&model, data.as_deref(), all, like.as_deref(), json),
             (Some(checkpoint), None) => eval(&checkpoint, data.as_deref(), all, json),
             (None, None) => Err(CliError::Usage(
                 "give --checkpoint DIR or --model FILE.tflite".into(),

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
-use collab_data::speech::{Augment, load_audio_noted};
-use collab_data::wav::Conversions;
 use collab_data::arrays::ArraySet;
 use collab_data::mfcc::KwsFrontend;
+use collab_data::speech::{Augment, load_audio_noted};
+use collab_data::wav::Conversions;
 use collab_data::{
     Cifar10, CifarAugment, DataError, Features, ImageFolder, ImageNorm, ImageSet, InputSpec,
     KWS_LABELS, KwsSet, MfccKind, SpeechCommands, Split, SyntheticImages, SyntheticKws,
