@@ -834,7 +834,15 @@ fn import_file(
         }),
         labels,
     };
-    let (spec, net) = collab::network::import_with_record(file, &record, &device)?;
+    let (spec, net) = collab::network::import_with_record(file, &record, &device).map_err(|e| {
+        match e {
+            // What the flags say contradicts the file: a usage error (exit 2).
+            CollabError::Model(e @ collab_models::ModelError::Setting { .. }) => {
+                CliError::Usage(e.to_string())
+            }
+            e => e.into(),
+        }
+    })?;
     let ModelSpec::Graph(graph) = &spec else {
         unreachable!("an import is a graph")
     };

@@ -41,11 +41,21 @@ fn an_imported_model_evaluates_and_exports_like_a_built_in_one() {
     assert!(out.contains("10 weight layers"), "{out}");
     // The spec travels in the manifest: eval and export need nothing but the checkpoint.
     let cifar = file.parent().unwrap().join("../../data/cifar10");
-    let (code, out, err) = collab(&["eval", "--checkpoint", s(&ckpt), "--data", s(&cifar), "--json"]);
+    let (code, out, err) = collab(&[
+        "eval",
+        "--checkpoint",
+        s(&ckpt),
+        "--data",
+        s(&cifar),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let accuracy = report["accuracy"].as_f64().unwrap();
-    assert!(accuracy > 0.7, "raw pixels reach the model as it expects: {accuracy}");
+    assert!(
+        accuracy > 0.7,
+        "raw pixels reach the model as it expects: {accuracy}"
+    );
     let int8 = tmp.path().join("resnet8.tflite");
     let (code, _, err) = collab(&[
         "export",
@@ -65,7 +75,14 @@ fn an_imported_model_evaluates_and_exports_like_a_built_in_one() {
     let port = &interp.inputs()[0];
     assert_eq!((port.scale, port.zero_point), (1.0, -128));
     let (code, out, err) = collab(&[
-        "eval", "--model", s(&int8), "--like", s(&ckpt), "--data", s(&cifar), "--json",
+        "eval",
+        "--model",
+        s(&int8),
+        "--like",
+        s(&ckpt),
+        "--data",
+        s(&cifar),
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -84,7 +101,10 @@ fn truncated_and_full_integer_files_are_refused_and_nothing_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, bytes) in [
         ("half.tflite", std::fs::read(&tflite).unwrap()),
-        ("half.onnx", std::fs::read(mlperf("resnet8.onnx").unwrap()).unwrap()),
+        (
+            "half.onnx",
+            std::fs::read(mlperf("resnet8.onnx").unwrap()).unwrap(),
+        ),
     ] {
         let path = tmp.path().join(name);
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
@@ -92,7 +112,10 @@ fn truncated_and_full_integer_files_are_refused_and_nothing_is_written() {
         let before = snapshot(tmp.path());
         let (code, _, err) = collab(&["import", s(&path), "--out", s(&out)]);
         assert_eq!(code, 1, "{name}: {err}");
-        assert!(err.contains(name), "{name}: the message names the file: {err}");
+        assert!(
+            err.contains(name),
+            "{name}: the message names the file: {err}"
+        );
         assert!(!out.exists(), "{name}: nothing written");
         assert_eq!(before, snapshot(tmp.path()));
     }
@@ -137,7 +160,14 @@ fn settings_that_contradict_the_file_are_usage_errors() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("10 outputs"), "{err}");
     let (code, _, err) = collab(&[
-        "import", s(&file), "--pixels", "raw", "--mfcc", "tf-signal", "--out", s(&out),
+        "import",
+        s(&file),
+        "--pixels",
+        "raw",
+        "--mfcc",
+        "tf-signal",
+        "--out",
+        s(&out),
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(!out.exists());
@@ -155,8 +185,12 @@ fn data_of_the_wrong_shape_names_both_shapes() {
     // Channels-first images for a channels-last model.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    collab_data::npy::write_f32(&data.join("x.npy"), &[4, 3, 32, 32], &[0.5; 4 * 3 * 32 * 32])
-        .unwrap();
+    collab_data::npy::write_f32(
+        &data.join("x.npy"),
+        &[4, 3, 32, 32],
+        &[0.5; 4 * 3 * 32 * 32],
+    )
+    .unwrap();
     std::fs::write(
         data.join("y.npy"),
         collab_data::npy::encode_i64(&[4], &[0, 1, 2, 3]).unwrap(),
@@ -170,5 +204,8 @@ fn data_of_the_wrong_shape_names_both_shapes() {
         s(&data.join("x.npy")),
     ]);
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("[3, 32, 32]") && err.contains("[32, 32, 3]"), "{err}");
+    assert!(
+        err.contains("[3, 32, 32]") && err.contains("[32, 32, 3]"),
+        "{err}"
+    );
 }
