@@ -271,7 +271,8 @@ fn resnet8_predicts_cifar10_as_litert_does() {
     let imported = tflite::import(&path, Some(&input)).unwrap();
     assert_eq!(imported.spec.input, input);
     let cifar = Cifar10::open(&shared.join("data/cifar10"), false).unwrap();
-    let n = 200;
+    // Every shared test image.
+    let n = cifar.len();
     // The files hold [3, 32, 32] planes; the model takes raw pixels as [32, 32, 3].
     let norm = ImageNorm::raw();
     let nhwc: Vec<f32> = (0..n)
@@ -296,6 +297,17 @@ fn resnet8_predicts_cifar10_as_litert_does() {
     );
     assert_eq!(same, n, "predictions differ from LiteRT's");
     assert!(max_relative(&y, &reference, n) < 1e-4);
+    // The same model through ONNX (tf2onnx's conversion of this file) predicts the same.
+    let onnx =
+        collab_import::onnx::import(&mlperf(&shared, "resnet8.onnx"), Some(&input)).unwrap();
+    let z = ours(&onnx, &nhwc, n);
+    let same_onnx = z
+        .chunks(10)
+        .zip(&b)
+        .filter(|(z, b)| argmax(z) == **b)
+        .count();
+    eprintln!("ResNet-8 from ONNX: {same_onnx} of {n} predictions as LiteRT's float run");
+    assert_eq!(same_onnx, n, "the ONNX import predicts otherwise");
     // A working classifier, not a constant one (MLPerf's float file: 76.4% on these images).
     assert!(correct > n / 2, "{correct} of {n} correct");
 }
