@@ -50,7 +50,7 @@ fn split(x: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
     )
 }
 
-/// Export `plan` with batch 50 (calibrated on the first half of `x`), run the second half in
+/// Export `plan` with a batch of half `x` (calibrated on the first half of `x`), run the second half in
 /// our interpreter and in the validators; returns the int8 outputs and the file.
 fn export_and_check(
     plan: &Plan,
@@ -72,9 +72,10 @@ fn export_and_check_with(
     calibrate: bool,
 ) -> (Vec<i8>, Vec<u8>) {
     let (calib, test) = split(x);
+    let batch = test.dims()[0];
     let ranges = calibrate.then(|| plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap());
     let options = ExportOptions {
-        batch: 50,
+        batch,
         softmax,
         ..ExportOptions::default()
     };
@@ -88,7 +89,7 @@ fn export_and_check_with(
     let port = interp.inputs()[0].clone();
     // The int8 input exactly as run_int8 quantizes it.
     let mut nhwc = vec![0i8; values.len()];
-    for s in 0..50 {
+    for s in 0..batch {
         for ch in 0..c {
             for y in 0..h {
                 for xx in 0..w {
@@ -101,7 +102,7 @@ fn export_and_check_with(
     }
     let ours = interp.run_i8(&nhwc).unwrap();
     // run_int8 (the evaluation path) gives the same values, dequantized.
-    let deq = export::run_int8(&interp, &values, 50, plan.input).unwrap();
+    let deq = export::run_int8(&interp, &values, batch, plan.input).unwrap();
     let out = interp.outputs()[0].clone();
     for (q, f) in ours.iter().zip(&deq) {
         assert_eq!(out.scale * (*q as i32 - out.zero_point) as f32, *f);
@@ -259,6 +260,7 @@ fn deployment_file_runs_on_the_npu_and_with_float_io(plan: &Plan, x: &Tensor<4>,
         return;
     };
     let (calib, test) = split(x);
+    let batch = test.dims()[0];
     let ranges = plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap();
     let bytes = export::to_tflite(plan, Some(&ranges), &ExportOptions::default()).unwrap();
     let path = dir.join("deploy.tflite");
@@ -270,7 +272,7 @@ fn deployment_file_runs_on_the_npu_and_with_float_io(plan: &Plan, x: &Tensor<4>,
     assert_eq!(code, 0, "Vela: {vela}");
 
     let float = ExportOptions {
-        batch: 50,
+        batch,
         float_io: true,
         ..ExportOptions::default()
     };
@@ -281,7 +283,7 @@ fn deployment_file_runs_on_the_npu_and_with_float_io(plan: &Plan, x: &Tensor<4>,
     let [c, h, w] = plan.input;
     let values = collab_core::host::to_vec_f32(test.flatten::<1>(0, 3));
     let mut nhwc = vec![0f32; values.len()];
-    for s in 0..50 {
+    for s in 0..batch {
         for ch in 0..c {
             for y in 0..h {
                 for xx in 0..w {
@@ -719,4 +721,50 @@ fn a_qat_graph_exports_with_trained_ranges_for_its_sums() {
         "the sum's range comes from QAT"
     );
     export_and_check_with(&plan, &x, true, dir.path(), "graph_residual_qat", false);
+}
+
+/// MLPerf Tiny's reference models, which nobody here wrote, imported from float TFLite and from
+/// ONNX and exported with PTQ: every file runs bit-exact in TFLite Micro and LiteRT's reference
+/// kernels, and Vela places the vision model wholly on the NPU. No data for VWW and the
+/// autoencoder is shared, so they calibrate on random inputs of their range (the check is the
+/// file, not its accuracy).
+#[test]
+fn mlperf_tiny_models_import_and_export_bit_exact() {
+    use burn::tensor::Distribution;
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let models = require_shared().join("models/mlperf_tiny");
+    for (file, softmax) in [
+        ("vww_96_float.tflite", true),
+        ("vww_96.onnx", true),
+        ("ad01_fp32.tflite", false),
+        ("ad01.onnx", false),
+        ("kws_ref_model_float32.tflite", true),
+        ("kws_ds_cnn.onnx", true),
+    ] {
+        let imported = collab_import::import(&models.join(file), None).unwrap();
+        assert_eq!(imported.spec.softmax, softmax, "{file}");
+        let spec = imported.spec.clone();
+        let net = GraphNet::from_weights(imported.spec, imported.weights, &device).unwrap();
+        let [c, h, w] = spec.input.shape;
+        // VWW's activations at batch 50 outgrow TFLite Micro's default arena: batch 4.
+        let x = if file.starts_with("vww") {
+            Tensor::<4>::random([8, c, h, w], Distribution::Uniform(0.0, 1.0), &device)
+        } else {
+            Tensor::<4>::random([100, c, h, w], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let plan = net.trace(spec.input.shape).unwrap();
+        assert_eq!(plan.softmax, softmax);
+        let name = file.replace('.', "_");
+        let (_, bytes) = export_and_check(&plan, &x, softmax, dir.path(), &name);
+        let report = Report::new(&bytes).unwrap();
+        eprintln!(
+            "{file}: {} operators, {} bytes int8",
+            report.operator_count, report.bytes
+        );
+        if file == "vww_96_float.tflite" {
+            deployment_file_runs_on_the_npu_and_with_float_io(&plan, &x, dir.path());
+        }
+    }
 }

@@ -298,8 +298,7 @@ fn resnet8_predicts_cifar10_as_litert_does() {
     assert_eq!(same, n, "predictions differ from LiteRT's");
     assert!(max_relative(&y, &reference, n) < 1e-4);
     // The same model through ONNX (tf2onnx's conversion of this file) predicts the same.
-    let onnx =
-        collab_import::onnx::import(&mlperf(&shared, "resnet8.onnx"), Some(&input)).unwrap();
+    let onnx = collab_import::onnx::import(&mlperf(&shared, "resnet8.onnx"), Some(&input)).unwrap();
     let z = ours(&onnx, &nhwc, n);
     let same_onnx = z
         .chunks(10)

@@ -368,6 +368,14 @@ impl Int8Builder {
             })
             .collect();
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Per-tensor weights get a per-tensor bias scale: LiteRT's FULLY_CONNECTED reads the
+        // legacy single scale of the bias (zero when there are several) and refuses the layer
+        // when input × weight scale is more than 2% of the output scale away from it.
+        let bias_scales = if scales.len() == 1 {
+            bias_scales[..1].to_vec()
+        } else {
+            bias_scales
+        };
         self.tensor(
             name,
             &[units],
