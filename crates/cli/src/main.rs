@@ -284,6 +284,16 @@ mod parse {
             value: &OsStr,
         ) -> Result<ModelSpec, clap::Error> {
             let text = value.to_string_lossy();
+            // A model file: its architecture, as `collab import` reads it (weights are taken
+            // only by `collab import`, which writes them into a checkpoint).
+            if collab::network::is_model_file(&text) {
+                return collab_import::import(std::path::Path::new(text.as_ref()), None)
+                    .map(|m| ModelSpec::Graph(Box::new(m.spec)))
+                    .map_err(|e| {
+                        clap::Error::raw(ErrorKind::InvalidValue, format!("--model: {e}\n"))
+                            .with_cmd(cmd)
+                    });
+            }
             text.parse::<ModelSpec>().map_err(|_| {
                 let mut err = clap::Error::new(ErrorKind::InvalidValue).with_cmd(cmd);
                 if let Some(arg) = arg {
@@ -314,7 +324,7 @@ mod parse {
 enum Command {
     /// Print a model's layers, parameters and MACs.
     Info {
-        /// Model name.
+        /// Model name, or a model file (.onnx, float .tflite) for its architecture.
         #[arg(long, value_parser = parse::Model)]
         model: ModelSpec,
         /// Width multiplier (MobileNets), in (0, 4].
@@ -324,7 +334,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Turn published DS-CNN weights (safetensors, TF layouts) into a checkpoint.
+    /// Import a model file (ONNX, float TFLite) as a trainable checkpoint, or published DS-CNN
+    /// weights (safetensors, TF layouts).
     Import {
         /// A model file to import as a trainable model: `.onnx` or a float `.tflite`.
         #[arg(conflicts_with_all = ["model", "weights"], required_unless_present = "model")]
@@ -356,7 +367,7 @@ enum Command {
     },
     /// Train a model (from scratch or published weights); checkpoints every epoch.
     Train {
-        /// Model name.
+        /// Model name, or a model file (.onnx, float .tflite) for its architecture.
         #[arg(long, value_parser = parse::Model)]
         model: ModelSpec,
         /// Width multiplier (MobileNets), in (0, 4].
@@ -649,7 +660,7 @@ fn single_stage(args: StageArgs, name: &str, scheme: collab::tree::Scheme) -> Re
 enum BenchCommand {
     /// Median ms per training step (forward + backward + Adam) on random input, after warm-up.
     Train {
-        /// Model name.
+        /// Model name, or a model file (.onnx, float .tflite) for its architecture.
         #[arg(long, value_parser = parse::Model)]
         model: ModelSpec,
         /// Width multiplier (MobileNets), in (0, 4].
@@ -1508,7 +1519,9 @@ fn main() -> ExitCode {
     keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // onnx-ir narrates every parse at `info`; its warnings still show.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,onnx_ir=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: logs piped to a file or CI stay plain text.
