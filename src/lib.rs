@@ -6,6 +6,7 @@
 pub use collab_cluster as cluster;
 pub use collab_core as core;
 pub use collab_data as data;
+pub use collab_import as import;
 pub use collab_models as models;
 pub use collab_prune as prune;
 pub use collab_quant as quant;
