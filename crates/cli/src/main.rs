@@ -782,19 +782,7 @@ fn import(model: ModelSpec, weights: &Path, out: &Path, force: bool) -> Result<(
             model.name()
         )));
     };
-    if let Existing::Checkpoint(old) = checkpoint::inspect_target(out)?
-        && !force
-    {
-        return Err(failed(
-            out,
-            format!(
-                "already holds a checkpoint ({}, {}); pass --force to replace it, or choose \
-                 another --out",
-                old.model.name(),
-                old.stage
-            ),
-        ));
-    }
+    refuse_checkpoint_unless_forced(out, force)?;
     let bytes = std::fs::read(weights).map_err(|e| CollabError::checkpoint(weights, e))?;
     let device = collab::device::compute();
     let net = collab_models::import::ds_cnn(
@@ -810,16 +798,9 @@ fn import(model: ModelSpec, weights: &Path, out: &Path, force: bool) -> Result<(
     Ok(())
 }
 
-/// `collab import FILE`: the file as a trainable graph model, written as a checkpoint. The
-/// input record is the file's, with the features given on the command line.
-fn import_file(
-    file: &Path,
-    pixels: Option<Pixels>,
-    mfcc: Option<MfccArg>,
-    labels: Vec<String>,
-    out: &Path,
-    force: bool,
-) -> Result<(), CliError> {
+/// Before an import writes `out`: a checkpoint already there is replaced only with `--force`
+/// (files, devices and foreign folders are always refused by `inspect_target`).
+fn refuse_checkpoint_unless_forced(out: &Path, force: bool) -> Result<(), CliError> {
     if let Existing::Checkpoint(old) = checkpoint::inspect_target(out)?
         && !force
     {
@@ -833,6 +814,20 @@ fn import_file(
             ),
         ));
     }
+    Ok(())
+}
+
+/// `collab import FILE`: the file as a trainable graph model, written as a checkpoint. The
+/// input record is the file's, with the features given on the command line.
+fn import_file(
+    file: &Path,
+    pixels: Option<Pixels>,
+    mfcc: Option<MfccArg>,
+    labels: Vec<String>,
+    out: &Path,
+    force: bool,
+) -> Result<(), CliError> {
+    refuse_checkpoint_unless_forced(out, force)?;
     let device = collab::device::compute();
     let record = collab::network::InputRecord {
         pixels: pixels.map(|p| match p {

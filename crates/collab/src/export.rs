@@ -821,6 +821,17 @@ fn op_tflite(
             b.avg_pool(name, x, p.kernel, p.stride, padding)
                 .map_err(tfl)
         }
+        Op::MaxPool(p) => {
+            let padding = window_padding(p.pads, p.kernel, p.stride).ok_or_else(|| {
+                CollabError::Usage(format!(
+                    "node `{name}`: max pooling with padding {:?} is neither VALID nor SAME \
+                     and has no int8 TFLite form",
+                    p.pads
+                ))
+            })?;
+            b.max_pool(name, x, p.kernel, p.stride, padding)
+                .map_err(tfl)
+        }
         Op::Flatten { channels_last } => {
             if s.len() == 2 {
                 return Ok(x);
@@ -838,8 +849,8 @@ fn op_tflite(
         }
         other => Err(CollabError::Usage(format!(
             "node `{name}`: {} has no int8 TFLite form in this exporter (the int8 export \
-             writes convolutions, fully-connected layers, ADD, average pooling, reshapes and \
-             softmax); the model trains and evaluates in float, but cannot be written as int8",
+             writes convolutions, fully-connected layers, ADD, average and max pooling, reshapes \
+             and softmax); the model trains and evaluates in float, but cannot be written as int8",
             other.kind()
         ))),
     }

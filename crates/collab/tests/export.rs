@@ -555,8 +555,8 @@ fn trained_small_mobilenet_exports_bit_exact() {
 }
 
 /// A small residual network on CIFAR-shaped inputs, written as a graph: a stride-2 stem, a
-/// residual block whose sum is followed by ReLU, a depthwise convolution (ReLU6), 2×2 average
-/// pooling, global pooling and two fully-connected layers (the first with ReLU).
+/// residual block whose sum is followed by ReLU, a depthwise convolution (ReLU6), 3×3 max
+/// pooling, 2×2 average pooling, global pooling and two fully-connected layers (the first with ReLU).
 fn residual_graph() -> collab_models::GraphSpec {
     use collab_models::graph::{Fused, GraphBuilder, Op, PoolSpec};
     let input = collab_data::InputSpec {
@@ -571,6 +571,16 @@ fn residual_graph() -> collab_models::GraphSpec {
     let b = g.conv(a, 16, [3, 3], [1, 1], 1, Fused::None);
     let sum = g.add(stem, b, Fused::Relu);
     let dw = g.conv(sum, 16, [3, 3], [1, 1], 16, Fused::Relu6);
+    // 3×3 max pooling, stride 1, SAME (padded cells never win).
+    let dw = g.node(
+        "maxpool",
+        Op::MaxPool(PoolSpec {
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1, 1, 1, 1],
+        }),
+        &[dw],
+    );
     let pooled = g.node(
         "pool",
         Op::AvgPool(PoolSpec {
@@ -680,17 +690,7 @@ fn a_qat_graph_exports_with_trained_ranges_for_its_sums() {
     let x = cifar_inputs();
     let spec = residual_graph();
     let first = |name: &str| spec.reads_model_input(name);
-    let act = |name: &str| match spec.nodes.iter().find(|n| n.name == name).map(|n| &n.op) {
-        Some(
-            collab_models::graph::Op::Conv { act, .. }
-            | collab_models::graph::Op::Linear { act, .. },
-        ) => match act {
-            collab_models::graph::Fused::None => FusedActivation::None,
-            collab_models::graph::Fused::Relu => FusedActivation::Relu,
-            collab_models::graph::Fused::Relu6 => FusedActivation::Relu6,
-        },
-        _ => unreachable!("a layer"),
-    };
+    let act = |name: &str| spec.activation_of(name).quant();
     let net = GraphNet::init(spec.clone(), &device)
         .unwrap()
         .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))

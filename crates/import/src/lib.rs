@@ -70,6 +70,14 @@ pub struct Imported {
     pub weights: GraphWeights,
 }
 
+/// The bytes of a model file, or an error naming it.
+fn read(path: &Path) -> Result<Vec<u8>, ImportError> {
+    std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Import `path` by its extension (`.onnx`, `.tflite`). `input`, when given, replaces what the
 /// file says about its input beyond the shape (features, labels); its shape must match.
 pub fn import(path: &Path, input: Option<&InputSpec>) -> Result<Imported, ImportError> {

@@ -52,10 +52,7 @@ use crate::{ImportError, Imported};
 /// [`Layout::Flat`] `[f, 1, 1]`. `input`, when given, supplies the features and labels; its
 /// shape and layout must be the file's.
 pub fn import(path: &Path, input: Option<&InputSpec>) -> Result<Imported, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::read(path)?;
     let model = ModelProto::parse_from_bytes(&bytes).map_err(|e| ImportError::Format {
         path: path.to_path_buf(),
         reason: format!("not an ONNX model ({e}); is the file complete?"),

@@ -53,10 +53,7 @@ pub const SUPPORTED: &[&str] = &[
 /// the [`InputSpec`] read from the file (features, labels); its shape and layout must be the
 /// file's.
 pub fn import(path: &Path, input: Option<&InputSpec>) -> Result<Imported, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::read(path)?;
     let graph = Graph::from_bytes(&bytes).map_err(|e| ImportError::Format {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -122,6 +122,15 @@ impl Fused {
         }
     }
 
+    /// The activation a QAT layer's output quantizer clamps to.
+    pub fn quant(self) -> collab_quant::FusedActivation {
+        match self {
+            Self::None => collab_quant::FusedActivation::None,
+            Self::Relu => collab_quant::FusedActivation::Relu,
+            Self::Relu6 => collab_quant::FusedActivation::Relu6,
+        }
+    }
+
     fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self.activation() {
             Some(a) => a.apply(x),
@@ -286,6 +295,17 @@ impl GraphSpec {
             .filter(|(_, n)| matches!(n.op, Op::Add { .. }))
             .map(|(k, _)| k)
             .collect()
+    }
+
+    /// The activation fused after layer `name` (`None` for a name that is not a layer).
+    pub fn activation_of(&self, name: &str) -> Fused {
+        self.nodes
+            .iter()
+            .find_map(|n| match n.op {
+                Op::Conv { act, .. } | Op::Linear { act, .. } if n.name == name => Some(act),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     /// Whether the layer (or node) `name` reads the model input, directly or through flattening:
@@ -824,15 +844,6 @@ impl<C, L> GraphNet<C, L> {
     pub fn requant_of(&self, node: usize) -> Option<&ActQuant> {
         let i = self.spec.requant_nodes().iter().position(|n| *n == node)?;
         self.requant.get(i)
-    }
-
-    /// The fused activation after the layer named `name`, if any (what a QAT layer's output
-    /// quantizer must clamp to).
-    pub fn activation_of(&self, name: &str) -> Option<Activation> {
-        self.spec.nodes.iter().find_map(|n| match n.op {
-            Op::Conv { act, .. } | Op::Linear { act, .. } if n.name == name => act.activation(),
-            _ => None,
-        })
     }
 }
 

@@ -5,8 +5,8 @@
 //! does, in `f32` where it does), the same fixed-point requantization
 //! (`MultiplyByQuantizedMultiplier`) and gemmlowp's fixed-point softmax. Layout NHWC.
 //!
-//! Operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, AVERAGE_POOL_2D, RESHAPE, SOFTMAX,
-//! ADD (same shapes), PAD, QUANTIZE (float → int8) and DEQUANTIZE (int8 → float). Tensors are
+//! Operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, AVERAGE_POOL_2D, MAX_POOL_2D, RESHAPE,
+//! SOFTMAX, ADD (same shapes), PAD, QUANTIZE (float → int8) and DEQUANTIZE (int8 → float). Tensors are
 //! int8 activations, int8 weights (zero point 0, per tensor or per channel), int32 biases.
 //!
 //! [`Interpreter::new`] checks everything once (types, shapes, quantization, memory) and
@@ -186,6 +186,8 @@ enum Kernel {
         stride: [usize; 2],
         pad: [usize; 2],
         act: [i32; 2],
+        /// MAX_POOL_2D: the window's largest value instead of its rounded mean.
+        max: bool,
     },
     Copy {
         input: usize,
@@ -747,7 +749,7 @@ impl Interpreter {
                 }
             }
             (
-                "AVERAGE_POOL_2D",
+                "AVERAGE_POOL_2D" | "MAX_POOL_2D",
                 Options::Pool {
                     padding,
                     stride,
@@ -787,6 +789,7 @@ impl Interpreter {
                     pad,
                     act: activation_range(*activation, out_q.0, out_q.1)
                         .map_err(|e| bad(n, name, e))?,
+                    max: name == "MAX_POOL_2D",
                 }
             }
             ("RESHAPE", _) => {
@@ -1189,6 +1192,28 @@ impl Interpreter {
                 stride,
                 pad,
                 act,
+                max: true,
+            } => {
+                i8s[*output] = max_pool(
+                    &i8s[*input],
+                    *in_shape,
+                    *out_shape,
+                    *filter,
+                    *stride,
+                    *pad,
+                    *act,
+                );
+            }
+            Kernel::AvgPool {
+                input,
+                output,
+                in_shape,
+                out_shape,
+                filter,
+                stride,
+                pad,
+                act,
+                max: false,
             } => {
                 i8s[*output] = avg_pool(
                     &i8s[*input],
@@ -1333,6 +1358,51 @@ impl Interpreter {
 /// AVERAGE_POOL_2D: the window's sum per channel (padding excluded from the count), divided
 /// rounding half away from zero, clamped. Channels are the inner loop, so it vectorises (AVX2
 /// where the CPU has it).
+/// MAX_POOL_2D over NHWC int8 (padded cells are not part of any window), clamped to `act`.
+fn max_pool(
+    x: &[i8],
+    in_shape: [usize; 4],
+    out_shape: [usize; 4],
+    filter: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    act: [i32; 2],
+) -> Vec<i8> {
+    let [nb, ih, iw, ch] = in_shape;
+    let [_, oh, ow, _] = out_shape;
+    let mut out = vec![0i8; nb * oh * ow * ch];
+    for b in 0..nb {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let y0 = (oy * stride[0]) as isize - pad[0] as isize;
+                let x0 = (ox * stride[1]) as isize - pad[1] as isize;
+                let o = &mut out[((b * oh + oy) * ow + ox) * ch..][..ch];
+                o.fill(i8::MIN);
+                for fy in 0..filter[0] as isize {
+                    let y = y0 + fy;
+                    if !(0..ih as isize).contains(&y) {
+                        continue;
+                    }
+                    for fx in 0..filter[1] as isize {
+                        let xx = x0 + fx;
+                        if !(0..iw as isize).contains(&xx) {
+                            continue;
+                        }
+                        let px = &x[((b * ih + y as usize) * iw + xx as usize) * ch..][..ch];
+                        for (o, v) in o.iter_mut().zip(px) {
+                            *o = (*o).max(*v);
+                        }
+                    }
+                }
+                for o in o.iter_mut() {
+                    *o = (*o as i32).clamp(act[0], act[1]) as i8;
+                }
+            }
+        }
+    }
+    out
+}
+
 fn avg_pool(
     x: &[i8],
     in_shape: [usize; 4],

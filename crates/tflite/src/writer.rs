@@ -617,9 +617,47 @@ impl Int8Builder {
         stride: [usize; 2],
         padding: Padding,
     ) -> Result<TensorId, TfliteError> {
+        self.pool(
+            BuiltinOperator::AVERAGE_POOL_2D,
+            name,
+            x,
+            filter,
+            stride,
+            padding,
+        )
+    }
+
+    /// MAX_POOL_2D (v2); output quantization = input quantization.
+    pub fn max_pool(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        filter: [usize; 2],
+        stride: [usize; 2],
+        padding: Padding,
+    ) -> Result<TensorId, TfliteError> {
+        self.pool(
+            BuiltinOperator::MAX_POOL_2D,
+            name,
+            x,
+            filter,
+            stride,
+            padding,
+        )
+    }
+
+    fn pool(
+        &mut self,
+        op: BuiltinOperator,
+        name: &str,
+        x: TensorId,
+        filter: [usize; 2],
+        stride: [usize; 2],
+        padding: Padding,
+    ) -> Result<TensorId, TfliteError> {
         let q = self.act_q(x)?;
         let [n, h, w, c] = <[usize; 4]>::try_from(self.shapes[x.0].as_slice())
-            .map_err(|_| err(format!("`{name}`: AVERAGE_POOL_2D needs an NHWC input")))?;
+            .map_err(|_| err(format!("`{name}`: pooling needs an NHWC input")))?;
         let mut out = [0; 2];
         for (d, size) in [h, w].into_iter().enumerate() {
             out[d] = out_and_pad(padding, size, filter[d], stride[d], 1)
@@ -629,7 +667,7 @@ impl Int8Builder {
         }
         let y = self.activation_tensor(name, &[n, out[0], out[1], c], q);
         self.op(
-            BuiltinOperator::AVERAGE_POOL_2D,
+            op,
             2,
             vec![x.0 as i32],
             vec![y.0 as i32],
