@@ -53,6 +53,12 @@ fn quick_tree_produces_every_leaf_with_its_invariants() {
     for l in leaves {
         let acc = l["int8_accuracy"].as_f64().unwrap();
         assert!(acc > 0.8, "{}: int8 accuracy {acc}", l["stage"]);
+        // Every file was run in the reference runtimes (CI installs them) and matched ours.
+        if std::env::var_os("COLLAB_REQUIRE_TOOLS").is_some() {
+            let v = &l["verified"]["max_lsb"];
+            assert_eq!(v["litert_ref"], 0.0, "{}: {v}", l["stage"]);
+            assert_eq!(v["tflm"], 0.0, "{}: {v}", l["stage"]);
+        }
     }
     // Pruned lineages: ≥ 50% zeros in every weight tensor of the file.
     for name in ["pruned", "pqat", "sparsity_preserving_clustered", "pcqat"] {

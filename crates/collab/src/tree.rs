@@ -261,9 +261,16 @@ pub struct Leaf {
     pub compression: f64,
     /// Weight figures per layer, read back from the file.
     pub layers: Vec<LayerFigures>,
+    /// The file in LiteRT's reference kernels, TFLite Micro and XNNPACK against our
+    /// interpreter, when the validators are installed (`None` otherwise).
+    #[serde(default)]
+    pub verified: Option<export::Verification>,
     /// Seconds the stage took (training, export, evaluation).
     pub seconds: f64,
 }
+
+/// Validation samples each node's file is run on in the runtimes.
+const VERIFY_SAMPLES: usize = 8;
 
 /// Fraction of exact zeros in every weight of `network`, keyed like the int8 file's weight
 /// tensors (`blocks.0.pw/weight`): the zeros a child stage must keep (they stay 0 in int8).
@@ -937,6 +944,14 @@ pub fn run(
     };
     std::fs::create_dir_all(out).map_err(|e| CollabError::checkpoint(out, e))?;
     let _lock = crate::lock::OutLock::acquire(out)?;
+    let tools = collab_data::shared::shared_dir()
+        .and_then(|d| collab_tflite::tools::Validators::find(&d.join("tools")));
+    if tools.is_none() {
+        tracing::warn!(
+            "the Python validators (../shared/tools) are not installed: the int8 files are \
+             checked by our interpreter only (pip install -r ../shared/tools/requirements.txt)"
+        );
+    }
     // Augmentation (where the data has it) applies to training the baseline only: the stages'
     // fine-tuning and every evaluation read batches without it.
     let augment = config.augment && config.baseline_epochs > 0;
@@ -1106,6 +1121,29 @@ pub fn run(
         let graph = collab_tflite::Graph::from_bytes(&bytes).map_err(err)?;
         let interp = collab_tflite::Interpreter::new(&graph).map_err(err)?;
         let int8 = export::evaluate_int8(&interp, input, data.val.as_ref())?;
+        // The file in the runtimes, where the validators are installed.
+        let verified = match &tools {
+            Some(tools) => {
+                let take: Vec<usize> = (0..data.val.len().min(VERIFY_SAMPLES)).collect();
+                let (x, _) = data.val.batch(&take, None, &device)?;
+                let v = export::verify(
+                    tools,
+                    &plan,
+                    Some(&ranges),
+                    x,
+                    &out.join(format!(".verify-{name}")),
+                )?;
+                if !v.exact() {
+                    return Err(CollabError::Usage(format!(
+                        "stage `{name}`: the int8 file runs differently in the reference \
+                         runtimes than in ours ({:?} LSB): a bug, please report it",
+                        v.max_lsb
+                    )));
+                }
+                Some(v)
+            }
+            None => None,
+        };
         let layers: Vec<LayerFigures> = report
             .weights
             .iter()
@@ -1128,6 +1166,7 @@ pub fn run(
             gzip_bytes: report.gzip_bytes,
             compression: report.compression,
             layers,
+            verified,
             seconds: start.elapsed().as_secs_f64(),
         };
         let mut manifest = Manifest::new(spec.clone(), name, config.seed);
@@ -1258,6 +1297,22 @@ pub fn table(leaves: &[Leaf]) -> String {
             l.bytes,
             l.gzip_bytes,
             100.0 * l.compression
+        );
+    }
+    // One line on what checked the files (a column per runtime would say the same per row).
+    let checked: Vec<&export::Verification> =
+        leaves.iter().filter_map(|l| l.verified.as_ref()).collect();
+    if !checked.is_empty() {
+        let xnnpack = checked
+            .iter()
+            .filter_map(|v| v.max_lsb.get("litert_xnnpack"))
+            .fold(0f64, |a, b| a.max(*b));
+        s += &format!(
+            "\n{} of {} int8 files run in LiteRT's reference kernels and TFLite Micro exactly as \
+             in our interpreter ({} validation inputs each; XNNPACK within {xnnpack} LSB).\n",
+            checked.iter().filter(|v| v.exact()).count(),
+            leaves.len(),
+            checked[0].inputs
         );
     }
     s
