@@ -30,7 +30,7 @@ tree resnet8_onnx mlperf_resnet8_onnx $SHARED/data/cifar10
 tree kws mlperf_kws $SHARED/data/speech_commands_12
 
 accuracy() { # eval args… → "76.45"
-    "$C" eval "$@" --json 2>/dev/null | "$PY" -c 'import json,sys; print(f"{100*json.load(sys.stdin)["accuracy"]:.2f}")'
+    "$C" eval "$@" --json 2>/dev/null | "$PY" -c 'import json,sys; print("%.2f" % (100 * json.load(sys.stdin)["accuracy"]))'
 }
 ref_resnet=$(accuracy --model $M/pretrainedResnet_quant.tflite --like "$OUT/resnet8/baseline" --data $SHARED/data/cifar10)
 ref_kws=$(accuracy --model $M/kws_ref_model.tflite --like "$OUT/kws/baseline" --data $SHARED/data/speech_commands_12)
