@@ -11,11 +11,10 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use collab_cluster::ClusteringConfig;
 use collab_core::BnMode;
 use collab_prune::{PruningConfig, PruningSchedule};
-use collab_quant::{FusedActivation, QatConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
-use crate::network::{ModelSpec, Task};
+use crate::network::{ModelSpec, Task, qat_config};
 use crate::usage as err;
 
 /// How the model's layers are wrapped for a training-step benchmark.
@@ -154,21 +153,14 @@ pub fn train_step(
             None => Ok((x.clone(), y.clone())),
         }
     };
-    let act = match spec {
-        ModelSpec::DsCnn { .. } => FusedActivation::Relu,
-        _ => FusedActivation::Relu6,
-    };
+    let graph = spec.graph_spec()?;
     let net = spec.init(&device)?.with_bn_mode(bn);
     let prune = PruningConfig::new(PruningSchedule::constant(0.5));
     let cluster = ClusteringConfig::new(16).with_seed(seed);
     let keep = ClusteringConfig::new(16)
         .with_seed(seed)
         .with_preserve_sparsity(true);
-    let qat = |name: &str| {
-        QatConfig::new()
-            .with_activation(act)
-            .with_input(name == "conv1" || name == "stem")
-    };
+    let qat = |name: &str| qat_config(&graph, name);
     let times = each_family!(net, m => match wrap {
         Wrap::None => time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?,
         Wrap::Prune => {
@@ -185,18 +177,14 @@ pub fn train_step(
         Wrap::Qat => {
             let m = m.try_map(
                 |n, c| qat(n).wrap(c).map_err(err),
-                |_, l| QatConfig::new().wrap(l).map_err(err),
+                |n, l| qat(n).wrap(l).map_err(err),
             )?;
             time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
         }
         Wrap::Pcqat => {
             let m = m.try_map(
                 |n, c| qat(n).wrap(keep.wrap_named(n, pruned(&prune, c)?).map_err(err)?).map_err(err),
-                |n, l| {
-                    QatConfig::new()
-                        .wrap(keep.wrap_named(n, pruned(&prune, l)?).map_err(err)?)
-                        .map_err(err)
-                },
+                |n, l| qat(n).wrap(keep.wrap_named(n, pruned(&prune, l)?).map_err(err)?).map_err(err),
             )?;
             time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
         }

@@ -25,7 +25,7 @@ use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, WeightLayer};
 use collab_data::{Features, Layout};
 use collab_models::graph::{Fused, Op, Value, apply_op};
-use collab_models::{DsCnn, GraphNet, MobileNetV1, MobileNetV2};
+use collab_models::{GraphNet, IntoGraph};
 use collab_prune::Prunable;
 use collab_quant::{Calibration, FusedActivation, LayerQuant, QatAware, QuantParams};
 use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId};
@@ -102,11 +102,6 @@ pub enum Step {
         /// QAT parameters, if trained with them.
         quant: Option<LayerQuant>,
     },
-    /// Global average pooling `[n, c, h, w]` → `[n, c]`.
-    Pool {
-        /// Input value.
-        src: usize,
-    },
     /// The classifier.
     Linear {
         /// Layer path.
@@ -164,23 +159,23 @@ pub struct Plan {
     pub flat_input: bool,
 }
 
-impl Plan {
-    /// A classifier's plan (softmax at the end, input range from calibration, map input).
-    pub fn new(input: [usize; 3], steps: Vec<Step>) -> Self {
-        Self {
-            input,
-            steps,
-            softmax: true,
-            input_range: None,
-            flat_input: false,
-        }
-    }
-}
-
-/// Models that can be traced into a [`Plan`].
+/// Models that can be traced into a [`Plan`]: every model that describes itself as a graph
+/// ([`IntoGraph`]: the built-in families and [`GraphNet`]) traces through the graph's own
+/// operators, so there is one trace for all of them.
 pub trait Traceable {
     /// The plan, with the model's input `[channels, h, w]`.
     fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError>;
+}
+
+impl<M> Traceable for M
+where
+    M: IntoGraph + Clone,
+    M::Conv: ExportLayer<Plain = Conv2d>,
+    M::Linear: ExportLayer<Plain = Linear>,
+{
+    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
+        trace_graph(&self.clone().into_graph()?, input)
+    }
 }
 
 struct Tracer {
@@ -204,23 +199,6 @@ impl Tracer {
             src,
             layer: c.clone().strip(),
             act,
-            quant,
-        });
-        Ok(self.steps.len())
-    }
-
-    fn linear<L: ExportLayer<Plain = Linear>>(
-        &mut self,
-        name: &str,
-        src: usize,
-        l: &L,
-    ) -> Result<usize, CollabError> {
-        let quant = l.layer_quant(name)?;
-        self.steps.push(Step::Linear {
-            name: name.into(),
-            src,
-            layer: l.clone().strip(),
-            act: Act::None,
             quant,
         });
         Ok(self.steps.len())
@@ -251,85 +229,6 @@ fn check_act(name: &str, trained: FusedActivation, model: Act) -> Result<(), Col
     }
 }
 
-/// The plan of a depthwise-separable network (DS-CNN, MobileNet v1): first convolution,
-/// blocks of depthwise + pointwise, global pooling, classifier; `act` after every convolution.
-fn trace_separable<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
-    input: [usize; 3],
-    first: (&str, &C),
-    blocks: &[collab_models::DsBlock<C>],
-    fc: &L,
-    act: Act,
-) -> Result<Plan, CollabError> {
-    let mut t = Tracer { steps: Vec::new() };
-    let mut x = t.conv(first.0, 0, first.1, act)?;
-    for (i, b) in blocks.iter().enumerate() {
-        x = t.conv(&format!("blocks.{i}.dw"), x, &b.dw, act)?;
-        x = t.conv(&format!("blocks.{i}.pw"), x, &b.pw, act)?;
-    }
-    let x = t.push(Step::Pool { src: x });
-    t.linear("fc", x, fc)?;
-    Ok(Plan::new(input, t.steps))
-}
-
-impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable for DsCnn<C, L> {
-    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
-        trace_separable(
-            input,
-            ("conv1", &self.conv1),
-            &self.blocks,
-            &self.fc,
-            Act::Relu,
-        )
-    }
-}
-
-impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
-    for MobileNetV1<C, L>
-{
-    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
-        trace_separable(
-            input,
-            ("stem", &self.stem),
-            &self.blocks,
-            &self.fc,
-            Act::Relu6,
-        )
-    }
-}
-
-impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable
-    for MobileNetV2<C, L>
-{
-    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
-        let mut t = Tracer { steps: Vec::new() };
-        let mut x = t.conv("stem", 0, &self.stem, Act::Relu6)?;
-        for (i, b) in self.blocks.iter().enumerate() {
-            let block_in = x;
-            let mut y = x;
-            if let Some(e) = &b.expand {
-                y = t.conv(&format!("blocks.{i}.expand"), y, e, Act::Relu6)?;
-            }
-            y = t.conv(&format!("blocks.{i}.dw"), y, &b.dw, Act::Relu6)?;
-            y = t.conv(&format!("blocks.{i}.project"), y, &b.project, Act::None)?;
-            x = if b.residual() {
-                t.push(Step::Add {
-                    name: format!("blocks.{i}.add"),
-                    a: y,
-                    b: block_in,
-                    act: Act::None,
-                    quant: None,
-                })
-            } else {
-                y
-            };
-        }
-        x = t.conv("head", x, &self.head, Act::Relu6)?;
-        let x = t.push(Step::Pool { src: x });
-        t.linear("fc", x, &self.fc)?;
-        Ok(Plan::new(input, t.steps))
-    }
-}
-
 impl Act {
     fn from_fused(f: Fused) -> Self {
         match f {
@@ -342,76 +241,77 @@ impl Act {
 
 /// A graph traces to its own operators: the spec is the plan, with each layer stripped to its
 /// effective weight (the input shape is the spec's; `input` must match it).
-impl<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>> Traceable for GraphNet<C, L> {
-    fn trace(&self, input: [usize; 3]) -> Result<Plan, CollabError> {
-        let spec = self.spec();
-        if input != spec.input.shape {
-            return Err(CollabError::Usage(format!(
-                "model `{}` takes inputs {:?}, not {input:?}",
-                spec.name, spec.input.shape
-            )));
-        }
-        let mut t = Tracer { steps: Vec::new() };
-        for (k, node) in spec.nodes.iter().enumerate() {
-            let name = node.name.as_str();
-            match &node.op {
-                Op::Conv { layer, act } => {
-                    t.conv(
-                        name,
-                        node.inputs[0],
-                        &self.convs[*layer],
-                        Act::from_fused(*act),
-                    )?;
+fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
+    net: &GraphNet<C, L>,
+    input: [usize; 3],
+) -> Result<Plan, CollabError> {
+    let spec = net.spec();
+    if input != spec.input.shape {
+        return Err(CollabError::Usage(format!(
+            "model `{}` takes inputs {:?}, not {input:?}",
+            spec.name, spec.input.shape
+        )));
+    }
+    let mut t = Tracer { steps: Vec::new() };
+    for (k, node) in spec.nodes.iter().enumerate() {
+        let name = node.name.as_str();
+        match &node.op {
+            Op::Conv { layer, act } => {
+                t.conv(
+                    name,
+                    node.inputs[0],
+                    &net.convs[*layer],
+                    Act::from_fused(*act),
+                )?;
+            }
+            Op::Linear { layer, act } => {
+                let l = &net.linears[*layer];
+                let quant = l.layer_quant(name)?;
+                if let Some(q) = &quant {
+                    check_act(name, q.activation, Act::from_fused(*act))?;
                 }
-                Op::Linear { layer, act } => {
-                    let l = &self.linears[*layer];
-                    let quant = l.layer_quant(name)?;
-                    if let Some(q) = &quant {
-                        check_act(name, q.activation, Act::from_fused(*act))?;
-                    }
-                    t.push(Step::Linear {
-                        name: name.into(),
-                        src: node.inputs[0],
-                        layer: l.clone().strip(),
-                        act: Act::from_fused(*act),
-                        quant,
-                    });
-                }
-                Op::Add { act } => {
-                    let quant = self
-                        .requant_of(k)
-                        .map(|q| q.params(name))
-                        .transpose()
-                        .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
-                    t.push(Step::Add {
-                        name: name.into(),
-                        a: node.inputs[0],
-                        b: node.inputs[1],
-                        act: Act::from_fused(*act),
-                        quant,
-                    });
-                }
-                op => {
-                    t.push(Step::Op {
-                        name: name.into(),
-                        op: op.clone(),
-                        inputs: node.inputs.clone(),
-                    });
-                }
+                t.push(Step::Linear {
+                    name: name.into(),
+                    src: node.inputs[0],
+                    layer: l.clone().strip(),
+                    act: Act::from_fused(*act),
+                    quant,
+                });
+            }
+            Op::Add { act } => {
+                let quant = net
+                    .requant_of(k)
+                    .map(|q| q.params(name))
+                    .transpose()
+                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
+                t.push(Step::Add {
+                    name: name.into(),
+                    a: node.inputs[0],
+                    b: node.inputs[1],
+                    act: Act::from_fused(*act),
+                    quant,
+                });
+            }
+            op => {
+                t.push(Step::Op {
+                    name: name.into(),
+                    op: op.clone(),
+                    inputs: node.inputs.clone(),
+                });
             }
         }
-        let input_range = match &spec.input.features {
-            Features::Image(norm) => Some(norm.range()),
-            _ => None,
-        };
-        Ok(Plan {
-            input,
-            steps: t.steps,
-            softmax: spec.softmax,
-            input_range,
-            flat_input: spec.input.layout == Layout::Flat,
-        })
     }
+    let input_range = match &spec.input.features {
+        Features::Image(norm) => Some(norm.range()),
+        _ => None,
+    };
+    Ok(Plan {
+        input,
+        steps: t.steps,
+        softmax: spec.softmax,
+        input_range,
+        flat_input: spec.input.layout == Layout::Flat,
+    })
 }
 
 impl Network {
@@ -440,11 +340,6 @@ impl Plan {
                 Step::Conv {
                     src, layer, act, ..
                 } => Value::Map(act.apply(layer.forward(values[*src].clone().map()))),
-                Step::Pool { src } => {
-                    let m = values[*src].clone().map();
-                    let [n, c, h, w] = m.dims();
-                    Value::Vec(m.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]))
-                }
                 Step::Linear {
                     src, layer, act, ..
                 } => Value::Vec(act.apply(layer.forward(values[*src].clone().flat()))),
@@ -690,15 +585,6 @@ pub fn to_tflite(
                 };
                 let conv = conv_layer(name, layer, *act, quant.as_ref())?;
                 b.conv2d(name, ids[*src], &conv, out_q).map_err(tfl)?
-            }
-            Step::Pool { src } => {
-                let x = ids[*src];
-                let s = b.shape(x).to_vec();
-                let pooled = b
-                    .avg_pool("pool", x, [s[1], s[2]], [1, 1], Padding::Valid)
-                    .map_err(tfl)?;
-                b.reshape("pool/flatten", pooled, &[s[0], s[3]])
-                    .map_err(tfl)?
             }
             Step::Linear {
                 name,

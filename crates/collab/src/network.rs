@@ -1,5 +1,7 @@
 //! The models by name, as one burn module.
 
+use std::borrow::Cow;
+
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
@@ -8,6 +10,7 @@ use collab_models::{
     ConvBlock, DsCnn, DsCnnConfig, DsCnnSize, GraphNet, GraphSpec, MobileNetV1, MobileNetV1Config,
     MobileNetV2, MobileNetV2Config, ModelError, ModelInfo, Variant,
 };
+use collab_quant::QatConfig;
 use serde::{Deserialize, Serialize};
 
 /// Which model, with its settings. Parsed from names such as `ds-cnn-l`, `mobilenet-v1`
@@ -157,6 +160,18 @@ impl ModelSpec {
         })
     }
 
+    /// The model as a graph: the one description of its operators, activations and input
+    /// that the exporter traces and QAT reads ([`qat_config`]); a built-in family's comes from
+    /// its configuration (`graph_spec`), an imported or built graph's is its own.
+    pub fn graph_spec(&self) -> Result<Cow<'_, GraphSpec>, ModelError> {
+        Ok(match self {
+            Self::DsCnn { size } => Cow::Owned(DsCnnConfig::new(*size).graph_spec()?),
+            Self::MobileNetV1(c) => Cow::Owned(c.graph_spec()?),
+            Self::MobileNetV2(c) => Cow::Owned(c.graph_spec()?),
+            Self::Graph(g) => Cow::Borrowed(&**g),
+        })
+    }
+
     /// A freshly initialised model.
     pub fn init(&self, device: &Device) -> Result<Network, ModelError> {
         Ok(match self {
@@ -225,6 +240,16 @@ impl Network {
         };
         result.unwrap_or_else(|never| match never {})
     }
+}
+
+/// How layer `name` (a convolution or linear layer) of the model `graph` describes is
+/// quantization-aware: its output quantizer clamps to the activation the graph fuses after it,
+/// and it quantizes its input when it reads the model input (the int8 file's input
+/// quantization). Read from the graph alone, for every model ([`ModelSpec::graph_spec`]).
+pub fn qat_config(graph: &GraphSpec, name: &str) -> QatConfig {
+    QatConfig::new()
+        .with_activation(graph.activation_of(name).quant())
+        .with_input(graph.reads_model_input(name))
 }
 
 /// Whether `model` names a model file (`.onnx`, `.tflite`) rather than a built-in model.

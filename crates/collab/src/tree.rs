@@ -21,7 +21,7 @@ use burn::tensor::Tensor;
 use collab_cluster::ClusteringConfig;
 use collab_core::{BnMode, WeightLayer, host::to_vec_f32};
 use collab_prune::{Prunable, PruningConfig, PruningSchedule};
-use collab_quant::{Calibration, FusedActivation, QatConfig};
+use collab_quant::Calibration;
 use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
@@ -29,7 +29,7 @@ use crate::checkpoint::{self, Manifest};
 use crate::config::ConfigError;
 use crate::data::{self, SyntheticSize, TaskData};
 use crate::export::{self, ExportOptions, Plan, Traceable};
-use crate::network::{ModelSpec, Network};
+use crate::network::{ModelSpec, Network, qat_config};
 use crate::train::{self, EvalReport};
 use crate::usage as err;
 
@@ -491,30 +491,6 @@ impl<C, L> Requant for collab_models::GraphNet<C, L> {
     }
 }
 
-/// How layer `name` of `spec` is quantization-aware: the activation fused after it (its
-/// output quantizer clamps to it) and whether it quantizes the model input (the first layer).
-fn qat_config(spec: &ModelSpec, name: &str) -> QatConfig {
-    let (act, first) = match spec {
-        ModelSpec::DsCnn { .. } => (FusedActivation::Relu, name == "conv1"),
-        ModelSpec::Graph(g) => {
-            let act = g.activation_of(name).quant();
-            (act, g.reads_model_input(name))
-        }
-        _ if name.ends_with(".project") => (FusedActivation::None, false),
-        _ => (FusedActivation::Relu6, name == "stem"),
-    };
-    QatConfig::new().with_activation(act).with_input(first)
-}
-
-/// [`qat_config`] for a linear layer: the built-in families' classifiers have no activation
-/// and never read the input; a graph's linear layers are as the graph says.
-fn qat_linear(spec: &ModelSpec, name: &str) -> QatConfig {
-    match spec {
-        ModelSpec::Graph(_) => qat_config(spec, name),
-        _ => QatConfig::new(),
-    }
-}
-
 /// The outcome of one stage: the stripped model, and for QAT stages the plan with QAT's
 /// quantization parameters (and the fake-int8 validation report).
 struct StageOutput {
@@ -564,6 +540,9 @@ fn run_stage(
             })?
         }
         Scheme::Qat => {
+            // What each layer fuses and which reads the input: from the model's graph.
+            let graph = spec.graph_spec()?;
+            let qat = |n: &str| qat_config(&graph, n);
             let finish = |plan: Result<Plan, CollabError>,
                           report: Result<EvalReport, CollabError>| {
                 Ok::<_, CollabError>((plan?, report?))
@@ -571,8 +550,8 @@ fn run_stage(
             macro_rules! qat_stage {
                 ($m:ident, $conv:expr, $lin:expr) => {{
                     let w = $m.try_map(
-                        |n, c| qat_config(spec, n).wrap($conv(n, c)?).map_err(err),
-                        |n, l| qat_linear(spec, n).wrap($lin(n, l)?).map_err(err),
+                        |n, c| qat(n).wrap($conv(n, c)?).map_err(err),
+                        |n, l| qat(n).wrap($lin(n, l)?).map_err(err),
                     )?;
                     let w = w.add_requant()?;
                     // Start QAT from the parent's ranges: one calibration pass.

@@ -4,10 +4,12 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use collab_core::{Activation, LayerForward};
+use collab_data::{Features, InputSpec, Layout, MfccKind};
 use serde::{Deserialize, Serialize};
 
+use crate::graph::{Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
 use crate::info::{Counter, ModelInfo};
-use crate::{ConvBlock, ModelError, conv_block};
+use crate::{ConvBlock, ModelError, classifier, conv_block, graph_conv};
 
 /// The three published sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +90,59 @@ impl DsCnnConfig {
                 })
                 .collect(),
             fc: LinearConfig::new(c, self.classes).init(device),
+            config: self.clone(),
         })
+    }
+
+    /// The model as a graph ([`DsCnn::into_graph`]): MFCC input `[1, 49, 10]` (ML-KWS-for-MCU's
+    /// features, NHWC in the original), every convolution followed by ReLU, global average
+    /// pooling, the classifier. The one description of the model the exporter and QAT read.
+    pub fn graph_spec(&self) -> Result<GraphSpec, ModelError> {
+        let (c, stride, blocks) = self.layout();
+        let labels = if self.classes == collab_data::KWS_LABELS.len() {
+            collab_data::KWS_LABELS
+                .iter()
+                .map(|l| l.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let input = InputSpec {
+            shape: [1, 49, 10],
+            layout: Layout::Nhwc,
+            features: Features::Mfcc {
+                mfcc: MfccKind::MlKws,
+            },
+            labels,
+        };
+        let mut g = GraphBuilder::new(&self.name(), input);
+        let relu = Fused::Relu;
+        let mut x = graph_conv(&mut g, "conv1", 0, c, [10, 4], stride, 1, true, relu);
+        for (i, s) in blocks.iter().enumerate() {
+            x = graph_conv(
+                &mut g,
+                &format!("blocks.{i}.dw"),
+                x,
+                c,
+                [3, 3],
+                *s,
+                c,
+                true,
+                relu,
+            );
+            x = graph_conv(
+                &mut g,
+                &format!("blocks.{i}.pw"),
+                x,
+                c,
+                [1, 1],
+                [1, 1],
+                1,
+                true,
+                relu,
+            );
+        }
+        classifier(g, x, self.classes)
     }
 
     /// Parameters and MACs per layer for one `[1, 49, 10]` input.
@@ -123,6 +177,8 @@ pub struct DsCnn<C, L> {
     pub blocks: Vec<DsBlock<C>>,
     /// Classifier.
     pub fc: L,
+    #[module(skip)]
+    config: DsCnnConfig,
 }
 
 impl<C: LayerForward<4>, L: LayerForward<2>> DsCnn<C, L> {
@@ -158,6 +214,28 @@ impl<C, L> DsCnn<C, L> {
             conv1,
             blocks,
             fc: linear("fc", self.fc)?,
+            config: self.config,
         })
+    }
+
+    /// The settings it was built with.
+    pub fn config(&self) -> &DsCnnConfig {
+        &self.config
+    }
+}
+
+/// The same layers as a [`GraphNet`] of [`DsCnnConfig::graph_spec`] (convolutions in the order
+/// `conv1`, `blocks.0.dw`, `blocks.0.pw`, …; the classifier `fc`).
+impl<C, L> IntoGraph for DsCnn<C, L> {
+    type Conv = C;
+    type Linear = L;
+    fn into_graph(self) -> Result<GraphNet<C, L>, ModelError> {
+        let spec = self.config.graph_spec()?;
+        let mut convs = vec![self.conv1];
+        for b in self.blocks {
+            convs.push(b.dw);
+            convs.push(b.pw);
+        }
+        GraphNet::from_parts(spec, convs, vec![self.fc])
     }
 }

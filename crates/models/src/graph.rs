@@ -785,6 +785,33 @@ fn set_bias(
 }
 
 impl<C, L> GraphNet<C, L> {
+    /// A graph model from layers already built: `convs[i]` computes `spec.convs[i]` and
+    /// `linears[i]` computes `spec.linears[i]` (how a built-in family becomes a graph without
+    /// copying a tensor, [`IntoGraph`]). The spec is checked and the counts must match; the
+    /// layers' own settings (padding, strides) are what the forward pass and the exporter use.
+    pub fn from_parts(spec: GraphSpec, convs: Vec<C>, linears: Vec<L>) -> Result<Self, ModelError> {
+        spec.shapes()?;
+        if convs.len() != spec.convs.len() || linears.len() != spec.linears.len() {
+            return Err(ModelError::Setting {
+                field: "graph",
+                reason: format!(
+                    "model `{}`: {} convolution and {} linear layers given for a graph of {} and {}",
+                    spec.name,
+                    convs.len(),
+                    linears.len(),
+                    spec.convs.len(),
+                    spec.linears.len()
+                ),
+            });
+        }
+        Ok(Self {
+            convs,
+            linears,
+            requant: Vec::new(),
+            spec: Arc::new(spec),
+        })
+    }
+
     /// The spec.
     pub fn spec(&self) -> &GraphSpec {
         &self.spec
@@ -915,6 +942,27 @@ impl<C: LayerForward<4>, L: LayerForward<2>> GraphNet<C, L> {
             .flatten()
             .expect("spec checked: at least one node")
             .flat()
+    }
+}
+
+/// A model that describes itself as a graph: the built-in families ([`crate::DsCnn`],
+/// [`crate::MobileNetV1`], [`crate::MobileNetV2`]) hand their layers, unchanged, to a
+/// [`GraphNet`] whose spec says what their forward pass does, so the exporter and QAT read one
+/// description of every model. A graph is its own graph.
+pub trait IntoGraph {
+    /// The convolution type.
+    type Conv;
+    /// The linear layer type.
+    type Linear;
+    /// The same model as a graph (same layers, same forward pass).
+    fn into_graph(self) -> Result<GraphNet<Self::Conv, Self::Linear>, ModelError>;
+}
+
+impl<C, L> IntoGraph for GraphNet<C, L> {
+    type Conv = C;
+    type Linear = L;
+    fn into_graph(self) -> Result<Self, ModelError> {
+        Ok(self)
     }
 }
 
@@ -1053,30 +1101,48 @@ impl GraphBuilder {
         groups: usize,
         act: Fused,
     ) -> usize {
+        let conv = self.same_conv(x, out, kernel, stride, groups);
+        self.conv_with(x, conv, act)
+    }
+
+    /// The settings of a convolution of value `x` with TF SAME padding and a bias (what
+    /// [`Self::conv`] appends; change a field, then [`Self::conv_with`]).
+    pub fn same_conv(
+        &self,
+        x: usize,
+        out: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        groups: usize,
+    ) -> ConvSpec {
         let (c, h, w) = match self.shapes[x] {
             Shape::Map([c, h, w]) => (c, h, w),
             Shape::Vec(f) => (f, 1, 1),
         };
         let same = |size: usize, k: usize, s: usize| {
-            let out = size.div_ceil(s);
-            let total = ((out - 1) * s + k).saturating_sub(size);
+            let out = size.div_ceil(s.max(1));
+            let total = ((out.max(1) - 1) * s + k).saturating_sub(size);
             (total / 2, total - total / 2)
         };
         let (t, b) = same(h, kernel[0], stride[0]);
         let (l, r) = same(w, kernel[1], stride[1]);
-        self.conv_with(
-            x,
-            ConvSpec {
-                channels: [c, out],
-                kernel,
-                stride,
-                dilation: [1, 1],
-                groups,
-                pads: [t, l, b, r],
-                bias: true,
-            },
-            act,
-        )
+        ConvSpec {
+            channels: [c, out],
+            kernel,
+            stride,
+            dilation: [1, 1],
+            groups,
+            pads: [t, l, b, r],
+            bias: true,
+        }
+    }
+
+    /// Name the node that makes value `v` (a layer's path, e.g. `blocks.0.dw`); returns `v`.
+    pub fn rename(&mut self, v: usize, name: &str) -> usize {
+        if let Some(node) = v.checked_sub(1).and_then(|k| self.spec.nodes.get_mut(k)) {
+            node.name = name.to_string();
+        }
+        v
     }
 
     /// A convolution with explicit settings.

@@ -7,7 +7,9 @@
 //! Every model is generic over its convolution type `C` and linear type `L`, so the same
 //! definition runs plain (`ConvBn<Conv2d>`, `Linear`) or wrapped (`Prunable<…>`,
 //! `Clustered<…>`, `QatAware<…>`); [`info`] gives parameter and MAC counts from the
-//! configuration alone.
+//! configuration alone. Each family also describes itself as a [`graph`] (`graph_spec` on its
+//! configuration, [`IntoGraph`] to hand its layers to a [`GraphNet`]): the description the
+//! int8 exporter traces and QAT reads, so those know nothing family-specific.
 
 pub mod dscnn;
 pub mod graph;
@@ -16,7 +18,9 @@ pub mod info;
 pub mod mobilenet;
 
 pub use dscnn::{DsBlock, DsCnn, DsCnnConfig, DsCnnSize};
-pub use graph::{GraphBuilder, GraphNet, GraphSpec, GraphWeights, REFOLD_EPSILON, refold};
+pub use graph::{
+    GraphBuilder, GraphNet, GraphSpec, GraphWeights, IntoGraph, REFOLD_EPSILON, refold,
+};
 pub use info::{LayerInfo, ModelInfo};
 pub use mobilenet::{
     InvertedResidual, MobileNetV1, MobileNetV1Config, MobileNetV2, MobileNetV2Config, Variant,
@@ -74,4 +78,42 @@ pub(crate) fn conv_block(
         .with_momentum(0.1)
         .init(device);
     ConvBn::new(conv, bn)
+}
+
+/// Append the convolution `name` of a built-in family to its graph: TF SAME padding (what
+/// [`conv_block`] builds), with or without bias, activation `act` fused; returns its value.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn graph_conv(
+    g: &mut graph::GraphBuilder,
+    name: &str,
+    x: usize,
+    out: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    groups: usize,
+    bias: bool,
+    act: graph::Fused,
+) -> usize {
+    let conv = graph::ConvSpec {
+        bias,
+        ..g.same_conv(x, out, kernel, stride, groups)
+    };
+    let v = g.conv_with(x, conv, act);
+    g.rename(v, name)
+}
+
+/// End a built-in family's graph: global average pooling (`pool`), flattening
+/// (`pool/flatten`) and the classifier `fc` of `classes` outputs, read as probabilities.
+pub(crate) fn classifier(
+    mut g: graph::GraphBuilder,
+    x: usize,
+    classes: usize,
+) -> Result<graph::GraphSpec, ModelError> {
+    let x = g.global_avg_pool(x);
+    let x = g.rename(x, "pool");
+    let x = g.flatten(x);
+    let x = g.rename(x, "pool/flatten");
+    let x = g.linear(x, classes, graph::Fused::None);
+    g.rename(x, "fc");
+    g.finish(true)
 }

@@ -7,11 +7,13 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use collab_core::{Activation, LayerForward};
+use collab_data::{Features, ImageNorm, InputSpec, Layout};
 use serde::{Deserialize, Serialize};
 
 use crate::dscnn::DsBlock;
+use crate::graph::{Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
 use crate::info::{Counter, ModelInfo};
-use crate::{ConvBlock, ModelError, conv_block};
+use crate::{ConvBlock, ModelError, classifier, conv_block, graph_conv};
 
 /// Input resolution variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,28 @@ impl Variant {
         match self {
             Self::Imagenet => 224,
             Self::Cifar => 32,
+        }
+    }
+
+    /// What the model takes: RGB images `[3, side, side]` (NHWC in a TensorFlow file),
+    /// normalised as the data loaders normalise them (CIFAR-10's mean and deviation for the
+    /// CIFAR variant, ImageNet's for 224).
+    pub fn input(&self) -> InputSpec {
+        let norm = match self {
+            Self::Cifar => collab_data::cifar::Cifar10::default_norm(),
+            Self::Imagenet => ImageNorm {
+                scale: 1.0 / 255.0,
+                mean: collab_data::folder::IMAGENET_MEAN,
+                std: collab_data::folder::IMAGENET_STD,
+                bgr: false,
+            },
+        };
+        let side = self.side();
+        InputSpec {
+            shape: [3, side, side],
+            layout: Layout::Nhwc,
+            features: Features::Image(norm),
+            labels: Vec::new(),
         }
     }
 
@@ -127,7 +151,46 @@ impl MobileNetV1Config {
             stem,
             blocks,
             fc: LinearConfig::new(c, self.classes).init(device),
+            config: self.clone(),
         })
+    }
+
+    /// The model as a graph ([`MobileNetV1::into_graph`]): every convolution followed by
+    /// ReLU6, global average pooling, the classifier.
+    pub fn graph_spec(&self) -> Result<GraphSpec, ModelError> {
+        check(self.width, self.classes)?;
+        let s = self.variant.stem_stride();
+        let mut g = GraphBuilder::new(&self.name(), self.variant.input());
+        let relu6 = Fused::Relu6;
+        let mut c = self.channels(32);
+        let mut x = graph_conv(&mut g, "stem", 0, c, [3, 3], [s, s], 1, false, relu6);
+        for (i, (out, stride)) in V1_BLOCKS.into_iter().enumerate() {
+            let (out, st) = (self.channels(out), [stride, stride]);
+            x = graph_conv(
+                &mut g,
+                &format!("blocks.{i}.dw"),
+                x,
+                c,
+                [3, 3],
+                st,
+                c,
+                false,
+                relu6,
+            );
+            x = graph_conv(
+                &mut g,
+                &format!("blocks.{i}.pw"),
+                x,
+                out,
+                [1, 1],
+                [1, 1],
+                1,
+                false,
+                relu6,
+            );
+            c = out;
+        }
+        classifier(g, x, self.classes)
     }
 
     /// Parameters and MACs for one input.
@@ -170,6 +233,8 @@ pub struct MobileNetV1<C, L> {
     pub blocks: Vec<DsBlock<C>>,
     /// Classifier.
     pub fc: L,
+    #[module(skip)]
+    config: MobileNetV1Config,
 }
 
 impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV1<C, L> {
@@ -203,7 +268,29 @@ impl<C, L> MobileNetV1<C, L> {
             stem,
             blocks,
             fc: linear("fc", self.fc)?,
+            config: self.config,
         })
+    }
+
+    /// The settings it was built with.
+    pub fn config(&self) -> &MobileNetV1Config {
+        &self.config
+    }
+}
+
+/// The same layers as a [`GraphNet`] of [`MobileNetV1Config::graph_spec`] (convolutions in the
+/// order `stem`, `blocks.0.dw`, `blocks.0.pw`, …; the classifier `fc`).
+impl<C, L> IntoGraph for MobileNetV1<C, L> {
+    type Conv = C;
+    type Linear = L;
+    fn into_graph(self) -> Result<GraphNet<C, L>, ModelError> {
+        let spec = self.config.graph_spec()?;
+        let mut convs = vec![self.stem];
+        for b in self.blocks {
+            convs.push(b.dw);
+            convs.push(b.pw);
+        }
+        GraphNet::from_parts(spec, convs, vec![self.fc])
     }
 }
 
@@ -303,7 +390,7 @@ impl MobileNetV2Config {
                         device,
                     ),
                     project: conv_block([hidden, cout], [1, 1], [1, 1], 1, false, 1e-3, device),
-                    residual: stride == 1 && cin == cout,
+                    residual: residual(stride, cin, cout),
                 }
             })
             .collect();
@@ -315,7 +402,52 @@ impl MobileNetV2Config {
             blocks,
             head: conv_block([last, self.head()], [1, 1], [1, 1], 1, false, 1e-3, device),
             fc: LinearConfig::new(self.head(), self.classes).init(device),
+            config: self.clone(),
         })
+    }
+
+    /// The model as a graph ([`MobileNetV2::into_graph`]): stem, inverted residual blocks
+    /// (expand and depthwise followed by ReLU6, the projection linear, `blocks.{i}.add` adding
+    /// the block's input when stride 1 keeps the channels), the head with ReLU6, global average
+    /// pooling, the classifier.
+    pub fn graph_spec(&self) -> Result<GraphSpec, ModelError> {
+        check(self.width, self.classes)?;
+        let s = self.variant.stem_stride();
+        let mut g = GraphBuilder::new(&self.name(), self.variant.input());
+        let (relu6, none) = (Fused::Relu6, Fused::None);
+        let stem_c = make_divisible(32.0 * self.width);
+        let mut x = graph_conv(&mut g, "stem", 0, stem_c, [3, 3], [s, s], 1, false, relu6);
+        for (i, (t, cin, cout, stride)) in self.blocks().into_iter().enumerate() {
+            let hidden = cin * t;
+            let block_in = x;
+            let mut y = x;
+            if t != 1 {
+                let name = format!("blocks.{i}.expand");
+                y = graph_conv(&mut g, &name, y, hidden, [1, 1], [1, 1], 1, false, relu6);
+            }
+            let (dw, st) = (format!("blocks.{i}.dw"), [stride, stride]);
+            y = graph_conv(&mut g, &dw, y, hidden, [3, 3], st, hidden, false, relu6);
+            let project = format!("blocks.{i}.project");
+            y = graph_conv(&mut g, &project, y, cout, [1, 1], [1, 1], 1, false, none);
+            x = if residual(stride, cin, cout) {
+                let sum = g.add(y, block_in, none);
+                g.rename(sum, &format!("blocks.{i}.add"))
+            } else {
+                y
+            };
+        }
+        let x = graph_conv(
+            &mut g,
+            "head",
+            x,
+            self.head(),
+            [1, 1],
+            [1, 1],
+            1,
+            false,
+            relu6,
+        );
+        classifier(g, x, self.classes)
     }
 
     /// Parameters and MACs for one input.
@@ -392,6 +524,13 @@ pub struct MobileNetV2<C, L> {
     pub head: C,
     /// Classifier.
     pub fc: L,
+    #[module(skip)]
+    config: MobileNetV2Config,
+}
+
+/// Whether an inverted residual block adds its input to its output.
+fn residual(stride: usize, cin: usize, cout: usize) -> bool {
+    stride == 1 && cin == cout
 }
 
 impl<C> InvertedResidual<C> {
@@ -445,6 +584,31 @@ impl<C, L> MobileNetV2<C, L> {
             blocks,
             head: conv("head", self.head)?,
             fc: linear("fc", self.fc)?,
+            config: self.config,
         })
+    }
+
+    /// The settings it was built with.
+    pub fn config(&self) -> &MobileNetV2Config {
+        &self.config
+    }
+}
+
+/// The same layers as a [`GraphNet`] of [`MobileNetV2Config::graph_spec`] (convolutions in the
+/// order `stem`, then per block `expand` (when present), `dw`, `project`, then `head`; the
+/// classifier `fc`).
+impl<C, L> IntoGraph for MobileNetV2<C, L> {
+    type Conv = C;
+    type Linear = L;
+    fn into_graph(self) -> Result<GraphNet<C, L>, ModelError> {
+        let spec = self.config.graph_spec()?;
+        let mut convs = vec![self.stem];
+        for b in self.blocks {
+            convs.extend(b.expand);
+            convs.push(b.dw);
+            convs.push(b.project);
+        }
+        convs.push(self.head);
+        GraphNet::from_parts(spec, convs, vec![self.fc])
     }
 }

@@ -1,11 +1,14 @@
 //! Model shapes, parameter / MAC counts against the papers, and the published DS-CNN weights
 //! against TensorFlow's own logits and accuracy.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::nn::Linear;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use collab_core::host::to_vec_f32;
 use collab_data::shared::{read_safetensor_f32, require_shared};
 use collab_data::{Frontend, SpeechCommands, Split};
 use collab_models::{
-    DsCnnConfig, DsCnnSize, MobileNetV1Config, MobileNetV2Config, ModelError, Variant, import,
+    ConvBlock, DsCnnConfig, DsCnnSize, GraphNet, GraphSpec, IntoGraph, MobileNetV1Config,
+    MobileNetV2Config, ModelError, ModelInfo, Variant, import,
 };
 
 #[test]
@@ -85,6 +88,99 @@ fn forward_shapes_and_counted_params_agree_with_the_modules() {
         .init(&device),
         Err(ModelError::Setting { field: "width", .. })
     ));
+}
+
+/// Per layer: name, parameters (BatchNorm aside) and MACs.
+fn layers(info: &ModelInfo) -> Vec<(String, usize, usize)> {
+    info.layers
+        .iter()
+        .map(|l| (l.name.clone(), l.params, l.macs))
+        .collect()
+}
+
+/// A family and its graph: the graph counts what the configuration counts, names its layers
+/// as `try_map` does, and computes the family's forward pass with the same layers.
+fn same_as_graph<M: IntoGraph<Conv = ConvBlock, Linear = Linear>>(
+    spec: GraphSpec,
+    info: ModelInfo,
+    model: M,
+    names: Vec<String>,
+    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+) {
+    assert_eq!(
+        layers(&spec.info().unwrap()),
+        layers(&info),
+        "{}",
+        spec.name
+    );
+    let (convs, linears) = spec.layer_names();
+    assert_eq!([convs, linears].concat(), names, "{}", spec.name);
+    let device = Device::flex();
+    let [c, h, w] = spec.input.shape;
+    let x = Tensor::<4>::random([2, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let want = to_vec_f32(forward(&model, x.clone()).flatten::<1>(0, 1));
+    let graph: GraphNet<ConvBlock, Linear> = model.into_graph().unwrap();
+    assert_eq!(graph.spec(), &spec);
+    let got = to_vec_f32(graph.forward(x).flatten::<1>(0, 1));
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (a, b) in want.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{}: {a} vs {b}", spec.name);
+    }
+}
+
+/// The layer paths `try_map` visits, convolutions first.
+macro_rules! names {
+    ($m:expr) => {{
+        let mut convs = Vec::new();
+        let mut linears = Vec::new();
+        $m.clone()
+            .try_map(
+                |n, c| {
+                    convs.push(n.to_string());
+                    Ok::<_, ()>(c)
+                },
+                |n, l| {
+                    linears.push(n.to_string());
+                    Ok(l)
+                },
+            )
+            .unwrap();
+        [convs, linears].concat()
+    }};
+}
+
+#[test]
+fn the_families_are_graphs_with_the_same_layers_and_forward_pass() {
+    let device = Device::flex();
+    for size in [DsCnnSize::S, DsCnnSize::M] {
+        let config = DsCnnConfig::new(size);
+        let m = config.init(&device).unwrap();
+        let spec = config.graph_spec().unwrap();
+        assert_eq!(spec.input.shape, [1, 49, 10]);
+        same_as_graph(spec, config.info(), m.clone(), names!(m), |m, x| {
+            m.forward(x)
+        });
+    }
+    for variant in [Variant::Cifar, Variant::Imagenet] {
+        let v1 = MobileNetV1Config {
+            width: 0.25,
+            ..MobileNetV1Config::new(variant, 10)
+        };
+        let m = v1.init(&device).unwrap();
+        let spec = v1.graph_spec().unwrap();
+        same_as_graph(spec, v1.info(), m.clone(), names!(m), |m, x| m.forward(x));
+        let v2 = MobileNetV2Config {
+            width: 0.35,
+            ..MobileNetV2Config::new(variant, 10)
+        };
+        let m = v2.init(&device).unwrap();
+        let spec = v2.graph_spec().unwrap();
+        assert_eq!(
+            spec.requant_nodes().len(),
+            m.blocks.iter().filter(|b| b.residual()).count()
+        );
+        same_as_graph(spec, v2.info(), m.clone(), names!(m), |m, x| m.forward(x));
+    }
 }
 
 fn published(size: &str) -> Vec<u8> {
