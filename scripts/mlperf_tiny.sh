@@ -42,8 +42,11 @@ for f in vww_96_float.tflite vww_96.onnx ad01_fp32.tflite ad01.onnx kws_ref_mode
     name=${f//./_}
     "$C" import "$M/$f" --out "$OUT/import/$name" --force >/dev/null 2>&1
     "$C" export --checkpoint "$OUT/import/$name" --out "$OUT/import/$name.tflite" --force 2>/dev/null | tail -n 1 >"$OUT/import/$name.export"
-    runtimes=$("$PY" $TOOLS/tflite_check.py "$OUT/import/$name.tflite" --interpreters litert_ref,tflm 2>/dev/null | tail -n 1)
-    vela=$("$PY" $TOOLS/vela_check.py "$OUT/import/$name.tflite" 2>/dev/null | grep -E "^NPU operators" || echo "vela: not run")
+    # Loads and runs in both (their FULLY_CONNECTED rounding differs by design, so they are not
+    # compared with each other here; ours against each, bit for bit, is the test
+    # `mlperf_tiny_models_import_and_export_bit_exact`).
+    runtimes=$("$PY" $TOOLS/tflite_check.py "$OUT/import/$name.tflite" --interpreters litert_ref,tflm --no-cross 2>/dev/null | tail -n 1 || true)
+    vela=$("$PY" $TOOLS/vela_check.py "$OUT/import/$name.tflite" 2>/dev/null | grep -E "^NPU operators" || echo "vela: failed")
     checks+="| \`$f\` | $(cut -d: -f2- "$OUT/import/$name.export" | cut -d';' -f1) | $runtimes | $vela |"$'\n'
 done
 
@@ -72,7 +75,7 @@ done
     echo
     echo "## Imported and exported (PTQ), files checked"
     echo
-    echo "| source | int8 file | LiteRT reference vs TFLite Micro | Vela (Ethos-U55-128) |"
+    echo "| source | int8 file | LiteRT reference and TFLite Micro load and run it | Vela (Ethos-U55-128) |"
     echo "|---|---|---|---|"
     printf "%s" "$checks"
 } >"$REPORT"
