@@ -696,27 +696,20 @@ fn op_tflite(
         Op::GlobalAvgPool => b
             .avg_pool(name, x, [s[1], s[2]], [1, 1], Padding::Valid)
             .map_err(tfl),
-        Op::AvgPool(p) => {
+        Op::AvgPool(p) | Op::MaxPool(p) => {
             let padding = window_padding(p.pads, p.kernel, p.stride).ok_or_else(|| {
                 CollabError::Usage(format!(
-                    "node `{name}`: average pooling with padding {:?} is neither VALID nor SAME \
-                     and has no int8 TFLite form",
+                    "node `{name}`: {} with padding {:?} is neither VALID nor SAME and has no \
+                     int8 TFLite form",
+                    op.kind(),
                     p.pads
                 ))
             })?;
-            b.avg_pool(name, x, p.kernel, p.stride, padding)
-                .map_err(tfl)
-        }
-        Op::MaxPool(p) => {
-            let padding = window_padding(p.pads, p.kernel, p.stride).ok_or_else(|| {
-                CollabError::Usage(format!(
-                    "node `{name}`: max pooling with padding {:?} is neither VALID nor SAME \
-                     and has no int8 TFLite form",
-                    p.pads
-                ))
-            })?;
-            b.max_pool(name, x, p.kernel, p.stride, padding)
-                .map_err(tfl)
+            match op {
+                Op::MaxPool(_) => b.max_pool(name, x, p.kernel, p.stride, padding),
+                _ => b.avg_pool(name, x, p.kernel, p.stride, padding),
+            }
+            .map_err(tfl)
         }
         Op::Flatten { channels_last } => {
             if s.len() == 2 {
@@ -806,6 +799,29 @@ fn conv_layer(
     })
 }
 
+/// `n` samples `[c, h, w]` (burn's layout) laid out as `[h, w, c]` (a `.tflite` input's).
+pub fn nchw_to_nhwc(x: &[f32], n: usize, [c, h, w]: [usize; 3]) -> Vec<f32> {
+    let mut out = vec![0f32; n * c * h * w];
+    for s in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    out[((s * h + y) * w + xx) * c + ch] = x[((s * c + ch) * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Float inputs as an int8 input with `scale` and `zero_point` (round half away from zero,
+/// saturated), as a float model's QUANTIZE does.
+pub fn quantize_input(x: &[f32], scale: f32, zero_point: i32) -> Vec<i8> {
+    x.iter()
+        .map(|v| ((v / scale).round().clamp(-1e9, 1e9) as i32 + zero_point).clamp(-128, 127) as i8)
+        .collect()
+}
+
 /// What the runtimes say of an int8 file: on the same int8 inputs, the largest difference (in
 /// output LSB) between our interpreter and LiteRT's reference kernels, and TensorFlow Lite
 /// Micro (both must be 0), and XNNPACK (a few LSB: it rounds differently).
@@ -855,18 +871,11 @@ pub fn verify(
     let port = micro.inputs()[0].clone();
     let out = micro.outputs()[0].clone();
     let values = to_vec_f32(x.flatten::<1>(0, 3));
-    let mut input = vec![0i8; values.len()];
-    for s in 0..n {
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    let v = values[((s * c + ch) * h + y) * w + xx];
-                    input[((s * h + y) * w + xx) * c + ch] =
-                        ((v / port.scale).round() as i32 + port.zero_point).clamp(-128, 127) as i8;
-                }
-            }
-        }
-    }
+    let input = quantize_input(
+        &nchw_to_nhwc(&values, n, [c, h, w]),
+        port.scale,
+        port.zero_point,
+    );
     let files = [
         dir.join("in.npy"),
         dir.join("micro.npy"),
@@ -942,27 +951,11 @@ pub fn run_int8(
     while start < n {
         let take = batch.min(n - start);
         // NCHW → NHWC, padding a short last batch with zeros.
-        let mut nhwc = vec![0f32; batch * per];
-        for s in 0..take {
-            for ch in 0..c {
-                for y in 0..h {
-                    for xx in 0..w {
-                        nhwc[s * per + (y * w + xx) * c + ch] =
-                            x[(start + s) * per + (ch * h + y) * w + xx];
-                    }
-                }
-            }
-        }
+        let mut nhwc = nchw_to_nhwc(&x[start * per..(start + take) * per], take, [c, h, w]);
+        nhwc.resize(batch * per, 0.0);
         let input = match port.dtype {
             TensorType::Float32 => Data::F32(nhwc),
-            _ => Data::I8(
-                nhwc.iter()
-                    .map(|v| {
-                        ((v / port.scale).round().clamp(-1e9, 1e9) as i32 + port.zero_point)
-                            .clamp(-128, 127) as i8
-                    })
-                    .collect(),
-            ),
+            _ => Data::I8(quantize_input(&nhwc, port.scale, port.zero_point)),
         };
         let result = interp.run(&[input]).map_err(err)?;
         let classes = out_port.shape.last().copied().unwrap_or(1);

@@ -88,18 +88,11 @@ fn export_and_check_with(
     let values = collab_core::host::to_vec_f32(test.flatten::<1>(0, 3));
     let port = interp.inputs()[0].clone();
     // The int8 input exactly as run_int8 quantizes it.
-    let mut nhwc = vec![0i8; values.len()];
-    for s in 0..batch {
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    let v = values[((s * c + ch) * h + y) * w + xx];
-                    nhwc[((s * h + y) * w + xx) * c + ch] =
-                        ((v / port.scale).round() as i32 + port.zero_point).clamp(-128, 127) as i8;
-                }
-            }
-        }
-    }
+    let nhwc = export::quantize_input(
+        &export::nchw_to_nhwc(&values, batch, [c, h, w]),
+        port.scale,
+        port.zero_point,
+    );
     let ours = interp.run_i8(&nhwc).unwrap();
     // run_int8 (the evaluation path) gives the same values, dequantized.
     let deq = export::run_int8(&interp, &values, batch, plan.input).unwrap();
@@ -282,16 +275,7 @@ fn deployment_file_runs_on_the_npu_and_with_float_io(plan: &Plan, x: &Tensor<4>,
     let interp = Interpreter::new(&Graph::open(&path).unwrap()).unwrap();
     let [c, h, w] = plan.input;
     let values = collab_core::host::to_vec_f32(test.flatten::<1>(0, 3));
-    let mut nhwc = vec![0f32; values.len()];
-    for s in 0..batch {
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    nhwc[((s * h + y) * w + xx) * c + ch] = values[((s * c + ch) * h + y) * w + xx];
-                }
-            }
-        }
-    }
+    let nhwc = export::nchw_to_nhwc(&values, batch, [c, h, w]);
     let ours = interp.run(&[Data::F32(nhwc.clone())]).unwrap().remove(0);
     let Data::F32(probs) = &ours else {
         panic!("float output expected")
