@@ -1,15 +1,17 @@
 //! DS-CNN (Zhang et al. 2017, "Hello Edge"), as Arm's ML-KWS-for-MCU defines it.
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
-use collab_core::{Activation, LayerForward};
+use collab_core::LayerForward;
 use collab_data::{Features, InputSpec, Layout, MfccKind};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
-use crate::info::{Counter, ModelInfo};
-use crate::{ConvBlock, ModelError, classifier, conv_block, graph_conv};
+use crate::graph::{self, Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
+use crate::info::ModelInfo;
+use crate::{ConvBlock, ModelError, classifier, conv_block, family_info, graph_conv};
 
 /// The three published sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,7 @@ impl DsCnnConfig {
         }
         let (c, stride, blocks) = self.layout();
         Ok(DsCnn {
+            graph: Arc::new(self.graph_spec()?),
             conv1: conv_block([1, c], [10, 4], stride, 1, true, 1e-3, device),
             blocks: blocks
                 .iter()
@@ -146,16 +149,8 @@ impl DsCnnConfig {
     }
 
     /// Parameters and MACs per layer for one `[1, 49, 10]` input.
-    pub fn info(&self) -> ModelInfo {
-        let (c, stride, blocks) = self.layout();
-        let mut n = Counter::new(&self.name(), [1, 49, 10]);
-        n.conv("conv1".into(), c, [10, 4], stride, 1, true);
-        for (i, s) in blocks.iter().enumerate() {
-            n.conv(format!("blocks.{i}.dw"), c, [3, 3], *s, c, true);
-            n.conv(format!("blocks.{i}.pw"), c, [1, 1], [1, 1], 1, true);
-        }
-        n.linear("fc".into(), self.classes);
-        n.finish()
+    pub fn info(&self) -> Result<ModelInfo, ModelError> {
+        family_info(self.graph_spec()?)
     }
 }
 
@@ -179,18 +174,20 @@ pub struct DsCnn<C, L> {
     pub fc: L,
     #[module(skip)]
     config: DsCnnConfig,
+    /// What the model computes ([`DsCnnConfig::graph_spec`]), read by `forward`.
+    #[module(skip)]
+    graph: Arc<GraphSpec>,
 }
 
 impl<C: LayerForward<4>, L: LayerForward<2>> DsCnn<C, L> {
     /// MFCCs `[batch, 1, 49, 10]` (time × coefficient) → logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.conv1.forward_activated(x, Activation::Relu);
-        for block in &self.blocks {
-            x = block.dw.forward_activated(x, Activation::Relu);
-            x = block.pw.forward_activated(x, Activation::Relu);
+        let mut convs = vec![&self.conv1];
+        for b in &self.blocks {
+            convs.push(&b.dw);
+            convs.push(&b.pw);
         }
-        let x: Tensor<2> = x.mean_dim(3).mean_dim(2).flatten(1, 3);
-        self.fc.forward(x)
+        graph::run(&self.graph, &convs, &[&self.fc], &[], x, |_, _| {})
     }
 }
 
@@ -215,6 +212,7 @@ impl<C, L> DsCnn<C, L> {
             blocks,
             fc: linear("fc", self.fc)?,
             config: self.config,
+            graph: self.graph,
         })
     }
 
@@ -230,12 +228,11 @@ impl<C, L> IntoGraph for DsCnn<C, L> {
     type Conv = C;
     type Linear = L;
     fn into_graph(self) -> Result<GraphNet<C, L>, ModelError> {
-        let spec = self.config.graph_spec()?;
         let mut convs = vec![self.conv1];
         for b in self.blocks {
             convs.push(b.dw);
             convs.push(b.pw);
         }
-        GraphNet::from_parts(spec, convs, vec![self.fc])
+        GraphNet::from_parts(Arc::unwrap_or_clone(self.graph), convs, vec![self.fc])
     }
 }

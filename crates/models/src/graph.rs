@@ -881,68 +881,105 @@ impl<C: LayerForward<4>, L: LayerForward<2>> GraphNet<C, L> {
     }
 
     /// [`Self::forward`], showing every value (index, value) to `visit` as it is made.
-    pub fn forward_values(&self, x: Tensor<4>, mut visit: impl FnMut(usize, &Value)) -> Tensor<2> {
-        let spec = &self.spec;
-        // Free each value after its last use.
-        let mut last_use = vec![0usize; spec.nodes.len() + 1];
-        for (k, n) in spec.nodes.iter().enumerate() {
-            for &i in &n.inputs {
-                last_use[i] = k + 1;
-            }
-        }
-        let mut values: Vec<Option<Value>> = Vec::with_capacity(spec.nodes.len() + 1);
-        let input = Value::Map(x);
-        visit(0, &input);
-        values.push(Some(input));
-        for (k, node) in spec.nodes.iter().enumerate() {
-            let get = |i: usize, values: &mut Vec<Option<Value>>| {
-                if last_use[i] == k + 1 {
-                    values[i].take()
-                } else {
-                    values[i].clone()
-                }
-                .expect("spec checked: every input is computed before use")
-            };
-            let v = match &node.op {
-                Op::Conv { layer, act } => {
-                    let x = get(node.inputs[0], &mut values).map();
-                    Value::Map(match act.activation() {
-                        Some(a) => self.convs[*layer].forward_activated(x, a),
-                        None => self.convs[*layer].forward(x),
-                    })
-                }
-                Op::Linear { layer, act } => {
-                    let x = get(node.inputs[0], &mut values).flat();
-                    Value::Vec(match act.activation() {
-                        Some(a) => self.linears[*layer].forward_activated(x, a),
-                        None => self.linears[*layer].forward(x),
-                    })
-                }
-                op => {
-                    let ins = node
-                        .inputs
-                        .iter()
-                        .map(|&i| get(i, &mut values))
-                        .collect::<Vec<_>>();
-                    apply_op(op, ins)
-                }
-            };
-            let v = match self.requant_of(k) {
-                Some(q) => match v {
-                    Value::Map(t) => Value::Map(q.forward(t)),
-                    Value::Vec(t) => Value::Vec(q.forward(t)),
-                },
-                None => v,
-            };
-            visit(k + 1, &v);
-            values.push(Some(v));
-        }
-        values
-            .pop()
-            .flatten()
-            .expect("spec checked: at least one node")
-            .flat()
+    pub fn forward_values(&self, x: Tensor<4>, visit: impl FnMut(usize, &Value)) -> Tensor<2> {
+        let convs: Vec<&C> = self.convs.iter().collect();
+        let linears: Vec<&L> = self.linears.iter().collect();
+        run(&self.spec, &convs, &linears, &self.requant, x, visit)
     }
+}
+
+/// The forward pass of `spec` with its layers: `convs[i]` computes `spec.convs[i]`,
+/// `linears[i]` computes `spec.linears[i]`, and `requant[j]` (empty outside QAT) fake-quantizes
+/// the output of node `spec.requant_nodes()[j]`. Inputs `[n, c, h, w]` → the last value
+/// flattened to `[n, …]`; `visit` sees every value (index, value) as it is made.
+///
+/// The one forward definition: [`GraphNet`] runs its own layers through it, and the built-in
+/// families run theirs (borrowed, in their graph's order), so what a model computes is written
+/// once, in its spec, for training and export alike.
+///
+/// # Panics
+/// When the layer counts do not match the spec (the callers build them from the spec), or on a
+/// spec [`GraphSpec::shapes`] refuses.
+pub fn run<C: LayerForward<4>, L: LayerForward<2>>(
+    spec: &GraphSpec,
+    convs: &[&C],
+    linears: &[&L],
+    requant: &[ActQuant],
+    x: Tensor<4>,
+    mut visit: impl FnMut(usize, &Value),
+) -> Tensor<2> {
+    assert!(
+        convs.len() == spec.convs.len() && linears.len() == spec.linears.len(),
+        "graph::run: {} convolutions and {} linear layers for a spec of {} and {}",
+        convs.len(),
+        linears.len(),
+        spec.convs.len(),
+        spec.linears.len()
+    );
+    // Which output quantizer (if any) each node has.
+    let mut quant_of: Vec<Option<&ActQuant>> = vec![None; spec.nodes.len()];
+    for (q, k) in requant.iter().zip(spec.requant_nodes()) {
+        quant_of[k] = Some(q);
+    }
+    // Free each value after its last use.
+    let mut last_use = vec![0usize; spec.nodes.len() + 1];
+    for (k, n) in spec.nodes.iter().enumerate() {
+        for &i in &n.inputs {
+            last_use[i] = k + 1;
+        }
+    }
+    let mut values: Vec<Option<Value>> = Vec::with_capacity(spec.nodes.len() + 1);
+    let input = Value::Map(x);
+    visit(0, &input);
+    values.push(Some(input));
+    for (k, node) in spec.nodes.iter().enumerate() {
+        let get = |i: usize, values: &mut Vec<Option<Value>>| {
+            if last_use[i] == k + 1 {
+                values[i].take()
+            } else {
+                values[i].clone()
+            }
+            .expect("spec checked: every input is computed before use")
+        };
+        let v = match &node.op {
+            Op::Conv { layer, act } => {
+                let x = get(node.inputs[0], &mut values).map();
+                Value::Map(match act.activation() {
+                    Some(a) => convs[*layer].forward_activated(x, a),
+                    None => convs[*layer].forward(x),
+                })
+            }
+            Op::Linear { layer, act } => {
+                let x = get(node.inputs[0], &mut values).flat();
+                Value::Vec(match act.activation() {
+                    Some(a) => linears[*layer].forward_activated(x, a),
+                    None => linears[*layer].forward(x),
+                })
+            }
+            op => {
+                let ins = node
+                    .inputs
+                    .iter()
+                    .map(|&i| get(i, &mut values))
+                    .collect::<Vec<_>>();
+                apply_op(op, ins)
+            }
+        };
+        let v = match quant_of[k] {
+            Some(q) => match v {
+                Value::Map(t) => Value::Map(q.forward(t)),
+                Value::Vec(t) => Value::Vec(q.forward(t)),
+            },
+            None => v,
+        };
+        visit(k + 1, &v);
+        values.push(Some(v));
+    }
+    values
+        .pop()
+        .flatten()
+        .expect("spec checked: at least one node")
+        .flat()
 }
 
 /// A model that describes itself as a graph: the built-in families ([`crate::DsCnn`],

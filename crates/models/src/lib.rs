@@ -102,6 +102,14 @@ pub(crate) fn graph_conv(
     g.rename(v, name)
 }
 
+/// A built-in family's figures: its graph's, plus the BatchNorm after every convolution
+/// (γ, β, mean, variance per channel), which the graph holds folded.
+pub(crate) fn family_info(spec: graph::GraphSpec) -> Result<info::ModelInfo, ModelError> {
+    let mut info = spec.info()?;
+    info.batch_norm_params = 4 * spec.convs.iter().map(|c| c.channels[1]).sum::<usize>();
+    Ok(info)
+}
+
 /// End a built-in family's graph: global average pooling (`pool`), flattening
 /// (`pool/flatten`) and the classifier `fc` of `classes` outputs, read as probabilities.
 pub(crate) fn classifier(

@@ -3,17 +3,19 @@
 //! and two variants: ImageNet 224×224 and CIFAR 32×32 (stem stride 1, and in v2 the first
 //! stride-2 bottleneck group at stride 1).
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
-use collab_core::{Activation, LayerForward};
+use collab_core::LayerForward;
 use collab_data::{Features, ImageNorm, InputSpec, Layout};
 use serde::{Deserialize, Serialize};
 
 use crate::dscnn::DsBlock;
-use crate::graph::{Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
-use crate::info::{Counter, ModelInfo};
-use crate::{ConvBlock, ModelError, classifier, conv_block, graph_conv};
+use crate::graph::{self, Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
+use crate::info::ModelInfo;
+use crate::{ConvBlock, ModelError, classifier, conv_block, family_info, graph_conv};
 
 /// Input resolution variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,11 +81,6 @@ fn check(width: f64, classes: usize) -> Result<(), ModelError> {
         });
     }
     Ok(())
-}
-
-fn pool<const D: usize>(x: Tensor<D>) -> Tensor<2> {
-    let x4: Tensor<4> = x.reshape([0, 0, -1, 1]);
-    x4.mean_dim(2).flatten(1, 3)
 }
 
 /// MobileNet v1 settings.
@@ -152,6 +149,7 @@ impl MobileNetV1Config {
             blocks,
             fc: LinearConfig::new(c, self.classes).init(device),
             config: self.clone(),
+            graph: Arc::new(self.graph_spec()?),
         })
     }
 
@@ -194,33 +192,8 @@ impl MobileNetV1Config {
     }
 
     /// Parameters and MACs for one input.
-    pub fn info(&self) -> ModelInfo {
-        let side = self.variant.side();
-        let s = self.variant.stem_stride();
-        let mut n = Counter::new(&self.name(), [3, side, side]);
-        n.conv("stem".into(), self.channels(32), [3, 3], [s, s], 1, false);
-        for (i, (out, stride)) in V1_BLOCKS.iter().enumerate() {
-            let c = n.shape[0];
-            n.conv(
-                format!("blocks.{i}.dw"),
-                c,
-                [3, 3],
-                [*stride, *stride],
-                c,
-                false,
-            );
-            n.conv(
-                format!("blocks.{i}.pw"),
-                self.channels(*out),
-                [1, 1],
-                [1, 1],
-                1,
-                false,
-            );
-        }
-        n.shape = [n.shape[0], 1, 1];
-        n.linear("fc".into(), self.classes);
-        n.finish()
+    pub fn info(&self) -> Result<ModelInfo, ModelError> {
+        family_info(self.graph_spec()?)
     }
 }
 
@@ -235,17 +208,20 @@ pub struct MobileNetV1<C, L> {
     pub fc: L,
     #[module(skip)]
     config: MobileNetV1Config,
+    /// What the model computes ([`MobileNetV1Config::graph_spec`]), read by `forward`.
+    #[module(skip)]
+    graph: Arc<GraphSpec>,
 }
 
 impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV1<C, L> {
     /// Images `[batch, 3, h, w]` → logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem.forward_activated(x, Activation::Relu6);
+        let mut convs = vec![&self.stem];
         for b in &self.blocks {
-            x = b.dw.forward_activated(x, Activation::Relu6);
-            x = b.pw.forward_activated(x, Activation::Relu6);
+            convs.push(&b.dw);
+            convs.push(&b.pw);
         }
-        self.fc.forward(pool(x))
+        graph::run(&self.graph, &convs, &[&self.fc], &[], x, |_, _| {})
     }
 }
 
@@ -269,6 +245,7 @@ impl<C, L> MobileNetV1<C, L> {
             blocks,
             fc: linear("fc", self.fc)?,
             config: self.config,
+            graph: self.graph,
         })
     }
 
@@ -284,13 +261,12 @@ impl<C, L> IntoGraph for MobileNetV1<C, L> {
     type Conv = C;
     type Linear = L;
     fn into_graph(self) -> Result<GraphNet<C, L>, ModelError> {
-        let spec = self.config.graph_spec()?;
         let mut convs = vec![self.stem];
         for b in self.blocks {
             convs.push(b.dw);
             convs.push(b.pw);
         }
-        GraphNet::from_parts(spec, convs, vec![self.fc])
+        GraphNet::from_parts(Arc::unwrap_or_clone(self.graph), convs, vec![self.fc])
     }
 }
 
@@ -403,6 +379,7 @@ impl MobileNetV2Config {
             head: conv_block([last, self.head()], [1, 1], [1, 1], 1, false, 1e-3, device),
             fc: LinearConfig::new(self.head(), self.classes).init(device),
             config: self.clone(),
+            graph: Arc::new(self.graph_spec()?),
         })
     }
 
@@ -451,51 +428,8 @@ impl MobileNetV2Config {
     }
 
     /// Parameters and MACs for one input.
-    pub fn info(&self) -> ModelInfo {
-        let side = self.variant.side();
-        let s = self.variant.stem_stride();
-        let mut n = Counter::new(&self.name(), [3, side, side]);
-        n.conv(
-            "stem".into(),
-            make_divisible(32.0 * self.width),
-            [3, 3],
-            [s, s],
-            1,
-            false,
-        );
-        for (i, (t, cin, cout, stride)) in self.blocks().into_iter().enumerate() {
-            let hidden = cin * t;
-            if t != 1 {
-                n.conv(
-                    format!("blocks.{i}.expand"),
-                    hidden,
-                    [1, 1],
-                    [1, 1],
-                    1,
-                    false,
-                );
-            }
-            n.conv(
-                format!("blocks.{i}.dw"),
-                hidden,
-                [3, 3],
-                [stride, stride],
-                hidden,
-                false,
-            );
-            n.conv(
-                format!("blocks.{i}.project"),
-                cout,
-                [1, 1],
-                [1, 1],
-                1,
-                false,
-            );
-        }
-        n.conv("head".into(), self.head(), [1, 1], [1, 1], 1, false);
-        n.shape = [n.shape[0], 1, 1];
-        n.linear("fc".into(), self.classes);
-        n.finish()
+    pub fn info(&self) -> Result<ModelInfo, ModelError> {
+        family_info(self.graph_spec()?)
     }
 }
 
@@ -526,6 +460,9 @@ pub struct MobileNetV2<C, L> {
     pub fc: L,
     #[module(skip)]
     config: MobileNetV2Config,
+    /// What the model computes ([`MobileNetV2Config::graph_spec`]), read by `forward`.
+    #[module(skip)]
+    graph: Arc<GraphSpec>,
 }
 
 /// Whether an inverted residual block adds its input to its output.
@@ -543,19 +480,14 @@ impl<C> InvertedResidual<C> {
 impl<C: LayerForward<4>, L: LayerForward<2>> MobileNetV2<C, L> {
     /// Images `[batch, 3, h, w]` → logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem.forward_activated(x, Activation::Relu6);
+        let mut convs = vec![&self.stem];
         for b in &self.blocks {
-            let input = x.clone();
-            let mut y = match &b.expand {
-                Some(e) => e.forward_activated(x, Activation::Relu6),
-                None => x,
-            };
-            y = b.dw.forward_activated(y, Activation::Relu6);
-            y = b.project.forward(y);
-            x = if b.residual { y + input } else { y };
+            convs.extend(&b.expand);
+            convs.push(&b.dw);
+            convs.push(&b.project);
         }
-        let x = self.head.forward_activated(x, Activation::Relu6);
-        self.fc.forward(pool(x))
+        convs.push(&self.head);
+        graph::run(&self.graph, &convs, &[&self.fc], &[], x, |_, _| {})
     }
 }
 
@@ -585,6 +517,7 @@ impl<C, L> MobileNetV2<C, L> {
             head: conv("head", self.head)?,
             fc: linear("fc", self.fc)?,
             config: self.config,
+            graph: self.graph,
         })
     }
 
@@ -601,7 +534,6 @@ impl<C, L> IntoGraph for MobileNetV2<C, L> {
     type Conv = C;
     type Linear = L;
     fn into_graph(self) -> Result<GraphNet<C, L>, ModelError> {
-        let spec = self.config.graph_spec()?;
         let mut convs = vec![self.stem];
         for b in self.blocks {
             convs.extend(b.expand);
@@ -609,6 +541,6 @@ impl<C, L> IntoGraph for MobileNetV2<C, L> {
             convs.push(b.project);
         }
         convs.push(self.head);
-        GraphNet::from_parts(spec, convs, vec![self.fc])
+        GraphNet::from_parts(Arc::unwrap_or_clone(self.graph), convs, vec![self.fc])
     }
 }
