@@ -7,7 +7,9 @@
 //!   or drops 1-sized axes, creates no node; each ONNX tensor is tracked as a view of a graph
 //!   value (which ONNX axis is which burn axis), so an NHWC input with its transpose to NCHW
 //!   (tf2onnx) becomes a [`Layout::Nhwc`] input, and a flatten after a transpose back to NHWC
-//!   becomes `Flatten { channels_last: true }`;
+//!   becomes `Flatten { channels_last: true }`. A view an operator cannot read as it lies (a
+//!   Conv after a Transpose that swaps height and width) gets an [`Op::Transpose`] node, and a
+//!   Reshape that moves data an [`Op::Reshape`] in the view's element order;
 //! - a zero `Pad` before a convolution is merged into its padding; `BatchNormalization`, or a
 //!   per-channel constant `Mul` / `Add` / `Sub` / `Div` (Keras BatchNorm as tf2onnx writes it),
 //!   after a convolution or linear layer is folded into its weights and bias;

@@ -7,6 +7,9 @@
 //! `[in, out]`. SAME padding becomes the explicit pads TensorFlow computes for the file's input
 //! size, flattening stays in TensorFlow's `[h, w, c]` order (`Flatten { channels_last }`), fused
 //! activations become activation nodes that [`GraphSpec::fused`] folds back into their layer.
+//! RESHAPE between maps (or from a vector to a map) and TRANSPOSE keep TFLite's `[h, w, c]`
+//! element order (`Op::Reshape { channels_last: true }`, `Op::Transpose`); TRANSPOSE_CONV is an
+//! `Op::ConvTranspose` whose pads follow from its output size as TFLite computes them.
 //!
 //! Float means float activations: constant int8 weights (behind `DEQUANTIZE`, or read directly
 //! by a layer in a dynamic-range "hybrid" file such as MLPerf Tiny's
