@@ -926,3 +926,44 @@ fn transpose_conv_and_layout_operators_train_wrapped_and_export_bit_exact() {
         assert_eq!(code, 0, "Vela: {vela}");
     }
 }
+
+/// QAT through a transposed convolution and the layout operators: the transposed convolution
+/// trains per-channel weights and an output range like any convolution, so the file is written
+/// from QAT ranges alone and runs bit-exact.
+#[test]
+fn a_qat_graph_with_transpose_conv_exports_with_trained_ranges() {
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    // 12 samples run: TFLite Micro's 1 MiB test arena (see above).
+    let x = cifar_inputs().narrow(0, 0, 24);
+    let spec = layout_graph();
+    let first = |name: &str| spec.reads_model_input(name);
+    let act = |name: &str| spec.activation_of(name).quant();
+    let qat = GraphNet::init(spec.clone(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap()
+        .try_map(
+            |n, c| {
+                QatConfig::new()
+                    .with_activation(act(n))
+                    .with_input(first(n))
+                    .wrap(c)
+            },
+            |n, l| QatConfig::new().with_activation(act(n)).wrap(l),
+        )
+        .unwrap();
+    assert_eq!(act("deconv1"), FusedActivation::Relu);
+    let (calib, _) = split(&x);
+    let qat = collab_quant::calibrate(qat, [calib], |m, x| {
+        m.forward(x);
+    });
+    let plan = qat.trace([3, 32, 32]).unwrap();
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| matches!(s, export::Step::ConvTranspose { quant: Some(_), .. }))
+    );
+    export_and_check_with(&plan, &x, true, dir.path(), "graph_layout_qat", false);
+}
