@@ -24,7 +24,7 @@ use collab_cluster::Clustered;
 use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, WeightLayer};
 use collab_data::{Features, Layout};
-use collab_models::graph::{Fused, Op, Value, apply_op};
+use collab_models::graph::{Fused, Op, Value, apply_op, transpose_conv_input};
 use collab_models::{GraphNet, IntoGraph};
 use collab_prune::Prunable;
 use collab_quant::{Calibration, FusedActivation, LayerQuant, QatAware, QuantParams};
@@ -137,6 +137,27 @@ pub enum Step {
         op: Op,
         /// Input values.
         inputs: Vec<usize>,
+    },
+    /// A transposed convolution ([`Op::ConvTranspose`]): `layer` is its equivalent stride-1
+    /// VALID convolution on the zero-upsampled input
+    /// ([`collab_models::graph::transpose_conv_input`]).
+    ConvTranspose {
+        /// Layer path.
+        name: String,
+        /// Input value.
+        src: usize,
+        /// The plain equivalent convolution (effective weight `[out, in, kh, kw]`, flipped).
+        layer: Conv2d,
+        /// `[sh, sw]`.
+        stride: [usize; 2],
+        /// Cropped from the full output, `[top, left, bottom, right]`.
+        pads: [usize; 4],
+        /// Extra rows / columns at the end.
+        output_padding: [usize; 2],
+        /// Fused activation.
+        act: Act,
+        /// QAT parameters, if trained with them.
+        quant: Option<LayerQuant>,
     },
 }
 
@@ -292,6 +313,29 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                     quant,
                 });
             }
+            Op::ConvTranspose {
+                layer,
+                stride,
+                pads,
+                output_padding,
+                act,
+            } => {
+                let c = &net.convs[*layer];
+                let quant = c.layer_quant(name)?;
+                if let Some(q) = &quant {
+                    check_act(name, q.activation, Act::from_fused(*act))?;
+                }
+                t.push(Step::ConvTranspose {
+                    name: name.into(),
+                    src: node.inputs[0],
+                    layer: c.clone().strip(),
+                    stride: *stride,
+                    pads: *pads,
+                    output_padding: *output_padding,
+                    act: Act::from_fused(*act),
+                    quant,
+                });
+            }
             op => {
                 t.push(Step::Op {
                     name: name.into(),
@@ -356,6 +400,25 @@ impl Plan {
                 }
                 Step::Op { op, inputs, .. } => {
                     apply_op(op, inputs.iter().map(|&i| values[i].clone()).collect())
+                }
+                Step::ConvTranspose {
+                    src,
+                    layer,
+                    stride,
+                    pads,
+                    output_padding,
+                    act,
+                    ..
+                } => {
+                    let [_, _, kh, kw] = layer.weight.dims();
+                    let x = transpose_conv_input(
+                        values[*src].clone().map(),
+                        [kh, kw],
+                        *stride,
+                        *pads,
+                        *output_padding,
+                    );
+                    Value::Map(act.apply(layer.forward(x)))
                 }
             };
             values.push(v);
@@ -543,9 +606,9 @@ pub fn to_tflite(
     let shape = [options.batch.max(1), h, w, c];
     // The input's range: the first layer's QAT input quantizer, else calibration.
     let first_input_quant = plan.steps.iter().find_map(|s| match s {
-        Step::Conv { src: 0, quant, .. } | Step::Linear { src: 0, quant, .. } => {
-            quant.as_ref().and_then(|q| q.input.clone())
-        }
+        Step::Conv { src: 0, quant, .. }
+        | Step::Linear { src: 0, quant, .. }
+        | Step::ConvTranspose { src: 0, quant, .. } => quant.as_ref().and_then(|q| q.input.clone()),
         _ => None,
     });
     let in_q = match (&first_input_quant, plan.input_range) {
@@ -649,6 +712,34 @@ pub fn to_tflite(
                     .map_err(tfl)?
             }
             Step::Op { name, op, inputs } => op_tflite(&mut b, name, op, inputs, &ids)?,
+            Step::ConvTranspose {
+                name,
+                src,
+                layer,
+                stride,
+                pads,
+                output_padding,
+                act,
+                quant,
+            } => {
+                let out_q = match quant {
+                    Some(q) => act_q(&q.output),
+                    None => range_q(ranges, value, &format!("layer `{name}`"))?,
+                };
+                let s = b.shape(ids[*src]).to_vec();
+                let (conv, out_hw) = transpose_conv_layer(
+                    name,
+                    layer,
+                    [s[1], s[2]],
+                    *stride,
+                    *pads,
+                    *output_padding,
+                    *act,
+                    quant.as_ref(),
+                )?;
+                b.transpose_conv(name, ids[*src], &conv, out_hw, out_q)
+                    .map_err(tfl)?
+            }
         };
         ids.push(id);
     }
@@ -715,24 +806,119 @@ fn op_tflite(
             if s.len() == 2 {
                 return Ok(x);
             }
-            let spatial = s[1] * s[2];
-            if !channels_last && spatial > 1 {
-                return Err(CollabError::Usage(format!(
-                    "node `{name}`: flattening a {}×{} map in channels-first order needs a \
-                     TRANSPOSE, which the int8 export does not write; pool to 1×1 first or \
-                     flatten channels-last",
-                    s[1], s[2]
-                )));
+            let total = s[1] * s[2] * s[3];
+            reshape_tflite(b, name, x, &[total], *channels_last)
+        }
+        Op::Reshape {
+            shape,
+            channels_last,
+        } => reshape_tflite(b, name, x, shape, *channels_last),
+        Op::Transpose { perm } => {
+            // Map axis m of [c, h, w] is NHWC axis NHWC[m].
+            const NHWC: [usize; 3] = [3, 1, 2];
+            let mut p = [0usize; 4];
+            for (i, &m) in perm.iter().enumerate() {
+                p[NHWC[i]] = NHWC[m];
             }
-            b.reshape(name, x, &[s[0], spatial * s[3]]).map_err(tfl)
+            b.transpose(name, x, p).map_err(tfl)
         }
         other => Err(CollabError::Usage(format!(
             "node `{name}`: {} has no int8 TFLite form in this exporter (the int8 export \
-             writes convolutions, fully-connected layers, ADD, average and max pooling, reshapes \
-             and softmax); the model trains and evaluates in float, but cannot be written as int8",
+             writes convolutions, fully-connected layers, ADD, average and max pooling, \
+             reshapes, transposes and softmax); the model trains and evaluates in float, but cannot be written as int8",
             other.kind()
         ))),
     }
+}
+
+/// An int8 reshape of `x` (NHWC `[n, h, w, c]` or `[n, f]`) to `shape` (`[f]` or burn's
+/// `[c, h, w]`) in the given element order. The file holds maps as NHWC, so a reshape defined
+/// in `[c, h, w]` order is TRANSPOSE to NCHW, RESHAPE, TRANSPOSE back, each step skipped where
+/// it moves nothing (a vector, or a map with one channel or one pixel). All keep `x`'s
+/// quantization, as TFLite requires.
+fn reshape_tflite(
+    b: &mut Int8Builder,
+    name: &str,
+    x: TensorId,
+    shape: &[usize],
+    channels_last: bool,
+) -> Result<TensorId, CollabError> {
+    let tfl = |e: collab_tflite::TfliteError| CollabError::Usage(format!("int8 export: {e}"));
+    let s = b.shape(x).to_vec();
+    let n = s[0];
+    // Whether NHWC and NCHW order of a map [n, h, w, c] coincide.
+    let same_order = |h: usize, w: usize, c: usize| c == 1 || h * w == 1;
+    let mut x = x;
+    if !channels_last && s.len() == 4 && !same_order(s[1], s[2], s[3]) {
+        x = b
+            .transpose(&format!("{name}/to_nchw"), x, [0, 3, 1, 2])
+            .map_err(tfl)?;
+    }
+    match *shape {
+        [c, h, w] if !channels_last && !same_order(h, w, c) => {
+            let y = b
+                .reshape(&format!("{name}/nchw"), x, &[n, c, h, w])
+                .map_err(tfl)?;
+            b.transpose(name, y, [0, 2, 3, 1]).map_err(tfl)
+        }
+        [c, h, w] => b.reshape(name, x, &[n, h, w, c]).map_err(tfl),
+        _ => {
+            let total: usize = shape.iter().product();
+            b.reshape(name, x, &[n, total]).map_err(tfl)
+        }
+    }
+}
+
+/// A transposed convolution's int8 TRANSPOSE_CONV layer and output `[h, w]`, from its
+/// equivalent convolution `layer` (weight `[out, in, kh, kw]`, flipped) on an `[h, w]` input.
+/// TFLite places the output by SAME or VALID padding alone, so other pads are refused.
+#[allow(clippy::too_many_arguments)]
+fn transpose_conv_layer(
+    name: &str,
+    layer: &Conv2d,
+    [h, w]: [usize; 2],
+    stride: [usize; 2],
+    pads: [usize; 4],
+    output_padding: [usize; 2],
+    act: Act,
+    quant: Option<&LayerQuant>,
+) -> Result<(ConvLayer, [usize; 2]), CollabError> {
+    let mut conv = conv_layer(name, layer, act, quant)?;
+    let [out, kh, kw, inp] = conv.shape;
+    // Flip back: TRANSPOSE_CONV's filter [o, fy, fx, i] is the convolution's [o, i, kh-1-fy, kw-1-fx].
+    let mut flipped = vec![0i8; conv.weight.len()];
+    for o in 0..out {
+        for y in 0..kh {
+            for x in 0..kw {
+                let src = ((o * kh + kh - 1 - y) * kw + kw - 1 - x) * inp;
+                let dst = ((o * kh + y) * kw + x) * inp;
+                flipped[dst..dst + inp].copy_from_slice(&conv.weight[src..src + inp]);
+            }
+        }
+    }
+    conv.weight = flipped;
+    let out_hw = [
+        ((h - 1) * stride[0] + kh + output_padding[0]).saturating_sub(pads[0] + pads[2]),
+        ((w - 1) * stride[1] + kw + output_padding[1]).saturating_sub(pads[1] + pads[3]),
+    ];
+    let fits = |p: Padding| {
+        collab_tflite::interp::transpose_conv_pad(p, out_hw[0], kh, stride[0]) == pads[0]
+            && collab_tflite::interp::transpose_conv_pad(p, out_hw[1], kw, stride[1]) == pads[1]
+    };
+    conv.padding = if fits(Padding::Same) {
+        ConvPadding::Same
+    } else if fits(Padding::Valid) {
+        ConvPadding::Valid
+    } else {
+        return Err(CollabError::Usage(format!(
+            "layer `{name}`: a transposed convolution cropping {pads:?} from a {h}×{w} input \
+             (stride {stride:?}, kernel {kh}×{kw}) is neither TFLite's SAME nor VALID placement; \
+             TRANSPOSE_CONV cannot write it. Use pads (k − s)/2 on each side (SAME) or none"
+        )));
+    };
+    conv.stride = stride;
+    conv.dilation = [1, 1];
+    Ok((conv, out_hw))
 }
 
 fn conv_layer(

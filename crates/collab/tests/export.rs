@@ -752,3 +752,218 @@ fn mlperf_tiny_models_import_and_export_bit_exact() {
         }
     }
 }
+
+/// A graph with the layout operators of the importers on CIFAR-shaped inputs: a stride-2 stem,
+/// a transposed convolution back to 32×32 (kernel 4, stride 2, pads 1: TFLite's SAME, with a
+/// fused ReLU), a Transpose of height and width, a Reshape in `[c, h, w]` order that moves
+/// values (TRANSPOSE, RESHAPE, TRANSPOSE in the NHWC file), a strided convolution and a
+/// channels-first flatten of its 4×4 map.
+fn layout_graph() -> collab_models::GraphSpec {
+    use collab_models::graph::{Fused, GraphBuilder, Op};
+    let input = collab_data::InputSpec {
+        shape: [3, 32, 32],
+        layout: collab_data::Layout::Nhwc,
+        features: collab_data::Features::Array,
+        labels: vec![],
+    };
+    let mut g = GraphBuilder::new("layout", input);
+    let stem = g.conv(0, 8, [3, 3], [2, 2], 1, Fused::Relu);
+    let up = g.conv_transpose(stem, 6, [4, 4], [2, 2], [1, 1, 1, 1], Fused::Relu);
+    let swapped = g.transpose(up, [0, 2, 1]);
+    let moved = g.reshape(swapped, &[24, 16, 16], false);
+    let down = g.conv(moved, 8, [3, 3], [4, 4], 1, Fused::Relu);
+    let flat = g.node(
+        "flatten_chw",
+        Op::Flatten {
+            channels_last: false,
+        },
+        &[down],
+    );
+    g.linear(flat, 10, Fused::None);
+    g.finish(true).unwrap()
+}
+
+/// Transposed convolution, Transpose, a data-moving Reshape and a channels-first flatten of a
+/// 4×4 map: trained pruned and clustered, exported, bit-exact in TFLite Micro and LiteRT's
+/// reference kernels, placed by Vela; the transposed convolution is also wrapped whole-model.
+#[test]
+fn transpose_conv_and_layout_operators_train_wrapped_and_export_bit_exact() {
+    use burn::module::Module;
+    use burn::optim::{AdamConfig, GradientsParams};
+    use collab_cluster::WholeClustering;
+    use collab_models::GraphNet;
+    use collab_prune::WholePruning;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    // 24 images (12 to calibrate, 12 to run): TFLite Micro's test arena (1 MiB) holds the
+    // int32 scratch of TRANSPOSE_CONV's 32×32×6 output for 12 samples.
+    let x = cifar_inputs().narrow(0, 0, 24);
+    let spec = layout_graph();
+    let net = GraphNet::init(spec, &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    let (deconv, _) = net.spec().layer_names();
+    assert_eq!(deconv[1], "deconv1");
+    let plain = net.trace([3, 32, 32]).unwrap();
+    let (_, test) = split(&x);
+    let diff = (net.forward(test.clone()) - plain.forward(test).unwrap())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "plan and model differ by {diff}");
+
+    // Whole-model wrappers reach the transposed convolution's weight like any other.
+    let pruning = WholePruning::new(PruningConfig::new(PruningSchedule::constant(0.5)));
+    let (whole, wrapped) = pruning.wrap(net.clone()).unwrap();
+    let path = "convs.1.conv.weight";
+    assert!(
+        wrapped.wrapped.iter().any(|s| s.path == path),
+        "{:?}",
+        wrapped.wrapped.iter().map(|s| &s.path).collect::<Vec<_>>()
+    );
+    let whole = pruning.prune_to(whole, 0.5).unwrap();
+    let w = collab_core::host::to_vec_f32(whole.convs[1].conv.weight.val().flatten::<1>(0, 3));
+    let zeros = w.iter().filter(|v| **v == 0.0).count() as f64 / w.len() as f64;
+    assert!(zeros >= 0.5, "whole-model pruning left {zeros} zeros");
+    let clustering = WholeClustering::new(ClusteringConfig::new(8));
+    let (clustered, _) = clustering.wrap(collab_core::whole::strip(whole)).unwrap();
+    let w = collab_core::host::to_vec_f32(clustered.convs[1].conv.weight.val().flatten::<1>(0, 3));
+    let mut distinct: Vec<u32> = w.iter().map(|v| v.to_bits()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(
+        distinct.len() <= 8,
+        "{} values after clustering",
+        distinct.len()
+    );
+
+    // Per-layer wrappers: prune to 50 %, cluster to 8 per channel keeping zeros, train.
+    let prune = PruningConfig::new(PruningSchedule::constant(0.5));
+    let cluster = ClusteringConfig::new(8)
+        .with_per_channel(true)
+        .with_preserve_sparsity(true);
+    let wrapped = net
+        .try_map(
+            |name, c: ConvBlock| {
+                let p = prune.wrap(c)?;
+                p.prune_to(0.5)?;
+                Ok::<_, Box<dyn std::error::Error>>(cluster.wrap_named(name, p)?)
+            },
+            |name, l| {
+                let p = prune.wrap(l)?;
+                p.prune_to(0.5)?;
+                Ok(cluster.wrap_named(name, p)?)
+            },
+        )
+        .unwrap();
+    let ad = device.clone().autodiff();
+    let mut model = wrapped.fork(&ad).train();
+    let mut optim = AdamConfig::new().init();
+    let labels: Vec<i64> = (0..12).map(|i| i % 10).collect();
+    let y =
+        Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(labels, [12]), &ad);
+    let xs = split(&x).0.to_device(&ad);
+    for _ in 0..3 {
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&ad)
+            .forward(model.forward(xs.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+    }
+    let trained = model.valid();
+    let plan = trained.trace([3, 32, 32]).unwrap();
+    let (_, file) = export_and_check(&plan, &x, true, dir.path(), "graph_layout_pcq");
+    let graph = Graph::from_bytes(&file).unwrap();
+    let ops: Vec<&str> = graph.operators.iter().map(|o| o.op.as_str()).collect();
+    eprintln!("operators: {ops:?}");
+    assert_eq!(ops.iter().filter(|o| **o == "TRANSPOSE_CONV").count(), 1);
+    // One TRANSPOSE for the Transpose, two around the reshape, one before the flatten.
+    assert_eq!(ops.iter().filter(|o| **o == "TRANSPOSE").count(), 4);
+    let report = Report::new(&file).unwrap();
+    let deconv = report
+        .weights
+        .iter()
+        .find(|w| w.name == "deconv1/weight")
+        .expect("the transposed convolution's weights");
+    assert!(deconv.zero_fraction >= 0.5, "{}", deconv.zero_fraction);
+    assert!(deconv.unique_per_channel_max.unwrap_or(deconv.unique) <= 8);
+
+    // A transposed convolution TFLite cannot place (neither SAME nor VALID) is refused by name.
+    let mut g = collab_models::graph::GraphBuilder::new("odd", layout_graph().input);
+    g.conv_transpose(
+        0,
+        4,
+        [3, 3],
+        [2, 2],
+        [2, 2, 2, 2],
+        collab_models::graph::Fused::None,
+    );
+    let odd = GraphNet::init(g.finish(false).unwrap(), &device).unwrap();
+    let odd = odd.trace([3, 32, 32]).unwrap();
+    let ranges = odd
+        .calibrate([Ok(split(&x).0)], Calibration::MinMax)
+        .unwrap();
+    let err = export::to_tflite(&odd, Some(&ranges), &ExportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("deconv0") && err.contains("neither TFLite's SAME nor VALID"),
+        "{err}"
+    );
+
+    // Vela places the deployment file (batch 1).
+    if let Some(tools) = tools() {
+        let (calib, _) = split(&x);
+        let ranges = plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap();
+        let bytes = export::to_tflite(&plan, Some(&ranges), &ExportOptions::default()).unwrap();
+        let path = dir.path().join("layout_deploy.tflite");
+        export::write(&path, &bytes).unwrap();
+        let (code, vela) = tools
+            .vela_check(&path, &["--min-npu-percent", "100"])
+            .unwrap();
+        eprintln!("vela: {vela}");
+        assert_eq!(code, 0, "Vela: {vela}");
+    }
+}
+
+/// QAT through a transposed convolution and the layout operators: the transposed convolution
+/// trains per-channel weights and an output range like any convolution, so the file is written
+/// from QAT ranges alone and runs bit-exact.
+#[test]
+fn a_qat_graph_with_transpose_conv_exports_with_trained_ranges() {
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    // 12 samples run: TFLite Micro's 1 MiB test arena (see above).
+    let x = cifar_inputs().narrow(0, 0, 24);
+    let spec = layout_graph();
+    let first = |name: &str| spec.reads_model_input(name);
+    let act = |name: &str| spec.activation_of(name).quant();
+    let qat = GraphNet::init(spec.clone(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap()
+        .try_map(
+            |n, c| {
+                QatConfig::new()
+                    .with_activation(act(n))
+                    .with_input(first(n))
+                    .wrap(c)
+            },
+            |n, l| QatConfig::new().with_activation(act(n)).wrap(l),
+        )
+        .unwrap();
+    assert_eq!(act("deconv1"), FusedActivation::Relu);
+    let (calib, _) = split(&x);
+    let qat = collab_quant::calibrate(qat, [calib], |m, x| {
+        m.forward(x);
+    });
+    let plan = qat.trace([3, 32, 32]).unwrap();
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| matches!(s, export::Step::ConvTranspose { quant: Some(_), .. }))
+    );
+    export_and_check_with(&plan, &x, true, dir.path(), "graph_layout_qat", false);
+}

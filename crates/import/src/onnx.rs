@@ -7,7 +7,9 @@
 //!   or drops 1-sized axes, creates no node; each ONNX tensor is tracked as a view of a graph
 //!   value (which ONNX axis is which burn axis), so an NHWC input with its transpose to NCHW
 //!   (tf2onnx) becomes a [`Layout::Nhwc`] input, and a flatten after a transpose back to NHWC
-//!   becomes `Flatten { channels_last: true }`;
+//!   becomes `Flatten { channels_last: true }`. A view an operator cannot read as it lies (a
+//!   Conv after a Transpose that swaps height and width) gets an [`Op::Transpose`] node, and a
+//!   Reshape that moves data an [`Op::Reshape`] in the view's element order;
 //! - a zero `Pad` before a convolution is merged into its padding; `BatchNormalization`, or a
 //!   per-channel constant `Mul` / `Add` / `Sub` / `Div` (Keras BatchNorm as tf2onnx writes it),
 //!   after a convolution or linear layer is folded into its weights and bias;
@@ -311,6 +313,19 @@ struct Val {
     pad: Option<[usize; 4]>,
 }
 
+/// A ConvTranspose's attributes, 1-D ones as 2-D of height 1.
+struct ConvTransposeAttrs {
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+    /// `[top, left, bottom, right]`.
+    pads: [usize; 4],
+    output_padding: [usize; 2],
+    /// No auto_pad and no output_shape (pads and output_padding say it all).
+    explicit: bool,
+}
+
 /// The layer that made a value.
 #[derive(Clone, Copy, Debug)]
 enum Layer {
@@ -346,8 +361,9 @@ struct Translator<'a> {
 const SUPPORTED: &str = "supported: Conv, Gemm/MatMul, BatchNormalization or a per-channel \
     constant Mul/Add/Sub/Div after a layer (folded), Add, Concat on channels, MaxPool, \
     AveragePool, GlobalAveragePool, ReduceMean over space, Relu, Clip(0, 6), LeakyRelu, \
-    Sigmoid, Tanh, HardSwish, Flatten, layout-only Transpose/Reshape/Squeeze/Unsqueeze, a zero \
-    Pad before a Conv, DequantizeLinear of constant weights, a final Softmax";
+    Sigmoid, Tanh, HardSwish, Flatten, Transpose/Reshape/Squeeze/Unsqueeze that keep the batch \
+    first and map onto [n, c, h, w], [n, c, w] or [n, f], ConvTranspose (1-D and 2-D, one group, \
+    no dilation), a zero Pad before a Conv, DequantizeLinear of constant weights, a final Softmax";
 
 impl<'a> Translator<'a> {
     fn new(path: &'a Path, graph: &'a OnnxGraph, sources: Vec<Option<Source>>) -> Self {
@@ -479,7 +495,9 @@ impl<'a> Translator<'a> {
                 | N::Unsqueeze(_)
                 | N::Transpose(_)
                 | N::Softmax(_)
-                | N::Pad(_) => {}
+                | N::Pad(_)
+                | N::ConvTranspose1d(_)
+                | N::ConvTranspose2d(_) => {}
                 N::Mul(_) | N::Sub(_) | N::Div(_) => {
                     let ins = n.inputs();
                     if ins.len() != 2 || !ins.iter().any(constant) {
@@ -743,7 +761,9 @@ impl<'a> Translator<'a> {
             self.consumed[i] = true;
         }
         let layer = match op {
-            Op::Conv { layer, .. } => Some(Layer::Conv(layer)),
+            // A transposed convolution is held as its equivalent convolution: a BatchNorm after
+            // it folds the same way (per output channel of weight and bias).
+            Op::Conv { layer, .. } | Op::ConvTranspose { layer, .. } => Some(Layer::Conv(layer)),
             Op::Linear { layer, .. } => Some(Layer::Linear(layer)),
             _ => None,
         };
@@ -962,6 +982,39 @@ impl<'a> Translator<'a> {
                     &cfg.auto_pad,
                 )?
             }
+            N::ConvTranspose2d(c) => {
+                let cfg = &c.config;
+                let [ph, pw] = cfg.padding;
+                self.conv_transpose(
+                    k,
+                    false,
+                    ConvTransposeAttrs {
+                        kernel: cfg.kernel_size,
+                        stride: cfg.stride,
+                        dilation: cfg.dilation,
+                        groups: cfg.groups,
+                        pads: [ph, pw, ph, pw],
+                        output_padding: cfg.padding_out,
+                        explicit: cfg.auto_pad == AutoPad::NotSet && cfg.output_shape.is_none(),
+                    },
+                )?
+            }
+            N::ConvTranspose1d(c) => {
+                let cfg = &c.config;
+                self.conv_transpose(
+                    k,
+                    true,
+                    ConvTransposeAttrs {
+                        kernel: [1, cfg.kernel_size],
+                        stride: [1, cfg.stride],
+                        dilation: [1, cfg.dilation],
+                        groups: cfg.groups,
+                        pads: [0, cfg.padding, 0, cfg.padding],
+                        output_padding: [0, cfg.padding_out],
+                        explicit: cfg.auto_pad == AutoPad::NotSet && cfg.output_shape.is_none(),
+                    },
+                )?
+            }
             N::Linear(l) => self.linear(k, l.config.transpose_weight, 1.0, 1.0)?,
             // onnx-ir makes a Linear of a MatMul by a constant; one by dequantized weights stays.
             N::MatMul(_) => self.linear(k, false, 1.0, 1.0)?,
@@ -1093,7 +1146,7 @@ impl<'a> Translator<'a> {
             N::GlobalAveragePool(_) => {
                 let x = self.plain(k, &ins[0])?;
                 let one_d = x.axes.len() == 3;
-                self.nchw(k, &x, one_d)?;
+                let (x, _) = self.nchw_val(k, x, one_d)?;
                 let v = self.push(k, "", Op::GlobalAvgPool, vec![x.v])?;
                 Val {
                     v,
@@ -1226,14 +1279,10 @@ impl<'a> Translator<'a> {
                 .filter(|a| order.contains(a))
                 .collect();
             if order != hwc {
-                return Err(self.unsupported(
-                    k,
-                    format!(
-                        "flattens a map of ONNX shape {:?} in an order that is neither [c, h, w] \
-                         nor [h, w, c]",
-                        self.onnx_dims(x)
-                    ),
-                ));
+                // Another order: a Transpose node first, then a [c, h, w] flatten.
+                let one_d = x.axes.len() == 3;
+                let (x, _) = self.nchw_val(k, x.clone(), one_d)?;
+                return self.flatten(k, &x);
             }
             true
         };
@@ -1355,7 +1404,114 @@ impl<'a> Translator<'a> {
         if dims.len() == 1 {
             return self.flatten(k, x);
         }
-        self.relabel(k, x, &dims, "Reshape")
+        match self.relabel(k, x, &dims, "Reshape") {
+            Ok(v) => Ok(v),
+            Err(layout_only) => self.reshape_moving(k, x, &dims).map_err(|e| match e {
+                // A target the graph cannot hold at all: the layout error says more.
+                ImportError::Unsupported { .. } if dims.len() > 3 => layout_only,
+                e => e,
+            }),
+        }
+    }
+
+    /// A Reshape that moves data, to ONNX `[n] + dims` with `dims` `[c, h, w]` or `[c, w]`: an
+    /// [`Op::Reshape`] in the element order of `x`'s view (`[c, h, w]`, or `[h, w, c]` for a
+    /// tf2onnx NHWC view; any other order gets a Transpose node first). The result's view
+    /// keeps that order, so the ONNX tensor is exactly the reshaped one.
+    fn reshape_moving(&mut self, k: usize, x: &Val, dims: &[usize]) -> Result<Val, ImportError> {
+        if x.pad.is_some() {
+            return Err(self.pad_not_merged(k));
+        }
+        let in_dims = self.onnx_dims(x);
+        let mut x = x.clone();
+        let channels_last = match self.shapes[x.v] {
+            Shape::Vec(_) => false,
+            Shape::Map(_) => {
+                let order = self.flat_order(&x);
+                let hwc: Vec<usize> = [2, 3, 1]
+                    .into_iter()
+                    .filter(|a| order.contains(a))
+                    .collect();
+                if order.windows(2).all(|w| w[0] < w[1]) {
+                    false
+                } else if order == hwc {
+                    true
+                } else {
+                    let one_d = x.axes.len() == 3;
+                    x = self.nchw_val(k, x, one_d)?.0;
+                    false
+                }
+            }
+        };
+        let (shape, axes) = match (dims, channels_last) {
+            (&[c, h, w], false) => ([c, h, w], vec![0, 1, 2, 3]),
+            (&[c, w], false) => ([c, 1, w], vec![0, 1, 3]),
+            (&[h, w, c], true) => ([c, h, w], vec![0, 2, 3, 1]),
+            (&[w, c], true) => ([c, 1, w], vec![0, 3, 1]),
+            _ => {
+                return Err(self.unsupported(
+                    k,
+                    format!(
+                        "Reshape of ONNX shape {in_dims:?} to {dims:?} (batch excluded): the \
+                         graph holds [n, c, h, w], [n, c, w] and [n, f] values"
+                    ),
+                ));
+            }
+        };
+        let v = self.push(
+            k,
+            "",
+            Op::Reshape {
+                shape: shape.to_vec(),
+                channels_last,
+            },
+            vec![x.v],
+        )?;
+        Ok(Val { v, axes, pad: None })
+    }
+
+    /// A view of a feature map as `[n, c, h, w]` (`[n, c, w]` when `one_d`) and its shape: `x`
+    /// itself when its view is in that order, else a [`Op::Transpose`] node that makes it so (a
+    /// mid-graph Transpose that moves data; layout transposes cancel before reaching here).
+    fn nchw_val(
+        &mut self,
+        k: usize,
+        x: Val,
+        one_d: bool,
+    ) -> Result<(Val, [usize; 3]), ImportError> {
+        let want: Vec<usize> = if one_d {
+            vec![0, 1, 3]
+        } else {
+            vec![0, 1, 2, 3]
+        };
+        let permutable = x.axes != want
+            && x.pad.is_none()
+            && x.axes.len() == want.len()
+            && x.axes.first() == Some(&0)
+            && matches!(self.shapes[x.v], Shape::Map(_));
+        if !permutable {
+            let m = self.nchw(k, &x, one_d)?;
+            return Ok((x, m));
+        }
+        // Map axis want[i] − 1 of the new value is map axis x.axes[i] − 1 of x; for a 1-D view
+        // the axis it does not list (size 1) becomes the height.
+        let mut perm = [usize::MAX; 3];
+        for i in 1..want.len() {
+            perm[want[i] - 1] = x.axes[i] - 1;
+        }
+        let used: Vec<usize> = perm.iter().copied().filter(|p| *p < 3).collect();
+        let mut spare = (0..3).filter(|a| !used.contains(a));
+        for p in perm.iter_mut().filter(|p| **p >= 3) {
+            *p = spare.next().unwrap_or(0);
+        }
+        let v = self.push(k, "nchw", Op::Transpose { perm }, vec![x.v])?;
+        let x = Val {
+            v,
+            axes: want,
+            pad: None,
+        };
+        let m = self.nchw(k, &x, one_d)?;
+        Ok((x, m))
     }
 
     fn squeeze(&mut self, k: usize, x: &Val, axes: Option<Vec<i64>>) -> Result<Val, ImportError> {
@@ -1463,7 +1619,7 @@ impl<'a> Translator<'a> {
     ) -> Result<Val, ImportError> {
         let ins = self.graph.nodes[k].inputs();
         let x = self.val(k, &ins[0])?;
-        let [ci, h, w] = self.nchw(k, &x, one_d)?;
+        let (x, [ci, h, w]) = self.nchw_val(k, x, one_d)?;
         let (ws, weight) = self.constant(k, &ins[1], "weight")?;
         let bias = match self.optional(k, 2) {
             Some(a) => Some(self.constant(k, a, "bias")?.1),
@@ -1521,6 +1677,93 @@ impl<'a> Translator<'a> {
             "",
             Op::Conv {
                 layer,
+                act: Fused::None,
+            },
+            vec![x.v],
+        )?;
+        Ok(Val {
+            v,
+            axes: x.axes,
+            pad: None,
+        })
+    }
+
+    /// A ConvTranspose as [`Op::ConvTranspose`]: the ONNX weight `[in, out, kh, kw]` becomes
+    /// the equivalent convolution's `[out, in, kh, kw]`, flipped in space.
+    fn conv_transpose(
+        &mut self,
+        k: usize,
+        one_d: bool,
+        a: ConvTransposeAttrs,
+    ) -> Result<Val, ImportError> {
+        let ins = self.graph.nodes[k].inputs();
+        let x = self.plain(k, &ins[0])?;
+        let (x, [ci, _, _]) = self.nchw_val(k, x, one_d)?;
+        if a.groups != 1 || a.dilation != [1, 1] || !a.explicit {
+            return Err(self.unsupported(
+                k,
+                format!(
+                    "ConvTranspose with {} groups, dilation {:?}{}: only one group, no \
+                     dilation and explicit pads (no auto_pad, no output_shape) are supported",
+                    a.groups,
+                    a.dilation,
+                    if a.explicit {
+                        ""
+                    } else {
+                        " and auto_pad / output_shape"
+                    }
+                ),
+            ));
+        }
+        let (ws, weight) = self.constant(k, &ins[1], "weight")?;
+        let bias = match self.optional(k, 2) {
+            Some(arg) => Some(self.constant(k, arg, "bias")?.1),
+            None => None,
+        };
+        let rank = if one_d { 3 } else { 4 };
+        let kernel = a.kernel;
+        let co = ws.get(1).copied().unwrap_or(0);
+        if ws.len() != rank
+            || ws[0] != ci
+            || ws[2..] != kernel[4 - rank..]
+            || bias.as_ref().is_some_and(|b| b.len() != co)
+        {
+            return Err(self.unsupported(
+                k,
+                format!("weight {ws:?} for {ci} input channels and kernel {kernel:?}"),
+            ));
+        }
+        let [kh, kw] = kernel;
+        let mut flipped = vec![0f32; weight.len()];
+        for i in 0..ci {
+            for o in 0..co {
+                for y in 0..kh {
+                    for xx in 0..kw {
+                        flipped[((o * ci + i) * kh + kh - 1 - y) * kw + kw - 1 - xx] =
+                            weight[((i * co + o) * kh + y) * kw + xx];
+                    }
+                }
+            }
+        }
+        let layer = self.spec.convs.len();
+        self.spec.convs.push(ConvSpec {
+            channels: [ci, co],
+            kernel,
+            stride: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            pads: [0; 4],
+            bias: bias.is_some(),
+        });
+        self.weights.convs.push((flipped, bias));
+        let v = self.push(
+            k,
+            "",
+            Op::ConvTranspose {
+                layer,
+                stride: a.stride,
+                pads: a.pads,
+                output_padding: a.output_padding,
                 act: Fused::None,
             },
             vec![x.v],
@@ -1785,6 +2028,11 @@ impl<'a> Translator<'a> {
             a = self.vector(k, &a)?;
             b = self.vector(k, &b)?;
         }
+        if a.axes != b.axes && a.axes.len() == 4 && b.axes.len() == 4 {
+            // The same ONNX shape laid over differently permuted maps: both as [n, c, h, w].
+            a = self.nchw_val(k, a, false)?.0;
+            b = self.nchw_val(k, b, false)?.0;
+        }
         if a.axes != b.axes || self.shapes[a.v] != self.shapes[b.v] {
             return Err(self.unsupported(
                 k,
@@ -1867,7 +2115,7 @@ impl<'a> Translator<'a> {
         ceil_mode: bool,
     ) -> Result<Val, ImportError> {
         let x = self.plain(k, &self.graph.nodes[k].inputs()[0])?;
-        let [_, h, w] = self.nchw(k, &x, one_d)?;
+        let (x, [_, h, w]) = self.nchw_val(k, x, one_d)?;
         let pads = match auto_pad {
             AutoPad::NotSet => pads,
             AutoPad::Valid => [0; 4],

@@ -7,6 +7,9 @@
 //! `[in, out]`. SAME padding becomes the explicit pads TensorFlow computes for the file's input
 //! size, flattening stays in TensorFlow's `[h, w, c]` order (`Flatten { channels_last }`), fused
 //! activations become activation nodes that [`GraphSpec::fused`] folds back into their layer.
+//! RESHAPE between maps (or from a vector to a map) and TRANSPOSE keep TFLite's `[h, w, c]`
+//! element order (`Op::Reshape { channels_last: true }`, `Op::Transpose`); TRANSPOSE_CONV is an
+//! `Op::ConvTranspose` whose pads follow from its output size as TFLite computes them.
 //!
 //! Float means float activations: constant int8 weights (behind `DEQUANTIZE`, or read directly
 //! by a layer in a dynamic-range "hybrid" file such as MLPerf Tiny's
@@ -23,7 +26,7 @@ use collab_models::ModelError;
 use collab_models::graph::{
     ConvSpec, GraphSpec, GraphWeights, Node, Op, Pointwise, PoolSpec, Shape,
 };
-use collab_tflite::interp::out_and_pad;
+use collab_tflite::interp::{out_and_pad, transpose_conv_pad};
 use collab_tflite::reader::{Activation, Graph, Operator, Options, Padding, TensorType};
 
 use crate::{ImportError, Imported};
@@ -47,6 +50,8 @@ pub const SUPPORTED: &[&str] = &[
     "HARD_SWISH",
     "SOFTMAX",
     "DEQUANTIZE",
+    "TRANSPOSE",
+    "TRANSPOSE_CONV",
 ];
 
 /// Import the float `.tflite` file `path` (see the module docs). `input`, when given, replaces
@@ -666,16 +671,53 @@ impl<'a> Importer<'a> {
                             shape,
                         )
                     }
+                    // Any other reshape of as many values moves them, in TFLite's NHWC order.
+                    (_, Shape::Map([c, h, w])) if count(from) == c * h * w => {
+                        let name = self.unique(&layer_name(self.g, op));
+                        self.push(
+                            name,
+                            Op::Reshape {
+                                shape: vec![c, h, w],
+                                channels_last: true,
+                            },
+                            vec![x],
+                            shape,
+                        )
+                    }
                     _ => {
                         return Err(at.err(format!(
-                            "reshapes {from:?} into {shape:?}: the graph only flattens a map \
-                             into [1, features]"
+                            "reshapes {from:?} into {shape:?}: the numbers of values differ"
                         )));
                     }
                 };
                 self.vals.insert(t, Val::Value(v));
                 Ok(())
             }
+            "TRANSPOSE" => {
+                let x = self.value(input(0), &at)?;
+                let perm = usize::try_from(input(1))
+                    .ok()
+                    .and_then(|t| self.g.tensors.get(t))
+                    .and_then(|t| t.to_i64())
+                    .ok_or_else(|| at.err("the permutation is not a constant int32 tensor"))?;
+                self.map(x, &at)?;
+                let (t, shape) = self.out_shape(op, &at)?;
+                // NHWC axis a ≥ 1 is map axis MAP[a] of [c, h, w].
+                const MAP: [usize; 4] = [usize::MAX, 1, 2, 0];
+                let p: Vec<usize> = perm.iter().map(|&a| a.rem_euclid(4) as usize).collect();
+                if p.len() != 4 || p[0] != 0 {
+                    return Err(at.err(format!(
+                        "permutation {perm:?}: the graph transposes maps [1, h, w, c] with the \
+                         batch kept first"
+                    )));
+                }
+                let map_perm = [MAP[p[3]], MAP[p[1]], MAP[p[2]]];
+                let name = self.unique(&layer_name(self.g, op));
+                let v = self.push(name, Op::Transpose { perm: map_perm }, vec![x], shape);
+                self.vals.insert(t, Val::Value(v));
+                Ok(())
+            }
+            "TRANSPOSE_CONV" => self.transpose_conv(op, &at),
             "RELU" | "RELU6" | "LEAKY_RELU" | "LOGISTIC" | "TANH" | "HARD_SWISH" => {
                 let p = match (op.op.as_str(), &op.options) {
                     ("RELU", _) => Pointwise::Relu,
@@ -785,6 +827,91 @@ impl<'a> Importer<'a> {
             },
             vec![x],
             shape,
+        );
+        self.finish(t, v, activation, at)
+    }
+
+    /// TRANSPOSE_CONV (inputs: output shape, weights `[out, kh, kw, in]`, input, optional bias)
+    /// as [`Op::ConvTranspose`]: its equivalent convolution's weight `[out, in, kh, kw]` is the
+    /// file's, flipped in space; the pads follow from the output size as TFLite computes them.
+    fn transpose_conv(&mut self, op: &Operator, at: &At<'_>) -> Result<(), ImportError> {
+        let Options::TransposeConv {
+            padding,
+            stride,
+            activation,
+        } = op.options
+        else {
+            return Err(at.err("TRANSPOSE_CONV without its options"));
+        };
+        let x = self.value(op.inputs.get(2).copied().unwrap_or(-1), at)?;
+        let [c, h, w] = self.map(x, at)?;
+        let wt = *op.inputs.get(1).ok_or_else(|| at.err("no weights"))?;
+        let (values, shape) = self.constant(wt, at)?;
+        let &[out, kh, kw, i] = shape.as_slice() else {
+            return Err(at.err(format!("weights of shape {shape:?}; expected 4-D")));
+        };
+        if i != c || kh == 0 || kw == 0 {
+            return Err(at.err(format!(
+                "weights of shape {shape:?} for an input of {c} channels"
+            )));
+        }
+        let bias = self.bias(op, 3, out, at)?;
+        let (t, oshape) = self.out_shape(op, at)?;
+        let Shape::Map([oc, oh, ow]) = oshape else {
+            return Err(at.err(format!("output {oshape:?}: a map is needed")));
+        };
+        if oc != out {
+            return Err(at.err(format!("output {oshape:?} for weights {shape:?}")));
+        }
+        // TFLite: pad before = transpose_conv_pad; whatever lies past the output is dropped,
+        // and an output larger than the full result gets extra (bias-only) rows at the end.
+        let mut pads = [0usize; 4];
+        let mut output_padding = [0usize; 2];
+        for (d, (size, o, k)) in [(h, oh, kh), (w, ow, kw)].into_iter().enumerate() {
+            let before = transpose_conv_pad(padding, o, k, stride[d]);
+            let full = (size - 1) * stride[d] + k;
+            let end = full as isize - before as isize - o as isize;
+            pads[d] = before;
+            if end >= 0 {
+                pads[d + 2] = end as usize;
+            } else {
+                output_padding[d] = (-end) as usize;
+            }
+        }
+        let mut weight = vec![0f32; values.len()];
+        for o in 0..out {
+            for y in 0..kh {
+                for xx in 0..kw {
+                    for ci in 0..c {
+                        weight[((o * c + ci) * kh + kh - 1 - y) * kw + kw - 1 - xx] =
+                            values[((o * kh + y) * kw + xx) * c + ci];
+                    }
+                }
+            }
+        }
+        let layer = self.convs.len();
+        self.convs.push(ConvSpec {
+            channels: [c, out],
+            kernel: [kh, kw],
+            stride: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            pads: [0; 4],
+            bias: bias.is_some(),
+        });
+        self.weights.convs.push((weight, bias));
+        let name = self.unique(&layer_name(self.g, op));
+        let v = self.push(
+            name,
+            Op::ConvTranspose {
+                layer,
+                stride,
+                pads,
+                output_padding,
+                act: Default::default(),
+            },
+            vec![x],
+            oshape,
         );
         self.finish(t, v, activation, at)
     }
@@ -926,6 +1053,8 @@ fn layer_name(g: &Graph, op: &Operator) -> String {
         "MAX_POOL_2D" => &["MaxPool"],
         "MEAN" => &["Mean"],
         "RESHAPE" => &["Reshape"],
+        "TRANSPOSE" => &["transpose", "Transpose"],
+        "TRANSPOSE_CONV" => &["conv2d_transpose", "Conv2DBackpropInput"],
         _ => &[],
     };
     let name = |t: Option<&i32>| {
@@ -934,7 +1063,9 @@ fn layer_name(g: &Graph, op: &Operator) -> String {
             .map_or("", |t| t.name.as_str())
     };
     let weights = match op.op.as_str() {
-        "CONV_2D" | "DEPTHWISE_CONV_2D" | "FULLY_CONNECTED" => name(op.inputs.get(1)),
+        "CONV_2D" | "DEPTHWISE_CONV_2D" | "FULLY_CONNECTED" | "TRANSPOSE_CONV" => {
+            name(op.inputs.get(1))
+        }
         _ => "",
     };
     let output = name(op.outputs.first());

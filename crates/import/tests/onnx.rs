@@ -541,8 +541,53 @@ add(h.make_node("MatMul", ["fl", "wm"], ["y"], name="dense"), {"wm": w(5, 2)})
 save("reduce_nhwc", n, io("x", ["N", 8, 8, 3]), io("y", ["N", 2]), i)
 
 n, i = [], {}
-add(h.make_node("ConvTranspose", ["x", "wt"], ["y"], name="deconv"), {"wt": w(2, 3, 3, 3)})
-save("conv_transpose", n, io("x", ["N", 2, 4, 4]), io("y", ["N", 3, 6, 6]), i)
+add(h.make_node("ConvTranspose", ["x", "wt"], ["y"], name="deconv", dilations=[2, 2]), {"wt": w(2, 3, 3, 3)})
+save("conv_transpose", n, io("x", ["N", 2, 4, 4]), io("y", ["N", 3, 8, 8]), i)
+
+# Data-moving layout: a strided ConvTranspose with pads and output_padding, BatchNorm after it,
+# a mid-graph Transpose a Conv reads, Reshapes that move data (to a map, to a 1-D map after a
+# Transpose of an order that is neither [c, h, w] nor [h, w, c]).
+n, i = [], {}
+add(h.make_node("ConvTranspose", ["x", "wt", "bt"], ["u"], name="up", strides=[2, 2], pads=[1, 1, 1, 1],
+                output_padding=[1, 1]), {"wt": w(3, 4, 3, 3), "bt": w(4)})
+add(*bn("bn_up", "u", 4))
+add(h.make_node("Relu", ["bn_up"], ["ur"], name="relu_up"))
+add(h.make_node("Transpose", ["ur"], ["sw"], name="swap_hw", perm=[0, 1, 3, 2]))
+add(h.make_node("Conv", ["sw", "wp", "bp"], ["pw"], name="pw"), {"wp": w(5, 4, 1, 1), "bp": w(5)})
+add(h.make_node("Reshape", ["pw", "s1"], ["rg"], name="regroup"), {"s1": np.array([-1, 10, 6, 12], np.int64)})
+add(h.make_node("Transpose", ["rg"], ["wch"], name="wch", perm=[0, 3, 1, 2]))
+add(h.make_node("Reshape", ["wch", "s2"], ["fold"], name="fold"), {"s2": np.array([-1, 24, 30], np.int64)})
+add(h.make_node("Conv", ["fold", "w1d", "b1d"], ["c1"], name="conv1d"), {"w1d": w(6, 24, 3, s=0.2), "b1d": w(6)})
+add(h.make_node("Relu", ["c1"], ["r1"], name="relu1d"))
+add(h.make_node("Flatten", ["r1"], ["fl"], name="flatten"))
+add(h.make_node("Gemm", ["fl", "g", "gc"], ["y"], name="fc", transB=1), {"g": w(3, 168, s=0.1), "gc": w(3)})
+save("data_moves", n, io("x", ["N", 3, 6, 6]), io("y", ["N", 3]), i)
+
+n, i = [], {}
+add(h.make_node("ConvTranspose", ["x", "wt"], ["u"], name="up1d", strides=[2], pads=[1, 1]), {"wt": w(4, 3, 4)})
+add(h.make_node("Relu", ["u"], ["r"], name="relu"))
+add(h.make_node("Reshape", ["r", "s"], ["rs"], name="reshape"), {"s": np.array([0, 6, 10], np.int64)})
+add(h.make_node("Conv", ["rs", "wc", "bc"], ["c"], name="conv", pads=[1, 1]), {"wc": w(2, 6, 3), "bc": w(2)})
+add(h.make_node("Flatten", ["c"], ["fl"], name="flatten"))
+add(h.make_node("Gemm", ["fl", "g"], ["y"], name="fc"), {"g": w(20, 2, s=0.2)})
+save("deconv1d", n, io("x", ["N", 4, 10]), io("y", ["N", 2]), i)
+
+# tf2onnx-style NHWC: a Reshape in [h, w, c] order, a Transpose to [n, c, w] for a 1-D Conv,
+# a Reshape of that 1-D map into a 2-D one.
+n, i = [], {}
+add(h.make_node("Transpose", ["x"], ["t"], name="to_nchw", perm=[0, 3, 1, 2]))
+add(h.make_node("Conv", ["t", "w1", "b1"], ["c"], name="conv", pads=[1, 1, 1, 1]), {"w1": w(4, 2, 3, 3), "b1": w(4)})
+add(h.make_node("Relu", ["c"], ["r"], name="relu"))
+add(h.make_node("Transpose", ["r"], ["tt"], name="to_nhwc", perm=[0, 2, 3, 1]))
+add(h.make_node("Reshape", ["tt", "s1"], ["seq"], name="to_seq"), {"s1": np.array([-1, 36, 4], np.int64)})
+add(h.make_node("Transpose", ["seq"], ["ts"], name="seq_nchw", perm=[0, 2, 1]))
+add(h.make_node("Conv", ["ts", "w2", "b2"], ["c2"], name="conv_seq"), {"w2": w(3, 4, 3), "b2": w(3)})
+add(h.make_node("Relu", ["c2"], ["r2"], name="relu_seq"))
+add(h.make_node("Reshape", ["r2", "s2"], ["m"], name="to_map"), {"s2": np.array([-1, 3, 2, 17], np.int64)})
+add(h.make_node("Conv", ["m", "w3"], ["c3"], name="pw"), {"w3": w(2, 3, 1, 1)})
+add(h.make_node("Flatten", ["c3"], ["fl"], name="flatten"))
+add(h.make_node("MatMul", ["fl", "wm"], ["y"], name="dense"), {"wm": w(68, 2, s=0.2)})
+save("nhwc_moves", n, io("x", ["N", 6, 6, 2]), io("y", ["N", 2]), i)
 
 n, i = [], {}
 add(h.make_node("Conv", ["x", "w1"], ["c"], name="conv"), {"w1": w(3, 2, 1, 1)})
@@ -652,6 +697,61 @@ fn synthetic_models_cover_every_supported_operator_and_match_onnxruntime() {
     assert_eq!(dq.spec.linears, vec![([8, 4], true)]);
     assert_eq!(*weight, read("dq_matmul_weight.npy"));
     assert_eq!(bias.as_deref(), Some(&read("dq_matmul_bias.npy")[..]));
+}
+
+/// ConvTranspose (2-D with stride, pads, output_padding and a BatchNorm folded into it; 1-D),
+/// mid-graph Transposes and Reshapes that move data, in PyTorch's NCHW and tf2onnx's NHWC
+/// conventions: the imported graph computes what onnxruntime computes.
+#[test]
+fn conv_transpose_and_data_moving_layout_match_onnxruntime() {
+    let Some(shared) = shared() else { return };
+    let Some((python, dir)) = synthetic() else {
+        return;
+    };
+    let cases: [(&str, &[usize], Layout, usize); 3] = [
+        ("data_moves", &[3, 6, 6], Layout::Nchw, 3),
+        ("deconv1d", &[4, 10], Layout::Nchw, 2),
+        ("nhwc_moves", &[6, 6, 2], Layout::Nhwc, 3),
+    ];
+    for (name, file_shape, layout, convs) in cases {
+        let path = dir.path().join(format!("{name}.onnx"));
+        let imported = onnx::import(&path, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(imported.spec.input.layout, layout, "{name}");
+        assert_eq!(imported.spec.convs.len(), convs, "{name}");
+        let diff = against_onnxruntime(
+            &python,
+            &shared,
+            &path,
+            &imported,
+            file_shape,
+            3,
+            (-1.0, 1.0),
+        );
+        let ops: Vec<&str> = imported.spec.nodes.iter().map(|n| n.op.kind()).collect();
+        eprintln!("{name}: {ops:?}, max relative difference {diff:.2e}");
+    }
+    let moves = onnx::import(&dir.path().join("data_moves.onnx"), None).unwrap();
+    // The BatchNorm folded into the transposed convolution and its ReLU fused.
+    assert!(matches!(
+        moves.spec.nodes[0].op,
+        Op::ConvTranspose {
+            stride: [2, 2],
+            pads: [1, 1, 1, 1],
+            output_padding: [1, 1],
+            act: collab_models::graph::Fused::Relu,
+            ..
+        }
+    ));
+    assert_eq!(count(&moves, |op| matches!(op, Op::Transpose { .. })), 2);
+    assert_eq!(count(&moves, |op| matches!(op, Op::Reshape { .. })), 2);
+    let nhwc = onnx::import(&dir.path().join("nhwc_moves.onnx"), None).unwrap();
+    assert!(nhwc.spec.nodes.iter().any(|n| matches!(
+        n.op,
+        Op::Reshape {
+            channels_last: true,
+            ..
+        }
+    )));
 }
 
 #[test]

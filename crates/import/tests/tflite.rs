@@ -740,3 +740,116 @@ fn unsupported_operators_are_named_before_any_work() {
         "{err}"
     );
 }
+
+fn transpose_conv_options(
+    padding: fb::Padding,
+    stride: i32,
+    act: fb::ActivationFunctionType,
+) -> fb::BuiltinOptionsT {
+    let mut o = fb::TransposeConvOptionsT::default();
+    (o.padding, o.stride_h, o.stride_w) = (padding, stride, stride);
+    o.fused_activation_function = act;
+    fb::BuiltinOptionsT::TransposeConvOptions(Box::new(o))
+}
+
+/// TRANSPOSE_CONV (SAME with stride 2 and a bias; VALID with a fused ReLU and no bias),
+/// TRANSPOSE of the spatial axes and of channels with space, RESHAPE from map to map and from
+/// vector to map (moving values in TFLite's [h, w, c] order), on a 5×5×3 input.
+fn layout_moves(path: &Path) {
+    let mut f = File::new();
+    let x = f.value("input", &[1, 5, 5, 3]);
+    let os = f.int32("up/output_shape", &[1, 10, 10, 4]);
+    let (w, b) = (
+        f.weights("up/conv2d_transpose", &[4, 3, 3, 3], 21),
+        f.weights("up/bias", &[4], 22),
+    );
+    let u = f.value("up/conv2d_transpose1", &[1, 10, 10, 4]);
+    f.op(
+        B::TRANSPOSE_CONV,
+        3,
+        &[os, w, x, b],
+        u,
+        transpose_conv_options(fb::Padding::SAME, 2, A::NONE),
+    );
+    let perm = f.int32("swap/perm", &[0, 2, 1, 3]);
+    let s = f.value("swap/transpose", &[1, 10, 10, 4]);
+    f.op(B::TRANSPOSE, 2, &[u, perm], s, O::NONE);
+    let shape = f.int32("regroup/shape", &[1, 20, 5, 4]);
+    let r = f.value("regroup/Reshape", &[1, 20, 5, 4]);
+    f.op(B::RESHAPE, 1, &[s, shape], r, O::NONE);
+    let perm = f.int32("cfirst/perm", &[0, 3, 1, 2]);
+    let t = f.value("cfirst/transpose", &[1, 4, 20, 5]);
+    f.op(B::TRANSPOSE, 2, &[r, perm], t, O::NONE);
+    let os = f.int32("up2/output_shape", &[1, 9, 41, 2]);
+    let w2 = f.weights("up2/conv2d_transpose", &[2, 3, 3, 5], 23);
+    let v = f.value("up2/Relu", &[1, 9, 41, 2]);
+    f.op(
+        B::TRANSPOSE_CONV,
+        3,
+        &[os, w2, t, -1],
+        v,
+        transpose_conv_options(fb::Padding::VALID, 2, A::RELU),
+    );
+    let shape = f.int32("flat/shape", &[1, 738]);
+    let fl = f.value("flat/Reshape", &[1, 738]);
+    f.op(B::RESHAPE, 1, &[v, shape], fl, O::NONE);
+    let shape = f.int32("unflat/shape", &[1, 9, 41, 2]);
+    let m = f.value("unflat/Reshape", &[1, 9, 41, 2]);
+    f.op(B::RESHAPE, 1, &[fl, shape], m, O::NONE);
+    let (wc, bc) = (
+        f.weights("head/w", &[3, 1, 1, 2], 24),
+        f.weights("head/b", &[3], 25),
+    );
+    let y = f.value("head/Conv2D", &[1, 9, 41, 3]);
+    f.op(
+        B::CONV_2D,
+        1,
+        &[m, wc, bc],
+        y,
+        conv_options(fb::Padding::VALID, 1, 1, A::NONE),
+    );
+    f.write(path, x, y);
+}
+
+#[test]
+fn transpose_conv_transpose_and_reshape_compute_what_litert_computes() {
+    let Some(shared) = shared() else { return };
+    let Some(tools) = Validators::for_tests(&shared.join("tools")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layout.tflite");
+    layout_moves(&path);
+    let (imported, rel) = compare(&tools, &path, 3, -2.0, 2.0);
+    assert!(rel < 1e-4, "layout file differs from LiteRT by {rel:e}");
+    let spec = &imported.spec;
+    assert_eq!(count(&imported, "ConvTranspose"), 2);
+    assert_eq!(count(&imported, "Transpose"), 2);
+    // Map → map and vector → map reshapes move values; map → vector stays a flatten (one
+    // more flattens the map output in the file's order).
+    assert_eq!(count(&imported, "Reshape"), 2);
+    assert_eq!(count(&imported, "Flatten"), 2);
+    let deconvs: Vec<&Op> = spec
+        .nodes
+        .iter()
+        .map(|n| &n.op)
+        .filter(|op| matches!(op, Op::ConvTranspose { .. }))
+        .collect();
+    // SAME, stride 2, kernel 3 on 5 → 10: nothing cropped before, the 11th row dropped.
+    assert!(matches!(
+        deconvs[0],
+        Op::ConvTranspose {
+            stride: [2, 2],
+            pads: [0, 0, 1, 1],
+            ..
+        }
+    ));
+    assert!(matches!(
+        deconvs[1],
+        Op::ConvTranspose {
+            pads: [0, 0, 0, 0],
+            act: collab_models::graph::Fused::Relu,
+            ..
+        }
+    ));
+}

@@ -212,6 +212,49 @@ pub enum Op {
         #[serde(default)]
         channels_last: bool,
     },
+    /// Map → map with its three axes permuted: output axis `i` of `[c, h, w]` is input axis
+    /// `perm[i]` (a mid-graph ONNX `Transpose` or TFLite `TRANSPOSE` that keeps the batch first).
+    Transpose {
+        /// A permutation of `[0, 1, 2]` (0 = channels, 1 = height, 2 = width).
+        perm: [usize; 3],
+    },
+    /// The same values in another shape: `shape` is `[f]` (a vector) or `[c, h, w]` (a map),
+    /// with as many values as the input. The values are read from the input and written into
+    /// the output in `[c, h, w]` order (`channels_last: false`: ONNX / PyTorch) or `[h, w, c]`
+    /// order (`true`: TFLite); a reshape to a vector is a flatten.
+    Reshape {
+        /// `[f]` or `[c, h, w]`.
+        shape: Vec<usize>,
+        /// The element order the reshape is defined in.
+        #[serde(default)]
+        channels_last: bool,
+    },
+    /// Transposed convolution (ONNX `ConvTranspose`, TFLite `TRANSPOSE_CONV`), map → map:
+    /// output size `(in − 1)·stride + kernel − pad_begin − pad_end + output_padding`.
+    ///
+    /// Why through [`GraphSpec::convs`]: a transposed convolution is an ordinary stride-1
+    /// VALID convolution, with the kernel flipped and its in/out channels swapped, of the
+    /// input upsampled with `stride − 1` zeros between values and padded by
+    /// `kernel − 1 − pad` ([`transpose_conv_input`]). Held as that convolution, layer `layer`
+    /// is the same type `C` as every other convolution, so every wrapper (`Prunable`,
+    /// `Clustered`, `QatAware` with per-output-channel weights, as TFLite quantizes
+    /// TRANSPOSE_CONV) and the whole-model `Param` wrappers take it unchanged; the exporter flips
+    /// the kernel back. The cost is `stride²` more multiplications in float training.
+    ConvTranspose {
+        /// Index into `convs`: the equivalent stride-1 VALID convolution (weight
+        /// `[out, in, kh, kw]`, spatially flipped).
+        layer: usize,
+        /// `[sh, sw]`.
+        stride: [usize; 2],
+        /// Cropped from the full output `[top, left, bottom, right]` (ONNX `pads`).
+        pads: [usize; 4],
+        /// Extra rows / columns at the end `[h, w]` (ONNX `output_padding`).
+        #[serde(default)]
+        output_padding: [usize; 2],
+        /// Fused activation.
+        #[serde(default)]
+        act: Fused,
+    },
 }
 
 impl Op {
@@ -227,6 +270,9 @@ impl Op {
             Op::MaxPool(_) => "MaxPool",
             Op::GlobalAvgPool => "GlobalAveragePool",
             Op::Flatten { .. } => "Flatten",
+            Op::Transpose { .. } => "Transpose",
+            Op::Reshape { .. } => "Reshape",
+            Op::ConvTranspose { .. } => "ConvTranspose",
         }
     }
 }
@@ -278,7 +324,9 @@ impl GraphSpec {
         let mut linears = vec![String::new(); self.linears.len()];
         for n in &self.nodes {
             match n.op {
-                Op::Conv { layer, .. } => convs[layer] = n.name.clone(),
+                Op::Conv { layer, .. } | Op::ConvTranspose { layer, .. } => {
+                    convs[layer] = n.name.clone()
+                }
                 Op::Linear { layer, .. } => linears[layer] = n.name.clone(),
                 _ => {}
             }
@@ -302,7 +350,11 @@ impl GraphSpec {
         self.nodes
             .iter()
             .find_map(|n| match n.op {
-                Op::Conv { act, .. } | Op::Linear { act, .. } if n.name == name => Some(act),
+                Op::Conv { act, .. } | Op::Linear { act, .. } | Op::ConvTranspose { act, .. }
+                    if n.name == name =>
+                {
+                    Some(act)
+                }
                 _ => None,
             })
             .unwrap_or_default()
@@ -461,6 +513,79 @@ impl GraphSpec {
                     Shape::Map([c, h, w]) => Shape::Vec(c * h * w),
                     v => v,
                 },
+                Op::Transpose { perm } => {
+                    let m = map(ins[0])?;
+                    let mut sorted = *perm;
+                    sorted.sort_unstable();
+                    if sorted != [0, 1, 2] {
+                        return Err(bad(format!(
+                            "perm {perm:?} is not a permutation of [0, 1, 2]"
+                        )));
+                    }
+                    Shape::Map([m[perm[0]], m[perm[1]], m[perm[2]]])
+                }
+                Op::Reshape { shape, .. } => {
+                    let count = match ins[0] {
+                        Shape::Map([c, h, w]) => c * h * w,
+                        Shape::Vec(f) => f,
+                    };
+                    let out = match shape.as_slice() {
+                        [f] => Shape::Vec(*f),
+                        [c, h, w] => Shape::Map([*c, *h, *w]),
+                        _ => {
+                            return Err(bad(format!(
+                                "target {shape:?}: a reshape makes a vector [f] or a map [c, h, w]"
+                            )));
+                        }
+                    };
+                    if shape.iter().product::<usize>() != count || count == 0 {
+                        return Err(bad(format!(
+                            "reshapes {:?} ({count} values) into {shape:?}",
+                            ins[0]
+                        )));
+                    }
+                    out
+                }
+                Op::ConvTranspose {
+                    layer,
+                    stride,
+                    pads,
+                    output_padding,
+                    ..
+                } => {
+                    let c = self
+                        .convs
+                        .get(*layer)
+                        .ok_or_else(|| bad(format!("no convolution {layer}")))?;
+                    used_conv[*layer] = true;
+                    let [ci, h, w] = map(ins[0])?;
+                    if ci != c.channels[0]
+                        || c.stride != [1, 1]
+                        || c.dilation != [1, 1]
+                        || c.pads != [0; 4]
+                        || c.groups != 1
+                    {
+                        return Err(bad(format!(
+                            "input has {ci} channels; its layer must be a stride-1, undilated, \
+                             unpadded, ungrouped convolution of {ci} channels, is {c:?}"
+                        )));
+                    }
+                    let size = |d: usize, n: usize| {
+                        ((n.max(1) - 1) * stride[d].max(1) + c.kernel[d] + output_padding[d])
+                            .checked_sub(pads[d] + pads[d + 2])
+                            .filter(|o| *o > 0 && n > 0 && stride[d] > 0)
+                    };
+                    match (size(0, h), size(1, w)) {
+                        (Some(oh), Some(ow)) => Shape::Map([c.channels[1], oh, ow]),
+                        _ => {
+                            return Err(bad(format!(
+                                "stride {stride:?}, pads {pads:?} and kernel {:?} leave no \
+                                 output of a {h}×{w} input",
+                                c.kernel
+                            )));
+                        }
+                    }
+                }
             };
             shapes.push(out);
         }
@@ -510,7 +635,10 @@ impl GraphSpec {
                     | Op::Linear {
                         act: Fused::None, ..
                     }
-                    | Op::Add { act: Fused::None } => Some((k, src, a)),
+                    | Op::Add { act: Fused::None }
+                    | Op::ConvTranspose {
+                        act: Fused::None, ..
+                    } => Some((k, src, a)),
                     _ => None,
                 }
             });
@@ -518,9 +646,10 @@ impl GraphSpec {
                 return self;
             };
             match &mut self.nodes[src - 1].op {
-                Op::Conv { act, .. } | Op::Linear { act, .. } | Op::Add { act } => {
-                    *act = Fused::from_activation(Some(a))
-                }
+                Op::Conv { act, .. }
+                | Op::Linear { act, .. }
+                | Op::Add { act }
+                | Op::ConvTranspose { act, .. } => *act = Fused::from_activation(Some(a)),
                 _ => unreachable!("matched above"),
             }
             // Value k + 1 (the activation's) becomes `src`; later values shift down by one.
@@ -571,6 +700,21 @@ impl GraphSpec {
                         macs: out.iter().product::<usize>() * per_out,
                         output: out,
                         params,
+                    });
+                }
+                Op::ConvTranspose { layer, .. } => {
+                    let c = &self.convs[layer];
+                    let [ci, co] = c.channels;
+                    let taps = c.kernel[0] * c.kernel[1];
+                    layers.push(LayerInfo {
+                        name: node.name.clone(),
+                        kind: "conv_transpose",
+                        input: dims(input),
+                        output: dims(output),
+                        // Every input value meets every tap once (the zeros inserted to train
+                        // it as a convolution are not counted).
+                        macs: dims(input).iter().product::<usize>() * co * taps,
+                        params: ci * co * taps + if c.bias { co } else { 0 },
                     });
                 }
                 Op::Linear { layer, .. } => {
@@ -949,6 +1093,21 @@ pub fn run<C: LayerForward<4>, L: LayerForward<2>>(
                     None => convs[*layer].forward(x),
                 })
             }
+            Op::ConvTranspose {
+                layer,
+                stride,
+                pads,
+                output_padding,
+                act,
+            } => {
+                let x = get(node.inputs[0], &mut values).map();
+                let kernel = spec.convs[*layer].kernel;
+                let x = transpose_conv_input(x, kernel, *stride, *pads, *output_padding);
+                Value::Map(match act.activation() {
+                    Some(a) => convs[*layer].forward_activated(x, a),
+                    None => convs[*layer].forward(x),
+                })
+            }
             Op::Linear { layer, act } => {
                 let x = get(node.inputs[0], &mut values).flat();
                 Value::Vec(match act.activation() {
@@ -1037,10 +1196,77 @@ pub fn apply_op(op: &Op, inputs: Vec<Value>) -> Value {
             Value::Map(m) if *channels_last => m.permute([0, 2, 3, 1]).flatten(1, 3),
             other => other.flat(),
         }),
-        Op::Conv { .. } | Op::Linear { .. } => {
+        Op::Transpose { perm } => {
+            let t = next().map();
+            Value::Map(t.permute([0, 1 + perm[0], 1 + perm[1], 1 + perm[2]]))
+        }
+        Op::Reshape {
+            shape,
+            channels_last,
+        } => {
+            let flat = match next() {
+                Value::Map(m) if *channels_last => m.permute([0, 2, 3, 1]).flatten(1, 3),
+                other => other.flat(),
+            };
+            let n = flat.dims()[0];
+            match *shape.as_slice() {
+                [c, h, w] if *channels_last => {
+                    Value::Map(flat.reshape([n, h, w, c]).permute([0, 3, 1, 2]))
+                }
+                [c, h, w] => Value::Map(flat.reshape([n, c, h, w])),
+                _ => Value::Vec(flat),
+            }
+        }
+        Op::Conv { .. } | Op::Linear { .. } | Op::ConvTranspose { .. } => {
             panic!("apply_op: {} needs its layer", op.kind())
         }
     }
+}
+
+/// The input of the stride-1 VALID convolution that computes a transposed convolution
+/// ([`Op::ConvTranspose`]): `x` `[n, c, h, w]` with `stride − 1` zeros between neighbouring
+/// values, then `kernel − 1 − pad_begin` zero rows / columns before and
+/// `kernel − 1 − pad_end + output_padding` after (cropped where negative), so the convolution
+/// gives `[n, out, (h − 1)·s + k − pads + output_padding, …]`. Gradients flow to `x`.
+///
+/// # Panics
+/// When the result would be smaller than the kernel ([`GraphSpec::shapes`] rules it out).
+pub fn transpose_conv_input(
+    x: Tensor<4>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pads: [usize; 4],
+    output_padding: [usize; 2],
+) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let [sh, sw] = [stride[0].max(1), stride[1].max(1)];
+    // Zero insertion: each value followed by s − 1 zeros, [n, c, h·sh, w·sw].
+    let x = if sh > 1 || sw > 1 {
+        x.reshape([n, c, h, 1, w, 1])
+            .pad([(0, sh - 1), (0, 0), (0, sw - 1)], 0.0f32)
+            .reshape([n, c, h * sh, w * sw])
+    } else {
+        x
+    };
+    // Signed padding per side, relative to the h·s upsampled size (whose last s − 1 are zeros).
+    let side = |k: usize, begin: usize, end: usize, out_pad: usize, s: usize| {
+        let k = k as isize - 1;
+        (
+            k - begin as isize,
+            k - end as isize + out_pad as isize - (s as isize - 1),
+        )
+    };
+    let (t, b) = side(kernel[0], pads[0], pads[2], output_padding[0], sh);
+    let (l, r) = side(kernel[1], pads[1], pads[3], output_padding[1], sw);
+    let [_, _, hh, ww] = x.dims();
+    let crop = |lo: isize, hi: isize, size: usize| {
+        let start = (-lo).max(0) as usize;
+        let end = (size as isize + hi.min(0)) as usize;
+        start..end
+    };
+    let x = x.slice([0..n, 0..c, crop(t, b, hh), crop(l, r, ww)]);
+    let grow = |v: isize| v.max(0) as usize;
+    x.pad([(grow(t), grow(b)), (grow(l), grow(r))], 0.0f32)
 }
 
 /// Average pooling that does not count padded cells (ONNX `count_include_pad = 0`, TFLite).
@@ -1239,10 +1465,202 @@ impl GraphBuilder {
         )
     }
 
+    /// A transposed convolution of `out` channels with a bias: stride `stride`, `pads`
+    /// `[top, left, bottom, right]` cropped from the full output (see [`Op::ConvTranspose`]).
+    pub fn conv_transpose(
+        &mut self,
+        x: usize,
+        out: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pads: [usize; 4],
+        act: Fused,
+    ) -> usize {
+        let c = match self.shapes[x] {
+            Shape::Map([c, _, _]) => c,
+            Shape::Vec(f) => f,
+        };
+        let layer = self.spec.convs.len();
+        self.spec.convs.push(ConvSpec {
+            channels: [c, out],
+            kernel,
+            stride: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            pads: [0; 4],
+            bias: true,
+        });
+        self.node(
+            &format!("deconv{layer}"),
+            Op::ConvTranspose {
+                layer,
+                stride,
+                pads,
+                output_padding: [0, 0],
+                act,
+            },
+            &[x],
+        )
+    }
+
+    /// Permute a map's axes: output axis `i` of `[c, h, w]` is input axis `perm[i]`.
+    pub fn transpose(&mut self, x: usize, perm: [usize; 3]) -> usize {
+        self.node("", Op::Transpose { perm }, &[x])
+    }
+
+    /// The same values as `shape` (`[f]` or `[c, h, w]`), in `[h, w, c]` order when
+    /// `channels_last`, else `[c, h, w]` order.
+    pub fn reshape(&mut self, x: usize, shape: &[usize], channels_last: bool) -> usize {
+        self.node(
+            "",
+            Op::Reshape {
+                shape: shape.to_vec(),
+                channels_last,
+            },
+            &[x],
+        )
+    }
+
     /// The checked spec; `softmax`: the model's output is meant as probabilities.
     pub fn finish(mut self, softmax: bool) -> Result<GraphSpec, ModelError> {
         self.spec.softmax = softmax;
         self.spec.shapes()?;
         Ok(self.spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::module::conv_transpose2d;
+    use burn::tensor::ops::ConvTransposeOptions;
+    use collab_data::{Features, Layout};
+
+    fn input(shape: [usize; 3]) -> InputSpec {
+        InputSpec {
+            shape,
+            layout: Layout::Nchw,
+            features: Features::Array,
+            labels: vec![],
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 16) as f32)
+            .map(|v| v / 65_536.0 * 2.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn conv_transpose_equals_burns_transposed_convolution() {
+        let device = Device::flex();
+        let (ci, co, k) = (3, 4, [3, 2]);
+        for (stride, pad, out_pad) in [
+            ([2, 3], [1, 0], [1, 2]),
+            ([1, 1], [0, 1], [0, 0]),
+            ([2, 2], [2, 1], [0, 1]),
+        ] {
+            let mut g = GraphBuilder::new("deconv", input([ci, 5, 4]));
+            g.conv_transpose(
+                0,
+                co,
+                k,
+                stride,
+                [pad[0], pad[1], pad[0], pad[1]],
+                Fused::None,
+            );
+            let mut spec = g.finish(false).unwrap();
+            if let Op::ConvTranspose { output_padding, .. } = &mut spec.nodes[0].op {
+                *output_padding = out_pad;
+            }
+            // ONNX / burn layout [in, out, kh, kw]; the graph holds [out, in, kh, kw] flipped.
+            let w = values(ci * co * k[0] * k[1], 7);
+            let b = values(co, 3);
+            let mut flipped = vec![0f32; w.len()];
+            for i in 0..ci {
+                for o in 0..co {
+                    for y in 0..k[0] {
+                        for x in 0..k[1] {
+                            flipped[((o * ci + i) * k[0] + k[0] - 1 - y) * k[1] + k[1] - 1 - x] =
+                                w[((i * co + o) * k[0] + y) * k[1] + x];
+                        }
+                    }
+                }
+            }
+            let weights = GraphWeights {
+                convs: vec![(flipped, Some(b.clone()))],
+                linears: vec![],
+            };
+            let shape = spec.shapes().unwrap()[1];
+            let net = GraphNet::from_weights(spec, weights, &device).unwrap();
+            let x = Tensor::<4>::from_data(
+                TensorData::new(values(2 * ci * 20, 1), [2, ci, 5, 4]),
+                &device,
+            );
+            let ours = net.forward(x.clone());
+            let theirs = conv_transpose2d(
+                x,
+                Tensor::from_data(TensorData::new(w, [ci, co, k[0], k[1]]), &device),
+                Some(Tensor::from_data(TensorData::new(b, [co]), &device)),
+                ConvTransposeOptions::new(stride, pad, out_pad, [1, 1], 1),
+            );
+            let [_, c, h, w] = theirs.dims();
+            assert_eq!(shape, Shape::Map([c, h, w]), "stride {stride:?}");
+            let diff = (ours - theirs.flatten::<2>(1, 3))
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert!(
+                diff < 1e-5,
+                "stride {stride:?}, pads {pad:?}: differ by {diff}"
+            );
+        }
+    }
+
+    #[test]
+    fn transpose_and_reshape_move_values_in_their_order() {
+        let device = Device::flex();
+        let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let t = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 2, 3, 4]), &device);
+        let run = |op: Op| -> Vec<f32> {
+            let v = apply_op(&op, vec![Value::Map(t.clone())]);
+            v.flat().into_data().try_to_vec::<f32>().unwrap()
+        };
+        // [c, h, w] = [2, 3, 4] → [w, c, h]: out[i][j][k] = x[j][k][i].
+        let moved = run(Op::Transpose { perm: [2, 0, 1] });
+        for i in 0..4 {
+            for j in 0..2 {
+                for k in 0..3 {
+                    assert_eq!(moved[(i * 2 + j) * 3 + k], x[(j * 3 + k) * 4 + i]);
+                }
+            }
+        }
+        // [c, h, w] order: the flat values stay as they are.
+        let chw = run(Op::Reshape {
+            shape: vec![4, 3, 2],
+            channels_last: false,
+        });
+        assert_eq!(chw, x);
+        // [h, w, c] order: read as NHWC, written as NHWC, shown here in NCHW.
+        let hwc = run(Op::Reshape {
+            shape: vec![6, 2, 2],
+            channels_last: true,
+        });
+        let nhwc_in: Vec<f32> = (0..12)
+            .flat_map(|p| (0..2).map(move |c| (c * 12 + p) as f32))
+            .collect();
+        for c in 0..6 {
+            for p in 0..4 {
+                assert_eq!(hwc[c * 4 + p], nhwc_in[p * 6 + c]);
+            }
+        }
+        // Shape rules: counts must match, perms must be permutations.
+        let mut g = GraphBuilder::new("r", input([2, 3, 4]));
+        g.reshape(0, &[5, 5], false);
+        assert!(g.finish(false).is_err());
+        let mut g = GraphBuilder::new("t", input([2, 3, 4]));
+        g.transpose(0, [0, 0, 1]);
+        assert!(g.finish(false).is_err());
     }
 }

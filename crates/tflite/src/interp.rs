@@ -230,6 +230,15 @@ enum Kernel {
         scale: f32,
         zero_point: i32,
     },
+    /// TRANSPOSE_CONV: the filter `[out, kh, kw, in]` as in the file, `pad` the padding before.
+    TransposeConv(Box<ConvKernel>),
+    /// TRANSPOSE of a 4-D int8 tensor: output axis `i` is input axis `perm[i]`.
+    Transpose {
+        input: usize,
+        output: usize,
+        in_shape: [usize; 4],
+        perm: [usize; 4],
+    },
 }
 
 /// Which runtime's arithmetic to reproduce where they differ.
@@ -953,6 +962,124 @@ impl Interpreter {
                     zero_point,
                 }
             }
+            (
+                "TRANSPOSE_CONV",
+                Options::TransposeConv {
+                    padding,
+                    stride,
+                    activation,
+                },
+            ) => {
+                // Inputs: output shape, weights [out, kh, kw, in], input, optional bias.
+                let (_, st) = tensor(0)?;
+                let (_, ft) = tensor(1)?;
+                let (ii, it) = tensor(2)?;
+                int8(it)?;
+                int8(ot)?;
+                let in_shape = shape4(it, n, name)?;
+                let out_shape = shape4(ot, n, name)?;
+                let fshape = shape4(ft, n, name)?;
+                let filter = const_i8(ft, n, name)?;
+                let declared: Vec<usize> = match (st.dtype, st.data.as_deref()) {
+                    (TensorType::Int32, Some(d)) if d.len() == 16 => d
+                        .chunks_exact(4)
+                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize)
+                        .collect(),
+                    _ => {
+                        return Err(bad(
+                            n,
+                            name,
+                            "the output shape must be a constant int32 [4] tensor",
+                        ));
+                    }
+                };
+                let units = out_shape[3];
+                if declared != out_shape
+                    || fshape[0] != units
+                    || fshape[3] != in_shape[3]
+                    || in_shape[0] != out_shape[0]
+                {
+                    return Err(bad(
+                        n,
+                        name,
+                        format!(
+                            "filter {fshape:?}, input {in_shape:?}, output {out_shape:?} and \
+                             output shape {declared:?} do not fit"
+                        ),
+                    ));
+                }
+                let kernel = [fshape[1], fshape[2]];
+                let pad = [
+                    transpose_conv_pad(*padding, out_shape[1], kernel[0], stride[0]),
+                    transpose_conv_pad(*padding, out_shape[2], kernel[1], stride[1]),
+                ];
+                let (in_scale, in_zp) = per_tensor(it, n, name)?;
+                let (out_scale, out_zp) = per_tensor(ot, n, name)?;
+                let scales = filter_scales(ft, units, n, name)?;
+                let (mut mult, mut shift) = (Vec::new(), Vec::new());
+                for s in &scales {
+                    // PopulateConvolutionQuantizationParams, as for CONV_2D: in double.
+                    let (m, sh) =
+                        quantize_multiplier(in_scale as f64 * *s as f64 / out_scale as f64);
+                    mult.push(m);
+                    shift.push(sh);
+                }
+                Kernel::TransposeConv(Box::new(ConvKernel {
+                    input: ii,
+                    output: oi,
+                    in_shape,
+                    out_shape,
+                    filter: filter.iter().map(|b| *b as i8 as i32).collect(),
+                    kernel,
+                    stride: *stride,
+                    dilation: [1, 1],
+                    pad,
+                    bias: bias_i32(graph, op.inputs.get(3), units, n, name)?,
+                    input_offset: -in_zp,
+                    output_offset: out_zp,
+                    requant: Requant {
+                        multiplier: mult,
+                        shift,
+                    },
+                    act: activation_range(*activation, out_scale, out_zp)
+                        .map_err(|e| bad(n, name, e))?,
+                    depthwise: false,
+                    multiplier: 1,
+                    fast: None,
+                }))
+            }
+            ("TRANSPOSE", _) => {
+                let (ii, it) = tensor(0)?;
+                let (_, pt) = tensor(1)?;
+                int8(it)?;
+                int8(ot)?;
+                let in_shape = shape4(it, n, name)?;
+                let perm: Vec<usize> = match (pt.dtype, pt.data.as_deref()) {
+                    (TensorType::Int32, Some(d)) if d.len() == 16 => d
+                        .chunks_exact(4)
+                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                        .collect(),
+                    _ => return Err(bad(n, name, "perm must be a constant int32 [4] tensor")),
+                };
+                let perm: [usize; 4] = [perm[0], perm[1], perm[2], perm[3]];
+                let mut sorted = perm;
+                sorted.sort_unstable();
+                if sorted != [0, 1, 2, 3] {
+                    return Err(bad(n, name, format!("perm {perm:?} is not a permutation")));
+                }
+                if perm.map(|a| in_shape[a]) != shape4(ot, n, name)? {
+                    return Err(bad(n, name, "the output shape does not follow from perm"));
+                }
+                if per_tensor(it, n, name)? != per_tensor(ot, n, name)? {
+                    return Err(bad(n, name, "input and output must share quantization"));
+                }
+                Kernel::Transpose {
+                    input: ii,
+                    output: oi,
+                    in_shape,
+                    perm,
+                }
+            }
             (other, options) => {
                 return Err(bad(
                     n,
@@ -1351,8 +1478,101 @@ impl Interpreter {
                     .map(|v| (*scale as f64 * (*v as i32 - zero_point) as f64) as f32)
                     .collect();
             }
+            Kernel::Transpose {
+                input,
+                output,
+                in_shape,
+                perm,
+            } => {
+                i8s[*output] = transpose4(&i8s[*input], *in_shape, *perm);
+            }
+            Kernel::TransposeConv(c) => {
+                i8s[c.output] = transpose_conv(c, &i8s[c.input]);
+            }
         }
     }
+}
+
+/// TRANSPOSE_CONV as LiteRT's and TFLite Micro's reference kernel computes it: every input
+/// value `(x + input_offset)` scattered through the filter `[out, kh, kw, in]` into an int32
+/// accumulator (outputs outside `[0, out)` dropped), then bias and the per-channel
+/// requantization of CONV_2D.
+fn transpose_conv(c: &ConvKernel, x: &[i8]) -> Vec<i8> {
+    let [nb, ih, iw, ic] = c.in_shape;
+    let [_, oh, ow, oc] = c.out_shape;
+    let [kh, kw] = c.kernel;
+    let mut acc = vec![0i32; nb * oh * ow * oc];
+    for b in 0..nb {
+        for y in 0..ih {
+            for xx in 0..iw {
+                let pixel = &x[((b * ih + y) * iw + xx) * ic..][..ic];
+                for fy in 0..kh {
+                    let oy = (y * c.stride[0] + fy) as isize - c.pad[0] as isize;
+                    if oy < 0 || oy >= oh as isize {
+                        continue;
+                    }
+                    for fx in 0..kw {
+                        let ox = (xx * c.stride[1] + fx) as isize - c.pad[1] as isize;
+                        if ox < 0 || ox >= ow as isize {
+                            continue;
+                        }
+                        let row =
+                            &mut acc[((b * oh + oy as usize) * ow + ox as usize) * oc..][..oc];
+                        for (o, a) in row.iter_mut().enumerate() {
+                            let f = &c.filter[((o * kh + fy) * kw + fx) * ic..][..ic];
+                            let dot = f.iter().zip(pixel).fold(0i32, |s, (w, v)| {
+                                s.wrapping_add(w.wrapping_mul(*v as i32 + c.input_offset))
+                            });
+                            *a = a.wrapping_add(dot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut out = vec![0i8; acc.len()];
+    for (a, o) in acc.chunks_exact_mut(oc).zip(out.chunks_exact_mut(oc)) {
+        for (v, bias) in a.iter_mut().zip(&c.bias) {
+            *v = v.wrapping_add(*bias);
+        }
+        requantize_row_impl(a, c, o);
+    }
+    out
+}
+
+/// TRANSPOSE_CONV's padding before the output (top or left) for an output of `out` values:
+/// TFLite derives it as a forward convolution's from the output back to the input
+/// (`ComputePaddingHeightWidth` with the output size as the input size, dilation 1).
+pub fn transpose_conv_pad(padding: Padding, out: usize, kernel: usize, stride: usize) -> usize {
+    let (out, kernel, stride) = (out as i64, kernel as i64, stride.max(1) as i64);
+    let forward = match padding {
+        Padding::Same => (out + stride - 1) / stride,
+        // C++ integer division truncates toward zero, as Rust's does.
+        Padding::Valid => (out + stride - kernel) / stride,
+    };
+    let total = (forward - 1) * stride + kernel - out;
+    if total > 0 { (total / 2) as usize } else { 0 }
+}
+
+/// TRANSPOSE: `out[i0, i1, i2, i3] = x[j]` where input axis `perm[k]` takes index `i_k`.
+fn transpose4(x: &[i8], in_shape: [usize; 4], perm: [usize; 4]) -> Vec<i8> {
+    let out_shape = perm.map(|a| in_shape[a]);
+    let mut in_strides = [1usize; 4];
+    for d in (0..3).rev() {
+        in_strides[d] = in_strides[d + 1] * in_shape[d + 1];
+    }
+    // The input stride of each output axis.
+    let step = perm.map(|a| in_strides[a]);
+    let mut out = Vec::with_capacity(x.len());
+    for a in 0..out_shape[0] {
+        for b in 0..out_shape[1] {
+            for c in 0..out_shape[2] {
+                let base = a * step[0] + b * step[1] + c * step[2];
+                out.extend((0..out_shape[3]).map(|d| x[base + d * step[3]]));
+            }
+        }
+    }
+    out
 }
 
 /// AVERAGE_POOL_2D: the window's sum per channel (padding excluded from the count), divided

@@ -183,6 +183,16 @@ pub enum Options {
     },
     /// No options, or options this crate does not read.
     None,
+    /// TRANSPOSE_CONV.
+    TransposeConv {
+        /// Padding mode (the padding follows from the output size, see
+        /// [`crate::interp::transpose_conv_pad`]).
+        padding: Padding,
+        /// `[stride_h, stride_w]`.
+        stride: [usize; 2],
+        /// Fused activation.
+        activation: Activation,
+    },
 }
 
 fn dim(v: i32, what: &str, n: usize, name: &str) -> Result<usize, TfliteError> {
@@ -275,6 +285,15 @@ fn read_options(op: &tflite::Operator<'_>, n: usize, name: &str) -> Result<Optio
         }
     } else if let Some(o) = op.builtin_options_as_leaky_relu_options() {
         Options::LeakyRelu { alpha: o.alpha() }
+    } else if let Some(o) = op.builtin_options_as_transpose_conv_options() {
+        Options::TransposeConv {
+            padding: padding(o.padding()),
+            stride: [
+                dim(o.stride_h(), "stride_h", n, name)?,
+                dim(o.stride_w(), "stride_w", n, name)?,
+            ],
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
     } else {
         Options::None
     })

@@ -17,7 +17,7 @@ use crate::tflite::{
     self, ActivationFunctionType, AddOptionsT, BufferT, BuiltinOperator, BuiltinOptionsT,
     Conv2DOptionsT, DepthwiseConv2DOptionsT, FullyConnectedOptionsT, MetadataT, ModelT,
     OperatorCodeT, OperatorT, PadOptionsT, Pool2DOptionsT, QuantizationParametersT,
-    ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT,
+    ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT, TransposeConvOptionsT, TransposeOptionsT,
 };
 
 /// Check, before any work, that [`write_atomic`] may write `path`: it has a file name, it is
@@ -714,6 +714,146 @@ impl Int8Builder {
             BuiltinOptionsT::ReshapeOptions(Box::new(ReshapeOptionsT {
                 new_shape: Some(new_shape),
             })),
+        );
+        Ok(y)
+    }
+
+    /// TRANSPOSE_CONV (v3, v4 with a fused activation) of `x` `[n, h, w, in]` into
+    /// `[n, out_hw, units]`: `layer.weight` int8 `[units, kh, kw, in]` (`layer.shape`) with
+    /// per-channel scales, an int32 bias, `layer.padding` SAME or VALID (TFLite derives the
+    /// padding from the output size, [`crate::interp::transpose_conv_pad`]), dilation 1.
+    pub fn transpose_conv(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        layer: &ConvLayer,
+        out_hw: [usize; 2],
+        out: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        check_q(out, name)?;
+        let in_q = self.act_q(x)?;
+        let fail = |why: String| err(format!("layer `{name}`: {why}"));
+        let [n, _, _, c] = <[usize; 4]>::try_from(self.shapes[x.0].as_slice())
+            .map_err(|_| fail(format!("input must be NHWC, is {:?}", self.shapes[x.0])))?;
+        let s = layer.shape;
+        let units = s[0];
+        let padding = match layer.padding {
+            ConvPadding::Same => Padding::Same,
+            ConvPadding::Valid => Padding::Valid,
+            ConvPadding::Explicit(p) => {
+                return Err(fail(format!(
+                    "TRANSPOSE_CONV takes SAME or VALID padding, not explicit {p:?}"
+                )));
+            }
+        };
+        if layer.depthwise
+            || s[3] != c
+            || layer.dilation != [1, 1]
+            || layer.weight.len() != s.iter().product::<usize>()
+            || !(layer.scales.len() == 1 || layer.scales.len() == units)
+            || layer.bias.as_ref().is_some_and(|b| b.len() != units)
+        {
+            return Err(fail(format!(
+                "weights {s:?} (OHWI, undilated, not depthwise), scales and bias do not fit {c} \
+                 input channels"
+            )));
+        }
+        let shape = [n, out_hw[0], out_hw[1], units];
+        let output_shape = self.tensor(
+            &format!("{name}/output_shape"),
+            &[4],
+            tflite::TensorType::INT32,
+            None,
+            Some(
+                shape
+                    .iter()
+                    .flat_map(|v| (*v as i32).to_le_bytes())
+                    .collect(),
+            ),
+        );
+        let weights = self.tensor(
+            &format!("{name}/weight"),
+            &s,
+            tflite::TensorType::INT8,
+            Some(QuantizationParametersT {
+                scale: Some(layer.scales.clone()),
+                zero_point: Some(vec![0; layer.scales.len()]),
+                quantized_dimension: 0,
+                ..QuantizationParametersT::default()
+            }),
+            Some(layer.weight.iter().map(|v| *v as u8).collect()),
+        );
+        let bias = self.int32_bias(
+            &format!("{name}/bias"),
+            layer.bias.as_deref(),
+            in_q.scale,
+            &layer.scales,
+            units,
+        );
+        let y = self.activation_tensor(name, &shape, out);
+        let act = activation(layer.activation)?;
+        self.op(
+            BuiltinOperator::TRANSPOSE_CONV,
+            if act == ActivationFunctionType::NONE {
+                3
+            } else {
+                4
+            },
+            vec![
+                output_shape.0 as i32,
+                weights.0 as i32,
+                x.0 as i32,
+                bias.0 as i32,
+            ],
+            vec![y.0 as i32],
+            BuiltinOptionsT::TransposeConvOptions(Box::new(TransposeConvOptionsT {
+                padding: tfl_padding(padding),
+                stride_w: layer.stride[1] as i32,
+                stride_h: layer.stride[0] as i32,
+                fused_activation_function: act,
+                ..TransposeConvOptionsT::default()
+            })),
+        );
+        Ok(y)
+    }
+
+    /// TRANSPOSE (v2) of a 4-D tensor: output axis `i` is input axis `perm[i]` (same
+    /// quantization: it only moves values).
+    pub fn transpose(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        perm: [usize; 4],
+    ) -> Result<TensorId, TfliteError> {
+        let q = self.act_q(x)?;
+        let s = self.shapes[x.0].clone();
+        let mut sorted = perm;
+        sorted.sort_unstable();
+        if s.len() != 4 || sorted != [0, 1, 2, 3] {
+            return Err(err(format!(
+                "`{name}`: TRANSPOSE of {s:?} by {perm:?} (a 4-D tensor and a permutation of \
+                 [0, 1, 2, 3] are needed)"
+            )));
+        }
+        let p = self.tensor(
+            &format!("{name}/perm"),
+            &[4],
+            tflite::TensorType::INT32,
+            None,
+            Some(
+                perm.iter()
+                    .flat_map(|v| (*v as i32).to_le_bytes())
+                    .collect(),
+            ),
+        );
+        let shape: Vec<usize> = perm.iter().map(|&a| s[a]).collect();
+        let y = self.activation_tensor(name, &shape, q);
+        self.op(
+            BuiltinOperator::TRANSPOSE,
+            2,
+            vec![x.0 as i32, p.0 as i32],
+            vec![y.0 as i32],
+            BuiltinOptionsT::TransposeOptions(Box::new(TransposeOptionsT {})),
         );
         Ok(y)
     }
