@@ -10,6 +10,12 @@
 //! largest magnitude (per output channel for convolutions, per tensor for the classifier), the
 //! same rule QAT trains with, so QAT-trained weights land on exactly the trained integers.
 //!
+//! Shared quantization: TFLite's int8 CONCATENATION copies bytes, so its inputs must be
+//! quantized exactly as its output, and pooling and flattening keep their input's
+//! quantization. Values tied by these rules form classes ([`quant_classes`]); every producer in
+//! a class that holds a concatenation is written with the class's one quantization: QAT's
+//! trained range of the concatenation, or the union of the calibrated ranges of its values.
+//!
 //! Why pruning and clustering survive: the zero point of int8 weights is 0, so a zero stays 0;
 //! rounding is a function, so k distinct values per channel become at most k integers. The
 //! finest symmetric scale that does not clip is `max|w| / 127`, which is what is used: two
@@ -129,7 +135,7 @@ pub enum Step {
         quant: Option<QuantParams>,
     },
     /// Any other parameter-free operator of a graph ([`collab_models::graph::apply_op`]
-    /// computes it): pooling, flattening, concatenation, a lone activation.
+    /// computes it): pooling, flattening, a lone activation.
     Op {
         /// The node's name.
         name: String,
@@ -159,6 +165,30 @@ pub enum Step {
         /// QAT parameters, if trained with them.
         quant: Option<LayerQuant>,
     },
+    /// Channel concatenation of maps (one spatial size). Its inputs and output share one int8
+    /// quantization ([`quant_classes`]).
+    Concat {
+        /// The node's name.
+        name: String,
+        /// Input values.
+        inputs: Vec<usize>,
+        /// The output range `[min, max]` QAT trained, if it did.
+        range: Option<(f32, f32)>,
+    },
+}
+
+impl Step {
+    /// The step's name (a layer path or a node name).
+    pub fn name(&self) -> &str {
+        match self {
+            Step::Conv { name, .. }
+            | Step::Linear { name, .. }
+            | Step::Add { name, .. }
+            | Step::Op { name, .. }
+            | Step::ConvTranspose { name, .. }
+            | Step::Concat { name, .. } => name,
+        }
+    }
 }
 
 /// A model as the int8 graph will compute it.
@@ -336,6 +366,22 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                     quant,
                 });
             }
+            Op::Concat => {
+                let range = match net.requant_of(k) {
+                    Some(q) => Some(q.range().ok_or_else(|| {
+                        CollabError::Usage(format!(
+                            "node `{name}`: the concatenation's output quantizer has seen no \
+                             batch; train or calibrate the QAT model before export"
+                        ))
+                    })?),
+                    None => None,
+                };
+                t.push(Step::Concat {
+                    name: name.into(),
+                    inputs: node.inputs.clone(),
+                    range,
+                });
+            }
             op => {
                 t.push(Step::Op {
                     name: name.into(),
@@ -420,6 +466,10 @@ impl Plan {
                     );
                     Value::Map(act.apply(layer.forward(x)))
                 }
+                Step::Concat { inputs, .. } => apply_op(
+                    &Op::Concat,
+                    inputs.iter().map(|&i| values[i].clone()).collect(),
+                ),
             };
             values.push(v);
         }
@@ -560,6 +610,127 @@ fn range_q(ranges: Option<&Ranges>, value: usize, what: &str) -> Result<ActQ, Co
         .map_err(|e| CollabError::Usage(format!("{what}: {e}")))
 }
 
+/// Which values of `plan` must share one int8 quantization: `class[v]` is the smallest value
+/// of `v`'s class. A concatenation's inputs and output form one class (TFLite's int8
+/// CONCATENATION copies bytes, and every runtime refuses inputs quantized unlike the output);
+/// pooling, flattening, reshapes and transposes keep their input's quantization
+/// ([`Op::keeps_quantization`]), so their output joins their input's class. The rules compose: a concatenation of concatenations, or of a pooled branch,
+/// is one class. A value outside any concatenation's class is its own producer's alone.
+pub fn quant_classes(plan: &Plan) -> Vec<usize> {
+    fn root(parent: &mut [usize], mut v: usize) -> usize {
+        while parent[v] != v {
+            parent[v] = parent[parent[v]];
+            v = parent[v];
+        }
+        v
+    }
+    let mut parent: Vec<usize> = (0..=plan.steps.len()).collect();
+    let mut join = |a: usize, b: usize| {
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        parent[ra.max(rb)] = ra.min(rb);
+    };
+    for (k, step) in plan.steps.iter().enumerate() {
+        match step {
+            Step::Concat { inputs, .. } => inputs.iter().for_each(|&i| join(i, k + 1)),
+            Step::Op { op, inputs, .. } if op.keeps_quantization() => join(inputs[0], k + 1),
+            _ => {}
+        }
+    }
+    (0..parent.len()).map(|v| root(&mut parent, v)).collect()
+}
+
+/// The `[min, max]` an activation quantization represents.
+fn params_range(p: &QuantParams) -> (f32, f32) {
+    (p.dequantize(p.qmin, 0), p.dequantize(p.qmax, 0))
+}
+
+fn widen(a: Option<(f32, f32)>, b: (f32, f32)) -> Option<(f32, f32)> {
+    Some(a.map_or(b, |a| (a.0.min(b.0), a.1.max(b.1))))
+}
+
+/// The int8 quantization of every value whose class ([`quant_classes`]) holds a
+/// concatenation; `None` for the others (one producer, whose own range decides).
+///
+/// - QAT trained a concatenation's output range (`GraphNet::with_requant`): the class takes
+///   it (the union of them for concatenations of concatenations). That is TFMOT's rule for
+///   `Concatenate`: the layers feeding it are not quantized on their own, the joined output is,
+///   once, so the fake-int8 model applied exactly this quantization; every producer in the
+///   class (a layer, a sum, the model input, whatever its own QAT range) is written with it.
+/// - Otherwise (PTQ): the union of the calibrated ranges of the class's values, so no member is
+///   clipped (a value that also feeds other operators gets the wider range too). A producer
+///   with no calibrated range contributes its trained one (`input_trained` for the model
+///   input: its QAT input quantizer or fixed pixel range); one with neither is an error.
+fn shared_quant(
+    plan: &Plan,
+    ranges: Option<&Ranges>,
+    input_trained: Option<(f32, f32)>,
+) -> Result<Vec<Option<ActQ>>, CollabError> {
+    let class = quant_classes(plan);
+    let mut concat_of: Vec<Option<&str>> = vec![None; class.len()];
+    let mut trained: Vec<Option<(f32, f32)>> = vec![None; class.len()];
+    for (k, step) in plan.steps.iter().enumerate() {
+        if let Step::Concat { name, range, .. } = step {
+            let r = class[k + 1];
+            concat_of[r] = Some(name.as_str());
+            if let Some(range) = range {
+                trained[r] = widen(trained[r], *range);
+            }
+        }
+    }
+    let mut union = trained.clone();
+    for (v, &r) in class.iter().enumerate() {
+        let Some(concat) = concat_of[r] else {
+            continue;
+        };
+        if trained[r].is_some() {
+            continue;
+        }
+        let (what, own, producer) = match v.checked_sub(1).map(|k| &plan.steps[k]) {
+            None => ("the model input", input_trained, true),
+            Some(
+                Step::Conv { name, quant, .. }
+                | Step::Linear { name, quant, .. }
+                | Step::ConvTranspose { name, quant, .. },
+            ) => (
+                name.as_str(),
+                quant.as_ref().map(|q| params_range(&q.output)),
+                true,
+            ),
+            Some(Step::Add { name, quant, .. }) => {
+                (name.as_str(), quant.as_ref().map(params_range), true)
+            }
+            Some(Step::Op { name, op, .. }) => (name.as_str(), None, !op.keeps_quantization()),
+            Some(Step::Concat { name, .. }) => (name.as_str(), None, false),
+        };
+        let calibrated = ranges.and_then(|r| r.0.get(v).copied().flatten());
+        match calibrated.or(own) {
+            Some(range) => union[r] = widen(union[r], range),
+            None if producer => {
+                return Err(CollabError::Usage(format!(
+                    "`{what}` feeds the concatenation `{concat}` (they share one int8 \
+                     quantization) but has no quantization range: train the model with QAT \
+                     (GraphNet::with_requant gives the concatenation a trained range) or give \
+                     calibration data (PTQ)"
+                )));
+            }
+            None => {}
+        }
+    }
+    let mut q: Vec<Option<ActQ>> = vec![None; class.len()];
+    for (v, &r) in class.iter().enumerate() {
+        let (Some(concat), Some((lo, hi))) = (concat_of[r], union[r]) else {
+            continue;
+        };
+        q[v] = Some(match q[r] {
+            Some(shared) => shared,
+            None => act_q(&QuantParams::asymmetric(lo, hi).map_err(|e| {
+                CollabError::Usage(format!("the concatenation `{concat}` and its inputs: {e}"))
+            })?),
+        });
+    }
+    Ok(q)
+}
+
 /// Quantize a float weight `values` in burn's layout: returns int8 values (same order) and the
 /// scales, per output channel (`rows` = channels) or per tensor; `round`: scales rounded with
 /// [`round_scale`].
@@ -611,13 +782,22 @@ pub fn to_tflite(
         | Step::ConvTranspose { src: 0, quant, .. } => quant.as_ref().and_then(|q| q.input.clone()),
         _ => None,
     });
-    let in_q = match (&first_input_quant, plan.input_range) {
-        (Some(p), _) => act_q(p),
-        (None, Some((lo, hi))) => act_q(
-            &QuantParams::asymmetric(lo, hi)
-                .map_err(|e| CollabError::Usage(format!("the model input: {e}")))?,
-        ),
-        (None, None) => range_q(ranges, 0, "the model input")?,
+    let input_trained = first_input_quant
+        .as_ref()
+        .map(params_range)
+        .or(plan.input_range);
+    let shared = shared_quant(plan, ranges, input_trained)?;
+    // The input feeds a concatenation: it is written with the class's quantization.
+    let in_q = match shared[0] {
+        Some(q) => q,
+        None => match (&first_input_quant, plan.input_range) {
+            (Some(p), _) => act_q(p),
+            (None, Some((lo, hi))) => act_q(
+                &QuantParams::asymmetric(lo, hi)
+                    .map_err(|e| CollabError::Usage(format!("the model input: {e}")))?,
+            ),
+            (None, None) => range_q(ranges, 0, "the model input")?,
+        },
     };
     let shape: Vec<usize> = if plan.flat_input {
         vec![options.batch.max(1), c * h * w]
@@ -642,9 +822,10 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match quant {
-                    Some(q) => act_q(&q.output),
-                    None => range_q(ranges, value, &format!("layer `{name}`"))?,
+                let out_q = match (shared[value], quant) {
+                    (Some(q), _) => q,
+                    (None, Some(q)) => act_q(&q.output),
+                    (None, None) => range_q(ranges, value, &format!("layer `{name}`"))?,
                 };
                 let conv = conv_layer(name, layer, *act, quant.as_ref())?;
                 b.conv2d(name, ids[*src], &conv, out_q).map_err(tfl)?
@@ -656,9 +837,10 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match quant {
-                    Some(q) => act_q(&q.output),
-                    None => range_q(ranges, value, &format!("layer `{name}`"))?,
+                let out_q = match (shared[value], quant) {
+                    (Some(q), _) => q,
+                    (None, Some(q)) => act_q(&q.output),
+                    (None, None) => range_q(ranges, value, &format!("layer `{name}`"))?,
                 };
                 let [din, dout] = layer.weight.dims();
                 let values = to_vec_f32(layer.weight.val().flatten::<1>(0, 1));
@@ -704,9 +886,10 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match quant {
-                    Some(q) => act_q(q),
-                    None => range_q(ranges, value, &format!("the sum `{name}`"))?,
+                let out_q = match (shared[value], quant) {
+                    (Some(q), _) => q,
+                    (None, Some(q)) => act_q(q),
+                    (None, None) => range_q(ranges, value, &format!("the sum `{name}`"))?,
                 };
                 b.add(name, ids[*a], ids[*bb], act.tflite(), out_q)
                     .map_err(tfl)?
@@ -722,9 +905,10 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match quant {
-                    Some(q) => act_q(&q.output),
-                    None => range_q(ranges, value, &format!("layer `{name}`"))?,
+                let out_q = match (shared[value], quant) {
+                    (Some(q), _) => q,
+                    (None, Some(q)) => act_q(&q.output),
+                    (None, None) => range_q(ranges, value, &format!("layer `{name}`"))?,
                 };
                 let s = b.shape(ids[*src]).to_vec();
                 let (conv, out_hw) = transpose_conv_layer(
@@ -739,6 +923,9 @@ pub fn to_tflite(
                 )?;
                 b.transpose_conv(name, ids[*src], &conv, out_hw, out_q)
                     .map_err(tfl)?
+            }
+            Step::Concat { name, inputs, .. } => {
+                concat_tflite(&mut b, name, inputs, &ids, shared[value])?
             }
         };
         ids.push(id);
@@ -758,8 +945,9 @@ pub fn to_tflite(
 }
 
 /// A parameter-free graph operator as int8 TFLite: pooling and flattening keep their input's
-/// quantization (as the TFLite spec requires); operators the int8 interpreter and the runtimes
-/// we check against do not share are refused with the node's name.
+/// quantization (as the TFLite spec requires; concatenation is [`concat_tflite`]); operators
+/// the int8 interpreter and the runtimes we check against do not share are refused with the
+/// node's name.
 fn op_tflite(
     b: &mut Int8Builder,
     name: &str,
@@ -824,8 +1012,10 @@ fn op_tflite(
         }
         other => Err(CollabError::Usage(format!(
             "node `{name}`: {} has no int8 TFLite form in this exporter (the int8 export \
-             writes convolutions, fully-connected layers, ADD, average and max pooling, \
-             reshapes, transposes and softmax); the model trains and evaluates in float, but cannot be written as int8",
+             writes convolutions, transposed convolutions, fully-connected layers, ADD, \
+             CONCATENATION, average and max pooling, reshapes, transposes and softmax); the \
+             model trains and evaluates in float, but \
+             cannot be written as int8",
             other.kind()
         ))),
     }
@@ -919,6 +1109,26 @@ fn transpose_conv_layer(
     conv.stride = stride;
     conv.dilation = [1, 1];
     Ok((conv, out_hw))
+}
+
+/// A channel concatenation as int8 CONCATENATION along the last axis (channels, NHWC), with
+/// its class's quantization `q` ([`shared_quant`]), which every input already has.
+fn concat_tflite(
+    b: &mut Int8Builder,
+    name: &str,
+    inputs: &[usize],
+    ids: &[TensorId],
+    q: Option<ActQ>,
+) -> Result<TensorId, CollabError> {
+    let q = q.ok_or_else(|| {
+        CollabError::Usage(format!(
+            "node `{name}`: the concatenation has no quantization range; give calibration data"
+        ))
+    })?;
+    let parts: Vec<TensorId> = inputs.iter().map(|&i| ids[i]).collect();
+    let axis = b.shape(parts[0]).len().saturating_sub(1);
+    b.concatenation(name, &parts, axis, q)
+        .map_err(|e| CollabError::Usage(format!("int8 export: {e}")))
 }
 
 fn conv_layer(

@@ -245,11 +245,15 @@ impl Network {
 /// How layer `name` (a convolution or linear layer) of the model `graph` describes is
 /// quantization-aware: its output quantizer clamps to the activation the graph fuses after it,
 /// and it quantizes its input when it reads the model input (the int8 file's input
-/// quantization). Read from the graph alone, for every model ([`ModelSpec::graph_spec`]).
+/// quantization). A layer whose output reaches only concatenations does not quantize it (the
+/// concatenation's quantizer does, once, at the scale the file gives both:
+/// [`GraphSpec::quantized_by_concat`]). Read from the graph alone, for every model
+/// ([`ModelSpec::graph_spec`]).
 pub fn qat_config(graph: &GraphSpec, name: &str) -> QatConfig {
     QatConfig::new()
         .with_activation(graph.activation_of(name).quant())
         .with_input(graph.reads_model_input(name))
+        .with_output_quantizer(!graph.quantized_by_concat(name))
 }
 
 /// Whether `model` names a model file (`.onnx`, `.tflite`) rather than a built-in model.

@@ -707,6 +707,332 @@ fn a_qat_graph_exports_with_trained_ranges_for_its_sums() {
     export_and_check_with(&plan, &x, true, dir.path(), "graph_residual_qat", false);
 }
 
+/// An Inception-style block on CIFAR-shaped inputs, written as a graph: a stride-2 stem
+/// (ReLU) feeding three branches (1×1 conv with ReLU, 3×3 conv with ReLU6, 3×3 max pooling of
+/// the stem itself), concatenated; then a 1×1 conv of that (no activation) concatenated with
+/// it again (a concatenation of concatenations), global pooling and a classifier. The stem
+/// feeds convolutions and, pooled, the concatenation, so it joins the shared quantization.
+fn inception_graph() -> collab_models::GraphSpec {
+    use collab_models::graph::{Fused, GraphBuilder, Op, PoolSpec};
+    let input = collab_data::InputSpec {
+        shape: [3, 32, 32],
+        layout: collab_data::Layout::Nhwc,
+        features: collab_data::Features::Array,
+        labels: vec![],
+    };
+    let mut g = GraphBuilder::new("inception", input);
+    let stem = g.conv(0, 16, [3, 3], [2, 2], 1, Fused::Relu);
+    let b1 = g.conv(stem, 8, [1, 1], [1, 1], 1, Fused::Relu);
+    let b2 = g.conv(stem, 8, [3, 3], [1, 1], 1, Fused::Relu6);
+    let b3 = g.node(
+        "branch_pool",
+        Op::MaxPool(PoolSpec {
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1, 1, 1, 1],
+        }),
+        &[stem],
+    );
+    let cat = g.concat(&[b1, b2, b3]);
+    let cat = g.rename(cat, "mixed");
+    let reduce = g.conv(cat, 8, [1, 1], [1, 1], 1, Fused::None);
+    let cat2 = g.concat(&[cat, reduce]);
+    let cat2 = g.rename(cat2, "mixed_2");
+    let gp = g.global_avg_pool(cat2);
+    let flat = g.flatten(gp);
+    g.linear(flat, 10, Fused::None);
+    g.finish(true).unwrap()
+}
+
+/// Every CONCATENATION of the file has its inputs quantized exactly as its output; returns
+/// their (scale, zero point) per concatenation.
+fn concat_quantization(file: &[u8]) -> Vec<(f32, i64)> {
+    let graph = Graph::from_bytes(file).unwrap();
+    let q = |i: i32| {
+        let t = &graph.tensors[i as usize];
+        let q = t.quantization.as_ref().unwrap();
+        (q.scale[0], q.zero_point[0])
+    };
+    graph
+        .operators
+        .iter()
+        .filter(|o| o.op == "CONCATENATION")
+        .map(|o| {
+            let out = q(o.outputs[0]);
+            for i in &o.inputs {
+                assert_eq!(q(*i), out, "input `{}`", graph.tensors[*i as usize].name);
+            }
+            out
+        })
+        .collect()
+}
+
+/// PTQ of concatenations: the branches, the stem that one branch pools, and both
+/// concatenations share one quantization (the union of their calibrated ranges, so no member
+/// is clipped); the file runs bit-exact in TFLite Micro and LiteRT's reference kernels, and
+/// Vela places it wholly on the NPU.
+#[test]
+fn an_inception_graph_exports_its_concatenations_bit_exact_with_shared_scales() {
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    device.seed(11);
+    let x = cifar_inputs();
+    let net = GraphNet::init(inception_graph(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    let plan = net.trace([3, 32, 32]).unwrap();
+    let (calib, test) = split(&x);
+    let diff = (net.forward(test.clone()) - plan.forward(test).unwrap())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "plan and model differ by {diff}");
+    // One class: the stem (pooled into `mixed`), the three branches, both concatenations, the
+    // 1×1 reduction and the global pooling and flattening after them (they keep their input's
+    // quantization); not the model input, not the classifier.
+    let classes = export::quant_classes(&plan);
+    let names: Vec<&str> = plan.steps.iter().map(export::Step::name).collect();
+    let shared: Vec<&str> = (1..classes.len())
+        .filter(|v| classes[*v] == 1)
+        .map(|v| names[v - 1])
+        .collect();
+    assert_eq!(
+        shared,
+        [
+            "conv0",
+            "conv1",
+            "conv2",
+            "branch_pool",
+            "mixed",
+            "conv3",
+            "mixed_2",
+            "globalaveragepool_7",
+            "flatten_8"
+        ]
+    );
+    assert_ne!(classes[0], 1, "the model input is quantized on its own");
+
+    let (logits, file) = export_and_check(&plan, &x, false, dir.path(), "inception_ptq");
+    let agree = agreement(&plan, &x, &logits, 10);
+    eprintln!("inception PTQ: int8 top-1 agrees with float on {agree:.2}");
+    let quant = concat_quantization(&file);
+    assert_eq!(quant.len(), 2);
+    assert_eq!(quant[0], quant[1], "one class, one quantization");
+    // No member of the class is clipped: each calibrated range fits the shared one.
+    let ranges = plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap();
+    let (scale, zp) = quant[0];
+    let (lo, hi) = (scale * (-128 - zp) as f32, scale * (127 - zp) as f32);
+    for v in (1..classes.len()).filter(|v| classes[*v] == 1) {
+        let (a, b) = ranges.0[v].unwrap();
+        let slack = scale;
+        assert!(
+            a >= lo - slack && b <= hi + slack,
+            "{}: [{a}, {b}] outside [{lo}, {hi}]",
+            names[v - 1]
+        );
+    }
+    let report = Report::new(&file).unwrap();
+    assert!(report.operators.contains_key("CONCATENATION v2"));
+    deployment_file_runs_on_the_npu_and_with_float_io(&plan, &x, dir.path());
+}
+
+/// A concatenation of the model input itself (DenseNet-style): the input tensor is written
+/// with the concatenation's quantization (PTQ and QAT), and the file runs bit-exact.
+#[test]
+fn a_concatenation_of_the_model_input_quantizes_the_input_with_it() {
+    use collab_models::GraphNet;
+    use collab_models::graph::{Fused, GraphBuilder};
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    device.seed(12);
+    let x = cifar_inputs();
+    let input = collab_data::InputSpec {
+        shape: [3, 32, 32],
+        layout: collab_data::Layout::Nhwc,
+        features: collab_data::Features::Array,
+        labels: vec![],
+    };
+    let mut g = GraphBuilder::new("dense", input);
+    let a = g.conv(0, 5, [3, 3], [1, 1], 1, Fused::Relu);
+    let cat = g.concat(&[0, a]);
+    let b = g.conv(cat, 8, [3, 3], [2, 2], 1, Fused::Relu);
+    let gp = g.global_avg_pool(b);
+    let flat = g.flatten(gp);
+    g.linear(flat, 10, Fused::None);
+    let net = GraphNet::init(g.finish(false).unwrap(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    let input_q = |file: &[u8]| {
+        let graph = Graph::from_bytes(file).unwrap();
+        let q = graph.tensors[graph.inputs[0] as usize]
+            .quantization
+            .clone()
+            .unwrap();
+        (q.scale[0], q.zero_point[0])
+    };
+    let plan = net.trace([3, 32, 32]).unwrap();
+    let (_, file) = export_and_check(&plan, &x, false, dir.path(), "dense_input_concat");
+    assert_eq!(concat_quantization(&file), [input_q(&file)]);
+
+    // QAT: the first layer's trained input range gives way to the concatenation's, which
+    // every member of the class (the input included) is written with.
+    let spec = net.spec().clone();
+    let qat = net
+        .try_map(
+            |n, c| collab::network::qat_config(&spec, n).wrap(c),
+            |n, l| collab::network::qat_config(&spec, n).wrap(l),
+        )
+        .unwrap()
+        .with_requant(&collab_quant::ActQuantConfig::default(), &device)
+        .unwrap();
+    assert!(
+        qat.convs[0].input.is_some(),
+        "the first layer quantizes its input"
+    );
+    let qat = collab_quant::calibrate(qat, [split(&x).0], |m, x| {
+        m.forward(x);
+    });
+    let (lo, hi) = qat.requant[0].range().unwrap();
+    let plan = qat.trace([3, 32, 32]).unwrap();
+    let (_, file) = export_and_check_with(&plan, &x, false, dir.path(), "dense_qat", false);
+    let p = collab_quant::QuantParams::asymmetric(lo, hi).unwrap();
+    let want = (export::round_scale(p.scale[0]), p.zero_point[0] as i64);
+    assert_eq!(input_q(&file), want);
+    assert_eq!(concat_quantization(&file), [want]);
+}
+
+/// QAT of the Inception graph, 3 Adam steps, exported from the trained ranges alone (no
+/// calibration data) and checked bit-exact; `tfmot`: the layers that feed only a
+/// concatenation do not quantize their outputs (TFMOT's rule, `network::qat_config`), else
+/// they do and those values are rounded twice in training. Returns, on the 50 test images,
+/// how often the file's top-1 equals the fake-int8 model's, and the mean and largest
+/// difference of their logits in output LSB.
+fn qat_inception(tfmot: bool, dir: &Path) -> (usize, f32, f32) {
+    use burn::module::Module;
+    use burn::optim::{AdamConfig, GradientsParams};
+    use collab_models::GraphNet;
+    let device = Device::flex();
+    device.seed(13);
+    let x = cifar_inputs();
+    let spec = inception_graph();
+    let net = GraphNet::init(spec.clone(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    let config = |n: &str| {
+        let c = collab::network::qat_config(&spec, n);
+        if tfmot {
+            c
+        } else {
+            c.with_output_quantizer(true)
+        }
+    };
+    let qat = net
+        .try_map(|n, c| config(n).wrap(c), |n, l| config(n).wrap(l))
+        .unwrap()
+        .with_requant(&collab_quant::ActQuantConfig::default(), &device)
+        .unwrap();
+    assert_eq!(qat.requant.len(), 2, "two concatenations");
+    assert_eq!(qat.convs[1].quantizes_output(), !tfmot);
+    assert!(qat.convs[0].quantizes_output());
+    // A few QAT steps: the ranges are the moving averages training leaves.
+    let ad = device.clone().autodiff();
+    let mut model = qat.fork(&ad).train();
+    let mut optim = AdamConfig::new().init();
+    let labels: Vec<i64> = (0..50).map(|i| i % 10).collect();
+    let y =
+        Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(labels, [50]), &ad);
+    // Made on the autodiff device (as training batches are), so the input quantizer trains.
+    let xs = Tensor::<4>::from_data(split(&x).0.into_data(), &ad);
+    for _ in 0..3 {
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&ad)
+            .forward(model.forward(xs.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+    }
+    let trained = model.valid();
+    let plan = trained.trace([3, 32, 32]).unwrap();
+    let concat_ranges: Vec<(f32, f32)> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            export::Step::Concat { range, .. } => *range,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(concat_ranges.len(), 2, "both ranges come from QAT");
+    let name = format!("inception_qat_{}", if tfmot { "tfmot" } else { "twice" });
+    let (ints, file) = export_and_check_with(&plan, &x, false, dir, &name, false);
+    let quant = concat_quantization(&file);
+    // The class's quantization is the trained concatenations' (the union of their ranges).
+    let (lo, hi) = concat_ranges
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), r| {
+            (a.min(r.0), b.max(r.1))
+        });
+    let p = collab_quant::QuantParams::asymmetric(lo, hi).unwrap();
+    assert_eq!(
+        quant[0],
+        (export::round_scale(p.scale[0]), p.zero_point[0] as i64)
+    );
+    assert_eq!(quant[0], quant[1]);
+
+    // Fake-int8 (the trained model's forward) against the file, on the test half.
+    let (_, test) = split(&x);
+    let fake = collab_core::host::to_vec_f32(trained.forward(test).flatten::<1>(0, 1));
+    let graph = Graph::from_bytes(&file).unwrap();
+    let out = Interpreter::new(&graph).unwrap().outputs()[0].clone();
+    let deq: Vec<f32> = ints
+        .iter()
+        .map(|q| out.scale * (*q as i32 - out.zero_point) as f32)
+        .collect();
+    let same = fake
+        .chunks(10)
+        .zip(deq.chunks(10))
+        .filter(|(f, q)| argmax(f) == argmax(q))
+        .count();
+    let lsb: Vec<f32> = fake
+        .iter()
+        .zip(&deq)
+        .map(|(f, q)| ((f - q) / out.scale).abs())
+        .collect();
+    let mean = lsb.iter().sum::<f32>() / lsb.len() as f32;
+    (same, mean, lsb.iter().fold(0f32, |a, b| a.max(*b)))
+}
+
+/// QAT of concatenations (TFMOT's rule): the concatenations' output quantizers train their
+/// ranges, the layers that feed only a concatenation do not quantize their outputs, and the
+/// file is written from the trained ranges alone (no calibration data), bit-exact. Its
+/// predictions are those of the fake-int8 model it was trained as. The same model trained
+/// with those layers quantizing too (values rounded twice) is measured beside it.
+#[test]
+fn a_qat_inception_graph_exports_without_calibration_and_predicts_as_it_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = inception_graph();
+    // The layers whose values reach only a concatenation: the two branch convolutions and
+    // the 1×1 reduction; the stem also feeds convolutions, so it quantizes its output.
+    let skipped: Vec<&str> = ["conv0", "conv1", "conv2", "conv3", "fc0"]
+        .into_iter()
+        .filter(|n| spec.quantized_by_concat(n))
+        .collect();
+    assert_eq!(skipped, ["conv1", "conv2", "conv3"]);
+    let (same, mean, max) = qat_inception(true, dir.path());
+    let (same2, mean2, max2) = qat_inception(false, dir.path());
+    eprintln!(
+        "inception QAT, file vs fake-int8 on 50 images: TFMOT's rule: top-1 equal on \
+         {same}/50, logits {mean:.2} LSB apart on average, {max:.0} at most; feeding layers \
+         quantized too: {same2}/50, {mean2:.2}, {max2:.0}"
+    );
+    assert!(
+        same >= 45,
+        "the file predicts as the fake-int8 model on only {same}/50"
+    );
+}
+
 /// MLPerf Tiny's reference models, which nobody here wrote, imported from float TFLite and from
 /// ONNX and exported with PTQ: every file runs bit-exact in TFLite Micro and LiteRT's reference
 /// kernels, and Vela places the vision model wholly on the NPU. No data for VWW and the

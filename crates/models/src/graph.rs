@@ -258,6 +258,21 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the int8 operator keeps its input's quantization (TFLite requires its output
+    /// scale and zero point to equal the input's): pooling, flattening, reshapes, transposes.
+    /// The one list the exporter's shared-quantization classes and QAT read.
+    pub fn keeps_quantization(&self) -> bool {
+        matches!(
+            self,
+            Op::MaxPool(_)
+                | Op::AvgPool(_)
+                | Op::GlobalAvgPool
+                | Op::Flatten { .. }
+                | Op::Reshape { .. }
+                | Op::Transpose { .. }
+        )
+    }
+
     /// The operator's name in messages.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -334,15 +349,47 @@ impl GraphSpec {
         (convs, linears)
     }
 
-    /// The nodes whose int8 output has a quantization of its own besides the layers': the sums.
-    /// (Pooling and reshapes keep their input's; concatenation would share its inputs'.)
+    /// The nodes whose int8 output has a quantization of its own besides the layers': the sums
+    /// and the concatenations. (Pooling and reshapes keep their input's.) A concatenation's
+    /// trained range becomes the quantization of its inputs too, in the int8 file (they must
+    /// share it; `collab::export::quant_classes`).
     pub fn requant_nodes(&self) -> Vec<usize> {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| matches!(n.op, Op::Add { .. }))
+            .filter(|(_, n)| matches!(n.op, Op::Add { .. } | Op::Concat))
             .map(|(k, _)| k)
             .collect()
+    }
+
+    /// Whether value `v` reaches only concatenations: every user is a `Concat`, or an operator
+    /// that keeps its input's int8 quantization ([`Op::keeps_quantization`]) whose value
+    /// reaches only concatenations. The int8 file quantizes such a value at the concatenation's scale, so
+    /// QAT quantizes it there, once, and not at its producer (TFMOT's rule for `Concatenate`).
+    /// False for the model's output and for values nothing uses.
+    pub fn only_concatenated(&self, v: usize) -> bool {
+        let mut users = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.inputs.contains(&v))
+            .peekable();
+        users.peek().is_some()
+            && users.all(|(k, n)| match n.op {
+                Op::Concat => true,
+                ref op if op.keeps_quantization() => self.only_concatenated(k + 1),
+                _ => false,
+            })
+    }
+
+    /// Whether the layer (or node) `name`'s output reaches only concatenations
+    /// ([`Self::only_concatenated`]): under QAT it tracks its output range without quantizing
+    /// it (`QatConfig::with_output_quantizer(false)`).
+    pub fn quantized_by_concat(&self, name: &str) -> bool {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .is_some_and(|k| self.only_concatenated(k + 1))
     }
 
     /// The activation fused after layer `name` (`None` for a name that is not a layer).
@@ -795,8 +842,12 @@ pub struct GraphNet<C, L> {
     pub convs: Vec<C>,
     /// Linear layers, in [`GraphSpec::linears`] order.
     pub linears: Vec<L>,
-    /// Under QAT, one output quantizer per sum ([`GraphSpec::requant_nodes`] order): an int8
-    /// ADD requantizes to a scale of its own, so training simulates it. Empty otherwise.
+    /// Under QAT, one output quantizer per sum and per concatenation
+    /// ([`GraphSpec::requant_nodes`] order): an int8 ADD requantizes to a scale of its own, and
+    /// a CONCATENATION's scale is its inputs' too, so training simulates both. A node whose
+    /// value reaches only concatenations ([`GraphSpec::only_concatenated`]: a concatenation of
+    /// concatenations) tracks its range without quantizing: the outer one quantizes once.
+    /// Empty otherwise.
     pub requant: Vec<ActQuant>,
     #[module(skip)]
     spec: Arc<GraphSpec>,
@@ -989,8 +1040,9 @@ impl<C, L> GraphNet<C, L> {
         })
     }
 
-    /// The same model with an output quantizer on every sum (for QAT; ranges start empty and
-    /// follow the batches in training, or come from [`collab_quant::calibrate`]).
+    /// The same model with an output quantizer on every sum and concatenation (for QAT; ranges
+    /// start empty and follow the batches in training, or come from
+    /// [`collab_quant::calibrate`]).
     pub fn with_requant(
         mut self,
         config: &ActQuantConfig,
@@ -1011,7 +1063,8 @@ impl<C, L> GraphNet<C, L> {
         self
     }
 
-    /// The trained output quantization of node `node` (a sum), if the model has one.
+    /// The trained output quantization of node `node` (a sum or a concatenation), if the model
+    /// has one.
     pub fn requant_of(&self, node: usize) -> Option<&ActQuant> {
         let i = self.spec.requant_nodes().iter().position(|n| *n == node)?;
         self.requant.get(i)
@@ -1060,10 +1113,11 @@ pub fn run<C: LayerForward<4>, L: LayerForward<2>>(
         spec.convs.len(),
         spec.linears.len()
     );
-    // Which output quantizer (if any) each node has.
-    let mut quant_of: Vec<Option<&ActQuant>> = vec![None; spec.nodes.len()];
+    // Which output quantizer (if any) each node has; one whose value reaches only
+    // concatenations observes its range and leaves the quantization to them (once).
+    let mut quant_of: Vec<Option<(&ActQuant, bool)>> = vec![None; spec.nodes.len()];
     for (q, k) in requant.iter().zip(spec.requant_nodes()) {
-        quant_of[k] = Some(q);
+        quant_of[k] = Some((q, spec.only_concatenated(k + 1)));
     }
     // Free each value after its last use.
     let mut last_use = vec![0usize; spec.nodes.len() + 1];
@@ -1125,7 +1179,11 @@ pub fn run<C: LayerForward<4>, L: LayerForward<2>>(
             }
         };
         let v = match quant_of[k] {
-            Some(q) => match v {
+            Some((q, true)) => match v {
+                Value::Map(t) => Value::Map(q.observe_only(t)),
+                Value::Vec(t) => Value::Vec(q.observe_only(t)),
+            },
+            Some((q, false)) => match v {
                 Value::Map(t) => Value::Map(q.forward(t)),
                 Value::Vec(t) => Value::Vec(q.forward(t)),
             },

@@ -142,6 +142,23 @@ impl ActQuant {
         }
     }
 
+    /// `x` unchanged, the range updated from it exactly as [`Self::forward`] would (training:
+    /// moving average; calibration: the calibration rule; evaluation: nothing): for a value the
+    /// int8 graph quantizes elsewhere (a layer feeding a concatenation, which quantizes the
+    /// joined values once), whose own range is still worth keeping.
+    ///
+    /// # Shapes
+    /// Any; the output is the input.
+    pub fn observe_only<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.calibrating.is_enabled() {
+            self.calibrate(&x);
+        } else if self.is_training(&x) {
+            let (low, high) = Self::batch_range(&x);
+            self.observe(low, high, self.range());
+        }
+        x
+    }
+
     /// `relu(x)` fake-quantized: the same values, gradients and range updates as
     /// `self.forward(relu(x))`. On flex, outside calibration, the ReLU happens inside the fused
     /// quantization pass (one pass each way instead of two, no ReLU-sized buffers): the range

@@ -54,6 +54,18 @@ pub struct QatConfig {
     /// Range rules of the activation quantizers.
     #[serde(default)]
     pub act: ActQuantConfig,
+    /// Fake-quantize the output (the default). Off for a layer whose output the int8 graph
+    /// quantizes elsewhere, once: TFMOT's rule for a layer feeding a `Concatenate`, whose
+    /// output quantizer is disabled because the concatenation quantizes the joined values with
+    /// one scale, the scale the int8 file gives the layer (CONCATENATION copies bytes). The
+    /// output quantizer then only tracks the range (see [`ActQuant::observe_only`]); applying
+    /// it too would round the values twice, at two scales, where the file rounds once.
+    #[serde(default = "quantize_output_default")]
+    pub quantize_output: bool,
+}
+
+fn quantize_output_default() -> bool {
+    true
 }
 
 impl Default for QatConfig {
@@ -63,6 +75,7 @@ impl Default for QatConfig {
             activation: FusedActivation::None,
             quantize_input: false,
             act: ActQuantConfig::default(),
+            quantize_output: true,
         }
     }
 }
@@ -82,6 +95,14 @@ impl QatConfig {
     /// Quantize the input too.
     pub fn with_input(mut self, quantize_input: bool) -> Self {
         self.quantize_input = quantize_input;
+        self
+    }
+
+    /// Fake-quantize the output (`true`, the default) or only track its range (`false`: the
+    /// int8 graph quantizes it elsewhere, e.g. a layer feeding a concatenation; see
+    /// [`QatConfig::quantize_output`]).
+    pub fn with_output_quantizer(mut self, quantize_output: bool) -> Self {
+        self.quantize_output = quantize_output;
         self
     }
 
@@ -187,6 +208,9 @@ pub struct QatAware<L> {
     per_channel: bool,
     #[module(skip)]
     activation: FusedActivation,
+    /// [`QatConfig::quantize_output`].
+    #[module(skip)]
+    quantize_output: bool,
 }
 
 impl<L: WeightLayer> QatAware<L> {
@@ -204,6 +228,7 @@ impl<L: WeightLayer> QatAware<L> {
             inner,
             per_channel,
             activation: config.activation,
+            quantize_output: config.quantize_output,
         })
     }
 
@@ -258,6 +283,11 @@ impl<L: WeightLayer> QatAware<L> {
     pub fn per_channel(&self) -> bool {
         self.per_channel
     }
+
+    /// Whether the output is fake-quantized ([`QatConfig::quantize_output`]).
+    pub fn quantizes_output(&self) -> bool {
+        self.quantize_output
+    }
 }
 
 impl<L: WeightLayer> WeightLayer for QatAware<L> {
@@ -298,6 +328,12 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
             first: &weight,
             then: transform,
         };
+        if !self.quantize_output {
+            let y = collab_core::layer::join_bias(
+                self.inner.forward_transformed_unbiased(input, &chain),
+            );
+            return self.output.observe_only(self.activation.apply(y));
+        }
         if self.activation == FusedActivation::Relu {
             // One fused pass (on flex) for the layer's trailing bias (a folded BatchNorm's
             // shift), the ReLU and the quantizer.

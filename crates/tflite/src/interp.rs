@@ -6,7 +6,8 @@
 //! (`MultiplyByQuantizedMultiplier`) and gemmlowp's fixed-point softmax. Layout NHWC.
 //!
 //! Operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, AVERAGE_POOL_2D, MAX_POOL_2D, RESHAPE,
-//! SOFTMAX, ADD (same shapes), PAD, QUANTIZE (float → int8) and DEQUANTIZE (int8 → float). Tensors are
+//! SOFTMAX, ADD (same shapes), PAD, QUANTIZE (float → int8), DEQUANTIZE (int8 → float) and
+//! CONCATENATION (inputs quantized as the output, [`crate::concat`]). Tensors are
 //! int8 activations, int8 weights (zero point 0, per tensor or per channel), int32 biases.
 //!
 //! [`Interpreter::new`] checks everything once (types, shapes, quantization, memory) and
@@ -239,6 +240,7 @@ enum Kernel {
         in_shape: [usize; 4],
         perm: [usize; 4],
     },
+    Concat(crate::concat::Concat),
 }
 
 /// Which runtime's arithmetic to reproduce where they differ.
@@ -269,12 +271,12 @@ pub struct Interpreter {
     outputs: Vec<(usize, Port)>,
 }
 
-fn bad(n: usize, op: &str, what: impl std::fmt::Display) -> TfliteError {
+pub(crate) fn bad(n: usize, op: &str, what: impl std::fmt::Display) -> TfliteError {
     TfliteError::Unsupported(format!("operator {n} ({op}): {what}"))
 }
 
 /// `(scale, zero point)` of a per-tensor quantized tensor.
-fn per_tensor(t: &TensorInfo, n: usize, op: &str) -> Result<(f32, i32), TfliteError> {
+pub(crate) fn per_tensor(t: &TensorInfo, n: usize, op: &str) -> Result<(f32, i32), TfliteError> {
     let q = t.quantization.as_ref().ok_or_else(|| {
         bad(
             n,
@@ -1080,6 +1082,9 @@ impl Interpreter {
                     perm,
                 }
             }
+            ("CONCATENATION", Options::Concatenation { axis, activation }) => Kernel::Concat(
+                crate::concat::Concat::prepare(graph, n, op, *axis, *activation)?,
+            ),
             (other, options) => {
                 return Err(bad(
                     n,
@@ -1489,6 +1494,7 @@ impl Interpreter {
             Kernel::TransposeConv(c) => {
                 i8s[c.output] = transpose_conv(c, &i8s[c.input]);
             }
+            Kernel::Concat(c) => i8s[c.output] = c.run(i8s),
         }
     }
 }

@@ -15,9 +15,10 @@ use crate::interp::out_and_pad;
 use crate::reader::{Activation, Padding};
 use crate::tflite::{
     self, ActivationFunctionType, AddOptionsT, BufferT, BuiltinOperator, BuiltinOptionsT,
-    Conv2DOptionsT, DepthwiseConv2DOptionsT, FullyConnectedOptionsT, MetadataT, ModelT,
-    OperatorCodeT, OperatorT, PadOptionsT, Pool2DOptionsT, QuantizationParametersT,
-    ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT, TransposeConvOptionsT, TransposeOptionsT,
+    ConcatenationOptionsT, Conv2DOptionsT, DepthwiseConv2DOptionsT, FullyConnectedOptionsT,
+    MetadataT, ModelT, OperatorCodeT, OperatorT, PadOptionsT, Pool2DOptionsT,
+    QuantizationParametersT, ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT,
+    TransposeConvOptionsT, TransposeOptionsT,
 };
 
 /// Check, before any work, that [`write_atomic`] may write `path`: it has a file name, it is
@@ -886,6 +887,78 @@ impl Int8Builder {
             BuiltinOptionsT::AddOptions(Box::new(AddOptionsT {
                 fused_activation_function: activation(act)?,
                 pot_scale_int16: false,
+            })),
+        );
+        Ok(y)
+    }
+
+    /// CONCATENATION (v2) of int8 tensors along `axis` (3, the channels, for NHWC maps; the
+    /// last for `[n, features]`): every dimension but `axis` equal, output quantization `out`.
+    ///
+    /// TFLite Micro's and LiteRT's int8 kernels copy bytes and refuse, when the model is
+    /// loaded, any input whose scale or zero point differs from the output's; so does this
+    /// builder, before a file exists: give the inputs' producers the output's quantization
+    /// (`collab::export` does, for every value that reaches a concatenation). At most
+    /// [`crate::concat::MAX_INPUTS`] inputs of at most 4 dimensions (TFLite Micro's limits).
+    pub fn concatenation(
+        &mut self,
+        name: &str,
+        inputs: &[TensorId],
+        axis: usize,
+        out: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        use crate::concat::{MAX_INPUTS, MAX_RANK};
+        check_q(out, name)?;
+        let first = inputs
+            .first()
+            .ok_or_else(|| err(format!("`{name}`: CONCATENATION of no tensors")))?;
+        if inputs.len() > MAX_INPUTS {
+            return Err(err(format!(
+                "`{name}`: CONCATENATION of {} tensors; TFLite Micro takes at most {MAX_INPUTS} \
+                 (concatenate in steps)",
+                inputs.len()
+            )));
+        }
+        let mut shape = self.shapes[first.0].clone();
+        let rank = shape.len();
+        if axis >= rank || rank > MAX_RANK {
+            return Err(err(format!(
+                "`{name}`: CONCATENATION along axis {axis} of {shape:?}: the axis must be one \
+                 of at most {MAX_RANK} dimensions"
+            )));
+        }
+        shape[axis] = 0;
+        for (k, t) in inputs.iter().enumerate() {
+            let q = self.act_q(*t)?;
+            let tensor_name = self.tensors[t.0].name.clone().unwrap_or_default();
+            if q.scale.to_bits() != out.scale.to_bits() || q.zero_point != out.zero_point {
+                return Err(err(format!(
+                    "`{name}`: CONCATENATION input {k} (`{tensor_name}`) has scale {} / zero \
+                     point {}, the output {} / {}: TFLite Micro and LiteRT refuse int8 inputs \
+                     quantized unlike the output; give the input's producer the output's \
+                     quantization",
+                    q.scale, q.zero_point, out.scale, out.zero_point
+                )));
+            }
+            let s = &self.shapes[t.0];
+            if s.len() != rank || (0..rank).any(|d| d != axis && s[d] != shape[d]) {
+                return Err(err(format!(
+                    "`{name}`: CONCATENATION input {k} (`{tensor_name}`) has shape {s:?}, \
+                     unlike {:?} outside axis {axis}",
+                    self.shapes[first.0]
+                )));
+            }
+            shape[axis] += s[axis];
+        }
+        let y = self.activation_tensor(name, &shape, out);
+        self.op(
+            BuiltinOperator::CONCATENATION,
+            2,
+            inputs.iter().map(|t| t.0 as i32).collect(),
+            vec![y.0 as i32],
+            BuiltinOptionsT::ConcatenationOptions(Box::new(ConcatenationOptionsT {
+                axis: axis as i32,
+                fused_activation_function: ActivationFunctionType::NONE,
             })),
         );
         Ok(y)

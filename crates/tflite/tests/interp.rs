@@ -495,3 +495,91 @@ fn less_common_operators_match_the_runtimes() {
         assert_eq!(diffs["litert_ref"], 0.0, "seed {seed}");
     }
 }
+
+/// CONCATENATION of two convolutions and a pooled branch (an Inception block): LiteRT's
+/// reference kernels and TFLite Micro compute what ours does. The same file with one input's
+/// scale changed is refused by both runtimes when loaded, which is why the writer refuses it.
+#[test]
+fn concatenation_matches_the_runtimes_which_refuse_inputs_quantized_unlike_the_output() {
+    use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding};
+    let Some(tools) = common::tools() else {
+        return;
+    };
+    let q = |scale: f32, zero_point: i32| ActQ { scale, zero_point };
+    let shared = q(0.07, 4);
+    let mut b = Int8Builder::new();
+    let x = b.input("x", &[3, 5, 4, 2], q(0.05, -10)).unwrap();
+    let conv = |out: usize, k: usize, seed: i32| ConvLayer {
+        weight: (0..(out * k * k * 2) as i32)
+            .map(|i| ((i * 37 + seed * 11) % 255 - 127) as i8)
+            .collect(),
+        shape: [out, k, k, 2],
+        scales: (0..out).map(|i| 0.004 + 0.001 * i as f32).collect(),
+        bias: Some((0..out).map(|i| 0.05 * i as f32 - 0.1).collect()),
+        stride: [1, 1],
+        dilation: [1, 1],
+        padding: ConvPadding::Same,
+        activation: if seed == 2 {
+            Activation::Relu
+        } else {
+            Activation::None
+        },
+        depthwise: false,
+    };
+    let a = b.conv2d("a", x, &conv(3, 1, 1), shared).unwrap();
+    let c = b.conv2d("c", x, &conv(2, 3, 2), shared).unwrap();
+    let p = b.max_pool("p", a, [3, 3], [1, 1], Padding::Same).unwrap();
+    let cat = b.concatenation("cat", &[a, c, p], 3, shared).unwrap();
+    b.output(cat);
+    let bytes = b.finish().unwrap();
+    let graph = Graph::from_bytes(&bytes).unwrap();
+    let interp = Interpreter::new(&graph).unwrap();
+    assert_eq!(interp.outputs()[0].shape, [3, 5, 4, 8]);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("concat.tflite");
+    std::fs::write(&model, &bytes).unwrap();
+    let input: Vec<i8> = (0..3 * 5 * 4 * 2)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8 as i8)
+        .collect();
+    let ours = interp.run_i8(&input).unwrap();
+    let reference = Interpreter::with_flavor(&graph, Flavor::LiteRtReference)
+        .unwrap()
+        .run_i8(&input)
+        .unwrap();
+    assert_eq!(ours, reference);
+    let (inp, exp) = (dir.path().join("in.npy"), dir.path().join("ours.npy"));
+    npy::write(&inp, &[3, 5, 4, 2], &Data::I8(input)).unwrap();
+    npy::write(&exp, &[3, 5, 4, 8], &Data::I8(ours)).unwrap();
+    let diffs = tools
+        .max_diffs(&model, &inp, &exp, &["tflm", "litert_ref"])
+        .unwrap();
+    assert_eq!(diffs["tflm"], 0.0);
+    assert_eq!(diffs["litert_ref"], 0.0);
+
+    // Input `c` at another scale: a file the writer would not write.
+    let mut m = collab_tflite::tflite::root_as_model(&bytes)
+        .unwrap()
+        .unpack();
+    let tensors = m.subgraphs.as_mut().unwrap()[0].tensors.as_mut().unwrap();
+    let c_tensor = tensors
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some("c"))
+        .unwrap();
+    c_tensor.quantization.as_mut().unwrap().scale = Some(vec![0.09]);
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let root = m.pack(&mut fbb);
+    fbb.finish(root, Some("TFL3"));
+    let bad = dir.path().join("mismatched.tflite");
+    std::fs::write(&bad, fbb.finished_data()).unwrap();
+    assert!(Interpreter::new(&Graph::open(&bad).unwrap()).is_err());
+    let inputs = inp.to_string_lossy();
+    for runtime in ["tflm", "litert_ref"] {
+        let (code, report) = tools
+            .tflite_check(&bad, &["--interpreters", runtime, "--inputs", &inputs])
+            .unwrap();
+        assert_eq!(
+            code, 3,
+            "{runtime} loads a CONCATENATION with mismatched scales: {report}"
+        );
+    }
+}
