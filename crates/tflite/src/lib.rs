@@ -7,7 +7,8 @@
 //!   count and size: no panic and no unbounded allocation on hostile input), into a typed
 //!   [`reader::Graph`].
 //! - [`interp`]: a reference int8 interpreter, bit-exact with LiteRT's reference kernels and
-//!   TensorFlow Lite Micro ([`fixed`]: their fixed-point arithmetic).
+//!   TensorFlow Lite Micro ([`fixed`]: their fixed-point arithmetic; `activations`: the
+//!   elementwise activations, as lookup tables built with each runtime's arithmetic).
 //! - [`writer`]: [`Int8Builder`] writes full-integer int8 files in TFLite's conventions.
 //! - [`npy`]: NumPy arrays, to exchange inputs and outputs with the Python validators.
 //! - [`tools`]: the Python validators (LiteRT, TFLite Micro, Vela) as subprocesses.
@@ -34,6 +35,7 @@ extern crate alloc;
 pub mod schema_generated;
 pub use schema_generated::tflite;
 
+pub mod activations;
 pub mod fixed;
 pub mod interp;
 pub mod npy;
@@ -48,7 +50,9 @@ pub use reader::{
     Activation, Graph, Operator, Options, Padding, Quantization, TensorInfo, TensorType,
 };
 pub use report::{Report, WeightStats, gzip_size};
-pub use writer::{ActQ, ConvLayer, ConvPadding, Int8Builder, TensorId, check_target, write_atomic};
+pub use writer::{
+    ActOp, ActQ, ConvLayer, ConvPadding, Int8Builder, TensorId, check_target, write_atomic,
+};
 
 /// Errors reading or writing `.tflite` files; each says what is wrong with the file.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
