@@ -24,11 +24,13 @@ use collab_cluster::Clustered;
 use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, WeightLayer};
 use collab_data::{Features, Layout};
-use collab_models::graph::{Fused, Op, Value, apply_op};
+use collab_models::graph::{Fused, Op, Pointwise, Value, apply_op};
 use collab_models::{GraphNet, IntoGraph};
 use collab_prune::Prunable;
 use collab_quant::{Calibration, FusedActivation, LayerQuant, QatAware, QuantParams};
-use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId};
+use collab_tflite::{
+    ActOp, ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId,
+};
 use serde::Serialize;
 
 use crate::CollabError;
@@ -129,7 +131,7 @@ pub enum Step {
         quant: Option<QuantParams>,
     },
     /// Any other parameter-free operator of a graph ([`collab_models::graph::apply_op`]
-    /// computes it): pooling, flattening, concatenation, a lone activation.
+    /// computes it): pooling, flattening, concatenation.
     Op {
         /// The node's name.
         name: String,
@@ -137,6 +139,18 @@ pub enum Step {
         op: Op,
         /// Input values.
         inputs: Vec<usize>,
+    },
+    /// An activation on its own (LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU, RELU, RELU6).
+    Act {
+        /// The node's name.
+        name: String,
+        /// Input value.
+        src: usize,
+        /// The activation.
+        act: Pointwise,
+        /// The output quantization QAT trained, if it did (HARD_SWISH, LEAKY_RELU, RELU;
+        /// LOGISTIC and TANH have fixed ones, RELU6 keeps its input's).
+        quant: Option<QuantParams>,
     },
 }
 
@@ -292,6 +306,21 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                     quant,
                 });
             }
+            Op::Act(act) => {
+                // LOGISTIC and TANH have a fixed int8 output: their quantizer learns nothing.
+                let quant = net
+                    .requant_of(k)
+                    .filter(|_| act.fixed_int8_output().is_none())
+                    .map(|q| q.params(name))
+                    .transpose()
+                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
+                t.push(Step::Act {
+                    name: name.into(),
+                    src: node.inputs[0],
+                    act: *act,
+                    quant,
+                });
+            }
             op => {
                 t.push(Step::Op {
                     name: name.into(),
@@ -357,6 +386,7 @@ impl Plan {
                 Step::Op { op, inputs, .. } => {
                     apply_op(op, inputs.iter().map(|&i| values[i].clone()).collect())
                 }
+                Step::Act { src, act, .. } => apply_op(&Op::Act(*act), vec![values[*src].clone()]),
             };
             values.push(v);
         }
@@ -649,6 +679,26 @@ pub fn to_tflite(
                     .map_err(tfl)?
             }
             Step::Op { name, op, inputs } => op_tflite(&mut b, name, op, inputs, &ids)?,
+            Step::Act {
+                name,
+                src,
+                act,
+                quant,
+            } => {
+                let op = act_op(name, *act)?;
+                // LOGISTIC / TANH / RELU6: the output quantization TFLite requires.
+                let out_q = match (
+                    b.quant(ids[*src]).and_then(|q| op.required_output(q)),
+                    quant,
+                ) {
+                    (Some(_), _) => None,
+                    (None, Some(q)) => Some(act_q(q)),
+                    (None, None) => {
+                        Some(range_q(ranges, value, &format!("the activation `{name}`"))?)
+                    }
+                };
+                b.activation(name, ids[*src], op, out_q).map_err(tfl)?
+            }
         };
         ids.push(id);
     }
@@ -664,6 +714,27 @@ pub fn to_tflite(
         b.output(last);
     }
     b.finish().map_err(tfl)
+}
+
+/// The int8 TFLite operator of a lone activation (a negative LeakyReLU slope is refused: LiteRT
+/// versions compute it differently).
+fn act_op(name: &str, act: Pointwise) -> Result<ActOp, CollabError> {
+    Ok(match act {
+        Pointwise::Sigmoid => ActOp::Logistic,
+        Pointwise::Tanh => ActOp::Tanh,
+        Pointwise::HardSwish => ActOp::HardSwish,
+        Pointwise::Relu => ActOp::Relu,
+        Pointwise::Relu6 => ActOp::Relu6,
+        Pointwise::LeakyRelu { alpha } if alpha.is_finite() && alpha >= 0.0 => {
+            ActOp::LeakyRelu { alpha }
+        }
+        Pointwise::LeakyRelu { alpha } => {
+            return Err(CollabError::Usage(format!(
+                "node `{name}`: LeakyReLU with slope {alpha} has no int8 form that every runtime \
+                 computes alike (LiteRT versions differ below zero); only slopes ≥ 0 export"
+            )));
+        }
+    })
 }
 
 /// A parameter-free graph operator as int8 TFLite: pooling and flattening keep their input's
@@ -728,8 +799,9 @@ fn op_tflite(
         }
         other => Err(CollabError::Usage(format!(
             "node `{name}`: {} has no int8 TFLite form in this exporter (the int8 export \
-             writes convolutions, fully-connected layers, ADD, average and max pooling, reshapes \
-             and softmax); the model trains and evaluates in float, but cannot be written as int8",
+             writes convolutions, fully-connected layers, ADD, average and max pooling, reshapes, \
+             LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU, RELU, RELU6 and softmax); the model trains \
+             and evaluates in float, but cannot be written as int8",
             other.kind()
         ))),
     }

@@ -49,13 +49,6 @@ fn table(f: impl Fn(i32) -> i32) -> Table {
     t
 }
 
-fn same(t: Table) -> Tables {
-    Tables {
-        micro: t.clone(),
-        reference: t,
-    }
-}
-
 /// The tables of operator `op` (its TFLite name) with input quantization `input`, output
 /// quantization `output` and, for LEAKY_RELU, `alpha`. The error says why the runtimes would
 /// refuse the operator or why it cannot be matched.
@@ -252,6 +245,8 @@ fn hard_swish(input: Q, output: Q, wide: bool) -> Result<Table, String> {
 mod tests {
     use super::*;
 
+    type RealFn = Box<dyn Fn(f64) -> f64>;
+
     fn at(t: &Table, x: i8) -> i8 {
         t[x as u8 as usize]
     }
@@ -263,7 +258,7 @@ mod tests {
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         let hard_swish = |x: f64| x * (x + 3.0).clamp(0.0, 6.0) / 6.0;
         for (in_scale, in_zp) in [(0.02f32, 0), (0.05, -20), (0.1, 30), (0.0039, -128)] {
-            let cases: Vec<(&str, Q, Box<dyn Fn(f64) -> f64>)> = vec![
+            let cases: Vec<(&str, Q, RealFn)> = vec![
                 ("LOGISTIC", (1.0 / 256.0, -128), Box::new(sigmoid)),
                 ("TANH", (1.0 / 128.0, 0), Box::new(f64::tanh)),
                 ("HARD_SWISH", (0.04, -100), Box::new(hard_swish)),
