@@ -30,11 +30,13 @@ use collab_cluster::Clustered;
 use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, WeightLayer};
 use collab_data::{Features, Layout};
-use collab_models::graph::{Fused, Op, Value, apply_op, transpose_conv_input};
+use collab_models::graph::{Fused, Op, Pointwise, Value, apply_op, transpose_conv_input};
 use collab_models::{GraphNet, IntoGraph};
 use collab_prune::Prunable;
 use collab_quant::{Calibration, FusedActivation, LayerQuant, QatAware, QuantParams};
-use collab_tflite::{ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId};
+use collab_tflite::{
+    ActOp, ActQ, Activation, ConvLayer, ConvPadding, Int8Builder, Padding, TensorId,
+};
 use serde::Serialize;
 
 use crate::CollabError;
@@ -135,7 +137,7 @@ pub enum Step {
         quant: Option<QuantParams>,
     },
     /// Any other parameter-free operator of a graph ([`collab_models::graph::apply_op`]
-    /// computes it): pooling, flattening, a lone activation.
+    /// computes it): pooling, flattening, reshapes, transposes.
     Op {
         /// The node's name.
         name: String,
@@ -175,6 +177,18 @@ pub enum Step {
         /// The output range `[min, max]` QAT trained, if it did.
         range: Option<(f32, f32)>,
     },
+    /// An activation on its own (LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU, RELU, RELU6).
+    Act {
+        /// The node's name.
+        name: String,
+        /// Input value.
+        src: usize,
+        /// The activation.
+        act: Pointwise,
+        /// The output quantization QAT trained, if it did (HARD_SWISH, LEAKY_RELU, RELU;
+        /// LOGISTIC and TANH have fixed ones, RELU6 keeps its input's).
+        quant: Option<QuantParams>,
+    },
 }
 
 impl Step {
@@ -186,7 +200,8 @@ impl Step {
             | Step::Add { name, .. }
             | Step::Op { name, .. }
             | Step::ConvTranspose { name, .. }
-            | Step::Concat { name, .. } => name,
+            | Step::Concat { name, .. }
+            | Step::Act { name, .. } => name,
         }
     }
 }
@@ -382,6 +397,21 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                     range,
                 });
             }
+            Op::Act(act) => {
+                // LOGISTIC and TANH have a fixed int8 output: their quantizer learns nothing.
+                let quant = net
+                    .requant_of(k)
+                    .filter(|_| act.fixed_int8_output().is_none())
+                    .map(|q| q.params(name))
+                    .transpose()
+                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
+                t.push(Step::Act {
+                    name: name.into(),
+                    src: node.inputs[0],
+                    act: *act,
+                    quant,
+                });
+            }
             op => {
                 t.push(Step::Op {
                     name: name.into(),
@@ -470,6 +500,7 @@ impl Plan {
                     &Op::Concat,
                     inputs.iter().map(|&i| values[i].clone()).collect(),
                 ),
+                Step::Act { src, act, .. } => apply_op(&Op::Act(*act), vec![values[*src].clone()]),
             };
             values.push(v);
         }
@@ -633,6 +664,7 @@ pub fn quant_classes(plan: &Plan) -> Vec<usize> {
         match step {
             Step::Concat { inputs, .. } => inputs.iter().for_each(|&i| join(i, k + 1)),
             Step::Op { op, inputs, .. } if op.keeps_quantization() => join(inputs[0], k + 1),
+            Step::Act { act, src, .. } if Op::Act(*act).keeps_quantization() => join(*src, k + 1),
             _ => {}
         }
     }
@@ -701,6 +733,13 @@ fn shared_quant(
             }
             Some(Step::Op { name, op, .. }) => (name.as_str(), None, !op.keeps_quantization()),
             Some(Step::Concat { name, .. }) => (name.as_str(), None, false),
+            Some(Step::Act {
+                name, act, quant, ..
+            }) => (
+                name.as_str(),
+                quant.as_ref().map(params_range),
+                !Op::Act(*act).keeps_quantization(),
+            ),
         };
         let calibrated = ranges.and_then(|r| r.0.get(v).copied().flatten());
         match calibrated.or(own) {
@@ -927,6 +966,30 @@ pub fn to_tflite(
             Step::Concat { name, inputs, .. } => {
                 concat_tflite(&mut b, name, inputs, &ids, shared[value])?
             }
+            Step::Act {
+                name,
+                src,
+                act,
+                quant,
+            } => {
+                let op = act_op(name, *act)?;
+                // LOGISTIC / TANH / RELU6: the output quantization TFLite requires.
+                // In a concatenation's class, the class's quantization (the writer refuses
+                // it where the operator's own is fixed and differs).
+                let out_q = match (
+                    b.quant(ids[*src]).and_then(|q| op.required_output(q)),
+                    shared[value],
+                    quant,
+                ) {
+                    (Some(_), _, _) => None,
+                    (None, Some(q), _) => Some(q),
+                    (None, None, Some(q)) => Some(act_q(q)),
+                    (None, None, None) => {
+                        Some(range_q(ranges, value, &format!("the activation `{name}`"))?)
+                    }
+                };
+                b.activation(name, ids[*src], op, out_q).map_err(tfl)?
+            }
         };
         ids.push(id);
     }
@@ -942,6 +1005,27 @@ pub fn to_tflite(
         b.output(last);
     }
     b.finish().map_err(tfl)
+}
+
+/// The int8 TFLite operator of a lone activation (a negative LeakyReLU slope is refused: LiteRT
+/// versions compute it differently).
+fn act_op(name: &str, act: Pointwise) -> Result<ActOp, CollabError> {
+    Ok(match act {
+        Pointwise::Sigmoid => ActOp::Logistic,
+        Pointwise::Tanh => ActOp::Tanh,
+        Pointwise::HardSwish => ActOp::HardSwish,
+        Pointwise::Relu => ActOp::Relu,
+        Pointwise::Relu6 => ActOp::Relu6,
+        Pointwise::LeakyRelu { alpha } if alpha.is_finite() && alpha >= 0.0 => {
+            ActOp::LeakyRelu { alpha }
+        }
+        Pointwise::LeakyRelu { alpha } => {
+            return Err(CollabError::Usage(format!(
+                "node `{name}`: LeakyReLU with slope {alpha} has no int8 form that every runtime \
+                 computes alike (LiteRT versions differ below zero); only slopes ≥ 0 export"
+            )));
+        }
+    })
 }
 
 /// A parameter-free graph operator as int8 TFLite: pooling and flattening keep their input's
@@ -1013,9 +1097,9 @@ fn op_tflite(
         other => Err(CollabError::Usage(format!(
             "node `{name}`: {} has no int8 TFLite form in this exporter (the int8 export \
              writes convolutions, transposed convolutions, fully-connected layers, ADD, \
-             CONCATENATION, average and max pooling, reshapes, transposes and softmax); the \
-             model trains and evaluates in float, but \
-             cannot be written as int8",
+             CONCATENATION, average and max pooling, reshapes, transposes, LOGISTIC, TANH, \
+             HARD_SWISH, LEAKY_RELU, RELU, RELU6 and softmax); the model trains and evaluates \
+             in float, but cannot be written as int8",
             other.kind()
         ))),
     }

@@ -1293,3 +1293,159 @@ fn a_qat_graph_with_transpose_conv_exports_with_trained_ranges() {
     );
     export_and_check_with(&plan, &x, true, dir.path(), "graph_layout_qat", false);
 }
+
+/// A graph with every lone activation the int8 export writes: HARD_SWISH, LEAKY_RELU, TANH,
+/// RELU6 (after pooling, so not fused), LOGISTIC and RELU (after pooling), between layers.
+fn activation_graph() -> collab_models::graph::GraphSpec {
+    use collab_models::graph::{Fused, GraphBuilder, Pointwise};
+    let input = collab_data::InputSpec {
+        shape: [3, 32, 32],
+        layout: collab_data::Layout::Nhwc,
+        features: collab_data::Features::Array,
+        labels: vec![],
+    };
+    let mut g = GraphBuilder::new("activations", input);
+    let x = g.conv(0, 8, [3, 3], [2, 2], 1, Fused::None);
+    let x = g.act(x, Pointwise::HardSwish);
+    let x = g.conv(x, 8, [3, 3], [1, 1], 8, Fused::None);
+    let x = g.act(x, Pointwise::LeakyRelu { alpha: 0.1 });
+    let x = g.conv(x, 16, [1, 1], [1, 1], 1, Fused::None);
+    let x = g.act(x, Pointwise::Tanh);
+    let x = g.max_pool(x, [2, 2], [2, 2]);
+    let x = g.act(x, Pointwise::Relu6);
+    let x = g.conv(x, 16, [3, 3], [1, 1], 1, Fused::None);
+    let x = g.act(x, Pointwise::Sigmoid);
+    let x = g.global_avg_pool(x);
+    let x = g.act(x, Pointwise::Relu);
+    let x = g.flatten(x);
+    g.linear(x, 10, Fused::None);
+    g.finish(true).unwrap()
+}
+
+/// The lone activations export with PTQ: `verify` finds our interpreter, LiteRT's reference
+/// kernels and TensorFlow Lite Micro equal bit for bit, every activation is in the file with
+/// the output quantization TFLite requires, and Vela compiles the deployment file.
+#[test]
+fn lone_activations_export_bit_exact_with_calibration() {
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    device.seed(3);
+    let x = cifar_inputs();
+    let net = GraphNet::init(activation_graph(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    let plan = net.trace([3, 32, 32]).unwrap();
+    let (calib, test) = split(&x);
+    let diff = (net.forward(test.clone()) - plan.forward(test.clone()).unwrap())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "plan and model differ by {diff}");
+    let ranges = plan.calibrate([Ok(calib)], Calibration::MinMax).unwrap();
+    let bytes = export::to_tflite(&plan, Some(&ranges), &ExportOptions::default()).unwrap();
+    let graph = Graph::from_bytes(&bytes).unwrap();
+    let ops: Vec<&str> = graph.operators.iter().map(|o| o.op.as_str()).collect();
+    for op in [
+        "HARD_SWISH",
+        "LEAKY_RELU",
+        "TANH",
+        "RELU6",
+        "LOGISTIC",
+        "RELU",
+    ] {
+        assert_eq!(
+            ops.iter().filter(|o| **o == op).count(),
+            1,
+            "{op} in {ops:?}"
+        );
+    }
+    for (i, op) in graph.operators.iter().enumerate() {
+        let q = |t: i32| {
+            let q = graph.tensors[t as usize].quantization.clone().unwrap();
+            (q.scale[0], q.zero_point[0])
+        };
+        match op.op.as_str() {
+            "LOGISTIC" => assert_eq!(q(op.outputs[0]), (1.0 / 256.0, -128)),
+            "TANH" => assert_eq!(q(op.outputs[0]), (1.0 / 128.0, 0)),
+            "RELU6" => assert_eq!(q(op.outputs[0]), q(op.inputs[0]), "operator {i}"),
+            _ => {}
+        }
+    }
+    let Some(tools) = tools() else {
+        return;
+    };
+    let v = export::verify(&tools, &plan, Some(&ranges), test, &dir.path().join("v")).unwrap();
+    eprintln!("lone activations (PTQ): {v:?}");
+    assert!(v.exact(), "{v:?}");
+    let path = dir.path().join("acts.tflite");
+    export::write(&path, &bytes).unwrap();
+    let (code, vela) = tools.vela_check(&path, &[]).unwrap();
+    eprintln!(
+        "vela: exit {code}, {} of the operators on the NPU ({}%), on the CPU: {}",
+        vela["npu_operators"], vela["npu_operators_percent"], vela["cpu_ops_listed"]
+    );
+    assert_eq!(code, 0, "Vela: {vela}");
+}
+
+/// Under QAT the requantizing lone activations (HARD_SWISH, LEAKY_RELU, RELU) get trained output
+/// ranges, LOGISTIC and TANH train with their fixed quantization, RELU6 keeps its input's: the
+/// file is written with no calibration data and runs bit-exact.
+#[test]
+fn lone_activations_export_bit_exact_with_qat_ranges() {
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    device.seed(4);
+    let x = cifar_inputs();
+    let spec = activation_graph();
+    assert_eq!(spec.requant_nodes().len(), 5, "all activations but RELU6");
+    let first = |name: &str| spec.reads_model_input(name);
+    let act = |name: &str| spec.activation_of(name).quant();
+    let qat = GraphNet::init(spec.clone(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap()
+        .try_map(
+            |n, c| {
+                QatConfig::new()
+                    .with_activation(act(n))
+                    .with_input(first(n))
+                    .wrap(c)
+            },
+            |n, l| QatConfig::new().with_activation(act(n)).wrap(l),
+        )
+        .unwrap()
+        .with_requant(&collab_quant::ActQuantConfig::default(), &device)
+        .unwrap();
+    let (calib, test) = split(&x);
+    let qat = collab_quant::calibrate(qat, [calib], |m, x| {
+        m.forward(x);
+    });
+    // The sigmoid's output under QAT is already on TFLite's int8 grid (multiples of 1/256).
+    let mut sigmoid = Vec::new();
+    qat.forward_values(test.clone(), |k, v| {
+        if k == 10 {
+            sigmoid = collab_core::host::to_vec_f32(v.clone().flat());
+        }
+    });
+    assert!(!sigmoid.is_empty());
+    assert!(sigmoid.iter().all(|v| (v * 256.0).fract() == 0.0));
+    let plan = qat.trace([3, 32, 32]).unwrap();
+    let trained = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s, export::Step::Act { quant: Some(_), .. }))
+        .count();
+    assert_eq!(
+        trained, 3,
+        "HARD_SWISH, LEAKY_RELU and RELU have trained ranges"
+    );
+    let Some(tools) = tools() else {
+        return;
+    };
+    let v = export::verify(&tools, &plan, None, test, &dir.path().join("v")).unwrap();
+    eprintln!("lone activations (QAT): {v:?}");
+    assert!(v.exact(), "{v:?}");
+}

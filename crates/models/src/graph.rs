@@ -88,6 +88,24 @@ impl Pointwise {
             _ => None,
         }
     }
+
+    /// The int8 output quantization `(scale, zero point)` TFLite fixes for this activation on
+    /// its own: LOGISTIC 1/256, −128 and TANH 1/128, 0 (TFLite's int8 operator spec; LiteRT
+    /// checks it, TensorFlow Lite Micro assumes it). `None` for the others.
+    pub fn fixed_int8_output(self) -> Option<(f32, i32)> {
+        match self {
+            Self::Sigmoid => Some((1.0 / 256.0, -128)),
+            Self::Tanh => Some((1.0 / 128.0, 0)),
+            _ => None,
+        }
+    }
+
+    /// Whether its int8 form on its own requantizes (an output quantization other than its
+    /// input's): all but ReLU6, which TensorFlow Lite Micro computes as a clamp in the input's
+    /// quantization, so the int8 file gives it its input's.
+    pub fn requantizes(self) -> bool {
+        !matches!(self, Self::Relu6)
+    }
 }
 
 /// A fused activation in the serialised spec (`collab_core::Activation` is not serde).
@@ -259,7 +277,8 @@ pub enum Op {
 
 impl Op {
     /// Whether the int8 operator keeps its input's quantization (TFLite requires its output
-    /// scale and zero point to equal the input's): pooling, flattening, reshapes, transposes.
+    /// scale and zero point to equal the input's, or TFLite Micro assumes it): pooling,
+    /// flattening, reshapes, transposes, a lone ReLU6.
     /// The one list the exporter's shared-quantization classes and QAT read.
     pub fn keeps_quantization(&self) -> bool {
         matches!(
@@ -270,6 +289,7 @@ impl Op {
                 | Op::Flatten { .. }
                 | Op::Reshape { .. }
                 | Op::Transpose { .. }
+                | Op::Act(Pointwise::Relu6)
         )
     }
 
@@ -349,15 +369,20 @@ impl GraphSpec {
         (convs, linears)
     }
 
-    /// The nodes whose int8 output has a quantization of its own besides the layers': the sums
-    /// and the concatenations. (Pooling and reshapes keep their input's.) A concatenation's
-    /// trained range becomes the quantization of its inputs too, in the int8 file (they must
-    /// share it; `collab::export::quant_classes`).
+    /// The nodes whose int8 output has a quantization of its own besides the layers': the sums,
+    /// the concatenations, and the lone activations that requantize
+    /// ([`Pointwise::requantizes`]). (Pooling, reshapes and ReLU6 keep their input's.) A
+    /// concatenation's trained range becomes the quantization of its inputs too, in the int8
+    /// file (they must share it; `collab::export::quant_classes`).
     pub fn requant_nodes(&self) -> Vec<usize> {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| matches!(n.op, Op::Add { .. } | Op::Concat))
+            .filter(|(_, n)| match n.op {
+                Op::Add { .. } | Op::Concat => true,
+                Op::Act(p) => p.requantizes(),
+                _ => false,
+            })
             .map(|(k, _)| k)
             .collect()
     }
@@ -842,12 +867,12 @@ pub struct GraphNet<C, L> {
     pub convs: Vec<C>,
     /// Linear layers, in [`GraphSpec::linears`] order.
     pub linears: Vec<L>,
-    /// Under QAT, one output quantizer per sum and per concatenation
-    /// ([`GraphSpec::requant_nodes`] order): an int8 ADD requantizes to a scale of its own, and
-    /// a CONCATENATION's scale is its inputs' too, so training simulates both. A node whose
-    /// value reaches only concatenations ([`GraphSpec::only_concatenated`]: a concatenation of
-    /// concatenations) tracks its range without quantizing: the outer one quantizes once.
-    /// Empty otherwise.
+    /// Under QAT, one output quantizer per sum, per concatenation and per requantizing lone
+    /// activation ([`GraphSpec::requant_nodes`] order): their int8 operators requantize to a
+    /// scale of their own (LOGISTIC / TANH to a fixed one), and a CONCATENATION's scale is its
+    /// inputs' too, so training simulates them. A node whose value reaches only
+    /// concatenations ([`GraphSpec::only_concatenated`]) tracks its range without quantizing:
+    /// the concatenation quantizes once. Empty otherwise.
     pub requant: Vec<ActQuant>,
     #[module(skip)]
     spec: Arc<GraphSpec>,
@@ -1040,9 +1065,9 @@ impl<C, L> GraphNet<C, L> {
         })
     }
 
-    /// The same model with an output quantizer on every sum and concatenation (for QAT; ranges
-    /// start empty and follow the batches in training, or come from
-    /// [`collab_quant::calibrate`]).
+    /// The same model with an output quantizer on every sum, concatenation and requantizing
+    /// lone activation (for QAT; ranges start empty and follow the batches in training, or come
+    /// from [`collab_quant::calibrate`]; LOGISTIC / TANH use their fixed quantization).
     pub fn with_requant(
         mut self,
         config: &ActQuantConfig,
@@ -1183,10 +1208,16 @@ pub fn run<C: LayerForward<4>, L: LayerForward<2>>(
                 Value::Map(t) => Value::Map(q.observe_only(t)),
                 Value::Vec(t) => Value::Vec(q.observe_only(t)),
             },
-            Some((q, false)) => match v {
-                Value::Map(t) => Value::Map(q.forward(t)),
-                Value::Vec(t) => Value::Vec(q.forward(t)),
-            },
+            Some((q, false)) => {
+                let fixed = match node.op {
+                    Op::Act(p) => p.fixed_int8_output(),
+                    _ => None,
+                };
+                match v {
+                    Value::Map(t) => Value::Map(quantize_output(q, fixed, t)),
+                    Value::Vec(t) => Value::Vec(quantize_output(q, fixed, t)),
+                }
+            }
             None => v,
         };
         visit(k + 1, &v);
@@ -1197,6 +1228,29 @@ pub fn run<C: LayerForward<4>, L: LayerForward<2>>(
         .flatten()
         .expect("spec checked: at least one node")
         .flat()
+}
+
+/// A node's output under QAT: fake-quantized with its trained range (`q`), or with the fixed
+/// quantization TFLite gives its operator (`fixed`, LOGISTIC and TANH: `q` then only marks the
+/// model as quantization-aware and learns nothing).
+fn quantize_output<const D: usize>(
+    q: &ActQuant,
+    fixed: Option<(f32, i32)>,
+    t: Tensor<D>,
+) -> Tensor<D> {
+    match fixed {
+        Some((scale, zero_point)) => collab_quant::fake_quant_per_tensor(
+            t,
+            &collab_quant::QuantParams {
+                scale: vec![scale],
+                zero_point: vec![zero_point],
+                per_channel: false,
+                qmin: -128,
+                qmax: 127,
+            },
+        ),
+        None => q.forward(t),
+    }
 }
 
 /// A model that describes itself as a graph: the built-in families ([`crate::DsCnn`],
@@ -1577,6 +1631,11 @@ impl GraphBuilder {
             },
             &[x],
         )
+    }
+
+    /// An activation on its own (not fused into a layer).
+    pub fn act(&mut self, x: usize, p: Pointwise) -> usize {
+        self.node("", Op::Act(p), &[x])
     }
 
     /// The checked spec; `softmax`: the model's output is meant as probabilities.

@@ -85,6 +85,9 @@ pub fn mbqm_single(x: i32, multiplier: i32, shift: i32) -> i32 {
 /// gemmlowp `SaturatingRoundingMultiplyByPOT` with a positive exponent (saturating shift).
 #[inline(always)]
 fn sat_shl(x: i32, exponent: i32) -> i32 {
+    if exponent == 0 {
+        return x;
+    }
     let threshold = (1i32 << (31 - exponent)) - 1;
     if x > threshold {
         i32::MAX
@@ -113,12 +116,19 @@ fn exp_on_interval(a: i32) -> i32 {
 
 /// gemmlowp `exp_on_negative_values` for a Q5.26 input (`a ≤ 0`), Q0.31 result.
 pub fn exp_on_negative_values_q5(a: i32) -> i32 {
-    const FRACTIONAL_BITS: i32 = 26;
-    const ONE_QUARTER: i32 = 1 << (FRACTIONAL_BITS - 2);
-    let mask = ONE_QUARTER - 1;
-    let a_mod_quarter_minus_one_quarter = (a & mask).wrapping_sub(ONE_QUARTER);
-    // Rescale Q5.26 → Q0.31: a saturating shift left by 5.
-    let mut result = exp_on_interval(sat_shl(a_mod_quarter_minus_one_quarter, 5));
+    exp_on_negative_values(a, 5)
+}
+
+/// gemmlowp `exp_on_negative_values` for an input (`a ≤ 0`) with `integer_bits` integer bits
+/// (Q`integer_bits`.`31 − integer_bits`, `integer_bits` in 0..=5), Q0.31 result.
+pub fn exp_on_negative_values(a: i32, integer_bits: i32) -> i32 {
+    debug_assert!((0..=5).contains(&integer_bits));
+    let fractional_bits = 31 - integer_bits;
+    let one_quarter = 1i32 << (fractional_bits - 2);
+    let mask = one_quarter - 1;
+    let a_mod_quarter_minus_one_quarter = (a & mask).wrapping_sub(one_quarter);
+    // Rescale to Q0.31: a saturating shift left by the integer bits.
+    let mut result = exp_on_interval(sat_shl(a_mod_quarter_minus_one_quarter, integer_bits));
     let remainder = a_mod_quarter_minus_one_quarter.wrapping_sub(a);
     for (exponent, multiplier) in [
         (-2, 1_672_461_947),
@@ -129,15 +139,16 @@ pub fn exp_on_negative_values_q5(a: i32) -> i32 {
         (3, 720_401),
         (4, 242),
     ] {
-        if remainder & (1 << (FRACTIONAL_BITS + exponent)) != 0 {
+        if integer_bits > exponent && remainder & (1 << (fractional_bits + exponent)) != 0 {
             result = srdhm(result, multiplier);
         }
     }
     if a == 0 { i32::MAX } else { result }
 }
 
-/// gemmlowp `one_over_one_plus_x_for_x_in_0_1`, Q0.31 in and out.
-fn one_over_one_plus_x(a: i32) -> i32 {
+/// The Newton-Raphson iteration gemmlowp's `one_over_one_plus_x_for_x_in_0_1` and
+/// `one_minus_x_over_one_plus_x_for_x_in_0_1` share: `1 / (1 + a)` as Q2.29, for a Q0.31 `a`.
+fn newton_one_over_one_plus_x(a: i32) -> i32 {
     // RoundingHalfSum(a, One) with One = i32::MAX for Q0.31.
     let sum = a as i64 + i32::MAX as i64;
     let sign = if sum >= 0 { 1 } else { -1 };
@@ -152,8 +163,91 @@ fn one_over_one_plus_x(a: i32) -> i32 {
         // Q2 · Q2 = Q4, rescaled to Q2: saturating shift left by 2.
         x = x.wrapping_add(sat_shl(srdhm(x, one_minus), 2));
     }
+    x
+}
+
+/// gemmlowp `one_over_one_plus_x_for_x_in_0_1`, Q0.31 in and out.
+fn one_over_one_plus_x(a: i32) -> i32 {
     // ExactMulByPot<−1> (Q2 → Q1, same raw), then Rescale<0>: saturating shift left by 1.
-    sat_shl(x, 1)
+    sat_shl(newton_one_over_one_plus_x(a), 1)
+}
+
+/// gemmlowp `one_minus_x_over_one_plus_x_for_x_in_0_1`, Q0.31 in and out.
+fn one_minus_x_over_one_plus_x(a: i32) -> i32 {
+    // x − One (Q2.29), then Rescale<0>: saturating shift left by 2.
+    sat_shl(newton_one_over_one_plus_x(a).wrapping_sub(1 << 29), 2)
+}
+
+/// gemmlowp `logistic` of a fixed-point `a` with `integer_bits` integer bits (0..=5): Q0.31.
+pub fn logistic(a: i32, integer_bits: i32) -> i32 {
+    if a == 0 {
+        return 1 << 30;
+    }
+    let abs = if a > 0 { a } else { a.wrapping_neg() };
+    let positive = one_over_one_plus_x(exp_on_negative_values(abs.wrapping_neg(), integer_bits));
+    if a > 0 {
+        positive
+    } else {
+        i32::MAX.wrapping_sub(positive)
+    }
+}
+
+/// gemmlowp `tanh` of a fixed-point `a` with `integer_bits` integer bits (0..=4): Q0.31.
+pub fn tanh(a: i32, integer_bits: i32) -> i32 {
+    if a == 0 {
+        return 0;
+    }
+    let negative = if a < 0 { a } else { a.wrapping_neg() };
+    // ExactMulByPot<1>: 2·x is the same raw value read with one more integer bit.
+    let t = one_minus_x_over_one_plus_x(exp_on_negative_values(negative, integer_bits + 1));
+    if a < 0 { t.wrapping_neg() } else { t }
+}
+
+/// gemmlowp `SaturatingRoundingDoublingHighMul` for int16.
+#[inline(always)]
+pub fn srdhm16(a: i16, b: i16) -> i16 {
+    if a == i16::MIN && b == i16::MIN {
+        return i16::MAX;
+    }
+    let ab = a as i32 * b as i32;
+    let nudge = if ab >= 0 { 1 << 14 } else { 1 - (1 << 14) };
+    ((ab + nudge) / (1 << 15)) as i16
+}
+
+/// TFLite's `SaturatingDoublingHighMul` for int16 (hard_swish.h): as [`srdhm16`] but rounding
+/// toward zero.
+#[inline(always)]
+pub fn sdhm16(a: i16, b: i16) -> i16 {
+    if a == i16::MIN && b == i16::MIN {
+        return i16::MAX;
+    }
+    ((a as i32 * b as i32) / (1 << 15)) as i16
+}
+
+/// gemmlowp `RoundingDivideByPOT` for int16, `exponent` in 0..=31 (the mask is the low 16 bits
+/// of `2^exponent − 1`, as the C++ computes it).
+#[inline(always)]
+pub fn rdbpot16(x: i16, exponent: i32) -> i16 {
+    let mask = ((1i64 << exponent) - 1) as i16;
+    let remainder = x & mask;
+    let threshold = (mask >> 1).wrapping_add(i16::from(x < 0));
+    let shifted = ((x as i32) >> exponent.min(31)) as i16;
+    shifted.wrapping_add(i16::from(remainder > threshold))
+}
+
+/// TFLite's `SaturatingLeftShift` for int16 (hard_swish.h), `amount` in 0..=30.
+#[inline(always)]
+pub fn sat_shl16(x: i16, amount: i32) -> i16 {
+    (x as i64 * (1i64 << amount)).clamp(i16::MIN as i64, i16::MAX as i64) as i16
+}
+
+/// TFLite's `DownScaleInt32ToInt16Multiplier`: a Q31 multiplier (≥ 0) rounded to Q15.
+pub fn downscale_multiplier(m: i32) -> i16 {
+    const ROUNDING: i32 = 1 << 15;
+    if m >= i32::MAX - ROUNDING {
+        return i16::MAX;
+    }
+    ((m + ROUNDING) >> 16) as i16
 }
 
 /// TFLite's `GetReciprocal`: `1 / x` for a fixed-point `x` with `integer_digits` integer bits,

@@ -9,6 +9,8 @@
 //! SOFTMAX, ADD (same shapes), PAD, QUANTIZE (float → int8), DEQUANTIZE (int8 → float) and
 //! CONCATENATION (inputs quantized as the output, [`crate::concat`]). Tensors are
 //! int8 activations, int8 weights (zero point 0, per tensor or per channel), int32 biases.
+//! Elementwise activations (LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU, RELU, RELU6) are in
+//! [`crate::activations`].
 //!
 //! [`Interpreter::new`] checks everything once (types, shapes, quantization, memory) and
 //! precomputes the multipliers, as TFLite's `Prepare`; [`Interpreter::run`] cannot fail
@@ -241,14 +243,24 @@ enum Kernel {
         perm: [usize; 4],
     },
     Concat(crate::concat::Concat),
+    /// An elementwise activation (LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU, RELU, RELU6) as the
+    /// output for every int8 input, per runtime ([`crate::activations`]).
+    Lookup {
+        input: usize,
+        output: usize,
+        micro: crate::activations::Table,
+        reference: crate::activations::Table,
+    },
 }
 
 /// Which runtime's arithmetic to reproduce where they differ.
 ///
-/// The only difference among the supported operators: int8 FULLY_CONNECTED requantizes with two
-/// roundings in TensorFlow Lite Micro (and LiteRT's optimised kernels) but with one in LiteRT's
-/// reference kernel; outputs then differ by 1 LSB on some inputs. Files written by
-/// `collab::export` give every runtime the same multiplier, but not the same rounding.
+/// Int8 FULLY_CONNECTED requantizes with two roundings in TensorFlow Lite Micro (and LiteRT's
+/// optimised kernels) but with one in LiteRT's reference kernel; outputs then differ by 1 LSB on
+/// some inputs. Files written by `collab::export` give every runtime the same multiplier, but
+/// not the same rounding. Int8 LOGISTIC and TANH are fixed-point functions in TensorFlow Lite
+/// Micro and float tables in LiteRT (also 1 LSB apart on some inputs; see
+/// [`crate::activations`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Flavor {
@@ -1085,6 +1097,31 @@ impl Interpreter {
             ("CONCATENATION", Options::Concatenation { axis, activation }) => Kernel::Concat(
                 crate::concat::Concat::prepare(graph, n, op, *axis, *activation)?,
             ),
+            ("LOGISTIC" | "TANH" | "HARD_SWISH" | "LEAKY_RELU" | "RELU" | "RELU6", options) => {
+                let (ii, it) = tensor(0)?;
+                int8(it)?;
+                int8(ot)?;
+                if sizes[ii] != sizes[oi] {
+                    return Err(bad(n, name, "input and output sizes differ"));
+                }
+                let alpha = match options {
+                    Options::LeakyRelu { alpha } => Some(*alpha),
+                    _ => None,
+                };
+                let t = crate::activations::tables(
+                    name,
+                    alpha,
+                    per_tensor(it, n, name)?,
+                    per_tensor(ot, n, name)?,
+                )
+                .map_err(|e| bad(n, name, e))?;
+                Kernel::Lookup {
+                    input: ii,
+                    output: oi,
+                    micro: t.micro,
+                    reference: t.reference,
+                }
+            }
             (other, options) => {
                 return Err(bad(
                     n,
@@ -1495,6 +1532,21 @@ impl Interpreter {
                 i8s[c.output] = transpose_conv(c, &i8s[c.input]);
             }
             Kernel::Concat(c) => i8s[c.output] = c.run(i8s),
+            Kernel::Lookup {
+                input,
+                output,
+                micro,
+                reference,
+            } => {
+                let table = match self.flavor {
+                    Flavor::Micro => micro,
+                    Flavor::LiteRtReference => reference,
+                };
+                i8s[*output] = i8s[*input]
+                    .iter()
+                    .map(|v| table[*v as u8 as usize])
+                    .collect();
+            }
         }
     }
 }

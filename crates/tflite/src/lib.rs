@@ -7,7 +7,8 @@
 //!   count and size: no panic and no unbounded allocation on hostile input), into a typed
 //!   [`reader::Graph`].
 //! - [`interp`]: a reference int8 interpreter, bit-exact with LiteRT's reference kernels and
-//!   TensorFlow Lite Micro ([`fixed`]: their fixed-point arithmetic).
+//!   TensorFlow Lite Micro ([`fixed`]: their fixed-point arithmetic; `activations`: the
+//!   elementwise activations, as lookup tables built with each runtime's arithmetic).
 //! - [`concat`]: the int8 CONCATENATION kernel (a copy: every runtime requires the inputs
 //!   quantized as the output).
 //! - [`writer`]: [`Int8Builder`] writes full-integer int8 files in TFLite's conventions.
@@ -36,6 +37,7 @@ extern crate alloc;
 pub mod schema_generated;
 pub use schema_generated::tflite;
 
+pub mod activations;
 pub mod concat;
 pub mod fixed;
 pub mod interp;
@@ -51,7 +53,9 @@ pub use reader::{
     Activation, Graph, Operator, Options, Padding, Quantization, TensorInfo, TensorType,
 };
 pub use report::{Report, WeightStats, gzip_size};
-pub use writer::{ActQ, ConvLayer, ConvPadding, Int8Builder, TensorId, check_target, write_atomic};
+pub use writer::{
+    ActOp, ActQ, ConvLayer, ConvPadding, Int8Builder, TensorId, check_target, write_atomic,
+};
 
 /// Errors reading or writing `.tflite` files; each says what is wrong with the file.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

@@ -16,7 +16,7 @@ use crate::reader::{Activation, Padding};
 use crate::tflite::{
     self, ActivationFunctionType, AddOptionsT, BufferT, BuiltinOperator, BuiltinOptionsT,
     ConcatenationOptionsT, Conv2DOptionsT, DepthwiseConv2DOptionsT, FullyConnectedOptionsT,
-    MetadataT, ModelT, OperatorCodeT, OperatorT, PadOptionsT, Pool2DOptionsT,
+    LeakyReluOptionsT, MetadataT, ModelT, OperatorCodeT, OperatorT, PadOptionsT, Pool2DOptionsT,
     QuantizationParametersT, ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT,
     TransposeConvOptionsT, TransposeOptionsT,
 };
@@ -152,6 +152,58 @@ pub struct ConvLayer {
     pub activation: Activation,
     /// Depthwise (groups = input channels).
     pub depthwise: bool,
+}
+
+/// An elementwise int8 activation operator (not fused into a layer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ActOp {
+    /// LOGISTIC (sigmoid); output quantization fixed at scale 1/256, zero point −128.
+    Logistic,
+    /// TANH; output quantization fixed at scale 1/128, zero point 0.
+    Tanh,
+    /// HARD_SWISH, `x · relu6(x + 3) / 6`; output quantization of its own.
+    HardSwish,
+    /// LEAKY_RELU with slope `alpha` (≥ 0) below zero; output quantization of its own.
+    LeakyRelu {
+        /// Slope below zero.
+        alpha: f32,
+    },
+    /// RELU; output quantization of its own.
+    Relu,
+    /// RELU6; output quantization = input quantization (TensorFlow Lite Micro's RELU6 clamps in
+    /// the input's quantization and does not requantize).
+    Relu6,
+}
+
+impl ActOp {
+    /// The output quantization TFLite requires of this operator given its input's, if it does
+    /// not take one of its own: LOGISTIC and TANH have fixed ones (TFLite's int8 spec; LiteRT's
+    /// `SigmoidPrepare` checks it, TensorFlow Lite Micro assumes it), RELU6 keeps its input's.
+    pub fn required_output(self, input: ActQ) -> Option<ActQ> {
+        match self {
+            ActOp::Logistic => Some(ActQ {
+                scale: 1.0 / 256.0,
+                zero_point: -128,
+            }),
+            ActOp::Tanh => Some(ActQ {
+                scale: 1.0 / 128.0,
+                zero_point: 0,
+            }),
+            ActOp::Relu6 => Some(input),
+            _ => None,
+        }
+    }
+
+    fn code(self) -> (BuiltinOperator, i32) {
+        match self {
+            ActOp::Logistic => (BuiltinOperator::LOGISTIC, 2),
+            ActOp::Tanh => (BuiltinOperator::TANH, 2),
+            ActOp::HardSwish => (BuiltinOperator::HARD_SWISH, 1),
+            ActOp::LeakyRelu { .. } => (BuiltinOperator::LEAKY_RELU, 2),
+            ActOp::Relu => (BuiltinOperator::RELU, 2),
+            ActOp::Relu6 => (BuiltinOperator::RELU6, 2),
+        }
+    }
 }
 
 /// Builds an int8 `.tflite` graph; see the module documentation.
@@ -983,6 +1035,51 @@ impl Int8Builder {
             vec![y.0 as i32],
             BuiltinOptionsT::SoftmaxOptions(Box::new(SoftmaxOptionsT { beta: 1.0 })),
         );
+        Ok(y)
+    }
+
+    /// An elementwise activation `op` of `x` (any shape; the output has it). `out`: the
+    /// output quantization, required for HARD_SWISH, LEAKY_RELU and RELU; for LOGISTIC, TANH
+    /// and RELU6 it is [`ActOp::required_output`] and `out`, if given, must equal it.
+    pub fn activation(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        op: ActOp,
+        out: Option<ActQ>,
+    ) -> Result<TensorId, TfliteError> {
+        let in_q = self.act_q(x)?;
+        let out = match (op.required_output(in_q), out) {
+            (Some(required), Some(given)) if given != required => {
+                return Err(err(format!(
+                    "`{name}`: {op:?} must have output scale {} and zero point {} (given {} /                      {}); TFLite fixes it",
+                    required.scale, required.zero_point, given.scale, given.zero_point
+                )));
+            }
+            (Some(required), _) => required,
+            (None, Some(given)) => given,
+            (None, None) => {
+                return Err(err(format!(
+                    "`{name}`: {op:?} needs an output quantization (a calibrated or trained range)"
+                )));
+            }
+        };
+        check_q(out, name)?;
+        let options = match op {
+            ActOp::LeakyRelu { alpha } => {
+                if !(alpha.is_finite() && alpha >= 0.0) {
+                    return Err(err(format!(
+                        "`{name}`: LEAKY_RELU alpha {alpha}: only a finite alpha ≥ 0 exports                          (LiteRT versions treat a negative one differently)"
+                    )));
+                }
+                BuiltinOptionsT::LeakyReluOptions(Box::new(LeakyReluOptionsT { alpha }))
+            }
+            _ => BuiltinOptionsT::NONE,
+        };
+        let shape = self.shapes[x.0].clone();
+        let y = self.activation_tensor(name, &shape, out);
+        let (code, version) = op.code();
+        self.op(code, version, vec![x.0 as i32], vec![y.0 as i32], options);
         Ok(y)
     }
 
