@@ -6,7 +6,8 @@
 //! (`MultiplyByQuantizedMultiplier`) and gemmlowp's fixed-point softmax. Layout NHWC.
 //!
 //! Operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, AVERAGE_POOL_2D, MAX_POOL_2D, RESHAPE,
-//! SOFTMAX, ADD (same shapes), PAD, QUANTIZE (float → int8) and DEQUANTIZE (int8 → float). Tensors are
+//! SOFTMAX, ADD, SUB and MUL (broadcasting, constant operands: [`crate::elementwise`]), PAD,
+//! QUANTIZE (float → int8) and DEQUANTIZE (int8 → float). Tensors are
 //! int8 activations, int8 weights (zero point 0, per tensor or per channel), int32 biases.
 //!
 //! [`Interpreter::new`] checks everything once (types, shapes, quantization, memory) and
@@ -230,6 +231,8 @@ enum Kernel {
         scale: f32,
         zero_point: i32,
     },
+    /// ADD with broadcasting or a constant input, SUB and MUL ([`crate::elementwise`]).
+    Elementwise(Box<crate::elementwise::Elementwise>),
 }
 
 /// Which runtime's arithmetic to reproduce where they differ.
@@ -260,12 +263,12 @@ pub struct Interpreter {
     outputs: Vec<(usize, Port)>,
 }
 
-fn bad(n: usize, op: &str, what: impl std::fmt::Display) -> TfliteError {
+pub(crate) fn bad(n: usize, op: &str, what: impl std::fmt::Display) -> TfliteError {
     TfliteError::Unsupported(format!("operator {n} ({op}): {what}"))
 }
 
 /// `(scale, zero point)` of a per-tensor quantized tensor.
-fn per_tensor(t: &TensorInfo, n: usize, op: &str) -> Result<(f32, i32), TfliteError> {
+pub(crate) fn per_tensor(t: &TensorInfo, n: usize, op: &str) -> Result<(f32, i32), TfliteError> {
     let q = t.quantization.as_ref().ok_or_else(|| {
         bad(
             n,
@@ -289,7 +292,7 @@ fn per_tensor(t: &TensorInfo, n: usize, op: &str) -> Result<(f32, i32), TfliteEr
 }
 
 /// TFLite's `CalculateActivationRangeQuantized` for int8.
-fn activation_range(act: Activation, scale: f32, zp: i32) -> Result<[i32; 2], String> {
+pub(crate) fn activation_range(act: Activation, scale: f32, zp: i32) -> Result<[i32; 2], String> {
     // As TFLite: the bound must quantize into int32, else the model is refused.
     let q = |f: f32| -> Result<i32, String> {
         let t = (f / scale).round();
@@ -848,6 +851,12 @@ impl Interpreter {
                     diff_min: -(radius as i32),
                 }
             }
+            ("ADD", Options::Add { activation }) if crate::elementwise::is_general(graph, op) => {
+                Self::elementwise(graph, n, op, *activation)?
+            }
+            ("MUL", Options::Mul { activation }) | ("SUB", Options::Sub { activation }) => {
+                Self::elementwise(graph, n, op, *activation)?
+            }
             ("ADD", Options::Add { activation }) => {
                 let (ai, at) = tensor(0)?;
                 let (bi, bt) = tensor(1)?;
@@ -963,6 +972,17 @@ impl Interpreter {
                 ));
             }
         })
+    }
+
+    /// ADD (broadcasting or with a constant), SUB or MUL of operator `n`.
+    fn elementwise(
+        graph: &Graph,
+        n: usize,
+        op: &crate::reader::Operator,
+        activation: Activation,
+    ) -> Result<Kernel, TfliteError> {
+        crate::elementwise::prepare(graph, n, op, activation)
+            .map(|k| Kernel::Elementwise(Box::new(k)))
     }
 
     /// Use only the portable kernels (no SIMD convolutions), for tests and benchmarks that
@@ -1350,6 +1370,9 @@ impl Interpreter {
                     .iter()
                     .map(|v| (*scale as f64 * (*v as i32 - zero_point) as f64) as f32)
                     .collect();
+            }
+            Kernel::Elementwise(e) => {
+                i8s[e.output] = e.run(self.flavor, i8s);
             }
         }
     }

@@ -8,6 +8,7 @@
 //!   [`reader::Graph`].
 //! - [`interp`]: a reference int8 interpreter, bit-exact with LiteRT's reference kernels and
 //!   TensorFlow Lite Micro ([`fixed`]: their fixed-point arithmetic).
+//! - [`elementwise`]: int8 ADD, SUB and MUL with broadcasting, as the reference kernels.
 //! - [`writer`]: [`Int8Builder`] writes full-integer int8 files in TFLite's conventions.
 //! - [`npy`]: NumPy arrays, to exchange inputs and outputs with the Python validators.
 //! - [`tools`]: the Python validators (LiteRT, TFLite Micro, Vela) as subprocesses.
@@ -34,6 +35,7 @@ extern crate alloc;
 pub mod schema_generated;
 pub use schema_generated::tflite;
 
+pub mod elementwise;
 pub mod fixed;
 pub mod interp;
 pub mod npy;

@@ -183,6 +183,16 @@ pub enum Options {
     },
     /// No options, or options this crate does not read.
     None,
+    /// MUL.
+    Mul {
+        /// Fused activation.
+        activation: Activation,
+    },
+    /// SUB.
+    Sub {
+        /// Fused activation.
+        activation: Activation,
+    },
 }
 
 fn dim(v: i32, what: &str, n: usize, name: &str) -> Result<usize, TfliteError> {
@@ -275,6 +285,14 @@ fn read_options(op: &tflite::Operator<'_>, n: usize, name: &str) -> Result<Optio
         }
     } else if let Some(o) = op.builtin_options_as_leaky_relu_options() {
         Options::LeakyRelu { alpha: o.alpha() }
+    } else if let Some(o) = op.builtin_options_as_mul_options() {
+        Options::Mul {
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
+    } else if let Some(o) = op.builtin_options_as_sub_options() {
+        Options::Sub {
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
     } else {
         Options::None
     })
