@@ -189,6 +189,19 @@ pub enum Step {
         /// LOGISTIC and TANH have fixed ones, RELU6 keeps its input's).
         quant: Option<QuantParams>,
     },
+    /// An element-wise product or difference of two values, or a constant scale or shift
+    /// ([`Op::Mul`], [`Op::Sub`], [`Op::MulConst`], [`Op::AddConst`]): MUL, SUB or ADD with
+    /// an output quantization of its own.
+    Binary {
+        /// The node's name.
+        name: String,
+        /// The operator.
+        op: Op,
+        /// Input values (one for the constant forms).
+        inputs: Vec<usize>,
+        /// The output quantization QAT trained, if it did.
+        quant: Option<QuantParams>,
+    },
 }
 
 impl Step {
@@ -201,7 +214,8 @@ impl Step {
             | Step::Op { name, .. }
             | Step::ConvTranspose { name, .. }
             | Step::Concat { name, .. }
-            | Step::Act { name, .. } => name,
+            | Step::Act { name, .. }
+            | Step::Binary { name, .. } => name,
         }
     }
 }
@@ -412,6 +426,19 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                     quant,
                 });
             }
+            op @ (Op::Mul { .. } | Op::Sub { .. } | Op::MulConst { .. } | Op::AddConst { .. }) => {
+                let quant = net
+                    .requant_of(k)
+                    .map(|q| q.params(name))
+                    .transpose()
+                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
+                t.push(Step::Binary {
+                    name: name.into(),
+                    op: op.clone(),
+                    inputs: node.inputs.clone(),
+                    quant,
+                });
+            }
             op => {
                 t.push(Step::Op {
                     name: name.into(),
@@ -474,7 +501,7 @@ impl Plan {
                         vec![values[*a].clone(), values[*b].clone()],
                     )
                 }
-                Step::Op { op, inputs, .. } => {
+                Step::Op { op, inputs, .. } | Step::Binary { op, inputs, .. } => {
                     apply_op(op, inputs.iter().map(|&i| values[i].clone()).collect())
                 }
                 Step::ConvTranspose {
@@ -728,7 +755,7 @@ fn shared_quant(
                 quant.as_ref().map(|q| params_range(&q.output)),
                 true,
             ),
-            Some(Step::Add { name, quant, .. }) => {
+            Some(Step::Add { name, quant, .. } | Step::Binary { name, quant, .. }) => {
                 (name.as_str(), quant.as_ref().map(params_range), true)
             }
             Some(Step::Op { name, op, .. }) => (name.as_str(), None, !op.keeps_quantization()),
@@ -930,8 +957,8 @@ pub fn to_tflite(
                     (None, Some(q)) => act_q(q),
                     (None, None) => range_q(ranges, value, &format!("the sum `{name}`"))?,
                 };
-                b.add(name, ids[*a], ids[*bb], act.tflite(), out_q)
-                    .map_err(tfl)?
+                let (x, y) = broadcast_operands(&mut b, name, ids[*a], ids[*bb])?;
+                b.add(name, x, y, act.tflite(), out_q).map_err(tfl)?
             }
             Step::Op { name, op, inputs } => op_tflite(&mut b, name, op, inputs, &ids)?,
             Step::ConvTranspose {
@@ -989,6 +1016,19 @@ pub fn to_tflite(
                     }
                 };
                 b.activation(name, ids[*src], op, out_q).map_err(tfl)?
+            }
+            Step::Binary {
+                name,
+                op,
+                inputs,
+                quant,
+            } => {
+                let out_q = match (shared[value], quant) {
+                    (Some(q), _) => q,
+                    (None, Some(q)) => act_q(q),
+                    (None, None) => range_q(ranges, value, &format!("node `{name}`"))?,
+                };
+                binary_tflite(&mut b, name, op, inputs, &ids, out_q)?
             }
         };
         ids.push(id);
@@ -1096,10 +1136,83 @@ fn op_tflite(
         }
         other => Err(CollabError::Usage(format!(
             "node `{name}`: {} has no int8 TFLite form in this exporter (the int8 export \
-             writes convolutions, transposed convolutions, fully-connected layers, ADD, \
-             CONCATENATION, average and max pooling, reshapes, transposes, LOGISTIC, TANH, \
+             writes convolutions, transposed convolutions, fully-connected layers, ADD, SUB, \
+             MUL, CONCATENATION, average and max pooling, reshapes, transposes, LOGISTIC, TANH, \
              HARD_SWISH, LEAKY_RELU, RELU, RELU6 and softmax); the model trains and evaluates \
              in float, but cannot be written as int8",
+            other.kind()
+        ))),
+    }
+}
+
+/// The two operands of an element-wise operator, a vector `[n, c]` beside a map
+/// `[n, h, w, c]` reshaped to `[n, 1, 1, c]` (TFLite broadcasts right-aligned, so `[n, c]`
+/// would meet `[w, c]`).
+fn broadcast_operands(
+    b: &mut Int8Builder,
+    name: &str,
+    x: TensorId,
+    y: TensorId,
+) -> Result<(TensorId, TensorId), CollabError> {
+    let tfl = |e: collab_tflite::TfliteError| CollabError::Usage(format!("int8 export: {e}"));
+    let (sx, sy) = (b.shape(x).to_vec(), b.shape(y).to_vec());
+    let lift = |b: &mut Int8Builder, t: TensorId, s: &[usize], which: &str| match s {
+        [n, c] => b
+            .reshape(&format!("{name}/{which}_nhwc"), t, &[*n, 1, 1, *c])
+            .map_err(tfl),
+        _ => Ok(t),
+    };
+    match (sx.len(), sy.len()) {
+        (2, 4) => Ok((lift(b, x, &sx, "a")?, y)),
+        (4, 2) => Ok((x, lift(b, y, &sy, "b")?)),
+        _ => Ok((x, y)),
+    }
+}
+
+/// A product, difference, constant scale or constant shift as int8 MUL, SUB or ADD with
+/// output quantization `out`. A constant is one int8 tensor `[c]` (or `[1]`), quantized
+/// asymmetrically over its values and 0; TFLite broadcasts it over the last (channel) axis.
+fn binary_tflite(
+    b: &mut Int8Builder,
+    name: &str,
+    op: &Op,
+    inputs: &[usize],
+    ids: &[TensorId],
+    out: ActQ,
+) -> Result<TensorId, CollabError> {
+    let tfl = |e: collab_tflite::TfliteError| CollabError::Usage(format!("int8 export: {e}"));
+    let x = ids[inputs[0]];
+    match op {
+        Op::Mul { act } | Op::Sub { act } => {
+            let (x, y) = broadcast_operands(b, name, x, ids[inputs[1]])?;
+            let act = Act::from_fused(*act).tflite();
+            match op {
+                Op::Mul { .. } => b.mul(name, x, y, act, out),
+                _ => b.sub(name, x, y, act, out),
+            }
+            .map_err(tfl)
+        }
+        Op::MulConst { values } | Op::AddConst { values } => {
+            let (lo, hi) = values
+                .iter()
+                .fold((0f32, 0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            // A constant of zeros still needs a valid scale.
+            let q = act_q(
+                &QuantParams::asymmetric(lo, if hi > lo { hi } else { lo + 1.0 })
+                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?,
+            );
+            let values = quantize_input(values, q.scale, q.zero_point);
+            let c = b
+                .constant(&format!("{name}/constant"), &[values.len()], &values, q)
+                .map_err(tfl)?;
+            match op {
+                Op::MulConst { .. } => b.mul(name, x, c, Activation::None, out),
+                _ => b.add(name, x, c, Activation::None, out),
+            }
+            .map_err(tfl)
+        }
+        other => Err(CollabError::Usage(format!(
+            "node `{name}`: {} is not an element-wise operator",
             other.kind()
         ))),
     }

@@ -1033,6 +1033,115 @@ fn a_qat_inception_graph_exports_without_calibration_and_predicts_as_it_trained(
     );
 }
 
+/// A squeeze-excite block and a swish-like product written as a graph: a per-channel gate
+/// (global pooling, two fully-connected layers, a ReLU6 scaled by a constant 1/6: a hard
+/// sigmoid) multiplies the map, the map times a ReLU6 of a 1×1 convolution of itself, the
+/// pooled map subtracted and added back (broadcast), a per-channel constant shift.
+fn se_swish_graph() -> collab_models::GraphSpec {
+    use collab_models::graph::{Fused, GraphBuilder};
+    let input = collab_data::InputSpec {
+        shape: [3, 32, 32],
+        layout: collab_data::Layout::Nhwc,
+        features: collab_data::Features::Array,
+        labels: vec![],
+    };
+    let mut g = GraphBuilder::new("se_swish", input);
+    let x = g.conv(0, 16, [3, 3], [2, 2], 1, Fused::Relu);
+    let pooled = g.global_avg_pool(x);
+    let flat = g.flatten(pooled);
+    let squeeze = g.linear(flat, 4, Fused::Relu);
+    let excite = g.linear(squeeze, 16, Fused::Relu6);
+    let gate = g.mul_const(excite, &[1.0 / 6.0]);
+    let se = g.mul(x, gate, Fused::None);
+    let s = g.conv(se, 16, [1, 1], [1, 1], 1, Fused::Relu6);
+    let swish = g.mul(se, s, Fused::None);
+    let centred = g.sub(swish, pooled, Fused::Relu);
+    let shift: Vec<f32> = (0..16).map(|i| 0.1 * i as f32 - 0.8).collect();
+    let shifted = g.add_const(centred, &shift);
+    let back = g.add(shifted, pooled, Fused::None);
+    let gp = g.global_avg_pool(back);
+    let flat = g.flatten(gp);
+    g.linear(flat, 10, Fused::None);
+    g.finish(true).unwrap()
+}
+
+/// Element-wise products, differences and broadcasting sums (squeeze-excite, swish): the float
+/// plan is the model, the PTQ file runs bit-exact in TFLite Micro and LiteRT's reference
+/// kernels and Vela places it on the NPU; under QAT each of them gets a trained output
+/// quantization and the file needs no calibration data.
+#[test]
+fn squeeze_excite_and_products_export_bit_exact() {
+    use collab_models::GraphNet;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let x = cifar_inputs();
+    let spec = se_swish_graph();
+    assert_eq!(
+        spec.requant_nodes().len(),
+        6,
+        "1/6, two products, sub, shift, sum"
+    );
+    let net = GraphNet::init(spec.clone(), &device)
+        .unwrap()
+        .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
+        .unwrap();
+    let plan = net.trace([3, 32, 32]).unwrap();
+    let (_, test) = split(&x);
+    let diff = (net.forward(test.clone()) - plan.forward(test).unwrap())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "plan and model differ by {diff}");
+    let (ours, bytes) = export_and_check(&plan, &x, false, dir.path(), "graph_se_swish");
+    let graph = Graph::from_bytes(&bytes).unwrap();
+    let count = |op: &str| graph.operators.iter().filter(|o| o.op == op).count();
+    assert_eq!(
+        (count("MUL"), count("SUB"), count("ADD")),
+        (3, 1, 2),
+        "{:?}",
+        graph.operators.iter().map(|o| &o.op).collect::<Vec<_>>()
+    );
+    // The int8 logits follow the float model's.
+    assert!(agreement(&plan, &x, &ours, 10) >= 0.7);
+    deployment_file_runs_on_the_npu_and_with_float_io(&plan, &x, dir.path());
+
+    // QAT: every element-wise node trains its own output range.
+    let first = |name: &str| spec.reads_model_input(name);
+    let act = |name: &str| spec.activation_of(name).quant();
+    let qat = net
+        .try_map(
+            |n, c| {
+                QatConfig::new()
+                    .with_activation(act(n))
+                    .with_input(first(n))
+                    .wrap(c)
+            },
+            |n, l| QatConfig::new().with_activation(act(n)).wrap(l),
+        )
+        .unwrap()
+        .with_requant(&collab_quant::ActQuantConfig::default(), &device)
+        .unwrap();
+    assert_eq!(qat.requant.len(), 6);
+    let (calib, _) = split(&x);
+    let qat = collab_quant::calibrate(qat, [calib], |m, x| {
+        m.forward(x);
+    });
+    let plan = qat.trace([3, 32, 32]).unwrap();
+    let trained = plan
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                export::Step::Binary { quant: Some(_), .. }
+                    | export::Step::Add { quant: Some(_), .. }
+            )
+        })
+        .count();
+    assert_eq!(trained, 6, "every element-wise range comes from QAT");
+    export_and_check_with(&plan, &x, false, dir.path(), "graph_se_swish_qat", false);
+}
+
 /// MLPerf Tiny's reference models, which nobody here wrote, imported from float TFLite and from
 /// ONNX and exported with PTQ: every file runs bit-exact in TFLite Micro and LiteRT's reference
 /// kernels, and Vela places the vision model wholly on the NPU. No data for VWW and the

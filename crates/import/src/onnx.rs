@@ -16,6 +16,11 @@
 //! - `DequantizeLinear` of constant integer weights gives the float weights; a trailing
 //!   `Softmax` sets [`GraphSpec::softmax`].
 //!
+//! `Add`, `Mul` and `Sub` of two computed values become graph nodes, broadcasting a
+//! per-channel `[n, c, 1, 1]`, a vector or a scalar over a map (squeeze-excite, swish); a
+//! constant operand that cannot be folded becomes a fixed constant node (`MulConst`,
+//! `AddConst`; `Div` by a constant as the reciprocal).
+//!
 //! Any other operator, or a setting the graph cannot express, is an
 //! [`ImportError::Unsupported`] naming the operator, the file's node and its inputs; operator
 //! types are checked before any weight is read.
@@ -359,7 +364,8 @@ struct Translator<'a> {
 }
 
 const SUPPORTED: &str = "supported: Conv, Gemm/MatMul, BatchNormalization or a per-channel \
-    constant Mul/Add/Sub/Div after a layer (folded), Add, Concat on channels, MaxPool, \
+    constant Mul/Add/Sub/Div after a layer (folded), Add/Mul/Sub of computed values (broadcast \
+    per channel or scalar) or by a constant, Div by a constant, Concat on channels, MaxPool, \
     AveragePool, GlobalAveragePool, ReduceMean over space, Relu, Clip(0, 6), LeakyRelu, \
     Sigmoid, Tanh, HardSwish, Flatten, Transpose/Reshape/Squeeze/Unsqueeze that keep the batch \
     first and map onto [n, c, h, w], [n, c, w] or [n, f], ConvTranspose (1-D and 2-D, one group, \
@@ -498,14 +504,14 @@ impl<'a> Translator<'a> {
                 | N::Pad(_)
                 | N::ConvTranspose1d(_)
                 | N::ConvTranspose2d(_) => {}
-                N::Mul(_) | N::Sub(_) | N::Div(_) => {
+                N::Mul(_) | N::Sub(_) if n.inputs().len() == 2 => {}
+                N::Div(_) => {
                     let ins = n.inputs();
                     if ins.len() != 2 || !ins.iter().any(constant) {
                         return Err(self.unsupported(
                             k,
-                            "an element-wise product, difference or quotient of two computed \
-                             values has no equivalent in the graph; only a per-channel constant \
-                             right after a Conv or linear layer is supported (folded into it)",
+                            "a quotient of two computed values has no equivalent in the graph; \
+                             only division by a constant is supported",
                         ));
                     }
                 }
@@ -1035,7 +1041,9 @@ impl<'a> Translator<'a> {
                 self.batch_norm(k, eps)?
             }
             N::Add(_) => self.add(k)?,
-            N::Mul(_) | N::Sub(_) | N::Div(_) => self.affine_constant(k)?,
+            N::Mul(_) => self.elementwise(k, Op::Mul { act: Fused::None })?,
+            N::Sub(_) => self.elementwise(k, Op::Sub { act: Fused::None })?,
+            N::Div(_) => self.affine_constant(k)?,
             N::Relu(_) => self.act(k, Pointwise::Relu)?,
             N::Sigmoid(_) => self.act(k, Pointwise::Sigmoid)?,
             N::Tanh(_) => self.act(k, Pointwise::Tanh)?,
@@ -1335,7 +1343,9 @@ impl<'a> Translator<'a> {
             return Err(refuse());
         }
         let vector = matches!(self.shapes[x.v], Shape::Vec(_));
-        if vector && dims.len() != 1 {
+        // A vector may be viewed as [n, c, 1, 1] (a squeeze-excite gate), which element-wise
+        // operators broadcast over a map; layers still refuse it.
+        if vector && dims.len() != 1 && !(dims.len() == 3 && to.len() <= 1) {
             return Err(self.unsupported(
                 k,
                 format!(
@@ -1992,7 +2002,11 @@ impl<'a> Translator<'a> {
         }
         let x = self.plain(k, &ins[xi])?;
         let c = self.constant(k, &ins[ci], "operand")?;
-        let (_, channels) = self.foldable(&x).ok_or_else(|| self.not_foldable(k))?;
+        // A constant minus (or over) the value does not fold into the layer's weights.
+        let commutes = xi == 0 || matches!(n, IrNode::Mul(_) | IrNode::Add(_));
+        let Some((_, channels)) = self.foldable(&x).filter(|_| commutes) else {
+            return self.constant_operand(k, &x, &c, xi);
+        };
         let c = self.per_channel(k, &x, &c, channels)?;
         match (n, xi) {
             (IrNode::Mul(_), _) => self.fold(k, &x, Some(&c), None)?,
@@ -2016,6 +2030,13 @@ impl<'a> Translator<'a> {
     }
 
     fn add(&mut self, k: usize) -> Result<Val, ImportError> {
+        self.elementwise(k, Op::Add { act: Fused::None })
+    }
+
+    /// `Add`, `Mul` or `Sub` (`op`): of a computed value and a constant (folded into the layer
+    /// before it where it can be, else a constant node), or of two computed values, equal in
+    /// shape or broadcast ([`collab_models::graph::broadcast`]).
+    fn elementwise(&mut self, k: usize, op: Op) -> Result<Val, ImportError> {
         let ins = self.graph.nodes[k].inputs();
         let constant = |a: &Argument| !a.is_dynamic() || self.consts.contains_key(&a.name);
         if ins.iter().any(constant) {
@@ -2024,7 +2045,8 @@ impl<'a> Translator<'a> {
         let mut a = self.plain(k, &ins[0])?;
         let mut b = self.plain(k, &ins[1])?;
         let is_vec = |t: &Self, x: &Val| matches!(t.shapes[x.v], Shape::Vec(_));
-        if is_vec(self, &a) != is_vec(self, &b) {
+        // A map [n, c, 1, 1] read as [n, c] beside a vector: both as vectors.
+        if is_vec(self, &a) != is_vec(self, &b) && a.axes.len() == 2 && b.axes.len() == 2 {
             a = self.vector(k, &a)?;
             b = self.vector(k, &b)?;
         }
@@ -2033,19 +2055,87 @@ impl<'a> Translator<'a> {
             a = self.nchw_val(k, a, false)?.0;
             b = self.nchw_val(k, b, false)?.0;
         }
-        if a.axes != b.axes || self.shapes[a.v] != self.shapes[b.v] {
+        let axes = self.broadcast_view(k, &a, &b)?;
+        let v = self.push(k, "", op, vec![a.v, b.v])?;
+        Ok(Val { v, axes, pad: None })
+    }
+
+    /// The view of an element-wise result of `a` and `b`: the larger one's, where every non-1
+    /// axis of the smaller one (ONNX shapes right-aligned) is the same axis of the same burn
+    /// value axis in the larger one.
+    fn broadcast_view(&self, k: usize, a: &Val, b: &Val) -> Result<Vec<usize>, ImportError> {
+        let (da, db) = (self.onnx_dims(a), self.onnx_dims(b));
+        let size = |d: &[usize]| d.iter().product::<usize>();
+        let (full, small, df, ds) = if size(&da) >= size(&db) {
+            (a, b, &da, &db)
+        } else {
+            (b, a, &db, &da)
+        };
+        let off = df.len().checked_sub(ds.len());
+        let fits = off.is_some_and(|off| {
+            ds.iter()
+                .enumerate()
+                .all(|(j, &d)| d == 1 || (d == df[j + off] && small.axes[j] == full.axes[j + off]))
+        });
+        if !fits {
             return Err(self.unsupported(
                 k,
                 format!(
-                    "adds ONNX shapes {:?} and {:?} laid out differently or broadcast; only sums \
-                     of equal shapes are supported",
-                    self.onnx_dims(&a),
-                    self.onnx_dims(&b)
+                    "combines ONNX shapes {da:?} and {db:?}: laid out differently or broadcast \
+                     in a way the graph lacks (it broadcasts a per-channel [n, c, 1, 1], a \
+                     vector [n, c] or a scalar over a map)"
                 ),
             ));
         }
-        let v = self.push(k, "", Op::Add { act: Fused::None }, vec![a.v, b.v])?;
-        Ok(Val { v, ..a })
+        Ok(full.axes.clone())
+    }
+
+    /// A computed value `x` (input `xi` of node `k`) and a constant `c` that cannot be folded
+    /// into a layer: a constant scale or shift node ([`Op::MulConst`], [`Op::AddConst`]).
+    fn constant_operand(
+        &mut self,
+        k: usize,
+        x: &Val,
+        c: &Const,
+        xi: usize,
+    ) -> Result<Val, ImportError> {
+        let width = match self.shapes[x.v] {
+            Shape::Map([c, ..]) => c,
+            Shape::Vec(f) => f,
+        };
+        let mut c = self.per_channel(k, x, c, width)?;
+        if c.iter().all(|v| *v == c[0]) {
+            c.truncate(1);
+        }
+        let negated = || c.iter().map(|v| -v).collect::<Vec<f32>>();
+        let node = &self.graph.nodes[k];
+        let ops = match (node, xi) {
+            (IrNode::Mul(_), _) => vec![Op::MulConst { values: c }],
+            (IrNode::Add(_), _) => vec![Op::AddConst { values: c }],
+            (IrNode::Sub(_), 0) => vec![Op::AddConst { values: negated() }],
+            (IrNode::Sub(_), _) => vec![
+                Op::MulConst { values: vec![-1.0] },
+                Op::AddConst { values: c },
+            ],
+            (IrNode::Div(_), 0) => vec![Op::MulConst {
+                values: c.iter().map(|v| 1.0 / v).collect(),
+            }],
+            _ => {
+                return Err(
+                    self.unsupported(k, "a constant divided by a computed value is not supported")
+                );
+            }
+        };
+        let mut v = x.v;
+        let last = ops.len() - 1;
+        for (i, op) in ops.into_iter().enumerate() {
+            v = self.push(k, if i < last { "neg" } else { "" }, op, vec![v])?;
+        }
+        Ok(Val {
+            v,
+            axes: x.axes.clone(),
+            pad: None,
+        })
     }
 
     fn act(&mut self, k: usize, p: Pointwise) -> Result<Val, ImportError> {

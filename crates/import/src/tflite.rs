@@ -38,6 +38,8 @@ pub const SUPPORTED: &[&str] = &[
     "FULLY_CONNECTED",
     "ADD",
     "CONCATENATION",
+    "SUB",
+    "MUL",
     "AVERAGE_POOL_2D",
     "MAX_POOL_2D",
     "MEAN",
@@ -525,33 +527,7 @@ impl<'a> Importer<'a> {
             }
             "CONV_2D" | "DEPTHWISE_CONV_2D" => self.conv(op, &at),
             "FULLY_CONNECTED" => self.fully_connected(op, &at),
-            "ADD" => {
-                let Options::Add { activation } = op.options else {
-                    return Err(at.err("ADD without its options"));
-                };
-                if op.inputs.len() != 2 {
-                    return Err(at.err("ADD takes two inputs"));
-                }
-                let (a, b) = (self.value(input(0), &at)?, self.value(input(1), &at)?);
-                let (t, shape) = self.out_shape(op, &at)?;
-                if self.shapes[a] != shape || self.shapes[b] != shape {
-                    return Err(at.err(format!(
-                        "adds {:?} and {:?} into {shape:?}: the graph adds values of one shape \
-                         (no broadcasting)",
-                        self.shapes[a], self.shapes[b]
-                    )));
-                }
-                let name = self.unique(&layer_name(self.g, op));
-                let v = self.push(
-                    name,
-                    Op::Add {
-                        act: Default::default(),
-                    },
-                    vec![a, b],
-                    shape,
-                );
-                self.finish(t, v, activation, &at)
-            }
+            "ADD" | "SUB" | "MUL" => self.elementwise(op, &at),
             "CONCATENATION" => {
                 let Options::Concatenation { axis, activation } = op.options else {
                     return Err(at.err("CONCATENATION without its options"));
@@ -660,6 +636,9 @@ impl<'a> Importer<'a> {
                 };
                 let v = match (from, shape) {
                     _ if from == shape => x,
+                    // A vector as [1, 1, 1, c] (a squeeze-excite gate): element-wise operators
+                    // broadcast the vector over a map as they would the map; layers refuse it.
+                    (Shape::Vec(f), Shape::Map([c, 1, 1])) if f == c => x,
                     (Shape::Map(_), Shape::Vec(f)) if count(from) == f => {
                         let name = self.unique(&layer_name(self.g, op));
                         self.push(
@@ -757,6 +736,95 @@ impl<'a> Importer<'a> {
             }
             other => Err(at.err(format!("{other} is not mapped"))),
         }
+    }
+
+    /// ADD, SUB or MUL: of two computed values (equal shapes, or broadcast as
+    /// [`collab_models::graph::broadcast`] allows), or of a computed value and a constant of
+    /// one value or one per channel (a fixed `MulConst` / `AddConst` node).
+    fn elementwise(&mut self, op: &Operator, at: &At<'_>) -> Result<(), ImportError> {
+        let activation = match (op.op.as_str(), &op.options) {
+            ("ADD", Options::Add { activation })
+            | ("SUB", Options::Sub { activation })
+            | ("MUL", Options::Mul { activation }) => *activation,
+            _ => return Err(at.err(format!("{} without its options", op.op))),
+        };
+        if op.inputs.len() != 2 {
+            return Err(at.err(format!("{} takes two inputs", op.op)));
+        }
+        let (t, shape) = self.out_shape(op, at)?;
+        let name = self.unique(&layer_name(self.g, op));
+        let is_constant = |t: i32| {
+            usize::try_from(t).ok().is_some_and(|t| {
+                self.dequantized.contains_key(&t)
+                    || self.g.tensors.get(t).is_some_and(|i| i.data.is_some())
+            })
+        };
+        let v = match (is_constant(op.inputs[0]), is_constant(op.inputs[1])) {
+            (false, false) => {
+                let (a, b) = (self.value(op.inputs[0], at)?, self.value(op.inputs[1], at)?);
+                if collab_models::graph::broadcast(self.shapes[a], self.shapes[b]) != Some(shape) {
+                    return Err(at.err(format!(
+                        "combines {:?} and {:?} into {shape:?}: the graph broadcasts only a \
+                         per-channel [1, 1, 1, c], a vector [1, c] or a scalar over a map",
+                        self.shapes[a], self.shapes[b]
+                    )));
+                }
+                let op = match op.op.as_str() {
+                    "ADD" => Op::Add {
+                        act: Default::default(),
+                    },
+                    "SUB" => Op::Sub {
+                        act: Default::default(),
+                    },
+                    _ => Op::Mul {
+                        act: Default::default(),
+                    },
+                };
+                self.push(name, op, vec![a, b], shape)
+            }
+            (true, true) => return Err(at.err("both operands are constants")),
+            (first_constant, _) => {
+                let (xt, ct) = if first_constant {
+                    (op.inputs[1], op.inputs[0])
+                } else {
+                    (op.inputs[0], op.inputs[1])
+                };
+                let x = self.value(xt, at)?;
+                let (values, cshape) = self.constant(ct, at)?;
+                let width = match self.shapes[x] {
+                    Shape::Map([c, ..]) => c,
+                    Shape::Vec(f) => f,
+                };
+                let per_channel = cshape.last() == Some(&width)
+                    && cshape[..cshape.len() - 1].iter().all(|d| *d == 1);
+                if !(values.len() == 1 || per_channel) || self.shapes[x] != shape {
+                    return Err(at.err(format!(
+                        "its constant `{}` of shape {cshape:?} is not one value or one per \
+                         channel of {:?}",
+                        self.tensor_name(ct),
+                        self.shapes[x]
+                    )));
+                }
+                let mut values = values;
+                if values.iter().all(|v| *v == values[0]) {
+                    values.truncate(1);
+                }
+                let negated: Vec<f32> = values.iter().map(|v| -v).collect();
+                match (op.op.as_str(), first_constant) {
+                    ("MUL", _) => self.push(name, Op::MulConst { values }, vec![x], shape),
+                    ("ADD", _) => self.push(name, Op::AddConst { values }, vec![x], shape),
+                    ("SUB", false) => {
+                        self.push(name, Op::AddConst { values: negated }, vec![x], shape)
+                    }
+                    _ => {
+                        let neg = self.unique(&format!("{name}_neg"));
+                        let m = self.push(neg, Op::MulConst { values: vec![-1.0] }, vec![x], shape);
+                        self.push(name, Op::AddConst { values }, vec![m], shape)
+                    }
+                }
+            }
+        };
+        self.finish(t, v, activation, at)
     }
 
     fn conv(&mut self, op: &Operator, at: &At<'_>) -> Result<(), ImportError> {

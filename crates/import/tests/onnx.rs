@@ -592,8 +592,50 @@ save("nhwc_moves", n, io("x", ["N", 6, 6, 2]), io("y", ["N", 2]), i)
 n, i = [], {}
 add(h.make_node("Conv", ["x", "w1"], ["c"], name="conv"), {"w1": w(3, 2, 1, 1)})
 add(h.make_node("Sigmoid", ["c"], ["s"], name="sigmoid"))
-add(h.make_node("Mul", ["c", "s"], ["y"], name="swish"))
-save("swish", n, io("x", ["N", 2, 4, 4]), io("y", ["N", 3, 4, 4]), i)
+add(h.make_node("Div", ["c", "s"], ["y"], name="divide"))
+save("divide", n, io("x", ["N", 2, 4, 4]), io("y", ["N", 3, 4, 4]), i)
+
+# Swish and a squeeze-excite gate from linear layers (PyTorch's view(n, c, 1, 1)), a
+# broadcast Sub of the pooled map, constants that fold into nothing (Mul, constant − x, Div,
+# a scalar Add).
+n, i = [], {}
+add(h.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv", pads=[1, 1, 1, 1]), {"w1": w(8, 4, 3, 3), "b1": w(8)})
+add(h.make_node("Sigmoid", ["c"], ["s"], name="swish_sigmoid"))
+add(h.make_node("Mul", ["c", "s"], ["sw"], name="swish"))
+add(h.make_node("GlobalAveragePool", ["sw"], ["gp"], name="se_pool"))
+add(h.make_node("Flatten", ["gp"], ["fl"], name="se_flatten"))
+add(h.make_node("Gemm", ["fl", "f1", "fb1"], ["z1"], name="se_fc1", transB=1), {"f1": w(2, 8), "fb1": w(2)})
+add(h.make_node("Relu", ["z1"], ["r1"], name="se_relu"))
+add(h.make_node("Gemm", ["r1", "f2", "fb2"], ["z2"], name="se_fc2", transB=1), {"f2": w(8, 2), "fb2": w(8)})
+add(h.make_node("Sigmoid", ["z2"], ["gate"], name="se_sigmoid"))
+add(h.make_node("Reshape", ["gate", "gshape"], ["g4"], name="se_view"), {"gshape": np.array([-1, 8, 1, 1], np.int64)})
+add(h.make_node("Mul", ["sw", "g4"], ["se"], name="se_scale"))
+add(h.make_node("GlobalAveragePool", ["se"], ["mean"], name="mean"))
+add(h.make_node("Sub", ["se", "mean"], ["centred"], name="centre"))
+add(h.make_node("Mul", ["centred", "k"], ["scaled"], name="scale"), {"k": rng.uniform(0.5, 2, (1, 8, 1, 1)).astype(np.float32)})
+add(h.make_node("Sub", ["one", "scaled"], ["flipped"], name="flip"), {"one": np.array(1.0, np.float32)})
+add(h.make_node("Div", ["flipped", "two"], ["halved"], name="halve"), {"two": np.array([2.0], np.float32)})
+add(h.make_node("Add", ["halved", "bias"], ["biased"], name="bias"), {"bias": np.array(0.25, np.float32)})
+add(h.make_node("Relu", ["biased"], ["r"], name="relu"))
+add(h.make_node("GlobalAveragePool", ["r"], ["gp2"], name="head_pool"))
+add(h.make_node("Flatten", ["gp2"], ["fl2"], name="head_flatten"))
+add(h.make_node("Gemm", ["fl2", "f3", "fb3"], ["y"], name="head", transB=1), {"f3": w(3, 8), "fb3": w(3)})
+save("se_swish", n, io("x", ["N", 4, 6, 6]), io("y", ["N", 3]), i)
+
+# A squeeze-excite gate from 1×1 convolutions on the pooled map, broadcast by Mul and Add.
+n, i = [], {}
+add(h.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv"), {"w1": w(6, 3, 1, 1), "b1": w(6)})
+add(h.make_node("Relu", ["c"], ["r"], name="relu"))
+add(h.make_node("GlobalAveragePool", ["r"], ["gp"], name="se_pool"))
+add(h.make_node("Conv", ["gp", "w2", "b2"], ["z"], name="se_reduce"), {"w2": w(3, 6, 1, 1), "b2": w(3)})
+add(h.make_node("Relu", ["z"], ["zr"], name="se_relu"))
+add(h.make_node("Conv", ["zr", "w3", "b3"], ["e"], name="se_expand"), {"w3": w(6, 3, 1, 1), "b3": w(6)})
+add(h.make_node("Sigmoid", ["e"], ["gate"], name="se_gate"))
+add(h.make_node("Mul", ["gate", "r"], ["se"], name="se_scale"))
+add(h.make_node("Add", ["se", "gp"], ["sum"], name="se_residual"))
+add(h.make_node("GlobalAveragePool", ["sum"], ["gp2"], name="head_pool"))
+add(h.make_node("Flatten", ["gp2"], ["y"], name="head_flatten"))
+save("se_conv", n, io("x", ["N", 3, 5, 5]), io("y", ["N", 6]), i)
 "#;
 
 /// The synthetic models in a temporary folder, or `None` where Python lacks onnx.
@@ -759,7 +801,7 @@ fn unsupported_operators_in_synthetic_models_are_named() {
     let Some((_, dir)) = synthetic() else { return };
     for (name, want_op, want_node, want_inputs) in [
         ("conv_transpose", "ConvTranspose", "deconv", vec!["x", "wt"]),
-        ("swish", "Mul", "swish", vec!["c", "s"]),
+        ("divide", "Div", "divide", vec!["c", "s"]),
     ] {
         let err = onnx::import(&dir.path().join(format!("{name}.onnx")), None).unwrap_err();
         eprintln!("{err}");
@@ -777,4 +819,49 @@ fn unsupported_operators_in_synthetic_models_are_named() {
             other => panic!("{name}: {other:?}"),
         }
     }
+}
+
+/// Swish (`x · sigmoid(x)`) and squeeze-excite gates, from linear layers viewed as
+/// `[n, c, 1, 1]` and from 1×1 convolutions on the pooled map, broadcast by Mul, Sub and Add,
+/// with constants that fold into no layer: the imported model computes what onnxruntime does.
+#[test]
+fn swish_and_squeeze_excite_match_onnxruntime() {
+    let Some(shared) = shared() else { return };
+    let Some((python, dir)) = synthetic() else {
+        return;
+    };
+    for (name, file_shape, muls, subs) in [
+        ("se_swish", &[4usize, 6, 6][..], 2, 1),
+        ("se_conv", &[3, 5, 5][..], 1, 0),
+    ] {
+        let path = dir.path().join(format!("{name}.onnx"));
+        let imported = onnx::import(&path, None).unwrap_or_else(|e| panic!("{e}"));
+        let ops: Vec<&str> = imported.spec.nodes.iter().map(|n| n.op.kind()).collect();
+        assert_eq!(
+            count(&imported, |op| matches!(op, Op::Mul { .. })),
+            muls,
+            "{ops:?}"
+        );
+        assert_eq!(
+            count(&imported, |op| matches!(op, Op::Sub { .. })),
+            subs,
+            "{ops:?}"
+        );
+        let diff = against_onnxruntime(
+            &python,
+            &shared,
+            &path,
+            &imported,
+            file_shape,
+            4,
+            (-1.0, 1.0),
+        );
+        eprintln!("{name}: {ops:?}, max relative difference {diff:.2e}");
+    }
+    let se = onnx::import(&dir.path().join("se_swish.onnx"), None).unwrap();
+    // Mul by k; 1 − x as −x + 1; ÷ 2 as × 0.5; + 0.25 (one node each, the first two joined).
+    assert_eq!(count(&se, |op| matches!(op, Op::MulConst { .. })), 3);
+    assert_eq!(count(&se, |op| matches!(op, Op::AddConst { .. })), 2);
+    let conv = onnx::import(&dir.path().join("se_conv.onnx"), None).unwrap();
+    assert_eq!(count(&conv, |op| matches!(op, Op::Add { .. })), 1);
 }

@@ -694,12 +694,12 @@ fn every_mapped_operator_computes_what_litert_computes() {
 #[test]
 fn unsupported_operators_are_named_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mul.tflite");
+    let path = dir.path().join("div.tflite");
     let mut f = File::new();
     let x = f.value("input", &[1, 4, 4, 2]);
     let w = f.weights("scale", &[2], 1);
-    let y = f.value("mul/out", &[1, 4, 4, 2]);
-    f.op(B::MUL, 1, &[x, w], y, O::NONE);
+    let y = f.value("div/out", &[1, 4, 4, 2]);
+    f.op(B::DIV, 1, &[x, w], y, O::NONE);
     f.write(&path, x, y);
     let err = tflite::import(&path, None).unwrap_err();
     eprintln!("{err}");
@@ -711,12 +711,12 @@ fn unsupported_operators_are_named_before_any_work() {
     };
     assert_eq!(
         (node.as_str(), op.as_str()),
-        ("operator 0, output mul/out", "MUL")
+        ("operator 0, output div/out", "DIV")
     );
     assert_eq!(inputs, &["input", "scale"]);
     let text = err.to_string();
     assert!(
-        text.contains("mul.tflite") && text.contains("CONV_2D"),
+        text.contains("div.tflite") && text.contains("CONV_2D"),
         "{text}"
     );
 
@@ -852,4 +852,117 @@ fn transpose_conv_transpose_and_reshape_compute_what_litert_computes() {
             ..
         }
     ));
+}
+
+/// Swish (`x · LOGISTIC(x)`), a squeeze-excite gate (MEAN, two fully-connected layers,
+/// LOGISTIC, RESHAPE to `[1, 1, 1, c]`, MUL broadcast over the map), SUB of the pooled map
+/// (broadcast), MUL by a per-channel constant, a constant minus the map, ADD of a scalar with a
+/// fused ReLU: the imported float model computes what LiteRT computes.
+#[test]
+fn swish_squeeze_excite_and_constant_operands_compute_what_litert_computes() {
+    let Some(shared) = shared() else { return };
+    let Some(tools) = Validators::for_tests(&shared.join("tools")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("se.tflite");
+    let mut f = File::new();
+    let x = f.value("input", &[1, 6, 6, 4]);
+    let (w, b) = (
+        f.weights("c/w", &[8, 1, 1, 4], 1),
+        f.weights("c/b", &[8], 2),
+    );
+    let c = f.value("c/Conv2D", &[1, 6, 6, 8]);
+    f.op(
+        B::CONV_2D,
+        1,
+        &[x, w, b],
+        c,
+        conv_options(fb::Padding::SAME, 1, 1, A::NONE),
+    );
+    let s = f.value("swish/Sigmoid", &[1, 6, 6, 8]);
+    f.op(B::LOGISTIC, 1, &[c], s, O::NONE);
+    let sw = f.value("swish/mul", &[1, 6, 6, 8]);
+    f.op(B::MUL, 1, &[c, s], sw, O::MulOptions(Box::default()));
+    let axes = f.int32("se/axes", &[1, 2]);
+    let m = f.value("se/Mean", &[1, 8]);
+    let mut o = fb::ReducerOptionsT::default();
+    o.keep_dims = false;
+    f.op(B::MEAN, 1, &[sw, axes], m, O::ReducerOptions(Box::new(o)));
+    let (w1, b1) = (
+        f.weights("se/fc1/w", &[2, 8], 3),
+        f.weights("se/fc1/b", &[2], 4),
+    );
+    let h = f.value("se/fc1/Relu", &[1, 2]);
+    f.op(B::FULLY_CONNECTED, 1, &[m, w1, b1], h, fc_options(A::RELU));
+    let (w2, b2) = (
+        f.weights("se/fc2/w", &[8, 2], 5),
+        f.weights("se/fc2/b", &[8], 6),
+    );
+    let z = f.value("se/fc2/BiasAdd", &[1, 8]);
+    f.op(B::FULLY_CONNECTED, 1, &[h, w2, b2], z, fc_options(A::NONE));
+    let g = f.value("se/Sigmoid", &[1, 8]);
+    f.op(B::LOGISTIC, 1, &[z], g, O::NONE);
+    let shape = f.int32("se/shape", &[1, 1, 1, 8]);
+    let gr = f.value("se/Reshape", &[1, 1, 1, 8]);
+    f.op(B::RESHAPE, 1, &[g, shape], gr, O::NONE);
+    let se = f.value("se/mul", &[1, 6, 6, 8]);
+    f.op(B::MUL, 1, &[sw, gr], se, O::MulOptions(Box::default()));
+    let pooled = f.value("pool/Mean", &[1, 1, 1, 8]);
+    let mut o = fb::ReducerOptionsT::default();
+    o.keep_dims = true;
+    f.op(
+        B::MEAN,
+        1,
+        &[se, axes],
+        pooled,
+        O::ReducerOptions(Box::new(o)),
+    );
+    let centred = f.value("centre/sub", &[1, 6, 6, 8]);
+    f.op(
+        B::SUB,
+        1,
+        &[se, pooled],
+        centred,
+        O::SubOptions(Box::default()),
+    );
+    let k = f.weights("scale/k", &[8], 7);
+    let scaled = f.value("scale/mul", &[1, 6, 6, 8]);
+    f.op(
+        B::MUL,
+        1,
+        &[centred, k],
+        scaled,
+        O::MulOptions(Box::default()),
+    );
+    let one = f.weights("flip/one", &[1], 8);
+    let flipped = f.value("flip/sub", &[1, 6, 6, 8]);
+    f.op(
+        B::SUB,
+        1,
+        &[one, scaled],
+        flipped,
+        O::SubOptions(Box::default()),
+    );
+    let half = f.weights("bias/half", &[], 9);
+    let y = f.value("bias/add", &[1, 6, 6, 8]);
+    let mut o = fb::AddOptionsT::default();
+    o.fused_activation_function = A::RELU;
+    f.op(B::ADD, 1, &[flipped, half], y, O::AddOptions(Box::new(o)));
+    f.write(&path, x, y);
+    let (imported, rel) = compare(&tools, &path, 3, -2.0, 2.0);
+    assert!(
+        rel < 1e-4,
+        "squeeze-excite file differs from LiteRT by {rel:e}"
+    );
+    let kinds: Vec<&str> = imported.spec.nodes.iter().map(|n| n.op.kind()).collect();
+    eprintln!("{kinds:?}");
+    assert_eq!(count(&imported, "Mul"), 2, "swish and the gate");
+    assert_eq!(count(&imported, "Sub"), 1);
+    assert_eq!(count(&imported, "MulConstant"), 2, "the scale and the flip");
+    assert_eq!(
+        count(&imported, "AddConstant"),
+        2,
+        "the constant and the bias"
+    );
 }

@@ -207,7 +207,7 @@ pub enum Op {
         #[serde(default)]
         act: Fused,
     },
-    /// Element-wise sum of two values of one shape.
+    /// Element-wise sum of two values of one shape, or of shapes that [`broadcast`].
     Add {
         /// Fused activation.
         #[serde(default)]
@@ -273,6 +273,49 @@ pub enum Op {
         #[serde(default)]
         act: Fused,
     },
+    /// Element-wise product `a · b` of two computed values, broadcasting as [`broadcast`] says
+    /// (swish's `x · sigmoid(x)`, squeeze-excite's `x · gate` with a gate `[c, 1, 1]`).
+    Mul {
+        /// Fused activation.
+        #[serde(default)]
+        act: Fused,
+    },
+    /// Element-wise difference `a − b` (first input minus second), broadcasting as [`broadcast`].
+    Sub {
+        /// Fused activation.
+        #[serde(default)]
+        act: Fused,
+    },
+    /// `x · values`: one constant per channel (map `[c, h, w]`) or feature (vector), or one for
+    /// all. The constants are fixed numbers in the spec, not trained parameters: they stand for
+    /// what a file states outside its layers (an input normalisation, `x / 6` of a hard-swish
+    /// written out), which no training objective asks to move; a constant next to a layer is
+    /// folded into that layer by the importers instead. Kept in the spec (the manifest), they
+    /// need no change to the record format.
+    MulConst {
+        /// `[c]` or `[1]`.
+        values: Vec<f32>,
+    },
+    /// `x + values`, constants as in [`Op::MulConst`] (a subtraction is the negated constant).
+    AddConst {
+        /// `[c]` or `[1]`.
+        values: Vec<f32>,
+    },
+}
+
+/// The shape of an element-wise operation on values of shapes `a` and `b` (either order), or
+/// `None`: equal shapes; a map `[c, h, w]` with a per-channel map `[c, 1, 1]`, a vector `[c]`
+/// or a scalar (`[1, 1, 1]` / `[1]`); a vector with a scalar. This is numpy broadcasting
+/// restricted to what maps and vectors need (a vector stands for a map `[c, 1, 1]`).
+pub fn broadcast(a: Shape, b: Shape) -> Option<Shape> {
+    use Shape::{Map, Vec};
+    match (a, b) {
+        _ if a == b => Some(a),
+        (Map(m), Map([c, 1, 1])) | (Map([c, 1, 1]), Map(m)) if c == m[0] || c == 1 => Some(Map(m)),
+        (Map(m), Vec(f)) | (Vec(f), Map(m)) if f == m[0] || f == 1 => Some(Map(m)),
+        (Vec(f), Vec(1)) | (Vec(1), Vec(f)) => Some(Vec(f)),
+        _ => None,
+    }
 }
 
 impl Op {
@@ -308,6 +351,10 @@ impl Op {
             Op::Transpose { .. } => "Transpose",
             Op::Reshape { .. } => "Reshape",
             Op::ConvTranspose { .. } => "ConvTranspose",
+            Op::Mul { .. } => "Mul",
+            Op::Sub { .. } => "Sub",
+            Op::MulConst { .. } => "MulConstant",
+            Op::AddConst { .. } => "AddConstant",
         }
     }
 }
@@ -370,16 +417,22 @@ impl GraphSpec {
     }
 
     /// The nodes whose int8 output has a quantization of its own besides the layers': the sums,
-    /// the concatenations, and the lone activations that requantize
-    /// ([`Pointwise::requantizes`]). (Pooling, reshapes and ReLU6 keep their input's.) A
-    /// concatenation's trained range becomes the quantization of its inputs too, in the int8
-    /// file (they must share it; `collab::export::quant_classes`).
+    /// The nodes whose int8 output has a quantization of its own besides the layers': the sums,
+    /// products and differences, constant scales and shifts, the concatenations, and the lone
+    /// activations that requantize ([`Pointwise::requantizes`]). (Pooling, reshapes and ReLU6
+    /// keep their input's.) A concatenation's trained range becomes the quantization of its
+    /// inputs too, in the int8 file (they must share it; `collab::export::quant_classes`).
     pub fn requant_nodes(&self) -> Vec<usize> {
         self.nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| match n.op {
-                Op::Add { .. } | Op::Concat => true,
+                Op::Add { .. }
+                | Op::Mul { .. }
+                | Op::Sub { .. }
+                | Op::MulConst { .. }
+                | Op::AddConst { .. }
+                | Op::Concat => true,
                 Op::Act(p) => p.requantizes(),
                 _ => false,
             })
@@ -466,7 +519,7 @@ impl GraphSpec {
                 reason: format!("node {k} `{}` ({}): {why}", node.name, node.op.kind()),
             };
             let arity = match node.op {
-                Op::Add { .. } => 2,
+                Op::Add { .. } | Op::Mul { .. } | Op::Sub { .. } => 2,
                 Op::Concat => node.inputs.len().max(2),
                 _ => 1,
             };
@@ -541,11 +594,24 @@ impl GraphSpec {
                         }
                     }
                 }
-                Op::Add { .. } => {
-                    if ins[0] != ins[1] {
-                        return Err(bad(format!(
-                            "adds {:?} and {:?}: shapes differ",
+                Op::Add { .. } | Op::Mul { .. } | Op::Sub { .. } => broadcast(ins[0], ins[1])
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "combines {:?} and {:?}: the shapes neither match nor broadcast (a map \
+                             [c, h, w] takes [c, h, w], [c, 1, 1], a vector [c] or a scalar)",
                             ins[0], ins[1]
+                        ))
+                    })?,
+                Op::MulConst { values } | Op::AddConst { values } => {
+                    let width = match ins[0] {
+                        Shape::Map([c, ..]) => c,
+                        Shape::Vec(f) => f,
+                    };
+                    if values.len() != 1 && values.len() != width {
+                        return Err(bad(format!(
+                            "{} constants for {:?}: give one, or one per channel ({width})",
+                            values.len(),
+                            ins[0]
                         )));
                     }
                     ins[0]
@@ -683,7 +749,7 @@ impl GraphSpec {
     }
 
     /// The same graph with every ReLU / ReLU6 node that is the only user of a convolution,
-    /// linear layer or sum fused into it (as TFLite fuses them), values renumbered. Importers
+    /// linear layer, sum, product or difference fused into it (as TFLite fuses them), values renumbered. Importers
     /// emit activations as separate nodes and call this once.
     pub fn fused(mut self) -> Self {
         loop {
@@ -710,7 +776,9 @@ impl GraphSpec {
                     | Op::Add { act: Fused::None }
                     | Op::ConvTranspose {
                         act: Fused::None, ..
-                    } => Some((k, src, a)),
+                    }
+                    | Op::Mul { act: Fused::None }
+                    | Op::Sub { act: Fused::None } => Some((k, src, a)),
                     _ => None,
                 }
             });
@@ -721,7 +789,9 @@ impl GraphSpec {
                 Op::Conv { act, .. }
                 | Op::Linear { act, .. }
                 | Op::Add { act }
-                | Op::ConvTranspose { act, .. } => *act = Fused::from_activation(Some(a)),
+                | Op::ConvTranspose { act, .. }
+                | Op::Mul { act }
+                | Op::Sub { act } => *act = Fused::from_activation(Some(a)),
                 _ => unreachable!("matched above"),
             }
             // Value k + 1 (the activation's) becomes `src`; later values shift down by one.
@@ -867,12 +937,12 @@ pub struct GraphNet<C, L> {
     pub convs: Vec<C>,
     /// Linear layers, in [`GraphSpec::linears`] order.
     pub linears: Vec<L>,
-    /// Under QAT, one output quantizer per sum, per concatenation and per requantizing lone
-    /// activation ([`GraphSpec::requant_nodes`] order): their int8 operators requantize to a
-    /// scale of their own (LOGISTIC / TANH to a fixed one), and a CONCATENATION's scale is its
-    /// inputs' too, so training simulates them. A node whose value reaches only
-    /// concatenations ([`GraphSpec::only_concatenated`]) tracks its range without quantizing:
-    /// the concatenation quantizes once. Empty otherwise.
+    /// Under QAT, one output quantizer per node of [`GraphSpec::requant_nodes`] (sums,
+    /// products, differences, constant operands, concatenations, requantizing lone
+    /// activations): their int8 operators requantize to a scale of their own (LOGISTIC / TANH
+    /// to a fixed one), and a CONCATENATION's scale is its inputs' too, so training simulates
+    /// them. A node whose value reaches only concatenations ([`GraphSpec::only_concatenated`])
+    /// tracks its range without quantizing: the concatenation quantizes once. Empty otherwise.
     pub requant: Vec<ActQuant>,
     #[module(skip)]
     spec: Arc<GraphSpec>,
@@ -1065,9 +1135,9 @@ impl<C, L> GraphNet<C, L> {
         })
     }
 
-    /// The same model with an output quantizer on every sum, concatenation and requantizing
-    /// lone activation (for QAT; ranges start empty and follow the batches in training, or come
-    /// from [`collab_quant::calibrate`]; LOGISTIC / TANH use their fixed quantization).
+    /// The same model with an output quantizer on every node of [`GraphSpec::requant_nodes`]
+    /// (for QAT; ranges start empty and follow the batches in training, or come from
+    /// [`collab_quant::calibrate`]; LOGISTIC / TANH use their fixed quantization).
     pub fn with_requant(
         mut self,
         config: &ActQuantConfig,
@@ -1284,10 +1354,11 @@ pub fn apply_op(op: &Op, inputs: Vec<Value>) -> Value {
     let mut it = inputs.into_iter();
     let mut next = || it.next().expect("spec checked: operator arity");
     match op {
-        Op::Add { act } => match (next(), next()) {
-            (Value::Vec(a), b) => Value::Vec(act.apply(a + b.flat())),
-            (a, b) => Value::Map(act.apply(a.map() + b.map())),
-        },
+        Op::Add { act } => elementwise(next(), next(), *act, |a, b| a + b, |a, b| a + b),
+        Op::Mul { act } => elementwise(next(), next(), *act, |a, b| a * b, |a, b| a * b),
+        Op::Sub { act } => elementwise(next(), next(), *act, |a, b| a - b, |a, b| a - b),
+        Op::MulConst { values } => with_constant(next(), values, |x, c| x * c, |x, c| x * c),
+        Op::AddConst { values } => with_constant(next(), values, |x, c| x + c, |x, c| x + c),
         Op::Concat => {
             let mut parts = vec![next().map()];
             parts.extend(it.map(Value::map));
@@ -1379,6 +1450,42 @@ pub fn transpose_conv_input(
     let x = x.slice([0..n, 0..c, crop(t, b, hh), crop(l, r, ww)]);
     let grow = |v: isize| v.max(0) as usize;
     x.pad([(grow(t), grow(b)), (grow(l), grow(r))], 0.0f32)
+}
+
+/// `f(a, b)` on two values of [`broadcast`]ing shapes (burn broadcasts axes of size 1; a
+/// vector against a map stands for `[n, c, 1, 1]`), then `act`.
+fn elementwise(
+    a: Value,
+    b: Value,
+    act: Fused,
+    map: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
+    vec: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
+) -> Value {
+    match (a, b) {
+        (Value::Vec(a), Value::Vec(b)) => Value::Vec(act.apply(vec(a, b))),
+        (a, b) => Value::Map(act.apply(map(a.map(), b.map()))),
+    }
+}
+
+/// `f(x, constants)`, the constants laid out `[1, c, 1, 1]` (maps) or `[1, f]` (vectors).
+fn with_constant(
+    x: Value,
+    values: &[f32],
+    map: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
+    vec: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
+) -> Value {
+    let n = values.len();
+    match x {
+        Value::Map(x) => {
+            let c =
+                Tensor::<4>::from_data(TensorData::new(values.to_vec(), [1, n, 1, 1]), &x.device());
+            Value::Map(map(x, c))
+        }
+        Value::Vec(x) => {
+            let c = Tensor::<2>::from_data(TensorData::new(values.to_vec(), [1, n]), &x.device());
+            Value::Vec(vec(x, c))
+        }
+    }
 }
 
 /// Average pooling that does not count padded cells (ONNX `count_include_pad = 0`, TFLite).
@@ -1541,6 +1648,39 @@ impl GraphBuilder {
     /// `a + b`, then `act`.
     pub fn add(&mut self, a: usize, b: usize, act: Fused) -> usize {
         self.node("", Op::Add { act }, &[a, b])
+    }
+
+    /// `a · b` (broadcasting: a map by a per-channel gate `[c, 1, 1]` or a vector `[c]`), then
+    /// `act`.
+    pub fn mul(&mut self, a: usize, b: usize, act: Fused) -> usize {
+        self.node("", Op::Mul { act }, &[a, b])
+    }
+
+    /// `a − b` (broadcasting as [`Self::mul`]), then `act`.
+    pub fn sub(&mut self, a: usize, b: usize, act: Fused) -> usize {
+        self.node("", Op::Sub { act }, &[a, b])
+    }
+
+    /// `x · values` (one constant, or one per channel), fixed.
+    pub fn mul_const(&mut self, x: usize, values: &[f32]) -> usize {
+        self.node(
+            "",
+            Op::MulConst {
+                values: values.to_vec(),
+            },
+            &[x],
+        )
+    }
+
+    /// `x + values` (one constant, or one per channel), fixed.
+    pub fn add_const(&mut self, x: usize, values: &[f32]) -> usize {
+        self.node(
+            "",
+            Op::AddConst {
+                values: values.to_vec(),
+            },
+            &[x],
+        )
     }
 
     /// Channel concatenation.
@@ -1736,6 +1876,89 @@ mod tests {
     }
 
     #[test]
+    fn element_wise_shapes_broadcast_per_channel_and_scalar_only() {
+        use Shape::{Map, Vec};
+        let m = Map([4, 3, 5]);
+        assert_eq!(broadcast(m, m), Some(m));
+        assert_eq!(broadcast(m, Map([4, 1, 1])), Some(m));
+        assert_eq!(broadcast(Map([4, 1, 1]), m), Some(m));
+        assert_eq!(broadcast(Vec(4), m), Some(m));
+        assert_eq!(broadcast(m, Map([1, 1, 1])), Some(m));
+        assert_eq!(broadcast(Vec(7), Vec(1)), Some(Vec(7)));
+        assert_eq!(broadcast(m, Map([3, 1, 1])), None);
+        assert_eq!(broadcast(m, Map([4, 3, 1])), None);
+        assert_eq!(broadcast(Vec(5), m), None);
+        assert_eq!(broadcast(Vec(4), Vec(5)), None);
+    }
+
+    #[test]
+    fn a_bad_element_wise_node_is_named_with_both_shapes() {
+        let mut g = GraphBuilder::new("bad", input([4, 6, 6]));
+        let x = g.conv(0, 8, [3, 3], [1, 1], 1, Fused::None);
+        g.node("gate_mul", Op::Mul { act: Fused::None }, &[0, x]);
+        let err = g.finish(false).unwrap_err().to_string();
+        assert!(
+            err.contains("gate_mul") && err.contains("[4, 6, 6]") && err.contains("[8, 6, 6]"),
+            "{err}"
+        );
+        let mut g = GraphBuilder::new("bad", input([4, 6, 6]));
+        g.mul_const(0, &[1.0, 2.0]);
+        let err = g.finish(false).unwrap_err().to_string();
+        assert!(err.contains("2 constants"), "{err}");
+    }
+
+    #[test]
+    fn products_differences_and_constants_compute_as_written() {
+        let device = Device::flex();
+        let mut g = GraphBuilder::new("se", input([2, 3, 3]));
+        let gap = g.global_avg_pool(0);
+        let gate = g.flatten(gap);
+        let se = g.mul(0, gate, Fused::None);
+        let d = g.sub(se, gap, Fused::Relu);
+        let s = g.mul_const(d, &[2.0, -1.0]);
+        let y = g.add_const(s, &[0.5]);
+        g.add(y, gap, Fused::None);
+        let spec = g.finish(false).unwrap();
+        assert_eq!(spec.requant_nodes(), vec![2, 3, 4, 5, 6]);
+        let net = GraphNet::init(spec, &device).unwrap();
+        let xs: std::vec::Vec<f32> = (0..18).map(|i| i as f32 / 4.0 - 2.0).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [1, 2, 3, 3]), &device);
+        let got = net.forward(x).into_data().try_to_vec::<f32>().unwrap();
+        for c in 0..2 {
+            let plane = &xs[c * 9..(c + 1) * 9];
+            let mean = plane.iter().sum::<f32>() / 9.0;
+            for (i, v) in plane.iter().enumerate() {
+                let want = ((v * mean - mean).max(0.0) * [2.0, -1.0][c] + 0.5) + mean;
+                assert!((got[c * 9 + i] - want).abs() < 1e-5, "{c} {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn sums_keep_their_serialised_form_and_new_ops_read_back() {
+        let old = r#"{"name":"s","op":"add","act":"relu","inputs":[0,1]}"#;
+        let node: Node = serde_json::from_str(old).unwrap();
+        assert_eq!(node.op, Op::Add { act: Fused::Relu });
+        assert_eq!(serde_json::to_string(&node).unwrap(), old);
+        for op in [
+            Op::Mul { act: Fused::None },
+            Op::Sub { act: Fused::Relu6 },
+            Op::MulConst {
+                values: vec![0.5, 2.0],
+            },
+            Op::AddConst { values: vec![-1.0] },
+        ] {
+            let node = Node {
+                name: "n".into(),
+                op,
+                inputs: vec![0],
+            };
+            let back: Node = serde_json::from_str(&serde_json::to_string(&node).unwrap()).unwrap();
+            assert_eq!(back, node);
+        }
+    }
+
+    #[test]
     fn transpose_and_reshape_move_values_in_their_order() {
         let device = Device::flex();
         let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
@@ -1779,5 +2002,15 @@ mod tests {
         let mut g = GraphBuilder::new("t", input([2, 3, 4]));
         g.transpose(0, [0, 0, 1]);
         assert!(g.finish(false).is_err());
+    }
+
+    #[test]
+    fn relu_after_a_product_fuses_into_it() {
+        let mut g = GraphBuilder::new("f", input([2, 3, 3]));
+        let m = g.mul(0, 0, Fused::None);
+        g.node("", Op::Act(Pointwise::Relu6), &[m]);
+        let spec = g.finish(false).unwrap().fused();
+        assert_eq!(spec.nodes.len(), 1);
+        assert_eq!(spec.nodes[0].op, Op::Mul { act: Fused::Relu6 });
     }
 }

@@ -6,8 +6,9 @@
 //! (`MultiplyByQuantizedMultiplier`) and gemmlowp's fixed-point softmax. Layout NHWC.
 //!
 //! Operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, AVERAGE_POOL_2D, MAX_POOL_2D, RESHAPE,
-//! SOFTMAX, ADD (same shapes), PAD, QUANTIZE (float → int8), DEQUANTIZE (int8 → float) and
-//! CONCATENATION (inputs quantized as the output, [`crate::concat`]). Tensors are
+//! SOFTMAX, ADD, SUB and MUL (broadcasting, constant operands: [`crate::elementwise`]), PAD,
+//! QUANTIZE (float → int8), DEQUANTIZE (int8 → float), CONCATENATION (inputs quantized as the
+//! output, [`crate::concat`]), TRANSPOSE and TRANSPOSE_CONV. Tensors are
 //! int8 activations, int8 weights (zero point 0, per tensor or per channel), int32 biases.
 //! Elementwise activations (LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU, RELU, RELU6) are in
 //! [`crate::activations`].
@@ -251,6 +252,8 @@ enum Kernel {
         micro: crate::activations::Table,
         reference: crate::activations::Table,
     },
+    /// ADD with broadcasting or a constant input, SUB and MUL ([`crate::elementwise`]).
+    Elementwise(Box<crate::elementwise::Elementwise>),
 }
 
 /// Which runtime's arithmetic to reproduce where they differ.
@@ -312,7 +315,7 @@ pub(crate) fn per_tensor(t: &TensorInfo, n: usize, op: &str) -> Result<(f32, i32
 }
 
 /// TFLite's `CalculateActivationRangeQuantized` for int8.
-fn activation_range(act: Activation, scale: f32, zp: i32) -> Result<[i32; 2], String> {
+pub(crate) fn activation_range(act: Activation, scale: f32, zp: i32) -> Result<[i32; 2], String> {
     // As TFLite: the bound must quantize into int32, else the model is refused.
     let q = |f: f32| -> Result<i32, String> {
         let t = (f / scale).round();
@@ -871,6 +874,12 @@ impl Interpreter {
                     diff_min: -(radius as i32),
                 }
             }
+            ("ADD", Options::Add { activation }) if crate::elementwise::is_general(graph, op) => {
+                Self::elementwise(graph, n, op, *activation)?
+            }
+            ("MUL", Options::Mul { activation }) | ("SUB", Options::Sub { activation }) => {
+                Self::elementwise(graph, n, op, *activation)?
+            }
             ("ADD", Options::Add { activation }) => {
                 let (ai, at) = tensor(0)?;
                 let (bi, bt) = tensor(1)?;
@@ -1132,6 +1141,17 @@ impl Interpreter {
                 ));
             }
         })
+    }
+
+    /// ADD (broadcasting or with a constant), SUB or MUL of operator `n`.
+    fn elementwise(
+        graph: &Graph,
+        n: usize,
+        op: &crate::reader::Operator,
+        activation: Activation,
+    ) -> Result<Kernel, TfliteError> {
+        crate::elementwise::prepare(graph, n, op, activation)
+            .map(|k| Kernel::Elementwise(Box::new(k)))
     }
 
     /// Use only the portable kernels (no SIMD convolutions), for tests and benchmarks that
@@ -1546,6 +1566,9 @@ impl Interpreter {
                     .iter()
                     .map(|v| table[*v as u8 as usize])
                     .collect();
+            }
+            Kernel::Elementwise(e) => {
+                i8s[e.output] = e.run(self.flavor, i8s);
             }
         }
     }

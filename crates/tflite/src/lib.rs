@@ -11,6 +11,7 @@
 //!   elementwise activations, as lookup tables built with each runtime's arithmetic).
 //! - [`concat`]: the int8 CONCATENATION kernel (a copy: every runtime requires the inputs
 //!   quantized as the output).
+//! - [`elementwise`]: int8 ADD, SUB and MUL with broadcasting, as the reference kernels.
 //! - [`writer`]: [`Int8Builder`] writes full-integer int8 files in TFLite's conventions.
 //! - [`npy`]: NumPy arrays, to exchange inputs and outputs with the Python validators.
 //! - [`tools`]: the Python validators (LiteRT, TFLite Micro, Vela) as subprocesses.
@@ -39,6 +40,7 @@ pub use schema_generated::tflite;
 
 pub mod activations;
 pub mod concat;
+pub mod elementwise;
 pub mod fixed;
 pub mod interp;
 pub mod npy;

@@ -193,6 +193,16 @@ pub enum Options {
         /// Fused activation.
         activation: Activation,
     },
+    /// MUL.
+    Mul {
+        /// Fused activation.
+        activation: Activation,
+    },
+    /// SUB.
+    Sub {
+        /// Fused activation.
+        activation: Activation,
+    },
 }
 
 fn dim(v: i32, what: &str, n: usize, name: &str) -> Result<usize, TfliteError> {
@@ -292,6 +302,14 @@ fn read_options(op: &tflite::Operator<'_>, n: usize, name: &str) -> Result<Optio
                 dim(o.stride_h(), "stride_h", n, name)?,
                 dim(o.stride_w(), "stride_w", n, name)?,
             ],
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
+    } else if let Some(o) = op.builtin_options_as_mul_options() {
+        Options::Mul {
+            activation: Activation::from_tflite(o.fused_activation_function()),
+        }
+    } else if let Some(o) = op.builtin_options_as_sub_options() {
+        Options::Sub {
             activation: Activation::from_tflite(o.fused_activation_function()),
         }
     } else {

@@ -16,9 +16,9 @@ use crate::reader::{Activation, Padding};
 use crate::tflite::{
     self, ActivationFunctionType, AddOptionsT, BufferT, BuiltinOperator, BuiltinOptionsT,
     ConcatenationOptionsT, Conv2DOptionsT, DepthwiseConv2DOptionsT, FullyConnectedOptionsT,
-    LeakyReluOptionsT, MetadataT, ModelT, OperatorCodeT, OperatorT, PadOptionsT, Pool2DOptionsT,
-    QuantizationParametersT, ReshapeOptionsT, SoftmaxOptionsT, SubGraphT, TensorT,
-    TransposeConvOptionsT, TransposeOptionsT,
+    LeakyReluOptionsT, MetadataT, ModelT, MulOptionsT, OperatorCodeT, OperatorT, PadOptionsT,
+    Pool2DOptionsT, QuantizationParametersT, ReshapeOptionsT, SoftmaxOptionsT, SubGraphT,
+    SubOptionsT, TensorT, TransposeConvOptionsT, TransposeOptionsT,
 };
 
 /// Check, before any work, that [`write_atomic`] may write `path`: it has a file name, it is
@@ -911,7 +911,8 @@ impl Int8Builder {
         Ok(y)
     }
 
-    /// ADD (v2) of two int8 tensors of the same shape.
+    /// ADD (v2) of two int8 tensors of the same shape, or of shapes that broadcast (numpy
+    /// rules, at most 4-D; [`crate::elementwise::broadcast_shape`]).
     pub fn add(
         &mut self,
         name: &str,
@@ -920,26 +921,104 @@ impl Int8Builder {
         act: Activation,
         out: ActQ,
     ) -> Result<TensorId, TfliteError> {
+        let options = BuiltinOptionsT::AddOptions(Box::new(AddOptionsT {
+            fused_activation_function: activation(act)?,
+            pot_scale_int16: false,
+        }));
+        self.binary(BuiltinOperator::ADD, "ADD", name, a, b, out, options)
+    }
+
+    /// MUL (v2) of two int8 tensors (or a tensor and a [`Self::constant`]), broadcasting as
+    /// [`Self::add`].
+    pub fn mul(
+        &mut self,
+        name: &str,
+        a: TensorId,
+        b: TensorId,
+        act: Activation,
+        out: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        let options = BuiltinOptionsT::MulOptions(Box::new(MulOptionsT {
+            fused_activation_function: activation(act)?,
+        }));
+        self.binary(BuiltinOperator::MUL, "MUL", name, a, b, out, options)
+    }
+
+    /// SUB (v2), `a − b`, broadcasting as [`Self::add`].
+    pub fn sub(
+        &mut self,
+        name: &str,
+        a: TensorId,
+        b: TensorId,
+        act: Activation,
+        out: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        let options = BuiltinOptionsT::SubOptions(Box::new(SubOptionsT {
+            fused_activation_function: activation(act)?,
+            pot_scale_int16: false,
+        }));
+        self.binary(BuiltinOperator::SUB, "SUB", name, a, b, out, options)
+    }
+
+    /// A constant int8 tensor of `shape` with quantization `q` (an operand of ADD, SUB, MUL).
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        values: &[i8],
+        q: ActQ,
+    ) -> Result<TensorId, TfliteError> {
+        check_q(q, name)?;
+        if values.len() != shape.iter().product::<usize>() {
+            return Err(err(format!(
+                "constant `{name}`: {} values for shape {shape:?}",
+                values.len()
+            )));
+        }
+        let t = self.tensor(
+            name,
+            shape,
+            tflite::TensorType::INT8,
+            Some(QuantizationParametersT {
+                scale: Some(vec![q.scale]),
+                zero_point: Some(vec![q.zero_point as i64]),
+                ..QuantizationParametersT::default()
+            }),
+            Some(values.iter().map(|v| *v as u8).collect()),
+        );
+        self.quant[t.0] = Some(q);
+        Ok(t)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn binary(
+        &mut self,
+        op: BuiltinOperator,
+        kind: &str,
+        name: &str,
+        a: TensorId,
+        b: TensorId,
+        out: ActQ,
+        options: BuiltinOptionsT,
+    ) -> Result<TensorId, TfliteError> {
         check_q(out, name)?;
         self.act_q(a)?;
         self.act_q(b)?;
-        if self.shapes[a.0] != self.shapes[b.0] {
-            return Err(err(format!(
-                "`{name}`: ADD of shapes {:?} and {:?}",
-                self.shapes[a.0], self.shapes[b.0]
-            )));
-        }
-        let shape = self.shapes[a.0].clone();
+        let (sa, sb) = (&self.shapes[a.0], &self.shapes[b.0]);
+        let shape = crate::elementwise::broadcast_shape(sa, sb)
+            .filter(|s| s.len() <= 4)
+            .ok_or_else(|| {
+                err(format!(
+                    "`{name}`: {kind} of shapes {sa:?} and {sb:?}, which do not broadcast"
+                ))
+            })?;
         let y = self.activation_tensor(name, &shape, out);
         self.op(
-            BuiltinOperator::ADD,
+            op,
             2,
             vec![a.0 as i32, b.0 as i32],
             vec![y.0 as i32],
-            BuiltinOptionsT::AddOptions(Box::new(AddOptionsT {
-                fused_activation_function: activation(act)?,
-                pot_scale_int16: false,
-            })),
+            options,
         );
         Ok(y)
     }

@@ -583,3 +583,93 @@ fn concatenation_matches_the_runtimes_which_refuse_inputs_quantized_unlike_the_o
         );
     }
 }
+
+/// MUL, SUB and ADD broadcasting a per-channel map `[n, 1, 1, c]` over a map both ways, by a
+/// constant, and with a fused ReLU, at scales whose multipliers differ in float and double:
+/// TFLite Micro equals our Micro flavour, LiteRT's reference kernels our reference flavour.
+#[test]
+fn broadcasting_mul_sub_add_match_the_runtimes() {
+    use collab_tflite::{ActQ, Activation, Int8Builder, Padding};
+    let Some(tools) = common::tools() else {
+        return;
+    };
+    let q = |scale: f32, zero_point: i32| ActQ { scale, zero_point };
+    let mut b = Int8Builder::new();
+    let x = b.float_input("x", &[4, 5, 6, 3], q(0.0173, 7)).unwrap();
+    let gate = b
+        .avg_pool("gap", x, [5, 6], [1, 1], Padding::Valid)
+        .unwrap();
+    let scaled = b
+        .mul("se", x, gate, Activation::None, q(0.0091, -3))
+        .unwrap();
+    let centred = b
+        .sub("centre", gate, x, Activation::None, q(0.0291, 4))
+        .unwrap();
+    let c = b.constant("c", &[3], &[-90, 17, 127], q(0.011, 3)).unwrap();
+    let shifted = b
+        .sub("shift", centred, c, Activation::Relu, q(0.0213, -128))
+        .unwrap();
+    let times = b
+        .mul("times", scaled, c, Activation::None, q(0.0057, 9))
+        .unwrap();
+    let sum = b
+        .add("sum", times, shifted, Activation::None, q(0.0337, -11))
+        .unwrap();
+    let y = b
+        .add("bias", sum, gate, Activation::Relu6, q(0.0251, -128))
+        .unwrap();
+    b.float_output("y", y).unwrap();
+    let bytes = b.finish().unwrap();
+    let graph = Graph::from_bytes(&bytes).unwrap();
+    let ops: Vec<&str> = graph.operators.iter().map(|o| o.op.as_str()).collect();
+    assert_eq!(
+        ops,
+        [
+            "QUANTIZE",
+            "AVERAGE_POOL_2D",
+            "MUL",
+            "SUB",
+            "SUB",
+            "MUL",
+            "ADD",
+            "ADD",
+            "DEQUANTIZE"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("elementwise.tflite");
+    std::fs::write(&model, &bytes).unwrap();
+    for seed in 0..3u32 {
+        let input: Vec<f32> = (0..4 * 5 * 6 * 3)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed * 977)) % 1000) as f32
+                    / 250.0
+                    - 2.0
+            })
+            .collect();
+        let inp = dir.path().join("in.npy");
+        npy::write(&inp, &[4, 5, 6, 3], &Data::F32(input.clone())).unwrap();
+        for (flavor, runtime) in [
+            (Flavor::Micro, "tflm"),
+            (Flavor::LiteRtReference, "litert_ref"),
+        ] {
+            let interp = Interpreter::with_flavor(&graph, flavor).unwrap();
+            let ours = interp.run(&[Data::F32(input.clone())]).unwrap().remove(0);
+            let Data::F32(v) = &ours else {
+                panic!("float output")
+            };
+            let mut distinct: Vec<u32> = v.iter().map(|f| f.to_bits()).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert!(
+                distinct.len() >= 10,
+                "only {} distinct outputs",
+                distinct.len()
+            );
+            let exp = dir.path().join("ours.npy");
+            npy::write(&exp, &interp.outputs()[0].shape, &ours).unwrap();
+            let diffs = tools.max_diffs(&model, &inp, &exp, &[runtime]).unwrap();
+            assert_eq!(diffs[runtime], 0.0, "seed {seed}, {runtime}");
+        }
+    }
+}
