@@ -69,6 +69,15 @@ fn number(report: &serde_json::Value, key: &str, script: &str) -> Result<f64, Tf
     })
 }
 
+/// The last `n` characters of `s` (where a Python traceback says what went wrong).
+fn tail(s: &str, n: usize) -> String {
+    let count = s.chars().count();
+    match count > n {
+        true => format!("…{}", s.chars().skip(count - n).collect::<String>()),
+        false => s.to_string(),
+    }
+}
+
 fn truncate(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -212,11 +221,11 @@ impl Validators {
     /// Two figures of `model` in one Python process: its median latency in LiteRT with
     /// XNNPACK (one thread, batch as in the file, `runs` timed runs after 10 warm-up runs,
     /// milliseconds), and the TensorFlow Lite Micro tensor arena it needs (bytes), measured:
-    /// TFLM's recording allocator reports what one invocation allocated in a large arena, and
-    /// the model then runs again in an arena of exactly that size to prove it enough.
+    /// the smallest arena, to 16 bytes, in which TFLM allocates and runs the model (its
+    /// recording allocator's total leaves out the memory planner's temporary buffers).
     pub fn cpu_figures(&self, model: &Path, runs: usize) -> Result<CpuFigures, TfliteError> {
         const RUN: &str = r#"
-import json, os, re, sys, tempfile, time
+import json, sys, time
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from tflite_micro.python.tflite_micro import runtime
@@ -238,28 +247,27 @@ for k in range(runs + 10):
         times.append((time.perf_counter() - t) * 1e3)
 out["xnnpack_ms"] = float(np.median(times))
 def tflm(size):
-    m = runtime.Interpreter.from_bytes(data, arena_size=size)
-    d = m.get_input_details(0)
-    m.set_input(np.zeros(d["shape"], dtype=d["dtype"]), 0)
-    m.invoke()
-    return m
-m = tflm(max(16 * len(data), 1 << 20))
-with tempfile.TemporaryFile() as f:
-    saved = [os.dup(1), os.dup(2)]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(f.fileno(), 1)
-    os.dup2(f.fileno(), 2)
-    m.print_allocations()
-    os.dup2(saved[0], 1)
-    os.dup2(saved[1], 2)
-    f.seek(0)
-    text = f.read().decode(errors="replace")
-found = re.search(r"Arena allocation total (\d+) bytes", text)
-if not found:
-    sys.exit("TFLite Micro printed no arena total: " + text[:400])
-tflm(int(found.group(1)))
-out["arena_bytes"] = int(found.group(1))
+    try:
+        m = runtime.Interpreter.from_bytes(data, arena_size=size)
+        d = m.get_input_details(0)
+        m.set_input(np.zeros(d["shape"], dtype=d["dtype"]), 0)
+        m.invoke()
+        return True
+    except RuntimeError:
+        return False
+# The smallest arena (TFLM aligns to 16 bytes) in which the model allocates and runs: the
+# recording allocator's total leaves out the planner's temporary memory, so search.
+hi = max(16 * len(data), 1 << 20)
+if not tflm(hi):
+    sys.exit(f"TFLite Micro cannot run the model even in a {hi}-byte arena")
+lo = 0
+while hi - lo > 16:
+    mid = (lo + hi) // 32 * 16
+    if tflm(mid):
+        hi = mid
+    else:
+        lo = mid
+out["arena_bytes"] = hi
 print(json.dumps(out))
 "#;
         let out = Command::new(&self.python)
@@ -281,7 +289,7 @@ print(json.dumps(out))
             _ => Err(TfliteError::Unsupported(format!(
                 "LiteRT / TFLite Micro could not run {}: {}",
                 model.display(),
-                truncate(String::from_utf8_lossy(&out.stderr).trim(), 400)
+                tail(String::from_utf8_lossy(&out.stderr).trim(), 400)
             ))),
         }
     }
