@@ -50,6 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         targets: Default::default(),
         plot_layer: None,
+        npu: None,
+        latency_seconds: None,
         input: None,
         augment: true,
     };

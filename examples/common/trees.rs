@@ -98,6 +98,8 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
         stages,
         targets: Default::default(),
         plot_layer: None,
+        npu: None,
+        latency_seconds: None,
         input: None,
         augment: real,
     }

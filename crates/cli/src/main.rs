@@ -259,6 +259,16 @@ mod parse {
         real(s, "targets", "max_accuracy_drop")
     }
 
+    /// `--target-latency-ms`: the config's `targets.max_latency_ms`, finite and > 0.
+    pub fn latency(s: &str) -> Result<f64, String> {
+        real(s, "targets", "max_latency_ms")
+    }
+
+    /// `--target-npu-ms`: the config's `targets.max_npu_ms`, finite and > 0.
+    pub fn npu_ms(s: &str) -> Result<f64, String> {
+        real(s, "targets", "max_npu_ms")
+    }
+
     /// `--threads`: 1 (the int8 interpreter is single-threaded).
     pub fn threads(s: &str) -> Result<usize, String> {
         match number(s)? {
@@ -430,9 +440,27 @@ enum Command {
         /// … whose gzip -9 size is at most this …
         #[arg(long, allow_negative_numbers = true)]
         target_gzip: Option<usize>,
-        /// … and whose int8 accuracy is at most this many points (>= 0) below the baseline's.
+        /// … whose int8 accuracy is at most this many points (>= 0) below the baseline's …
         #[arg(long, allow_hyphen_values = true, value_parser = parse::non_negative)]
         max_accuracy_drop: Option<f64>,
+        /// … whose median latency in our interpreter (batch 1, one thread, this machine) is at
+        /// most this many milliseconds …
+        #[arg(long, allow_hyphen_values = true, value_parser = parse::latency)]
+        target_latency_ms: Option<f64>,
+        /// … whose inference time on --npu, as Vela estimates it, is at most this many ms …
+        #[arg(long, allow_hyphen_values = true, value_parser = parse::npu_ms, requires = "npu")]
+        target_npu_ms: Option<f64>,
+        /// … whose flash use is at most this many bytes (Vela's flash with --npu, else the
+        /// .tflite file) …
+        #[arg(long, allow_negative_numbers = true)]
+        target_flash_bytes: Option<usize>,
+        /// … and whose TFLite Micro tensor arena is at most this many bytes.
+        #[arg(long, allow_negative_numbers = true)]
+        target_arena_bytes: Option<usize>,
+        /// Compile every node with Vela for this Ethos-U (ethos-u55-32/64/128/256,
+        /// ethos-u65-256/512, ethos-u85-…): NPU time, cycles, SRAM, flash and encoded weights.
+        #[arg(long)]
+        npu: Option<String>,
     },
     /// Prune a checkpoint while fine-tuning (PolynomialDecay to --sparsity); writes OUT/pruned.
     Prune {
@@ -478,6 +506,13 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also compile it with Vela for this Ethos-U (ethos-u55-128, …): NPU time, cycles,
+        /// SRAM, flash, encoded weights.
+        #[arg(long)]
+        npu: Option<String>,
+        /// Sizes and weights only: no latency, arena or NPU figures.
+        #[arg(long, conflicts_with = "npu")]
+        no_device: bool,
     },
     /// Write a checkpoint as a full-integer int8 .tflite (PTQ calibration where it has no QAT
     /// ranges); `ptq` is the same command.
@@ -640,6 +675,8 @@ fn single_stage(args: StageArgs, name: &str, scheme: collab::tree::Scheme) -> Re
         }],
         targets: Default::default(),
         plot_layer: None,
+        npu: None,
+        latency_seconds: None,
         input: None,
         augment: true,
     };
@@ -1466,14 +1503,28 @@ fn run(cli: Cli) -> Result<(), CliError> {
             target_size,
             target_gzip,
             max_accuracy_drop,
+            target_latency_ms,
+            target_npu_ms,
+            target_flash_bytes,
+            target_arena_bytes,
+            npu,
         } => {
             let mut tree = collab::tree::TreeConfig::open(&config)?;
-            if target_size.is_some() || target_gzip.is_some() || max_accuracy_drop.is_some() {
-                tree.targets = collab::tree::Targets {
-                    max_bytes: target_size,
-                    max_gzip: target_gzip,
-                    max_accuracy_drop,
-                };
+            let given = collab::tree::Targets {
+                max_bytes: target_size,
+                max_gzip: target_gzip,
+                max_accuracy_drop,
+                max_latency_ms: target_latency_ms,
+                max_npu_ms: target_npu_ms,
+                max_flash_bytes: target_flash_bytes,
+                max_arena_bytes: target_arena_bytes,
+            };
+            // Targets on the command line replace the config's.
+            if given.any() {
+                tree.targets = given;
+            }
+            if npu.is_some() {
+                tree.npu = npu;
             }
             let outcome = collab::tree::run(&tree, data.as_deref(), &out)?;
             if json {
@@ -1484,6 +1535,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             } else {
                 print!("{}", collab::tree::table(&outcome.leaves));
                 if tree.targets.any() {
+                    for step in &outcome.walk {
+                        match step.misses.is_empty() {
+                            true => println!("{}: meets every target", step.stage),
+                            false => {
+                                println!("{}: rejected ({})", step.stage, step.misses.join("; "))
+                            }
+                        }
+                    }
                     match &outcome.targets_met_by {
                         Some(path) => println!("targets met by: {}", path.join(" → ")),
                         None => println!("no node meets the targets"),
@@ -1493,17 +1552,35 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Inspect { model, json } => {
+        Command::Inspect {
+            model,
+            json,
+            npu,
+            no_device,
+        } => {
             let bytes = std::fs::read(&model).map_err(|e| CollabError::checkpoint(&model, e))?;
             let report = collab_tflite::Report::new(&bytes)
                 .map_err(|e| CollabError::checkpoint(&model, e))?;
+            let device = if no_device {
+                None
+            } else {
+                let options = collab::deploy::DeployOptions::with_npu(npu.as_deref())?;
+                let tools = collab_data::shared::shared_dir()
+                    .and_then(|d| collab_tflite::tools::Validators::find(&d.join("tools")));
+                Some(collab::deploy::measure(&model, &options, tools.as_ref())?)
+            };
             if json {
+                let mut value = serde_json::to_value(&report).unwrap_or_default();
+                value["device"] = serde_json::to_value(&device).unwrap_or_default();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
             } else {
                 print!("{}", report.text());
+                if let Some(d) = &device {
+                    print!("{}", d.text());
+                }
             }
             Ok(())
         }

@@ -116,26 +116,69 @@ fn quick_tree_produces_every_leaf_with_its_invariants() {
         let z = layer["zero_fraction"].as_f64().unwrap();
         assert!(z >= 0.495, "single-stage PQAT {}: {z}", layer["name"]);
     }
+    // Every node was timed in our interpreter; with the tools, in XNNPACK and TFLite Micro too.
+    let tools = std::env::var_os("COLLAB_REQUIRE_TOOLS").is_some();
+    for l in leaves {
+        let d = &l["device"];
+        assert!(d["latency"]["median_ms"].as_f64().unwrap() > 0.0, "{d}");
+        assert!(d["latency"]["runs"].as_u64().unwrap() >= 30, "{d}");
+        assert_eq!(d["flash_bytes"], l["bytes"]);
+        if tools {
+            assert!(d["xnnpack_ms"].as_f64().unwrap() > 0.0, "{d}");
+            // The arena holds at least the largest activation (DS-CNN-S: 64 × 25 × 5 int8).
+            assert!(d["arena_bytes"].as_u64().unwrap() >= 64 * 25 * 5, "{d}");
+        }
+    }
     // Targets: walked level by level (baseline; pruned, qat, clustered; …), the tree stops at
-    // the first node small enough: `pruned` meets its own gzip size, the baseline does not.
+    // the first node small enough: `pruned` meets its own gzip size, the baseline does not, and
+    // the walk says so. The finished nodes are reused and compiled for the NPU asked for.
     let target = leaf("pruned")["gzip_bytes"].as_u64().unwrap();
-    assert!(leaf("baseline")["gzip_bytes"].as_u64().unwrap() > target);
-    let (code, stdout, err) = collab(&[
-        "tree",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--target-gzip",
-        &target.to_string(),
-        "--max-accuracy-drop",
-        "5",
-    ]);
+    let baseline_gzip = leaf("baseline")["gzip_bytes"].as_u64().unwrap();
+    assert!(baseline_gzip > target);
+    let mut args = vec![
+        "tree".to_string(),
+        "--config".into(),
+        config.to_str().unwrap().into(),
+        "--out".into(),
+        out.to_str().unwrap().into(),
+        "--target-gzip".into(),
+        target.to_string(),
+        "--max-accuracy-drop".into(),
+        "5".into(),
+        "--target-latency-ms".into(),
+        "1000".into(),
+    ];
+    if tools {
+        args.extend(["--npu".into(), "ethos-u55-128".into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, err) = collab(&args);
     assert_eq!(code, 0, "{err}");
     assert!(
         stdout.contains("targets met by: baseline → pruned"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(&format!(
+            "baseline: rejected (gzip {baseline_gzip} bytes > {target})"
+        )) && stdout.contains("pruned: meets every target"),
+        "{stdout}"
+    );
+    if tools {
+        let results: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        for l in results["leaves"].as_array().unwrap() {
+            let npu = &l["device"]["npu"];
+            assert_eq!(npu["accelerator"], "ethos-u55-128", "{}", l["stage"]);
+            assert!(npu["inference_ms"].as_f64().unwrap() > 0.0, "{npu}");
+            assert_eq!(npu["npu_ops_percent"], 100.0, "{npu}");
+        }
+        let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+        assert!(
+            table.contains("Vela's estimates for ethos-u55-128"),
+            "{table}"
+        );
+    }
     // A second run reuses every finished node and reports the same numbers.
     let again = run();
     for (a, b) in leaves.iter().zip(again.as_array().unwrap()) {

@@ -204,53 +204,20 @@ pub fn train_step(
 }
 
 /// Latency of one batch of `path` in our int8 interpreter, `runs` timed runs after 10 warm-up
-/// runs, single thread. The input is fixed pseudo-random values (not zeros: the interpreter
-/// skips real zeros, which would flatter it).
+/// runs, single thread ([`crate::deploy::time_interpreter`]).
 pub fn infer(
     path: &Path,
     runs: usize,
     kernels: collab_tflite::Kernels,
 ) -> Result<Timing, CollabError> {
-    use collab_tflite::{Data, Graph, Interpreter, TensorType};
-    let graph = Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
-    let mut interp = Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
-    interp.set_kernels(kernels);
-    let inputs: Vec<Data> = interp
-        .inputs()
-        .iter()
-        .map(|p| {
-            let n: usize = p.shape.iter().product();
-            let mut state = 0x9E37_79B9_7F4A_7C15u64;
-            let mut next = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state % 256) as i32 - 128
-            };
-            match p.dtype {
-                TensorType::Float32 => Data::F32((0..n).map(|_| next() as f32 / 64.0).collect()),
-                _ => Data::I8((0..n).map(|_| next() as i8).collect()),
-            }
-        })
-        .collect();
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..runs.max(1) + 10 {
-        let start = Instant::now();
-        let out = interp
-            .run(&inputs)
-            .map_err(|e| CollabError::checkpoint(path, e))?;
-        std::hint::black_box(out);
-        if i >= 10 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+    let (times, kernel) =
+        crate::deploy::time_interpreter(path, kernels, crate::deploy::Runs::Exactly(runs))?;
     Ok(summarize(
         times,
         "int8-interpreter",
         format!(
-            "{} int8 inference, 1 thread, {} kernels",
-            path.display(),
-            interp.kernel_name()
+            "{} int8 inference, 1 thread, {kernel} kernels",
+            path.display()
         ),
     ))
 }

@@ -199,6 +199,11 @@ pub const RANGES: &[(&str, &str, Bound)] = &[
     ("targets", "max_bytes", count(0, u64::MAX)),
     ("targets", "max_gzip", count(0, u64::MAX)),
     ("targets", "max_accuracy_drop", above(0.0, true)),
+    ("targets", "max_latency_ms", above(0.0, false)),
+    ("targets", "max_npu_ms", above(0.0, false)),
+    ("targets", "max_flash_bytes", count(0, u64::MAX)),
+    ("targets", "max_arena_bytes", count(0, u64::MAX)),
+    ("", "latency_seconds", above(0.0, false)),
     (
         "stage",
         "sparsity",
@@ -443,8 +448,14 @@ fn full_example() -> TreeConfig {
             max_bytes: Some(1),
             max_gzip: Some(1),
             max_accuracy_drop: Some(1.0),
+            max_latency_ms: Some(1.0),
+            max_npu_ms: Some(1.0),
+            max_flash_bytes: Some(1),
+            max_arena_bytes: Some(1),
         },
         plot_layer: Some("conv1".into()),
+        npu: Some("ethos-u55-128".into()),
+        latency_seconds: Some(1.0),
     }
 }
 
@@ -1287,6 +1298,8 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
         stages,
         targets,
         plot_layer: _,
+        npu,
+        latency_seconds,
         // Checked against the imported file (labels vs outputs) by `InputRecord::apply`.
         input: _,
     } = config;
@@ -1301,6 +1314,22 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
     if let Some(n) = synthetic_val {
         whole(&root, "synthetic_val", *n)?;
     }
+    if let Some(t) = latency_seconds {
+        real(&root, "latency_seconds", *t)?;
+    }
+    if let Some(n) = npu
+        .as_deref()
+        .filter(|n| !collab_tflite::tools::NPUS.contains(n))
+    {
+        return Err(error(
+            root.clone(),
+            Some("npu"),
+            format!(
+                "`{n}` is not an Ethos-U configuration Vela knows; use one of {}",
+                collab_tflite::tools::NPUS.join(", ")
+            ),
+        ));
+    }
     let FineTune {
         epochs,
         batch_size,
@@ -1314,6 +1343,10 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
         max_bytes,
         max_gzip,
         max_accuracy_drop,
+        max_latency_ms,
+        max_npu_ms,
+        max_flash_bytes,
+        max_arena_bytes,
     } = targets;
     let table = Table::Named("targets".into());
     if let Some(n) = max_bytes {
@@ -1324,6 +1357,22 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
     }
     if let Some(d) = max_accuracy_drop {
         real(&table, "max_accuracy_drop", *d)?;
+    }
+    for (key, v) in [
+        ("max_latency_ms", max_latency_ms),
+        ("max_npu_ms", max_npu_ms),
+    ] {
+        if let Some(v) = v {
+            real(&table, key, *v)?;
+        }
+    }
+    for (key, v) in [
+        ("max_flash_bytes", max_flash_bytes),
+        ("max_arena_bytes", max_arena_bytes),
+    ] {
+        if let Some(v) = v {
+            whole(&table, key, *v)?;
+        }
     }
 
     let stage_table = &schema().stage;

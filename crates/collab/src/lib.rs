@@ -44,6 +44,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod deploy;
 pub mod device;
 pub mod export;
 pub mod fault;

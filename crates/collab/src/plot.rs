@@ -112,27 +112,65 @@ pub fn density(
 
 /// int8 accuracy against gzip size of every node, labelled, into `path`.
 pub fn accuracy_vs_size(path: &Path, leaves: &[Leaf]) -> Result<bool, CollabError> {
-    if leaves.is_empty() || !font_ready() {
+    accuracy_vs(
+        path,
+        leaves,
+        "int8 accuracy vs gzip -9 size",
+        "gzip -9 KiB",
+        |l| Some(l.gzip_bytes as f64 / 1024.0),
+    )
+}
+
+/// int8 accuracy against latency of every measured node, labelled, into `path`: our
+/// interpreter's median on this machine, or with `npu` Vela's estimate for the NPU.
+pub fn accuracy_vs_latency(path: &Path, leaves: &[Leaf], npu: bool) -> Result<bool, CollabError> {
+    let (title, x_desc) = match npu {
+        true => ("int8 accuracy vs NPU time (Vela's estimate)", "NPU ms"),
+        false => (
+            "int8 accuracy vs latency (our interpreter, batch 1, one thread)",
+            "median ms",
+        ),
+    };
+    accuracy_vs(path, leaves, title, x_desc, |l| {
+        let d = l.device.as_ref()?;
+        match npu {
+            true => d.npu.as_ref().map(|n| n.inference_ms),
+            false => Some(d.latency.median_ms),
+        }
+    })
+}
+
+/// int8 accuracy against `x` of every node that has one, labelled, into `path`; `false` when
+/// no node has one (or no font is available).
+fn accuracy_vs(
+    path: &Path,
+    leaves: &[Leaf],
+    title: &str,
+    x_desc: &str,
+    x: impl Fn(&Leaf) -> Option<f64>,
+) -> Result<bool, CollabError> {
+    let points: Vec<(f64, f64, &str)> = leaves
+        .iter()
+        .filter_map(|l| Some((x(l)?, 100.0 * l.int8_accuracy, l.stage.as_str())))
+        .collect();
+    if points.is_empty() || !font_ready() {
         return Ok(false);
     }
-    let kib = |l: &Leaf| l.gzip_bytes as f64 / 1024.0;
-    let acc = |l: &Leaf| 100.0 * l.int8_accuracy;
-    let (x0, x1) = leaves
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| {
-            (a.min(kib(l)), b.max(kib(l)))
-        });
-    let (y0, y1) = leaves
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| {
-            (a.min(acc(l)), b.max(acc(l)))
-        });
-    let pad_x = ((x1 - x0) * 0.1).max(1.0);
+    let range = |v: &dyn Fn(&(f64, f64, &str)) -> f64| {
+        points
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                (a.min(v(p)), b.max(v(p)))
+            })
+    };
+    let (x0, x1) = range(&|p| p.0);
+    let (y0, y1) = range(&|p| p.1);
+    let pad_x = ((x1 - x0) * 0.1).max(x1.abs() * 0.02).max(1e-3);
     let pad_y = ((y1 - y0) * 0.15).max(0.5);
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("int8 accuracy vs gzip -9 size", ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
@@ -140,15 +178,15 @@ pub fn accuracy_vs_size(path: &Path, leaves: &[Leaf]) -> Result<bool, CollabErro
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("gzip -9 KiB")
+        .x_desc(x_desc)
         .y_desc("int8 top-1 %")
         .draw()
         .map_err(err)?;
     chart
-        .draw_series(leaves.iter().map(|l| {
-            EmptyElement::at((kib(l), acc(l)))
+        .draw_series(points.iter().map(|(x, y, stage)| {
+            EmptyElement::at((*x, *y))
                 + Circle::new((0, 0), 5, RED.filled())
-                + Text::new(l.stage.clone(), (8, -6), ("sans-serif", 14))
+                + Text::new(stage.to_string(), (8, -6), ("sans-serif", 14))
         }))
         .map_err(err)?;
     root.present().map_err(err)?;

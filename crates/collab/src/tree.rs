@@ -161,6 +161,14 @@ pub struct TreeConfig {
     /// The layer whose weight histogram `density.png` shows (default: the largest kernel).
     #[serde(default)]
     pub plot_layer: Option<String>,
+    /// The Ethos-U configuration every node is compiled for with Vela (`ethos-u55-128`, …;
+    /// [`collab_tflite::tools::NPUS`]), for the NPU columns and `targets.max_npu_ms`.
+    #[serde(default)]
+    pub npu: Option<String>,
+    /// Least seconds of timed runs per node's interpreter latency (at least 30 runs; default
+    /// 1): more gives a steadier median on a noisy machine.
+    #[serde(default)]
+    pub latency_seconds: Option<f64>,
     /// What an imported model's input holds (`model` a `.onnx` / `.tflite` file).
     #[serde(default)]
     pub input: Option<crate::network::InputRecord>,
@@ -179,21 +187,95 @@ pub struct Targets {
     /// Largest int8 accuracy drop from the baseline's int8 accuracy, in percentage points.
     #[serde(default)]
     pub max_accuracy_drop: Option<f64>,
+    /// Largest median latency of our int8 interpreter on this machine (batch 1, one thread),
+    /// milliseconds.
+    #[serde(default)]
+    pub max_latency_ms: Option<f64>,
+    /// Largest inference time Vela estimates on the tree's `npu`, milliseconds.
+    #[serde(default)]
+    pub max_npu_ms: Option<f64>,
+    /// Largest flash use in bytes: what Vela places in flash for the tree's `npu` when one is
+    /// set (weights as Vela encodes them, and the command stream), else the `.tflite` file
+    /// (TFLite Micro runs it from flash as it is).
+    #[serde(default)]
+    pub max_flash_bytes: Option<usize>,
+    /// Largest TFLite Micro tensor arena in bytes (measured in TFLite Micro).
+    #[serde(default)]
+    pub max_arena_bytes: Option<usize>,
 }
 
 impl Targets {
     /// Whether any target is set.
     pub fn any(&self) -> bool {
-        self.max_bytes.is_some() || self.max_gzip.is_some() || self.max_accuracy_drop.is_some()
+        *self != Self::default()
     }
 
-    /// Whether `leaf` meets every target, the baseline's int8 accuracy being `baseline`.
+    /// Whether a target needs the Python tools' figures (XNNPACK is never a target).
+    pub fn needs_tools(&self) -> bool {
+        self.max_npu_ms.is_some() || self.max_arena_bytes.is_some()
+    }
+
+    /// Why `leaf` misses the targets (empty: it meets every one), the baseline's int8 accuracy
+    /// being `baseline`. A figure the leaf lacks (a tool not installed) misses its target.
+    pub fn misses(&self, leaf: &Leaf, baseline: f64) -> Vec<String> {
+        let mut why = Vec::new();
+        if let Some(b) = self.max_bytes.filter(|b| leaf.bytes > *b) {
+            why.push(format!("{} bytes > {b}", leaf.bytes));
+        }
+        if let Some(g) = self.max_gzip.filter(|g| leaf.gzip_bytes > *g) {
+            why.push(format!("gzip {} bytes > {g}", leaf.gzip_bytes));
+        }
+        if let Some(d) = self.max_accuracy_drop {
+            let drop = 100.0 * (baseline - leaf.int8_accuracy);
+            if drop > d + 1e-9 {
+                why.push(format!("accuracy drop {drop:.2} points > {d}"));
+            }
+        }
+        let device = leaf.device.as_ref();
+        let absent = |what: &str| match device {
+            None => format!("no {what} (the node was not measured)"),
+            Some(d) => match d.missing.iter().find(|m| m.contains(what)) {
+                Some(m) => format!("no {what}: {m}"),
+                None => format!("no {what}"),
+            },
+        };
+        if let Some(t) = self.max_latency_ms {
+            match device.map(|d| d.latency.median_ms) {
+                Some(ms) if ms > t => why.push(format!("latency {ms:.3} ms > {t} ms")),
+                Some(_) => {}
+                None => why.push(absent("latency")),
+            }
+        }
+        let npu = device.and_then(|d| d.npu.as_ref());
+        if let Some(t) = self.max_npu_ms {
+            match npu.map(|n| n.inference_ms) {
+                Some(ms) if ms > t => why.push(format!("NPU {ms:.3} ms > {t} ms")),
+                Some(_) => {}
+                None => why.push(absent("NPU figures")),
+            }
+        }
+        if let Some(t) = self.max_flash_bytes {
+            let flash = npu
+                .map(|n| (n.flash_bytes, "NPU flash"))
+                .or(device.map(|d| (d.flash_bytes, "flash")))
+                .unwrap_or((leaf.bytes, "flash"));
+            if flash.0 > t {
+                why.push(format!("{} {} bytes > {t}", flash.1, flash.0));
+            }
+        }
+        if let Some(t) = self.max_arena_bytes {
+            match device.and_then(|d| d.arena_bytes) {
+                Some(b) if b > t => why.push(format!("arena {b} bytes > {t}")),
+                Some(_) => {}
+                None => why.push(absent("TFLite Micro arena")),
+            }
+        }
+        why
+    }
+
+    /// Whether `leaf` meets every target ([`Targets::misses`] is empty).
     pub fn met_by(&self, leaf: &Leaf, baseline: f64) -> bool {
-        self.max_bytes.is_none_or(|b| leaf.bytes <= b)
-            && self.max_gzip.is_none_or(|g| leaf.gzip_bytes <= g)
-            && self
-                .max_accuracy_drop
-                .is_none_or(|d| 100.0 * (baseline - leaf.int8_accuracy) <= d + 1e-9)
+        self.misses(leaf, baseline).is_empty()
     }
 }
 
@@ -265,6 +347,9 @@ pub struct Leaf {
     /// interpreter, when the validators are installed (`None` otherwise).
     #[serde(default)]
     pub verified: Option<export::Verification>,
+    /// Latency, NPU and memory figures of the int8 file ([`crate::deploy::measure`]).
+    #[serde(default)]
+    pub device: Option<crate::deploy::DeviceFigures>,
     /// Seconds the stage took (training, export, evaluation).
     pub seconds: f64,
 }
@@ -294,6 +379,15 @@ fn float_zeros(plan: &Plan) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// One node of the walk: the targets it missed (none: the walk stopped there).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WalkStep {
+    /// Stage name.
+    pub stage: String,
+    /// Each target missed, with the node's figure and the target (`latency 3.1 ms > 2 ms`).
+    pub misses: Vec<String>,
+}
+
 /// What [`run`] produced: every node run (in the config's order) and, when targets were
 /// given, the path from the baseline to the first node that meets them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -302,6 +396,9 @@ pub struct Outcome {
     pub leaves: Vec<Leaf>,
     /// `baseline → … → node`, or `None` (no targets, or none met).
     pub targets_met_by: Option<Vec<String>>,
+    /// Every node judged against the targets, in walk order, with why it was rejected
+    /// (empty for none set).
+    pub walk: Vec<WalkStep>,
 }
 
 pub use collab_models::REFOLD_EPSILON;
@@ -931,6 +1028,19 @@ pub fn run(
              checked by our interpreter only (pip install -r ../shared/tools/requirements.txt)"
         );
     }
+    let deploy = crate::deploy::DeployOptions {
+        runs: crate::deploy::Runs::Stable {
+            min_runs: 30,
+            min_seconds: config.latency_seconds.unwrap_or(1.0),
+        },
+        ..crate::deploy::DeployOptions::with_npu(config.npu.as_deref())?
+    };
+    if config.targets.needs_tools() && tools.is_none() {
+        tracing::warn!(
+            "targets on NPU time or TFLite Micro arena need the Python tools (pip install -r \
+             ../shared/tools/requirements.txt): no node can meet them without"
+        );
+    }
     // Augmentation (where the data has it) applies to training the baseline only: the stages'
     // fine-tuning and every evaluation read batches without it.
     let augment = config.augment && config.baseline_epochs > 0;
@@ -962,15 +1072,27 @@ pub fn run(
         .collect();
     nodes.sort_by_key(|n| n.map_or(0, |s| depth[s.name.as_str()]));
     let mut walk: Option<Vec<String>> = None;
+    let mut walked: Vec<WalkStep> = Vec::new();
     for node in nodes {
         if walk.is_some() {
             break;
         }
-        let met = |leaf: &Leaf, leaves: &[Leaf]| -> Option<Vec<String>> {
+        // Judge a finished node against the targets: the path to it when it meets them all,
+        // else why not (logged and kept for results.json).
+        let judge = |leaf: &Leaf, leaves: &[Leaf], walked: &mut Vec<WalkStep>| {
+            if !config.targets.any() {
+                return None;
+            }
             let baseline = leaves
                 .first()
                 .map_or(leaf.int8_accuracy, |b| b.int8_accuracy);
-            if !(config.targets.any() && config.targets.met_by(leaf, baseline)) {
+            let misses = config.targets.misses(leaf, baseline);
+            walked.push(WalkStep {
+                stage: leaf.stage.clone(),
+                misses: misses.clone(),
+            });
+            if !misses.is_empty() {
+                tracing::info!(stage = leaf.stage, why = misses.join("; "), "rejected");
                 return None;
             }
             let mut path = vec![leaf.stage.clone()];
@@ -999,11 +1121,29 @@ pub fn run(
             Some(s) => stage_identity(config, s, &identities[&s.parent], &data_identity),
         };
         identities.insert(name.to_string(), identity.clone());
-        if let Some((leaf, net)) = reusable(&dir, name, &identity, &device)? {
+        if let Some((mut leaf, net)) = reusable(&dir, name, &identity, &device)? {
             tracing::info!(stage = name, "reusing finished stage");
+            let npu_of = |l: &Leaf| {
+                l.device
+                    .as_ref()
+                    .and_then(|d| d.npu.as_ref().map(|n| n.accelerator.clone()))
+            };
+            if leaf.device.is_none() || npu_of(&leaf) != config.npu {
+                leaf.device = Some(crate::deploy::measure(
+                    &dir.join("model.tflite"),
+                    &deploy,
+                    tools.as_ref(),
+                )?);
+                crate::export::write(
+                    &leaf_file,
+                    serde_json::to_string_pretty(&leaf)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                )?;
+            }
             let zeros = float_zeros(&net.plan(input)?);
             nets.insert(name.to_string(), (net, lineage, zeros));
-            walk = met(&leaf, &leaves);
+            walk = judge(&leaf, &leaves, &mut walked);
             leaves.push(leaf);
             continue;
         }
@@ -1134,7 +1274,7 @@ pub fn run(
                 unique_per_channel_max: w.unique_per_channel_max,
             })
             .collect();
-        let leaf = Leaf {
+        let mut leaf = Leaf {
             stage: name.to_string(),
             parent,
             tflite: format!("{name}/model.tflite"),
@@ -1146,6 +1286,7 @@ pub fn run(
             compression: report.compression,
             layers,
             verified,
+            device: None,
             seconds: start.elapsed().as_secs_f64(),
         };
         let mut manifest = Manifest::new(spec.clone(), name, config.seed);
@@ -1170,6 +1311,11 @@ pub fn run(
         // the leaf last (its presence marks the node finished).
         checkpoint::save(&dir, &network, &manifest, None)?;
         export::write(&dir.join("model.tflite"), &bytes)?;
+        leaf.device = Some(crate::deploy::measure(
+            &dir.join("model.tflite"),
+            &deploy,
+            tools.as_ref(),
+        )?);
         crate::export::write(
             &leaf_file,
             serde_json::to_string_pretty(&leaf)
@@ -1185,7 +1331,7 @@ pub fn run(
             "stage done"
         );
         nets.insert(name.to_string(), (network, lineage, zeros));
-        walk = met(&leaf, &leaves);
+        walk = judge(&leaf, &leaves, &mut walked);
         leaves.push(leaf);
     }
     // Report in the config's order (the published tables' order).
@@ -1208,6 +1354,8 @@ pub fn run(
         "data": format!("{}; {}", data.val.describe(), data.val.fingerprint()),
         "leaves": leaves,
         "targets": config.targets,
+        "npu": config.npu,
+        "walk": walked,
         "targets_met_by": walk,
     });
     export::write(
@@ -1220,12 +1368,13 @@ pub fn run(
     plots(config, &leaves, out)?;
     Ok(Outcome {
         leaves,
+        walk: walked,
         targets_met_by: walk,
     })
 }
 
-/// `density.png` (one kernel's weights at every node, from the int8 files) and
-/// `accuracy_vs_size.png`.
+/// `density.png` (one kernel's weights at every node, from the int8 files),
+/// `accuracy_vs_size.png`, `accuracy_vs_latency.png` and, with an NPU, `accuracy_vs_npu.png`.
 fn plots(config: &TreeConfig, leaves: &[Leaf], out: &Path) -> Result<(), CollabError> {
     let layer = match &config.plot_layer {
         Some(l) => format!("{l}/weight"),
@@ -1258,6 +1407,10 @@ fn plots(config: &TreeConfig, leaves: &[Leaf], out: &Path) -> Result<(), CollabE
     let name = layer.trim_end_matches("/weight");
     crate::plot::density(&out.join("density.png"), name, &nodes)?;
     crate::plot::accuracy_vs_size(&out.join("accuracy_vs_size.png"), leaves)?;
+    crate::plot::accuracy_vs_latency(&out.join("accuracy_vs_latency.png"), leaves, false)?;
+    if config.npu.is_some() {
+        crate::plot::accuracy_vs_latency(&out.join("accuracy_vs_npu.png"), leaves, true)?;
+    }
     Ok(())
 }
 
@@ -1294,12 +1447,168 @@ pub fn table(leaves: &[Leaf]) -> String {
             checked[0].inputs
         );
     }
+    s += &device_table(leaves);
+    s
+}
+
+/// The deployment figures of every measured leaf ([`crate::deploy::DeviceFigures`]): CPU
+/// latencies, TFLite Micro memory and, with an NPU, Vela's estimates. Empty when none was
+/// measured.
+fn device_table(leaves: &[Leaf]) -> String {
+    let measured: Vec<(&Leaf, &crate::deploy::DeviceFigures)> = leaves
+        .iter()
+        .filter_map(|l| l.device.as_ref().map(|d| (l, d)))
+        .collect();
+    let Some((_, first)) = measured.first() else {
+        return String::new();
+    };
+    let npu = measured
+        .iter()
+        .find_map(|(_, d)| d.npu.as_ref().map(|n| n.accelerator.clone()));
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "\nOn this machine (batch 1, one thread; ours with {} kernels){}:\n\n\
+         | stage | ours ms | XNNPACK ms | ours / XNNPACK | TFLM arena bytes | flash bytes |",
+        first.latency.kernels,
+        npu.as_ref()
+            .map(|n| format!("; Vela's estimates for {n}"))
+            .unwrap_or_default()
+    );
+    if npu.is_some() {
+        s += " NPU ms | NPU cycles | NPU SRAM bytes | NPU flash bytes | weights → Vela-encoded bytes | on NPU |";
+        s += "\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    } else {
+        s += "\n|---|---|---|---|---|---|\n";
+    }
+    for (l, d) in &measured {
+        s += &format!(
+            "| {} | {:.3} | {} | {} | {} | {} |",
+            l.stage,
+            d.latency.median_ms,
+            opt(d.xnnpack_ms.map(|x| format!("{x:.3}"))),
+            opt(d
+                .xnnpack_ms
+                .map(|x| format!("{:.2}", d.latency.median_ms / x))),
+            opt(d.arena_bytes.map(|b| b.to_string())),
+            d.flash_bytes,
+        );
+        if npu.is_some() {
+            s += &match &d.npu {
+                Some(n) => format!(
+                    " {:.3} | {} | {} | {} | {} → {} | {:.0}% |",
+                    n.inference_ms,
+                    n.cycles,
+                    n.sram_bytes,
+                    n.flash_bytes,
+                    n.weight_bytes,
+                    n.encoded_weight_bytes,
+                    n.npu_ops_percent
+                ),
+                None => " - | - | - | - | - | - |".into(),
+            };
+        }
+        s.push('\n');
+    }
+    let missing: std::collections::BTreeSet<&String> =
+        measured.iter().flat_map(|(_, d)| &d.missing).collect();
+    for m in missing {
+        s += &format!("\nMissing: {m}\n");
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leaf(device: Option<crate::deploy::DeviceFigures>) -> Leaf {
+        Leaf {
+            stage: "pruned".into(),
+            parent: Some("baseline".into()),
+            tflite: "pruned/model.tflite".into(),
+            float_accuracy: 0.9,
+            int8_accuracy: 0.9,
+            samples: 100,
+            bytes: 50_000,
+            gzip_bytes: 30_000,
+            compression: 0.4,
+            layers: Vec::new(),
+            verified: None,
+            device,
+            seconds: 1.0,
+        }
+    }
+
+    fn figures(npu: bool) -> crate::deploy::DeviceFigures {
+        crate::deploy::DeviceFigures {
+            flash_bytes: 50_000,
+            latency: crate::deploy::Latency {
+                median_ms: 2.0,
+                p90_ms: 2.5,
+                runs: 30,
+                kernels: "portable".into(),
+            },
+            xnnpack_ms: Some(1.0),
+            arena_bytes: Some(20_000),
+            npu: npu.then(|| collab_tflite::tools::VelaFigures {
+                accelerator: "ethos-u55-128".into(),
+                system_config: "Ethos_U55_High_End_Embedded".into(),
+                inference_ms: 0.5,
+                cycles: 250_000,
+                sram_bytes: 10_000,
+                flash_bytes: 40_000,
+                weight_bytes: 35_000,
+                encoded_weight_bytes: 30_000,
+                npu_ops_percent: 100.0,
+                cpu_ops: Vec::new(),
+            }),
+            missing: if npu {
+                Vec::new()
+            } else {
+                vec!["NPU figures for ethos-u55-128: Vela is not installed".into()]
+            },
+        }
+    }
+
+    #[test]
+    fn targets_say_why_a_node_misses_them() {
+        let t = Targets {
+            max_latency_ms: Some(1.5),
+            max_npu_ms: Some(1.0),
+            max_flash_bytes: Some(45_000),
+            max_arena_bytes: Some(25_000),
+            ..Targets::default()
+        };
+        // Latency too high; NPU flash (not the file) fits; NPU time and arena fit.
+        assert_eq!(
+            t.misses(&leaf(Some(figures(true))), 0.9),
+            ["latency 2.000 ms > 1.5 ms"]
+        );
+        // Without Vela: the NPU target is missed with the reason, flash falls back to the file.
+        let why = t.misses(&leaf(Some(figures(false))), 0.9);
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[1].contains("no NPU figures: NPU figures for ethos-u55-128: Vela is not"));
+        assert_eq!(why[2], "flash 50000 bytes > 45000");
+        // A node never measured misses every device target.
+        let why = t.misses(&leaf(None), 0.9);
+        assert!(
+            why.iter()
+                .all(|w| w.contains("not measured") || w.contains("flash"))
+        );
+        // Size and accuracy targets as before.
+        let t = Targets {
+            max_gzip: Some(29_999),
+            max_accuracy_drop: Some(1.0),
+            max_latency_ms: Some(3.0),
+            ..Targets::default()
+        };
+        assert_eq!(
+            t.misses(&leaf(Some(figures(false))), 0.95),
+            ["gzip 30000 bytes > 29999", "accuracy drop 5.00 points > 1"]
+        );
+        assert!(!t.met_by(&leaf(Some(figures(false))), 0.95));
+        assert!(Targets::default().met_by(&leaf(None), 0.95) && !Targets::default().any());
+    }
 
     #[test]
     fn shipped_configs_are_valid_trees() {
