@@ -20,9 +20,7 @@
 use serde::Serialize;
 
 use crate::TfliteError;
-use crate::fixed::{
-    exp_on_negative_values_q5, mbqm, mbqm_single, quantize_multiplier, rdbpot, reciprocal,
-};
+use crate::fixed::{exp_on_negative_values_q5, mbqm, quantize_multiplier, rdbpot, reciprocal};
 use crate::reader::{Activation, Graph, Options, Padding, TensorInfo, TensorType};
 
 /// The most activation memory a model may ask for (all intermediate tensors together).
@@ -167,20 +165,7 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
 #[derive(Clone, Debug)]
 enum Kernel {
     Conv(Box<ConvKernel>),
-    FullyConnected {
-        input: usize,
-        output: usize,
-        batches: usize,
-        depth: usize,
-        units: usize,
-        filter: Vec<i8>,
-        bias: Vec<i32>,
-        input_offset: i32,
-        output_offset: i32,
-        multiplier: i32,
-        shift: i32,
-        act: [i32; 2],
-    },
+    FullyConnected(Box<crate::fully_connected::FcKernel>),
     AvgPool {
         input: usize,
         output: usize,
@@ -758,21 +743,19 @@ impl Interpreter {
                 // GetQuantizedConvolutionMultipler: the product in float, the division in double.
                 let (multiplier, shift) =
                     quantize_multiplier((in_scale * scales[0]) as f64 / out_scale as f64);
-                Kernel::FullyConnected {
-                    input: ii,
-                    output: oi,
-                    batches: size / depth,
-                    depth,
-                    units,
-                    filter: const_i8(ft, n, name)?.iter().map(|b| *b as i8).collect(),
-                    bias: bias_i32(graph, op.inputs.get(2), units, n, name)?,
-                    input_offset: -in_zp,
-                    output_offset: out_zp,
+                let multiplier = vec![multiplier; units];
+                let shift = vec![shift; units];
+                Kernel::FullyConnected(Box::new(crate::fully_connected::FcKernel::new(
+                    [ii, oi],
+                    [size / depth, depth, units],
+                    const_i8(ft, n, name)?.iter().map(|b| *b as i8).collect(),
+                    bias_i32(graph, op.inputs.get(2), units, n, name)?,
+                    [-in_zp, out_zp],
                     multiplier,
                     shift,
-                    act: activation_range(*activation, out_scale, out_zp)
+                    activation_range(*activation, out_scale, out_zp)
                         .map_err(|e| bad(n, name, e))?,
-                }
+                )))
             }
             (
                 "AVERAGE_POOL_2D" | "MAX_POOL_2D",
@@ -1169,30 +1152,40 @@ impl Interpreter {
     pub fn set_kernels(&mut self, kernels: Kernels) {
         // `Portable` builds no fast form: every convolution then runs `conv`.
         for k in &mut self.kernels {
-            if let Kernel::Conv(c) = k {
-                c.fast = build_fast(c, kernels);
+            match k {
+                Kernel::Conv(c) => c.fast = build_fast(c, kernels),
+                Kernel::FullyConnected(fc) => fc.set_kernels(kernels),
+                _ => {}
             }
         }
     }
 
-    /// The kernels the convolutions run on: `"avx512-vnni"`, `"avx2"` or `"portable"` (the
-    /// first that any convolution uses, in that order).
+    /// The kernels the convolutions and fully-connected layers run on: `"avx512-vnni"`,
+    /// `"avx2"` or `"portable"` (the first that any of them uses, in that order).
     pub fn kernel_name(&self) -> &'static str {
         let mut name = "portable";
         for k in &self.kernels {
-            if let Kernel::Conv(c) = k {
-                match c.fast {
-                    Some(Fast::Gemm(..) | Fast::Depthwise(..)) => return "avx512-vnni",
-                    Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => name = "avx2",
-                    None => {}
-                }
+            let this = match k {
+                Kernel::Conv(c) => match c.fast {
+                    Some(Fast::Gemm(..) | Fast::Depthwise(..)) => "avx512-vnni",
+                    Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
+                    None => "portable",
+                },
+                Kernel::FullyConnected(fc) => fc.kernel_name(),
+                _ => "portable",
+            };
+            match this {
+                "avx512-vnni" => return this,
+                "avx2" => name = this,
+                _ => {}
             }
         }
         name
     }
 
     /// Whether the AVX-512 VNNI kernels run the convolutions (ordinary ones and depthwise ones
-    /// with multiplier 1; the CPU has AVX-512 F/BW/VL/VNNI and
+    /// with multiplier 1) or the fully-connected layers (the first that any of them uses; the
+    /// CPU has AVX-512 F/BW/VL/VNNI and
     /// [`set_portable`](Self::set_portable) is off).
     pub fn uses_vnni(&self) -> bool {
         self.kernel_name() == "avx512-vnni"
@@ -1217,12 +1210,7 @@ impl Interpreter {
                     let per = if c.depthwise { 1 } else { c.in_shape[3] };
                     (c.out_shape.iter().product::<usize>() * c.kernel[0] * c.kernel[1] * per) as u64
                 }
-                Kernel::FullyConnected {
-                    batches,
-                    depth,
-                    units,
-                    ..
-                } => (batches * depth * units) as u64,
+                Kernel::FullyConnected(fc) => (fc.batches * fc.depth * fc.units) as u64,
                 Kernel::AvgPool {
                     out_shape, filter, ..
                 } => (out_shape.iter().product::<usize>() * filter[0] * filter[1]) as u64,
@@ -1331,46 +1319,8 @@ impl Interpreter {
                 };
                 i8s[c.output] = out;
             }
-            Kernel::FullyConnected {
-                input,
-                output,
-                batches,
-                depth,
-                units,
-                filter,
-                bias,
-                input_offset,
-                output_offset,
-                multiplier,
-                shift,
-                act,
-            } => {
-                let x = &i8s[*input];
-                let mut out = Vec::with_capacity(batches * units);
-                for b in 0..*batches {
-                    let row = &x[b * depth..(b + 1) * depth];
-                    for u in 0..*units {
-                        let w = &filter[u * depth..(u + 1) * depth];
-                        // int32 accumulation wraps as the C++ kernels do in practice.
-                        let (dot, w_sum) =
-                            w.iter().zip(row).fold((0i32, 0i32), |(d, s), (a, b)| {
-                                (
-                                    d.wrapping_add(*a as i32 * *b as i32),
-                                    s.wrapping_add(*a as i32),
-                                )
-                            });
-                        let acc = dot
-                            .wrapping_add(input_offset.wrapping_mul(w_sum))
-                            .wrapping_add(bias[u]);
-                        let v = match self.flavor {
-                            Flavor::Micro => mbqm(acc, *multiplier, *shift),
-                            Flavor::LiteRtReference => mbqm_single(acc, *multiplier, *shift),
-                        }
-                        .wrapping_add(*output_offset);
-                        out.push(v.clamp(act[0], act[1]) as i8);
-                    }
-                }
-                i8s[*output] = out;
+            Kernel::FullyConnected(fc) => {
+                i8s[fc.output] = fc.run(&i8s[fc.input], self.flavor);
             }
             Kernel::AvgPool {
                 input,

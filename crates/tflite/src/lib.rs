@@ -42,6 +42,7 @@ pub mod activations;
 pub mod concat;
 pub mod elementwise;
 pub mod fixed;
+mod fully_connected;
 pub mod interp;
 pub mod npy;
 pub mod reader;
