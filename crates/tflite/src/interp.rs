@@ -269,6 +269,26 @@ pub struct Interpreter {
     float: Vec<bool>,
     inputs: Vec<(usize, Port)>,
     outputs: Vec<(usize, Port)>,
+    /// Name and tensor shapes of every operator, for [`Interpreter::run_profiled`].
+    ops: Vec<OpTime>,
+}
+
+/// One operator of a profiled run ([`Interpreter::run_profiled`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpTime {
+    /// Position in the graph's operator list.
+    pub index: usize,
+    /// Builtin name, e.g. `CONV_2D`.
+    pub op: String,
+    /// Shapes of its inputs (activations and constants, in the file's order; absent optional
+    /// inputs left out).
+    pub inputs: Vec<Vec<usize>>,
+    /// Shape of its first output.
+    pub output: Vec<usize>,
+    /// The kernel it ran on: `"avx512-vnni"`, `"avx2"` or `"portable"`.
+    pub kernel: &'static str,
+    /// Seconds it took (0 until run).
+    pub seconds: f64,
 }
 
 pub(crate) fn bad(n: usize, op: &str, what: impl std::fmt::Display) -> TfliteError {
@@ -540,6 +560,20 @@ impl Interpreter {
                 )));
             }
         }
+        let shape = |i: &i32| graph.tensors[*i as usize].shape.clone();
+        let ops = graph
+            .operators
+            .iter()
+            .enumerate()
+            .map(|(index, op)| OpTime {
+                index,
+                op: op.op.clone(),
+                inputs: op.inputs.iter().filter(|i| **i >= 0).map(shape).collect(),
+                output: op.outputs.first().map(shape).unwrap_or_default(),
+                kernel: "portable",
+                seconds: 0.0,
+            })
+            .collect();
         Ok(Self {
             flavor,
             kernels,
@@ -547,6 +581,7 @@ impl Interpreter {
             float,
             inputs: inputs.into_iter().collect(),
             outputs,
+            ops,
         })
     }
 
@@ -1165,15 +1200,7 @@ impl Interpreter {
     pub fn kernel_name(&self) -> &'static str {
         let mut name = "portable";
         for k in &self.kernels {
-            let this = match k {
-                Kernel::Conv(c) => match c.fast {
-                    Some(Fast::Gemm(..) | Fast::Depthwise(..)) => "avx512-vnni",
-                    Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
-                    None => "portable",
-                },
-                Kernel::FullyConnected(fc) => fc.kernel_name(),
-                _ => "portable",
-            };
+            let this = kernel_of(k);
             match this {
                 "avx512-vnni" => return this,
                 "avx2" => name = this,
@@ -1232,17 +1259,7 @@ impl Interpreter {
     /// Run the graph on one value per graph input (int8 or float as the input tensor is).
     pub fn run(&self, inputs: &[Data]) -> Result<Vec<Data>, TfliteError> {
         let (i8s, f32s) = self.run_all(inputs)?;
-        Ok(self
-            .outputs
-            .iter()
-            .map(|(i, _)| {
-                if self.float[*i] {
-                    Data::F32(f32s[*i].clone())
-                } else {
-                    Data::I8(i8s[*i].clone())
-                }
-            })
-            .collect())
+        Ok(self.collect_outputs(&i8s, &f32s))
     }
 
     /// Run the graph and return every computed tensor by index (`None` for constants): for
@@ -1262,8 +1279,45 @@ impl Interpreter {
             .collect())
     }
 
+    /// Run the graph as [`run`](Self::run) and time every operator: the outputs and, per
+    /// operator in graph order, its name, shapes, kernel and seconds. Timing adds a clock
+    /// read per operator; sum over many runs (or take medians) for stable figures.
+    pub fn run_profiled(&self, inputs: &[Data]) -> Result<(Vec<Data>, Vec<OpTime>), TfliteError> {
+        let mut ops = self.ops.clone();
+        let mut timed = |n: usize, seconds: f64| ops[n].seconds = seconds;
+        let (i8s, f32s) = self.run_timed(inputs, Some(&mut timed))?;
+        for (op, k) in ops.iter_mut().zip(&self.kernels) {
+            op.kernel = kernel_of(k);
+        }
+        Ok((self.collect_outputs(&i8s, &f32s), ops))
+    }
+
+    fn collect_outputs(&self, i8s: &[Vec<i8>], f32s: &[Vec<f32>]) -> Vec<Data> {
+        self.outputs
+            .iter()
+            .map(|(i, _)| {
+                if self.float[*i] {
+                    Data::F32(f32s[*i].clone())
+                } else {
+                    Data::I8(i8s[*i].clone())
+                }
+            })
+            .collect()
+    }
+
     #[allow(clippy::type_complexity)]
     fn run_all(&self, inputs: &[Data]) -> Result<(Vec<Vec<i8>>, Vec<Vec<f32>>), TfliteError> {
+        self.run_timed(inputs, None)
+    }
+
+    /// [`run_all`](Self::run_all), calling `timed(operator, seconds)` after each operator if
+    /// given (no clock is read otherwise).
+    #[allow(clippy::type_complexity)]
+    fn run_timed(
+        &self,
+        inputs: &[Data],
+        mut timed: Option<&mut dyn FnMut(usize, f64)>,
+    ) -> Result<(Vec<Vec<i8>>, Vec<Vec<f32>>), TfliteError> {
         if inputs.len() != self.inputs.len() {
             return Err(TfliteError::Input(format!(
                 "{} inputs given, the model has {}",
@@ -1294,8 +1348,15 @@ impl Interpreter {
                 }
             }
         }
-        for k in &self.kernels {
-            self.step(k, &mut i8s, &mut f32s);
+        for (n, k) in self.kernels.iter().enumerate() {
+            match timed.as_mut() {
+                Some(timed) => {
+                    let start = std::time::Instant::now();
+                    self.step(k, &mut i8s, &mut f32s);
+                    timed(n, start.elapsed().as_secs_f64());
+                }
+                None => self.step(k, &mut i8s, &mut f32s),
+            }
         }
         Ok((i8s, f32s))
     }
@@ -1770,6 +1831,19 @@ fn requantize_row_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
         let threshold = (mask >> 1) + (high >> 31 & 1);
         let v = (high >> right) + i32::from(remainder > threshold);
         *o = v.wrapping_add(zp).clamp(lo, hi) as i8;
+    }
+}
+
+/// The kernel set operator `k` runs on.
+fn kernel_of(k: &Kernel) -> &'static str {
+    match k {
+        Kernel::Conv(c) => match c.fast {
+            Some(Fast::Gemm(..) | Fast::Depthwise(..)) => "avx512-vnni",
+            Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
+            None => "portable",
+        },
+        Kernel::FullyConnected(fc) => fc.kernel_name(),
+        _ => "portable",
     }
 }
 

@@ -51,7 +51,7 @@ pub mod tools;
 mod vnni;
 pub mod writer;
 
-pub use interp::{Data, Flavor, Interpreter, Kernels, Port};
+pub use interp::{Data, Flavor, Interpreter, Kernels, OpTime, Port};
 pub use reader::{
     Activation, Graph, Operator, Options, Padding, Quantization, TensorInfo, TensorType,
 };
