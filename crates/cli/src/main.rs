@@ -739,6 +739,10 @@ enum BenchCommand {
         /// Convolution kernels.
         #[arg(long, value_enum, default_value = "best")]
         kernels: KernelsArg,
+        /// Print each operator's median time (name, shapes, kernel, share of the total)
+        /// instead of the whole run's.
+        #[arg(long)]
+        profile: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -785,6 +789,40 @@ fn bench(what: BenchCommand) -> Result<(), CliError> {
             threads: _,
             runs,
             kernels,
+            profile: true,
+            json,
+        } => {
+            let ops = collab::bench::profile(&model, runs, kernels.into())?;
+            if json {
+                println!("{}", serde_json::to_string(&ops).unwrap_or_default());
+            } else {
+                let total: f64 = ops.iter().map(|o| o.seconds).sum();
+                println!(
+                    "{}: operators' medians sum to {:.4} ms over {runs} runs",
+                    model.display(),
+                    total * 1e3
+                );
+                for o in &ops {
+                    println!(
+                        "{:>3} {:<18} {:>8.4} ms {:>5.1}%  {:<11} {:?} -> {:?}",
+                        o.index,
+                        o.op,
+                        o.seconds * 1e3,
+                        100.0 * o.seconds / total.max(f64::MIN_POSITIVE),
+                        o.kernel,
+                        o.inputs,
+                        o.output
+                    );
+                }
+            }
+            return Ok(());
+        }
+        BenchCommand::Infer {
+            model,
+            threads: _,
+            runs,
+            kernels,
+            profile: false,
             json,
         } => (collab::bench::infer(&model, runs, kernels.into())?, json),
     };

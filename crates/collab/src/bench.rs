@@ -203,6 +203,41 @@ pub fn train_step(
     ))
 }
 
+/// Per-operator time of `path` in our int8 interpreter with `kernels`, one thread: the median
+/// over `runs` profiled runs (after 10 warm-up runs) of each operator, in graph order, with
+/// its name, shapes and kernel.
+pub fn profile(
+    path: &Path,
+    runs: usize,
+    kernels: collab_tflite::Kernels,
+) -> Result<Vec<collab_tflite::OpTime>, CollabError> {
+    use collab_tflite::{Graph, Interpreter};
+    let graph = Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
+    let mut interp = Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
+    interp.set_kernels(kernels);
+    let inputs = crate::deploy::bench_inputs(&interp);
+    let mut samples: Vec<Vec<f64>> = Vec::new();
+    let mut ops = Vec::new();
+    for i in 0..runs.max(1) + 10 {
+        let (out, times) = interp
+            .run_profiled(&inputs)
+            .map_err(|e| CollabError::checkpoint(path, e))?;
+        std::hint::black_box(out);
+        if i >= 10 {
+            samples.resize(times.len(), Vec::new());
+            for (s, t) in samples.iter_mut().zip(&times) {
+                s.push(t.seconds);
+            }
+            ops = times;
+        }
+    }
+    for (op, mut s) in ops.iter_mut().zip(samples) {
+        s.sort_by(f64::total_cmp);
+        op.seconds = s[s.len() / 2];
+    }
+    Ok(ops)
+}
+
 /// Latency of one batch of `path` in our int8 interpreter, `runs` timed runs after 10 warm-up
 /// runs, single thread ([`crate::deploy::time_interpreter`]).
 pub fn infer(

@@ -57,18 +57,10 @@ pub struct Latency {
     pub kernels: String,
 }
 
-/// Per-run times (milliseconds) of `path` in our int8 interpreter with `kernels`, one thread,
-/// and the kernel set's name. The input is fixed pseudo-random values, not zeros: the
-/// interpreter skips zero inputs, which would flatter it.
-pub fn time_interpreter(
-    path: &Path,
-    kernels: Kernels,
-    runs: Runs,
-) -> Result<(Vec<f64>, &'static str), CollabError> {
-    let graph = Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
-    let mut interp = Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
-    interp.set_kernels(kernels);
-    let inputs: Vec<Data> = interp
+/// The fixed pseudo-random inputs the latency benchmarks feed `interp` (one per graph input;
+/// not zeros, which would flatter the interpreter).
+pub fn bench_inputs(interp: &Interpreter) -> Vec<Data> {
+    interp
         .inputs()
         .iter()
         .map(|p| {
@@ -85,7 +77,21 @@ pub fn time_interpreter(
                 _ => Data::I8((0..n).map(|_| next() as i8).collect()),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Per-run times (milliseconds) of `path` in our int8 interpreter with `kernels`, one thread,
+/// and the kernel set's name. The input is fixed pseudo-random values, not zeros: the
+/// interpreter skips zero inputs, which would flatter it.
+pub fn time_interpreter(
+    path: &Path,
+    kernels: Kernels,
+    runs: Runs,
+) -> Result<(Vec<f64>, &'static str), CollabError> {
+    let graph = Graph::open(path).map_err(|e| CollabError::checkpoint(path, e))?;
+    let mut interp = Interpreter::new(&graph).map_err(|e| CollabError::checkpoint(path, e))?;
+    interp.set_kernels(kernels);
+    let inputs = bench_inputs(&interp);
     let run = |interp: &Interpreter| -> Result<f64, CollabError> {
         let start = Instant::now();
         let out = interp

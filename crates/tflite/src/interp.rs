@@ -20,9 +20,7 @@
 use serde::Serialize;
 
 use crate::TfliteError;
-use crate::fixed::{
-    exp_on_negative_values_q5, mbqm, mbqm_single, quantize_multiplier, rdbpot, reciprocal,
-};
+use crate::fixed::{exp_on_negative_values_q5, mbqm, quantize_multiplier, rdbpot, reciprocal};
 use crate::reader::{Activation, Graph, Options, Padding, TensorInfo, TensorType};
 
 /// The most activation memory a model may ask for (all intermediate tensors together).
@@ -167,20 +165,7 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
 #[derive(Clone, Debug)]
 enum Kernel {
     Conv(Box<ConvKernel>),
-    FullyConnected {
-        input: usize,
-        output: usize,
-        batches: usize,
-        depth: usize,
-        units: usize,
-        filter: Vec<i8>,
-        bias: Vec<i32>,
-        input_offset: i32,
-        output_offset: i32,
-        multiplier: i32,
-        shift: i32,
-        act: [i32; 2],
-    },
+    FullyConnected(Box<crate::fully_connected::FcKernel>),
     AvgPool {
         input: usize,
         output: usize,
@@ -284,6 +269,26 @@ pub struct Interpreter {
     float: Vec<bool>,
     inputs: Vec<(usize, Port)>,
     outputs: Vec<(usize, Port)>,
+    /// Name and tensor shapes of every operator, for [`Interpreter::run_profiled`].
+    ops: Vec<OpTime>,
+}
+
+/// One operator of a profiled run ([`Interpreter::run_profiled`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpTime {
+    /// Position in the graph's operator list.
+    pub index: usize,
+    /// Builtin name, e.g. `CONV_2D`.
+    pub op: String,
+    /// Shapes of its inputs (activations and constants, in the file's order; absent optional
+    /// inputs left out).
+    pub inputs: Vec<Vec<usize>>,
+    /// Shape of its first output.
+    pub output: Vec<usize>,
+    /// The kernel it ran on: `"avx512-vnni"`, `"avx2"` or `"portable"`.
+    pub kernel: &'static str,
+    /// Seconds it took (0 until run).
+    pub seconds: f64,
 }
 
 pub(crate) fn bad(n: usize, op: &str, what: impl std::fmt::Display) -> TfliteError {
@@ -555,6 +560,20 @@ impl Interpreter {
                 )));
             }
         }
+        let shape = |i: &i32| graph.tensors[*i as usize].shape.clone();
+        let ops = graph
+            .operators
+            .iter()
+            .enumerate()
+            .map(|(index, op)| OpTime {
+                index,
+                op: op.op.clone(),
+                inputs: op.inputs.iter().filter(|i| **i >= 0).map(shape).collect(),
+                output: op.outputs.first().map(shape).unwrap_or_default(),
+                kernel: "portable",
+                seconds: 0.0,
+            })
+            .collect();
         Ok(Self {
             flavor,
             kernels,
@@ -562,6 +581,7 @@ impl Interpreter {
             float,
             inputs: inputs.into_iter().collect(),
             outputs,
+            ops,
         })
     }
 
@@ -758,21 +778,19 @@ impl Interpreter {
                 // GetQuantizedConvolutionMultipler: the product in float, the division in double.
                 let (multiplier, shift) =
                     quantize_multiplier((in_scale * scales[0]) as f64 / out_scale as f64);
-                Kernel::FullyConnected {
-                    input: ii,
-                    output: oi,
-                    batches: size / depth,
-                    depth,
-                    units,
-                    filter: const_i8(ft, n, name)?.iter().map(|b| *b as i8).collect(),
-                    bias: bias_i32(graph, op.inputs.get(2), units, n, name)?,
-                    input_offset: -in_zp,
-                    output_offset: out_zp,
+                let multiplier = vec![multiplier; units];
+                let shift = vec![shift; units];
+                Kernel::FullyConnected(Box::new(crate::fully_connected::FcKernel::new(
+                    [ii, oi],
+                    [size / depth, depth, units],
+                    const_i8(ft, n, name)?.iter().map(|b| *b as i8).collect(),
+                    bias_i32(graph, op.inputs.get(2), units, n, name)?,
+                    [-in_zp, out_zp],
                     multiplier,
                     shift,
-                    act: activation_range(*activation, out_scale, out_zp)
+                    activation_range(*activation, out_scale, out_zp)
                         .map_err(|e| bad(n, name, e))?,
-                }
+                )))
             }
             (
                 "AVERAGE_POOL_2D" | "MAX_POOL_2D",
@@ -1169,30 +1187,32 @@ impl Interpreter {
     pub fn set_kernels(&mut self, kernels: Kernels) {
         // `Portable` builds no fast form: every convolution then runs `conv`.
         for k in &mut self.kernels {
-            if let Kernel::Conv(c) = k {
-                c.fast = build_fast(c, kernels);
+            match k {
+                Kernel::Conv(c) => c.fast = build_fast(c, kernels),
+                Kernel::FullyConnected(fc) => fc.set_kernels(kernels),
+                _ => {}
             }
         }
     }
 
-    /// The kernels the convolutions run on: `"avx512-vnni"`, `"avx2"` or `"portable"` (the
-    /// first that any convolution uses, in that order).
+    /// The kernels the convolutions and fully-connected layers run on: `"avx512-vnni"`,
+    /// `"avx2"` or `"portable"` (the first that any of them uses, in that order).
     pub fn kernel_name(&self) -> &'static str {
         let mut name = "portable";
         for k in &self.kernels {
-            if let Kernel::Conv(c) = k {
-                match c.fast {
-                    Some(Fast::Gemm(..) | Fast::Depthwise(..)) => return "avx512-vnni",
-                    Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => name = "avx2",
-                    None => {}
-                }
+            let this = kernel_of(k);
+            match this {
+                "avx512-vnni" => return this,
+                "avx2" => name = this,
+                _ => {}
             }
         }
         name
     }
 
     /// Whether the AVX-512 VNNI kernels run the convolutions (ordinary ones and depthwise ones
-    /// with multiplier 1; the CPU has AVX-512 F/BW/VL/VNNI and
+    /// with multiplier 1) or the fully-connected layers (the first that any of them uses; the
+    /// CPU has AVX-512 F/BW/VL/VNNI and
     /// [`set_portable`](Self::set_portable) is off).
     pub fn uses_vnni(&self) -> bool {
         self.kernel_name() == "avx512-vnni"
@@ -1217,12 +1237,7 @@ impl Interpreter {
                     let per = if c.depthwise { 1 } else { c.in_shape[3] };
                     (c.out_shape.iter().product::<usize>() * c.kernel[0] * c.kernel[1] * per) as u64
                 }
-                Kernel::FullyConnected {
-                    batches,
-                    depth,
-                    units,
-                    ..
-                } => (batches * depth * units) as u64,
+                Kernel::FullyConnected(fc) => (fc.batches * fc.depth * fc.units) as u64,
                 Kernel::AvgPool {
                     out_shape, filter, ..
                 } => (out_shape.iter().product::<usize>() * filter[0] * filter[1]) as u64,
@@ -1244,17 +1259,7 @@ impl Interpreter {
     /// Run the graph on one value per graph input (int8 or float as the input tensor is).
     pub fn run(&self, inputs: &[Data]) -> Result<Vec<Data>, TfliteError> {
         let (i8s, f32s) = self.run_all(inputs)?;
-        Ok(self
-            .outputs
-            .iter()
-            .map(|(i, _)| {
-                if self.float[*i] {
-                    Data::F32(f32s[*i].clone())
-                } else {
-                    Data::I8(i8s[*i].clone())
-                }
-            })
-            .collect())
+        Ok(self.collect_outputs(&i8s, &f32s))
     }
 
     /// Run the graph and return every computed tensor by index (`None` for constants): for
@@ -1274,8 +1279,45 @@ impl Interpreter {
             .collect())
     }
 
+    /// Run the graph as [`run`](Self::run) and time every operator: the outputs and, per
+    /// operator in graph order, its name, shapes, kernel and seconds. Timing adds a clock
+    /// read per operator; sum over many runs (or take medians) for stable figures.
+    pub fn run_profiled(&self, inputs: &[Data]) -> Result<(Vec<Data>, Vec<OpTime>), TfliteError> {
+        let mut ops = self.ops.clone();
+        let mut timed = |n: usize, seconds: f64| ops[n].seconds = seconds;
+        let (i8s, f32s) = self.run_timed(inputs, Some(&mut timed))?;
+        for (op, k) in ops.iter_mut().zip(&self.kernels) {
+            op.kernel = kernel_of(k);
+        }
+        Ok((self.collect_outputs(&i8s, &f32s), ops))
+    }
+
+    fn collect_outputs(&self, i8s: &[Vec<i8>], f32s: &[Vec<f32>]) -> Vec<Data> {
+        self.outputs
+            .iter()
+            .map(|(i, _)| {
+                if self.float[*i] {
+                    Data::F32(f32s[*i].clone())
+                } else {
+                    Data::I8(i8s[*i].clone())
+                }
+            })
+            .collect()
+    }
+
     #[allow(clippy::type_complexity)]
     fn run_all(&self, inputs: &[Data]) -> Result<(Vec<Vec<i8>>, Vec<Vec<f32>>), TfliteError> {
+        self.run_timed(inputs, None)
+    }
+
+    /// [`run_all`](Self::run_all), calling `timed(operator, seconds)` after each operator if
+    /// given (no clock is read otherwise).
+    #[allow(clippy::type_complexity)]
+    fn run_timed(
+        &self,
+        inputs: &[Data],
+        mut timed: Option<&mut dyn FnMut(usize, f64)>,
+    ) -> Result<(Vec<Vec<i8>>, Vec<Vec<f32>>), TfliteError> {
         if inputs.len() != self.inputs.len() {
             return Err(TfliteError::Input(format!(
                 "{} inputs given, the model has {}",
@@ -1306,8 +1348,15 @@ impl Interpreter {
                 }
             }
         }
-        for k in &self.kernels {
-            self.step(k, &mut i8s, &mut f32s);
+        for (n, k) in self.kernels.iter().enumerate() {
+            match timed.as_mut() {
+                Some(timed) => {
+                    let start = std::time::Instant::now();
+                    self.step(k, &mut i8s, &mut f32s);
+                    timed(n, start.elapsed().as_secs_f64());
+                }
+                None => self.step(k, &mut i8s, &mut f32s),
+            }
         }
         Ok((i8s, f32s))
     }
@@ -1331,46 +1380,8 @@ impl Interpreter {
                 };
                 i8s[c.output] = out;
             }
-            Kernel::FullyConnected {
-                input,
-                output,
-                batches,
-                depth,
-                units,
-                filter,
-                bias,
-                input_offset,
-                output_offset,
-                multiplier,
-                shift,
-                act,
-            } => {
-                let x = &i8s[*input];
-                let mut out = Vec::with_capacity(batches * units);
-                for b in 0..*batches {
-                    let row = &x[b * depth..(b + 1) * depth];
-                    for u in 0..*units {
-                        let w = &filter[u * depth..(u + 1) * depth];
-                        // int32 accumulation wraps as the C++ kernels do in practice.
-                        let (dot, w_sum) =
-                            w.iter().zip(row).fold((0i32, 0i32), |(d, s), (a, b)| {
-                                (
-                                    d.wrapping_add(*a as i32 * *b as i32),
-                                    s.wrapping_add(*a as i32),
-                                )
-                            });
-                        let acc = dot
-                            .wrapping_add(input_offset.wrapping_mul(w_sum))
-                            .wrapping_add(bias[u]);
-                        let v = match self.flavor {
-                            Flavor::Micro => mbqm(acc, *multiplier, *shift),
-                            Flavor::LiteRtReference => mbqm_single(acc, *multiplier, *shift),
-                        }
-                        .wrapping_add(*output_offset);
-                        out.push(v.clamp(act[0], act[1]) as i8);
-                    }
-                }
-                i8s[*output] = out;
+            Kernel::FullyConnected(fc) => {
+                i8s[fc.output] = fc.run(&i8s[fc.input], self.flavor);
             }
             Kernel::AvgPool {
                 input,
@@ -1820,6 +1831,19 @@ fn requantize_row_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
         let threshold = (mask >> 1) + (high >> 31 & 1);
         let v = (high >> right) + i32::from(remainder > threshold);
         *o = v.wrapping_add(zp).clamp(lo, hi) as i8;
+    }
+}
+
+/// The kernel set operator `k` runs on.
+fn kernel_of(k: &Kernel) -> &'static str {
+    match k {
+        Kernel::Conv(c) => match c.fast {
+            Some(Fast::Gemm(..) | Fast::Depthwise(..)) => "avx512-vnni",
+            Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
+            None => "portable",
+        },
+        Kernel::FullyConnected(fc) => fc.kernel_name(),
+        _ => "portable",
     }
 }
 

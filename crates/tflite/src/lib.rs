@@ -42,6 +42,7 @@ pub mod activations;
 pub mod concat;
 pub mod elementwise;
 pub mod fixed;
+mod fully_connected;
 pub mod interp;
 pub mod npy;
 pub mod reader;
@@ -50,7 +51,7 @@ pub mod tools;
 mod vnni;
 pub mod writer;
 
-pub use interp::{Data, Flavor, Interpreter, Kernels, Port};
+pub use interp::{Data, Flavor, Interpreter, Kernels, OpTime, Port};
 pub use reader::{
     Activation, Graph, Operator, Options, Padding, Quantization, TensorInfo, TensorType,
 };

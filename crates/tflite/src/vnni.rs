@@ -389,6 +389,7 @@ impl<T: Copy + Default + 'static> Drop for Scratch<T> {
 }
 
 pub(crate) mod avx2;
+pub(crate) mod fc;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -406,7 +407,7 @@ mod x86 {
     /// add and one shift of the 64-bit product; multipliers are ≥ 0, so its saturating case
     /// (`i32::MIN · i32::MIN`) cannot occur.
     #[inline(always)]
-    unsafe fn requant16(v: __m512i, rq: &Requant, at: usize) -> __m128i {
+    pub(in crate::vnni) unsafe fn requant16(v: __m512i, rq: &Requant, at: usize) -> __m128i {
         // SAFETY: `at + 16` is within the constants (all padded to 32 channels, `at` a multiple
         // of 16 below the padded count), and the caller has AVX-512 F/BW.
         unsafe {

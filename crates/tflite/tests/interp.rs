@@ -673,3 +673,61 @@ fn broadcasting_mul_sub_add_match_the_runtimes() {
         }
     }
 }
+
+/// FULLY_CONNECTED written by the builder: the SIMD kernels (AVX-512 VNNI, AVX2) give the
+/// portable kernel's output for both flavors, and a profiled run gives the plain run's output
+/// with one entry per operator.
+mod fully_connected {
+    use collab_tflite::{ActQ, Activation, Data, Flavor, Graph, Int8Builder, Interpreter, Kernels};
+    use proptest::prelude::*;
+
+    fn values(seed: u64, n: usize) -> Vec<i8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 256) as i32 as u8 as i8
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(60))]
+
+        #[test]
+        fn fully_connected_kernels_agree(
+            (batch, depth, units) in (1usize..4, 1usize..300, 1usize..200),
+            (in_zp, out_zp) in (-128i32..128, -128i32..128),
+            out_scale in prop::sample::select(vec![0.5f32, 0.05, 0.002]),
+            relu in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let mut b = Int8Builder::new();
+            let x = b.input("x", &[batch, depth], ActQ { scale: 0.03, zero_point: in_zp }).unwrap();
+            let w = values(seed, units * depth);
+            let bias: Vec<f32> = values(seed ^ 1, units).iter().map(|v| *v as f32 * 0.01).collect();
+            let act = if relu { Activation::Relu } else { Activation::None };
+            let out_q = ActQ { scale: out_scale, zero_point: out_zp };
+            let y = b.fully_connected("fc", x, &w, units, 0.004, Some(&bias), act, out_q).unwrap();
+            b.output(y);
+            let graph = Graph::from_bytes(&b.finish().unwrap()).unwrap();
+            let input = values(seed ^ 2, batch * depth);
+            for flavor in [Flavor::Micro, Flavor::LiteRtReference] {
+                let mut interp = Interpreter::with_flavor(&graph, flavor).unwrap();
+                let got = interp.run_i8(&input).unwrap();
+                let (outs, ops) = interp.run_profiled(&[Data::I8(input.clone())]).unwrap();
+                prop_assert_eq!(&outs, &vec![Data::I8(got.clone())]);
+                prop_assert_eq!(ops.len(), 1);
+                prop_assert_eq!(&ops[0].op, "FULLY_CONNECTED");
+                prop_assert_eq!(ops[0].kernel, interp.kernel_name());
+                for kernels in [Kernels::Avx2, Kernels::Portable] {
+                    interp.set_kernels(kernels);
+                    prop_assert_eq!(&interp.run_i8(&input).unwrap(), &got, "{:?} {:?}", kernels, flavor);
+                }
+                prop_assert_eq!(interp.kernel_name(), "portable");
+            }
+        }
+    }
+}
