@@ -270,10 +270,7 @@ impl Tracer {
         c: &C,
         act: Act,
     ) -> Result<usize, CollabError> {
-        let quant = c.layer_quant(name)?;
-        if let Some(q) = &quant {
-            check_act(name, q.activation, act)?;
-        }
+        let quant = checked_quant(c, name, act)?;
         self.steps.push(Step::Conv {
             name: name.into(),
             src,
@@ -288,6 +285,20 @@ impl Tracer {
         self.steps.push(step);
         self.steps.len()
     }
+}
+
+/// Layer `name`'s QAT parameters, if it trained them, checked against the activation `act`
+/// the model applies after it.
+fn checked_quant<E: ExportLayer>(
+    layer: &E,
+    name: &str,
+    act: Act,
+) -> Result<Option<LayerQuant>, CollabError> {
+    let quant = layer.layer_quant(name)?;
+    if let Some(q) = &quant {
+        check_act(name, q.activation, act)?;
+    }
+    Ok(quant)
 }
 
 /// A QAT layer must have been trained with the activation the model applies after it (the
@@ -333,6 +344,13 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
         )));
     }
     let mut t = Tracer { steps: Vec::new() };
+    // The output quantization QAT trained for node `k`, if it did.
+    let trained = |k: usize, name: &str| {
+        net.requant_of(k)
+            .map(|q| q.params(name))
+            .transpose()
+            .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))
+    };
     for (k, node) in spec.nodes.iter().enumerate() {
         let name = node.name.as_str();
         match &node.op {
@@ -346,10 +364,7 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
             }
             Op::Linear { layer, act } => {
                 let l = &net.linears[*layer];
-                let quant = l.layer_quant(name)?;
-                if let Some(q) = &quant {
-                    check_act(name, q.activation, Act::from_fused(*act))?;
-                }
+                let quant = checked_quant(l, name, Act::from_fused(*act))?;
                 t.push(Step::Linear {
                     name: name.into(),
                     src: node.inputs[0],
@@ -359,11 +374,7 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                 });
             }
             Op::Add { act } => {
-                let quant = net
-                    .requant_of(k)
-                    .map(|q| q.params(name))
-                    .transpose()
-                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
+                let quant = trained(k, name)?;
                 t.push(Step::Add {
                     name: name.into(),
                     a: node.inputs[0],
@@ -380,10 +391,7 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                 act,
             } => {
                 let c = &net.convs[*layer];
-                let quant = c.layer_quant(name)?;
-                if let Some(q) = &quant {
-                    check_act(name, q.activation, Act::from_fused(*act))?;
-                }
+                let quant = checked_quant(c, name, Act::from_fused(*act))?;
                 t.push(Step::ConvTranspose {
                     name: name.into(),
                     src: node.inputs[0],
@@ -413,12 +421,10 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
             }
             Op::Act(act) => {
                 // LOGISTIC and TANH have a fixed int8 output: their quantizer learns nothing.
-                let quant = net
-                    .requant_of(k)
-                    .filter(|_| act.fixed_int8_output().is_none())
-                    .map(|q| q.params(name))
-                    .transpose()
-                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
+                let quant = match act.fixed_int8_output() {
+                    Some(_) => None,
+                    None => trained(k, name)?,
+                };
                 t.push(Step::Act {
                     name: name.into(),
                     src: node.inputs[0],
@@ -427,11 +433,7 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                 });
             }
             op @ (Op::Mul { .. } | Op::Sub { .. } | Op::MulConst { .. } | Op::AddConst { .. }) => {
-                let quant = net
-                    .requant_of(k)
-                    .map(|q| q.params(name))
-                    .transpose()
-                    .map_err(|e| CollabError::Usage(format!("node `{name}`: {e}")))?;
+                let quant = trained(k, name)?;
                 t.push(Step::Binary {
                     name: name.into(),
                     op: op.clone(),

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use collab::export::{self, ExportOptions, Plan, Traceable};
 use collab_cluster::ClusteringConfig;
@@ -11,6 +13,7 @@ use collab_data::cifar::Cifar10;
 use collab_data::mfcc::Frontend;
 use collab_data::shared::require_shared;
 use collab_data::speech::{SpeechCommands, Split};
+use collab_models::GraphNet;
 use collab_models::{
     ConvBlock, DsCnnConfig, DsCnnSize, MobileNetV1Config, MobileNetV2Config, Variant, import,
 };
@@ -540,6 +543,49 @@ fn trained_small_mobilenet_exports_bit_exact() {
 
 /// A small residual network on CIFAR-shaped inputs, written as a graph: a stride-2 stem, a
 /// residual block whose sum is followed by ReLU, a depthwise convolution (ReLU6), 3×3 max
+/// `net` with every layer pruned to 50% and clustered to 8 values per channel keeping its
+/// zeros, trained 3 Adam steps on `xs` `[n, 3, 32, 32]` (labels `i % 10`), wrappers kept.
+fn pruned_clustered_trained(
+    net: GraphNet<ConvBlock, burn::nn::Linear>,
+    xs: &Tensor<4>,
+    device: &Device,
+) -> impl Traceable + use<> {
+    let prune = PruningConfig::new(PruningSchedule::constant(0.5));
+    let cluster = ClusteringConfig::new(8)
+        .with_per_channel(true)
+        .with_preserve_sparsity(true);
+    let wrapped = net
+        .try_map(
+            |name, c: ConvBlock| {
+                let p = prune.wrap(c)?;
+                p.prune_to(0.5)?;
+                Ok::<_, Box<dyn std::error::Error>>(cluster.wrap_named(name, p)?)
+            },
+            |name, l| {
+                let p = prune.wrap(l)?;
+                p.prune_to(0.5)?;
+                Ok(cluster.wrap_named(name, p)?)
+            },
+        )
+        .unwrap();
+    let ad = device.clone().autodiff();
+    let mut model = wrapped.fork(&ad).train();
+    let mut optim = AdamConfig::new().init();
+    let n = xs.dims()[0];
+    let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
+    let y =
+        Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(labels, [n]), &ad);
+    let xs = xs.clone().to_device(&ad);
+    for _ in 0..3 {
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&ad)
+            .forward(model.forward(xs.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+    }
+    model.valid()
+}
+
 /// pooling, 2×2 average pooling, global pooling and two fully-connected layers (the first with ReLU).
 fn residual_graph() -> collab_models::GraphSpec {
     use collab_models::graph::{Fused, GraphBuilder, Op, PoolSpec};
@@ -585,9 +631,6 @@ fn residual_graph() -> collab_models::GraphSpec {
 /// layer): the same description trains wrapped and exports, bit-exact in every runtime.
 #[test]
 fn a_graph_built_in_rust_trains_wrapped_and_exports_bit_exact() {
-    use burn::module::Module;
-    use burn::optim::{AdamConfig, GradientsParams};
-    use collab_models::GraphNet;
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
     let x = cifar_inputs();
@@ -606,39 +649,7 @@ fn a_graph_built_in_rust_trains_wrapped_and_exports_bit_exact() {
     assert!(diff < 1e-5, "plan and model differ by {diff}");
 
     // Prune to 50 %, cluster to 8 per channel keeping zeros, train a few steps.
-    let prune = PruningConfig::new(PruningSchedule::constant(0.5));
-    let cluster = ClusteringConfig::new(8)
-        .with_per_channel(true)
-        .with_preserve_sparsity(true);
-    let wrapped = net
-        .try_map(
-            |name, c: ConvBlock| {
-                let p = prune.wrap(c)?;
-                p.prune_to(0.5)?;
-                Ok::<_, Box<dyn std::error::Error>>(cluster.wrap_named(name, p)?)
-            },
-            |name, l| {
-                let p = prune.wrap(l)?;
-                p.prune_to(0.5)?;
-                Ok(cluster.wrap_named(name, p)?)
-            },
-        )
-        .unwrap();
-    let ad = device.clone().autodiff();
-    let mut model = wrapped.fork(&ad).train();
-    let mut optim = AdamConfig::new().init();
-    let labels: Vec<i64> = (0..50).map(|i| i % 10).collect();
-    let y =
-        Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(labels, [50]), &ad);
-    let xs = split(&x).0.to_device(&ad);
-    for _ in 0..3 {
-        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(&ad)
-            .forward(model.forward(xs.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-    }
-    let trained = model.valid();
+    let trained = pruned_clustered_trained(net, &split(&x).0, &device);
     let plan = trained.trace([3, 32, 32]).unwrap();
     let (_, file) = export_and_check(&plan, &x, true, dir.path(), "graph_residual_pcq");
     let report = Report::new(&file).unwrap();
@@ -1223,10 +1234,7 @@ fn layout_graph() -> collab_models::GraphSpec {
 /// reference kernels, placed by Vela; the transposed convolution is also wrapped whole-model.
 #[test]
 fn transpose_conv_and_layout_operators_train_wrapped_and_export_bit_exact() {
-    use burn::module::Module;
-    use burn::optim::{AdamConfig, GradientsParams};
     use collab_cluster::WholeClustering;
-    use collab_models::GraphNet;
     use collab_prune::WholePruning;
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
@@ -1274,39 +1282,7 @@ fn transpose_conv_and_layout_operators_train_wrapped_and_export_bit_exact() {
     );
 
     // Per-layer wrappers: prune to 50 %, cluster to 8 per channel keeping zeros, train.
-    let prune = PruningConfig::new(PruningSchedule::constant(0.5));
-    let cluster = ClusteringConfig::new(8)
-        .with_per_channel(true)
-        .with_preserve_sparsity(true);
-    let wrapped = net
-        .try_map(
-            |name, c: ConvBlock| {
-                let p = prune.wrap(c)?;
-                p.prune_to(0.5)?;
-                Ok::<_, Box<dyn std::error::Error>>(cluster.wrap_named(name, p)?)
-            },
-            |name, l| {
-                let p = prune.wrap(l)?;
-                p.prune_to(0.5)?;
-                Ok(cluster.wrap_named(name, p)?)
-            },
-        )
-        .unwrap();
-    let ad = device.clone().autodiff();
-    let mut model = wrapped.fork(&ad).train();
-    let mut optim = AdamConfig::new().init();
-    let labels: Vec<i64> = (0..12).map(|i| i % 10).collect();
-    let y =
-        Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(labels, [12]), &ad);
-    let xs = split(&x).0.to_device(&ad);
-    for _ in 0..3 {
-        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(&ad)
-            .forward(model.forward(xs.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-    }
-    let trained = model.valid();
+    let trained = pruned_clustered_trained(net, &split(&x).0, &device);
     let plan = trained.trace([3, 32, 32]).unwrap();
     let (_, file) = export_and_check(&plan, &x, true, dir.path(), "graph_layout_pcq");
     let graph = Graph::from_bytes(&file).unwrap();

@@ -369,6 +369,18 @@ fn shape4(t: &TensorInfo, n: usize, op: &str) -> Result<[usize; 4], TfliteError>
     })
 }
 
+/// The values of a constant int32 tensor of `len` values (a shape, a permutation), if it is one.
+fn const_i32(t: &TensorInfo, len: usize) -> Option<Vec<i32>> {
+    match (t.dtype, t.data.as_deref()) {
+        (TensorType::Int32, Some(d)) if d.len() == 4 * len => Some(
+            d.chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 fn elements(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d))
 }
@@ -1021,12 +1033,9 @@ impl Interpreter {
                 let out_shape = shape4(ot, n, name)?;
                 let fshape = shape4(ft, n, name)?;
                 let filter = const_i8(ft, n, name)?;
-                let declared: Vec<usize> = match (st.dtype, st.data.as_deref()) {
-                    (TensorType::Int32, Some(d)) if d.len() == 16 => d
-                        .chunks_exact(4)
-                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize)
-                        .collect(),
-                    _ => {
+                let declared: Vec<usize> = match const_i32(st, 4) {
+                    Some(v) => v.into_iter().map(|d| d.max(0) as usize).collect(),
+                    None => {
                         return Err(bad(
                             n,
                             name,
@@ -1095,12 +1104,9 @@ impl Interpreter {
                 int8(it)?;
                 int8(ot)?;
                 let in_shape = shape4(it, n, name)?;
-                let perm: Vec<usize> = match (pt.dtype, pt.data.as_deref()) {
-                    (TensorType::Int32, Some(d)) if d.len() == 16 => d
-                        .chunks_exact(4)
-                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                        .collect(),
-                    _ => return Err(bad(n, name, "perm must be a constant int32 [4] tensor")),
+                let perm: Vec<usize> = match const_i32(pt, 4) {
+                    Some(v) => v.into_iter().map(|p| p.max(0) as usize).collect(),
+                    None => return Err(bad(n, name, "perm must be a constant int32 [4] tensor")),
                 };
                 let perm: [usize; 4] = [perm[0], perm[1], perm[2], perm[3]];
                 let mut sorted = perm;
