@@ -1,8 +1,9 @@
 //! Single-thread int8 latency: burn-collab's interpreter (its best kernels, AVX-512 VNNI where
 //! the CPU has it; its AVX2 kernels, what CPUs without VNNI run; its portable kernels) vs LiteRT (XNNPACK, its optimised builtin kernels and its
-//! reference kernels) on DS-CNN-S and DS-CNN-L files exported by `collab::export`, and on
-//! DS-CNN-L pruned 50% (unstructured and in 32×4 blocks) and clustered (16 per tensor), all in
-//! one run on one machine. Prints medians and ratios.
+//! reference kernels) on DS-CNN-S, -M and -L files exported by `collab::export`, on DS-CNN-L
+//! pruned 50% (unstructured and in 32×4 blocks) and clustered (16 per tensor), and on MLPerf
+//! Tiny's own int8 files (ResNet-8, KWS, VWW, the anomaly-detection autoencoder), all in one run
+//! on one machine. Prints medians and ratios.
 //!
 //! ```text
 //! cargo run --release --example bench_int8 [-- --runs 200]
@@ -72,7 +73,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let prune =
         |g: Granularity| PruningConfig::new(PruningSchedule::constant(0.5)).with_granularity(g);
-    for (size, name) in [(DsCnnSize::S, "s"), (DsCnnSize::L, "l")] {
+    for (size, name) in [
+        (DsCnnSize::S, "s"),
+        (DsCnnSize::M, "m"),
+        (DsCnnSize::L, "l"),
+    ] {
         let config = DsCnnConfig::new(size);
         let weights = shared.join(format!(
             "pretrained/ml-kws-for-mcu/ds_cnn_{name}.safetensors"
@@ -122,80 +127,122 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let bytes = export::to_tflite(&plan, Some(&ranges), &ExportOptions::default())?;
             let path = dir.path().join("model.tflite");
             export::write(&path, &bytes)?;
-            let interp = Interpreter::new(&Graph::from_bytes(&bytes)?)?;
-            let port = interp.inputs()[0].clone();
+            let port = Interpreter::new(&Graph::from_bytes(&bytes)?)?.inputs()[0].clone();
             let first: Vec<f32> =
                 burn_collab::core::host::to_vec_f32(x.clone().narrow(0, 0, 1).flatten::<1>(0, 3));
             let input: Vec<i8> = first
                 .iter()
                 .map(|v| ((v / port.scale).round() as i32 + port.zero_point).clamp(-128, 127) as i8)
                 .collect();
-            let time = |interp: &Interpreter| -> Result<f64, Box<dyn std::error::Error>> {
-                for _ in 0..10 {
-                    interp.run_i8(&input)?;
-                }
-                let times: Vec<f64> = (0..args.runs)
-                    .map(|_| {
-                        let t = Instant::now();
-                        let _ = std::hint::black_box(interp.run_i8(&input));
-                        t.elapsed().as_secs_f64() * 1e3
-                    })
-                    .collect();
-                Ok(median(times))
-            };
-            let ours = time(&interp)?;
-            let mut avx2 = interp.clone();
-            avx2.set_kernels(Kernels::Avx2);
-            let ours_avx2 = time(&avx2)?;
-            let mut portable = interp.clone();
-            portable.set_kernels(Kernels::Portable);
-            let ours_portable = time(&portable)?;
-            let (mut xnn, mut builtin, mut reference) = (f64::NAN, f64::NAN, f64::NAN);
-            if let Some(tools) = &tools {
-                let inp = dir.path().join("in.npy");
-                npy::write(&inp, &port.shape, &Data::I8(input.clone()))?;
-                let runs = args.runs.to_string();
-                let (_, report) = tools.tflite_check(
-                    &path,
-                    &[
-                        "--inputs",
-                        inp.to_str().unwrap_or_default(),
-                        "--interpreters",
-                        "litert_xnnpack,litert_builtin,litert_ref",
-                        "--no-cross",
-                        "--bench",
-                        &runs,
-                        "--threads",
-                        "1",
-                    ],
-                )?;
-                for b in report["bench"].as_array().into_iter().flatten() {
-                    let ms = b["median_ms"].as_f64().unwrap_or(f64::NAN);
-                    match b["interpreter"].as_str() {
-                        Some("litert_xnnpack") => xnn = ms,
-                        Some("litert_builtin") => builtin = ms,
-                        Some("litert_ref") => reference = ms,
-                        _ => {}
-                    }
-                }
-            }
-            println!(
-                "{:<22} {:>9.4} {:>9.4} {:>11.4} {:>11.4} {:>11.4} {:>10.4} {:>9.2} {:>9.2}",
-                label,
-                ours,
-                ours_avx2,
-                ours_portable,
-                xnn,
-                builtin,
-                reference,
-                ours / xnn,
-                ours / reference
-            );
+            row(&label, &path, &input, args.runs, tools.as_ref())?;
         }
+    }
+    // MLPerf Tiny's own int8 files (their inputs: fixed pseudo-random int8 values).
+    let mlperf = shared.join("models/mlperf_tiny");
+    for (label, file) in [
+        ("mlperf resnet8", "pretrainedResnet_quant.tflite"),
+        ("mlperf kws (ds-cnn-s)", "kws_ref_model.tflite"),
+        ("mlperf vww", "vww_96_int8.tflite"),
+        ("mlperf ad01", "ad01_int8.tflite"),
+    ] {
+        let path = mlperf.join(file);
+        let Ok(bytes) = std::fs::read(&path) else {
+            println!("{label:<22} (no {})", path.display());
+            continue;
+        };
+        let port = Interpreter::new(&Graph::from_bytes(&bytes)?)?.inputs()[0].clone();
+        let n: usize = port.shape.iter().product();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let input: Vec<i8> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 256) as i32 as i8
+            })
+            .collect();
+        row(label, &path, &input, args.runs, tools.as_ref())?;
     }
     println!(
         "(single thread, batch 1, medians of {} runs; LiteRT timed in Python around invoke())",
         args.runs
+    );
+    Ok(())
+}
+
+/// One line of the table: `path` (an int8 file with one int8 input) on `input`, in our
+/// interpreter with each kernel set and in LiteRT's three interpreters.
+fn row(
+    label: &str,
+    path: &std::path::Path,
+    input: &[i8],
+    runs: usize,
+    tools: Option<&Validators>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let bytes = std::fs::read(path)?;
+    let interp = Interpreter::new(&Graph::from_bytes(&bytes)?)?;
+    let port = interp.inputs()[0].clone();
+    let time = |interp: &Interpreter| -> Result<f64, Box<dyn std::error::Error>> {
+        for _ in 0..10 {
+            interp.run_i8(input)?;
+        }
+        let times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = std::hint::black_box(interp.run_i8(input));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        Ok(median(times))
+    };
+    let ours = time(&interp)?;
+    let mut avx2 = interp.clone();
+    avx2.set_kernels(Kernels::Avx2);
+    let ours_avx2 = time(&avx2)?;
+    let mut portable = interp.clone();
+    portable.set_kernels(Kernels::Portable);
+    let ours_portable = time(&portable)?;
+    let (mut xnn, mut builtin, mut reference) = (f64::NAN, f64::NAN, f64::NAN);
+    if let Some(tools) = tools {
+        let dir = tempfile::tempdir()?;
+        let inp = dir.path().join("in.npy");
+        npy::write(&inp, &port.shape, &Data::I8(input.to_vec()))?;
+        let runs = runs.to_string();
+        let (_, report) = tools.tflite_check(
+            path,
+            &[
+                "--inputs",
+                inp.to_str().unwrap_or_default(),
+                "--interpreters",
+                "litert_xnnpack,litert_builtin,litert_ref",
+                "--no-cross",
+                "--bench",
+                &runs,
+                "--threads",
+                "1",
+            ],
+        )?;
+        for b in report["bench"].as_array().into_iter().flatten() {
+            let ms = b["median_ms"].as_f64().unwrap_or(f64::NAN);
+            match b["interpreter"].as_str() {
+                Some("litert_xnnpack") => xnn = ms,
+                Some("litert_builtin") => builtin = ms,
+                Some("litert_ref") => reference = ms,
+                _ => {}
+            }
+        }
+    }
+    println!(
+        "{:<22} {:>9.4} {:>9.4} {:>11.4} {:>11.4} {:>11.4} {:>10.4} {:>9.2} {:>9.2}",
+        label,
+        ours,
+        ours_avx2,
+        ours_portable,
+        xnn,
+        builtin,
+        reference,
+        ours / xnn,
+        ours / reference
     );
     Ok(())
 }
