@@ -20,7 +20,7 @@
 use serde::Serialize;
 
 use crate::TfliteError;
-use crate::fixed::{exp_on_negative_values_q5, mbqm, quantize_multiplier, rdbpot, reciprocal};
+use crate::fixed::{exp_on_negative_values_q5, quantize_multiplier, rdbpot, reciprocal};
 use crate::reader::{Activation, Graph, Options, Padding, TensorInfo, TensorType};
 
 /// The most activation memory a model may ask for (all intermediate tensors together).
@@ -193,11 +193,7 @@ enum Kernel {
     Add {
         inputs: [usize; 2],
         output: usize,
-        offsets: [i32; 2],
-        multipliers: [(i32, i32); 2],
-        output_requant: (i32, i32),
-        output_offset: i32,
-        act: [i32; 2],
+        add: crate::add::AddKernel,
     },
     Pad {
         input: usize,
@@ -926,19 +922,16 @@ impl Interpreter {
                 let (sa, za) = per_tensor(at, n, name)?;
                 let (sb, zb) = per_tensor(bt, n, name)?;
                 let (so, zo) = per_tensor(ot, n, name)?;
-                // add.cc Prepare: left shift 20, everything in double (the max and 2× in float).
-                let twice_max = (2.0 * sa.max(sb)) as f64;
-                let m1 = quantize_multiplier(sa as f64 / twice_max);
-                let m2 = quantize_multiplier(sb as f64 / twice_max);
-                let mo = quantize_multiplier(twice_max / ((1 << 20) as f32 * so) as f64);
+                let act = activation_range(*activation, so, zo).map_err(|e| bad(n, name, e))?;
                 Kernel::Add {
                     inputs: [ai, bi],
                     output: oi,
-                    offsets: [-za, -zb],
-                    multipliers: [m1, m2],
-                    output_requant: mo,
-                    output_offset: zo,
-                    act: activation_range(*activation, so, zo).map_err(|e| bad(n, name, e))?,
+                    add: crate::add::AddKernel::new(crate::add::AddParams::new(
+                        (sa, za),
+                        (sb, zb),
+                        (so, zo),
+                        act,
+                    )),
                 }
             }
             ("PAD", _) => {
@@ -1196,12 +1189,14 @@ impl Interpreter {
             match k {
                 Kernel::Conv(c) => c.fast = build_fast(c, kernels),
                 Kernel::FullyConnected(fc) => fc.set_kernels(kernels),
+                Kernel::Add { add, .. } => add.set_kernels(kernels),
                 _ => {}
             }
         }
     }
 
-    /// The kernels the convolutions and fully-connected layers run on: `"avx512-vnni"`,
+    /// The kernels the convolutions, fully-connected layers and same-shape ADDs run on:
+    /// `"avx512-vnni"` (the AVX-512 tier),
     /// `"avx2"` or `"portable"` (the first that any of them uses, in that order).
     pub fn kernel_name(&self) -> &'static str {
         let mut name = "portable";
@@ -1477,33 +1472,9 @@ impl Interpreter {
             Kernel::Add {
                 inputs,
                 output,
-                offsets,
-                multipliers,
-                output_requant,
-                output_offset,
-                act,
+                add,
             } => {
-                let (a, b) = (&i8s[inputs[0]], &i8s[inputs[1]]);
-                let out: Vec<i8> = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| {
-                        let x = mbqm(
-                            (offsets[0] + *x as i32) << 20,
-                            multipliers[0].0,
-                            multipliers[0].1,
-                        );
-                        let y = mbqm(
-                            (offsets[1] + *y as i32) << 20,
-                            multipliers[1].0,
-                            multipliers[1].1,
-                        );
-                        let v = mbqm(x.wrapping_add(y), output_requant.0, output_requant.1)
-                            .wrapping_add(*output_offset);
-                        v.clamp(act[0], act[1]) as i8
-                    })
-                    .collect();
-                i8s[*output] = out;
+                i8s[*output] = add.run(&i8s[inputs[0]], &i8s[inputs[1]]);
             }
             Kernel::Pad {
                 input,
@@ -1849,6 +1820,7 @@ fn kernel_of(k: &Kernel) -> &'static str {
             None => "portable",
         },
         Kernel::FullyConnected(fc) => fc.kernel_name(),
+        Kernel::Add { add, .. } => add.kernel_name(),
         _ => "portable",
     }
 }

@@ -39,6 +39,7 @@ pub mod schema_generated;
 pub use schema_generated::tflite;
 
 pub mod activations;
+mod add;
 pub mod concat;
 pub mod elementwise;
 pub mod fixed;

@@ -388,6 +388,7 @@ impl<T: Copy + Default + 'static> Drop for Scratch<T> {
     }
 }
 
+pub(crate) mod add;
 pub(crate) mod avx2;
 pub(crate) mod fc;
 
@@ -408,6 +409,13 @@ mod x86 {
     /// (`i32::MIN · i32::MIN`) cannot occur.
     #[inline(always)]
     pub(in crate::vnni) unsafe fn requant16(v: __m512i, rq: &Requant, at: usize) -> __m128i {
+        // SAFETY: as `requant16_i32`; the caller has AVX-512 F/BW.
+        unsafe { _mm512_cvtepi32_epi8(requant16_i32(v, rq, at)) }
+    }
+
+    /// [`requant16`] before the narrowing: the 16 results as i32 (in `lo..=hi`).
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn requant16_i32(v: __m512i, rq: &Requant, at: usize) -> __m512i {
         // SAFETY: `at + 16` is within the constants (all padded to 32 channels, `at` a multiple
         // of 16 below the padded count), and the caller has AVX-512 F/BW.
         unsafe {
@@ -434,8 +442,7 @@ mod x86 {
             let r = _mm512_mask_add_epi32(shifted, up, shifted, one);
             let r = _mm512_add_epi32(r, _mm512_set1_epi32(rq.zero_point));
             let r = _mm512_max_epi32(r, _mm512_set1_epi32(rq.lo));
-            let r = _mm512_min_epi32(r, _mm512_set1_epi32(rq.hi));
-            _mm512_cvtepi32_epi8(r)
+            _mm512_min_epi32(r, _mm512_set1_epi32(rq.hi))
         }
     }
 
