@@ -880,6 +880,16 @@ pub fn to_tflite(
     // Raw-pixel inputs fix the input quantization exactly (q = pixel − 128 for 0..255), as the
     // reference files do; anything else is calibrated or trained.
     let mut ids: Vec<TensorId> = vec![input];
+    // A value's output quantization: its class's where it shares one (a concatenation's), else
+    // what QAT trained, else the calibrated range.
+    let out_quant = |value: usize, trained: Option<&QuantParams>, what: String| match (
+        shared[value],
+        trained,
+    ) {
+        (Some(q), _) => Ok(q),
+        (None, Some(q)) => Ok(act_q(q)),
+        (None, None) => range_q(ranges, value, &what),
+    };
     for (k, step) in plan.steps.iter().enumerate() {
         let value = k + 1;
         let id = match step {
@@ -890,11 +900,11 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match (shared[value], quant) {
-                    (Some(q), _) => q,
-                    (None, Some(q)) => act_q(&q.output),
-                    (None, None) => range_q(ranges, value, &format!("layer `{name}`"))?,
-                };
+                let out_q = out_quant(
+                    value,
+                    quant.as_ref().map(|q| &q.output),
+                    format!("layer `{name}`"),
+                )?;
                 let conv = conv_layer(name, layer, *act, quant.as_ref())?;
                 b.conv2d(name, ids[*src], &conv, out_q).map_err(tfl)?
             }
@@ -905,11 +915,11 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match (shared[value], quant) {
-                    (Some(q), _) => q,
-                    (None, Some(q)) => act_q(&q.output),
-                    (None, None) => range_q(ranges, value, &format!("layer `{name}`"))?,
-                };
+                let out_q = out_quant(
+                    value,
+                    quant.as_ref().map(|q| &q.output),
+                    format!("layer `{name}`"),
+                )?;
                 let [din, dout] = layer.weight.dims();
                 let values = to_vec_f32(layer.weight.val().flatten::<1>(0, 1));
                 // burn [in, out] → TFLite [out, in].
@@ -954,11 +964,7 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match (shared[value], quant) {
-                    (Some(q), _) => q,
-                    (None, Some(q)) => act_q(q),
-                    (None, None) => range_q(ranges, value, &format!("the sum `{name}`"))?,
-                };
+                let out_q = out_quant(value, quant.as_ref(), format!("the sum `{name}`"))?;
                 let (x, y) = broadcast_operands(&mut b, name, ids[*a], ids[*bb])?;
                 b.add(name, x, y, act.tflite(), out_q).map_err(tfl)?
             }
@@ -973,11 +979,11 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = match (shared[value], quant) {
-                    (Some(q), _) => q,
-                    (None, Some(q)) => act_q(&q.output),
-                    (None, None) => range_q(ranges, value, &format!("layer `{name}`"))?,
-                };
+                let out_q = out_quant(
+                    value,
+                    quant.as_ref().map(|q| &q.output),
+                    format!("layer `{name}`"),
+                )?;
                 let s = b.shape(ids[*src]).to_vec();
                 let (conv, out_hw) = transpose_conv_layer(
                     name,
@@ -1025,11 +1031,7 @@ pub fn to_tflite(
                 inputs,
                 quant,
             } => {
-                let out_q = match (shared[value], quant) {
-                    (Some(q), _) => q,
-                    (None, Some(q)) => act_q(q),
-                    (None, None) => range_q(ranges, value, &format!("node `{name}`"))?,
-                };
+                let out_q = out_quant(value, quant.as_ref(), format!("node `{name}`"))?;
                 binary_tflite(&mut b, name, op, inputs, &ids, out_q)?
             }
         };
