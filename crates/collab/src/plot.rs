@@ -174,7 +174,8 @@ fn accuracy_vs(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d((x0 - pad_x)..(x1 + pad_x), (y0 - pad_y)..(y1 + pad_y))
+        // Room on the right for the rightmost point's label.
+        .build_cartesian_2d((x0 - pad_x)..(x1 + 3.0 * pad_x), (y0 - pad_y)..(y1 + pad_y))
         .map_err(err)?;
     chart
         .configure_mesh()
