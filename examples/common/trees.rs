@@ -69,6 +69,7 @@ pub fn cluster(clusters: usize, per_channel: bool, preserve_sparsity: bool) -> S
         clusters,
         per_channel,
         preserve_sparsity,
+        channel_scaled: false,
     }
 }
 

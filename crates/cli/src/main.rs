@@ -487,6 +487,10 @@ enum Command {
         /// Keep the checkpoint's zeros exactly.
         #[arg(long)]
         preserve_sparsity: bool,
+        /// One int8-grid codebook shared by all output channels, each scaled by its largest
+        /// |w|: per-channel ranges, the same ≤ k int8 codes in every channel.
+        #[arg(long, conflicts_with = "per_channel")]
+        channel_scaled: bool,
     },
     /// Quantization-aware training of a checkpoint, keeping its zeros (PQAT) and clusters (CQAT,
     /// PCQAT) as its lineage says; writes OUT/qat with its int8 file.
@@ -1523,6 +1527,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             clusters,
             per_channel,
             preserve_sparsity,
+            channel_scaled,
         } => single_stage(
             stage,
             "clustered",
@@ -1530,6 +1535,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 clusters,
                 per_channel,
                 preserve_sparsity,
+                channel_scaled,
             },
         ),
         Command::Qat { stage } => single_stage(stage, "qat", collab::tree::Scheme::Qat),

@@ -24,6 +24,14 @@ pub use collab_core::host::distinct_count;
 ///   summed per cluster into the centroids, so both train (TFMOT's semantics).
 /// - Per channel: one row of centroids per output channel (axis 0 of conv weights, the output
 ///   feature of `Linear`), for every layer kind, depthwise included.
+/// - Channel-scaled (`channel_scaled`): every output channel is divided by its largest `|w|`
+///   (recomputed each pass, not trained), the normalized weights of the whole tensor share one
+///   row of centroids, and the result is scaled back. The centroids are snapped to the int8 grid
+///   (`round(127·c) / 127`, straight-through) and the last two are fixed at −1 and +1, which
+///   each channel's largest weight takes. The per-channel symmetric int8 scale is then exactly
+///   `max|w| / 127` and the int8 codes are `127·c`: the same ≤ k codes in every channel, where
+///   per-channel clustering gives each channel codes of its own (and per-tensor clustering,
+///   once quantized per channel, does too).
 /// - `preserve_sparsity`: column 0 of the centroids is pinned at 0 and serves exactly the
 ///   weights that were 0 when the layer was wrapped (`zero_mask`); other weights choose among
 ///   the remaining centroids, so the zero count never changes.
@@ -33,7 +41,8 @@ pub use collab_core::host::distinct_count;
 pub struct Clustered<L> {
     /// The wrapped layer. Its weight keeps training (straight-through gradients).
     pub inner: L,
-    /// `[channels, k]`: one row per output channel, or a single row per tensor.
+    /// `[channels, k]`: one row per output channel, or a single row per tensor (also when
+    /// channel-scaled: the shared codebook of normalized values).
     pub centroids: Param<Tensor<2>>,
     /// Weights pinned to the zero centroid, `[numel]` in burn's layout (all false unless
     /// sparsity is preserved).
@@ -44,6 +53,8 @@ pub struct Clustered<L> {
     per_channel: bool,
     #[module(skip)]
     preserve_sparsity: bool,
+    #[module(skip)]
+    channel_scaled: bool,
 }
 
 /// Per-layer clustering figures.
@@ -65,6 +76,9 @@ pub struct ClusterReport {
     pub num_clusters: usize,
     /// Whether each output channel has its own centroids.
     pub per_channel: bool,
+    /// Whether the channels share one codebook of normalized values, each scaled by its
+    /// largest `|w|`.
+    pub channel_scaled: bool,
     /// The centroid table, one row per channel (or one row).
     pub centroids: Vec<Vec<f32>>,
 }
@@ -76,6 +90,7 @@ pub struct ClusterTransform {
     centroids: Tensor<2>,
     zero_mask: Option<Tensor<2, Bool>>,
     pinned: Option<Tensor<2, Bool>>,
+    channel_scaled: bool,
 }
 
 impl ClusterTransform {
@@ -93,7 +108,16 @@ impl ClusterTransform {
             centroids,
             zero_mask,
             pinned,
+            channel_scaled: false,
         }
+    }
+
+    /// Channel-scaled clustering (see [`Clustered`]): `view` is per output channel
+    /// `[rows, cols]`, `centroids` is the shared codebook `[1, k]` (k ≥ 3: the last two are
+    /// fixed at −1 and +1) and the zero mask and pinned slots are given as for one row.
+    pub fn with_channel_scale(mut self) -> Self {
+        self.channel_scaled = true;
+        self
     }
 
     /// Nearest-centroid indices of a `[rows, cols]` view, `[rows, cols, 1]`.
@@ -120,15 +144,58 @@ impl WeightTransform for ClusterTransform {
     fn apply<const D: usize>(&self, weight: Tensor<D>) -> Tensor<D> {
         let shape = weight.shape();
         let view = self.view.flatten_rows(weight);
-        // One fused op on flex; the same maths from burn ops elsewhere.
-        let clustered = crate::fused::cluster_fused(
+        let clustered = if self.channel_scaled {
+            self.scaled(view)
+        } else {
+            self.assign(view)
+        };
+        self.view.unflatten_rows(clustered, shape)
+    }
+}
+
+impl ClusterTransform {
+    /// Nearest centroid of every weight of a `[rows, cols]` view: one fused op on flex, the
+    /// same maths from burn ops elsewhere.
+    fn assign(&self, view: Tensor<2>) -> Tensor<2> {
+        crate::fused::cluster_fused(
             view.clone(),
             self.centroids.clone(),
             self.zero_mask.clone(),
             self.pinned.is_some(),
         )
-        .unwrap_or_else(|| self.composed(view));
-        self.view.unflatten_rows(clustered, shape)
+        .unwrap_or_else(|| self.composed(view))
+    }
+
+    /// Channel-scaled clustering of a per-channel `[rows, cols]` view: each row divided by its
+    /// largest `|w|` (a constant for autodiff), all rows clustered with the one grid-snapped
+    /// codebook, and scaled back. The weight gradient stays the identity; the codebook gets the
+    /// scaled per-cluster sums. An all-zero row stays zero.
+    fn scaled(&self, view: Tensor<2>) -> Tensor<2> {
+        self.scaled_with(view, Self::assign)
+    }
+
+    /// [`scaled`](Self::scaled) with the nearest-centroid step given (the fused op, or in
+    /// tests the composed burn ops).
+    fn scaled_with(
+        &self,
+        view: Tensor<2>,
+        assign: impl Fn(&ClusterTransform, Tensor<2>) -> Tensor<2>,
+    ) -> Tensor<2> {
+        let [rows, cols] = view.dims();
+        let scale = view.clone().detach().abs().max_dim(1);
+        let divisor = scale.clone().mask_fill(scale.clone().equal_elem(0.0), 1.0);
+        let flat = (view / divisor).reshape([1, rows * cols]);
+        let shared = ClusterTransform {
+            view: self.view,
+            centroids: self.centroids_effective(),
+            zero_mask: self
+                .zero_mask
+                .as_ref()
+                .map(|z| z.clone().reshape([1, rows * cols])),
+            pinned: self.pinned.clone(),
+            channel_scaled: false,
+        };
+        assign(&shared, flat).reshape([rows, cols]) * scale
     }
 }
 
@@ -178,6 +245,7 @@ impl<L: WeightLayer> Clustered<L> {
             pinned: StateTensor::new(state.pinned),
             per_channel: config.per_channel,
             preserve_sparsity: config.preserve_sparsity,
+            channel_scaled: config.channel_scaled,
         })
     }
 
@@ -202,7 +270,13 @@ impl<L: WeightLayer> Clustered<L> {
         self.per_channel
     }
 
-    /// The current centroid table, one row per channel (or one row).
+    /// Whether the channels share one int8-grid codebook, each scaled by its largest `|w|`.
+    pub fn channel_scaled(&self) -> bool {
+        self.channel_scaled
+    }
+
+    /// The current centroid table, one row per channel (or one row; channel-scaled: the shared
+    /// codebook of normalized values, snapped to the int8 grid).
     pub fn centroid_table(&self) -> Vec<Vec<f32>> {
         let k = self.num_clusters();
         let mut values = to_vec_f32(self.transform().centroids_effective());
@@ -212,13 +286,15 @@ impl<L: WeightLayer> Clustered<L> {
 
     fn transform(&self) -> ClusterTransform {
         let layout = self.inner.layout();
+        let view = ChannelView::new(&layout, self.per_channel || self.channel_scaled);
         ClusterTransform {
-            view: ChannelView::new(&layout, self.per_channel),
+            view,
             centroids: self.centroids.val(),
-            zero_mask: self.preserve_sparsity.then(|| {
-                ChannelView::new(&layout, self.per_channel).flatten_rows(self.zero_mask.get())
-            }),
+            zero_mask: self
+                .preserve_sparsity
+                .then(|| view.flatten_rows(self.zero_mask.get())),
             pinned: self.preserve_sparsity.then(|| self.pinned.get()),
+            channel_scaled: self.channel_scaled,
         }
     }
 
@@ -244,6 +320,7 @@ impl<L: WeightLayer> Clustered<L> {
                 .unwrap_or(0),
             num_clusters: self.num_clusters(),
             per_channel: self.per_channel,
+            channel_scaled: self.channel_scaled,
             centroids: self.centroid_table(),
         }
     }
@@ -283,6 +360,16 @@ pub(crate) fn initial_state(
         return Err(k_err(
             "sparsity-preserving clustering needs num_clusters >= 2 (one is the fixed zero)".into(),
         ));
+    }
+    if config.channel_scaled {
+        if config.per_channel {
+            return Err(k_err(
+                "per_channel and channel_scaled are exclusive; choose one (channel_scaled shares \
+                 one codebook across channels, per_channel gives each channel its own)"
+                    .into(),
+            ));
+        }
+        return scaled_state(weights, layout, config, num_clusters, what, device);
     }
     if num_clusters > view.cols {
         let unit = if view.rows == 1 {
@@ -348,12 +435,101 @@ pub(crate) fn initial_state(
     })
 }
 
+/// [`initial_state`] for channel-scaled clustering: k-means on every weight divided by its
+/// channel's largest `|w|`, one row `[1, k]`: the fixed zero first when sparsity is preserved,
+/// then `k − 2` (or `k − 3`) free centroids, then −1 and +1.
+fn scaled_state(
+    weights: &[f32],
+    layout: &WeightLayout,
+    config: &ClusteringConfig,
+    num_clusters: usize,
+    what: &str,
+    device: &Device,
+) -> Result<InitialState, ClusterError> {
+    let preserve = config.preserve_sparsity;
+    let fixed = 2 + usize::from(preserve);
+    if num_clusters <= fixed {
+        return Err(ClusterError::NumClusters {
+            what: what.to_string(),
+            reason: format!(
+                "channel-scaled clustering needs num_clusters >= {} (−1 and +1{} are fixed)",
+                fixed + 1,
+                if preserve { " and the zero" } else { "" }
+            ),
+        });
+    }
+    let view = ChannelView::new(layout, true);
+    let mut scale = vec![0f32; view.rows];
+    for (i, w) in weights.iter().enumerate() {
+        let r = view.row_of(layout, i);
+        scale[r] = scale[r].max(w.abs());
+    }
+    let zero_mask: Vec<bool> = weights.iter().map(|w| preserve && *w == 0.0).collect();
+    let normalized: Vec<f32> = weights
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !zero_mask[*i])
+        .filter_map(|(i, w)| {
+            let s = scale[view.row_of(layout, i)];
+            (s > 0.0).then(|| w / s)
+        })
+        .collect();
+    let mut k_free = num_clusters - fixed;
+    let distinct = distinct_count(&normalized);
+    if distinct < k_free {
+        tracing::warn!(layer = %what, num_clusters, distinct, "fewer distinct normalized weights than clusters; using fewer clusters");
+        k_free = distinct.max(1);
+    }
+    let mut table = Vec::with_capacity(k_free + fixed);
+    if preserve {
+        table.push(0.0);
+    }
+    table.extend(kmeans(&normalized, k_free, config.init, config.seed).centroids);
+    table.extend([-1.0, 1.0]);
+    let k = table.len();
+    let centroids = Tensor::<2>::from_data(TensorData::new(table, [1, k]), device);
+    let pinned: Vec<bool> = (0..k).map(|i| preserve && i == 0).collect();
+    let pinned = Tensor::<2, Bool>::from_data(TensorData::new(pinned, [1, k]), device);
+    Ok(InitialState {
+        centroids,
+        zero_mask: bool_tensor(zero_mask, device),
+        pinned,
+    })
+}
+
 impl ClusterTransform {
+    /// The centroids the weights take: pinned slots at 0; channel-scaled, also snapped to the
+    /// int8 grid (straight-through) with the last two slots at −1 and +1.
     fn centroids_effective(&self) -> Tensor<2> {
-        match &self.pinned {
+        let centroids = match &self.pinned {
             Some(pinned) => self.centroids.clone().mask_fill(pinned.clone(), 0.0),
             None => self.centroids.clone(),
+        };
+        if !self.channel_scaled {
+            return centroids;
         }
+        let [rows, k] = centroids.dims();
+        let detached = centroids.clone().detach();
+        let mut codes = (detached.clone() * 127.0).round().clamp(-127.0, 127.0);
+        if let Some(pinned) = &self.pinned {
+            // Sparsity preserved: only the pinned slot may be 0, so a free centroid that rounds
+            // to 0 takes the nearest non-zero code and no non-zero weight becomes 0.
+            let zero = codes
+                .clone()
+                .equal_elem(0.0)
+                .bool_and(pinned.clone().bool_not());
+            let negative = detached.clone().lower_elem(0.0);
+            codes = codes
+                .mask_fill(zero.clone().bool_and(negative.clone().bool_not()), 1.0)
+                .mask_fill(zero.bool_and(negative), -1.0);
+        }
+        let snapped = codes / 127.0;
+        let free = centroids.clone() + (snapped - centroids.detach());
+        let ends = Tensor::<2>::from_data(
+            TensorData::new([-1.0f32, 1.0].repeat(rows), [rows, 2]),
+            &free.device(),
+        );
+        Tensor::cat(vec![free.slice([0..rows, 0..k - 2]), ends], 1)
     }
 }
 
@@ -448,8 +624,13 @@ mod tests {
                 t.apply(w.clone())
             } else {
                 let shape = w.shape();
-                t.view
-                    .unflatten_rows(t.composed(t.view.flatten_rows(w.clone())), shape)
+                let view = t.view.flatten_rows(w.clone());
+                let y = if t.channel_scaled {
+                    t.scaled_with(view, ClusterTransform::composed)
+                } else {
+                    t.composed(view)
+                };
+                t.view.unflatten_rows(y, shape)
             };
             let grads = (y.clone() * g.clone()).sum().backward();
             (
@@ -512,6 +693,15 @@ mod tests {
         check(
             LinearConfig::new(300, 120).init(&device).map_weight(sparse),
             &preserve,
+        );
+        // Channel-scaled: one codebook for every channel, with and without zeros kept.
+        let scaled = ClusteringConfig::new(7).with_channel_scaled(true);
+        check(conv(), &scaled);
+        check(depthwise(), &scaled);
+        check(LinearConfig::new(40, 30).init(&device), &scaled);
+        check(
+            conv().map_weight(sparse),
+            &scaled.clone().with_preserve_sparsity(true),
         );
     }
 }

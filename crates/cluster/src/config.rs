@@ -16,6 +16,13 @@ pub struct ClusteringConfig {
     /// One set of centroids per output channel instead of one per tensor.
     #[serde(default)]
     pub per_channel: bool,
+    /// Channel-scaled clustering: one table of `num_clusters` codes on the int8 grid shared by
+    /// every output channel, each channel scaled by its largest `|w|` (see [`Clustered`]). Per
+    /// output channel ranges like `per_channel`, yet the int8 file holds the same ≤ k codes in
+    /// every channel, so gzip and Vela's weight encoding keep the gain of per-tensor
+    /// clustering. Excludes `per_channel`.
+    #[serde(default)]
+    pub channel_scaled: bool,
     /// Centroid initialisation before k-means.
     #[serde(default)]
     pub init: CentroidInit,
@@ -37,6 +44,7 @@ impl ClusteringConfig {
         Self {
             num_clusters,
             per_channel: false,
+            channel_scaled: false,
             init: CentroidInit::KMeansPlusPlus,
             preserve_sparsity: false,
             seed: 0,
@@ -47,6 +55,13 @@ impl ClusteringConfig {
     /// Per output channel (`true`) or per tensor.
     pub fn with_per_channel(mut self, per_channel: bool) -> Self {
         self.per_channel = per_channel;
+        self
+    }
+
+    /// Channel-scaled clustering (one int8-grid codebook, a scale per output channel) on or
+    /// off.
+    pub fn with_channel_scaled(mut self, channel_scaled: bool) -> Self {
+        self.channel_scaled = channel_scaled;
         self
     }
 

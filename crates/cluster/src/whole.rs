@@ -59,17 +59,25 @@ pub struct ClusterCentroids {
     swapped: bool,
     #[module(skip)]
     preserve_sparsity: bool,
+    /// One shared codebook, each output channel scaled by its largest `|w|`.
+    #[module(skip)]
+    channel_scaled: bool,
 }
 
 impl ClusterCentroids {
     fn transform(&self) -> ClusterTransform {
-        ClusterTransform::new(
+        let transform = ClusterTransform::new(
             self.view,
             self.centroids.val(),
             self.preserve_sparsity
                 .then(|| self.view.flatten_rows(self.zero_mask.get())),
             self.preserve_sparsity.then(|| self.pinned.get()),
-        )
+        );
+        if self.channel_scaled {
+            transform.with_channel_scale()
+        } else {
+            transform
+        }
     }
 
     /// Centroids per row (`k`).
@@ -133,7 +141,7 @@ impl WholeClustering {
         let mut states = BTreeMap::new();
         for weight in &selected {
             let site = &weight.site;
-            let view = site.channel_view(self.config.per_channel)?;
+            let view = site.channel_view(self.config.per_channel || self.config.channel_scaled)?;
             let what = format!("`{}` ({})", site.path, site.describe());
             let values = site.view_order(&to_finite_vec_f32(weight.value.clone(), &what)?);
             if values.is_empty() {
@@ -151,6 +159,7 @@ impl WholeClustering {
                     view,
                     swapped: site.swapped(),
                     preserve_sparsity: self.config.preserve_sparsity,
+                    channel_scaled: self.config.channel_scaled,
                 },
             );
         }
@@ -186,6 +195,17 @@ impl WholeClustering {
                         }
                     }
                 }
+                if self.config.channel_scaled {
+                    // As the transform uses it: on the int8 grid, the last two at −1 and +1.
+                    let n = table.len();
+                    for (i, c) in table.iter_mut().enumerate() {
+                        *c = match n - i {
+                            2 => -1.0,
+                            1 => 1.0,
+                            _ => ((*c * 127.0).round().clamp(-127.0, 127.0)) / 127.0,
+                        };
+                    }
+                }
                 let site = self.selection.refine(w.site);
                 Some(ClusterReport {
                     name: site.path.clone(),
@@ -196,6 +216,7 @@ impl WholeClustering {
                     max_unique_per_channel: s.max_unique_per_channel.unwrap_or(s.unique_values),
                     num_clusters: k,
                     per_channel: self.config.per_channel,
+                    channel_scaled: self.config.channel_scaled,
                     centroids: table.chunks(k).map(|c| c.to_vec()).collect(),
                 })
             })

@@ -333,16 +333,19 @@ proptest! {
         cout in 1usize..6,
         k in 2usize..6,
         sparsity in 0.1f64..0.9,
-        per_channel in any::<bool>(),
+        scope in 0usize..3,
         seed in 0u64..1000,
     ) {
+        // Per tensor, per channel, channel-scaled (which needs k ≥ 4 with the zero pinned).
+        let per_channel = scope == 1;
+        let k = if scope == 2 { k + 2 } else { k };
         let device = device();
         let conv = Conv2dConfig::new([cin, cout], [3, 3]).with_padding(PaddingConfig2d::Same).init(&device);
         let pruned = PruningConfig::new(PruningSchedule::constant(sparsity)).wrap(conv).unwrap();
         pruned.prune_to(sparsity).unwrap();
         let plain = pruned.strip();
         let zeros: Vec<bool> = to_vec_f32(plain.weight.val()).iter().map(|w| *w == 0.0).collect();
-        let config = ClusteringConfig::new(k).with_per_channel(per_channel).with_preserve_sparsity(true).with_seed(seed);
+        let config = ClusteringConfig::new(k).with_per_channel(per_channel).with_channel_scaled(scope == 2).with_preserve_sparsity(true).with_seed(seed);
         let layer = config.wrap(plain).unwrap();
         let layer = train_conv(layer, cin, 6, |l| {
             let values = to_vec_f32(l.effective_weight());
@@ -353,8 +356,137 @@ proptest! {
         let (tensor, channels) = unique_counts(&layer);
         if per_channel {
             prop_assert!(channels.iter().all(|u| *u <= k));
+        } else if scope == 2 {
+            // Channels scale one codebook: ≤ k int8 codes per tensor, not ≤ k floats.
+            prop_assert!(int8_codes(&layer).0.len() <= k);
         } else {
             prop_assert!(tensor <= k);
         }
     }
+}
+
+/// The int8 codes per-channel symmetric quantization gives `values` (TFLite's weight scheme:
+/// scale `max|w| / 127` per output channel), and the codes of each channel.
+fn int8_codes<L: WeightLayer>(layer: &L) -> (Vec<i32>, Vec<Vec<i32>>) {
+    let layout = layer.layout();
+    let values = to_vec_f32(layer.effective_weight());
+    let mut max_abs = vec![0f32; layout.out_channels()];
+    for (i, v) in values.iter().enumerate() {
+        let c = layout.out_channel_of(i);
+        max_abs[c] = max_abs[c].max(v.abs());
+    }
+    let mut channels = vec![Vec::new(); layout.out_channels()];
+    for (i, v) in values.iter().enumerate() {
+        let c = layout.out_channel_of(i);
+        let scale = if max_abs[c] > 0.0 {
+            max_abs[c] / 127.0
+        } else {
+            1.0
+        };
+        channels[c].push((v / scale).round() as i32);
+    }
+    let mut all: Vec<i32> = channels.iter().flatten().copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    for c in &mut channels {
+        c.sort_unstable();
+        c.dedup();
+    }
+    (all, channels)
+}
+
+#[test]
+fn channel_scaled_clustering_gives_every_channel_the_same_int8_codes() {
+    let device = device();
+    let k = 6;
+    for preserve in [false, true] {
+        let config = ClusteringConfig::new(k)
+            .with_channel_scaled(true)
+            .with_preserve_sparsity(preserve)
+            .with_seed(3);
+        for (cin, cout, groups) in [(6, 8, 1), (8, 8, 8), (6, 4, 2)] {
+            let conv = Conv2dConfig::new([cin, cout], [3, 3])
+                .with_groups(groups)
+                .with_padding(PaddingConfig2d::Same)
+                .init(&device);
+            let conv = if preserve {
+                let pruned = PruningConfig::new(PruningSchedule::constant(0.5))
+                    .wrap(conv)
+                    .unwrap();
+                pruned.prune_to(0.5).unwrap();
+                pruned.strip()
+            } else {
+                conv
+            };
+            let zeros: Vec<bool> = to_vec_f32(conv.weight.val())
+                .iter()
+                .map(|w| *w == 0.0)
+                .collect();
+            let layer = config.wrap(conv).unwrap();
+            let start = layer.centroid_table();
+            assert_eq!(start.len(), 1, "one shared codebook");
+            let check = |l: &Clustered<burn::nn::conv::Conv2d>| {
+                let table = l.centroid_table();
+                let codebook: Vec<i32> = table[0]
+                    .iter()
+                    .map(|c| (c * 127.0).round() as i32)
+                    .collect();
+                let (all, channels) = int8_codes(l);
+                // ≤ k codes for the whole tensor, each the codebook's, although the int8 scale
+                // is per channel.
+                assert!(all.len() <= k, "{} codes: {all:?}", all.len());
+                assert!(
+                    all.iter().all(|c| codebook.contains(c)),
+                    "{all:?} vs {codebook:?}"
+                );
+                // Every channel reaches ±127: its scale is exactly its largest |w| / 127.
+                for c in &channels {
+                    assert!(
+                        c.iter().all(|v| *v == 0) || c.contains(&127) || c.contains(&-127),
+                        "{c:?}"
+                    );
+                }
+                if preserve {
+                    let values = to_vec_f32(l.effective_weight());
+                    for (i, z) in zeros.iter().enumerate() {
+                        assert_eq!(*z, values[i] == 0.0, "weight {i}: zero set changed");
+                    }
+                }
+            };
+            check(&layer);
+            let layer = train_conv(layer, cin, 12, check);
+            assert_ne!(layer.centroid_table(), start, "the codebook did not train");
+            let table = layer.centroid_table();
+            assert_eq!(&table[0][table[0].len() - 2..], &[-1.0, 1.0]);
+            // Stripped: the same weights, plain layer.
+            let values = to_vec_f32(layer.effective_weight());
+            assert_eq!(to_vec_f32(layer.strip().weight.val()), values);
+        }
+    }
+    // Linear: output features are the channels.
+    let linear = ClusteringConfig::new(5)
+        .with_channel_scaled(true)
+        .wrap(LinearConfig::new(20, 7).init(&device))
+        .unwrap();
+    let (all, _) = int8_codes(&linear);
+    assert!(all.len() <= 5, "{all:?}");
+}
+
+#[test]
+fn channel_scaled_clustering_refuses_what_cannot_work() {
+    let device = device();
+    let conv = || Conv2dConfig::new([2, 3], [3, 3]).init(&device);
+    let both = ClusteringConfig::new(8)
+        .with_channel_scaled(true)
+        .with_per_channel(true);
+    let err = both.wrap(conv()).unwrap_err().to_string();
+    assert!(err.contains("exclusive"), "{err}");
+    let small = ClusteringConfig::new(2).with_channel_scaled(true);
+    let err = small.wrap(conv()).unwrap_err().to_string();
+    assert!(err.contains("num_clusters >= 3"), "{err}");
+    let small = ClusteringConfig::new(3)
+        .with_channel_scaled(true)
+        .with_preserve_sparsity(true);
+    let err = small.wrap(conv()).unwrap_err().to_string();
+    assert!(err.contains("num_clusters >= 4"), "{err}");
 }

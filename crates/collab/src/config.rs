@@ -400,6 +400,7 @@ fn every_scheme() -> [Scheme; 3] {
             clusters: 2,
             per_channel: false,
             preserve_sparsity: false,
+            channel_scaled: false,
         },
         Scheme::Qat,
     ];
@@ -1453,9 +1454,40 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
             }
             Scheme::Cluster {
                 clusters,
-                per_channel: _,
-                preserve_sparsity: _,
-            } => whole(&table, "clusters", *clusters)?,
+                per_channel,
+                preserve_sparsity,
+                channel_scaled,
+            } => {
+                whole(&table, "clusters", *clusters)?;
+                if *channel_scaled && *per_channel {
+                    return Err(error(
+                        table,
+                        Some("channel_scaled"),
+                        format!(
+                            "[[{stage_table}]] #{number} (`{name}`): per_channel and \
+                             channel_scaled are exclusive; choose one (channel_scaled shares one \
+                             codebook across channels, per_channel gives each its own)"
+                        ),
+                    ));
+                }
+                let fixed = 2 + usize::from(*preserve_sparsity);
+                if *channel_scaled && *clusters <= fixed {
+                    return Err(error(
+                        table,
+                        Some("clusters"),
+                        format!(
+                            "[[{stage_table}]] #{number} (`{name}`): channel_scaled needs \
+                             clusters >= {} (−1 and +1{} are fixed); got {clusters}",
+                            fixed + 1,
+                            if *preserve_sparsity {
+                                " and the zero"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+            }
             Scheme::Qat => {}
         }
         known.push(name);

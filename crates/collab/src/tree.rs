@@ -89,7 +89,7 @@ pub enum Scheme {
         #[serde(default)]
         skip_depthwise: bool,
     },
-    /// Weight clustering (k-means++), per tensor or per output channel; with
+    /// Weight clustering (k-means++), per tensor, per output channel or channel-scaled; with
     /// `preserve_sparsity` the zeros of a pruned parent stay exactly zero.
     Cluster {
         /// Clusters per tensor / channel (fewer where a channel has fewer weights).
@@ -100,6 +100,12 @@ pub enum Scheme {
         /// Keep the parent's zeros (sparsity-preserving clustering).
         #[serde(default)]
         preserve_sparsity: bool,
+        /// One int8-grid codebook shared by all output channels, each scaled by its largest
+        /// `|w|` (`collab_cluster::ClusteringConfig::channel_scaled`): per-channel ranges with
+        /// the same ≤ k int8 codes in every channel. Layers whose int8 weight has one scale
+        /// (fully connected) are clustered per tensor. Excludes `per_channel`.
+        #[serde(default)]
+        channel_scaled: bool,
     },
     /// Quantization-aware training, preserving what the parent stages established.
     Qat,
@@ -500,23 +506,40 @@ fn keep_zeros<L: WeightLayer>(name: &str, layer: L) -> Result<Prunable<L>, Colla
     Ok(p)
 }
 
+/// How a stage clusters: k, and per tensor, per channel or channel-scaled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Clusters {
+    k: usize,
+    per_channel: bool,
+    channel_scaled: bool,
+}
+
 /// The clustering config for one layer: `k` capped at the weights per channel / tensor.
 fn cluster_config<L: WeightLayer>(
     name: &str,
     layer: &L,
-    clusters: usize,
-    per_channel: bool,
+    clusters: Clusters,
     preserve: bool,
     seed: u64,
 ) -> ClusteringConfig {
     let layout = layer.layout();
-    let cols = if per_channel {
+    let cols = if clusters.per_channel {
         layout.numel() / layout.out_channels().max(1)
     } else {
         layout.numel()
     };
+    let Clusters {
+        k: clusters,
+        per_channel,
+        channel_scaled,
+    } = clusters;
+    // A channel scale only pays where the int8 weight scale is per channel (convolutions);
+    // a weight with one int8 scale (fully connected) shares its codebook as it is.
+    let channel_scaled =
+        channel_scaled && collab_quant::QatConfig::default().per_channel_for(&layout);
     ClusteringConfig::new(clusters)
         .with_per_channel(per_channel)
+        .with_channel_scaled(channel_scaled)
         .with_preserve_sparsity(preserve)
         .with_seed(seed)
         .with_override(name, clusters.min(cols).max(1))
@@ -525,12 +548,11 @@ fn cluster_config<L: WeightLayer>(
 fn cluster_layer<L: WeightLayer>(
     name: &str,
     layer: L,
-    clusters: usize,
-    per_channel: bool,
+    clusters: Clusters,
     preserve: bool,
     seed: u64,
 ) -> Result<collab_cluster::Clustered<L>, CollabError> {
-    cluster_config(name, &layer, clusters, per_channel, preserve, seed)
+    cluster_config(name, &layer, clusters, preserve, seed)
         .wrap_named(name, layer)
         .map_err(|e| err(format!("layer `{name}`: {e}")))
 }
@@ -539,7 +561,11 @@ fn cluster_layer<L: WeightLayer>(
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Lineage {
     pruned: bool,
+    /// k and per channel.
     clusters: Option<(usize, bool)>,
+    /// The clusters are channel-scaled (one codebook for every channel).
+    #[serde(default)]
+    channel_scaled: bool,
 }
 
 impl Lineage {
@@ -548,14 +574,17 @@ impl Lineage {
             Scheme::Prune { .. } => Self {
                 pruned: true,
                 clusters: None,
+                channel_scaled: false,
             },
             Scheme::Cluster {
                 clusters,
                 per_channel,
                 preserve_sparsity,
+                channel_scaled,
             } => Self {
                 pruned: self.pruned && *preserve_sparsity,
                 clusters: Some((*clusters, *per_channel)),
+                channel_scaled: *channel_scaled,
             },
             Scheme::Qat => self,
         }
@@ -621,16 +650,18 @@ fn run_stage(
             clusters,
             per_channel,
             preserve_sparsity,
+            channel_scaled,
         } => {
-            let (k, pc, keep) = (
-                *clusters,
-                *per_channel,
-                *preserve_sparsity && lineage.pruned,
-            );
+            let how = Clusters {
+                k: *clusters,
+                per_channel: *per_channel,
+                channel_scaled: *channel_scaled,
+            };
+            let keep = *preserve_sparsity && lineage.pruned;
             each_family!(rewrap net, m => {
                 let w = m.try_map(
-                    |n, c| cluster_layer(n, c, k, pc, keep, seed),
-                    |n, l| cluster_layer(n, l, k, pc, keep, seed),
+                    |n, c| cluster_layer(n, c, how, keep, seed),
+                    |n, l| cluster_layer(n, l, how, keep, seed),
                 )?;
                 let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
                 w.try_map(|_, c| Ok::<_, CollabError>(refold(c.strip())), |_, l| Ok(l.strip()))
@@ -673,19 +704,24 @@ fn run_stage(
                     )
                 }};
             }
-            match (lineage.pruned, lineage.clusters) {
+            let how = |(k, per_channel): (usize, bool)| Clusters {
+                k,
+                per_channel,
+                channel_scaled: lineage.channel_scaled,
+            };
+            match (lineage.pruned, lineage.clusters.map(how)) {
                 (false, None) => each_family!(rewrap net, m => qat_stage!(m,
                     |_: &str, c| Ok::<_, CollabError>(c),
                     |_: &str, l| Ok::<_, CollabError>(l)))?,
                 (true, None) => each_family!(rewrap net, m => qat_stage!(m,
                     |n: &str, c| keep_zeros(n, c),
                     |n: &str, l| keep_zeros(n, l)))?,
-                (false, Some((k, pc))) => each_family!(rewrap net, m => qat_stage!(m,
-                    |n: &str, c| cluster_layer(n, c, k, pc, false, seed),
-                    |n: &str, l| cluster_layer(n, l, k, pc, false, seed)))?,
-                (true, Some((k, pc))) => each_family!(rewrap net, m => qat_stage!(m,
-                    |n: &str, c| cluster_layer(n, keep_zeros(n, c)?, k, pc, true, seed),
-                    |n: &str, l| cluster_layer(n, keep_zeros(n, l)?, k, pc, true, seed)))?,
+                (false, Some(how)) => each_family!(rewrap net, m => qat_stage!(m,
+                    |n: &str, c| cluster_layer(n, c, how, false, seed),
+                    |n: &str, l| cluster_layer(n, l, how, false, seed)))?,
+                (true, Some(how)) => each_family!(rewrap net, m => qat_stage!(m,
+                    |n: &str, c| cluster_layer(n, keep_zeros(n, c)?, how, true, seed),
+                    |n: &str, l| cluster_layer(n, keep_zeros(n, l)?, how, true, seed)))?,
             }
         }
     };
@@ -731,6 +767,14 @@ fn check_file(
                     "stage `{stage}`, layer `{}`: {got} distinct int8 values, more than the {k} \
                      clusters",
                     w.name
+                )));
+            }
+            // Channel-scaled: one codebook, so the whole tensor holds ≤ k int8 codes.
+            if lineage.channel_scaled && w.unique > k {
+                return Err(err(format!(
+                    "stage `{stage}`, layer `{}`: {} distinct int8 codes in the tensor, more \
+                     than the {k} channel-scaled clusters",
+                    w.name, w.unique
                 )));
             }
         }
@@ -1646,11 +1690,19 @@ mod tests {
             clusters: 16,
             per_channel: false,
             preserve_sparsity: true,
+            channel_scaled: false,
         };
         let plain = Scheme::Cluster {
             clusters: 8,
             per_channel: true,
             preserve_sparsity: false,
+            channel_scaled: false,
+        };
+        let scaled = Scheme::Cluster {
+            clusters: 8,
+            per_channel: false,
+            preserve_sparsity: false,
+            channel_scaled: true,
         };
         let root = Lineage::default();
         assert_eq!(root.after(&Scheme::Qat), root);
@@ -1663,5 +1715,10 @@ mod tests {
         let lost = pruned.after(&plain);
         assert!(!lost.pruned);
         assert_eq!(lost.clusters, Some((8, true)));
+        assert!(!lost.channel_scaled);
+        // Channel-scaled clusters carry to QAT; a later clustering replaces them.
+        let cs = root.after(&scaled).after(&Scheme::Qat);
+        assert!(cs.channel_scaled && cs.clusters == Some((8, false)));
+        assert!(!cs.after(&plain).channel_scaled);
     }
 }

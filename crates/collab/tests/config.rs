@@ -799,3 +799,30 @@ fn random_mutations_of_quick_are_errors_or_valid_configs() {
     // The mutations reach both outcomes.
     assert!(ok > 5 && err > 50, "{ok} accepted, {err} rejected");
 }
+
+#[test]
+fn channel_scaled_clustering_is_checked() {
+    let scaled = insert_after(BASE, "clusters = 16", "channel_scaled = true");
+    let config = TreeConfig::from_toml(&scaled).unwrap();
+    assert!(matches!(
+        config.stages[1].scheme,
+        collab::tree::Scheme::Cluster {
+            channel_scaled: true,
+            per_channel: false,
+            ..
+        }
+    ));
+    let both = insert_after(&scaled, "channel_scaled", "per_channel = true");
+    let err = rejects(
+        &both,
+        line_of(&both, "channel_scaled"),
+        &["[[stage]] #2 (`clustered`)", "exclusive"],
+    );
+    assert_eq!(err.key.as_deref(), Some("stage.channel_scaled"));
+    let few = replace_line(&scaled, "clusters = 16", "clusters = 2");
+    rejects(
+        &few,
+        line_of(&few, "clusters = 2"),
+        &["channel_scaled needs clusters >= 3", "got 2"],
+    );
+}
