@@ -493,3 +493,76 @@ proptest! {
         }
     }
 }
+
+/// The int8 codes of `values` under per-channel symmetric quantization, channel `channel_of(i)`.
+fn channel_codes(values: &[f32], channels: usize, channel_of: impl Fn(usize) -> usize) -> Vec<i32> {
+    let mut max_abs = vec![0f32; channels];
+    for (i, v) in values.iter().enumerate() {
+        max_abs[channel_of(i)] = max_abs[channel_of(i)].max(v.abs());
+    }
+    let mut codes: Vec<i32> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let m = max_abs[channel_of(i)];
+            if m > 0.0 {
+                (v / (m / 127.0)).round() as i32
+            } else {
+                0
+            }
+        })
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
+}
+
+#[test]
+fn channel_scaled_whole_model_clustering_shares_int8_codes_across_channels() {
+    let device = device();
+    device.seed(5);
+    let (out, kernel, hidden, k) = (5, 3, 9, 6);
+    let small = Small {
+        conv: Conv2dConfig::new([4, out], [kernel, kernel]).init(&device),
+        up: ConvTranspose2dConfig::new([out, out + 1], [2, 2]).init(&device),
+        fc: LinearConfig::new(out + 1, hidden).init(&device),
+    };
+    let config = ClusteringConfig::new(k).with_channel_scaled(true);
+    let (small, _) = WholeClustering::new(config.clone()).wrap(small).unwrap();
+    let small = train(small, 2, Small::forward, |m, _| m);
+    let values = effective(&small);
+    let conv = &values["conv.weight"];
+    let per = 4 * kernel * kernel;
+    let codes = channel_codes(conv, out, |i| i / per);
+    assert!(codes.len() <= k, "conv: {codes:?}");
+    // Transposed convolution `[in, out, 2, 2]`: channels on axis 1.
+    let codes = channel_codes(&values["up.weight"], out + 1, |i| (i / 4) % (out + 1));
+    assert!(codes.len() <= k, "up: {codes:?}");
+    // Linear `[in, out]`: channels on axis 1.
+    let codes = channel_codes(&values["fc.weight"], hidden, |i| i % hidden);
+    assert!(codes.len() <= k, "fc: {codes:?}");
+    // Per-channel clustering of the same model does not share them.
+    let (small, _) = WholeClustering::new(ClusteringConfig::new(k).with_per_channel(true))
+        .wrap(Small {
+            conv: Conv2dConfig::new([4, out], [kernel, kernel]).init(&device),
+            up: ConvTranspose2dConfig::new([out, out + 1], [2, 2]).init(&device),
+            fc: LinearConfig::new(out + 1, hidden).init(&device),
+        })
+        .unwrap();
+    let values = effective(&small);
+    assert!(channel_codes(&values["conv.weight"], out, |i| i / per).len() > k);
+    // The report shows the shared codebook on the grid, ending with −1 and +1.
+    let (small, _) = WholeClustering::new(config.clone())
+        .wrap(Small {
+            conv: Conv2dConfig::new([4, out], [kernel, kernel]).init(&device),
+            up: ConvTranspose2dConfig::new([out, out + 1], [2, 2]).init(&device),
+            fc: LinearConfig::new(out + 1, hidden).init(&device),
+        })
+        .unwrap();
+    for report in WholeClustering::new(config).report(&small) {
+        assert_eq!(report.centroids.len(), 1, "{report:?}");
+        let row = &report.centroids[0];
+        assert_eq!(&row[row.len() - 2..], &[-1.0, 1.0], "{report:?}");
+        assert!(report.channel_scaled);
+    }
+}
