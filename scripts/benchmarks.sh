@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/burn-collab/target}"
 STEPS="${1:-5}"
 ROUNDS="${2:-5}"
 SHARED="${COLLAB_SHARED:-../shared}"
-cargo build --release -q -p collab-cli --bins --examples
+cargo build --release -q -p collab-cli -p burn-collab --bins --examples
 BIN="$CARGO_TARGET_DIR/release"
 OUT=BENCHMARKS.md
 TMP="$(mktemp)"
