@@ -6,6 +6,21 @@ use std::path::Path;
 mod common;
 use common::collab;
 
+/// `collab tree --config CONFIG --out OUT --json`, which must succeed: its leaves.
+#[track_caller]
+fn tree_json(config: &Path, out: &Path) -> serde_json::Value {
+    let (code, stdout, err) = collab(&[
+        "tree",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
 #[test]
 fn quick_tree_produces_every_leaf_with_its_invariants() {
     // Tests run in their crate's folder; the build-time path is only the fallback (a build
@@ -17,18 +32,7 @@ fn quick_tree_produces_every_leaf_with_its_invariants() {
         .expect("configs/quick.toml");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("quick");
-    let run = || {
-        let (code, stdout, err) = collab(&[
-            "tree",
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-        ]);
-        assert_eq!(code, 0, "{err}");
-        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
-    };
+    let run = || tree_json(&config, &out);
     let leaves = run();
     let leaves = leaves.as_array().unwrap();
     let stages: Vec<&str> = leaves
@@ -260,17 +264,7 @@ kind = "qat"
 "#,
     )
     .unwrap();
-    let out = dir.path().join("out");
-    let (code, stdout, err) = collab(&[
-        "tree",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let leaves: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let leaves = tree_json(&config, &dir.path().join("out"));
     let leaf = |name: &str| {
         leaves
             .as_array()
