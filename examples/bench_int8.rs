@@ -1,7 +1,9 @@
 //! Single-thread int8 latency: burn-collab's interpreter (its best kernels, AVX-512 VNNI where
 //! the CPU has it; its AVX2 kernels, what CPUs without VNNI run; its portable kernels) vs LiteRT (XNNPACK, its optimised builtin kernels and its
 //! reference kernels) on DS-CNN-S, -M and -L files exported by `collab::export`, on DS-CNN-L
-//! pruned 50% (unstructured and in 32×4 blocks) and clustered (16 per tensor), and on MLPerf
+//! pruned 50% (unstructured, in 32×4 blocks, and 2:4 on the pointwise and fully-connected layers,
+//! where the opt-in N:M sparse kernel is also timed against the dense one) and clustered (16 per
+//! tensor), and on MLPerf
 //! Tiny's own int8 files (ResNet-8, KWS, VWW, the anomaly-detection autoencoder), all in one run
 //! on one machine. Prints medians and ratios.
 //!
@@ -121,6 +123,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 |_, l| Ok(l),
             )?;
             variants.push(("  16 clusters".to_string(), clustered.trace([1, 49, 10])?));
+            // 2:4 along input channels on the pointwise convolutions and the classifier (the
+            // stem has one input channel, depthwise ones one per group: left dense).
+            let two_four = prune(Granularity::two_four());
+            let keep = prune(Granularity::Unstructured);
+            let nm = load()?.try_map(
+                |n, c| {
+                    let p = if n.ends_with(".pw") {
+                        two_four.wrap(c)?
+                    } else {
+                        keep.wrap(c)?
+                    };
+                    p.prune_to(if n.ends_with(".pw") { 0.5 } else { 0.0 })?;
+                    Ok::<_, burn_collab::prune::PruneError>(p)
+                },
+                |_, l| {
+                    let p = two_four.wrap(l)?;
+                    p.prune_to(0.5)?;
+                    Ok(p)
+                },
+            )?;
+            variants.push(("  2:4 (pw + fc)".to_string(), nm.trace([1, 49, 10])?));
         }
         for (label, plan) in variants {
             let ranges = plan.calibrate([Ok(x.clone())], Calibration::MinMax)?;
@@ -244,5 +267,27 @@ fn row(
         ours / xnn,
         ours / reference
     );
+    let mut sparse = interp.clone();
+    sparse.set_kernels(Kernels::Sparse);
+    if sparse.sparse_layers() > 0 {
+        // The N:M kernel (opt-in) against the default dense one on the same file, in
+        // alternating rounds (the machine's load drifts between them otherwise).
+        let (mut s, mut d) = (vec![], vec![]);
+        for _ in 0..5 {
+            s.push(time(&sparse)?);
+            d.push(time(&interp)?);
+        }
+        let (s, d) = (median(s), median(d));
+        println!(
+            "{:<22} {:>9.4} ms n:m kernel ({} layers) vs {:.4} ms dense: dense/n:m {:.2}; \
+             n:m/xnn {:.2}",
+            "    n:m kernel",
+            s,
+            sparse.sparse_layers(),
+            d,
+            d / s,
+            s / xnn
+        );
+    }
     Ok(())
 }

@@ -106,6 +106,9 @@ enum KernelsArg {
     Avx2,
     /// Plain Rust loops, on every CPU.
     Portable,
+    /// `best`, plus the N:M kernel for 2:4-sparse CONV_2D / FULLY_CONNECTED weights
+    /// (AVX-512 VBMI).
+    Sparse,
 }
 
 impl From<KernelsArg> for collab_tflite::Kernels {
@@ -114,6 +117,7 @@ impl From<KernelsArg> for collab_tflite::Kernels {
             KernelsArg::Best => Self::Best,
             KernelsArg::Avx2 => Self::Avx2,
             KernelsArg::Portable => Self::Portable,
+            KernelsArg::Sparse => Self::Sparse,
         }
     }
 }

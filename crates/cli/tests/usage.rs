@@ -74,7 +74,7 @@ fn cases(out: &'static str) -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         ),
         (
             bench_infer(&["--kernels", "gpu"]),
-            vec!["--kernels", "best", "avx2", "portable"],
+            vec!["--kernels", "best", "avx2", "portable", "sparse"],
         ),
         (
             bench_train(&["--bn", "foo"]),

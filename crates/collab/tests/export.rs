@@ -414,6 +414,78 @@ fn pruned_and_clustered_weights_arrive_in_the_file() {
     );
 }
 
+/// DS-CNN-S pruned 2:4 along input channels on its pointwise convolutions and classifier: the
+/// file is an ordinary int8 file (TFLite Micro and LiteRT reference agree with it bit for bit),
+/// and our interpreter gives the same outputs with the N:M sparse kernel (which it picks from
+/// the weights, on CPUs with AVX-512 VBMI) as with the dense and portable kernels.
+#[test]
+fn two_four_pruned_ds_cnn_runs_the_sparse_kernel_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let (x, _) = kws_inputs();
+    let config = DsCnnConfig::new(DsCnnSize::S);
+    let bytes =
+        std::fs::read(require_shared().join("pretrained/ml-kws-for-mcu/ds_cnn_s.safetensors"))
+            .unwrap();
+    let trained = import::ds_cnn(&config, &bytes, "ds_cnn_s", &device).unwrap();
+    let two_four = PruningConfig::new(PruningSchedule::constant(0.5))
+        .with_granularity(collab_prune::Granularity::two_four());
+    let dense = PruningConfig::new(PruningSchedule::constant(0.0));
+    let model = trained
+        .try_map(
+            |name, c: ConvBlock| {
+                let pointwise = name.ends_with(".pw");
+                let p = if pointwise { &two_four } else { &dense }.wrap(c)?;
+                p.prune_to(if pointwise { 0.5 } else { 0.0 })?;
+                Ok::<_, collab_prune::PruneError>(p)
+            },
+            |_, l| {
+                let p = two_four.wrap(l)?;
+                p.prune_to(0.5)?;
+                Ok(p)
+            },
+        )
+        .unwrap();
+    let plan = model.trace([1, 49, 10]).unwrap();
+    let (ours, file) = export_and_check(&plan, &x, false, dir.path(), "ds_cnn_s_2_4");
+    let graph = Graph::from_bytes(&file).unwrap();
+    let mut interp = Interpreter::new(&graph).unwrap();
+    let (_, test) = split(&x);
+    let batch = test.dims()[0];
+    let values = collab_core::host::to_vec_f32(test.flatten::<1>(0, 3));
+    let port = interp.inputs()[0].clone();
+    let nhwc = export::quantize_input(
+        &export::nchw_to_nhwc(&values, batch, plan.input),
+        port.scale,
+        port.zero_point,
+    );
+    assert_eq!(interp.run_i8(&nhwc).unwrap(), ours);
+    interp.set_kernels(collab_tflite::Kernels::Sparse);
+    let vbmi = cfg!(target_arch = "x86_64") && {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512vbmi")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    // 4 pointwise convolutions and the classifier.
+    assert_eq!(interp.sparse_layers(), if vbmi { 5 } else { 0 });
+    assert_eq!(interp.run_i8(&nhwc).unwrap(), ours, "sparse kernel");
+    interp.set_kernels(collab_tflite::Kernels::Portable);
+    assert_eq!(interp.run_i8(&nhwc).unwrap(), ours, "portable kernels");
+    eprintln!(
+        "ds_cnn_s 2:4: {} layers on the sparse kernel, {} outputs identical",
+        if vbmi { 5 } else { 0 },
+        ours.len()
+    );
+}
+
 #[test]
 fn qat_ranges_export_without_calibration_data() {
     let dir = tempfile::tempdir().unwrap();

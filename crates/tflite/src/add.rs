@@ -76,7 +76,7 @@ impl AddKernel {
         let fits = [p.multipliers[0], p.multipliers[1], p.output_requant]
             .iter()
             .all(|(m, s)| *m >= 0 && (-31..=30).contains(s));
-        let vnni = kernels == Kernels::Best && crate::vnni::available();
+        let vnni = kernels.avx512() && crate::vnni::available();
         let avx2 = kernels != Kernels::Portable && crate::vnni::avx2_available();
         let consts = || {
             Box::new(AddConsts::new(

@@ -43,6 +43,8 @@ enum FastFc {
     Vnni(crate::vnni::Packed, crate::vnni::Requant),
     /// AVX2 (`vpmaddwd`).
     Avx2(crate::vnni::avx2::Packed16, crate::vnni::Requant),
+    /// N:M-sparse weights, AVX-512 VNNI + VBMI (`crate::vnni::sparse`).
+    Sparse(crate::vnni::sparse::SparsePacked, crate::vnni::Requant),
 }
 
 impl FcKernel {
@@ -83,7 +85,7 @@ impl FcKernel {
 
     /// Repack the weights for `kernels` on this CPU (`Portable`: none).
     pub(crate) fn set_kernels(&mut self, kernels: Kernels) {
-        let vnni = kernels == Kernels::Best && crate::vnni::available();
+        let vnni = kernels.avx512() && crate::vnni::available();
         let avx2 = kernels != Kernels::Portable && crate::vnni::avx2_available();
         if !(vnni || avx2) {
             self.fast = None;
@@ -100,6 +102,14 @@ impl FcKernel {
         let zp = -self.input_offset;
         let rq =
             crate::vnni::Requant::new(&self.multiplier, &self.shift, self.output_offset, self.act);
+        if kernels == Kernels::Sparse
+            && crate::vnni::sparse::available()
+            && let Some(p) =
+                crate::vnni::sparse::SparsePacked::new(&kio, depth, units, &self.bias, zp)
+        {
+            self.fast = Some(FastFc::Sparse(p, rq));
+            return;
+        }
         self.fast = Some(if vnni {
             FastFc::Vnni(
                 crate::vnni::Packed::new(&kio, depth, units, &self.bias, zp),
@@ -113,11 +123,13 @@ impl FcKernel {
         });
     }
 
-    /// `"avx512-vnni"`, `"avx2"` or `"portable"`: the kernel [`run`](Self::run) uses.
+    /// `"avx512-vnni"`, `"avx512-vnni-sparse"` (N:M weights), `"avx2"` or `"portable"`: the
+    /// kernel [`run`](Self::run) uses.
     pub(crate) fn kernel_name(&self) -> &'static str {
         match self.fast {
             Some(FastFc::Vnni(..)) => "avx512-vnni",
             Some(FastFc::Avx2(..)) => "avx2",
+            Some(FastFc::Sparse(..)) => "avx512-vnni-sparse",
             None => "portable",
         }
     }
@@ -148,10 +160,11 @@ impl FcKernel {
             match fast {
                 FastFc::Vnni(p, _) => crate::vnni::fc::gemv(p, x, batches, depth, &mut acc),
                 FastFc::Avx2(p, _) => crate::vnni::fc::gemv_avx2(p, x, batches, depth, &mut acc),
+                FastFc::Sparse(p, _) => crate::vnni::sparse::gemv(p, x, batches, depth, &mut acc),
             }
             for (row, dst) in acc.chunks_exact(stride).zip(out.chunks_exact_mut(units)) {
                 match (flavor, fast) {
-                    (Flavor::Micro, FastFc::Vnni(_, rq)) => {
+                    (Flavor::Micro, FastFc::Vnni(_, rq) | FastFc::Sparse(_, rq)) => {
                         crate::vnni::fc::requantize(rq, row, dst)
                     }
                     (Flavor::Micro, FastFc::Avx2(_, rq)) => {

@@ -109,6 +109,9 @@ enum Fast {
     Avx2Gemm(crate::vnni::avx2::Packed16, crate::vnni::Requant),
     /// DEPTHWISE_CONV_2D with channel multiplier 1, AVX2.
     Avx2Depthwise(crate::vnni::DwPacked, crate::vnni::Requant),
+    /// CONV_2D on N:M-sparse weights (at most 4 non-zeros in every run of 8 `k`), AVX-512
+    /// VNNI + VBMI.
+    Sparse(crate::vnni::sparse::SparsePacked, crate::vnni::Requant),
 }
 
 /// Which convolution kernels an [`Interpreter`] runs. All compute the same integers (tests
@@ -124,11 +127,25 @@ pub enum Kernels {
     Avx2,
     /// Plain Rust loops (auto-vectorised), on every CPU.
     Portable,
+    /// `Best`, plus the N:M sparse kernel for CONV_2D and FULLY_CONNECTED layers whose weights
+    /// hold at most 4 non-zeros in every run of 8 input values (2:4 pruning along input
+    /// channels) on CPUs with AVX-512 VBMI. Opt-in: it computes the same integers as `Best`
+    /// but does not run faster than its dense kernel on the CPUs measured so far (the
+    /// `vpermb` that selects each channel's inputs takes the vector port a second `vpdpbusd`
+    /// would use; docs/DESIGN.md).
+    Sparse,
+}
+
+impl Kernels {
+    /// Whether this choice allows the AVX-512 VNNI tier.
+    pub(crate) fn avx512(self) -> bool {
+        matches!(self, Kernels::Best | Kernels::Sparse)
+    }
 }
 
 /// The SIMD form of convolution `c` for `kernels` on this CPU, if any.
 fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
-    let vnni = kernels == Kernels::Best && crate::vnni::available();
+    let vnni = kernels.avx512() && crate::vnni::available();
     let avx2 = kernels != Kernels::Portable && crate::vnni::avx2_available();
     if !(vnni || avx2) || (c.depthwise && c.multiplier != 1) {
         return None;
@@ -142,6 +159,12 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
     let taps = c.kernel[0] * c.kernel[1];
     let units = c.out_shape[3];
     let zp = -c.input_offset;
+    if kernels == Kernels::Sparse && !c.depthwise && crate::vnni::sparse::available() {
+        let k = taps * c.in_shape[3];
+        if let Some(p) = crate::vnni::sparse::SparsePacked::new(&c.filter, k, units, &c.bias, zp) {
+            return Some(Fast::Sparse(p, requant));
+        }
+    }
     Some(match (c.depthwise, vnni) {
         (false, true) => Fast::Gemm(
             crate::vnni::Packed::new(&c.filter, taps * c.in_shape[3], units, &c.bias, zp),
@@ -281,7 +304,8 @@ pub struct OpTime {
     pub inputs: Vec<Vec<usize>>,
     /// Shape of its first output.
     pub output: Vec<usize>,
-    /// The kernel it ran on: `"avx512-vnni"`, `"avx2"` or `"portable"`.
+    /// The kernel it ran on: `"avx512-vnni"`, `"avx512-vnni-sparse"` (the N:M kernel,
+    /// [`Kernels::Sparse`]), `"avx2"` or `"portable"`.
     pub kernel: &'static str,
     /// Seconds it took (0 until run).
     pub seconds: f64,
@@ -1204,11 +1228,22 @@ impl Interpreter {
             let this = kernel_of(k);
             match this {
                 "avx512-vnni" => return this,
+                "avx512-vnni-sparse" => return "avx512-vnni",
                 "avx2" => name = this,
                 _ => {}
             }
         }
         name
+    }
+
+    /// How many CONV_2D and FULLY_CONNECTED layers run the N:M sparse kernel (weights with at
+    /// most 4 non-zeros in every run of 8 input values, e.g. 2:4 pruned along input channels, on
+    /// a CPU with AVX-512 VNNI and VBMI, [`Kernels::Sparse`]).
+    pub fn sparse_layers(&self) -> usize {
+        self.kernels
+            .iter()
+            .filter(|k| kernel_of(k) == "avx512-vnni-sparse")
+            .count()
     }
 
     /// Whether the AVX-512 VNNI kernels run the convolutions (ordinary ones and depthwise ones
@@ -1847,6 +1882,7 @@ fn kernel_of(k: &Kernel) -> &'static str {
         Kernel::Conv(c) => match c.fast {
             Some(Fast::Gemm(..) | Fast::Depthwise(..)) => "avx512-vnni",
             Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
+            Some(Fast::Sparse(..)) => "avx512-vnni-sparse",
             None => "portable",
         },
         Kernel::FullyConnected(fc) => fc.kernel_name(),
@@ -1879,6 +1915,7 @@ fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
                 Fast::Depthwise(p, rq) => crate::vnni::depthwise(&g, p, rq, x, &mut out),
                 Fast::Avx2Gemm(p, rq) => crate::vnni::avx2::conv(&g, p, rq, x, &mut out),
                 Fast::Avx2Depthwise(p, rq) => crate::vnni::avx2::depthwise(&g, p, rq, x, &mut out),
+                Fast::Sparse(p, rq) => crate::vnni::sparse::conv(&g, p, rq, x, &mut out),
             }
         }
         out

@@ -46,6 +46,7 @@ pub mod fixed;
 mod fully_connected;
 pub mod interp;
 pub mod npy;
+pub mod palette;
 pub mod reader;
 pub mod report;
 pub mod tools;

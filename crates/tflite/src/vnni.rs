@@ -391,6 +391,8 @@ impl<T: Copy + Default + 'static> Drop for Scratch<T> {
 pub(crate) mod add;
 pub(crate) mod avx2;
 pub(crate) mod fc;
+pub(crate) mod palette;
+pub(crate) mod sparse;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -448,7 +450,7 @@ mod x86 {
 
     /// Store 32 int8 channels (`lo` then `hi`) at `dst`, only the first `n` when `n < 32`.
     #[inline(always)]
-    unsafe fn store32(dst: *mut i8, lo: __m128i, hi: __m128i, n: usize) {
+    pub(in crate::vnni) unsafe fn store32(dst: *mut i8, lo: __m128i, hi: __m128i, n: usize) {
         // SAFETY: the caller owns `n` bytes at `dst`; the masked stores write no others.
         unsafe {
             if n >= 32 {
