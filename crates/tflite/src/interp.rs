@@ -109,6 +109,8 @@ enum Fast {
     Avx2Gemm(crate::vnni::avx2::Packed16, crate::vnni::Requant),
     /// DEPTHWISE_CONV_2D with channel multiplier 1, AVX2.
     Avx2Depthwise(crate::vnni::DwPacked, crate::vnni::Requant),
+    /// CONV_2D with at most 16 output channels, AVX-512 VNNI.
+    Narrow(crate::vnni::narrow::Narrow),
 }
 
 /// Which convolution kernels an [`Interpreter`] runs. All compute the same integers (tests
@@ -142,6 +144,20 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
     let taps = c.kernel[0] * c.kernel[1];
     let units = c.out_shape[3];
     let zp = -c.input_offset;
+    if vnni && !c.depthwise {
+        let narrow = crate::vnni::narrow::Narrow::new(
+            &geometry(c),
+            &c.filter,
+            &c.bias,
+            &c.requant.multiplier,
+            &c.requant.shift,
+            c.output_offset,
+            c.act,
+        );
+        if let Some(n) = narrow {
+            return Some(Fast::Narrow(n));
+        }
+    }
     Some(match (c.depthwise, vnni) {
         (false, true) => Fast::Gemm(
             crate::vnni::Packed::new(&c.filter, taps * c.in_shape[3], units, &c.bias, zp),
@@ -1845,7 +1861,7 @@ fn requantize_row_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
 fn kernel_of(k: &Kernel) -> &'static str {
     match k {
         Kernel::Conv(c) => match c.fast {
-            Some(Fast::Gemm(..) | Fast::Depthwise(..)) => "avx512-vnni",
+            Some(Fast::Gemm(..) | Fast::Depthwise(..) | Fast::Narrow(..)) => "avx512-vnni",
             Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
             None => "portable",
         },
@@ -1855,20 +1871,25 @@ fn kernel_of(k: &Kernel) -> &'static str {
     }
 }
 
+/// The geometry the SIMD kernels read of convolution `c`.
+fn geometry(c: &ConvKernel) -> crate::vnni::Geometry {
+    crate::vnni::Geometry {
+        in_shape: c.in_shape,
+        out_shape: c.out_shape,
+        kernel: c.kernel,
+        stride: c.stride,
+        dilation: c.dilation,
+        pad: c.pad,
+        input_zp: -c.input_offset,
+    }
+}
+
 /// CONV_2D / DEPTHWISE_CONV_2D through the AVX-512 VNNI kernels (the same integers as
 /// [`conv`]).
 fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
     #[cfg(target_arch = "x86_64")]
     {
-        let g = crate::vnni::Geometry {
-            in_shape: c.in_shape,
-            out_shape: c.out_shape,
-            kernel: c.kernel,
-            stride: c.stride,
-            dilation: c.dilation,
-            pad: c.pad,
-            input_zp: -c.input_offset,
-        };
+        let g = geometry(c);
         let mut out = vec![0i8; c.out_shape.iter().product()];
         // SAFETY: `build_fast` builds the VNNI forms only where vnni::available() found AVX-512
         // F/BW/VL/VNNI and the AVX2 forms only where AVX2 is present, for this kernel's
@@ -1879,6 +1900,7 @@ fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
                 Fast::Depthwise(p, rq) => crate::vnni::depthwise(&g, p, rq, x, &mut out),
                 Fast::Avx2Gemm(p, rq) => crate::vnni::avx2::conv(&g, p, rq, x, &mut out),
                 Fast::Avx2Depthwise(p, rq) => crate::vnni::avx2::depthwise(&g, p, rq, x, &mut out),
+                Fast::Narrow(p) => crate::vnni::narrow::conv(&g, p, x, &mut out),
             }
         }
         out

@@ -391,6 +391,7 @@ impl<T: Copy + Default + 'static> Drop for Scratch<T> {
 pub(crate) mod add;
 pub(crate) mod avx2;
 pub(crate) mod fc;
+pub(crate) mod narrow;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {

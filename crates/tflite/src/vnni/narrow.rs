@@ -1,0 +1,559 @@
+//! CONV_2D with few output channels (1 to 16) on AVX-512 VNNI.
+//!
+//! The GEMM in [`super`] works in blocks of 32 output channels: a convolution with 3, 8 or 16
+//! outputs (MobileNet's and ResNet's stems, their first narrow layers) would leave most of every
+//! `vpdpbusd` and every requantization on padding. Here one 16-lane accumulator per pixel holds
+//! `blk` channels (4, 8 or 16: the output channels rounded up) × `g = 16 / blk` consecutive
+//! groups of 4 `k`: the input of a pixel is broadcast 4, 8 or 16 bytes at a time (`vpbroadcastd`,
+//! `vpbroadcastq`, `vbroadcasti32x4`), the weights are packed in the same lane order, and after
+//! the sweep over `k` the `g` partial sums of each channel are added across lanes while `g`
+//! pixels are gathered into one vector: every lane that is requantized and stored is a real
+//! output (when `oc` is 4, 8 or 16).
+//!
+//! - **Direct** (no unfolding) when the filter has no dilation along the width: each filter row
+//!   then reads `kw · ic` contiguous bytes of the input (e.g. 9 for a 3×3 stem on 3 channels,
+//!   48 for a 3×3 convolution on 16), so the input is copied once into a buffer padded with the
+//!   zero point (shifted to unsigned as for the GEMM) and each step of the sweep reads `4·g`
+//!   bytes of a filter row at a fixed offset from the pixel; a tile of 16 pixels along an output
+//!   row reads the buffer with one stride. Steps that run past a filter row's end read
+//!   neighbouring bytes against zero weights. With width dilation the pixels are unfolded as
+//!   for the GEMM, rows rounded up to `4·g` bytes.
+//! - The integers are the GEMM's: `Σ w·(x + 128)` in i32 plus the per-channel constant
+//!   `bias − (zp + 128)·Σw`, requantized in registers by the same `requant16` (tests compare the
+//!   kernel with the plain formula and with the 32-channel GEMM).
+
+use super::{Geometry, Requant};
+
+/// A CONV_2D with at most 16 output channels, packed for [`conv`].
+#[derive(Clone, Debug)]
+pub(crate) struct Narrow {
+    /// Output channels per pixel in an accumulator: 4, 8 or 16.
+    blk: usize,
+    /// Groups of 4 `k` per accumulator lane set (`16 / blk`).
+    g: usize,
+    /// Whether the kernel reads the padded input directly (else it unfolds the pixels).
+    direct: bool,
+    /// Bytes of one unfolded pixel: `k` rounded up to `4·g` (unfolding).
+    row: usize,
+    /// Height and width of the padded input (direct).
+    hp: usize,
+    wp: usize,
+    /// Per step of the sweep, where its `4·g` input bytes start, from the pixel's first.
+    offsets: Vec<u32>,
+    /// `[steps][16 lanes][4]`: lane `c·g + e` holds channel `c`'s weights for the step's `e`-th
+    /// group of 4 `k`.
+    w: Vec<i8>,
+    /// `bias − (zp + 128)·Σw` in the output lane order (`pixel · blk + channel`), 16 lanes.
+    corr: Vec<i32>,
+    /// Requantization constants in the output lane order.
+    rq: Requant,
+}
+
+impl Narrow {
+    /// From HWIO `i32` weights (`[kh, kw, ic, oc]`), the int32 bias, TFLite's per-channel
+    /// `(multiplier, shift)`, the output zero point and the activation range, for the
+    /// convolution `g`; `None` when it has more than 16 output channels.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        geo: &Geometry,
+        hwio: &[i32],
+        bias: &[i32],
+        multiplier: &[i32],
+        shift: &[i32],
+        zero_point: i32,
+        act: [i32; 2],
+    ) -> Option<Self> {
+        let [_, _, _, ic] = geo.in_shape;
+        let [_, oh, ow, oc] = geo.out_shape;
+        let [kh, kw] = geo.kernel;
+        if oc == 0 || oc > 16 {
+            return None;
+        }
+        let blk = if oc <= 4 {
+            4
+        } else if oc <= 8 {
+            8
+        } else {
+            16
+        };
+        let g = 16 / blk;
+        let taps = kh * kw;
+        let k = taps * ic;
+        // Reading the input in place needs adjacent taps along a row (no dilation across it):
+        // a filter row is then `kw · ic` contiguous bytes of the padded input.
+        let direct = geo.dilation[1] == 1;
+        let row = k.div_ceil(4 * g) * 4 * g;
+        let hp = (oh - 1) * geo.stride[0] + (kh - 1) * geo.dilation[0] + 1;
+        let wp = (ow - 1) * geo.stride[1] + kw;
+        // Per step, the `k` index of each of its `4·g` bytes (`None`: padding, weight 0), and
+        // where the step's bytes start.
+        let mut steps: Vec<(u32, Vec<Option<usize>>)> = Vec::new();
+        if direct {
+            let span = kw * ic;
+            for fy in 0..kh {
+                let at = fy * geo.dilation[0] * wp * ic;
+                for j in 0..span.div_ceil(4 * g) {
+                    let ks = (0..4 * g)
+                        .map(|b| {
+                            Some(4 * g * j + b)
+                                .filter(|i| *i < span)
+                                .map(|i| fy * span + i)
+                        })
+                        .collect();
+                    steps.push(((at + 4 * g * j) as u32, ks));
+                }
+            }
+        } else {
+            for s in 0..row / (4 * g) {
+                let ks = (0..4 * g)
+                    .map(|b| Some(4 * g * s + b).filter(|kk| *kk < k))
+                    .collect();
+                steps.push(((4 * g * s) as u32, ks));
+            }
+        }
+        let mut w = vec![0i8; steps.len() * 64];
+        for (s, (_, ks)) in steps.iter().enumerate() {
+            for c in 0..oc {
+                for e in 0..g {
+                    for b in 0..4 {
+                        if let Some(kk) = ks[4 * e + b] {
+                            w[(s * 16 + c * g + e) * 4 + b] = hwio[kk * oc + c] as i8;
+                        }
+                    }
+                }
+            }
+        }
+        let zp = geo.input_zp;
+        let corr_c: Vec<i32> = (0..oc)
+            .map(|c| {
+                let sum = (0..k).fold(0i32, |s, kk| s.wrapping_add(hwio[kk * oc + c]));
+                bias[c].wrapping_sub(zp.wrapping_add(128).wrapping_mul(sum))
+            })
+            .collect();
+        let lanes = |v: &[i32]| -> Vec<i32> {
+            (0..16)
+                .map(|l| v.get(l % blk).copied().unwrap_or(0))
+                .collect()
+        };
+        Some(Self {
+            blk,
+            g,
+            direct,
+            row,
+            hp,
+            wp,
+            offsets: steps.iter().map(|(o, _)| *o).collect(),
+            w,
+            corr: lanes(&corr_c),
+            rq: Requant::new(&lanes(multiplier), &lanes(shift), zero_point, act),
+        })
+    }
+}
+
+/// The input of a direct convolution in `buf`: `[nb, hp, wp, ic]` unsigned (`x + 128`), the
+/// rows and columns outside the input set to `zp + 128`, followed by `spare` bytes (whatever
+/// they hold).
+#[inline(always)]
+fn pad_unsigned(g: &Geometry, p: &Narrow, x: &[i8], spare: usize, buf: &mut Vec<u8>) {
+    let [nb, ih, iw, ic] = g.in_shape;
+    let (hp, wp) = (p.hp, p.wp);
+    let fill = (g.input_zp + 128) as u8;
+    let len = nb * hp * wp * ic;
+    if buf.len() < len + spare {
+        buf.resize(len + spare, 0);
+    }
+    for b in 0..nb {
+        for py in 0..hp {
+            let row = &mut buf[(b * hp + py) * wp * ic..][..wp * ic];
+            let Some(y) = py.checked_sub(g.pad[0]).filter(|y| *y < ih) else {
+                row.fill(fill);
+                continue;
+            };
+            // Columns `first..last` of the padded row come from the input.
+            let first = g.pad[1].min(wp);
+            let last = (g.pad[1] + iw).min(wp);
+            row[..first * ic].fill(fill);
+            row[last * ic..].fill(fill);
+            if last <= first {
+                continue;
+            }
+            let src = &x[((b * ih + y) * iw + first - g.pad[1]) * ic..][..(last - first) * ic];
+            for (d, s) in row[first * ic..last * ic].iter_mut().zip(src) {
+                *d = (*s as u8) ^ 0x80;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::conv;
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Narrow, pad_unsigned};
+    use crate::vnni::x86::requant16;
+    use crate::vnni::{Geometry, Scratch, gather};
+    use std::arch::x86_64::*;
+
+    /// Pixels per tile: one accumulator each.
+    const ROWS: usize = 16;
+
+    /// Lanes `2i` and `2i + 1` of `a` (i < 8), then of `b`, added: the two partial sums of each
+    /// channel of two pixels, as `[a's 8 channels, b's 8 channels]`.
+    #[inline(always)]
+    unsafe fn pair_sum(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: register shuffles; the caller has AVX-512 F.
+        unsafe {
+            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+            _mm512_add_epi32(
+                _mm512_permutex2var_epi32(a, even, b),
+                _mm512_permutex2var_epi32(a, odd, b),
+            )
+        }
+    }
+
+    /// One tile of `R` pixels (the first `rows` stored): pixel `r`'s input starts at `base + r ·
+    /// stride`, its `oc` outputs at `out + r · oc`.
+    #[inline(always)]
+    unsafe fn tile<const G: usize, const R: usize>(
+        p: &Narrow,
+        base: *const u8,
+        stride: usize,
+        out: *mut i8,
+        rows: usize,
+        oc: usize,
+    ) {
+        // SAFETY: the caller guarantees that `R` pixels' steps are readable from `base` (spare
+        // bytes past the last real pixel) and that `rows` pixels' outputs are writable at `out`.
+        unsafe {
+            let mut acc = [_mm512_setzero_si512(); R];
+            let w = p.w.as_ptr();
+            // Wrapping index arithmetic (no overflow checks: the offsets are in bounds, as
+            // above), so the loop over the tile's pixels unrolls with the accumulators in
+            // registers.
+            for (s, off) in p.offsets.iter().enumerate() {
+                let wv = _mm512_loadu_si512(w.wrapping_add(s.wrapping_mul(64)) as *const __m512i);
+                let src = base.wrapping_add(*off as usize);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = src.wrapping_add(r.wrapping_mul(stride));
+                    let xb = match G {
+                        1 => _mm512_set1_epi32(std::ptr::read_unaligned(a as *const i32)),
+                        2 => _mm512_set1_epi64(std::ptr::read_unaligned(a as *const i64)),
+                        _ => _mm512_broadcast_i32x4(_mm_loadu_si128(a as *const __m128i)),
+                    };
+                    *acc = _mm512_dpbusd_epi32(*acc, xb, wv);
+                }
+            }
+            let corr = _mm512_loadu_si512(p.corr.as_ptr() as *const __m512i);
+            for q in 0..R / G {
+                if q * G >= rows {
+                    break;
+                }
+                let v = match G {
+                    1 => acc[q],
+                    2 => pair_sum(acc[2 * q], acc[2 * q + 1]),
+                    _ => pair_sum(
+                        pair_sum(acc[4 * q], acc[4 * q + 1]),
+                        pair_sum(acc[4 * q + 2], acc[4 * q + 3]),
+                    ),
+                };
+                let y = requant16(_mm512_add_epi32(v, corr), &p.rq, 0);
+                let n = (rows - q * G).min(G);
+                let dst = out.add(q * G * oc);
+                if oc == p.blk {
+                    let bytes = n * oc;
+                    let mask = if bytes >= 16 {
+                        u16::MAX
+                    } else {
+                        (1u16 << bytes) - 1
+                    };
+                    _mm_mask_storeu_epi8(dst, mask, y);
+                } else {
+                    let mut tmp = [0i8; 16];
+                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, y);
+                    for j in 0..n {
+                        std::ptr::copy_nonoverlapping(
+                            tmp.as_ptr().add(j * p.blk),
+                            dst.add(j * oc),
+                            oc,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `n` pixels from `base` (stride `stride`) into `out`, in tiles of 16, 8 and 4.
+    #[inline(always)]
+    unsafe fn sweep<const G: usize>(
+        p: &Narrow,
+        base: *const u8,
+        stride: usize,
+        out: *mut i8,
+        n: usize,
+        oc: usize,
+    ) {
+        // SAFETY: forwarded; the tails read at most `ROWS` pixels from their start.
+        unsafe {
+            let mut at = 0;
+            while n - at >= ROWS {
+                tile::<G, ROWS>(p, base.add(at * stride), stride, out.add(at * oc), ROWS, oc);
+                at += ROWS;
+            }
+            let rest = n - at;
+            let (b, o) = (base.add(at * stride), out.add(at * oc));
+            if rest > 8 {
+                tile::<G, ROWS>(p, b, stride, o, rest, oc);
+            } else if rest > 4 {
+                tile::<G, 8>(p, b, stride, o, rest, oc);
+            } else if rest > 0 {
+                tile::<G, 4>(p, b, stride, o, rest, oc);
+            }
+        }
+    }
+
+    /// CONV_2D with at most 16 output channels into `out` (`[pixels, oc]` int8).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::vnni::available`]); `x` and
+    /// `out` must have the geometry's sizes and `p` must be built by [`Narrow::new`] for it.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn conv(g: &Geometry, p: &Narrow, x: &[i8], out: &mut [i8]) {
+        // SAFETY: forwarded.
+        unsafe {
+            match p.g {
+                1 => run::<1>(g, p, x, out),
+                2 => run::<2>(g, p, x, out),
+                _ => run::<4>(g, p, x, out),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn run<const G: usize>(g: &Geometry, p: &Narrow, x: &[i8], out: &mut [i8]) {
+        let [nb, _, _, _] = g.in_shape;
+        let [_, oh, ow, oc] = g.out_shape;
+        let o = out.as_mut_ptr();
+        if p.direct {
+            let stride = g.stride[1] * g.in_shape[3];
+            // The last tile of a row reads up to `ROWS` pixels past its start, and a step up to
+            // 15 bytes past its filter row.
+            let spare = ROWS * stride + 64;
+            let mut scratch = Scratch::bytes(0);
+            pad_unsigned(g, p, x, spare, &mut scratch.0);
+            let src = scratch.0.as_ptr();
+            for b in 0..nb {
+                for oy in 0..oh {
+                    let start = ((b * p.hp + oy * g.stride[0]) * p.wp) * g.in_shape[3];
+                    let px = (b * oh + oy) * ow;
+                    // SAFETY: the padded input holds every tap of the row's pixels, and
+                    // `spare` bytes follow it; `out` holds the row's `ow · oc` outputs.
+                    unsafe { sweep::<G>(p, src.add(start), stride, o.add(px * oc), ow, oc) };
+                }
+            }
+        } else {
+            let pixels = nb * oh * ow;
+            let mut scratch = Scratch::bytes((pixels + ROWS) * p.row);
+            let col = &mut scratch.0[..(pixels + ROWS) * p.row];
+            for (px, dst) in col.chunks_exact_mut(p.row).take(pixels).enumerate() {
+                let (b, rest) = (px / (oh * ow), px % (oh * ow));
+                gather(g, x, b, rest / ow, rest % ow, dst);
+            }
+            // SAFETY: `col` has `ROWS` spare rows; `out` is `[pixels, oc]`.
+            unsafe { sweep::<G>(p, col.as_ptr(), p.row, o, pixels, oc) };
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::fixed::{mbqm, quantize_multiplier};
+    use crate::vnni::{Packed, Requant};
+    use proptest::prelude::*;
+
+    /// A random convolution with at most 16 outputs: `(geometry, hwio, bias, (multiplier,
+    /// shift) per channel, output zero point, activation range, input)`.
+    #[derive(Debug)]
+    struct Case {
+        geo: Geometry,
+        hwio: Vec<i32>,
+        bias: Vec<i32>,
+        m: Vec<(i32, i32)>,
+        zp: i32,
+        act: [i32; 2],
+        x: Vec<i8>,
+    }
+
+    impl std::fmt::Debug for Geometry {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "in {:?} out {:?} kernel {:?} stride {:?} dilation {:?} pad {:?} zp {}",
+                self.in_shape,
+                self.out_shape,
+                self.kernel,
+                self.stride,
+                self.dilation,
+                self.pad,
+                self.input_zp
+            )
+        }
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            (1usize..3, 1usize..12, 1usize..40, 1usize..35),
+            (1usize..4, 1usize..4),
+            (1usize..3, 1usize..3, 1usize..3),
+            (any::<bool>(), 1usize..17, any::<bool>()),
+            prop::sample::select(vec![1e-2f64, 1e-3, 3e-5, 2.0]),
+            any::<u64>(),
+        )
+            .prop_filter("kernel fits", |(s, k, (_, _, d), (same, ..), ..)| {
+                *same || ((k.0 - 1) * d < s.1 && (k.1 - 1) * d < s.2)
+            })
+            .prop_map(|(s, k, (sy, sx, d), (same, oc, relu), scale, seed)| {
+                let mut r = seed | 1;
+                let mut next = move |lo: i32, hi: i32| {
+                    r ^= r << 13;
+                    r ^= r >> 7;
+                    r ^= r << 17;
+                    lo + (r % (hi - lo + 1) as u64) as i32
+                };
+                let [nb, ih, iw, ic] = [s.0, s.1, s.2, s.3];
+                let out = |size: usize, k: usize, st: usize| {
+                    if same {
+                        size.div_ceil(st)
+                    } else {
+                        (size - (k - 1) * d - 1) / st + 1
+                    }
+                };
+                let (oh, ow) = (out(ih, k.0, sy), out(iw, k.1, sx));
+                let pad = |size: usize, k: usize, o: usize, st: usize| {
+                    if same {
+                        ((o - 1) * st + (k - 1) * d + 1).saturating_sub(size) / 2
+                    } else {
+                        0
+                    }
+                };
+                let geo = Geometry {
+                    in_shape: [nb, ih, iw, ic],
+                    out_shape: [nb, oh, ow, oc],
+                    kernel: [k.0, k.1],
+                    stride: [sy, sx],
+                    dilation: [d, d],
+                    pad: [pad(ih, k.0, oh, sy), pad(iw, k.1, ow, sx)],
+                    input_zp: next(-128, 127),
+                };
+                let hwio = (0..k.0 * k.1 * ic * oc).map(|_| next(-127, 127)).collect();
+                let bias = (0..oc).map(|_| next(-5000, 5000)).collect();
+                let m = (0..oc)
+                    .map(|_| quantize_multiplier(scale * next(1, 100) as f64 / 50.0))
+                    .collect();
+                let zp = next(-128, 127);
+                let act = if relu {
+                    [zp.max(-128), 127]
+                } else {
+                    [-128, 127]
+                };
+                let x = (0..nb * ih * iw * ic)
+                    .map(|_| next(-128, 127) as i8)
+                    .collect();
+                Case {
+                    geo,
+                    hwio,
+                    bias,
+                    m,
+                    zp,
+                    act,
+                    x,
+                }
+            })
+    }
+
+    /// TFLite's formula, plainly: `clamp(MBQM(bias + Σ w·(x − zp)) + out_zp)`.
+    fn plain(c: &Case) -> Vec<i8> {
+        let g = &c.geo;
+        let [nb, ih, iw, ic] = g.in_shape;
+        let [_, oh, ow, oc] = g.out_shape;
+        let [kh, kw] = g.kernel;
+        let mut y = Vec::new();
+        for b in 0..nb {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for o in 0..oc {
+                        let mut acc = c.bias[o];
+                        for fy in 0..kh {
+                            for fx in 0..kw {
+                                let iy = (oy * g.stride[0] + fy * g.dilation[0]) as isize
+                                    - g.pad[0] as isize;
+                                let ix = (ox * g.stride[1] + fx * g.dilation[1]) as isize
+                                    - g.pad[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= ih as isize || ix >= iw as isize {
+                                    continue;
+                                }
+                                for i in 0..ic {
+                                    let v = c.x
+                                        [((b * ih + iy as usize) * iw + ix as usize) * ic + i]
+                                        as i32;
+                                    acc += c.hwio[((fy * kw + fx) * ic + i) * oc + o]
+                                        * (v - g.input_zp);
+                                }
+                            }
+                        }
+                        let v = mbqm(acc, c.m[o].0, c.m[o].1) + c.zp;
+                        y.push(v.clamp(c.act[0], c.act[1]) as i8);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The narrow kernel (direct and unfolding, 4-, 8- and 16-channel blocks, ragged
+        /// channel counts and rows, padding, strides, dilation, multipliers above 1) gives the
+        /// plain formula's bytes, and the 32-channel GEMM's.
+        #[test]
+        fn narrow_conv_equals_the_plain_formula_and_the_gemm(c in case()) {
+            prop_assume!(crate::vnni::available());
+            let (mult, shift): (Vec<i32>, Vec<i32>) = c.m.iter().copied().unzip();
+            let p = Narrow::new(&c.geo, &c.hwio, &c.bias, &mult, &shift, c.zp, c.act).unwrap();
+            let n: usize = c.geo.out_shape.iter().product();
+            let mut got = vec![0i8; n];
+            // SAFETY: the CPU has AVX-512 VNNI (checked above); sizes follow the geometry.
+            unsafe { conv(&c.geo, &p, &c.x, &mut got) };
+            prop_assert_eq!(&got, &plain(&c), "direct {} blk {}", p.direct, p.blk);
+            let [_, kh, kw, ic] = [0, c.geo.kernel[0], c.geo.kernel[1], c.geo.in_shape[3]];
+            let oc = c.geo.out_shape[3];
+            let gemm = Packed::new(&c.hwio, kh * kw * ic, oc, &c.bias, c.geo.input_zp);
+            let rq = Requant::new(&mult, &shift, c.zp, c.act);
+            let mut other = vec![0i8; n];
+            // SAFETY: as above.
+            unsafe { crate::vnni::conv(&c.geo, &gemm, &rq, &c.x, &mut other) };
+            prop_assert_eq!(&got, &other);
+        }
+    }
+
+    /// More than 16 output channels is not this kernel's.
+    #[test]
+    fn wide_convolutions_are_refused() {
+        let geo = Geometry {
+            in_shape: [1, 4, 4, 3],
+            out_shape: [1, 4, 4, 17],
+            kernel: [1, 1],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad: [0, 0],
+            input_zp: 0,
+        };
+        let w = vec![1; 3 * 17];
+        let b = vec![0; 17];
+        let m = vec![1 << 30; 17];
+        assert!(Narrow::new(&geo, &w, &b, &m, &[0; 17], 0, [-128, 127]).is_none());
+    }
+}
