@@ -111,6 +111,8 @@ enum Fast {
     Avx2Depthwise(crate::vnni::DwPacked, crate::vnni::Requant),
     /// CONV_2D with at most 16 output channels, AVX-512 VNNI.
     Narrow(crate::vnni::narrow::Narrow),
+    /// DEPTHWISE_CONV_2D with at most 16 channels and multiplier 1, AVX-512 VNNI.
+    NarrowDw(crate::vnni::narrow_dw::NarrowDw),
 }
 
 /// Which convolution kernels an [`Interpreter`] runs. All compute the same integers (tests
@@ -156,6 +158,20 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
         );
         if let Some(n) = narrow {
             return Some(Fast::Narrow(n));
+        }
+    }
+    if vnni && c.depthwise {
+        let narrow = crate::vnni::narrow_dw::NarrowDw::new(
+            &geometry(c),
+            &c.filter,
+            &c.bias,
+            &c.requant.multiplier,
+            &c.requant.shift,
+            c.output_offset,
+            c.act,
+        );
+        if let Some(n) = narrow {
+            return Some(Fast::NarrowDw(n));
         }
     }
     Some(match (c.depthwise, vnni) {
@@ -1861,7 +1877,9 @@ fn requantize_row_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
 fn kernel_of(k: &Kernel) -> &'static str {
     match k {
         Kernel::Conv(c) => match c.fast {
-            Some(Fast::Gemm(..) | Fast::Depthwise(..) | Fast::Narrow(..)) => "avx512-vnni",
+            Some(Fast::Gemm(..) | Fast::Depthwise(..) | Fast::Narrow(..) | Fast::NarrowDw(..)) => {
+                "avx512-vnni"
+            }
             Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
             None => "portable",
         },
@@ -1901,6 +1919,7 @@ fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
                 Fast::Avx2Gemm(p, rq) => crate::vnni::avx2::conv(&g, p, rq, x, &mut out),
                 Fast::Avx2Depthwise(p, rq) => crate::vnni::avx2::depthwise(&g, p, rq, x, &mut out),
                 Fast::Narrow(p) => crate::vnni::narrow::conv(&g, p, x, &mut out),
+                Fast::NarrowDw(p) => crate::vnni::narrow_dw::depthwise(&g, p, x, &mut out),
             }
         }
         out

@@ -392,6 +392,7 @@ pub(crate) mod add;
 pub(crate) mod avx2;
 pub(crate) mod fc;
 pub(crate) mod narrow;
+pub(crate) mod narrow_dw;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -447,9 +448,25 @@ mod x86 {
         }
     }
 
+    /// Where channel `first + k` (k < 16) of a 32-channel depthwise block lies in its two
+    /// `vpdpwssd` accumulators (`unpacklo` / `unpackhi` order): dword `k % 8 < 4` of the lo
+    /// accumulator, else of hi, as `vpermt2d` indices.
+    pub(in crate::vnni) fn dw_order(first: usize) -> [i32; 16] {
+        let mut idx = [0i32; 16];
+        for (k, v) in idx.iter_mut().enumerate() {
+            let (lane, i) = ((first + k) / 8, (first + k) % 8);
+            *v = if i < 4 {
+                (4 * lane + i) as i32
+            } else {
+                (16 + 4 * lane + i - 4) as i32
+            };
+        }
+        idx
+    }
+
     /// Store 32 int8 channels (`lo` then `hi`) at `dst`, only the first `n` when `n < 32`.
     #[inline(always)]
-    unsafe fn store32(dst: *mut i8, lo: __m128i, hi: __m128i, n: usize) {
+    pub(in crate::vnni) unsafe fn store32(dst: *mut i8, lo: __m128i, hi: __m128i, n: usize) {
         // SAFETY: the caller owns `n` bytes at `dst`; the masked stores write no others.
         unsafe {
             if n >= 32 {
@@ -625,20 +642,7 @@ mod x86 {
         let taps: Vec<[usize; 2]> = (0..pairs)
             .map(|j| [offset(2 * j), offset(2 * j + 1)])
             .collect();
-        // Channel k of the 16 outputs: dword k % 8 < 4 of the lo accumulator, else of hi.
-        let index = |first: usize| {
-            let mut idx = [0i32; 16];
-            for (k, v) in idx.iter_mut().enumerate() {
-                let (lane, i) = ((first + k) / 8, (first + k) % 8);
-                *v = if i < 4 {
-                    (4 * lane + i) as i32
-                } else {
-                    (16 + 4 * lane + i - 4) as i32
-                };
-            }
-            idx
-        };
-        let (i0, i1) = (index(0), index(16));
+        let (i0, i1) = (dw_order(0), dw_order(16));
         // SAFETY: every tap of every output pixel lies inside `padded` (its size follows from
         // the output geometry), each block reads 32 channels of `c32`, and `store32` writes
         // `min(32, c − cb·32)` channels of the pixel's row in `out`.
