@@ -146,7 +146,10 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
     let taps = c.kernel[0] * c.kernel[1];
     let units = c.out_shape[3];
     let zp = -c.input_offset;
-    if vnni && !c.depthwise {
+    // Few output channels, or a filter wider than 1×1 (the direct kernel reads the input in
+    // place where the GEMM would unfold it) unless its weights have zero blocks to skip.
+    let gemm = || crate::vnni::Packed::new(&c.filter, taps * c.in_shape[3], units, &c.bias, zp);
+    if vnni && !c.depthwise && (units <= 16 || (taps > 1 && gemm().is_dense())) {
         let narrow = crate::vnni::narrow::Narrow::new(
             &geometry(c),
             &c.filter,

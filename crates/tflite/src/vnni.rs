@@ -126,6 +126,14 @@ impl Packed {
     }
 }
 
+impl Packed {
+    /// Whether no block of 32 output channels × 4 `k` is all zeros (nothing for the GEMM to
+    /// skip).
+    pub(crate) fn is_dense(&self) -> bool {
+        self.active.iter().all(|a| a.len() == self.k4 / 4)
+    }
+}
+
 /// Depthwise weights (multiplier 1) packed for `vpdpwssd` / `vpmaddwd`: per block of `width`
 /// channels (32 for AVX-512, 16 for AVX2) and pair of taps `(2j, 2j + 1)`, `2 · width` `i16` in
 /// the order `unpacklo_epi16` / `unpackhi_epi16` interleave two taps' sign-extended inputs in

@@ -31,6 +31,8 @@ pub(crate) struct Narrow {
     blk: usize,
     /// Groups of 4 `k` per accumulator lane set (`16 / blk`).
     g: usize,
+    /// Blocks of 16 output channels (more than one only when `blk` is 16).
+    blocks: usize,
     /// Whether the kernel reads the padded input directly (else it unfolds the pixels).
     direct: bool,
     /// Bytes of one unfolded pixel: `k` rounded up to `4·g` (unfolding).
@@ -40,10 +42,11 @@ pub(crate) struct Narrow {
     wp: usize,
     /// Per step of the sweep, where its `4·g` input bytes start, from the pixel's first.
     offsets: Vec<u32>,
-    /// `[steps][16 lanes][4]`: lane `c·g + e` holds channel `c`'s weights for the step's `e`-th
-    /// group of 4 `k`.
+    /// `[blocks][steps][16 lanes][4]`: lane `c·g + e` holds channel `c`'s weights for the
+    /// step's `e`-th group of 4 `k`.
     w: Vec<i8>,
-    /// `bias − (zp + 128)·Σw` in the output lane order (`pixel · blk + channel`), 16 lanes.
+    /// `bias − (zp + 128)·Σw` in the output lane order (`pixel · blk + channel`; with one pixel
+    /// per accumulator, the channels in order), `16 · blocks` lanes.
     corr: Vec<i32>,
     /// Requantization constants in the output lane order.
     rq: Requant,
@@ -66,7 +69,7 @@ impl Narrow {
         let [_, _, _, ic] = geo.in_shape;
         let [_, oh, ow, oc] = geo.out_shape;
         let [kh, kw] = geo.kernel;
-        if oc == 0 || oc > 16 {
+        if oc == 0 {
             return None;
         }
         let blk = if oc <= 4 {
@@ -77,6 +80,7 @@ impl Narrow {
             16
         };
         let g = 16 / blk;
+        let blocks = oc.div_ceil(16);
         let taps = kh * kw;
         let k = taps * ic;
         // Reading the input in place needs adjacent taps along a row (no dilation across it):
@@ -111,13 +115,15 @@ impl Narrow {
                 steps.push(((4 * g * s) as u32, ks));
             }
         }
-        let mut w = vec![0i8; steps.len() * 64];
+        let mut w = vec![0i8; blocks * steps.len() * 64];
         for (s, (_, ks)) in steps.iter().enumerate() {
             for c in 0..oc {
+                let (ob, lane) = (c / 16, c % 16);
                 for e in 0..g {
                     for b in 0..4 {
                         if let Some(kk) = ks[4 * e + b] {
-                            w[(s * 16 + c * g + e) * 4 + b] = hwio[kk * oc + c] as i8;
+                            w[((ob * steps.len() + s) * 16 + lane * g + e) * 4 + b] =
+                                hwio[kk * oc + c] as i8;
                         }
                     }
                 }
@@ -130,14 +136,16 @@ impl Narrow {
                 bias[c].wrapping_sub(zp.wrapping_add(128).wrapping_mul(sum))
             })
             .collect();
+        // Blocks of 16 channels in order (g = 1), else one block of `g` pixels × `blk`.
         let lanes = |v: &[i32]| -> Vec<i32> {
-            (0..16)
-                .map(|l| v.get(l % blk).copied().unwrap_or(0))
+            (0..blocks * 16)
+                .map(|l| v.get(if g == 1 { l } else { l % blk }).copied().unwrap_or(0))
                 .collect()
         };
         Some(Self {
             blk,
             g,
+            blocks,
             direct,
             row,
             hp,
@@ -216,8 +224,10 @@ mod x86 {
     /// One tile of `R` pixels (the first `rows` stored): pixel `r`'s input starts at `base + r ·
     /// stride`, its `oc` outputs at `out + r · oc`.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const G: usize, const R: usize>(
         p: &Narrow,
+        ob: usize,
         base: *const u8,
         stride: usize,
         out: *mut i8,
@@ -228,7 +238,7 @@ mod x86 {
         // bytes past the last real pixel) and that `rows` pixels' outputs are writable at `out`.
         unsafe {
             let mut acc = [_mm512_setzero_si512(); R];
-            let w = p.w.as_ptr();
+            let w = p.w.as_ptr().add(ob * p.offsets.len() * 64);
             // Wrapping index arithmetic (no overflow checks: the offsets are in bounds, as
             // above), so the loop over the tile's pixels unrolls with the accumulators in
             // registers.
@@ -245,7 +255,7 @@ mod x86 {
                     *acc = _mm512_dpbusd_epi32(*acc, xb, wv);
                 }
             }
-            let corr = _mm512_loadu_si512(p.corr.as_ptr() as *const __m512i);
+            let corr = _mm512_loadu_si512(p.corr.as_ptr().add(16 * ob) as *const __m512i);
             for q in 0..R / G {
                 if q * G >= rows {
                     break;
@@ -258,10 +268,13 @@ mod x86 {
                         pair_sum(acc[4 * q + 2], acc[4 * q + 3]),
                     ),
                 };
-                let y = requant16(_mm512_add_epi32(v, corr), &p.rq, 0);
+                let y = requant16(_mm512_add_epi32(v, corr), &p.rq, 16 * ob);
                 let n = (rows - q * G).min(G);
                 let dst = out.add(q * G * oc);
-                if oc == p.blk {
+                if G == 1 {
+                    let bytes = (oc - 16 * ob).min(16);
+                    _mm_mask_storeu_epi8(dst.add(16 * ob), ((1u32 << bytes) - 1) as u16, y);
+                } else if oc == p.blk {
                     let bytes = n * oc;
                     let mask = if bytes >= 16 {
                         u16::MAX
@@ -296,19 +309,22 @@ mod x86 {
     ) {
         // SAFETY: forwarded; the tails read at most `ROWS` pixels from their start.
         unsafe {
-            let mut at = 0;
-            while n - at >= ROWS {
-                tile::<G, ROWS>(p, base.add(at * stride), stride, out.add(at * oc), ROWS, oc);
-                at += ROWS;
-            }
-            let rest = n - at;
-            let (b, o) = (base.add(at * stride), out.add(at * oc));
-            if rest > 8 {
-                tile::<G, ROWS>(p, b, stride, o, rest, oc);
-            } else if rest > 4 {
-                tile::<G, 8>(p, b, stride, o, rest, oc);
-            } else if rest > 0 {
-                tile::<G, 4>(p, b, stride, o, rest, oc);
+            for ob in 0..p.blocks {
+                let mut at = 0;
+                while n - at >= ROWS {
+                    let (b, o) = (base.add(at * stride), out.add(at * oc));
+                    tile::<G, ROWS>(p, ob, b, stride, o, ROWS, oc);
+                    at += ROWS;
+                }
+                let rest = n - at;
+                let (b, o) = (base.add(at * stride), out.add(at * oc));
+                if rest > 8 {
+                    tile::<G, ROWS>(p, ob, b, stride, o, rest, oc);
+                } else if rest > 4 {
+                    tile::<G, 8>(p, ob, b, stride, o, rest, oc);
+                } else if rest > 0 {
+                    tile::<G, 4>(p, ob, b, stride, o, rest, oc);
+                }
             }
         }
     }
@@ -343,6 +359,12 @@ mod x86 {
             let mut scratch = Scratch::bytes(0);
             pad_unsigned(g, p, x, spare, &mut scratch.0);
             let src = scratch.0.as_ptr();
+            if g.kernel == [1, 1] && g.stride == [1, 1] {
+                // Pixels follow each other in the input as in the output: one sweep.
+                // SAFETY: as below, over all the pixels at once.
+                unsafe { sweep::<G>(p, src, stride, o, nb * oh * ow, oc) };
+                return;
+            }
             for b in 0..nb {
                 for oy in 0..oh {
                     let start = ((b * p.hp + oy * g.stride[0]) * p.wp) * g.in_shape[3];
