@@ -38,6 +38,19 @@ pub(crate) struct Requant {
     zero_point: i32,
     lo: i32,
     hi: i32,
+    /// Both roundings as one (see `requant16_i32`), per block of 16 channels the 8 even
+    /// channels' then the 8 odd channels' 64-bit constants: `2^30 + 2^(30 + right)` (`2^30`
+    /// when `right` is 0)...
+    round: Vec<i64>,
+    /// ... `31 + right` ...
+    total: Vec<i64>,
+    /// ... and `2^31` (0 when `right` is 0), taken off negative products.
+    negative: Vec<i64>,
+    /// Whether some channel shifts left (multiplier above 1).
+    any_left: bool,
+    /// Whether the clamp sends every negative result to `lo` (`lo ≥ zero_point`, e.g. ReLU):
+    /// negative products then need no exact rounding.
+    floors_negatives: bool,
 }
 
 impl Requant {
@@ -56,10 +69,26 @@ impl Requant {
         let multiplier_odd = (0..n)
             .map(|i| if i % 2 == 0 { multiplier[i + 1] } else { 0 })
             .collect();
+        let left = pad(shift.iter().map(|s| (*s).clamp(0, 31)).collect());
+        // Channel order within each block of 16: even channels, then odd ones.
+        let order = |f: &dyn Fn(i64) -> i64| -> Vec<i64> {
+            (0..n)
+                .map(|i| {
+                    let (block, j) = (i / 16, i % 16);
+                    let ch = block * 16 + if j < 8 { 2 * j } else { 2 * (j - 8) + 1 };
+                    f(right[ch] as i64)
+                })
+                .collect()
+        };
         Self {
+            round: order(&|r| (1i64 << 30) + if r > 0 { 1i64 << (30 + r) } else { 0 }),
+            total: order(&|r| 31 + r),
+            negative: order(&|r| if r > 0 { 1i64 << 31 } else { 0 }),
+            any_left: left.iter().any(|l| *l > 0),
+            floors_negatives: act[0] >= zero_point,
             multiplier,
             multiplier_odd,
-            left: pad(shift.iter().map(|s| (*s).clamp(0, 31)).collect()),
+            left,
             right,
             half: mask.iter().map(|m| m >> 1).collect(),
             mask,
@@ -424,32 +453,46 @@ mod x86 {
     }
 
     /// [`requant16`] before the narrowing: the 16 results as i32 (in `lo..=hi`).
+    ///
+    /// TFLite's two roundings fold into one shift of the exact 64-bit product `P = x·m`:
+    /// `SRDHM` is `⌊(P + 2^30) / 2^31⌋` (see [`requant16`]) and `RoundingDivideByPOT(h, e)` is
+    /// `⌊(h + 2^(e−1) − [h < 0]) / 2^e⌋` for `e ≥ 1`, and nested floors of divisions by powers of
+    /// two are one floor, so the result is `(P + 2^30 + 2^(30+e) − [P < 0]·2^31) >> (31 + e)`.
+    /// (`[h < 0]` may be read as `[P < 0]`: where they differ, `−2^30 ≤ P < 0`, both give 0.)
+    /// When the clamp maps every negative result to `lo`, the `[P < 0]` term is dropped: a
+    /// negative product then gives a result ≤ 0 either way.
     #[inline(always)]
     pub(in crate::vnni) unsafe fn requant16_i32(v: __m512i, rq: &Requant, at: usize) -> __m512i {
         // SAFETY: `at + 16` is within the constants (all padded to 32 channels, `at` a multiple
         // of 16 below the padded count), and the caller has AVX-512 F/BW.
         unsafe {
             let load = |v: &Vec<i32>| _mm512_loadu_si512(v.as_ptr().add(at) as *const __m512i);
-            let x = _mm512_sllv_epi32(v, load(&rq.left));
-            let round = _mm512_set1_epi64(1 << 30);
-            let even = _mm512_add_epi64(_mm512_mul_epi32(x, load(&rq.multiplier)), round);
-            let odd = _mm512_add_epi64(
-                _mm512_mul_epi32(_mm512_srli_epi64(x, 32), load(&rq.multiplier_odd)),
-                round,
-            );
-            // Bits 31..62 of each product: into the low dword (even) or the high one (odd).
-            let high = _mm512_mask_blend_epi32(
-                0xAAAA,
-                _mm512_srli_epi64(even, 31),
-                _mm512_slli_epi64(odd, 1),
-            );
-            // RoundingDivideByPOT(high, right): round half away from zero.
-            let remainder = _mm512_and_si512(high, load(&rq.mask));
-            let threshold = _mm512_add_epi32(load(&rq.half), _mm512_srli_epi32(high, 31));
-            let shifted = _mm512_srav_epi32(high, load(&rq.right));
-            let up = _mm512_cmpgt_epi32_mask(remainder, threshold);
-            let one = _mm512_set1_epi32(1);
-            let r = _mm512_mask_add_epi32(shifted, up, shifted, one);
+            let load64 = |v: &Vec<i64>, half: usize| {
+                _mm512_loadu_si512(v.as_ptr().add(at + 8 * half) as *const __m512i)
+            };
+            let x = if rq.any_left {
+                _mm512_sllv_epi32(v, load(&rq.left))
+            } else {
+                v
+            };
+            let even = _mm512_mul_epi32(x, load(&rq.multiplier));
+            let odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), load(&rq.multiplier_odd));
+            let mut te = _mm512_add_epi64(even, load64(&rq.round, 0));
+            let mut to = _mm512_add_epi64(odd, load64(&rq.round, 1));
+            if !rq.floors_negatives {
+                let zero = _mm512_setzero_si512();
+                let (ne, no) = (
+                    _mm512_cmplt_epi64_mask(even, zero),
+                    _mm512_cmplt_epi64_mask(odd, zero),
+                );
+                te = _mm512_mask_sub_epi64(te, ne, te, load64(&rq.negative, 0));
+                to = _mm512_mask_sub_epi64(to, no, to, load64(&rq.negative, 1));
+            }
+            let re = _mm512_srav_epi64(te, load64(&rq.total, 0));
+            let ro = _mm512_srav_epi64(to, load64(&rq.total, 1));
+            // The low dword of each 64-bit result (it fits in i32), even and odd interleaved.
+            let idx = _mm512_set_epi32(30, 14, 28, 12, 26, 10, 24, 8, 22, 6, 20, 4, 18, 2, 16, 0);
+            let r = _mm512_permutex2var_epi32(re, idx, ro);
             let r = _mm512_add_epi32(r, _mm512_set1_epi32(rq.zero_point));
             let r = _mm512_max_epi32(r, _mm512_set1_epi32(rq.lo));
             _mm512_min_epi32(r, _mm512_set1_epi32(rq.hi))
@@ -697,3 +740,96 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{conv, depthwise};
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::Requant;
+    use crate::fixed::mbqm;
+    use proptest::prelude::*;
+
+    /// `requant16` on 32 channels (two blocks of 16) against `clamp(mbqm(x) + zp)`.
+    fn check(x: &[i32; 32], m: &[i32; 32], shift: &[i32; 32], zp: i32, act: [i32; 2]) {
+        let rq = Requant::new(m, shift, zp, act);
+        for at in [0, 16] {
+            let mut got = [0i32; 16];
+            // SAFETY: the CPU has AVX-512 F/BW (checked by the callers); 16 lanes in and out.
+            unsafe {
+                use std::arch::x86_64::*;
+                let v = _mm512_loadu_si512(x.as_ptr().add(at) as *const __m512i);
+                let r = super::x86::requant16_i32(v, &rq, at);
+                _mm512_storeu_si512(got.as_mut_ptr() as *mut __m512i, r);
+            }
+            for (j, g) in got.iter().enumerate() {
+                let c = at + j;
+                let want = (mbqm(x[c], m[c], shift[c]).wrapping_add(zp)).clamp(act[0], act[1]);
+                assert_eq!(
+                    *g, want,
+                    "x {} m {} shift {} zp {zp} act {act:?}",
+                    x[c], m[c], shift[c]
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Register requantization equals TFLite's two-rounding `MultiplyByQuantizedMultiplier`
+        /// (then the zero point and clamp) for any input, multiplier ≥ 0 and shift, with and
+        /// without a clamp that floors negatives (ReLU) and with left shifts.
+        #[test]
+        fn requant16_equals_mbqm(
+            x in prop::array::uniform32(any::<i32>()),
+            small in prop::array::uniform32(-70000i32..70000),
+            m in prop::array::uniform32(0i32..=i32::MAX),
+            shift in prop::array::uniform32(-31i32..=30),
+            zp in -128i32..=127,
+            relu in any::<bool>(),
+        ) {
+            prop_assume!(super::available());
+            let act = if relu { [zp.max(-128), 127] } else { [-128, 127] };
+            let unbounded = [i32::MIN, i32::MAX];
+            let right: [i32; 32] = shift.map(|s| s.min(0));
+            for x in [&x, &small] {
+                check(x, &m, &right, zp, act);
+                check(x, &m, &shift, zp, act);
+                check(x, &m, &right, 0, unbounded);
+            }
+        }
+    }
+
+    /// The extremes: `i32::MIN` / `MAX` inputs, half-way remainders, shifts 0 and −31.
+    #[test]
+    fn requant16_edges() {
+        if !super::available() {
+            return;
+        }
+        let xs = [
+            i32::MIN,
+            i32::MIN + 1,
+            -1,
+            0,
+            1,
+            i32::MAX,
+            1 << 30,
+            -(1 << 30),
+            3,
+            -3,
+        ];
+        let ms = [0, 1, 1 << 30, i32::MAX, (1 << 30) + 1];
+        for shift in [-31, -30, -1, 0, 1, 30] {
+            for (i, x0) in xs.iter().enumerate() {
+                let x: [i32; 32] =
+                    std::array::from_fn(|j| x0.wrapping_add((j as i32) - 16 * (i as i32 % 2)));
+                let m: [i32; 32] = std::array::from_fn(|j| ms[j % ms.len()]);
+                for (zp, act) in [
+                    (0, [i32::MIN, i32::MAX]),
+                    (-128, [-128, 127]),
+                    (5, [5, 127]),
+                ] {
+                    check(&x, &m, &[shift; 32], zp, act);
+                }
+            }
+        }
+    }
+}

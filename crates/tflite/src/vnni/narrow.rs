@@ -55,7 +55,7 @@ pub(crate) struct Narrow {
 impl Narrow {
     /// From HWIO `i32` weights (`[kh, kw, ic, oc]`), the int32 bias, TFLite's per-channel
     /// `(multiplier, shift)`, the output zero point and the activation range, for the
-    /// convolution `g`; `None` when it has more than 16 output channels.
+    /// convolution `geo`; `None` when it has no output channels.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         geo: &Geometry,
@@ -139,7 +139,11 @@ impl Narrow {
         // Blocks of 16 channels in order (g = 1), else one block of `g` pixels × `blk`.
         let lanes = |v: &[i32]| -> Vec<i32> {
             (0..blocks * 16)
-                .map(|l| v.get(if g == 1 { l } else { l % blk }).copied().unwrap_or(0))
+                .map(|l| {
+                    v.get(if g == 1 { l } else { l % blk })
+                        .copied()
+                        .unwrap_or(0)
+                })
                 .collect()
         };
         Some(Self {
@@ -395,8 +399,7 @@ mod tests {
     use crate::vnni::{Packed, Requant};
     use proptest::prelude::*;
 
-    /// A random convolution with at most 16 outputs: `(geometry, hwio, bias, (multiplier,
-    /// shift) per channel, output zero point, activation range, input)`.
+    /// A random convolution with 1 to 39 outputs (one to three blocks of 16 past 16).
     #[derive(Debug)]
     struct Case {
         geo: Geometry,
@@ -429,7 +432,7 @@ mod tests {
             (1usize..3, 1usize..12, 1usize..40, 1usize..35),
             (1usize..4, 1usize..4),
             (1usize..3, 1usize..3, 1usize..3),
-            (any::<bool>(), 1usize..17, any::<bool>()),
+            (any::<bool>(), 1usize..40, any::<bool>()),
             prop::sample::select(vec![1e-2f64, 1e-3, 3e-5, 2.0]),
             any::<u64>(),
         )
@@ -537,9 +540,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
-        /// The narrow kernel (direct and unfolding, 4-, 8- and 16-channel blocks, ragged
-        /// channel counts and rows, padding, strides, dilation, multipliers above 1) gives the
-        /// plain formula's bytes, and the 32-channel GEMM's.
+        /// The kernel (direct and unfolding, 4-, 8- and 16-channel blocks, several blocks of
+        /// 16, ragged channel counts and rows, padding, strides, dilation, multipliers above 1)
+        /// gives the plain formula's bytes, and the 32-channel GEMM's.
         #[test]
         fn narrow_conv_equals_the_plain_formula_and_the_gemm(c in case()) {
             prop_assume!(crate::vnni::available());
@@ -559,23 +562,5 @@ mod tests {
             unsafe { crate::vnni::conv(&c.geo, &gemm, &rq, &c.x, &mut other) };
             prop_assert_eq!(&got, &other);
         }
-    }
-
-    /// More than 16 output channels is not this kernel's.
-    #[test]
-    fn wide_convolutions_are_refused() {
-        let geo = Geometry {
-            in_shape: [1, 4, 4, 3],
-            out_shape: [1, 4, 4, 17],
-            kernel: [1, 1],
-            stride: [1, 1],
-            dilation: [1, 1],
-            pad: [0, 0],
-            input_zp: 0,
-        };
-        let w = vec![1; 3 * 17];
-        let b = vec![0; 17];
-        let m = vec![1 << 30; 17];
-        assert!(Narrow::new(&geo, &w, &b, &m, &[0; 17], 0, [-128, 127]).is_none());
     }
 }
