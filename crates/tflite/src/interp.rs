@@ -146,10 +146,12 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
     let taps = c.kernel[0] * c.kernel[1];
     let units = c.out_shape[3];
     let zp = -c.input_offset;
-    // Few output channels, or a filter wider than 1×1 (the direct kernel reads the input in
-    // place where the GEMM would unfold it) unless its weights have zero blocks to skip.
-    let gemm = || crate::vnni::Packed::new(&c.filter, taps * c.in_shape[3], units, &c.bias, zp);
-    if vnni && !c.depthwise && (units <= 16 || (taps > 1 && gemm().is_dense())) {
+    // Few output channels, or a filter wider than 1×1 on few input channels (a stem: the
+    // direct kernel reads the input in place where the GEMM would unfold it a few bytes at a
+    // time), unless its weights have zero blocks for the GEMM to skip.
+    let ic = c.in_shape[3];
+    let gemm = || crate::vnni::Packed::new(&c.filter, taps * ic, units, &c.bias, zp);
+    if vnni && !c.depthwise && (units <= 16 || (taps > 1 && ic < 8 && gemm().is_dense())) {
         let narrow = crate::vnni::narrow::Narrow::new(
             &geometry(c),
             &c.filter,

@@ -293,10 +293,7 @@ fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]
         }
         let row = &x[(g_row(g, b, y as usize))..][..iw * ic];
         if contiguous {
-            let src = &row[x0 as usize * ic..][..kw * ic];
-            for (d, s) in col[at..at + kw * ic].iter_mut().zip(src) {
-                *d = (*s as u8) ^ 0x80;
-            }
+            copy_bytes(&mut col[at..at + kw * ic], &row[x0 as usize * ic..][..kw * ic], 0x80);
             at += kw * ic;
             continue;
         }
@@ -306,14 +303,29 @@ fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]
             if xx < 0 || xx >= iw as isize {
                 dst.fill(pad);
             } else {
-                for (d, s) in dst.iter_mut().zip(&row[xx as usize * ic..][..ic]) {
-                    *d = (*s as u8) ^ 0x80;
-                }
+                copy_bytes(dst, &row[xx as usize * ic..][..ic], 0x80);
             }
             at += ic;
         }
     }
     col[at..].fill(0);
+}
+
+/// [`gather`] every output pixel's inputs into the rows of `col` (`k4` bytes each, pixels in
+/// order; rows past the last pixel are left as they are).
+#[inline(always)]
+fn unfold(g: &Geometry, x: &[i8], k4: usize, col: &mut [u8]) {
+    let [nb, oh, ow, _] = g.out_shape;
+    let mut rows = col.chunks_exact_mut(k4);
+    for b in 0..nb {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                if let Some(dst) = rows.next() {
+                    gather(g, x, b, oy, ox, dst);
+                }
+            }
+        }
+    }
 }
 
 /// The input of a depthwise convolution padded with its zero point to the rows and columns its
@@ -347,10 +359,7 @@ fn pad_input<'a>(
             for (px, dst) in row.chunks_exact_mut(cp).enumerate() {
                 match px.checked_sub(g.pad[1]).filter(|xx| *xx < iw) {
                     Some(xx) => {
-                        let src = &x[((b * ih + y) * iw + xx) * c..][..c];
-                        for (d, s) in dst[..c].iter_mut().zip(src) {
-                            *d = *s as u8;
-                        }
+                        copy_bytes(&mut dst[..c], &x[((b * ih + y) * iw + xx) * c..][..c], 0);
                     }
                     None => dst.fill(zp),
                 }
@@ -358,6 +367,34 @@ fn pad_input<'a>(
         }
     }
     (padded, hp, wp)
+}
+
+/// `dst[i] = src[i] as u8 ^ flip` (`flip` 0x80: the unsigned form `x + 128` the GEMM reads), 16
+/// bytes at a time: the short runs of a pixel's channels (16 to 64 bytes) would otherwise fall
+/// to the scalar tail of the compiler's wide vector loop.
+#[inline(always)]
+fn copy_bytes(dst: &mut [u8], src: &[i8], flip: u8) {
+    let n = dst.len().min(src.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64; every access is below `n` bytes of both slices.
+        unsafe {
+            let mask = _mm_set1_epi8(flip as i8);
+            while done + 16 <= n {
+                let v = _mm_loadu_si128(src.as_ptr().add(done) as *const __m128i);
+                _mm_storeu_si128(
+                    dst.as_mut_ptr().add(done) as *mut __m128i,
+                    _mm_xor_si128(v, mask),
+                );
+                done += 16;
+            }
+        }
+    }
+    for (d, s) in dst[done..n].iter_mut().zip(&src[done..n]) {
+        *d = (*s as u8) ^ flip;
+    }
 }
 
 /// Offset of input row `(b, y)`.
@@ -433,7 +470,7 @@ pub(crate) mod narrow_dw;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DwPacked, Geometry, Packed, Requant, Scratch, gather, pad_input};
+    use super::{DwPacked, Geometry, Packed, Requant, Scratch, pad_input, unfold};
     use std::arch::x86_64::*;
 
     /// Pixels per GEMM tile: 8 rows × 32 channels = 16 accumulators.
@@ -594,10 +631,7 @@ mod x86 {
         // of theirs.
         let mut scratch = Scratch::bytes((pixels + ROWS) * p.k4);
         let col = &mut scratch.0[..(pixels + ROWS) * p.k4];
-        for (px, dst) in col.chunks_exact_mut(p.k4).take(pixels).enumerate() {
-            let (b, rest) = (px / (oh * ow), px % (oh * ow));
-            gather(g, x, b, rest / ow, rest % ow, dst);
-        }
+        unfold(g, x, p.k4, col);
         // SAFETY: forwarded.
         unsafe { gemm(p, rq, col, pixels, oc, out) }
     }
@@ -705,11 +739,14 @@ mod x86 {
                 let w = p.w.as_ptr().add(cb * pairs * 64);
                 let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32) as *const __m512i);
                 let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32 + 16) as *const __m512i);
+                let step = s[1] * c32;
                 for b in 0..nb {
                     for oy in 0..oh {
+                        let row = src.add((b * hp + oy * s[0]) * wp * c32 + cb * 32);
+                        let dst = out.as_mut_ptr().add((b * oh + oy) * ow * c + cb * 32);
                         for ox in 0..ow {
-                            let base =
-                                src.add(((b * hp + oy * s[0]) * wp + ox * s[1]) * c32 + cb * 32);
+                            // Wrapping arithmetic: no overflow checks in the pixel loop.
+                            let base = row.wrapping_add(ox.wrapping_mul(step));
                             let mut lo = _mm512_setzero_si512();
                             let mut hi = _mm512_setzero_si512();
                             for (j, [t0, t1]) in taps.iter().enumerate().take(pairs) {
@@ -728,8 +765,7 @@ mod x86 {
                             let v1 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i1, hi), c1);
                             let q0 = requant16(v0, rq, cb * 32);
                             let q1 = requant16(v1, rq, cb * 32 + 16);
-                            let px = (b * oh + oy) * ow + ox;
-                            store32(out.as_mut_ptr().add(px * c + cb * 32), q0, q1, c - cb * 32);
+                            store32(dst.wrapping_add(ox.wrapping_mul(c)), q0, q1, c - cb * 32);
                         }
                     }
                 }

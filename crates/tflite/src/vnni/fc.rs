@@ -76,9 +76,7 @@ mod x86 {
         let mut scratch = Scratch::bytes(p.k4);
         let xu = &mut scratch.0[..p.k4];
         for b in 0..batches {
-            for (d, s) in xu.iter_mut().zip(&x[b * depth..(b + 1) * depth]) {
-                *d = (*s as u8) ^ 0x80;
-            }
+            crate::vnni::copy_bytes(&mut xu[..depth], &x[b * depth..(b + 1) * depth], 0x80);
             // The padded `k` meet zero weights: any value will do, but a defined one.
             xu[depth..].fill(0);
             let row = &mut acc[b * stride..(b + 1) * stride];

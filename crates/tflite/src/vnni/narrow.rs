@@ -190,9 +190,7 @@ fn pad_unsigned(g: &Geometry, p: &Narrow, x: &[i8], spare: usize, buf: &mut Vec<
                 continue;
             }
             let src = &x[((b * ih + y) * iw + first - g.pad[1]) * ic..][..(last - first) * ic];
-            for (d, s) in row[first * ic..last * ic].iter_mut().zip(src) {
-                *d = (*s as u8) ^ 0x80;
-            }
+            super::copy_bytes(&mut row[first * ic..last * ic], src, 0x80);
         }
     }
 }
@@ -204,7 +202,7 @@ pub(crate) use x86::conv;
 mod x86 {
     use super::{Narrow, pad_unsigned};
     use crate::vnni::x86::requant16;
-    use crate::vnni::{Geometry, Scratch, gather};
+    use crate::vnni::{Geometry, Scratch, unfold};
     use std::arch::x86_64::*;
 
     /// Pixels per tile: one accumulator each.
@@ -382,10 +380,7 @@ mod x86 {
             let pixels = nb * oh * ow;
             let mut scratch = Scratch::bytes((pixels + ROWS) * p.row);
             let col = &mut scratch.0[..(pixels + ROWS) * p.row];
-            for (px, dst) in col.chunks_exact_mut(p.row).take(pixels).enumerate() {
-                let (b, rest) = (px / (oh * ow), px % (oh * ow));
-                gather(g, x, b, rest / ow, rest % ow, dst);
-            }
+            unfold(g, x, p.row, col);
             // SAFETY: `col` has `ROWS` spare rows; `out` is `[pixels, oc]`.
             unsafe { sweep::<G>(p, col.as_ptr(), p.row, o, pixels, oc) };
         }

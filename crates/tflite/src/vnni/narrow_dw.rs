@@ -157,8 +157,10 @@ mod x86 {
             for b in 0..nb {
                 for oy in 0..oh {
                     let row = src.add((b * hp + oy * s[0]) * wp * cp);
+                    let out_row = out.as_mut_ptr().add((b * oh + oy) * ow * c);
                     for ox in (0..ow).step_by(per) {
-                        let base = row.add(ox * next);
+                        // Wrapping arithmetic: no overflow checks in the pixel loop.
+                        let base = row.wrapping_add(ox.wrapping_mul(next));
                         let mut lo = _mm512_setzero_si512();
                         let mut hi = _mm512_setzero_si512();
                         for (j, [t0, t1]) in taps.iter().enumerate().take(pairs) {
@@ -174,7 +176,7 @@ mod x86 {
                         let q0 = requant16(v0, &p.rq, 0);
                         let q1 = requant16(v1, &p.rq, 16);
                         let n = per.min(ow - ox);
-                        let dst = out.as_mut_ptr().add(((b * oh + oy) * ow + ox) * c);
+                        let dst = out_row.wrapping_add(ox.wrapping_mul(c));
                         if c == cp {
                             store32(dst, q0, q1, n * c);
                         } else {
