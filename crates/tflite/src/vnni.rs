@@ -293,7 +293,11 @@ fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]
         }
         let row = &x[(g_row(g, b, y as usize))..][..iw * ic];
         if contiguous {
-            copy_bytes(&mut col[at..at + kw * ic], &row[x0 as usize * ic..][..kw * ic], 0x80);
+            copy_bytes(
+                &mut col[at..at + kw * ic],
+                &row[x0 as usize * ic..][..kw * ic],
+                0x80,
+            );
             at += kw * ic;
             continue;
         }
@@ -383,11 +387,10 @@ fn copy_bytes(dst: &mut [u8], src: &[i8], flip: u8) {
         unsafe {
             let mask = _mm_set1_epi8(flip as i8);
             while done + 16 <= n {
-                let v = _mm_loadu_si128(src.as_ptr().add(done) as *const __m128i);
-                _mm_storeu_si128(
-                    dst.as_mut_ptr().add(done) as *mut __m128i,
-                    _mm_xor_si128(v, mask),
-                );
+                // Plain dereferences of `[u8; 16]` (alignment 1), as `x86::ld512` explains.
+                let v: __m128i = std::mem::transmute(*(src.as_ptr().add(done) as *const [u8; 16]));
+                *(dst.as_mut_ptr().add(done) as *mut [u8; 16]) =
+                    std::mem::transmute::<__m128i, [u8; 16]>(_mm_xor_si128(v, mask));
                 done += 16;
             }
         }
@@ -473,6 +476,54 @@ mod x86 {
     use super::{DwPacked, Geometry, Packed, Requant, Scratch, pad_input, unfold};
     use std::arch::x86_64::*;
 
+    /// Unaligned loads and stores that compile to one instruction in every profile: the
+    /// `loadu` / `storeu` intrinsics and `read_unaligned` go through `copy_nonoverlapping`,
+    /// whose precondition checks run (in the hot loops) where debug assertions are on.
+    /// `[u8; N]` has alignment 1, so dereferencing it is a plain unaligned access.
+    ///
+    /// # Safety
+    /// `p` points to `N` readable (or writable) bytes.
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld512<T>(p: *const T) -> __m512i {
+        // SAFETY: as documented above.
+        unsafe { std::mem::transmute(*(p as *const [u8; 64])) }
+    }
+
+    /// See [`ld512`].
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld256<T>(p: *const T) -> __m256i {
+        // SAFETY: as `ld512`.
+        unsafe { std::mem::transmute(*(p as *const [u8; 32])) }
+    }
+
+    /// See [`ld512`].
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld128<T>(p: *const T) -> __m128i {
+        // SAFETY: as `ld512`.
+        unsafe { std::mem::transmute(*(p as *const [u8; 16])) }
+    }
+
+    /// The 4 bytes at `p` as an i32 (see [`ld512`]).
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld32<T>(p: *const T) -> i32 {
+        // SAFETY: as `ld512`.
+        unsafe { i32::from_ne_bytes(*(p as *const [u8; 4])) }
+    }
+
+    /// The 8 bytes at `p` as an i64 (see [`ld512`]).
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld64<T>(p: *const T) -> i64 {
+        // SAFETY: as `ld512`.
+        unsafe { i64::from_ne_bytes(*(p as *const [u8; 8])) }
+    }
+
+    /// Store 16 bytes at `p` (see [`ld512`]).
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn st128<T>(p: *mut T, v: __m128i) {
+        // SAFETY: as `ld512`.
+        unsafe { *(p as *mut [u8; 16]) = std::mem::transmute::<__m128i, [u8; 16]>(v) }
+    }
+
     /// Pixels per GEMM tile: 8 rows × 32 channels = 16 accumulators.
     const ROWS: usize = 8;
 
@@ -503,10 +554,8 @@ mod x86 {
         // SAFETY: `at + 16` is within the constants (all padded to 32 channels, `at` a multiple
         // of 16 below the padded count), and the caller has AVX-512 F/BW.
         unsafe {
-            let load = |v: &Vec<i32>| _mm512_loadu_si512(v.as_ptr().add(at) as *const __m512i);
-            let load64 = |v: &Vec<i64>, half: usize| {
-                _mm512_loadu_si512(v.as_ptr().add(at + 8 * half) as *const __m512i)
-            };
+            let load = |v: &Vec<i32>| ld512(v.as_ptr().wrapping_add(at));
+            let load64 = |v: &Vec<i64>, half: usize| ld512(v.as_ptr().wrapping_add(at + 8 * half));
             let x = if rq.any_left {
                 _mm512_sllv_epi32(v, load(&rq.left))
             } else {
@@ -558,11 +607,11 @@ mod x86 {
         // SAFETY: the caller owns `n` bytes at `dst`; the masked stores write no others.
         unsafe {
             if n >= 32 {
-                _mm_storeu_si128(dst as *mut __m128i, lo);
-                _mm_storeu_si128(dst.add(16) as *mut __m128i, hi);
+                st128(dst, lo);
+                st128(dst.wrapping_add(16), hi);
             } else if n > 16 {
-                _mm_storeu_si128(dst as *mut __m128i, lo);
-                _mm_mask_storeu_epi8(dst.add(16), (1u16 << (n - 16)) - 1, hi);
+                st128(dst, lo);
+                _mm_mask_storeu_epi8(dst.wrapping_add(16), (1u16 << (n - 16)) - 1, hi);
             } else {
                 _mm_mask_storeu_epi8(dst, ((1u32 << n) - 1) as u16, lo);
             }
@@ -588,29 +637,34 @@ mod x86 {
         // ob)` channels of `out` are written.
         unsafe {
             let mut acc = [_mm512_setzero_si512(); 16];
-            let cols = col.as_ptr().add(start * p.k4);
-            let w = p.w.as_ptr().add(ob * 4);
+            let cols = col.as_ptr().wrapping_add(start * p.k4);
+            let w = p.w.as_ptr().wrapping_add(ob * 4);
             for &kg in &p.active[ob / 32] {
                 let kg = kg as usize;
-                let base = w.add(kg * p.oc32 * 4);
-                let w0 = _mm512_loadu_si512(base as *const __m512i);
-                let w1 = _mm512_loadu_si512(base.add(64) as *const __m512i);
+                let base = w.wrapping_add(kg * p.oc32 * 4);
+                let w0 = ld512(base);
+                let w1 = ld512(base.wrapping_add(64));
                 for r in 0..R {
                     let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        cols.add(r * p.k4 + kg * 4) as *const i32,
+                        cols.wrapping_add(r * p.k4 + kg * 4) as *const i32,
                     ));
                     acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], xb, w0);
                     acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], xb, w1);
                 }
             }
-            let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(ob) as *const __m512i);
-            let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(ob + 16) as *const __m512i);
+            let c0 = ld512(p.corr.as_ptr().wrapping_add(ob));
+            let c1 = ld512(p.corr.as_ptr().wrapping_add(ob + 16));
             // A loop of constant trip count, so the accumulators stay in registers.
             for r in 0..R {
                 if r < rows {
                     let lo = requant16(_mm512_add_epi32(acc[2 * r], c0), rq, ob);
                     let hi = requant16(_mm512_add_epi32(acc[2 * r + 1], c1), rq, ob + 16);
-                    store32(out.as_mut_ptr().add((start + r) * oc + ob), lo, hi, oc - ob);
+                    store32(
+                        out.as_mut_ptr().wrapping_add((start + r) * oc + ob),
+                        lo,
+                        hi,
+                        oc - ob,
+                    );
                 }
             }
         }
@@ -732,32 +786,30 @@ mod x86 {
         // the output geometry), each block reads 32 channels of `c32`, and `store32` writes
         // `min(32, c − cb·32)` channels of the pixel's row in `out`.
         unsafe {
-            let i0 = _mm512_loadu_si512(i0.as_ptr() as *const __m512i);
-            let i1 = _mm512_loadu_si512(i1.as_ptr() as *const __m512i);
+            let i0 = ld512(i0.as_ptr());
+            let i1 = ld512(i1.as_ptr());
             let src = padded.as_ptr() as *const i8;
             for cb in 0..c32 / 32 {
-                let w = p.w.as_ptr().add(cb * pairs * 64);
-                let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32) as *const __m512i);
-                let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32 + 16) as *const __m512i);
+                let w = p.w.as_ptr().wrapping_add(cb * pairs * 64);
+                let c0 = ld512(p.corr.as_ptr().wrapping_add(cb * 32));
+                let c1 = ld512(p.corr.as_ptr().wrapping_add(cb * 32 + 16));
                 let step = s[1] * c32;
                 for b in 0..nb {
                     for oy in 0..oh {
-                        let row = src.add((b * hp + oy * s[0]) * wp * c32 + cb * 32);
-                        let dst = out.as_mut_ptr().add((b * oh + oy) * ow * c + cb * 32);
+                        let row = src.wrapping_add((b * hp + oy * s[0]) * wp * c32 + cb * 32);
+                        let dst = out
+                            .as_mut_ptr()
+                            .wrapping_add((b * oh + oy) * ow * c + cb * 32);
                         for ox in 0..ow {
                             // Wrapping arithmetic: no overflow checks in the pixel loop.
                             let base = row.wrapping_add(ox.wrapping_mul(step));
                             let mut lo = _mm512_setzero_si512();
                             let mut hi = _mm512_setzero_si512();
                             for (j, [t0, t1]) in taps.iter().enumerate().take(pairs) {
-                                let a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                                    base.add(*t0) as *const __m256i
-                                ));
-                                let bb = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                                    base.add(*t1) as *const __m256i
-                                ));
-                                let wl = _mm512_loadu_si512(w.add(j * 64) as *const __m512i);
-                                let wh = _mm512_loadu_si512(w.add(j * 64 + 32) as *const __m512i);
+                                let a = _mm512_cvtepi8_epi16(ld256(base.wrapping_add(*t0)));
+                                let bb = _mm512_cvtepi8_epi16(ld256(base.wrapping_add(*t1)));
+                                let wl = ld512(w.wrapping_add(j * 64));
+                                let wh = ld512(w.wrapping_add(j * 64 + 32));
                                 lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(a, bb), wl);
                                 hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(a, bb), wh);
                             }

@@ -201,7 +201,7 @@ pub(crate) use x86::conv;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Narrow, pad_unsigned};
-    use crate::vnni::x86::requant16;
+    use crate::vnni::x86::{ld32, ld64, ld128, ld512, requant16, st128};
     use crate::vnni::{Geometry, Scratch, unfold};
     use std::arch::x86_64::*;
 
@@ -240,24 +240,24 @@ mod x86 {
         // bytes past the last real pixel) and that `rows` pixels' outputs are writable at `out`.
         unsafe {
             let mut acc = [_mm512_setzero_si512(); R];
-            let w = p.w.as_ptr().add(ob * p.offsets.len() * 64);
+            let w = p.w.as_ptr().wrapping_add(ob * p.offsets.len() * 64);
             // Wrapping index arithmetic (no overflow checks: the offsets are in bounds, as
             // above), so the loop over the tile's pixels unrolls with the accumulators in
             // registers.
             for (s, off) in p.offsets.iter().enumerate() {
-                let wv = _mm512_loadu_si512(w.wrapping_add(s.wrapping_mul(64)) as *const __m512i);
+                let wv = ld512(w.wrapping_add(s.wrapping_mul(64)));
                 let src = base.wrapping_add(*off as usize);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let a = src.wrapping_add(r.wrapping_mul(stride));
                     let xb = match G {
-                        1 => _mm512_set1_epi32(std::ptr::read_unaligned(a as *const i32)),
-                        2 => _mm512_set1_epi64(std::ptr::read_unaligned(a as *const i64)),
-                        _ => _mm512_broadcast_i32x4(_mm_loadu_si128(a as *const __m128i)),
+                        1 => _mm512_set1_epi32(ld32(a)),
+                        2 => _mm512_set1_epi64(ld64(a)),
+                        _ => _mm512_broadcast_i32x4(ld128(a)),
                     };
                     *acc = _mm512_dpbusd_epi32(*acc, xb, wv);
                 }
             }
-            let corr = _mm512_loadu_si512(p.corr.as_ptr().add(16 * ob) as *const __m512i);
+            let corr = ld512(p.corr.as_ptr().wrapping_add(16 * ob));
             for q in 0..R / G {
                 if q * G >= rows {
                     break;
@@ -272,10 +272,14 @@ mod x86 {
                 };
                 let y = requant16(_mm512_add_epi32(v, corr), &p.rq, 16 * ob);
                 let n = (rows - q * G).min(G);
-                let dst = out.add(q * G * oc);
+                let dst = out.wrapping_add(q * G * oc);
                 if G == 1 {
                     let bytes = (oc - 16 * ob).min(16);
-                    _mm_mask_storeu_epi8(dst.add(16 * ob), ((1u32 << bytes) - 1) as u16, y);
+                    _mm_mask_storeu_epi8(
+                        dst.wrapping_add(16 * ob),
+                        ((1u32 << bytes) - 1) as u16,
+                        y,
+                    );
                 } else if oc == p.blk {
                     let bytes = n * oc;
                     let mask = if bytes >= 16 {
@@ -286,11 +290,11 @@ mod x86 {
                     _mm_mask_storeu_epi8(dst, mask, y);
                 } else {
                     let mut tmp = [0i8; 16];
-                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, y);
+                    st128(tmp.as_mut_ptr(), y);
                     for j in 0..n {
                         std::ptr::copy_nonoverlapping(
-                            tmp.as_ptr().add(j * p.blk),
-                            dst.add(j * oc),
+                            tmp.as_ptr().wrapping_add(j * p.blk),
+                            dst.wrapping_add(j * oc),
                             oc,
                         );
                     }
@@ -314,12 +318,12 @@ mod x86 {
             for ob in 0..p.blocks {
                 let mut at = 0;
                 while n - at >= ROWS {
-                    let (b, o) = (base.add(at * stride), out.add(at * oc));
+                    let (b, o) = (base.wrapping_add(at * stride), out.wrapping_add(at * oc));
                     tile::<G, ROWS>(p, ob, b, stride, o, ROWS, oc);
                     at += ROWS;
                 }
                 let rest = n - at;
-                let (b, o) = (base.add(at * stride), out.add(at * oc));
+                let (b, o) = (base.wrapping_add(at * stride), out.wrapping_add(at * oc));
                 if rest > 8 {
                     tile::<G, ROWS>(p, ob, b, stride, o, rest, oc);
                 } else if rest > 4 {
@@ -373,7 +377,16 @@ mod x86 {
                     let px = (b * oh + oy) * ow;
                     // SAFETY: the padded input holds every tap of the row's pixels, and
                     // `spare` bytes follow it; `out` holds the row's `ow · oc` outputs.
-                    unsafe { sweep::<G>(p, src.add(start), stride, o.add(px * oc), ow, oc) };
+                    unsafe {
+                        sweep::<G>(
+                            p,
+                            src.wrapping_add(start),
+                            stride,
+                            o.wrapping_add(px * oc),
+                            ow,
+                            oc,
+                        )
+                    };
                 }
             }
         } else {

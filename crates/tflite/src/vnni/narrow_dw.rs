@@ -80,7 +80,7 @@ pub(crate) use x86::depthwise;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::NarrowDw;
-    use crate::vnni::x86::{dw_order, requant16, store32};
+    use crate::vnni::x86::{dw_order, ld128, ld256, ld512, requant16, store32};
     use crate::vnni::{Geometry, Scratch, pad_input};
     use std::arch::x86_64::*;
 
@@ -142,32 +142,32 @@ mod x86 {
         unsafe {
             let load = |at: *const i8| -> __m512i {
                 if S == 1 {
-                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(at as *const __m256i))
+                    _mm512_cvtepi8_epi16(ld256(at))
                 } else {
-                    let lo = _mm_loadu_si128(at as *const __m128i);
-                    let hi = _mm_loadu_si128(at.wrapping_add(next) as *const __m128i);
+                    let lo = ld128(at);
+                    let hi = ld128(at.wrapping_add(next));
                     _mm512_cvtepi8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1))
                 }
             };
-            let i0 = _mm512_loadu_si512(dw_order(0).as_ptr() as *const __m512i);
-            let i1 = _mm512_loadu_si512(dw_order(16).as_ptr() as *const __m512i);
+            let i0 = ld512(dw_order(0).as_ptr());
+            let i1 = ld512(dw_order(16).as_ptr());
             let w = p.packed.w.as_ptr();
-            let c0 = _mm512_loadu_si512(p.packed.corr.as_ptr() as *const __m512i);
-            let c1 = _mm512_loadu_si512(p.packed.corr.as_ptr().add(16) as *const __m512i);
+            let c0 = ld512(p.packed.corr.as_ptr());
+            let c1 = ld512(p.packed.corr.as_ptr().wrapping_add(16));
             for b in 0..nb {
                 for oy in 0..oh {
-                    let row = src.add((b * hp + oy * s[0]) * wp * cp);
-                    let out_row = out.as_mut_ptr().add((b * oh + oy) * ow * c);
+                    let row = src.wrapping_add((b * hp + oy * s[0]) * wp * cp);
+                    let out_row = out.as_mut_ptr().wrapping_add((b * oh + oy) * ow * c);
                     for ox in (0..ow).step_by(per) {
                         // Wrapping arithmetic: no overflow checks in the pixel loop.
                         let base = row.wrapping_add(ox.wrapping_mul(next));
                         let mut lo = _mm512_setzero_si512();
                         let mut hi = _mm512_setzero_si512();
                         for (j, [t0, t1]) in taps.iter().enumerate().take(pairs) {
-                            let a = load(base.add(*t0));
-                            let bb = load(base.add(*t1));
-                            let wl = _mm512_loadu_si512(w.add(j * 64) as *const __m512i);
-                            let wh = _mm512_loadu_si512(w.add(j * 64 + 32) as *const __m512i);
+                            let a = load(base.wrapping_add(*t0));
+                            let bb = load(base.wrapping_add(*t1));
+                            let wl = ld512(w.wrapping_add(j * 64));
+                            let wh = ld512(w.wrapping_add(j * 64 + 32));
                             lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(a, bb), wl);
                             hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(a, bb), wh);
                         }
@@ -184,8 +184,8 @@ mod x86 {
                             store32(tmp.as_mut_ptr(), q0, q1, 32);
                             for j in 0..n {
                                 std::ptr::copy_nonoverlapping(
-                                    tmp.as_ptr().add(j * cp),
-                                    dst.add(j * c),
+                                    tmp.as_ptr().wrapping_add(j * cp),
+                                    dst.wrapping_add(j * c),
                                     c,
                                 );
                             }
