@@ -109,7 +109,7 @@ enum Fast {
     Avx2Gemm(crate::vnni::avx2::Packed16, crate::vnni::Requant),
     /// DEPTHWISE_CONV_2D with channel multiplier 1, AVX2.
     Avx2Depthwise(crate::vnni::DwPacked, crate::vnni::Requant),
-    /// CONV_2D with at most 16 output channels, AVX-512 VNNI.
+    /// CONV_2D with dense weights, AVX-512 VNNI, direct (16-channel blocks, no unfolding).
     Narrow(crate::vnni::narrow::Narrow),
     /// DEPTHWISE_CONV_2D with at most 16 channels and multiplier 1, AVX-512 VNNI.
     NarrowDw(crate::vnni::narrow_dw::NarrowDw),
@@ -146,12 +146,11 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
     let taps = c.kernel[0] * c.kernel[1];
     let units = c.out_shape[3];
     let zp = -c.input_offset;
-    // Few output channels, or a filter wider than 1×1 on few input channels (a stem: the
-    // direct kernel reads the input in place where the GEMM would unfold it a few bytes at a
-    // time), unless its weights have zero blocks for the GEMM to skip.
+    // The direct kernel (no unfolding, 16-channel blocks) unless the weights have zero blocks
+    // of 32 channels × 4 `k` for the GEMM to skip (block-pruned files).
     let ic = c.in_shape[3];
     let gemm = || crate::vnni::Packed::new(&c.filter, taps * ic, units, &c.bias, zp);
-    if vnni && !c.depthwise && (units <= 16 || (taps > 1 && ic < 8 && gemm().is_dense())) {
+    if vnni && !c.depthwise && gemm().is_dense() {
         let narrow = crate::vnni::narrow::Narrow::new(
             &geometry(c),
             &c.filter,

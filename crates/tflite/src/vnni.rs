@@ -7,16 +7,25 @@
 //! - **CONV_2D** is an int8 GEMM on `vpdpbusd` (64 u8×i8 products per instruction). Inputs are
 //!   shifted to unsigned (`x + 128`; padding taps get `zp + 128`, i.e. a real zero), the GEMM
 //!   computes `Σ w·(x + 128)` exactly in i32, and the per-channel constant
-//!   `bias − (zp + 128)·Σw` is added before requantization. The loops run block of 32 output
-//!   channels outermost, so that block's weights (`k × 32` bytes) and the whole unfolded input
-//!   stay in L1 while tiles of 8 pixels × 32 channels (16 accumulator registers) sweep over it.
+//!   `bias − (zp + 128)·Σw` is added before requantization. Dense weights run the direct kernel
+//!   of [`narrow`] (16-channel blocks, no unfolding); the GEMM here, on the unfolded input in
+//!   blocks of 32 output channels, runs block-pruned weights, whose all-zero 32 × 4 blocks it
+//!   skips: the loops run block of 32 output channels outermost, so that block's weights
+//!   (`k × 32` bytes) and the whole unfolded input stay in L1 while tiles of 8 pixels × 32
+//!   channels (16 accumulator registers) sweep over it.
 //! - **DEPTHWISE_CONV_2D** (multiplier 1) runs on `vpdpwssd`: two taps of 32 channels at a time,
 //!   sign-extended to i16 and interleaved, against weights packed in the same order. The input is
 //!   first copied into a buffer padded with `zp` (padding then contributes `w·zp`, which the
 //!   per-channel constant `bias − zp·Σw` cancels), so no tap needs a bounds check.
 //! - **Requantization** (`MultiplyByQuantizedMultiplier` with TFLite's two roundings, the zero
 //!   point, the activation clamp) runs on 16 accumulators at a time in registers and stores int8
-//!   directly: no i32 output tensor is written.
+//!   directly: no i32 output tensor is written. The two roundings fold into one arithmetic
+//!   shift of the 64-bit product (derivation at `requant16_i32`).
+//! - Depthwise convolutions on at most 16 channels run [`narrow_dw`] (several pixels per
+//!   vector).
+//! - The hot loops load and store through `[u8; N]` dereferences (`x86::ld512`), not the
+//!   `loadu` intrinsics, whose `copy_nonoverlapping` precondition checks would run in builds
+//!   with debug assertions.
 //!
 //! Used when the CPU has AVX-512 F/BW/VL and VNNI; otherwise the portable kernels run.
 

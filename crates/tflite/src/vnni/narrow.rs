@@ -1,30 +1,32 @@
-//! CONV_2D with few output channels (1 to 16) on AVX-512 VNNI.
+//! CONV_2D on AVX-512 VNNI in blocks of 16 output channels, reading the input in place: the
+//! interpreter's convolution kernel wherever the weights are dense.
 //!
-//! The GEMM in [`super`] works in blocks of 32 output channels: a convolution with 3, 8 or 16
-//! outputs (MobileNet's and ResNet's stems, their first narrow layers) would leave most of every
-//! `vpdpbusd` and every requantization on padding. Here one 16-lane accumulator per pixel holds
-//! `blk` channels (4, 8 or 16: the output channels rounded up) × `g = 16 / blk` consecutive
-//! groups of 4 `k`: the input of a pixel is broadcast 4, 8 or 16 bytes at a time (`vpbroadcastd`,
-//! `vpbroadcastq`, `vbroadcasti32x4`), the weights are packed in the same lane order, and after
-//! the sweep over `k` the `g` partial sums of each channel are added across lanes while `g`
-//! pixels are gathered into one vector: every lane that is requantized and stored is a real
-//! output (when `oc` is 4, 8 or 16).
-//!
+//! - **Blocks of 16, or fewer channels packed with more pixels.** One 16-lane accumulator per
+//!   pixel holds a block of 16 output channels; a convolution with 8 or fewer outputs (3, 8:
+//!   MobileNet's and ResNet's stems) would leave most lanes on padding, so there one accumulator
+//!   holds `blk` channels (4 or 8) × `g = 16 / blk` consecutive groups of 4 `k`: the input is
+//!   broadcast 4, 8 or 16 bytes at a time (`vpbroadcastd`, `vpbroadcastq`, `vbroadcasti32x4`),
+//!   the weights are packed in the same lane order, and after the sweep over `k` the `g` partial
+//!   sums of each channel are added across lanes while `g` pixels are gathered into one vector,
+//!   so every lane requantized and stored is a real output.
 //! - **Direct** (no unfolding) when the filter has no dilation along the width: each filter row
-//!   then reads `kw · ic` contiguous bytes of the input (e.g. 9 for a 3×3 stem on 3 channels,
-//!   48 for a 3×3 convolution on 16), so the input is copied once into a buffer padded with the
-//!   zero point (shifted to unsigned as for the GEMM) and each step of the sweep reads `4·g`
-//!   bytes of a filter row at a fixed offset from the pixel; a tile of 16 pixels along an output
-//!   row reads the buffer with one stride. Steps that run past a filter row's end read
-//!   neighbouring bytes against zero weights. With width dilation the pixels are unfolded as
-//!   for the GEMM, rows rounded up to `4·g` bytes.
+//!   then reads `kw · ic` contiguous bytes of the input (9 for a 3×3 stem on 3 channels, 48 for
+//!   a 3×3 convolution on 16), so the input is copied once into a buffer padded with the zero
+//!   point (shifted to unsigned as for the GEMM) and each step of the sweep reads `4·g` bytes of
+//!   a filter row at a fixed offset from the pixel; a tile of 16 pixels along an output row (all
+//!   pixels at once for a 1×1 stride-1 convolution) reads the buffer with one stride. Steps
+//!   that run past a filter row's end read neighbouring bytes against zero weights. Unfolding
+//!   the pixels as the GEMM does costs more than the products on narrow inputs (a stem on 1 to
+//!   3 channels copies a few bytes per tap). With width dilation the pixels are unfolded, rows
+//!   rounded up to `4·g` bytes.
 //! - The integers are the GEMM's: `Σ w·(x + 128)` in i32 plus the per-channel constant
 //!   `bias − (zp + 128)·Σw`, requantized in registers by the same `requant16` (tests compare the
-//!   kernel with the plain formula and with the 32-channel GEMM).
+//!   kernel with the plain formula and with the 32-channel GEMM, which block-pruned weights
+//!   keep: it skips their zero blocks).
 
 use super::{Geometry, Requant};
 
-/// A CONV_2D with at most 16 output channels, packed for [`conv`].
+/// A CONV_2D packed for [`conv`].
 #[derive(Clone, Debug)]
 pub(crate) struct Narrow {
     /// Output channels per pixel in an accumulator: 4, 8 or 16.
@@ -335,7 +337,7 @@ mod x86 {
         }
     }
 
-    /// CONV_2D with at most 16 output channels into `out` (`[pixels, oc]` int8).
+    /// CONV_2D into `out` (`[pixels, oc]` int8).
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::vnni::available`]); `x` and
