@@ -560,37 +560,97 @@ mod x86 {
     /// negative product then gives a result ≤ 0 either way.
     #[inline(always)]
     pub(in crate::vnni) unsafe fn requant16_i32(v: __m512i, rq: &Requant, at: usize) -> __m512i {
-        // SAFETY: `at + 16` is within the constants (all padded to 32 channels, `at` a multiple
-        // of 16 below the padded count), and the caller has AVX-512 F/BW.
-        unsafe {
-            let load = |v: &Vec<i32>| ld512(v.as_ptr().wrapping_add(at));
-            let load64 = |v: &Vec<i64>, half: usize| ld512(v.as_ptr().wrapping_add(at + 8 * half));
-            let x = if rq.any_left {
-                _mm512_sllv_epi32(v, load(&rq.left))
-            } else {
-                v
-            };
-            let even = _mm512_mul_epi32(x, load(&rq.multiplier));
-            let odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), load(&rq.multiplier_odd));
-            let mut te = _mm512_add_epi64(even, load64(&rq.round, 0));
-            let mut to = _mm512_add_epi64(odd, load64(&rq.round, 1));
-            if !rq.floors_negatives {
-                let zero = _mm512_setzero_si512();
-                let (ne, no) = (
-                    _mm512_cmplt_epi64_mask(even, zero),
-                    _mm512_cmplt_epi64_mask(odd, zero),
-                );
-                te = _mm512_mask_sub_epi64(te, ne, te, load64(&rq.negative, 0));
-                to = _mm512_mask_sub_epi64(to, no, to, load64(&rq.negative, 1));
+        // SAFETY: forwarded.
+        unsafe { Rq16::new(rq, at).apply(v) }
+    }
+
+    /// The requantization constants of 16 channels in registers, for loops that requantize
+    /// the same channels many times (loaded once instead of at every call).
+    #[derive(Clone, Copy)]
+    pub(in crate::vnni) struct Rq16 {
+        multiplier: __m512i,
+        multiplier_odd: __m512i,
+        left: __m512i,
+        round: [__m512i; 2],
+        total: [__m512i; 2],
+        negative: [__m512i; 2],
+        zero_point: __m512i,
+        lo: __m512i,
+        hi: __m512i,
+        any_left: bool,
+        floors_negatives: bool,
+    }
+
+    impl Rq16 {
+        /// Channels `at..at + 16` of `rq`.
+        ///
+        /// # Safety
+        /// `at + 16` is within the constants (all padded to 32 channels, `at` a multiple of 16
+        /// below the padded count), and the caller has AVX-512 F/BW.
+        #[inline(always)]
+        pub(in crate::vnni) unsafe fn new(rq: &Requant, at: usize) -> Self {
+            // SAFETY: as documented.
+            unsafe {
+                let load = |v: &Vec<i32>| ld512(v.as_ptr().wrapping_add(at));
+                let load64 =
+                    |v: &Vec<i64>, half: usize| ld512(v.as_ptr().wrapping_add(at + 8 * half));
+                Self {
+                    multiplier: load(&rq.multiplier),
+                    multiplier_odd: load(&rq.multiplier_odd),
+                    left: load(&rq.left),
+                    round: [load64(&rq.round, 0), load64(&rq.round, 1)],
+                    total: [load64(&rq.total, 0), load64(&rq.total, 1)],
+                    negative: [load64(&rq.negative, 0), load64(&rq.negative, 1)],
+                    zero_point: _mm512_set1_epi32(rq.zero_point),
+                    lo: _mm512_set1_epi32(rq.lo),
+                    hi: _mm512_set1_epi32(rq.hi),
+                    any_left: rq.any_left,
+                    floors_negatives: rq.floors_negatives,
+                }
             }
-            let re = _mm512_srav_epi64(te, load64(&rq.total, 0));
-            let ro = _mm512_srav_epi64(to, load64(&rq.total, 1));
-            // The low dword of each 64-bit result (it fits in i32), even and odd interleaved.
-            let idx = _mm512_set_epi32(30, 14, 28, 12, 26, 10, 24, 8, 22, 6, 20, 4, 18, 2, 16, 0);
-            let r = _mm512_permutex2var_epi32(re, idx, ro);
-            let r = _mm512_add_epi32(r, _mm512_set1_epi32(rq.zero_point));
-            let r = _mm512_max_epi32(r, _mm512_set1_epi32(rq.lo));
-            _mm512_min_epi32(r, _mm512_set1_epi32(rq.hi))
+        }
+
+        /// [`requant16_i32`] of `v`.
+        #[inline(always)]
+        pub(in crate::vnni) unsafe fn apply(&self, v: __m512i) -> __m512i {
+            // SAFETY: register operations; the caller has AVX-512 F/BW.
+            unsafe {
+                let x = if self.any_left {
+                    _mm512_sllv_epi32(v, self.left)
+                } else {
+                    v
+                };
+                let even = _mm512_mul_epi32(x, self.multiplier);
+                let odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.multiplier_odd);
+                let mut te = _mm512_add_epi64(even, self.round[0]);
+                let mut to = _mm512_add_epi64(odd, self.round[1]);
+                if !self.floors_negatives {
+                    let zero = _mm512_setzero_si512();
+                    let (ne, no) = (
+                        _mm512_cmplt_epi64_mask(even, zero),
+                        _mm512_cmplt_epi64_mask(odd, zero),
+                    );
+                    te = _mm512_mask_sub_epi64(te, ne, te, self.negative[0]);
+                    to = _mm512_mask_sub_epi64(to, no, to, self.negative[1]);
+                }
+                let re = _mm512_srav_epi64(te, self.total[0]);
+                let ro = _mm512_srav_epi64(to, self.total[1]);
+                // The low dword of each 64-bit result (it fits in i32), even and odd
+                // interleaved.
+                let idx =
+                    _mm512_set_epi32(30, 14, 28, 12, 26, 10, 24, 8, 22, 6, 20, 4, 18, 2, 16, 0);
+                let r = _mm512_permutex2var_epi32(re, idx, ro);
+                let r = _mm512_add_epi32(r, self.zero_point);
+                let r = _mm512_max_epi32(r, self.lo);
+                _mm512_min_epi32(r, self.hi)
+            }
+        }
+
+        /// [`requant16`] of `v`: the 16 results as int8.
+        #[inline(always)]
+        pub(in crate::vnni) unsafe fn apply8(&self, v: __m512i) -> __m128i {
+            // SAFETY: as `apply`.
+            unsafe { _mm512_cvtepi32_epi8(self.apply(v)) }
         }
     }
 
@@ -802,6 +862,7 @@ mod x86 {
                 let w = p.w.as_ptr().wrapping_add(cb * pairs * 64);
                 let c0 = ld512(p.corr.as_ptr().wrapping_add(cb * 32));
                 let c1 = ld512(p.corr.as_ptr().wrapping_add(cb * 32 + 16));
+                let (r0, r1) = (Rq16::new(rq, cb * 32), Rq16::new(rq, cb * 32 + 16));
                 let step = s[1] * c32;
                 for b in 0..nb {
                     for oy in 0..oh {
@@ -824,8 +885,7 @@ mod x86 {
                             }
                             let v0 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i0, hi), c0);
                             let v1 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i1, hi), c1);
-                            let q0 = requant16(v0, rq, cb * 32);
-                            let q1 = requant16(v1, rq, cb * 32 + 16);
+                            let (q0, q1) = (r0.apply8(v0), r1.apply8(v1));
                             store32(dst.wrapping_add(ox.wrapping_mul(c)), q0, q1, c - cb * 32);
                         }
                     }

@@ -203,7 +203,7 @@ pub(crate) use x86::conv;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Narrow, pad_unsigned};
-    use crate::vnni::x86::{ld32, ld64, ld128, ld512, requant16, st128};
+    use crate::vnni::x86::{Rq16, ld32, ld64, ld128, ld512, st128};
     use crate::vnni::{Geometry, Scratch, unfold};
     use std::arch::x86_64::*;
 
@@ -260,6 +260,7 @@ mod x86 {
                 }
             }
             let corr = ld512(p.corr.as_ptr().wrapping_add(16 * ob));
+            let rq = Rq16::new(&p.rq, 16 * ob);
             for q in 0..R / G {
                 if q * G >= rows {
                     break;
@@ -272,7 +273,7 @@ mod x86 {
                         pair_sum(acc[4 * q + 2], acc[4 * q + 3]),
                     ),
                 };
-                let y = requant16(_mm512_add_epi32(v, corr), &p.rq, 16 * ob);
+                let y = rq.apply8(_mm512_add_epi32(v, corr));
                 let n = (rows - q * G).min(G);
                 let dst = out.wrapping_add(q * G * oc);
                 if G == 1 {

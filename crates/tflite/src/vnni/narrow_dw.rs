@@ -80,7 +80,7 @@ pub(crate) use x86::depthwise;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::NarrowDw;
-    use crate::vnni::x86::{dw_order, ld128, ld256, ld512, requant16, store32};
+    use crate::vnni::x86::{Rq16, dw_order, ld128, ld256, ld512, store32};
     use crate::vnni::{Geometry, Scratch, pad_input};
     use std::arch::x86_64::*;
 
@@ -154,6 +154,7 @@ mod x86 {
             let w = p.packed.w.as_ptr();
             let c0 = ld512(p.packed.corr.as_ptr());
             let c1 = ld512(p.packed.corr.as_ptr().wrapping_add(16));
+            let (r0, r1) = (Rq16::new(&p.rq, 0), Rq16::new(&p.rq, 16));
             for b in 0..nb {
                 for oy in 0..oh {
                     let row = src.wrapping_add((b * hp + oy * s[0]) * wp * cp);
@@ -173,8 +174,7 @@ mod x86 {
                         }
                         let v0 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i0, hi), c0);
                         let v1 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i1, hi), c1);
-                        let q0 = requant16(v0, &p.rq, 0);
-                        let q1 = requant16(v1, &p.rq, 16);
+                        let (q0, q1) = (r0.apply8(v0), r1.apply8(v1));
                         let n = per.min(ow - ox);
                         let dst = out_row.wrapping_add(ox.wrapping_mul(c));
                         if c == cp {
