@@ -424,13 +424,15 @@ thread_local! {
     static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The unfolded GEMM input widened to i16 (AVX2 kernels).
     static WORDS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// FULLY_CONNECTED's int32 sums.
+    static INTS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// This thread's scratch memory, taken for one kernel call (at least `len` values, contents left
 /// from earlier calls) and given back when dropped. A plain buffer rather than a closure, so the
 /// kernels' loops stay inside their `target_feature` functions.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct Scratch<T: Copy + Default + 'static>(Vec<T>, &'static Pool<T>);
+pub(crate) struct Scratch<T: Copy + Default + 'static>(pub(crate) Vec<T>, &'static Pool<T>);
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Scratch<u8> {
@@ -443,6 +445,13 @@ impl Scratch<u8> {
 impl Scratch<i16> {
     fn words(len: usize) -> Self {
         Scratch::take(&WORDS, len)
+    }
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Scratch<i32> {
+    pub(crate) fn ints(len: usize) -> Self {
+        Scratch::take(&INTS, len)
     }
 }
 
