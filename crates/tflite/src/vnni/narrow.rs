@@ -306,6 +306,50 @@ mod x86 {
         }
     }
 
+    /// [`tile`] with one pixel per accumulator over two blocks of 16 channels (`ob`, `ob + 1`):
+    /// each broadcast input feeds two products, halving the loads per product.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile2<const R: usize>(
+        p: &Narrow,
+        ob: usize,
+        base: *const u8,
+        stride: usize,
+        out: *mut i8,
+        rows: usize,
+        oc: usize,
+    ) {
+        // SAFETY: as `tile`, for blocks `ob` and `ob + 1 < blocks`.
+        unsafe {
+            let mut acc = [[_mm512_setzero_si512(); 2]; R];
+            let steps = p.offsets.len();
+            let w0 = p.w.as_ptr().wrapping_add(ob * steps * 64);
+            let w1 = w0.wrapping_add(steps * 64);
+            for (s, off) in p.offsets.iter().enumerate() {
+                let wa = ld512(w0.wrapping_add(s.wrapping_mul(64)));
+                let wb = ld512(w1.wrapping_add(s.wrapping_mul(64)));
+                let src = base.wrapping_add(*off as usize);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let xb = _mm512_set1_epi32(ld32(src.wrapping_add(r.wrapping_mul(stride))));
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], xb, wa);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], xb, wb);
+                }
+            }
+            for h in 0..2 {
+                let at = 16 * (ob + h);
+                let corr = ld512(p.corr.as_ptr().wrapping_add(at));
+                let rq = Rq16::new(&p.rq, at);
+                let mask = ((1u32 << (oc - at).min(16)) - 1) as u16;
+                for (r, acc) in acc.iter().enumerate() {
+                    if r < rows {
+                        let y = rq.apply8(_mm512_add_epi32(acc[h], corr));
+                        _mm_mask_storeu_epi8(out.wrapping_add(r * oc + at), mask, y);
+                    }
+                }
+            }
+        }
+    }
+
     /// `n` pixels from `base` (stride `stride`) into `out`, in tiles of 16, 8 and 4.
     #[inline(always)]
     unsafe fn sweep<const G: usize>(
@@ -318,7 +362,25 @@ mod x86 {
     ) {
         // SAFETY: forwarded; the tails read at most `ROWS` pixels from their start.
         unsafe {
-            for ob in 0..p.blocks {
+            let mut first = 0;
+            if G == 1 {
+                // Pairs of blocks: tiles of 8 pixels × 32 channels.
+                while first + 1 < p.blocks {
+                    let mut at = 0;
+                    while at < n {
+                        let (b, o) = (base.wrapping_add(at * stride), out.wrapping_add(at * oc));
+                        let rest = n - at;
+                        if rest > 4 {
+                            tile2::<8>(p, first, b, stride, o, rest.min(8), oc);
+                        } else {
+                            tile2::<4>(p, first, b, stride, o, rest, oc);
+                        }
+                        at += 8;
+                    }
+                    first += 2;
+                }
+            }
+            for ob in first..p.blocks {
                 let mut at = 0;
                 while n - at >= ROWS {
                     let (b, o) = (base.wrapping_add(at * stride), out.wrapping_add(at * oc));
