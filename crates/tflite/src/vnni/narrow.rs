@@ -2,9 +2,10 @@
 //! interpreter's convolution kernel wherever the weights are dense.
 //!
 //! - **Blocks of 16, or fewer channels packed with more pixels.** One 16-lane accumulator per
-//!   pixel holds a block of 16 output channels; a convolution with 8 or fewer outputs (3, 8:
-//!   MobileNet's and ResNet's stems) would leave most lanes on padding, so there one accumulator
-//!   holds `blk` channels (4 or 8) × `g = 16 / blk` consecutive groups of 4 `k`: the input is
+//!   pixel holds a block of 16 output channels; blocks run in pairs (tiles of 8 pixels × 32
+//!   channels, so each broadcast input feeds two products), an odd last block in tiles of 16
+//!   pixels. A convolution with 8 or fewer outputs (3, 8: MobileNet's and ResNet's stems)
+//!   would leave most lanes on padding, so there one accumulator holds `blk` channels (4 or 8) × `g = 16 / blk` consecutive groups of 4 `k`: the input is
 //!   broadcast 4, 8 or 16 bytes at a time (`vpbroadcastd`, `vpbroadcastq`, `vbroadcasti32x4`),
 //!   the weights are packed in the same lane order, and after the sweep over `k` the `g` partial
 //!   sums of each channel are added across lanes while `g` pixels are gathered into one vector,
@@ -13,7 +14,7 @@
 //!   then reads `kw · ic` contiguous bytes of the input (9 for a 3×3 stem on 3 channels, 48 for
 //!   a 3×3 convolution on 16), so the input is copied once into a buffer padded with the zero
 //!   point (shifted to unsigned as for the GEMM) and each step of the sweep reads `4·g` bytes of
-//!   a filter row at a fixed offset from the pixel; a tile of 16 pixels along an output row (all
+//!   a filter row at a fixed offset from the pixel; a tile of pixels along an output row (all
 //!   pixels at once for a 1×1 stride-1 convolution) reads the buffer with one stride. Steps
 //!   that run past a filter row's end read neighbouring bytes against zero weights. Unfolding
 //!   the pixels as the GEMM does costs more than the products on narrow inputs (a stem on 1 to
