@@ -150,7 +150,9 @@ impl FcKernel {
     fn run_fast(&self, fast: &FastFc, x: &[i8], flavor: Flavor) -> Vec<i8> {
         let (batches, depth, units) = (self.batches, self.depth, self.units);
         let stride = crate::vnni::fc::acc_stride(units);
-        let mut acc = vec![0i32; batches * stride];
+        // The sums in this thread's reused buffer (the kernels write every value read).
+        let mut scratch = crate::vnni::Scratch::ints(batches * stride);
+        let acc = &mut scratch.0[..batches * stride];
         let mut out = vec![0i8; batches * units];
         // SAFETY: `set_kernels` builds `Vnni` only where `vnni::available()` found AVX-512
         // F/BW/VL/VNNI and `Avx2` only where AVX2 is present, packed for `k = depth`, `oc =
@@ -158,9 +160,9 @@ impl FcKernel {
         // `batches · stride`, and each requantized row `stride ≥ units` sums.
         unsafe {
             match fast {
-                FastFc::Vnni(p, _) => crate::vnni::fc::gemv(p, x, batches, depth, &mut acc),
-                FastFc::Avx2(p, _) => crate::vnni::fc::gemv_avx2(p, x, batches, depth, &mut acc),
-                FastFc::Sparse(p, _) => crate::vnni::sparse::gemv(p, x, batches, depth, &mut acc),
+                FastFc::Vnni(p, _) => crate::vnni::fc::gemv(p, x, batches, depth, acc),
+                FastFc::Avx2(p, _) => crate::vnni::fc::gemv_avx2(p, x, batches, depth, acc),
+                FastFc::Sparse(p, _) => crate::vnni::sparse::gemv(p, x, batches, depth, acc),
             }
             for (row, dst) in acc.chunks_exact(stride).zip(out.chunks_exact_mut(units)) {
                 match (flavor, fast) {

@@ -112,6 +112,10 @@ enum Fast {
     /// CONV_2D on N:M-sparse weights (at most 4 non-zeros in every run of 8 `k`), AVX-512
     /// VNNI + VBMI.
     Sparse(crate::vnni::sparse::SparsePacked, crate::vnni::Requant),
+    /// CONV_2D with dense weights, AVX-512 VNNI, direct (16-channel blocks, no unfolding).
+    Narrow(crate::vnni::narrow::Narrow),
+    /// DEPTHWISE_CONV_2D with at most 16 channels and multiplier 1, AVX-512 VNNI.
+    NarrowDw(crate::vnni::narrow_dw::NarrowDw),
 }
 
 /// Which convolution kernels an [`Interpreter`] runs. All compute the same integers (tests
@@ -163,6 +167,38 @@ fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
         let k = taps * c.in_shape[3];
         if let Some(p) = crate::vnni::sparse::SparsePacked::new(&c.filter, k, units, &c.bias, zp) {
             return Some(Fast::Sparse(p, requant));
+        }
+    }
+    // The direct kernel (no unfolding, 16-channel blocks) unless the weights have zero blocks
+    // of 32 channels × 4 `k` for the GEMM to skip (block-pruned files).
+    let ic = c.in_shape[3];
+    let gemm = || crate::vnni::Packed::new(&c.filter, taps * ic, units, &c.bias, zp);
+    if vnni && !c.depthwise && gemm().is_dense() {
+        let narrow = crate::vnni::narrow::Narrow::new(
+            &geometry(c),
+            &c.filter,
+            &c.bias,
+            &c.requant.multiplier,
+            &c.requant.shift,
+            c.output_offset,
+            c.act,
+        );
+        if let Some(n) = narrow {
+            return Some(Fast::Narrow(n));
+        }
+    }
+    if vnni && c.depthwise {
+        let narrow = crate::vnni::narrow_dw::NarrowDw::new(
+            &geometry(c),
+            &c.filter,
+            &c.bias,
+            &c.requant.multiplier,
+            &c.requant.shift,
+            c.output_offset,
+            c.act,
+        );
+        if let Some(n) = narrow {
+            return Some(Fast::NarrowDw(n));
         }
     }
     Some(match (c.depthwise, vnni) {
@@ -1880,7 +1916,9 @@ fn requantize_row_impl(acc: &[i32], c: &ConvKernel, out: &mut [i8]) {
 fn kernel_of(k: &Kernel) -> &'static str {
     match k {
         Kernel::Conv(c) => match c.fast {
-            Some(Fast::Gemm(..) | Fast::Depthwise(..)) => "avx512-vnni",
+            Some(Fast::Gemm(..) | Fast::Depthwise(..) | Fast::Narrow(..) | Fast::NarrowDw(..)) => {
+                "avx512-vnni"
+            }
             Some(Fast::Avx2Gemm(..) | Fast::Avx2Depthwise(..)) => "avx2",
             Some(Fast::Sparse(..)) => "avx512-vnni-sparse",
             None => "portable",
@@ -1891,20 +1929,25 @@ fn kernel_of(k: &Kernel) -> &'static str {
     }
 }
 
+/// The geometry the SIMD kernels read of convolution `c`.
+fn geometry(c: &ConvKernel) -> crate::vnni::Geometry {
+    crate::vnni::Geometry {
+        in_shape: c.in_shape,
+        out_shape: c.out_shape,
+        kernel: c.kernel,
+        stride: c.stride,
+        dilation: c.dilation,
+        pad: c.pad,
+        input_zp: -c.input_offset,
+    }
+}
+
 /// CONV_2D / DEPTHWISE_CONV_2D through the AVX-512 VNNI kernels (the same integers as
 /// [`conv`]).
 fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
     #[cfg(target_arch = "x86_64")]
     {
-        let g = crate::vnni::Geometry {
-            in_shape: c.in_shape,
-            out_shape: c.out_shape,
-            kernel: c.kernel,
-            stride: c.stride,
-            dilation: c.dilation,
-            pad: c.pad,
-            input_zp: -c.input_offset,
-        };
+        let g = geometry(c);
         let mut out = vec![0i8; c.out_shape.iter().product()];
         // SAFETY: `build_fast` builds the VNNI forms only where vnni::available() found AVX-512
         // F/BW/VL/VNNI and the AVX2 forms only where AVX2 is present, for this kernel's
@@ -1916,6 +1959,8 @@ fn conv_vnni(c: &ConvKernel, f: &Fast, x: &[i8]) -> Vec<i8> {
                 Fast::Avx2Gemm(p, rq) => crate::vnni::avx2::conv(&g, p, rq, x, &mut out),
                 Fast::Avx2Depthwise(p, rq) => crate::vnni::avx2::depthwise(&g, p, rq, x, &mut out),
                 Fast::Sparse(p, rq) => crate::vnni::sparse::conv(&g, p, rq, x, &mut out),
+                Fast::Narrow(p) => crate::vnni::narrow::conv(&g, p, x, &mut out),
+                Fast::NarrowDw(p) => crate::vnni::narrow_dw::depthwise(&g, p, x, &mut out),
             }
         }
         out

@@ -7,16 +7,25 @@
 //! - **CONV_2D** is an int8 GEMM on `vpdpbusd` (64 u8×i8 products per instruction). Inputs are
 //!   shifted to unsigned (`x + 128`; padding taps get `zp + 128`, i.e. a real zero), the GEMM
 //!   computes `Σ w·(x + 128)` exactly in i32, and the per-channel constant
-//!   `bias − (zp + 128)·Σw` is added before requantization. The loops run block of 32 output
-//!   channels outermost, so that block's weights (`k × 32` bytes) and the whole unfolded input
-//!   stay in L1 while tiles of 8 pixels × 32 channels (16 accumulator registers) sweep over it.
+//!   `bias − (zp + 128)·Σw` is added before requantization. Dense weights run the direct kernel
+//!   of [`narrow`] (16-channel blocks, no unfolding); the GEMM here, on the unfolded input in
+//!   blocks of 32 output channels, runs block-pruned weights, whose all-zero 32 × 4 blocks it
+//!   skips: the loops run block of 32 output channels outermost, so that block's weights
+//!   (`k × 32` bytes) and the whole unfolded input stay in L1 while tiles of 8 pixels × 32
+//!   channels (16 accumulator registers) sweep over it.
 //! - **DEPTHWISE_CONV_2D** (multiplier 1) runs on `vpdpwssd`: two taps of 32 channels at a time,
 //!   sign-extended to i16 and interleaved, against weights packed in the same order. The input is
 //!   first copied into a buffer padded with `zp` (padding then contributes `w·zp`, which the
 //!   per-channel constant `bias − zp·Σw` cancels), so no tap needs a bounds check.
 //! - **Requantization** (`MultiplyByQuantizedMultiplier` with TFLite's two roundings, the zero
 //!   point, the activation clamp) runs on 16 accumulators at a time in registers and stores int8
-//!   directly: no i32 output tensor is written.
+//!   directly: no i32 output tensor is written. The two roundings fold into one arithmetic
+//!   shift of the 64-bit product (derivation at `requant16_i32`).
+//! - Depthwise convolutions on at most 16 channels run [`narrow_dw`] (several pixels per
+//!   vector).
+//! - The hot loops load and store through `[u8; N]` dereferences (`x86::ld512`), not the
+//!   `loadu` intrinsics, whose `copy_nonoverlapping` precondition checks would run in builds
+//!   with debug assertions.
 //!
 //! Used when the CPU has AVX-512 F/BW/VL and VNNI; otherwise the portable kernels run.
 
@@ -38,6 +47,19 @@ pub(crate) struct Requant {
     zero_point: i32,
     lo: i32,
     hi: i32,
+    /// Both roundings as one (see `requant16_i32`), per block of 16 channels the 8 even
+    /// channels' then the 8 odd channels' 64-bit constants: `2^30 + 2^(30 + right)` (`2^30`
+    /// when `right` is 0)...
+    round: Vec<i64>,
+    /// ... `31 + right` ...
+    total: Vec<i64>,
+    /// ... and `2^31` (0 when `right` is 0), taken off negative products.
+    negative: Vec<i64>,
+    /// Whether some channel shifts left (multiplier above 1).
+    any_left: bool,
+    /// Whether the clamp sends every negative result to `lo` (`lo ≥ zero_point`, e.g. ReLU):
+    /// negative products then need no exact rounding.
+    floors_negatives: bool,
 }
 
 impl Requant {
@@ -56,10 +78,26 @@ impl Requant {
         let multiplier_odd = (0..n)
             .map(|i| if i % 2 == 0 { multiplier[i + 1] } else { 0 })
             .collect();
+        let left = pad(shift.iter().map(|s| (*s).clamp(0, 31)).collect());
+        // Channel order within each block of 16: even channels, then odd ones.
+        let order = |f: &dyn Fn(i64) -> i64| -> Vec<i64> {
+            (0..n)
+                .map(|i| {
+                    let (block, j) = (i / 16, i % 16);
+                    let ch = block * 16 + if j < 8 { 2 * j } else { 2 * (j - 8) + 1 };
+                    f(right[ch] as i64)
+                })
+                .collect()
+        };
         Self {
+            round: order(&|r| (1i64 << 30) + if r > 0 { 1i64 << (30 + r) } else { 0 }),
+            total: order(&|r| 31 + r),
+            negative: order(&|r| if r > 0 { 1i64 << 31 } else { 0 }),
+            any_left: left.iter().any(|l| *l > 0),
+            floors_negatives: act[0] >= zero_point,
             multiplier,
             multiplier_odd,
-            left: pad(shift.iter().map(|s| (*s).clamp(0, 31)).collect()),
+            left,
             right,
             half: mask.iter().map(|m| m >> 1).collect(),
             mask,
@@ -123,6 +161,14 @@ impl Packed {
             corr,
             active,
         }
+    }
+}
+
+impl Packed {
+    /// Whether no block of 32 output channels × 4 `k` is all zeros (nothing for the GEMM to
+    /// skip).
+    pub(crate) fn is_dense(&self) -> bool {
+        self.active.iter().all(|a| a.len() == self.k4 / 4)
     }
 }
 
@@ -256,10 +302,11 @@ fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]
         }
         let row = &x[(g_row(g, b, y as usize))..][..iw * ic];
         if contiguous {
-            let src = &row[x0 as usize * ic..][..kw * ic];
-            for (d, s) in col[at..at + kw * ic].iter_mut().zip(src) {
-                *d = (*s as u8) ^ 0x80;
-            }
+            copy_bytes(
+                &mut col[at..at + kw * ic],
+                &row[x0 as usize * ic..][..kw * ic],
+                0x80,
+            );
             at += kw * ic;
             continue;
         }
@@ -269,14 +316,29 @@ fn gather(g: &Geometry, x: &[i8], b: usize, oy: usize, ox: usize, col: &mut [u8]
             if xx < 0 || xx >= iw as isize {
                 dst.fill(pad);
             } else {
-                for (d, s) in dst.iter_mut().zip(&row[xx as usize * ic..][..ic]) {
-                    *d = (*s as u8) ^ 0x80;
-                }
+                copy_bytes(dst, &row[xx as usize * ic..][..ic], 0x80);
             }
             at += ic;
         }
     }
     col[at..].fill(0);
+}
+
+/// [`gather`] every output pixel's inputs into the rows of `col` (`k4` bytes each, pixels in
+/// order; rows past the last pixel are left as they are).
+#[inline(always)]
+fn unfold(g: &Geometry, x: &[i8], k4: usize, col: &mut [u8]) {
+    let [nb, oh, ow, _] = g.out_shape;
+    let mut rows = col.chunks_exact_mut(k4);
+    for b in 0..nb {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                if let Some(dst) = rows.next() {
+                    gather(g, x, b, oy, ox, dst);
+                }
+            }
+        }
+    }
 }
 
 /// The input of a depthwise convolution padded with its zero point to the rows and columns its
@@ -310,10 +372,7 @@ fn pad_input<'a>(
             for (px, dst) in row.chunks_exact_mut(cp).enumerate() {
                 match px.checked_sub(g.pad[1]).filter(|xx| *xx < iw) {
                     Some(xx) => {
-                        let src = &x[((b * ih + y) * iw + xx) * c..][..c];
-                        for (d, s) in dst[..c].iter_mut().zip(src) {
-                            *d = *s as u8;
-                        }
+                        copy_bytes(&mut dst[..c], &x[((b * ih + y) * iw + xx) * c..][..c], 0);
                     }
                     None => dst.fill(zp),
                 }
@@ -321,6 +380,33 @@ fn pad_input<'a>(
         }
     }
     (padded, hp, wp)
+}
+
+/// `dst[i] = src[i] as u8 ^ flip` (`flip` 0x80: the unsigned form `x + 128` the GEMM reads), 16
+/// bytes at a time: the short runs of a pixel's channels (16 to 64 bytes) would otherwise fall
+/// to the scalar tail of the compiler's wide vector loop.
+#[inline(always)]
+fn copy_bytes(dst: &mut [u8], src: &[i8], flip: u8) {
+    let n = dst.len().min(src.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64; every access is below `n` bytes of both slices.
+        unsafe {
+            let mask = _mm_set1_epi8(flip as i8);
+            while done + 16 <= n {
+                // Plain dereferences of `[u8; 16]` (alignment 1), as `x86::ld512` explains.
+                let v: __m128i = std::mem::transmute(*(src.as_ptr().add(done) as *const [u8; 16]));
+                *(dst.as_mut_ptr().add(done) as *mut [u8; 16]) =
+                    std::mem::transmute::<__m128i, [u8; 16]>(_mm_xor_si128(v, mask));
+                done += 16;
+            }
+        }
+    }
+    for (d, s) in dst[done..n].iter_mut().zip(&src[done..n]) {
+        *d = (*s as u8) ^ flip;
+    }
 }
 
 /// Offset of input row `(b, y)`.
@@ -338,13 +424,15 @@ thread_local! {
     static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The unfolded GEMM input widened to i16 (AVX2 kernels).
     static WORDS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// FULLY_CONNECTED's int32 sums.
+    static INTS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// This thread's scratch memory, taken for one kernel call (at least `len` values, contents left
 /// from earlier calls) and given back when dropped. A plain buffer rather than a closure, so the
 /// kernels' loops stay inside their `target_feature` functions.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct Scratch<T: Copy + Default + 'static>(Vec<T>, &'static Pool<T>);
+pub(crate) struct Scratch<T: Copy + Default + 'static>(pub(crate) Vec<T>, &'static Pool<T>);
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Scratch<u8> {
@@ -357,6 +445,13 @@ impl Scratch<u8> {
 impl Scratch<i16> {
     fn words(len: usize) -> Self {
         Scratch::take(&WORDS, len)
+    }
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Scratch<i32> {
+    pub(crate) fn ints(len: usize) -> Self {
+        Scratch::take(&INTS, len)
     }
 }
 
@@ -391,13 +486,63 @@ impl<T: Copy + Default + 'static> Drop for Scratch<T> {
 pub(crate) mod add;
 pub(crate) mod avx2;
 pub(crate) mod fc;
+pub(crate) mod narrow;
+pub(crate) mod narrow_dw;
 pub(crate) mod palette;
 pub(crate) mod sparse;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DwPacked, Geometry, Packed, Requant, Scratch, gather, pad_input};
+    use super::{DwPacked, Geometry, Packed, Requant, Scratch, pad_input, unfold};
     use std::arch::x86_64::*;
+
+    /// Unaligned loads and stores that compile to one instruction in every profile: the
+    /// `loadu` / `storeu` intrinsics and `read_unaligned` go through `copy_nonoverlapping`,
+    /// whose precondition checks run (in the hot loops) where debug assertions are on.
+    /// `[u8; N]` has alignment 1, so dereferencing it is a plain unaligned access.
+    ///
+    /// # Safety
+    /// `p` points to `N` readable (or writable) bytes.
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld512<T>(p: *const T) -> __m512i {
+        // SAFETY: as documented above.
+        unsafe { std::mem::transmute(*(p as *const [u8; 64])) }
+    }
+
+    /// See [`ld512`].
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld256<T>(p: *const T) -> __m256i {
+        // SAFETY: as `ld512`.
+        unsafe { std::mem::transmute(*(p as *const [u8; 32])) }
+    }
+
+    /// See [`ld512`].
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld128<T>(p: *const T) -> __m128i {
+        // SAFETY: as `ld512`.
+        unsafe { std::mem::transmute(*(p as *const [u8; 16])) }
+    }
+
+    /// The 4 bytes at `p` as an i32 (see [`ld512`]).
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld32<T>(p: *const T) -> i32 {
+        // SAFETY: as `ld512`.
+        unsafe { i32::from_ne_bytes(*(p as *const [u8; 4])) }
+    }
+
+    /// The 8 bytes at `p` as an i64 (see [`ld512`]).
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn ld64<T>(p: *const T) -> i64 {
+        // SAFETY: as `ld512`.
+        unsafe { i64::from_ne_bytes(*(p as *const [u8; 8])) }
+    }
+
+    /// Store 16 bytes at `p` (see [`ld512`]).
+    #[inline(always)]
+    pub(in crate::vnni) unsafe fn st128<T>(p: *mut T, v: __m128i) {
+        // SAFETY: as `ld512`.
+        unsafe { *(p as *mut [u8; 16]) = std::mem::transmute::<__m128i, [u8; 16]>(v) }
+    }
 
     /// Pixels per GEMM tile: 8 rows × 32 channels = 16 accumulators.
     const ROWS: usize = 8;
@@ -416,36 +561,124 @@ mod x86 {
     }
 
     /// [`requant16`] before the narrowing: the 16 results as i32 (in `lo..=hi`).
+    ///
+    /// TFLite's two roundings fold into one shift of the exact 64-bit product `P = x·m`:
+    /// `SRDHM` is `⌊(P + 2^30) / 2^31⌋` (see [`requant16`]) and `RoundingDivideByPOT(h, e)` is
+    /// `⌊(h + 2^(e−1) − [h < 0]) / 2^e⌋` for `e ≥ 1`, and nested floors of divisions by powers of
+    /// two are one floor, so the result is `(P + 2^30 + 2^(30+e) − [P < 0]·2^31) >> (31 + e)`.
+    /// (`[h < 0]` may be read as `[P < 0]`: where they differ, `−2^30 ≤ P < 0`, both give 0.)
+    /// When the clamp maps every negative result to `lo`, the `[P < 0]` term is dropped: a
+    /// negative product then gives a result ≤ 0 either way.
     #[inline(always)]
     pub(in crate::vnni) unsafe fn requant16_i32(v: __m512i, rq: &Requant, at: usize) -> __m512i {
-        // SAFETY: `at + 16` is within the constants (all padded to 32 channels, `at` a multiple
-        // of 16 below the padded count), and the caller has AVX-512 F/BW.
-        unsafe {
-            let load = |v: &Vec<i32>| _mm512_loadu_si512(v.as_ptr().add(at) as *const __m512i);
-            let x = _mm512_sllv_epi32(v, load(&rq.left));
-            let round = _mm512_set1_epi64(1 << 30);
-            let even = _mm512_add_epi64(_mm512_mul_epi32(x, load(&rq.multiplier)), round);
-            let odd = _mm512_add_epi64(
-                _mm512_mul_epi32(_mm512_srli_epi64(x, 32), load(&rq.multiplier_odd)),
-                round,
-            );
-            // Bits 31..62 of each product: into the low dword (even) or the high one (odd).
-            let high = _mm512_mask_blend_epi32(
-                0xAAAA,
-                _mm512_srli_epi64(even, 31),
-                _mm512_slli_epi64(odd, 1),
-            );
-            // RoundingDivideByPOT(high, right): round half away from zero.
-            let remainder = _mm512_and_si512(high, load(&rq.mask));
-            let threshold = _mm512_add_epi32(load(&rq.half), _mm512_srli_epi32(high, 31));
-            let shifted = _mm512_srav_epi32(high, load(&rq.right));
-            let up = _mm512_cmpgt_epi32_mask(remainder, threshold);
-            let one = _mm512_set1_epi32(1);
-            let r = _mm512_mask_add_epi32(shifted, up, shifted, one);
-            let r = _mm512_add_epi32(r, _mm512_set1_epi32(rq.zero_point));
-            let r = _mm512_max_epi32(r, _mm512_set1_epi32(rq.lo));
-            _mm512_min_epi32(r, _mm512_set1_epi32(rq.hi))
+        // SAFETY: forwarded.
+        unsafe { Rq16::new(rq, at).apply(v) }
+    }
+
+    /// The requantization constants of 16 channels in registers, for loops that requantize
+    /// the same channels many times (loaded once instead of at every call).
+    #[derive(Clone, Copy)]
+    pub(in crate::vnni) struct Rq16 {
+        multiplier: __m512i,
+        multiplier_odd: __m512i,
+        left: __m512i,
+        round: [__m512i; 2],
+        total: [__m512i; 2],
+        negative: [__m512i; 2],
+        zero_point: __m512i,
+        lo: __m512i,
+        hi: __m512i,
+        any_left: bool,
+        floors_negatives: bool,
+    }
+
+    impl Rq16 {
+        /// Channels `at..at + 16` of `rq`.
+        ///
+        /// # Safety
+        /// `at + 16` is within the constants (all padded to 32 channels, `at` a multiple of 16
+        /// below the padded count), and the caller has AVX-512 F/BW.
+        #[inline(always)]
+        pub(in crate::vnni) unsafe fn new(rq: &Requant, at: usize) -> Self {
+            // SAFETY: as documented.
+            unsafe {
+                let load = |v: &Vec<i32>| ld512(v.as_ptr().wrapping_add(at));
+                let load64 =
+                    |v: &Vec<i64>, half: usize| ld512(v.as_ptr().wrapping_add(at + 8 * half));
+                Self {
+                    multiplier: load(&rq.multiplier),
+                    multiplier_odd: load(&rq.multiplier_odd),
+                    left: load(&rq.left),
+                    round: [load64(&rq.round, 0), load64(&rq.round, 1)],
+                    total: [load64(&rq.total, 0), load64(&rq.total, 1)],
+                    negative: [load64(&rq.negative, 0), load64(&rq.negative, 1)],
+                    zero_point: _mm512_set1_epi32(rq.zero_point),
+                    lo: _mm512_set1_epi32(rq.lo),
+                    hi: _mm512_set1_epi32(rq.hi),
+                    any_left: rq.any_left,
+                    floors_negatives: rq.floors_negatives,
+                }
+            }
         }
+
+        /// [`requant16_i32`] of `v`.
+        #[inline(always)]
+        pub(in crate::vnni) unsafe fn apply(&self, v: __m512i) -> __m512i {
+            // SAFETY: register operations; the caller has AVX-512 F/BW.
+            unsafe {
+                let x = if self.any_left {
+                    _mm512_sllv_epi32(v, self.left)
+                } else {
+                    v
+                };
+                let even = _mm512_mul_epi32(x, self.multiplier);
+                let odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), self.multiplier_odd);
+                let mut te = _mm512_add_epi64(even, self.round[0]);
+                let mut to = _mm512_add_epi64(odd, self.round[1]);
+                if !self.floors_negatives {
+                    let zero = _mm512_setzero_si512();
+                    let (ne, no) = (
+                        _mm512_cmplt_epi64_mask(even, zero),
+                        _mm512_cmplt_epi64_mask(odd, zero),
+                    );
+                    te = _mm512_mask_sub_epi64(te, ne, te, self.negative[0]);
+                    to = _mm512_mask_sub_epi64(to, no, to, self.negative[1]);
+                }
+                let re = _mm512_srav_epi64(te, self.total[0]);
+                let ro = _mm512_srav_epi64(to, self.total[1]);
+                // The low dword of each 64-bit result (it fits in i32), even and odd
+                // interleaved.
+                let idx =
+                    _mm512_set_epi32(30, 14, 28, 12, 26, 10, 24, 8, 22, 6, 20, 4, 18, 2, 16, 0);
+                let r = _mm512_permutex2var_epi32(re, idx, ro);
+                let r = _mm512_add_epi32(r, self.zero_point);
+                let r = _mm512_max_epi32(r, self.lo);
+                _mm512_min_epi32(r, self.hi)
+            }
+        }
+
+        /// [`requant16`] of `v`: the 16 results as int8.
+        #[inline(always)]
+        pub(in crate::vnni) unsafe fn apply8(&self, v: __m512i) -> __m128i {
+            // SAFETY: as `apply`.
+            unsafe { _mm512_cvtepi32_epi8(self.apply(v)) }
+        }
+    }
+
+    /// Where channel `first + k` (k < 16) of a 32-channel depthwise block lies in its two
+    /// `vpdpwssd` accumulators (`unpacklo` / `unpackhi` order): dword `k % 8 < 4` of the lo
+    /// accumulator, else of hi, as `vpermt2d` indices.
+    pub(in crate::vnni) fn dw_order(first: usize) -> [i32; 16] {
+        let mut idx = [0i32; 16];
+        for (k, v) in idx.iter_mut().enumerate() {
+            let (lane, i) = ((first + k) / 8, (first + k) % 8);
+            *v = if i < 4 {
+                (4 * lane + i) as i32
+            } else {
+                (16 + 4 * lane + i - 4) as i32
+            };
+        }
+        idx
     }
 
     /// Store 32 int8 channels (`lo` then `hi`) at `dst`, only the first `n` when `n < 32`.
@@ -454,11 +687,11 @@ mod x86 {
         // SAFETY: the caller owns `n` bytes at `dst`; the masked stores write no others.
         unsafe {
             if n >= 32 {
-                _mm_storeu_si128(dst as *mut __m128i, lo);
-                _mm_storeu_si128(dst.add(16) as *mut __m128i, hi);
+                st128(dst, lo);
+                st128(dst.wrapping_add(16), hi);
             } else if n > 16 {
-                _mm_storeu_si128(dst as *mut __m128i, lo);
-                _mm_mask_storeu_epi8(dst.add(16), (1u16 << (n - 16)) - 1, hi);
+                st128(dst, lo);
+                _mm_mask_storeu_epi8(dst.wrapping_add(16), (1u16 << (n - 16)) - 1, hi);
             } else {
                 _mm_mask_storeu_epi8(dst, ((1u32 << n) - 1) as u16, lo);
             }
@@ -484,29 +717,34 @@ mod x86 {
         // ob)` channels of `out` are written.
         unsafe {
             let mut acc = [_mm512_setzero_si512(); 16];
-            let cols = col.as_ptr().add(start * p.k4);
-            let w = p.w.as_ptr().add(ob * 4);
+            let cols = col.as_ptr().wrapping_add(start * p.k4);
+            let w = p.w.as_ptr().wrapping_add(ob * 4);
             for &kg in &p.active[ob / 32] {
                 let kg = kg as usize;
-                let base = w.add(kg * p.oc32 * 4);
-                let w0 = _mm512_loadu_si512(base as *const __m512i);
-                let w1 = _mm512_loadu_si512(base.add(64) as *const __m512i);
+                let base = w.wrapping_add(kg * p.oc32 * 4);
+                let w0 = ld512(base);
+                let w1 = ld512(base.wrapping_add(64));
                 for r in 0..R {
                     let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        cols.add(r * p.k4 + kg * 4) as *const i32,
+                        cols.wrapping_add(r * p.k4 + kg * 4) as *const i32,
                     ));
                     acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], xb, w0);
                     acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], xb, w1);
                 }
             }
-            let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(ob) as *const __m512i);
-            let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(ob + 16) as *const __m512i);
+            let c0 = ld512(p.corr.as_ptr().wrapping_add(ob));
+            let c1 = ld512(p.corr.as_ptr().wrapping_add(ob + 16));
             // A loop of constant trip count, so the accumulators stay in registers.
             for r in 0..R {
                 if r < rows {
                     let lo = requant16(_mm512_add_epi32(acc[2 * r], c0), rq, ob);
                     let hi = requant16(_mm512_add_epi32(acc[2 * r + 1], c1), rq, ob + 16);
-                    store32(out.as_mut_ptr().add((start + r) * oc + ob), lo, hi, oc - ob);
+                    store32(
+                        out.as_mut_ptr().wrapping_add((start + r) * oc + ob),
+                        lo,
+                        hi,
+                        oc - ob,
+                    );
                 }
             }
         }
@@ -527,10 +765,7 @@ mod x86 {
         // of theirs.
         let mut scratch = Scratch::bytes((pixels + ROWS) * p.k4);
         let col = &mut scratch.0[..(pixels + ROWS) * p.k4];
-        for (px, dst) in col.chunks_exact_mut(p.k4).take(pixels).enumerate() {
-            let (b, rest) = (px / (oh * ow), px % (oh * ow));
-            gather(g, x, b, rest / ow, rest % ow, dst);
-        }
+        unfold(g, x, p.k4, col);
         // SAFETY: forwarded.
         unsafe { gemm(p, rq, col, pixels, oc, out) }
     }
@@ -626,56 +861,43 @@ mod x86 {
         let taps: Vec<[usize; 2]> = (0..pairs)
             .map(|j| [offset(2 * j), offset(2 * j + 1)])
             .collect();
-        // Channel k of the 16 outputs: dword k % 8 < 4 of the lo accumulator, else of hi.
-        let index = |first: usize| {
-            let mut idx = [0i32; 16];
-            for (k, v) in idx.iter_mut().enumerate() {
-                let (lane, i) = ((first + k) / 8, (first + k) % 8);
-                *v = if i < 4 {
-                    (4 * lane + i) as i32
-                } else {
-                    (16 + 4 * lane + i - 4) as i32
-                };
-            }
-            idx
-        };
-        let (i0, i1) = (index(0), index(16));
+        let (i0, i1) = (dw_order(0), dw_order(16));
         // SAFETY: every tap of every output pixel lies inside `padded` (its size follows from
         // the output geometry), each block reads 32 channels of `c32`, and `store32` writes
         // `min(32, c − cb·32)` channels of the pixel's row in `out`.
         unsafe {
-            let i0 = _mm512_loadu_si512(i0.as_ptr() as *const __m512i);
-            let i1 = _mm512_loadu_si512(i1.as_ptr() as *const __m512i);
+            let i0 = ld512(i0.as_ptr());
+            let i1 = ld512(i1.as_ptr());
             let src = padded.as_ptr() as *const i8;
             for cb in 0..c32 / 32 {
-                let w = p.w.as_ptr().add(cb * pairs * 64);
-                let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32) as *const __m512i);
-                let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(cb * 32 + 16) as *const __m512i);
+                let w = p.w.as_ptr().wrapping_add(cb * pairs * 64);
+                let c0 = ld512(p.corr.as_ptr().wrapping_add(cb * 32));
+                let c1 = ld512(p.corr.as_ptr().wrapping_add(cb * 32 + 16));
+                let (r0, r1) = (Rq16::new(rq, cb * 32), Rq16::new(rq, cb * 32 + 16));
+                let step = s[1] * c32;
                 for b in 0..nb {
                     for oy in 0..oh {
+                        let row = src.wrapping_add((b * hp + oy * s[0]) * wp * c32 + cb * 32);
+                        let dst = out
+                            .as_mut_ptr()
+                            .wrapping_add((b * oh + oy) * ow * c + cb * 32);
                         for ox in 0..ow {
-                            let base =
-                                src.add(((b * hp + oy * s[0]) * wp + ox * s[1]) * c32 + cb * 32);
+                            // Wrapping arithmetic: no overflow checks in the pixel loop.
+                            let base = row.wrapping_add(ox.wrapping_mul(step));
                             let mut lo = _mm512_setzero_si512();
                             let mut hi = _mm512_setzero_si512();
                             for (j, [t0, t1]) in taps.iter().enumerate().take(pairs) {
-                                let a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                                    base.add(*t0) as *const __m256i
-                                ));
-                                let bb = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                                    base.add(*t1) as *const __m256i
-                                ));
-                                let wl = _mm512_loadu_si512(w.add(j * 64) as *const __m512i);
-                                let wh = _mm512_loadu_si512(w.add(j * 64 + 32) as *const __m512i);
+                                let a = _mm512_cvtepi8_epi16(ld256(base.wrapping_add(*t0)));
+                                let bb = _mm512_cvtepi8_epi16(ld256(base.wrapping_add(*t1)));
+                                let wl = ld512(w.wrapping_add(j * 64));
+                                let wh = ld512(w.wrapping_add(j * 64 + 32));
                                 lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(a, bb), wl);
                                 hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(a, bb), wh);
                             }
                             let v0 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i0, hi), c0);
                             let v1 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, i1, hi), c1);
-                            let q0 = requant16(v0, rq, cb * 32);
-                            let q1 = requant16(v1, rq, cb * 32 + 16);
-                            let px = (b * oh + oy) * ow + ox;
-                            store32(out.as_mut_ptr().add(px * c + cb * 32), q0, q1, c - cb * 32);
+                            let (q0, q1) = (r0.apply8(v0), r1.apply8(v1));
+                            store32(dst.wrapping_add(ox.wrapping_mul(c)), q0, q1, c - cb * 32);
                         }
                     }
                 }
@@ -686,3 +908,96 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{conv, depthwise};
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::Requant;
+    use crate::fixed::mbqm;
+    use proptest::prelude::*;
+
+    /// `requant16` on 32 channels (two blocks of 16) against `clamp(mbqm(x) + zp)`.
+    fn check(x: &[i32; 32], m: &[i32; 32], shift: &[i32; 32], zp: i32, act: [i32; 2]) {
+        let rq = Requant::new(m, shift, zp, act);
+        for at in [0, 16] {
+            let mut got = [0i32; 16];
+            // SAFETY: the CPU has AVX-512 F/BW (checked by the callers); 16 lanes in and out.
+            unsafe {
+                use std::arch::x86_64::*;
+                let v = _mm512_loadu_si512(x.as_ptr().add(at) as *const __m512i);
+                let r = super::x86::requant16_i32(v, &rq, at);
+                _mm512_storeu_si512(got.as_mut_ptr() as *mut __m512i, r);
+            }
+            for (j, g) in got.iter().enumerate() {
+                let c = at + j;
+                let want = (mbqm(x[c], m[c], shift[c]).wrapping_add(zp)).clamp(act[0], act[1]);
+                assert_eq!(
+                    *g, want,
+                    "x {} m {} shift {} zp {zp} act {act:?}",
+                    x[c], m[c], shift[c]
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Register requantization equals TFLite's two-rounding `MultiplyByQuantizedMultiplier`
+        /// (then the zero point and clamp) for any input, multiplier ≥ 0 and shift, with and
+        /// without a clamp that floors negatives (ReLU) and with left shifts.
+        #[test]
+        fn requant16_equals_mbqm(
+            x in prop::array::uniform32(any::<i32>()),
+            small in prop::array::uniform32(-70000i32..70000),
+            m in prop::array::uniform32(0i32..=i32::MAX),
+            shift in prop::array::uniform32(-31i32..=30),
+            zp in -128i32..=127,
+            relu in any::<bool>(),
+        ) {
+            prop_assume!(super::available());
+            let act = if relu { [zp.max(-128), 127] } else { [-128, 127] };
+            let unbounded = [i32::MIN, i32::MAX];
+            let right: [i32; 32] = shift.map(|s| s.min(0));
+            for x in [&x, &small] {
+                check(x, &m, &right, zp, act);
+                check(x, &m, &shift, zp, act);
+                check(x, &m, &right, 0, unbounded);
+            }
+        }
+    }
+
+    /// The extremes: `i32::MIN` / `MAX` inputs, half-way remainders, shifts 0 and −31.
+    #[test]
+    fn requant16_edges() {
+        if !super::available() {
+            return;
+        }
+        let xs = [
+            i32::MIN,
+            i32::MIN + 1,
+            -1,
+            0,
+            1,
+            i32::MAX,
+            1 << 30,
+            -(1 << 30),
+            3,
+            -3,
+        ];
+        let ms = [0, 1, 1 << 30, i32::MAX, (1 << 30) + 1];
+        for shift in [-31, -30, -1, 0, 1, 30] {
+            for (i, x0) in xs.iter().enumerate() {
+                let x: [i32; 32] =
+                    std::array::from_fn(|j| x0.wrapping_add((j as i32) - 16 * (i as i32 % 2)));
+                let m: [i32; 32] = std::array::from_fn(|j| ms[j % ms.len()]);
+                for (zp, act) in [
+                    (0, [i32::MIN, i32::MAX]),
+                    (-128, [-128, 127]),
+                    (5, [5, 127]),
+                ] {
+                    check(&x, &m, &[shift; 32], zp, act);
+                }
+            }
+        }
+    }
+}

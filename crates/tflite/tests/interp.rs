@@ -71,6 +71,53 @@ fn mlperf_tiny_kws_model_matches_litert_reference_on_random_inputs() {
     );
 }
 
+/// MLPerf Tiny's four int8 files (narrow stems, 8- and 16-channel layers, 3×3 convolutions on
+/// 16 channels, the autoencoder's fully-connected stack) on 4 pseudo-random inputs each: every
+/// kernel set gives the same bytes, and TFLite Micro gives them too.
+#[test]
+fn mlperf_tiny_int8_files_run_alike_on_every_kernel_set_and_in_tflite_micro() {
+    use collab_tflite::Kernels;
+    let models = require_shared().join("models/mlperf_tiny");
+    let tools = common::tools();
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "pretrainedResnet_quant.tflite",
+        "vww_96_int8.tflite",
+        "kws_ref_model.tflite",
+        "ad01_int8.tflite",
+    ] {
+        let model = models.join(file);
+        let interp = Interpreter::new(&Graph::open(&model).unwrap()).unwrap();
+        let port = interp.inputs()[0].clone();
+        let out_shape = interp.outputs()[0].shape.clone();
+        let n: usize = port.shape.iter().product();
+        for seed in 0..4u64 {
+            let mut state = (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let input: Vec<i8> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as i8
+                })
+                .collect();
+            let ours = interp.run_i8(&input).unwrap();
+            for kernels in [Kernels::Avx2, Kernels::Portable] {
+                let mut other = interp.clone();
+                other.set_kernels(kernels);
+                assert_eq!(other.run_i8(&input).unwrap(), ours, "{file} {kernels:?}");
+            }
+            if let Some(tools) = &tools {
+                let (inp, exp) = (dir.path().join("in.npy"), dir.path().join("ours.npy"));
+                npy::write(&inp, &port.shape, &Data::I8(input)).unwrap();
+                npy::write(&exp, &out_shape, &Data::I8(ours)).unwrap();
+                let diffs = tools.max_diffs(&model, &inp, &exp, &["tflm"]).unwrap();
+                assert_eq!(diffs["tflm"], 0.0, "{file} seed {seed}");
+            }
+        }
+    }
+}
+
 mod random_graphs {
     use collab_tflite::fixed::mbqm;
     use collab_tflite::{

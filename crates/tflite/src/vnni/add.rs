@@ -47,7 +47,7 @@ pub(crate) use x86::{add_avx2, add_avx512};
 mod x86 {
     use super::AddConsts;
     use crate::vnni::avx2::x86::{pack16, requant8, store16};
-    use crate::vnni::x86::requant16_i32;
+    use crate::vnni::x86::{ld128, requant16_i32};
     use std::arch::x86_64::*;
 
     /// `out[i] = ADD(a[i], b[i])` for `i < out.len()` (`a` and `b` at least as long), 16 at a
@@ -66,13 +66,15 @@ mod x86 {
             // SAFETY: the masked loads and the store touch only bytes below `n` in each slice;
             // the requantization constants hold 32 lanes; the caller has AVX-512 F/BW/VL.
             unsafe {
-                let x = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, a.as_ptr().add(i)));
-                let y = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, b.as_ptr().add(i)));
+                let x =
+                    _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, a.as_ptr().wrapping_add(i)));
+                let y =
+                    _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, b.as_ptr().wrapping_add(i)));
                 let x = _mm512_slli_epi32(_mm512_add_epi32(x, oa), 20);
                 let y = _mm512_slli_epi32(_mm512_add_epi32(y, ob), 20);
                 let s = _mm512_add_epi32(requant16_i32(x, &c.a, 0), requant16_i32(y, &c.b, 0));
                 let r = _mm512_cvtepi32_epi8(requant16_i32(s, &c.out, 0));
-                _mm_mask_storeu_epi8(out.as_mut_ptr().add(i), mask, r);
+                _mm_mask_storeu_epi8(out.as_mut_ptr().wrapping_add(i), mask, r);
             }
             i += 16;
         }
@@ -93,11 +95,11 @@ mod x86 {
             unsafe {
                 let load = |s: &[i8]| {
                     if k == 16 {
-                        _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i)
+                        ld128(s.as_ptr().wrapping_add(i))
                     } else {
                         let mut tmp = [0i8; 16];
                         tmp[..k].copy_from_slice(&s[i..n]);
-                        _mm_loadu_si128(tmp.as_ptr() as *const __m128i)
+                        ld128(tmp.as_ptr())
                     }
                 };
                 let (x, y) = (load(a), load(b));
@@ -107,7 +109,7 @@ mod x86 {
                     _mm256_cvtepi8_epi32(_mm_srli_si128(x, 8)),
                     _mm256_cvtepi8_epi32(_mm_srli_si128(y, 8)),
                 );
-                store16(out.as_mut_ptr().add(i), pack16(lo, hi), k);
+                store16(out.as_mut_ptr().wrapping_add(i), pack16(lo, hi), k);
             }
             i += 16;
         }

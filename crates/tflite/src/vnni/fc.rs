@@ -25,6 +25,7 @@ pub(crate) fn acc_stride(units: usize) -> usize {
 mod x86 {
     use super::acc_stride;
     use crate::vnni::avx2::Packed16;
+    use crate::vnni::x86::{ld32, ld256, ld512};
     use crate::vnni::{Packed, Requant, Scratch};
     use std::arch::x86_64::*;
 
@@ -38,14 +39,14 @@ mod x86 {
         // oc32`), the corrections are padded to `oc32`, and `acc` holds `ob + 32·NB` values.
         unsafe {
             let mut a = [[_mm512_setzero_si512(); 2]; NB];
-            let w = p.w.as_ptr().add(ob * 4);
+            let w = p.w.as_ptr().wrapping_add(ob * 4);
             let x = xu.as_ptr();
             for kg in 0..p.k4 / 4 {
-                let xb = _mm512_set1_epi32(std::ptr::read_unaligned(x.add(kg * 4) as *const i32));
-                let base = w.add(kg * p.oc32 * 4);
+                let xb = _mm512_set1_epi32(ld32(x.wrapping_add(kg * 4)));
+                let base = w.wrapping_add(kg * p.oc32 * 4);
                 for (j, a) in a.iter_mut().enumerate() {
-                    let w0 = _mm512_loadu_si512(base.add(128 * j) as *const __m512i);
-                    let w1 = _mm512_loadu_si512(base.add(128 * j + 64) as *const __m512i);
+                    let w0 = ld512(base.wrapping_add(128 * j));
+                    let w1 = ld512(base.wrapping_add(128 * j + 64));
                     a[0] = _mm512_dpbusd_epi32(a[0], xb, w0);
                     a[1] = _mm512_dpbusd_epi32(a[1], xb, w1);
                 }
@@ -53,9 +54,9 @@ mod x86 {
             for (j, a) in a.iter().enumerate() {
                 for (h, v) in a.iter().enumerate() {
                     let at = ob + 32 * j + 16 * h;
-                    let c = _mm512_loadu_si512(p.corr.as_ptr().add(at) as *const __m512i);
+                    let c = ld512(p.corr.as_ptr().wrapping_add(at));
                     _mm512_storeu_si512(
-                        acc.as_mut_ptr().add(at) as *mut __m512i,
+                        acc.as_mut_ptr().wrapping_add(at) as *mut __m512i,
                         _mm512_add_epi32(*v, c),
                     );
                 }
@@ -76,9 +77,7 @@ mod x86 {
         let mut scratch = Scratch::bytes(p.k4);
         let xu = &mut scratch.0[..p.k4];
         for b in 0..batches {
-            for (d, s) in xu.iter_mut().zip(&x[b * depth..(b + 1) * depth]) {
-                *d = (*s as u8) ^ 0x80;
-            }
+            crate::vnni::copy_bytes(&mut xu[..depth], &x[b * depth..(b + 1) * depth], 0x80);
             // The padded `k` meet zero weights: any value will do, but a defined one.
             xu[depth..].fill(0);
             let row = &mut acc[b * stride..(b + 1) * stride];
@@ -107,14 +106,14 @@ mod x86 {
         // `ob + 16·NB` values.
         unsafe {
             let mut a = [[_mm256_setzero_si256(); 2]; NB];
-            let w = p.w.as_ptr().add(ob * 2);
+            let w = p.w.as_ptr().wrapping_add(ob * 2);
             let x = xw.as_ptr();
             for kp in 0..p.k4 / 2 {
-                let xb = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(kp * 2) as *const i32));
-                let base = w.add(kp * p.oc16 * 2);
+                let xb = _mm256_set1_epi32(ld32(x.wrapping_add(kp * 2)));
+                let base = w.wrapping_add(kp * p.oc16 * 2);
                 for (j, a) in a.iter_mut().enumerate() {
-                    let w0 = _mm256_loadu_si256(base.add(32 * j) as *const __m256i);
-                    let w1 = _mm256_loadu_si256(base.add(32 * j + 16) as *const __m256i);
+                    let w0 = ld256(base.wrapping_add(32 * j));
+                    let w1 = ld256(base.wrapping_add(32 * j + 16));
                     a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(xb, w0));
                     a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(xb, w1));
                 }
@@ -122,9 +121,9 @@ mod x86 {
             for (j, a) in a.iter().enumerate() {
                 for (h, v) in a.iter().enumerate() {
                     let at = ob + 16 * j + 8 * h;
-                    let c = _mm256_loadu_si256(p.corr.as_ptr().add(at) as *const __m256i);
+                    let c = ld256(p.corr.as_ptr().wrapping_add(at));
                     _mm256_storeu_si256(
-                        acc.as_mut_ptr().add(at) as *mut __m256i,
+                        acc.as_mut_ptr().wrapping_add(at) as *mut __m256i,
                         _mm256_add_epi32(*v, c),
                     );
                 }
@@ -183,10 +182,14 @@ mod x86 {
             // SAFETY: 16 sums at `at` are in `acc` (checked above), the constants are padded to
             // 32 channels, and only `min(16, units − at)` bytes of `out` are written.
             unsafe {
-                let v = _mm512_loadu_si512(acc.as_ptr().add(at) as *const __m512i);
+                let v = ld512(acc.as_ptr().wrapping_add(at));
                 let q = crate::vnni::x86::requant16(v, rq, at);
                 let n = (units - at).min(16);
-                _mm_mask_storeu_epi8(out.as_mut_ptr().add(at), ((1u32 << n) - 1) as u16, q);
+                _mm_mask_storeu_epi8(
+                    out.as_mut_ptr().wrapping_add(at),
+                    ((1u32 << n) - 1) as u16,
+                    q,
+                );
             }
         }
     }
@@ -203,10 +206,10 @@ mod x86 {
         for at in (0..units).step_by(16) {
             // SAFETY: as in `requantize`, on 2 × 8 lanes; `store16` writes `min(16, units − at)`.
             unsafe {
-                let lo = _mm256_loadu_si256(acc.as_ptr().add(at) as *const __m256i);
-                let hi = _mm256_loadu_si256(acc.as_ptr().add(at + 8) as *const __m256i);
+                let lo = ld256(acc.as_ptr().wrapping_add(at));
+                let hi = ld256(acc.as_ptr().wrapping_add(at + 8));
                 let q = pack16(requant8(lo, rq, at), requant8(hi, rq, at + 8));
-                store16(out.as_mut_ptr().add(at), q, units - at);
+                store16(out.as_mut_ptr().wrapping_add(at), q, units - at);
             }
         }
     }
