@@ -195,7 +195,8 @@ pub fn random_batch(
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,burn_train=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: logs piped to a file or CI stay plain text.

@@ -112,7 +112,8 @@ pub fn run(args: &Args, config: &TreeConfig, name: &str) -> Result<(), Box<dyn s
     burn_collab::workflow::device::select(args.device.parse()?)?;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,burn_train=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: logs piped to a file or CI stay plain text.

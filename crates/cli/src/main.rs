@@ -416,12 +416,17 @@ enum Command {
         /// there needs --resume or --force.
         #[arg(long)]
         out: PathBuf,
-        /// Continue from `OUT/last`.
+        /// Continue from the last completed epoch's checkpoint in OUT (after Ctrl-C, or a run
+        /// given more --epochs).
         #[arg(long, conflicts_with = "force")]
         resume: bool,
         /// Replace the checkpoint already at --out with a new run.
         #[arg(long)]
         force: bool,
+        /// Early stopping: stop when validation accuracy has not improved for this many
+        /// epochs (at least 1).
+        #[arg(long, allow_negative_numbers = true, value_parser = parse::positive)]
+        patience: Option<usize>,
     },
     /// Run a deployment tree (baseline → pruned / clustered / QAT → PQAT / CQAT / PCQAT), every
     /// node a checkpoint exported to int8, evaluated and sized; writes results.json and table.md.
@@ -732,6 +737,10 @@ enum BenchCommand {
         /// Print `{"median_ms", "min_ms", "steps", "backend", "what"}`.
         #[arg(long)]
         json: bool,
+        /// Time the steps through burn-train's Learner (the training path of `collab train`
+        /// and the tree) instead of a plain loop: the mean step time of one epoch.
+        #[arg(long, conflicts_with = "data")]
+        learner: bool,
     },
     /// Median latency of our int8 interpreter on a .tflite file (single thread).
     Infer {
@@ -769,6 +778,7 @@ fn bench(what: BenchCommand) -> Result<(), CliError> {
             data,
             seed,
             json,
+            learner,
         } => {
             let spec = spec(model, width)?;
             let sets = match &data {
@@ -789,6 +799,7 @@ fn bench(what: BenchCommand) -> Result<(), CliError> {
                 steps,
                 seed,
                 sets.as_ref().map(|s| s.train.as_ref()),
+                learner,
             )?;
             (t, json)
         }
@@ -1048,6 +1059,7 @@ struct TrainArgs<'a> {
     out: &'a Path,
     resume: bool,
     force: bool,
+    patience: Option<usize>,
 }
 
 fn train_command(args: TrainArgs) -> Result<(), CliError> {
@@ -1063,6 +1075,7 @@ fn train_command(args: TrainArgs) -> Result<(), CliError> {
         out,
         resume,
         force,
+        patience,
     } = args;
     let pretrained = match (weights, &spec) {
         (Some(w), ModelSpec::DsCnn { size }) => Some((w, *size)),
@@ -1078,10 +1091,19 @@ fn train_command(args: TrainArgs) -> Result<(), CliError> {
     let existing = check_train_out(out, &spec, resume, force)?;
     // Held for the run; a folder this user cannot write is found here, before any work.
     let lock = collab::lock::OutLock::acquire(out)?;
+    // Ctrl-C stops after the current step; the last full epoch's checkpoint stays for --resume.
+    collab::learn::interrupt_on_ctrl_c();
     let result = train_into(
-        &spec, pretrained, data_dir, epochs, batch_size, lr, seed, augment, out, resume,
+        &spec, pretrained, data_dir, epochs, batch_size, lr, seed, augment, out, resume, patience,
     );
     if result.is_err() && existing == Existing::Nothing {
+        // burn-train's logs and checkpoints of a run that failed.
+        for name in ["train", "valid", "checkpoint"] {
+            let _ = std::fs::remove_dir_all(out.join(name));
+        }
+        for name in ["metrics.csv", "learning_curve.png"] {
+            let _ = std::fs::remove_file(out.join(name));
+        }
         // This run made the folder and wrote nothing but its lock: leave nothing behind.
         let only_lock = std::fs::read_dir(out).is_ok_and(|entries| {
             entries
@@ -1109,6 +1131,7 @@ fn train_into(
     augment: bool,
     out: &Path,
     resume: bool,
+    patience: Option<usize>,
 ) -> Result<(), CliError> {
     let device = collab::device::compute();
     device.seed(seed);
@@ -1155,6 +1178,8 @@ fn train_into(
         batch_size,
         optimizer,
         seed,
+        patience,
+        dashboard: collab::learn::Dashboard::Auto,
     };
     let stage = if pretrained.is_some() {
         "finetuned"
@@ -1445,6 +1470,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             out,
             resume,
             force,
+            patience,
         } => {
             if init == Init::Scratch && weights.is_some() {
                 return Err(CliError::Usage(
@@ -1465,6 +1491,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 out: &out,
                 resume,
                 force,
+                patience,
             })
         }
         Command::Export {
@@ -1639,9 +1666,10 @@ fn main() -> ExitCode {
     keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
-            // onnx-ir narrates every parse at `info`; its warnings still show.
+            // onnx-ir narrates every parse and burn-train every iteration at `info`; their
+            // warnings still show.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,onnx_ir=warn".into()),
+                .unwrap_or_else(|_| "info,onnx_ir=warn,burn_train=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: logs piped to a file or CI stay plain text.

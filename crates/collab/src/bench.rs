@@ -81,7 +81,93 @@ fn summarize(mut times: Vec<f64>, backend: &str, what: String) -> Timing {
 /// backward, Adam) after two warm-up steps. Fetching the batch is part of the step.
 type Fetch<'a> = dyn FnMut(usize) -> Result<(Tensor<4>, Tensor<1, Int>), CollabError> + 'a;
 
-fn time_steps<M: Module>(
+fn time_steps<M: crate::learn::Classify>(
+    model: M,
+    batch: &mut Fetch<'_>,
+    steps: usize,
+    learner: Option<&Fixed>,
+) -> Result<Vec<f64>, CollabError> {
+    match learner {
+        Some(fixed) => time_learner(model, fixed, steps),
+        None => time_loop(model, |m, x| m.logits(x), batch, steps),
+    }
+}
+
+/// One fixed batch, whatever the indices (for timing burn-train's steps on the same data as the
+/// plain loop's).
+struct Fixed {
+    x: Tensor<4>,
+    y: Tensor<1, Int>,
+    len: usize,
+}
+
+impl crate::data::Batches for Fixed {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn batch(
+        &self,
+        indices: &[usize],
+        _rng: Option<&mut rand::rngs::StdRng>,
+        device: &burn::tensor::Device,
+    ) -> Result<crate::data::Batch, CollabError> {
+        let n = indices.len().min(self.x.dims()[0]);
+        Ok((
+            self.x.clone().narrow(0, 0, n).to_device(device),
+            self.y.clone().narrow(0, 0, n).to_device(device),
+        ))
+    }
+    fn class_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn labels(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    fn describe(&self) -> String {
+        "one random batch".into()
+    }
+}
+
+/// Steps through burn-train ([`crate::learn::learn`], one epoch of `steps + 2` batches of
+/// `fixed`, Adam 1e-4): the mean step time from burn-train's iteration speed (which starts
+/// after the first batch), as the one element of the returned list.
+fn time_learner<M: crate::learn::Classify>(
+    model: M,
+    fixed: &Fixed,
+    steps: usize,
+) -> Result<Vec<f64>, CollabError> {
+    let batch = fixed.x.dims()[0];
+    let train = Fixed {
+        x: fixed.x.clone(),
+        y: fixed.y.clone(),
+        len: batch * (steps + 2),
+    };
+    let val = Fixed {
+        x: fixed.x.clone(),
+        y: fixed.y.clone(),
+        len: batch,
+    };
+    let data = crate::data::TaskData {
+        train: std::sync::Arc::new(train),
+        val: std::sync::Arc::new(val),
+    };
+    let scratch = crate::train::Scratch::new()?;
+    let mut plan = crate::learn::Plan::new(
+        scratch.0.clone(),
+        1,
+        batch,
+        crate::train::OptimizerConfig::Adam {
+            learning_rates: vec![1e-4],
+        },
+    );
+    plan.augment = false;
+    plan.label = "bench".into();
+    plan.dashboard = crate::learn::Dashboard::Log;
+    let learned = crate::learn::learn(model, &data, &plan)?;
+    Ok(learned.history.iter().map(|h| h.step_ms).collect())
+}
+
+fn time_loop<M: Module>(
     mut model: M,
     forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
     batch: &mut Fetch<'_>,
@@ -114,10 +200,12 @@ fn pruned<L: collab_core::WeightLayer>(
     Ok(p)
 }
 
-/// Training-step time of `spec` (batch `batch_size`) with its layers wrapped as `wrap`;
+/// Training-step time of `spec` (batch `batch_size`) with its layers wrapped as `wrap`, in a
+/// plain loop or (`through_learner`) through burn-train's Learner (then the mean step time);
 /// BatchNorm folded (`Folded`, as compression stages train) or batch statistics. The batches
 /// are one fixed random batch, or with `data` real batches read (and augmented, where the set
 /// augments) inside each timed step: the difference is what data loading costs.
+#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     spec: &ModelSpec,
     wrap: Wrap,
@@ -126,7 +214,13 @@ pub fn train_step(
     steps: usize,
     seed: u64,
     data: Option<&dyn crate::data::Batches>,
+    through_learner: bool,
 ) -> Result<Timing, CollabError> {
+    if through_learner && data.is_some() {
+        return Err(CollabError::Usage(
+            "--learner times one random batch; drop --data".into(),
+        ));
+    }
     let device = crate::device::compute().autodiff();
     device.seed(seed);
     let (shape, classes) = match spec.task() {
@@ -140,6 +234,11 @@ pub fn train_step(
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<i64> = (0..batch_size as i64).map(|i| i % classes as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);
+    let learner = through_learner.then(|| Fixed {
+        x: x.clone().without_autodiff(),
+        y: y.clone().without_autodiff(),
+        len: batch_size,
+    });
     let mut rng = crate::data::epoch_rng(seed, 0);
     let mut fetch = |step: usize| -> Result<(Tensor<4>, Tensor<1, Int>), CollabError> {
         match data {
@@ -162,39 +261,44 @@ pub fn train_step(
         .with_preserve_sparsity(true);
     let qat = |name: &str| qat_config(&graph, name);
     let times = each_family!(net, m => match wrap {
-        Wrap::None => time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?,
+        Wrap::None => time_steps(m, &mut fetch, steps, learner.as_ref())?,
         Wrap::Prune => {
             let m = m.try_map(|_, c| pruned(&prune, c), |_, l| pruned(&prune, l))?;
-            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
+            time_steps(m, &mut fetch, steps, learner.as_ref())?
         }
         Wrap::Cluster => {
             let m = m.try_map(
                 |n, c| cluster.wrap_named(n, c).map_err(err),
                 |n, l| cluster.wrap_named(n, l).map_err(err),
             )?;
-            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
+            time_steps(m, &mut fetch, steps, learner.as_ref())?
         }
         Wrap::Qat => {
             let m = m.try_map(
                 |n, c| qat(n).wrap(c).map_err(err),
                 |n, l| qat(n).wrap(l).map_err(err),
             )?;
-            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
+            time_steps(m, &mut fetch, steps, learner.as_ref())?
         }
         Wrap::Pcqat => {
             let m = m.try_map(
                 |n, c| qat(n).wrap(keep.wrap_named(n, pruned(&prune, c)?).map_err(err)?).map_err(err),
                 |n, l| qat(n).wrap(keep.wrap_named(n, pruned(&prune, l)?).map_err(err)?).map_err(err),
             )?;
-            time_steps(m, |m, x| m.forward(x), &mut fetch, steps)?
+            time_steps(m, &mut fetch, steps, learner.as_ref())?
         }
     });
     Ok(summarize(
         times,
         crate::device::selected().backend_name(),
         format!(
-            "{} train step, batch {batch_size}, wrap {wrap:?}, BatchNorm {bn:?}, {}",
+            "{} train step{}, batch {batch_size}, wrap {wrap:?}, BatchNorm {bn:?}, {}",
             spec.name(),
+            if through_learner {
+                " through burn-train (mean)"
+            } else {
+                ""
+            },
             match data {
                 Some(d) => format!("batches read from {}", d.describe()),
                 None => "one random batch".into(),

@@ -279,9 +279,9 @@ impl Batches for FolderData {
 /// Train and validation sets for a task.
 pub struct TaskData {
     /// Training set (augmented in training when the data supports it).
-    pub train: Box<dyn Batches>,
+    pub train: std::sync::Arc<dyn Batches>,
     /// Validation set.
-    pub val: Box<dyn Batches>,
+    pub val: std::sync::Arc<dyn Batches>,
 }
 
 /// How many synthetic samples the built-in default generates.
@@ -355,11 +355,11 @@ fn load_with(
             let mut make = |clips: Vec<collab_data::speech::Clip>,
                             split: Split,
                             aug: bool|
-             -> Result<Box<dyn Batches>, CollabError> {
+             -> Result<std::sync::Arc<dyn Batches>, CollabError> {
                 let (audio, n) = load_audio_noted(&clips)?;
                 notes += n;
                 let labels = clips.iter().map(|c| c.label).collect();
-                Ok(Box::new(KwsData::for_model(
+                Ok(std::sync::Arc::new(KwsData::for_model(
                     audio,
                     labels,
                     noise.clone(),
@@ -388,7 +388,7 @@ fn load_with(
                 .step_by(12)
                 .collect();
             Ok(TaskData {
-                train: Box::new(KwsData::for_model(
+                train: std::sync::Arc::new(KwsData::for_model(
                     train_audio,
                     train_labels,
                     noise.clone(),
@@ -397,7 +397,7 @@ fn load_with(
                     kws.0,
                     kws.1,
                 )?),
-                val: Box::new(KwsData::for_model(
+                val: std::sync::Arc::new(KwsData::for_model(
                     val_audio,
                     val_labels,
                     noise,
@@ -420,8 +420,8 @@ fn load_with(
                 )));
             }
             Ok(TaskData {
-                train: Box::new(FolderData(ImageFolder::open(&train)?)),
-                val: Box::new(FolderData(ImageFolder::open(&val)?)),
+                train: std::sync::Arc::new(FolderData(ImageFolder::open(&train)?)),
+                val: std::sync::Arc::new(FolderData(ImageFolder::open(&val)?)),
             })
         }
         (Task::Images { classes, .. }, Some(dir)) => {
@@ -431,13 +431,13 @@ fn load_with(
                 ));
             }
             Ok(TaskData {
-                train: Box::new(CifarData {
+                train: std::sync::Arc::new(CifarData {
                     set: nonempty_cifar(dir, true)?,
                     augment: augment.then(CifarAugment::default),
                     norm: Cifar10::default_norm(),
                     source: format!("{} (train)", dir.display()),
                 }),
-                val: Box::new(CifarData {
+                val: std::sync::Arc::new(CifarData {
                     set: nonempty_cifar(dir, false)?,
                     augment: None,
                     norm: Cifar10::default_norm(),
@@ -455,10 +455,10 @@ fn load_with(
                 ..SyntheticImages::cifar_like()
             };
             Ok(TaskData {
-                train: Box::new(ImageData {
+                train: std::sync::Arc::new(ImageData {
                     set: g.generate(synthetic.train, seed)?,
                 }),
-                val: Box::new(ImageData {
+                val: std::sync::Arc::new(ImageData {
                     set: g.generate(synthetic.val, seed.wrapping_add(1_000_003))?,
                 }),
             })
@@ -507,8 +507,8 @@ fn load_graph(
                 (dir.to_path_buf(), dir.to_path_buf())
             };
             Ok(TaskData {
-                train: Box::new(ArrayData(ArraySet::open(&train, input, classes)?)),
-                val: Box::new(ArrayData(ArraySet::open(&val, input, classes)?)),
+                train: std::sync::Arc::new(ArrayData(ArraySet::open(&train, input, classes)?)),
+                val: std::sync::Arc::new(ArrayData(ArraySet::open(&val, input, classes)?)),
             })
         }
         (Features::Mfcc { mfcc }, _) if shape == [1, 49, 10] => {
@@ -537,13 +537,13 @@ fn load_graph(
                 )));
             }
             Ok(TaskData {
-                train: Box::new(CifarData {
+                train: std::sync::Arc::new(CifarData {
                     set: nonempty_cifar(dir, true)?,
                     augment: augment.then(CifarAugment::default),
                     norm: norm.clone(),
                     source: format!("{} (train)", dir.display()),
                 }),
-                val: Box::new(CifarData {
+                val: std::sync::Arc::new(CifarData {
                     set: nonempty_cifar(dir, false)?,
                     augment: None,
                     norm: norm.clone(),
@@ -569,8 +569,11 @@ fn load_graph(
                 }
             };
             Ok(TaskData {
-                train: Box::new(ArrayData(make(synthetic.train, seed))),
-                val: Box::new(ArrayData(make(synthetic.val, seed.wrapping_add(1_000_003)))),
+                train: std::sync::Arc::new(ArrayData(make(synthetic.train, seed))),
+                val: std::sync::Arc::new(ArrayData(make(
+                    synthetic.val,
+                    seed.wrapping_add(1_000_003),
+                ))),
             })
         }
         (other, Some(dir)) => Err(CollabError::Usage(format!(

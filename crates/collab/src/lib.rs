@@ -48,6 +48,7 @@ pub mod deploy;
 pub mod device;
 pub mod export;
 pub mod fault;
+pub mod learn;
 pub mod lock;
 pub mod network;
 pub mod plot;

@@ -193,3 +193,104 @@ fn accuracy_vs(
     root.present().map_err(err)?;
     Ok(true)
 }
+
+/// One panel of the learning curve: area, title, y label, scale, and two series (label, value
+/// of an epoch, colour).
+type Panel<'a, 'b, S> = (
+    &'a DrawingArea<BitMapBackend<'b>, S>,
+    &'static str,
+    &'static str,
+    f64,
+    [(
+        &'static str,
+        fn(&crate::learn::EpochMetrics) -> f64,
+        RGBColor,
+    ); 2],
+);
+
+/// The learning curve of a training run into `path`: training and validation loss (left) and
+/// accuracy (right) per epoch. Returns whether a figure was written.
+pub fn learning_curve(
+    path: &Path,
+    history: &[crate::learn::EpochMetrics],
+) -> Result<bool, CollabError> {
+    if history.is_empty() || !font_ready() {
+        return Ok(false);
+    }
+    let epochs = history.last().map_or(1, |h| h.epoch).max(2) as f64;
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(600);
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let panels: [Panel<'_, '_, _>; 2] = [
+        (
+            &left,
+            "loss",
+            "cross-entropy",
+            1.0,
+            [
+                ("train", |h| h.loss, BLUE),
+                ("validation", |h| h.val_loss, RED),
+            ],
+        ),
+        (
+            &right,
+            "accuracy",
+            "top-1 %",
+            100.0,
+            [
+                ("train", |h| h.train_accuracy, BLUE),
+                ("validation", |h| h.val_accuracy, RED),
+            ],
+        ),
+    ];
+    for (area, title, y_desc, scale, series) in panels {
+        let values: Vec<f64> = history
+            .iter()
+            .flat_map(|h| series.iter().filter_map(move |s| finite(s.1(h) * scale)))
+            .collect();
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (lo, hi) = if lo.is_finite() && hi > lo {
+            (lo, hi)
+        } else {
+            (0.0, 1.0)
+        };
+        let pad = (hi - lo) * 0.08;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(1.0..epochs, (lo - pad)..(hi + pad))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_desc)
+            .draw()
+            .map_err(err)?;
+        for (label, value, color) in series {
+            let points: Vec<(f64, f64)> = history
+                .iter()
+                .filter_map(|h| Some((h.epoch as f64, finite(value(h) * scale)?)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(true)
+}

@@ -1,25 +1,22 @@
-//! The training loop and evaluation.
+//! Training runs of `collab train` and evaluation.
 //!
-//! A plain loop rather than burn-train's `Learner`: the wrappers advance their own state in
-//! the forward pass, so nothing needs the Learner's hooks, and this keeps burn-train (and its
-//! build time) out of the workspace. It gives what the Learner would: Adam / SGD with the
-//! schedules of the papers, per-epoch checkpoints with the optimizer state, best-on-validation,
-//! exact resume, a progress bar on terminals and one log line per epoch everywhere.
+//! [`fit`] trains a [`Network`] through burn-train ([`crate::learn`]) with the optimizers and
+//! schedules of the papers ([`OptimizerConfig`]), and keeps the project's checkpoints with
+//! manifests around burn-train's own: the best validation model in `out`, the last completed
+//! epoch in `out/last`. [`evaluate`] gives accuracy overall and per class.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
 
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
 use crate::checkpoint::{self, Manifest};
-use crate::data::{Batches, TaskData, epoch_rng};
+use crate::data::{Batches, TaskData};
 use crate::network::{ModelSpec, Network};
 
 /// Optimizer and learning-rate schedule.
@@ -74,7 +71,8 @@ impl OptimizerConfig {
         }
     }
 
-    fn init(&self) -> ModuleOptimizer {
+    /// The optimizer (Adam with ε 1e-7 as Keras, or SGD with momentum and weight decay).
+    pub fn init(&self) -> ModuleOptimizer {
         match self {
             Self::Adam { .. } => AdamConfig::new().with_epsilon(1e-7).init(),
             Self::SgdCosine {
@@ -104,22 +102,15 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     /// Seed for shuffling and augmentation (per epoch: same seed, same batches).
     pub seed: u64,
+    /// Early stopping: stop when validation accuracy has not improved for this many epochs.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// Terminal output: burn-train's dashboard on a terminal, or log lines.
+    #[serde(skip)]
+    pub dashboard: crate::learn::Dashboard,
 }
 
-/// Figures of one epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub loss: f64,
-    /// Training accuracy (on the augmented batches).
-    pub train_accuracy: f64,
-    /// Validation accuracy.
-    pub val_accuracy: f64,
-    /// Wall time of the epoch's training steps.
-    pub seconds: f64,
-}
+pub use crate::learn::EpochMetrics;
 
 /// Accuracy on a set, overall and per class.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,10 +181,14 @@ where
     })
 }
 
-/// Train `network` on `data.train`, validating on `data.val` after each epoch.
+/// Train `network` on `data.train` with burn-train ([`crate::learn`]), validating on
+/// `data.val` after each epoch.
 ///
-/// With `out`, the state after every epoch goes to `out/last` (model, optimizer, manifest) and
-/// the best validation model to `out` itself; `resume` continues from `out/last`.
+/// With `out`, burn-train's files (checkpoints of model, optimizer and schedule per epoch,
+/// metric logs, `metrics.csv`, `learning_curve.png`) go to `out`; at the end the best
+/// validation model is saved to `out` itself and the last completed epoch's to `out/last`,
+/// each with its manifest. `resume` continues from the last checkpoint in `out`. Without
+/// `out` the run's files go to a temporary folder, removed afterwards.
 pub fn fit(
     network: Network,
     data: &TaskData,
@@ -202,146 +197,118 @@ pub fn fit(
     out: Option<&Path>,
     resume: bool,
 ) -> Result<(Network, Vec<EpochMetrics>), CollabError> {
-    let device = crate::device::compute().autodiff();
-    // `train()` moves plain tensors onto the autodiff device with their configured trainability.
-    let mut network = network.fork(&device).train();
-    let mut optim = config.optimizer.init();
-    let mut start_epoch = 0;
-    let mut history: Vec<EpochMetrics> = Vec::new();
-    let mut best = f64::NEG_INFINITY;
+    let mut resume_from = None;
     if resume {
         let out = out.ok_or_else(|| CollabError::Usage("--resume needs --out".into()))?;
-        let last = out.join("last");
-        let m = resume_point(out, &manifest.model)?;
-        let (loaded, _) = checkpoint::load(&last, &device)?;
-        network = loaded.with_bn_mode(current_mode(&network));
-        // `resume_point` checked that the file is there.
-        let record = checkpoint::load_optimizer(&last)?.ok_or_else(|| missing_optimizer(&last))?;
-        optim = optim.load_record(record);
-        start_epoch = m.epoch;
-        history = serde_json::from_value(m.metrics.get("history").cloned().unwrap_or_default())
-            .unwrap_or_default();
-        best = history
-            .iter()
-            .map(|h| h.val_accuracy)
-            .fold(f64::NEG_INFINITY, f64::max);
-        tracing::info!(epoch = start_epoch, "resuming");
+        resume_point(out, &manifest.model)?;
+        resume_from = crate::learn::last_checkpoint(out);
+        tracing::info!(epoch = resume_from.unwrap_or(0), "resuming");
     }
-    if data.train.is_empty() || data.val.is_empty() {
-        return Err(CollabError::Training(format!(
-            "the {} set is empty ({}); training needs samples in both the training and the \
-             validation split",
-            if data.train.is_empty() {
-                "training"
-            } else {
-                "validation"
-            },
-            if data.train.is_empty() {
-                data.train.describe()
-            } else {
-                data.val.describe()
-            }
-        )));
-    }
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let steps_per_epoch = data.train.len().div_ceil(config.batch_size.max(1));
-    let total_steps = steps_per_epoch * config.epochs;
+    let scratch;
+    let dir = match out {
+        Some(out) => out.to_path_buf(),
+        None => {
+            scratch = Scratch::new()?;
+            scratch.0.clone()
+        }
+    };
     manifest.config = serde_json::to_value(config).unwrap_or_default();
     manifest.data = Some(format!(
         "{}; {}",
         data.train.describe(),
         data.train.fingerprint()
     ));
-    for epoch in start_epoch..config.epochs {
-        let bar = crate::train::progress(steps_per_epoch as u64, &format!("epoch {}", epoch + 1));
-        let start = Instant::now();
-        let mut rng = epoch_rng(config.seed, epoch);
-        let batches = collab_data::shuffled_batches(
-            data.train.len(),
-            config.batch_size,
-            config.seed.wrapping_add(epoch as u64),
+    let plan = crate::learn::Plan {
+        dir: dir.clone(),
+        label: "train".into(),
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        optimizer: config.optimizer.clone(),
+        seed: config.seed,
+        augment: true,
+        patience: config.patience,
+        resume_from,
+        dashboard: config.dashboard,
+        interrupter: None,
+    };
+    let learned = crate::learn::learn(network.clone(), data, &plan)?;
+    let history = learned.history;
+    if let Some(name) = first_non_finite(&learned.model) {
+        let done = history.last().map_or(0, |h| h.epoch);
+        let steps = data.train.len().div_ceil(config.batch_size.max(1));
+        return Err(diverged(
+            done + 1,
+            steps,
+            &format!("parameter `{name}` holds NaN or infinite values"),
+            config
+                .optimizer
+                .learning_rate((done + 1) * steps - 1, steps * config.epochs),
+        ));
+    }
+    if learned.interrupted {
+        tracing::warn!(
+            epochs = history.len(),
+            "interrupted: the last full epoch is saved; --resume continues from it"
         );
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (i, indices) in batches.iter().enumerate() {
-            let step = epoch * steps_per_epoch + i;
-            let (x, y) = data.train.batch(indices, Some(&mut rng), &device)?;
-            let logits = network.forward(x);
-            let pred =
-                collab_core::host::to_vec_i64(logits.clone().detach().argmax(1).flatten::<1>(0, 1));
-            let target = collab_core::host::to_vec_i64(y.clone());
-            correct += pred.iter().zip(&target).filter(|(a, b)| a == b).count();
-            seen += indices.len();
-            let loss = loss_fn.forward(logits, y);
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            if !value.is_finite() {
-                return Err(diverged(
-                    epoch + 1,
-                    i + 1,
-                    &format!("the loss became {value}"),
-                    config.optimizer.learning_rate(step, total_steps),
-                ));
-            }
-            loss_sum += value * indices.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &network);
-            network = optim.step(
-                config.optimizer.learning_rate(step, total_steps),
-                network,
-                grads,
-            );
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let seconds = start.elapsed().as_secs_f64();
-        if let Some(name) = first_non_finite(&network) {
-            return Err(diverged(
-                epoch + 1,
-                steps_per_epoch,
-                &format!("parameter `{name}` holds NaN or infinite values"),
-                config
-                    .optimizer
-                    .learning_rate((epoch + 1) * steps_per_epoch - 1, total_steps),
-            ));
-        }
-        let eval = network.valid();
-        let val = evaluate(|x| eval.forward(x), data.val.as_ref(), 256)?;
-        let metrics = EpochMetrics {
-            epoch: epoch + 1,
-            loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            val_accuracy: val.accuracy,
-            seconds,
-        };
+    }
+    if learned.stopped_early {
         tracing::info!(
-            epoch = metrics.epoch,
-            loss = format!("{:.4}", metrics.loss),
-            train_accuracy = format!("{:.4}", metrics.train_accuracy),
-            val_accuracy = format!("{:.4}", metrics.val_accuracy),
-            seconds = format!("{:.1}", seconds),
-            "epoch done"
+            epochs = history.len(),
+            patience = config.patience.unwrap_or(0),
+            "early stopping: validation accuracy stopped improving"
         );
-        history.push(metrics);
-        if let Some(out) = out {
-            manifest.epoch = epoch + 1;
-            manifest.metrics = serde_json::json!({
-                "val_accuracy": val.accuracy,
-                "val_samples": val.samples,
-                "history": history,
-            });
-            checkpoint::save(
-                &out.join("last"),
-                &network,
-                &manifest,
-                Some(optim.to_record()),
-            )?;
-            if val.accuracy > best {
-                best = val.accuracy;
-                let mut best_manifest = manifest.clone();
-                best_manifest.metrics["best_epoch"] = serde_json::json!(epoch + 1);
-                save_best(out, &network, &best_manifest)?;
+    }
+    if let Some((out, last)) = out.and_then(|o| Some((o, crate::learn::last_checkpoint(o)?))) {
+        let mut best: Option<&EpochMetrics> = None;
+        for h in &history {
+            let saved = out
+                .join("checkpoint")
+                .join(format!("model-{}.bpk", h.epoch))
+                .is_file();
+            if saved && best.is_none_or(|b| h.val_accuracy > b.val_accuracy) {
+                best = Some(h);
             }
+        }
+        manifest.epoch = last;
+        manifest.metrics = serde_json::json!({
+            "val_accuracy": history.iter().find(|h| h.epoch == last).map(|h| h.val_accuracy),
+            "history": history,
+            "interrupted": learned.interrupted,
+            "stopped_early": learned.stopped_early,
+        });
+        let last_net = crate::learn::load_checkpoint(network.clone(), out, last)?;
+        checkpoint::save(&out.join("last"), &last_net, &manifest, None)?;
+        if let Some(b) = best {
+            let best_net = crate::learn::load_checkpoint(network, out, b.epoch)?;
+            let mut best_manifest = manifest.clone();
+            best_manifest.epoch = b.epoch;
+            best_manifest.metrics["val_accuracy"] = serde_json::json!(b.val_accuracy);
+            best_manifest.metrics["val_samples"] = serde_json::json!(data.val.len());
+            best_manifest.metrics["best_epoch"] = serde_json::json!(b.epoch);
+            save_best(out, &best_net, &best_manifest)?;
         }
     }
-    Ok((network, history))
+    Ok((learned.model, history))
+}
+
+/// A temporary folder for a run without `--out`, removed when dropped.
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new() -> Result<Self, CollabError> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("collab-run-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| CollabError::checkpoint(&dir, e))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Check that `out/last` is a checkpoint `collab train --resume` can continue for `model`:
@@ -370,21 +337,18 @@ pub fn resume_point(out: &Path, model: &ModelSpec) -> Result<Manifest, CollabErr
             ),
         ));
     }
-    if !last.join(checkpoint::OPTIMIZER).is_file() {
-        return Err(missing_optimizer(&last));
+    if crate::learn::last_checkpoint(out).is_none() {
+        return Err(missing_optimizer(&out.join("checkpoint")));
     }
     Ok(m)
 }
 
-fn missing_optimizer(last: &Path) -> CollabError {
+fn missing_optimizer(folder: &Path) -> CollabError {
     CollabError::checkpoint(
-        last,
-        format!(
-            "--resume: the optimizer state ({}) is missing, so training cannot continue \
-             exactly; start again with --force (replacing this checkpoint) or train into \
-             another --out",
-            checkpoint::OPTIMIZER
-        ),
+        folder,
+        "--resume: the optimizer state (burn-train's optim-N.bpk, with model-N.bpk and \
+         scheduler-N.bpk, of one epoch) is missing, so training cannot continue exactly; start \
+         again with --force (replacing this checkpoint) or train into another --out",
     )
 }
 
@@ -427,15 +391,6 @@ fn first_non_finite(network: &Network) -> Option<String> {
     let mut finder = Finder::default();
     network.visit(&mut finder);
     finder.found
-}
-
-fn current_mode(network: &Network) -> collab_core::BnMode {
-    match network {
-        Network::DsCnn(m) => m.conv1.mode,
-        Network::MobileNetV1(m) => m.stem.mode,
-        Network::MobileNetV2(m) => m.stem.mode,
-        Network::Graph(m) => m.convs.first().map(|c| c.mode).unwrap_or_default(),
-    }
 }
 
 /// The best model goes to `out` itself (keeping `out/last` in place).

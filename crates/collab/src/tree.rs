@@ -15,9 +15,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::Tensor;
 use collab_cluster::ClusteringConfig;
 use collab_core::{BnMode, WeightLayer, host::to_vec_f32};
 use collab_prune::{Prunable, PruningConfig, PruningSchedule};
@@ -411,50 +408,41 @@ pub use collab_models::REFOLD_EPSILON;
 use collab_models::refold;
 
 /// Adam (constant rate) over `data.train` for `ft.epochs`, no augmentation, shuffled per
-/// epoch from `seed`. Returns the trained model in evaluation mode.
-fn fine_tune<M: Module>(
+/// epoch from `seed`, through burn-train ([`crate::learn`]); the stage's per-epoch figures
+/// (`metrics.csv`, `learning_curve.png`) stay in `dir`, its checkpoints are removed. Returns
+/// the trained model in evaluation mode.
+fn fine_tune<M: crate::learn::Classify>(
     model: M,
     data: &TaskData,
     ft: &FineTune,
     seed: u64,
     what: &str,
-    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+    dir: &Path,
 ) -> Result<M, CollabError> {
-    let device = crate::device::compute().autodiff();
-    let mut model = model.fork(&device).train();
-    let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    for epoch in 0..ft.epochs {
-        let batches =
-            collab_data::shuffled_batches(data.train.len(), ft.batch_size, seed + epoch as u64);
-        let bar = train::progress(batches.len() as u64, &format!("{what} {}", epoch + 1));
-        let mut loss_sum = 0.0;
-        for (step, indices) in batches.iter().enumerate() {
-            let (x, y) = data.train.batch(indices, None, &device)?;
-            let loss = loss_fn.forward(forward(&model, x), y);
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            if !value.is_finite() {
-                return Err(train::diverged(
-                    epoch + 1,
-                    step + 1,
-                    &format!("stage `{what}`: the loss became {value}"),
-                    ft.learning_rate,
-                ));
-            }
-            loss_sum += value;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(ft.learning_rate, model, grads);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        tracing::info!(
-            stage = what,
-            epoch = epoch + 1,
-            loss = format!("{:.4}", loss_sum / batches.len().max(1) as f64),
-            "fine-tuning"
-        );
+    let _ = std::fs::remove_dir_all(dir);
+    let plan = crate::learn::Plan {
+        dir: dir.to_path_buf(),
+        label: what.to_string(),
+        epochs: ft.epochs,
+        batch_size: ft.batch_size,
+        optimizer: train::OptimizerConfig::Adam {
+            learning_rates: vec![ft.learning_rate],
+        },
+        seed,
+        augment: false,
+        patience: None,
+        resume_from: None,
+        dashboard: crate::learn::Dashboard::Log,
+        interrupter: None,
+    };
+    let learned = crate::learn::learn(model, data, &plan)?;
+    let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
+    if learned.interrupted {
+        return Err(CollabError::Training(format!(
+            "stage `{what}` was interrupted; run the tree again (finished nodes are reused)"
+        )));
     }
-    Ok(model.valid())
+    Ok(learned.model)
 }
 
 fn prune_layer<L: WeightLayer>(
@@ -634,6 +622,7 @@ fn run_stage(
     ft: &FineTune,
     seed: u64,
     input: [usize; 3],
+    runs: &Path,
 ) -> Result<StageOutput, CollabError> {
     let steps = (data.train.len().div_ceil(ft.batch_size) * ft.epochs) as u64;
     let net = parent.with_bn_mode(BnMode::Folded);
@@ -643,7 +632,7 @@ fn run_stage(
         Scheme::Prune { .. } => each_family!(rewrap net, m => {
             let s = &stage.scheme;
             let w = m.try_map(|n, c| prune_layer(n, c, s, steps), |n, l| prune_layer(n, l, s, steps))?;
-            let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
+            let w = fine_tune(w, data, ft, seed, name, &runs.join(name))?;
             w.try_map(|_, c| Ok::<_, CollabError>(refold(c.strip())), |_, l| Ok(l.strip()))
         })?,
         Scheme::Cluster {
@@ -663,7 +652,7 @@ fn run_stage(
                     |n, c| cluster_layer(n, c, how, keep, seed),
                     |n, l| cluster_layer(n, l, how, keep, seed),
                 )?;
-                let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
+                let w = fine_tune(w, data, ft, seed, name, &runs.join(name))?;
                 w.try_map(|_, c| Ok::<_, CollabError>(refold(c.strip())), |_, l| Ok(l.strip()))
             })?
         }
@@ -695,7 +684,7 @@ fn run_stage(
                         },
                     )
                     .train();
-                    let w = fine_tune(w, data, ft, seed, name, |m, x| m.forward(x))?;
+                    let w = fine_tune(w, data, ft, seed, name, &runs.join(name))?;
                     let report = train::evaluate(|x| w.forward(x), data.val.as_ref(), 256);
                     qat_out = Some(finish(w.trace(input), report)?);
                     w.drop_requant().try_map(
@@ -1228,6 +1217,8 @@ pub fn run(
                         batch_size: config.finetune.batch_size,
                         optimizer: train::OptimizerConfig::for_model(&spec),
                         seed: config.seed,
+                        patience: None,
+                        dashboard: crate::learn::Dashboard::Log,
                     };
                     let m = Manifest::new(spec.clone(), "baseline", config.seed);
                     train::fit(net.with_bn_mode(BnMode::Batch), &data, &tc, m, None, false)?.0
@@ -1248,6 +1239,7 @@ pub fn run(
                     &config.finetune,
                     config.seed,
                     input,
+                    &out.join("training"),
                 )?;
                 (
                     out.network.with_bn_mode(BnMode::Folded).valid(),

@@ -590,6 +590,8 @@ fn trained_small_mobilenet_exports_bit_exact() {
             weight_decay: 5e-4,
         },
         seed: 7,
+        patience: None,
+        dashboard: collab::learn::Dashboard::Log,
     };
     let network = spec.init(&device).unwrap().with_bn_mode(BnMode::Batch);
     let manifest = Manifest::new(spec, "baseline", 7);

@@ -27,6 +27,8 @@ fn setup(epochs: usize) -> (ModelSpec, Network, data::TaskData, TrainConfig) {
             learning_rates: vec![3e-3],
         },
         seed: 9,
+        patience: None,
+        dashboard: collab::learn::Dashboard::Log,
     };
     (spec, network, data, config)
 }
