@@ -738,7 +738,7 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
         /// Time the steps through burn-train's Learner (the training path of `collab train`
-        /// and the tree) instead of a plain loop: the mean step time of one epoch.
+        /// and the tree) instead of a plain loop.
         #[arg(long, conflicts_with = "data")]
         learner: bool,
     },

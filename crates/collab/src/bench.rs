@@ -99,6 +99,8 @@ struct Fixed {
     x: Tensor<4>,
     y: Tensor<1, Int>,
     len: usize,
+    /// When each batch was asked for: one training step apart.
+    asked: std::sync::Mutex<Vec<Instant>>,
 }
 
 impl crate::data::Batches for Fixed {
@@ -112,6 +114,10 @@ impl crate::data::Batches for Fixed {
         device: &burn::tensor::Device,
     ) -> Result<crate::data::Batch, CollabError> {
         let n = indices.len().min(self.x.dims()[0]);
+        self.asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Instant::now());
         Ok((
             self.x.clone().narrow(0, 0, n).to_device(device),
             self.y.clone().narrow(0, 0, n).to_device(device),
@@ -128,27 +134,30 @@ impl crate::data::Batches for Fixed {
     }
 }
 
-/// Steps through burn-train ([`crate::learn::learn`], one epoch of `steps + 2` batches of
-/// `fixed`, Adam 1e-4): the mean step time from burn-train's iteration speed (which starts
-/// after the first batch), as the one element of the returned list.
+/// Steps through burn-train ([`crate::learn::learn`], one epoch of `steps + 3` batches of
+/// `fixed`, Adam 1e-4): the times between the Learner's requests for consecutive batches (one
+/// step each: batch, forward, backward, optimizer, metrics handed over), after two warm-up
+/// steps.
 fn time_learner<M: crate::learn::Classify>(
     model: M,
     fixed: &Fixed,
     steps: usize,
 ) -> Result<Vec<f64>, CollabError> {
     let batch = fixed.x.dims()[0];
-    let train = Fixed {
+    let train = std::sync::Arc::new(Fixed {
         x: fixed.x.clone(),
         y: fixed.y.clone(),
-        len: batch * (steps + 2),
-    };
+        len: batch * (steps + 3),
+        asked: Default::default(),
+    });
     let val = Fixed {
         x: fixed.x.clone(),
         y: fixed.y.clone(),
         len: batch,
+        asked: Default::default(),
     };
     let data = crate::data::TaskData {
-        train: std::sync::Arc::new(train),
+        train: train.clone(),
         val: std::sync::Arc::new(val),
     };
     let scratch = crate::train::Scratch::new()?;
@@ -163,8 +172,13 @@ fn time_learner<M: crate::learn::Classify>(
     plan.augment = false;
     plan.label = "bench".into();
     plan.dashboard = crate::learn::Dashboard::Log;
-    let learned = crate::learn::learn(model, &data, &plan)?;
-    Ok(learned.history.iter().map(|h| h.step_ms).collect())
+    crate::learn::learn(model, &data, &plan)?;
+    let asked = train.asked.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(asked
+        .windows(2)
+        .skip(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+        .collect())
 }
 
 fn time_loop<M: Module>(
@@ -238,6 +252,7 @@ pub fn train_step(
         x: x.clone().without_autodiff(),
         y: y.clone().without_autodiff(),
         len: batch_size,
+        asked: Default::default(),
     });
     let mut rng = crate::data::epoch_rng(seed, 0);
     let mut fetch = |step: usize| -> Result<(Tensor<4>, Tensor<1, Int>), CollabError> {
