@@ -12,5 +12,5 @@ pub use collab_prune as prune;
 pub use collab_quant as quant;
 pub use collab_tflite as tflite;
 
-/// The workflow layer (model registry, training loop, checkpoints, int8 export).
+/// The workflow layer (model registry, training through burn-train, checkpoints, int8 export).
 pub use collab as workflow;

@@ -2,8 +2,11 @@
 //! - [`network`]: the models by name (`ds-cnn-l`, `mobilenet-v1-cifar`, …) as one burn module;
 //! - [`data`]: the training / evaluation sets behind one [`data::Batches`] trait (Speech
 //!   Commands + MFCC with augmentation, CIFAR-10 with crop/flip, synthetic stand-ins);
-//! - [`train`]: the training loop (Adam with the ML-KWS step schedule for DS-CNN, SGD momentum +
-//!   cosine for MobileNet), evaluation, per-epoch checkpoints, best-on-validation, resume;
+//! - [`learn`]: training through burn-train's `Learner` (the one training path): `TrainStep` /
+//!   `InferenceStep` for any classifier, a `DataLoader` over [`data::Batches`], the papers'
+//!   schedules, per-epoch metrics (`metrics.csv`, learning curve), early stopping, Ctrl-C;
+//! - [`train`]: `collab train` runs (Adam with the ML-KWS step schedule for DS-CNN, SGD with
+//!   momentum and cosine decay for MobileNet) with best-on-validation and resume, and evaluation;
 //! - [`export`]: int8 `.tflite` export (PTQ calibration or QAT ranges) and int8 evaluation;
 //! - [`bench`]: training-step and int8-inference timings (`collab bench`);
 //! - [`config`]: strict reading of tree configs (unknown keys, types, ranges, stage names);
