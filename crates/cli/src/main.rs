@@ -964,10 +964,13 @@ fn import_file(
 }
 
 /// Entries a `collab train` run leaves in its `--out` before its first best model is saved:
-/// the lock, `last/` and the temporary names of an interrupted save.
+/// the lock, `last/`, burn-train's checkpoints and metric logs, and the temporary names of an
+/// interrupted save.
 fn train_leftover(name: &str) -> bool {
     name == collab::lock::LOCK_FILE
         || name == "last"
+        || collab::learn::RUN_FILES.contains(&name)
+        || name == ".metrics.csv.tmp"
         || name == ".best-tmp"
         || name.starts_with("..best-tmp.")
         || name.starts_with(".last.")
@@ -1097,13 +1100,9 @@ fn train_command(args: TrainArgs) -> Result<(), CliError> {
         &spec, pretrained, data_dir, epochs, batch_size, lr, seed, augment, out, resume, patience,
     );
     if result.is_err() && existing == Existing::Nothing {
-        // burn-train's logs and checkpoints of a run that failed.
-        for name in ["train", "valid", "checkpoint"] {
-            let _ = std::fs::remove_dir_all(out.join(name));
-        }
-        for name in ["metrics.csv", "learning_curve.png"] {
-            let _ = std::fs::remove_file(out.join(name));
-        }
+        // burn-train's logs and checkpoints of a run that failed, and its start in OUT/last.
+        collab::learn::clear_run(out);
+        let _ = std::fs::remove_dir_all(out.join("last"));
         // This run made the folder and wrote nothing but its lock: leave nothing behind.
         let only_lock = std::fs::read_dir(out).is_ok_and(|entries| {
             entries

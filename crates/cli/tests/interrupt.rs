@@ -39,6 +39,55 @@ fn figures(out: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `collab train ARGS` to the end.
+fn train(args: &[String]) {
+    let (code, _, err) = collab(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !args.contains(&"--resume".to_string()) || err.contains("resuming"),
+        "{err}"
+    );
+}
+
+/// Start `collab train ARGS`, wait for its first epoch's checkpoint, send `signal`.
+fn signalled(out: &Path, signal: &str) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_collab"))
+        .args(args(out))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.join("checkpoint").join("model-1.bpk").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_killed_run_resumes_from_its_last_checkpoint_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    train(&args(&full));
+    let part = dir.path().join("part");
+    let out = signalled(&part, "-KILL");
+    assert!(!out.status.success());
+    let mut r = args(&part);
+    r.push("--resume".into());
+    train(&r);
+    assert_eq!(figures(&part), figures(&full));
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_training_and_resume_ends_as_an_uninterrupted_run() {

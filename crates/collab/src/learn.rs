@@ -36,7 +36,8 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Tensor};
 use burn::train::checkpoint::{
-    ComposedCheckpointingStrategy, KeepLastNCheckpoints, MetricCheckpointingStrategy,
+    Checkpoint, Checkpointer, CheckpointerError, ComposedCheckpointingStrategy,
+    KeepLastNCheckpoints, MetricCheckpointingStrategy,
 };
 use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
 use burn::train::metric::store::{Aggregate, Direction, Split};
@@ -542,12 +543,17 @@ pub fn learn<M: Classify>(
             Split::Valid,
         ))
         .build();
+    let folder = plan.dir.join("checkpoint");
     let mut training = SupervisedTraining::new(&plan.dir, Arc::new(train), Arc::new(valid))
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(IterationSpeedMetric::new())
         .num_epochs(plan.epochs)
-        .with_default_checkpointers()
+        .with_custom_checkpointers(
+            AtomicCheckpointer::new(&folder, "model"),
+            AtomicCheckpointer::new(&folder, "optim"),
+            AtomicCheckpointer::new(&folder, "scheduler"),
+        )
         .with_checkpointing_strategy(checkpoints)
         .with_interrupter(interrupter.clone())
         .with_application_logger(None)
@@ -599,6 +605,86 @@ pub fn learn<M: Classify>(
     })
 }
 
+/// burn-train's file checkpointer (`NAME-EPOCH.bpk` in one folder), writing each file under a
+/// temporary name, synced, then renamed: a run killed while saving never leaves a truncated
+/// checkpoint for `--resume` to find.
+struct AtomicCheckpointer {
+    folder: PathBuf,
+    name: &'static str,
+}
+
+impl AtomicCheckpointer {
+    fn new(folder: &Path, name: &'static str) -> Self {
+        Self {
+            folder: folder.to_path_buf(),
+            name,
+        }
+    }
+
+    fn path(&self, epoch: usize) -> PathBuf {
+        self.folder.join(format!("{}-{epoch}.bpk", self.name))
+    }
+}
+
+impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
+    fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
+        std::fs::create_dir_all(&self.folder).map_err(CheckpointerError::IOError)?;
+        let path = self.path(epoch);
+        let tmp = self.folder.join(format!(
+            ".{}-{epoch}.bpk.tmp-{}",
+            self.name,
+            std::process::id()
+        ));
+        let bytes = record
+            .checkpoint_into_bytes()
+            .map_err(CheckpointerError::Record)?;
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            CheckpointerError::IOError(e)
+        })
+    }
+
+    fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
+        match std::fs::remove_file(self.path(epoch)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(CheckpointerError::IOError(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
+        let bytes = std::fs::read(self.path(epoch)).map_err(CheckpointerError::IOError)?;
+        R::checkpoint_from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(CheckpointerError::Record)
+    }
+}
+
+/// What burn-train writes in a run's folder (checkpoints, metric logs) and [`learn`] adds.
+pub const RUN_FILES: [&str; 5] = [
+    "checkpoint",
+    "train",
+    "valid",
+    "metrics.csv",
+    "learning_curve.png",
+];
+
+/// Remove a previous run's [`RUN_FILES`] from `dir`, so that a new run there starts clean.
+pub fn clear_run(dir: &Path) {
+    for name in RUN_FILES {
+        let path = dir.join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// The last epoch in `dir` whose model, optimizer and schedule checkpoints are all there.
 pub fn last_checkpoint(dir: &Path) -> Option<usize> {
     let folder = dir.join("checkpoint");
@@ -623,7 +709,8 @@ pub fn last_checkpoint(dir: &Path) -> Option<usize> {
 /// [`learn`]: the model without the [`Classifier`] around it).
 pub fn load_checkpoint<M: Classify>(model: M, dir: &Path, epoch: usize) -> Result<M, CollabError> {
     let path = dir.join("checkpoint").join(format!("model-{epoch}.bpk"));
-    let record = burn::store::ModuleRecord::load(&path)
+    let bytes = std::fs::read(&path).map_err(|e| CollabError::checkpoint(&path, e))?;
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| CollabError::checkpoint(&path, format!("{e:?}")))?;
     let classifier = Classifier::new(model).load_record(record);
     Ok(classifier.model)

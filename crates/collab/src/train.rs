@@ -218,6 +218,14 @@ pub fn fit(
         data.train.describe(),
         data.train.fingerprint()
     ));
+    if let (Some(out), None) = (out, resume_from) {
+        // A new run: nothing of an earlier one in OUT, and OUT/last names this run's model from
+        // the start, so that a run killed before its end can still be resumed.
+        crate::learn::clear_run(out);
+        let mut start = manifest.clone();
+        start.epoch = 0;
+        checkpoint::save(&out.join("last"), &network, &start, None)?;
+    }
     let plan = crate::learn::Plan {
         dir: dir.clone(),
         label: "train".into(),
