@@ -594,8 +594,20 @@ pub fn learn<M: Classify>(
     }
     let history = read_history(&plan.dir, steps_per_epoch)?;
     let completed = history.last().map_or(0, |h| h.epoch);
-    let interrupted = result.interrupted.is_some() && completed < plan.epochs;
-    let stopped_early = !interrupted && completed < plan.epochs;
+    // burn-train's dashboard resets the interrupter when it closes, so a stop by its `q` key
+    // may not show in `result.interrupted`: a short run stopped early only when the patience
+    // rule explains it.
+    let short = completed < plan.epochs;
+    let stalled = plan.patience.is_some_and(|n| {
+        let best = history
+            .iter()
+            .map(|h| h.val_accuracy)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let first_best = history.iter().position(|h| h.val_accuracy == best);
+        first_best.is_some_and(|i| history.len() >= i + 1 + n)
+    });
+    let stopped_early = short && stalled && result.interrupted.is_none();
+    let interrupted = short && !stopped_early;
     write_metrics(&plan.dir, &history)?;
     Ok(Learned {
         model: result.model.model,
