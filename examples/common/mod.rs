@@ -1,5 +1,6 @@
 //! Pieces shared by the examples: a small CNN that is generic over plain and wrapped layers,
-//! and a plain Adam training loop with a progress bar.
+//! trained with burn-train exactly as a plain burn model is (its `TrainStep` / `InferenceStep`,
+//! a `Dataset` and a `Batcher`): the wrappers need nothing more.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -8,9 +9,19 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use std::sync::Arc;
+
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::{Dataset, DatasetError};
 use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Int;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
+use burn::train::metric::{AccuracyMetric, LossMetric};
+use burn::train::{
+    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+};
 use burn_collab::cluster::{ClusterError, Clustered, ClusteringConfig};
 use burn_collab::core::{LayerForward, WeightLayer, WeightLayout};
 use burn_collab::data::ImageSet;
@@ -231,9 +242,61 @@ pub fn progress(len: u64, message: &str) -> ProgressBar {
     bar
 }
 
-/// Train `epochs` epochs of Adam (`lr`, batch `batch`), reshuffling with `seed + epoch`.
+impl<C: LayerForward<4>, L: LayerForward<2>> SmallCnn<C, L> {
+    fn classify(&self, (x, y): Batch) -> ClassificationOutput {
+        let logits = self.forward(x);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), y.clone());
+        ClassificationOutput::new(loss, logits, y)
+    }
+}
+
+/// Images `[batch, 1, h, w]` and labels `[batch]`.
+pub type Batch = (Tensor<4>, Tensor<1, Int>);
+
+impl<C: LayerForward<4>, L: LayerForward<2>> TrainStep for SmallCnn<C, L> {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+    fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput> {
+        let out = self.classify(batch);
+        TrainOutput::new(self, out.loss.backward(), out)
+    }
+}
+
+impl<C: LayerForward<4>, L: LayerForward<2>> InferenceStep for SmallCnn<C, L> {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+    fn step(&self, batch: Batch) -> ClassificationOutput {
+        self.classify(batch)
+    }
+}
+
+/// The items of a data set are its indices; the batcher reads them from the images.
+struct Indices(usize);
+
+impl Dataset<usize> for Indices {
+    fn get(&self, index: usize) -> Result<usize, DatasetError> {
+        Ok(index)
+    }
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+#[derive(Clone)]
+struct Images(Arc<ImageSet>);
+
+impl Batcher<usize, Batch> for Images {
+    fn batch(&self, items: Vec<usize>, device: &Device) -> Batch {
+        self.0.batch(&items, device)
+    }
+}
+
+/// Train `epochs` epochs of Adam (`lr`, batch `batch`, shuffled from `seed`) with burn-train's
+/// `Learner`, validating on `data` itself (the examples measure on their test set afterwards).
 pub fn train<C, L>(
-    mut model: SmallCnn<C, L>,
+    model: SmallCnn<C, L>,
     data: &ImageSet,
     epochs: usize,
     batch: usize,
@@ -242,35 +305,27 @@ pub fn train<C, L>(
     label: &str,
 ) -> SmallCnn<C, L>
 where
-    C: LayerForward<4>,
-    L: LayerForward<2>,
+    C: LayerForward<4> + 'static,
+    L: LayerForward<2> + 'static,
 {
     let device = Device::flex().autodiff();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut optim = AdamConfig::new().init();
-    let steps = (epochs * data.len().div_ceil(batch)) as u64;
-    let bar = progress(steps, label);
-    for epoch in 0..epochs {
-        let mut total = 0.0;
-        let batches = data.shuffled_batches(batch, seed + epoch as u64);
-        let count = batches.len();
-        for indices in batches {
-            let (x, y) = data.batch(&indices, &device);
-            let loss = loss_fn.forward(model.forward(x), y);
-            total += loss.clone().into_scalar::<f32>() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
-            bar.inc(1);
-        }
-        tracing::info!(
-            stage = label,
-            epoch = epoch + 1,
-            loss = total / count as f64,
-            "epoch done"
-        );
-    }
-    bar.finish_and_clear();
-    model
+    let images = Images(Arc::new(data.clone()));
+    let train = DataLoaderBuilder::new(images.clone())
+        .batch_size(batch)
+        .shuffle(seed)
+        .build(Indices(data.len()));
+    let valid = DataLoaderBuilder::new(images)
+        .batch_size(256)
+        .build(Indices(data.len()));
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let learner = Learner::new(model.fork(&device).train(), AdamConfig::new().init(), lr);
+    let result = SupervisedTraining::new(dir.path(), train, valid)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .num_epochs(epochs)
+        .with_application_logger(None)
+        .renderer(burn_collab::workflow::learn::log_renderer(label))
+        .launch(learner);
+    result.model
 }
 
 /// Top-1 accuracy on `data`, evaluated without autodiff.

@@ -561,7 +561,7 @@ pub fn learn<M: Classify>(
     let dashboard =
         plan.dashboard == Dashboard::Auto && std::io::IsTerminal::is_terminal(&std::io::stdout());
     if !dashboard {
-        training = training.renderer(Box::new(LogRenderer::new(&plan.label)));
+        training = training.renderer(log_renderer(&plan.label));
     }
     if let Some(k) = plan.resume_from {
         training = training.checkpoint(k);
@@ -804,7 +804,13 @@ pub fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), CollabE
 }
 
 /// burn-train's renderer where its dashboard is not used: a progress bar on terminals and one
-/// log line per split with the split's metrics (no output on stdout).
+/// `tracing` line per split with the split's metrics, nothing on stdout (burn-train's own plain
+/// renderer prints every batch there). For `SupervisedTraining::renderer` in a training of your
+/// own: `.renderer(log_renderer("my run"))`.
+pub fn log_renderer(label: &str) -> Box<dyn MetricsRenderer> {
+    Box::new(LogRenderer::new(label))
+}
+
 struct LogRenderer {
     label: String,
     epoch: usize,
