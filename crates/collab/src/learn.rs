@@ -480,11 +480,6 @@ pub fn interrupt_on_ctrl_c() {
     });
 }
 
-/// The interrupter of the run in progress, if any (what Ctrl-C stops).
-pub fn running_interrupter() -> Option<Interrupter> {
-    RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
 /// Train `model` with burn-train on `data.train`, validating on `data.val` after each epoch.
 ///
 /// burn-train checkpoints model, optimizer and schedule after every epoch in
