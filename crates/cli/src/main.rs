@@ -412,12 +412,13 @@ enum Command {
         /// No augmentation.
         #[arg(long)]
         no_augment: bool,
-        /// Checkpoint folder (best model; `last/` for resuming). New or empty; a checkpoint
-        /// there needs --resume or --force.
+        /// Run folder: the best model, `last/` (the last completed epoch), burn-train's
+        /// `checkpoint/` (for --resume), `metrics.csv`, `learning_curve.png`. New or empty; a
+        /// checkpoint there needs --resume or --force.
         #[arg(long)]
         out: PathBuf,
-        /// Continue from the last completed epoch's checkpoint in OUT (after Ctrl-C, or a run
-        /// given more --epochs).
+        /// Continue from the last completed epoch's checkpoint in OUT (after Ctrl-C or a killed
+        /// run, or to train a finished run for more --epochs).
         #[arg(long, conflicts_with = "force")]
         resume: bool,
         /// Replace the checkpoint already at --out with a new run.
