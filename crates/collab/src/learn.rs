@@ -69,6 +69,18 @@ use crate::train::OptimizerConfig;
 pub trait Classify: Module + burn::module::ModuleDisplay + 'static {
     /// Inputs `[batch, channels, h, w]` → logits `[batch, classes]`.
     fn logits(&self, x: Tensor<4>) -> Tensor<2>;
+
+    /// Called after every optimizer step (burn-train's `TrainStep::optimize`), so before the
+    /// next batch: where a model wrapped whole advances its schedule
+    /// (`collab_prune::WholePruning::advance`; call it once before training too) or global
+    /// pruning re-ranks (`GlobalPruning::update`). Layer wrappers advance in `forward` and need
+    /// nothing here; the default returns the model as it is.
+    fn after_step(self) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 macro_rules! classify_family {
@@ -131,6 +143,19 @@ impl<M: Classify> TrainStep for Classifier<M> {
         self.guard.check(&out.loss);
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut burn::optim::ModuleOptimizer,
+        lr: burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate,
+        grads: burn::optim::GradientsParams,
+    ) -> Self {
+        let Self { model, guard } = optim.step(lr, self, grads);
+        Self {
+            model: model.after_step(),
+            guard,
+        }
     }
 }
 

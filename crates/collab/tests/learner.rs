@@ -332,3 +332,61 @@ fn early_stopping_stops_when_validation_accuracy_stalls() {
         learned.history.len() - first_best - 1
     );
 }
+
+/// A model of one's own, wrapped whole (`WholePruning`: every weight's `Param`), trained by the
+/// Learner: its schedule advances in `Classify::after_step`, the one line it needs.
+#[derive(burn::module::Module, Debug)]
+struct Own {
+    conv: burn::nn::conv::Conv2d,
+    fc: Linear,
+    #[module(skip)]
+    pruning: collab_prune::WholePruning,
+}
+
+impl learn::Classify for Own {
+    fn logits(&self, x: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2> {
+        let y = burn::tensor::activation::relu(self.conv.forward(x));
+        self.fc.forward(y.mean_dim(3).mean_dim(2).flatten(1, 3))
+    }
+
+    fn after_step(self) -> Self {
+        let pruning = self.pruning.clone();
+        pruning.advance(self).expect("advance the pruning schedule")
+    }
+}
+
+#[test]
+fn a_model_wrapped_whole_prunes_on_schedule_under_the_learner() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data();
+    let device = Device::flex();
+    device.seed(5);
+    // 20% → 50% over steps 1..8 (of 12), a mask update every step.
+    let pruning = collab_prune::WholePruning::new(PruningConfig::new(
+        PruningSchedule::polynomial(0.2, 0.5, 1, 8).with_frequency(1),
+    ));
+    let own = Own {
+        conv: burn::nn::conv::Conv2dConfig::new([1, 8], [3, 3]).init(&device),
+        fc: burn::nn::LinearConfig::new(8, 12).init(&device),
+        pruning: pruning.clone(),
+    };
+    let (own, _) = pruning.wrap(own).unwrap();
+    let own = pruning.advance(own).unwrap(); // step 1 begins
+    let learned = learn::learn(own, &data, &plan(dir.path(), 2, None)).unwrap();
+    let zeros = |m: &Own| {
+        let w = [
+            to_vec_f32(m.conv.weight.val().reshape([-1])),
+            to_vec_f32(m.fc.weight.val().reshape([-1])),
+        ]
+        .concat();
+        w.iter().filter(|v| **v == 0.0).count() as f64 / w.len() as f64
+    };
+    let sparsity = zeros(&learned.model);
+    assert!(
+        (sparsity - 0.5).abs() < 0.01,
+        "{sparsity} of the weights are zero after the schedule, not 50%"
+    );
+    let report = collab_prune::whole::report(&learned.model).unwrap();
+    assert_eq!(report.len(), 2);
+    assert!(report.iter().all(|r| r.step >= 12), "{report:?}");
+}
