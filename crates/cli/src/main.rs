@@ -970,8 +970,7 @@ fn import_file(
 fn train_leftover(name: &str) -> bool {
     name == collab::lock::LOCK_FILE
         || name == "last"
-        || collab::learn::RUN_FILES.contains(&name)
-        || name == ".metrics.csv.tmp"
+        || collab::learn::is_run_file(name)
         || name == ".best-tmp"
         || name.starts_with("..best-tmp.")
         || name.starts_with(".last.")

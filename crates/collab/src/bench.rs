@@ -85,10 +85,10 @@ fn time_steps<M: crate::learn::Classify>(
     model: M,
     batch: &mut Fetch<'_>,
     steps: usize,
-    learner: Option<&Fixed>,
+    learner: Option<&crate::data::Batch>,
 ) -> Result<Vec<f64>, CollabError> {
     match learner {
-        Some(fixed) => time_learner(model, fixed, steps),
+        Some(batch) => time_learner(model, batch, steps),
         None => time_loop(model, |m, x| m.logits(x), batch, steps),
     }
 }
@@ -134,35 +134,31 @@ impl crate::data::Batches for Fixed {
     }
 }
 
-/// Steps through burn-train ([`crate::learn::learn`], one epoch of `steps + 3` batches of
-/// `fixed`, Adam 1e-4): the times between the Learner's requests for consecutive batches (one
-/// step each: batch, forward, backward, optimizer, metrics handed over), after two warm-up
-/// steps.
+/// Steps through burn-train ([`crate::learn::learn`], one epoch of `steps + 3` copies of
+/// `(x, y)` (not tracked by autodiff), Adam 1e-4): the times between the Learner's requests for
+/// consecutive batches (one step each: batch, forward, backward, optimizer, metrics handed
+/// over), after two warm-up steps.
 fn time_learner<M: crate::learn::Classify>(
     model: M,
-    fixed: &Fixed,
+    (x, y): &crate::data::Batch,
     steps: usize,
 ) -> Result<Vec<f64>, CollabError> {
-    let batch = fixed.x.dims()[0];
-    let train = std::sync::Arc::new(Fixed {
-        x: fixed.x.clone(),
-        y: fixed.y.clone(),
-        len: batch * (steps + 3),
-        asked: Default::default(),
-    });
-    let val = Fixed {
-        x: fixed.x.clone(),
-        y: fixed.y.clone(),
-        len: batch,
+    let batch = x.dims()[0];
+    let fixed = |len| Fixed {
+        x: x.clone(),
+        y: y.clone(),
+        len,
         asked: Default::default(),
     };
+    let train = std::sync::Arc::new(fixed(batch * (steps + 3)));
+    let val = fixed(batch);
     let data = crate::data::TaskData {
         train: train.clone(),
         val: std::sync::Arc::new(val),
     };
-    let scratch = crate::train::Scratch::new()?;
+    let scratch = crate::checkpoint::Scratch::temp()?;
     let mut plan = crate::learn::Plan::new(
-        scratch.0.clone(),
+        scratch.path(),
         1,
         batch,
         crate::train::OptimizerConfig::Adam {
@@ -215,7 +211,7 @@ fn pruned<L: collab_core::WeightLayer>(
 }
 
 /// Training-step time of `spec` (batch `batch_size`) with its layers wrapped as `wrap`, in a
-/// plain loop or (`through_learner`) through burn-train's Learner (then the mean step time);
+/// plain loop or (`through_learner`) through burn-train's Learner;
 /// BatchNorm folded (`Folded`, as compression stages train) or batch statistics. The batches
 /// are one fixed random batch, or with `data` real batches read (and augmented, where the set
 /// augments) inside each timed step: the difference is what data loading costs.
@@ -248,12 +244,8 @@ pub fn train_step(
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<i64> = (0..batch_size as i64).map(|i| i % classes as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);
-    let learner = through_learner.then(|| Fixed {
-        x: x.clone().without_autodiff(),
-        y: y.clone().without_autodiff(),
-        len: batch_size,
-        asked: Default::default(),
-    });
+    let learner =
+        through_learner.then(|| (x.clone().without_autodiff(), y.clone().without_autodiff()));
     let mut rng = crate::data::epoch_rng(seed, 0);
     let mut fetch = |step: usize| -> Result<(Tensor<4>, Tensor<1, Int>), CollabError> {
         match data {
@@ -310,7 +302,7 @@ pub fn train_step(
             "{} train step{}, batch {batch_size}, wrap {wrap:?}, BatchNorm {bn:?}, {}",
             spec.name(),
             if through_learner {
-                " through burn-train (mean)"
+                " through burn-train"
             } else {
                 ""
             },

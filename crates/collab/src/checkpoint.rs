@@ -129,10 +129,20 @@ fn sibling(dir: &Path, name: &str, tag: &str, pid: u32) -> PathBuf {
 }
 
 /// A temporary folder removed when dropped, unless [`Scratch::keep`] was called.
-struct Scratch(Option<PathBuf>);
+pub(crate) struct Scratch(Option<PathBuf>);
 
 impl Scratch {
-    fn path(&self) -> &Path {
+    /// A new empty folder in the system's temporary folder, unique to this process and call.
+    pub(crate) fn temp() -> Result<Self, CollabError> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("collab-run-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| CollabError::checkpoint(&dir, e))?;
+        Ok(Self(Some(dir)))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
         self.0.as_deref().unwrap_or(Path::new(""))
     }
     fn keep(&mut self) {

@@ -708,6 +708,15 @@ pub const RUN_FILES: [&str; 5] = [
     "learning_curve.png",
 ];
 
+/// Whether `name` is one of a run's files ([`RUN_FILES`]) or the temporary name one is written
+/// under.
+pub fn is_run_file(name: &str) -> bool {
+    RUN_FILES.contains(&name) || name == METRICS_TMP
+}
+
+/// The temporary name `metrics.csv` is written under before it is renamed into place.
+const METRICS_TMP: &str = ".metrics.csv.tmp";
+
 /// Remove a previous run's [`RUN_FILES`] from `dir`, so that a new run there starts clean.
 pub fn clear_run(dir: &Path) {
     for name in RUN_FILES {
@@ -813,7 +822,7 @@ pub fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), CollabE
         ));
     }
     let path = dir.join("metrics.csv");
-    let tmp = dir.join(".metrics.csv.tmp");
+    let tmp = dir.join(METRICS_TMP);
     std::fs::write(&tmp, csv)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| CollabError::checkpoint(&path, e))?;

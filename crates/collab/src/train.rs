@@ -204,12 +204,13 @@ pub fn fit(
         resume_from = crate::learn::last_checkpoint(out);
         tracing::info!(epoch = resume_from.unwrap_or(0), "resuming");
     }
+    // Without `out`, the run's files go to a temporary folder removed when this returns.
     let scratch;
     let dir = match out {
-        Some(out) => out.to_path_buf(),
+        Some(out) => out,
         None => {
-            scratch = Scratch::new()?;
-            scratch.0.clone()
+            scratch = checkpoint::Scratch::temp()?;
+            scratch.path()
         }
     };
     manifest.config = serde_json::to_value(config).unwrap_or_default();
@@ -227,7 +228,7 @@ pub fn fit(
         checkpoint::save(&out.join("last"), &network, &start, None)?;
     }
     let plan = crate::learn::Plan {
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         label: "train".into(),
         epochs: config.epochs,
         batch_size: config.batch_size,
@@ -287,7 +288,10 @@ pub fn fit(
         let last_net = crate::learn::load_checkpoint(network.clone(), out, last)?;
         checkpoint::save(&out.join("last"), &last_net, &manifest, None)?;
         if let Some(b) = best {
-            let best_net = crate::learn::load_checkpoint(network, out, b.epoch)?;
+            let best_net = match b.epoch == last {
+                true => last_net,
+                false => crate::learn::load_checkpoint(network, out, b.epoch)?,
+            };
             let mut best_manifest = manifest.clone();
             best_manifest.epoch = b.epoch;
             best_manifest.metrics["val_accuracy"] = serde_json::json!(b.val_accuracy);
@@ -297,26 +301,6 @@ pub fn fit(
         }
     }
     Ok((learned.model, history))
-}
-
-/// A temporary folder for a run without `--out`, removed when dropped.
-pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
-
-impl Scratch {
-    pub(crate) fn new() -> Result<Self, CollabError> {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("collab-run-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| CollabError::checkpoint(&dir, e))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Check that `out/last` is a checkpoint `collab train --resume` can continue for `model`:
