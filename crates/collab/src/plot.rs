@@ -251,10 +251,11 @@ pub fn learning_curve(
             .collect();
         let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let (lo, hi) = if lo.is_finite() && hi > lo {
-            (lo, hi)
-        } else {
-            (0.0, 1.0)
+        // A flat series (every epoch at 100%, say) gets a unit of room around its value.
+        let (lo, hi) = match (lo.is_finite(), hi > lo) {
+            (true, true) => (lo, hi),
+            (true, false) => (lo - 1.0, hi + 1.0),
+            (false, _) => (0.0, 1.0),
         };
         let pad = (hi - lo) * 0.08;
         let mut chart = ChartBuilder::on(area)
