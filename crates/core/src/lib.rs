@@ -30,6 +30,7 @@ pub mod extension;
 pub mod host;
 pub mod layer;
 pub mod layout;
+pub mod replica;
 pub mod state;
 pub mod whole;
 
@@ -39,4 +40,5 @@ pub use layer::{
     Activation, Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,
     WeightLayout, WeightTransform,
 };
+pub use replica::Reduce;
 pub use state::{Counter, StateTensor};

@@ -12,6 +12,9 @@
 //! `to_device`/`fork`, never visited as trainable (no optimizer, `unfreeze` or
 //! `set_require_grad` can change them), and **deep-copied on `clone`**: a cloned module is a
 //! snapshot that later training of the original does not touch.
+//!
+//! Data-parallel replicas are such clones; their writes are recorded and folded back into the
+//! main model by [`crate::replica`], each tensor by the [`Reduce`] rule it was created with.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +24,8 @@ use burn::module::{
     Param, ParamId,
 };
 use burn::tensor::{Bool, Device, Float, Int, Tensor, TensorData};
+
+use crate::replica::{self, Reduce};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another thread while holding the lock leaves the value itself intact.
@@ -83,19 +88,31 @@ impl StateKind for Bool {
 pub struct StateTensor<const D: usize, K: StateKind = Float> {
     id: ParamId,
     value: Arc<Mutex<Tensor<D, K>>>,
+    reduce: Reduce,
 }
 
 impl<const D: usize, K: StateKind> StateTensor<D, K> {
-    /// New state holding `value`.
+    /// New state holding `value`, which data-parallel replicas must agree on
+    /// ([`Reduce::Same`]).
     pub fn new(value: Tensor<D, K>) -> Self {
-        Self::with_id(ParamId::new(), value)
+        Self::with_id(ParamId::new(), value, Reduce::Same)
     }
 
-    fn with_id(id: ParamId, value: Tensor<D, K>) -> Self {
+    /// New state holding `value`, combined across data-parallel replicas by `reduce`.
+    pub fn reduced(value: Tensor<D, K>, reduce: Reduce) -> Self {
+        Self::with_id(ParamId::new(), value, reduce)
+    }
+
+    fn with_id(id: ParamId, value: Tensor<D, K>, reduce: Reduce) -> Self {
         Self {
             id,
             value: Arc::new(Mutex::new(K::tracked(value))),
+            reduce,
         }
+    }
+
+    fn same_state(&self, value: Tensor<D, K>) -> Self {
+        Self::with_id(self.id, value, self.reduce)
     }
 
     /// The current value (a cheap handle clone).
@@ -103,8 +120,16 @@ impl<const D: usize, K: StateKind> StateTensor<D, K> {
         lock(&self.value).clone()
     }
 
-    /// Replace the value. Visible to every holder of this module value (not to clones).
+    /// Replace the value. Visible to every holder of this module value (not to clones); inside
+    /// [`replica::recording`] also recorded for the main model.
     pub fn set(&self, value: Tensor<D, K>) {
+        let value = K::tracked(value);
+        replica::record_tensor(self.id, self.reduce, &value);
+        *lock(&self.value) = value;
+    }
+
+    /// Replace the value without recording it (device moves and record loads).
+    fn put(&self, value: Tensor<D, K>) {
         *lock(&self.value) = K::tracked(value);
     }
 }
@@ -112,7 +137,7 @@ impl<const D: usize, K: StateKind> StateTensor<D, K> {
 impl<const D: usize, K: StateKind> Clone for StateTensor<D, K> {
     /// A deep copy: the clone's value no longer follows updates of the original.
     fn clone(&self) -> Self {
-        Self::with_id(self.id, self.get())
+        self.same_state(self.get())
     }
 }
 
@@ -154,7 +179,7 @@ macro_rules! state_tensor_module {
 
             fn to_device(self, device: &Device) -> Self {
                 let moved = self.get().to_device(device);
-                self.set(moved);
+                self.put(moved);
                 self
             }
 
@@ -165,11 +190,11 @@ macro_rules! state_tensor_module {
                 } else {
                     value.autodiff()
                 };
-                Self::with_id(self.id, value)
+                self.same_state(value)
             }
 
             fn valid(&self) -> Self {
-                Self::with_id(self.id, <$kind as StateKind>::plain(self.get()))
+                self.same_state(<$kind as StateKind>::plain(self.get()))
             }
 
             fn materialize(self) -> Self {
@@ -183,7 +208,7 @@ macro_rules! state_tensor_module {
             fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
                 let mapped = mapper.$map(Param::initialized(self.id, self.get()));
                 let (_, value, _) = mapped.consume();
-                self.set(value);
+                self.put(value);
                 self
             }
         }
@@ -233,16 +258,21 @@ impl Counter {
         lock(&self.inner).value
     }
 
-    /// Set the value.
+    /// Set the value (inside [`replica::recording`] also recorded for the main model).
     pub fn set(&self, value: u64) {
         lock(&self.inner).value = value;
+        replica::record_count(self.id, value);
     }
 
-    /// Add one and return the new value.
+    /// Add one and return the new value (recorded as [`Self::set`] is).
     pub fn increment(&self) -> u64 {
-        let mut inner = lock(&self.inner);
-        inner.value += 1;
-        inner.value
+        let value = {
+            let mut inner = lock(&self.inner);
+            inner.value += 1;
+            inner.value
+        };
+        replica::record_count(self.id, value);
+        value
     }
 
     fn param(&self) -> Param<Tensor<1, Int>> {

@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use collab_core::host::{to_finite_vec_f32, to_vec_f32};
-use collab_core::{Counter, StateTensor};
+use collab_core::{Counter, Reduce, StateTensor};
 use serde::{Deserialize, Serialize};
 
 use crate::fake::{host_values, quantize_host_values};
@@ -98,8 +98,11 @@ impl ActQuant {
     pub fn new(config: ActQuantConfig, device: &Device) -> Result<Self, QuantError> {
         config.validate()?;
         Ok(Self {
-            min: StateTensor::new(Tensor::zeros([1], device)),
-            max: StateTensor::new(Tensor::zeros([1], device)),
+            // Data-parallel replicas each update the range from their share of the batch; the
+            // moving average is monotone in the batch's ends, so the smallest minimum and the
+            // largest maximum are the update from the whole batch (collab_core::replica).
+            min: StateTensor::reduced(Tensor::zeros([1], device), Reduce::Min),
+            max: StateTensor::reduced(Tensor::zeros([1], device), Reduce::Max),
             observed: Counter::new(0, device),
             training: Param::from_bool(true),
             calibrating: Param::from_bool(false),
