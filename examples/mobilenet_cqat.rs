@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: args.seed,
         finetune: FineTune {
             epochs: args.epochs.unwrap_or(if args.quick { 1 } else { 3 }),
+            devices: 1,
             batch_size: 64,
             learning_rate: 1e-4,
         },

@@ -90,6 +90,7 @@ pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
         seed: args.seed,
         finetune: FineTune {
             epochs: args.epochs.unwrap_or(if args.quick { 1 } else { 5 }),
+            devices: 1,
             batch_size: if real { 100 } else { 50 },
             learning_rate: if real { 1e-4 } else { 5e-4 },
         },

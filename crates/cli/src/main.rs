@@ -212,10 +212,12 @@ mod parse {
         within(s, |v: f64| bound.contains(v), &bound.to_string())
     }
 
-    /// A count setting of a tree config, in its range there.
+    /// A count setting of a tree config, in its range there (a negative count is out of that
+    /// range, not "not a number").
     fn count(s: &str, table: &str, key: &str) -> Result<usize, String> {
         let bound = bound(table, key)?;
-        within(s, |v: usize| bound.contains(v as f64), &bound.to_string())
+        let v = within(s, |v: i128| bound.contains(v as f64), &bound.to_string())?;
+        usize::try_from(v).map_err(|_| format!("{s} is out of range; give {bound}"))
     }
 
     /// `--width`: the config's `width`, (0, 4].
@@ -247,9 +249,15 @@ mod parse {
         count(s, "finetune", "epochs")
     }
 
+    /// `--devices`: the config's `finetune.devices`, 1..=1024.
+    pub fn devices(s: &str) -> Result<usize, String> {
+        count(s, "finetune", "devices")
+    }
+
     /// A count of at least 1 (`--batch-size`, `--calibration-samples`, `--runs`, `--steps`).
     pub fn positive(s: &str) -> Result<usize, String> {
-        within(s, |v: usize| v >= 1, "a count of at least 1")
+        let v = within(s, |v: i128| v >= 1, "a count of at least 1")?;
+        usize::try_from(v).map_err(|_| format!("{s} is out of range; give a smaller count"))
     }
 
     /// `--lr`: the config's `finetune.learning_rate`, finite and > 0.
@@ -428,6 +436,11 @@ enum Command {
         /// epochs (at least 1).
         #[arg(long, allow_negative_numbers = true, value_parser = parse::positive)]
         patience: Option<usize>,
+        /// Devices to train on, data parallel (burn-train's multi-device strategy): each step
+        /// takes DEVICES × --batch-size items. CPU: replicas sharing its cores; wgpu: the first
+        /// DEVICES discrete GPUs.
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = parse::devices)]
+        devices: usize,
     },
     /// Run a deployment tree (baseline → pruned / clustered / QAT → PQAT / CQAT / PCQAT), every
     /// node a checkpoint exported to int8, evaluated and sized; writes results.json and table.md.
@@ -444,6 +457,10 @@ enum Command {
         /// Print results.json instead of the table.
         #[arg(long)]
         json: bool,
+        /// Devices every stage trains on, data parallel (replaces the config's
+        /// `finetune.devices`; see `collab train --devices`).
+        #[arg(long, allow_negative_numbers = true, value_parser = parse::devices)]
+        devices: Option<usize>,
         /// Stop at the first node (level by level) whose .tflite is at most this many bytes…
         #[arg(long, allow_negative_numbers = true)]
         target_size: Option<usize>,
@@ -610,6 +627,12 @@ struct StageArgs {
     /// Adam learning rate (constant), > 0.
     #[arg(long, default_value_t = 1e-4, allow_hyphen_values = true, value_parser = parse::learning_rate)]
     lr: f64,
+    /// Devices to train on, data parallel (burn-train's multi-device strategy): each step
+    /// takes DEVICES × --batch-size items. CPU: replicas sharing its cores; wgpu: the first
+    /// DEVICES discrete GPUs.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = parse::devices)]
+    devices: usize,
+
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -676,6 +699,7 @@ fn single_stage(args: StageArgs, name: &str, scheme: collab::tree::Scheme) -> Re
         seed: args.seed,
         finetune: collab::tree::FineTune {
             epochs: args.epochs,
+            devices: args.devices,
             batch_size: args.batch_size,
             learning_rate: args.lr,
         },
@@ -1063,6 +1087,7 @@ struct TrainArgs<'a> {
     resume: bool,
     force: bool,
     patience: Option<usize>,
+    devices: usize,
 }
 
 fn train_command(args: TrainArgs) -> Result<(), CliError> {
@@ -1079,6 +1104,7 @@ fn train_command(args: TrainArgs) -> Result<(), CliError> {
         resume,
         force,
         patience,
+        devices,
     } = args;
     let pretrained = match (weights, &spec) {
         (Some(w), ModelSpec::DsCnn { size }) => Some((w, *size)),
@@ -1098,6 +1124,7 @@ fn train_command(args: TrainArgs) -> Result<(), CliError> {
     collab::learn::interrupt_on_ctrl_c();
     let result = train_into(
         &spec, pretrained, data_dir, epochs, batch_size, lr, seed, augment, out, resume, patience,
+        devices,
     );
     if result.is_err() && existing == Existing::Nothing {
         // burn-train's logs and checkpoints of a run that failed, and its start in OUT/last.
@@ -1131,6 +1158,7 @@ fn train_into(
     out: &Path,
     resume: bool,
     patience: Option<usize>,
+    devices: usize,
 ) -> Result<(), CliError> {
     let device = collab::device::compute();
     device.seed(seed);
@@ -1175,6 +1203,7 @@ fn train_into(
     let config = TrainConfig {
         epochs,
         batch_size,
+        devices,
         optimizer,
         seed,
         patience,
@@ -1470,6 +1499,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             resume,
             force,
             patience,
+            devices,
         } => {
             if init == Init::Scratch && weights.is_some() {
                 return Err(CliError::Usage(
@@ -1491,6 +1521,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 resume,
                 force,
                 patience,
+                devices,
             })
         }
         Command::Export {
@@ -1582,8 +1613,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             target_flash_bytes,
             target_arena_bytes,
             npu,
+            devices,
         } => {
             let mut tree = collab::tree::TreeConfig::open(&config)?;
+            if let Some(n) = devices {
+                tree.finetune.devices = n;
+            }
             let given = collab::tree::Targets {
                 max_bytes: target_size,
                 max_gzip: target_gzip,

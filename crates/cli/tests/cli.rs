@@ -3,6 +3,7 @@
 
 mod common;
 use common::collab;
+use std::path::Path;
 
 #[test]
 fn info_prints_parameter_counts() {
@@ -263,4 +264,51 @@ fn failures_exit_with_a_message() {
     let (code, out, err) = collab(&["info", "--model", "ds-cnn-s", "--device", "cpu"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("conv1"), "{out}");
+}
+
+#[test]
+fn train_on_two_devices_ends_as_one_device_with_the_doubled_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |devices: &str, batch: &str, out: &Path| {
+        let (code, _, err) = collab(&[
+            "train",
+            "--model",
+            "ds-cnn-s",
+            "--epochs",
+            "2",
+            "--batch-size",
+            batch,
+            "--devices",
+            devices,
+            "--seed",
+            "3",
+            "--no-augment",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        // epoch, train loss, train accuracy, val loss, val accuracy, learning rate (no times).
+        let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        csv.lines()
+            .skip(1)
+            .map(|l| {
+                l.split(',')
+                    .take(6)
+                    .map(|c| c.parse::<f64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = run("1", "200", &dir.path().join("one"));
+    let two = run("2", "100", &dir.path().join("two"));
+    assert_eq!(one.len(), 2);
+    // A model trained from scratch normalizes with batch statistics, which each replica
+    // takes over its own half of the batch: the figures agree closely, not exactly.
+    for (a, b) in one.iter().zip(&two) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 0.02 * x.abs().max(1.0), "{b:?} vs {a:?}");
+        }
+    }
+    let manifest = std::fs::read_to_string(dir.path().join("two/manifest.json")).unwrap();
+    assert!(manifest.contains("\"devices\": 2"), "{manifest}");
 }

@@ -135,6 +135,16 @@ fn cases(out: &'static str) -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         (train(&["--lr", "inf"]), vec!["--lr", "> 0"]),
         (train(&["--lr", "-0.1"]), vec!["--lr", "> 0"]),
         (train(&["--lr", "0"]), vec!["--lr", "> 0"]),
+        (train(&["--devices", "0"]), vec!["--devices", "1..=1024"]),
+        (
+            stage("prune", &["--devices", "-2"]),
+            vec!["--devices", "1..=1024"],
+        ),
+        (train(&["--epochs", "-3"]), vec!["--epochs", "1..=10000"]),
+        (
+            train(&["--batch-size", "-1"]),
+            vec!["--batch-size", "at least 1"],
+        ),
         (train(&["--width", "0"]), vec!["--width", "(0, 4]"]),
         (info(&["--width", "0"]), vec!["--width", "(0, 4]"]),
         (info(&["--width", "nan"]), vec!["--width", "(0, 4]"]),

@@ -195,6 +195,7 @@ pub const RANGES: &[(&str, &str, Bound)] = &[
     ("", "synthetic_val", count(1, 1_000_000)),
     ("finetune", "epochs", count(1, 10_000)),
     ("finetune", "batch_size", count(1, 100_000)),
+    ("finetune", "devices", count(1, 1_024)),
     ("finetune", "learning_rate", above(0.0, false)),
     ("targets", "max_bytes", count(0, u64::MAX)),
     ("targets", "max_gzip", count(0, u64::MAX)),
@@ -430,6 +431,7 @@ fn full_example() -> TreeConfig {
         seed: 0,
         finetune: FineTune {
             epochs: 1,
+            devices: 1,
             batch_size: 1,
             learning_rate: 1e-4,
         },
@@ -1334,11 +1336,13 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
     let FineTune {
         epochs,
         batch_size,
+        devices,
         learning_rate,
     } = finetune;
     let table = Table::Named("finetune".into());
     whole(&table, "epochs", *epochs)?;
     whole(&table, "batch_size", *batch_size)?;
+    whole(&table, "devices", *devices)?;
     real(&table, "learning_rate", *learning_rate)?;
     let Targets {
         max_bytes,

@@ -1,10 +1,10 @@
 //! Where tensors live: the CPU (`flex`) by default, a GPU through burn's `wgpu` backend in a
 //! build with the `wgpu` feature.
 //!
-//! One process computes on one device: `collab --device wgpu …` and the examples'
+//! One process computes on one backend: `collab --device wgpu …` and the examples'
 //! `--device` call [`select`] once at start, and every model, batch, training step and
 //! evaluation of this crate is then created on [`compute`] (training on
-//! `compute().autodiff()`). The int8 interpreter always runs on the CPU: it is ours, not burn's.
+//! `compute().autodiff()`); a data-parallel run adds the [`replicas`] of that device. The int8 interpreter always runs on the CPU: it is ours, not burn's.
 
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -110,6 +110,31 @@ pub fn selected() -> Backend {
 pub fn compute() -> Device {
     // `select` only stores backends whose device builds.
     selected().device().unwrap_or_else(|_| Device::flex())
+}
+
+/// The devices of a data-parallel run on `n` replicas (without autodiff), the first being
+/// [`compute`]: `n` handles of the one CPU device (the replicas share its cores), or the first
+/// `n` discrete GPUs wgpu finds.
+pub fn replicas(n: usize) -> Vec<Device> {
+    let n = n.max(1);
+    match selected() {
+        Backend::Cpu => vec![compute(); n],
+        Backend::Wgpu => (0..n).map(wgpu_replica).collect(),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_replica(i: usize) -> Device {
+    if i == 0 {
+        compute()
+    } else {
+        Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(i))
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_replica(_: usize) -> Device {
+    compute()
 }
 
 #[cfg(test)]

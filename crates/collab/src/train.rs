@@ -96,8 +96,12 @@ impl OptimizerConfig {
 pub struct TrainConfig {
     /// Epochs.
     pub epochs: usize,
-    /// Batch size.
+    /// Batch size (of each device, with `devices` > 1).
     pub batch_size: usize,
+    /// Devices to train on, data parallel: each step takes `devices × batch_size` items
+    /// ([`crate::learn::Plan::devices`]).
+    #[serde(default = "crate::learn::one_device")]
+    pub devices: usize,
     /// Optimizer and schedule.
     pub optimizer: OptimizerConfig,
     /// Seed for shuffling and augmentation (per epoch: same seed, same batches).
@@ -232,6 +236,7 @@ pub fn fit(
         label: "train".into(),
         epochs: config.epochs,
         batch_size: config.batch_size,
+        devices: config.devices,
         optimizer: config.optimizer.clone(),
         seed: config.seed,
         augment: true,
@@ -244,7 +249,8 @@ pub fn fit(
     let history = learned.history;
     if let Some(name) = first_non_finite(&learned.model) {
         let done = history.last().map_or(0, |h| h.epoch);
-        let steps = data.train.len().div_ceil(config.batch_size.max(1));
+        let steps =
+            crate::learn::steps_per_epoch(data.train.len(), config.batch_size, config.devices);
         return Err(diverged(
             done + 1,
             steps,

@@ -35,9 +35,12 @@ use crate::usage as err;
 pub struct FineTune {
     /// Epochs per stage.
     pub epochs: usize,
-    /// Batch size.
+    /// Batch size (of each device, with `devices` > 1).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Devices each stage trains on, data parallel ([`crate::learn::Plan::devices`]).
+    #[serde(default = "crate::learn::one_device")]
+    pub devices: usize,
     /// Adam learning rate (constant).
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
@@ -425,6 +428,7 @@ fn fine_tune<M: crate::learn::Classify>(
         label: what.to_string(),
         epochs: ft.epochs,
         batch_size: ft.batch_size,
+        devices: ft.devices,
         optimizer: train::OptimizerConfig::Adam {
             learning_rates: vec![ft.learning_rate],
         },
@@ -624,7 +628,8 @@ fn run_stage(
     input: [usize; 3],
     runs: &Path,
 ) -> Result<StageOutput, CollabError> {
-    let steps = (data.train.len().div_ceil(ft.batch_size) * ft.epochs) as u64;
+    let steps = (crate::learn::steps_per_epoch(data.train.len(), ft.batch_size, ft.devices)
+        * ft.epochs) as u64;
     let net = parent.with_bn_mode(BnMode::Folded);
     let name = stage.name.as_str();
     let mut qat_out = None;
@@ -1215,6 +1220,7 @@ pub fn run(
                     let tc = train::TrainConfig {
                         epochs: config.baseline_epochs,
                         batch_size: config.finetune.batch_size,
+                        devices: config.finetune.devices,
                         optimizer: train::OptimizerConfig::for_model(&spec),
                         seed: config.seed,
                         patience: None,

@@ -584,6 +584,7 @@ fn trained_small_mobilenet_exports_bit_exact() {
     let config = TrainConfig {
         epochs: 1,
         batch_size: 100,
+        devices: 1,
         optimizer: OptimizerConfig::SgdCosine {
             learning_rate: 0.1,
             momentum: 0.9,

@@ -103,6 +103,7 @@ fn plan(dir: &std::path::Path, epochs: usize, resume_from: Option<usize>) -> Pla
         label: "test".into(),
         epochs,
         batch_size: 40,
+        devices: 1,
         optimizer: OptimizerConfig::Adam {
             learning_rates: vec![2e-3, 5e-4],
         },

@@ -23,6 +23,7 @@ fn setup(epochs: usize) -> (ModelSpec, Network, data::TaskData, TrainConfig) {
     let config = TrainConfig {
         epochs,
         batch_size: 40,
+        devices: 1,
         optimizer: OptimizerConfig::Adam {
             learning_rates: vec![3e-3],
         },

@@ -10,7 +10,7 @@
 //! What this module adds around burn-train:
 //! - [`Classifier`]: the `TrainStep` / `InferenceStep` of any [`Classify`] model (logits and
 //!   cross-entropy), which also stops the run at the first step whose loss is not finite;
-//! - [`IndexLoader`]: a burn `DataLoader` over the project's [`Batches`], shuffled and augmented
+//! - [`IndexLoader`]: a burn `DataLoader` over the project's [`Batches`](crate::data::Batches), shuffled and augmented
 //!   per epoch from the seed, so that the same seed gives the same batches (and a resumed run
 //!   the batches an uninterrupted one would have had);
 //! - [`Scheduled`]: the papers' learning-rate schedules as a burn `LrScheduler` whose step count
@@ -21,43 +21,45 @@
 //!   manifests, `metrics.csv` and the learning-curve plot;
 //! - Ctrl-C: [`interrupt_on_ctrl_c`] routes the signal to the running Learner's `Interrupter`,
 //!   which stops after the current step; the last completed epoch's checkpoint is what
-//!   `--resume` continues from.
+//!   `--resume` continues from;
+//! - data parallel ([`Plan::devices`]): burn-train's multi-device strategy runs each step on
+//!   copies of the model, so [`Classifier::data_parallel`] carries the state the copies'
+//!   forward passes advance back to the main model ([`collab_core::replica`]), and
+//!   [`IndexLoader::split`] deals each device its share of the global batch.
 
-use std::collections::HashMap;
+mod files;
+mod loader;
+mod metrics;
+mod replicas;
+
+use files::AtomicCheckpointer;
+pub use files::{RUN_FILES, clear_run, is_run_file, last_checkpoint, load_checkpoint};
+pub use loader::IndexLoader;
+pub use metrics::{EpochMetrics, StepTimeMetric, log_renderer, read_history, write_metrics};
+use replicas::{Posted, ReplicaLog, Replicas, scale_gradients};
+
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
-use burn::data::dataset::DatasetError;
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use burn::train::checkpoint::{
-    Checkpoint, Checkpointer, CheckpointerError, ComposedCheckpointingStrategy,
-    KeepLastNCheckpoints, MetricCheckpointingStrategy,
+    ComposedCheckpointingStrategy, KeepLastNCheckpoints, MetricCheckpointingStrategy,
 };
-use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
 use burn::train::metric::store::{Aggregate, Direction, Split};
-use burn::train::metric::{
-    AccuracyMetric, IterationSpeedMetric, LearningRateMetric, LossMetric, MetricDefinition,
-    MetricId,
-};
-use burn::train::renderer::{
-    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
-    MetricsRendererTraining,
-};
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{
-    ClassificationOutput, InferenceStep, Interrupter, Learner, LearnerSummary,
-    MetricEarlyStoppingStrategy, StoppingCondition, SupervisedTraining, TrainOutput, TrainStep,
+    ClassificationOutput, ExecutionStrategy, InferenceStep, Interrupter, Learner,
+    MetricEarlyStoppingStrategy, MultiDeviceOptim, StoppingCondition, SupervisedTraining,
+    TrainOutput, TrainStep,
 };
-use rand::rngs::StdRng;
-use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
-use crate::data::{Batch, Batches, TaskData, epoch_rng};
+use crate::data::{Batch, TaskData};
 use crate::network::Network;
 use crate::train::OptimizerConfig;
 
@@ -114,6 +116,8 @@ pub struct Classifier<M> {
     pub model: M,
     #[module(skip)]
     guard: Guard,
+    #[module(skip)]
+    replicas: Replicas,
 }
 
 impl<M: Classify> Classifier<M> {
@@ -122,6 +126,30 @@ impl<M: Classify> Classifier<M> {
         Self {
             model,
             guard: Guard::default(),
+            replicas: Replicas::default(),
+        }
+    }
+
+    /// Wrap `model` for burn-train's multi-device strategy (`ExecutionStrategy::multi` with
+    /// `MultiDeviceOptim::OptimMainDevice`), each replica taking `batch_size` items of the
+    /// global batch.
+    ///
+    /// burn-train runs each replica's step on a copy of the model and sums the gradients into
+    /// one optimizer step of the main copy; state the wrappers advance in `forward` (step
+    /// counters, masks, activation ranges) would stay on the copies. Here each replica records
+    /// its state writes, and before the optimizer step the main model takes them, reduced
+    /// across replicas ([`collab_core::replica`]): counters and masks must agree (the run
+    /// stops with an error if they do not), ranges take the smallest minimum and the largest
+    /// maximum, so they equal the update from the whole global batch. Each replica's loss is
+    /// weighted by its share of the items, so the step is the one of the whole batch's mean
+    /// loss, whatever the number of replicas.
+    pub fn data_parallel(model: M, batch_size: usize) -> Self {
+        Self {
+            replicas: Replicas(Some(Arc::new(ReplicaLog {
+                batch_size: batch_size.max(1),
+                posted: Mutex::new(Vec::new()),
+            }))),
+            ..Self::new(model)
         }
     }
 
@@ -139,9 +167,20 @@ impl<M: Classify> TrainStep for Classifier<M> {
     type Output = ClassificationOutput;
 
     fn step(&self, item: Batch) -> TrainOutput<ClassificationOutput> {
-        let out = self.classify(item);
+        let Some(log) = &self.replicas.0 else {
+            let out = self.classify(item);
+            self.guard.check(&out.loss);
+            let grads = out.loss.backward();
+            return TrainOutput::new(self, grads, out);
+        };
+        let items = item.1.dims()[0];
+        let (out, state) = collab_core::replica::recording(|| self.classify(item));
         self.guard.check(&out.loss);
-        let grads = out.loss.backward();
+        // Summed over replicas and divided by the global batch's items in `optimize`: the
+        // gradient of the global batch's mean loss.
+        let weight = items as f32 / log.batch_size as f32;
+        let grads = out.loss.clone().mul_scalar(weight).backward();
+        log.post(Posted { state, items });
         TrainOutput::new(self, grads, out)
     }
 
@@ -151,10 +190,76 @@ impl<M: Classify> TrainStep for Classifier<M> {
         lr: burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate,
         grads: burn::optim::GradientsParams,
     ) -> Self {
-        let Self { model, guard } = optim.step(lr, self, grads);
-        Self {
-            model: model.after_step(),
+        match self.gather() {
+            Ok((classifier, factor)) => {
+                let grads = scale_gradients(&classifier, grads, factor);
+                optim.step(lr, classifier, grads).after_step()
+            }
+            Err(unchanged) => unchanged,
+        }
+    }
+
+    fn optimize_multi(
+        self,
+        optim: &mut burn::optim::ModuleOptimizer,
+        lr: burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate,
+        grads: burn::optim::MultiGradientsParams,
+    ) -> Self {
+        match self.gather() {
+            Ok((classifier, factor)) => {
+                let mut grads = grads;
+                grads.grads = std::mem::take(&mut grads.grads)
+                    .into_iter()
+                    .map(|(g, device)| (scale_gradients(&classifier, g, factor), device))
+                    .collect();
+                optim.step_multi(lr, classifier, grads).after_step()
+            }
+            Err(unchanged) => unchanged,
+        }
+    }
+}
+
+impl<M: Classify> Classifier<M> {
+    /// Before an optimizer step: in a data-parallel run, the replicas' state writes folded into
+    /// this (main) model and the factor that turns the sum of the replicas' weighted gradients
+    /// into the global batch's mean; otherwise the model as it is and 1. `Err` (the model as
+    /// it is) when the replicas diverged: the run is stopping with that error.
+    fn gather(self) -> Result<(Self, f32), Self> {
+        let Some(log) = self.replicas.0.clone() else {
+            return Ok((self, 1.0));
+        };
+        let posted = log.take();
+        if posted.is_empty() {
+            return Ok((self, 1.0));
+        }
+        let items: usize = posted.iter().map(|p| p.items).sum();
+        let states: Vec<_> = posted.into_iter().map(|p| p.state).collect();
+        let Self {
+            model,
             guard,
+            replicas,
+        } = self;
+        let (model, agreed) = collab_core::replica::reconcile(model, &states);
+        let classifier = Self {
+            model,
+            guard,
+            replicas,
+        };
+        match agreed {
+            Ok(()) => Ok((classifier, log.batch_size as f32 / items.max(1) as f32)),
+            Err(divergence) => {
+                classifier.guard.fail(divergence.to_string());
+                Err(classifier)
+            }
+        }
+    }
+
+    /// After the optimizer step: the model's own hook, and one global step counted.
+    fn after_step(self) -> Self {
+        self.guard.advance();
+        Self {
+            model: self.model.after_step(),
+            ..self
         }
     }
 }
@@ -189,9 +294,36 @@ impl fmt::Debug for Guard {
 }
 
 impl Guard {
+    /// One optimizer step done.
+    fn advance(&self) {
+        if let Some(state) = &self.0 {
+            state.step.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Stop the run with `reason` as its error (the first one given is kept).
+    fn fail(&self, reason: String) {
+        let Some(state) = &self.0 else {
+            tracing::error!("{reason}");
+            return;
+        };
+        let step = state.step.load(Ordering::SeqCst);
+        let per_epoch = state.steps_per_epoch.max(1);
+        let err = CollabError::Training(format!(
+            "epoch {}, step {}: {reason}",
+            step / per_epoch + 1,
+            step % per_epoch + 1
+        ));
+        let mut slot = state.diverged.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(err);
+        }
+        state.interrupter.stop(Some("training failed"));
+    }
+
     fn check(&self, loss: &Tensor<1>) {
         let Some(state) = &self.0 else { return };
-        let step = state.step.fetch_add(1, Ordering::SeqCst);
+        let step = state.step.load(Ordering::SeqCst);
         let value = loss.clone().into_scalar::<f32>();
         if value.is_finite() {
             return;
@@ -254,157 +386,6 @@ impl LrScheduler for Scheduled {
     }
 }
 
-/// A burn `DataLoader` over [`Batches`]: batches of `batch_size` indices, shuffled per epoch
-/// from the seed (training) or in order (validation), augmented per epoch from the seed when
-/// asked. `iter()` is one epoch; the epoch counter starts where a resumed run starts.
-#[derive(Clone)]
-pub struct IndexLoader {
-    data: Arc<dyn Batches>,
-    range: (usize, usize),
-    batch_size: usize,
-    seed: u64,
-    shuffle: bool,
-    augment: bool,
-    epoch: Arc<AtomicUsize>,
-    device: Device,
-}
-
-impl IndexLoader {
-    /// Training batches: shuffled (and augmented with `augment`) per epoch from `seed`,
-    /// starting at epoch `first_epoch` (0-based).
-    pub fn train(
-        data: Arc<dyn Batches>,
-        batch_size: usize,
-        seed: u64,
-        augment: bool,
-        first_epoch: usize,
-    ) -> Self {
-        let len = data.len();
-        Self {
-            data,
-            range: (0, len),
-            batch_size: batch_size.max(1),
-            seed,
-            shuffle: true,
-            augment,
-            epoch: Arc::new(AtomicUsize::new(first_epoch)),
-            device: crate::device::compute(),
-        }
-    }
-
-    /// Evaluation batches, in order, never augmented.
-    pub fn eval(data: Arc<dyn Batches>, batch_size: usize) -> Self {
-        let len = data.len();
-        Self {
-            data,
-            range: (0, len),
-            batch_size: batch_size.max(1),
-            seed: 0,
-            shuffle: false,
-            augment: false,
-            epoch: Arc::new(AtomicUsize::new(0)),
-            device: crate::device::compute(),
-        }
-    }
-}
-
-struct IndexIter<'a> {
-    loader: &'a IndexLoader,
-    batches: std::vec::IntoIter<Vec<usize>>,
-    rng: Option<StdRng>,
-    done: usize,
-    total: usize,
-}
-
-impl Iterator for IndexIter<'_> {
-    type Item = Result<Batch, DatasetError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let indices = self.batches.next()?;
-        self.done += indices.len();
-        Some(
-            self.loader
-                .data
-                .batch(&indices, self.rng.as_mut(), &self.loader.device)
-                .map_err(DatasetError::new),
-        )
-    }
-}
-
-impl DataLoaderIterator<Batch> for IndexIter<'_> {
-    fn progress(&self) -> Progress {
-        Progress::new(self.done, self.total, Some("items".into()))
-    }
-}
-
-impl DataLoader<Batch> for IndexLoader {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<Batch> + 'a> {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
-        let (lo, hi) = self.range;
-        let n = hi - lo;
-        let mut batches: Vec<Vec<usize>> = if self.shuffle {
-            collab_data::shuffled_batches(n, self.batch_size, self.seed.wrapping_add(epoch as u64))
-        } else {
-            (0..n)
-                .collect::<Vec<_>>()
-                .chunks(self.batch_size)
-                .map(<[usize]>::to_vec)
-                .collect()
-        };
-        batches.iter_mut().flatten().for_each(|i| *i += lo);
-        Box::new(IndexIter {
-            loader: self,
-            batches: batches.into_iter(),
-            rng: self.augment.then(|| epoch_rng(self.seed, epoch)),
-            done: 0,
-            total: n,
-        })
-    }
-
-    fn num_items(&self) -> usize {
-        self.range.1 - self.range.0
-    }
-
-    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<Batch>> {
-        Arc::new(Self {
-            device: device.clone(),
-            ..self.clone()
-        })
-    }
-
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<Batch>> {
-        let lo = self.range.0;
-        Arc::new(Self {
-            range: (lo + start, (lo + end).min(self.range.1)),
-            ..self.clone()
-        })
-    }
-}
-
-/// Figures of one epoch, read back from burn-train's metric logs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub loss: f64,
-    /// Training accuracy (on the augmented batches).
-    pub train_accuracy: f64,
-    /// Validation accuracy.
-    pub val_accuracy: f64,
-    /// Mean validation loss.
-    #[serde(default)]
-    pub val_loss: f64,
-    /// Mean learning rate of the epoch's steps.
-    #[serde(default)]
-    pub learning_rate: f64,
-    /// Mean wall time of a training step, milliseconds (from burn-train's iteration speed).
-    #[serde(default)]
-    pub step_ms: f64,
-    /// Wall time of the epoch's training steps.
-    pub seconds: f64,
-}
-
 /// Where the terminal output of a run goes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dashboard {
@@ -425,8 +406,11 @@ pub struct Plan {
     pub label: String,
     /// Epochs in all (a resumed run counts those already done).
     pub epochs: usize,
-    /// Batch size.
+    /// Batch size (of each device, with `devices` > 1).
     pub batch_size: usize,
+    /// Devices to train on, data parallel (burn-train's multi-device strategy): each step takes
+    /// `devices × batch_size` items, `batch_size` on each device.
+    pub devices: usize,
     /// Optimizer and schedule.
     pub optimizer: OptimizerConfig,
     /// Seed of shuffling and augmentation.
@@ -458,6 +442,7 @@ impl Plan {
             label: "train".into(),
             epochs,
             batch_size,
+            devices: 1,
             optimizer,
             seed: 0,
             augment: true,
@@ -467,6 +452,17 @@ impl Plan {
             interrupter: None,
         }
     }
+}
+
+/// The serde default of the `devices` settings: one device.
+pub fn one_device() -> usize {
+    1
+}
+
+/// Optimizer steps in one epoch of `items` training items, `batch_size` on each of `devices`
+/// devices (the last step may be short).
+pub fn steps_per_epoch(items: usize, batch_size: usize, devices: usize) -> usize {
+    items.div_ceil(batch_size.max(1) * devices.max(1))
 }
 
 /// What a run ended with.
@@ -529,7 +525,8 @@ pub fn learn<M: Classify>(
         )));
     }
     std::fs::create_dir_all(&plan.dir).map_err(|e| CollabError::checkpoint(&plan.dir, e))?;
-    let steps_per_epoch = data.train.len().div_ceil(plan.batch_size.max(1));
+    let devices = plan.devices.max(1);
+    let steps_per_epoch = steps_per_epoch(data.train.len(), plan.batch_size, devices);
     let total_steps = steps_per_epoch * plan.epochs;
     let first_epoch = plan.resume_from.unwrap_or(0);
     let schedule = Scheduled::new(plan.optimizer.clone(), total_steps);
@@ -542,7 +539,12 @@ pub fn learn<M: Classify>(
         diverged: Mutex::new(None),
     });
     let device = crate::device::compute().autodiff();
-    let mut classifier = Classifier::new(model.fork(&device).train());
+    let model = model.fork(&device).train();
+    let mut classifier = if devices > 1 {
+        Classifier::data_parallel(model, plan.batch_size)
+    } else {
+        Classifier::new(model)
+    };
     classifier.guard = Guard(Some(guard.clone()));
     let learner = Learner::new(classifier, plan.optimizer.init(), schedule);
 
@@ -552,7 +554,8 @@ pub fn learn<M: Classify>(
         plan.seed,
         plan.augment,
         first_epoch,
-    );
+    )
+    .split(devices);
     let valid = IndexLoader::eval(data.val.clone(), 256);
     let checkpoints = ComposedCheckpointingStrategy::builder()
         .add(KeepLastNCheckpoints::new(2))
@@ -567,7 +570,7 @@ pub fn learn<M: Classify>(
     let mut training = SupervisedTraining::new(&plan.dir, Arc::new(train), Arc::new(valid))
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
-        .metric_train_numeric(IterationSpeedMetric::new())
+        .metric_train_numeric(StepTimeMetric::new(devices))
         .num_epochs(plan.epochs)
         .with_custom_checkpointers(
             AtomicCheckpointer::new(&folder, "model"),
@@ -585,6 +588,15 @@ pub fn learn<M: Classify>(
     }
     if let Some(k) = plan.resume_from {
         training = training.checkpoint(k);
+    }
+    if devices > 1 {
+        training = training.with_training_strategy(
+            ExecutionStrategy::multi(
+                crate::device::replicas(devices),
+                MultiDeviceOptim::OptimMainDevice,
+            )
+            .into(),
+        );
     }
     if let Some(n) = plan.patience {
         training = training.early_stopping(MetricEarlyStoppingStrategy::new(
@@ -635,353 +647,4 @@ pub fn learn<M: Classify>(
         interrupted,
         stopped_early,
     })
-}
-
-/// burn-train's file checkpointer (`NAME-EPOCH.bpk` in one folder), writing each file under a
-/// temporary name, synced, then renamed: a run killed while saving never leaves a truncated
-/// checkpoint for `--resume` to find.
-struct AtomicCheckpointer {
-    folder: PathBuf,
-    name: &'static str,
-}
-
-impl AtomicCheckpointer {
-    fn new(folder: &Path, name: &'static str) -> Self {
-        Self {
-            folder: folder.to_path_buf(),
-            name,
-        }
-    }
-
-    fn path(&self, epoch: usize) -> PathBuf {
-        self.folder.join(format!("{}-{epoch}.bpk", self.name))
-    }
-}
-
-impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
-    fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
-        std::fs::create_dir_all(&self.folder).map_err(CheckpointerError::IOError)?;
-        let path = self.path(epoch);
-        let tmp = self.folder.join(format!(
-            ".{}-{epoch}.bpk.tmp-{}",
-            self.name,
-            std::process::id()
-        ));
-        let bytes = record
-            .checkpoint_into_bytes()
-            .map_err(CheckpointerError::Record)?;
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            CheckpointerError::IOError(e)
-        })
-    }
-
-    fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
-        match std::fs::remove_file(self.path(epoch)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CheckpointerError::IOError(e))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
-        let bytes = std::fs::read(self.path(epoch)).map_err(CheckpointerError::IOError)?;
-        R::checkpoint_from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(CheckpointerError::Record)
-    }
-}
-
-/// What burn-train writes in a run's folder (checkpoints, metric logs) and [`learn`] adds.
-pub const RUN_FILES: [&str; 5] = [
-    "checkpoint",
-    "train",
-    "valid",
-    "metrics.csv",
-    "learning_curve.png",
-];
-
-/// Whether `name` is one of a run's files ([`RUN_FILES`]) or the temporary name one is written
-/// under.
-pub fn is_run_file(name: &str) -> bool {
-    RUN_FILES.contains(&name) || name == METRICS_TMP
-}
-
-/// The temporary name `metrics.csv` is written under before it is renamed into place.
-const METRICS_TMP: &str = ".metrics.csv.tmp";
-
-/// Remove a previous run's [`RUN_FILES`] from `dir`, so that a new run there starts clean.
-pub fn clear_run(dir: &Path) {
-    for name in RUN_FILES {
-        let path = dir.join(name);
-        let _ = std::fs::remove_dir_all(&path);
-        let _ = std::fs::remove_file(&path);
-    }
-}
-
-/// The last epoch in `dir` whose model, optimizer and schedule checkpoints are all there.
-pub fn last_checkpoint(dir: &Path) -> Option<usize> {
-    let folder = dir.join("checkpoint");
-    let entries = std::fs::read_dir(&folder).ok()?;
-    let epochs = entries.filter_map(|e| {
-        let name = e.ok()?.file_name().into_string().ok()?;
-        name.strip_prefix("model-")?
-            .strip_suffix(".bpk")?
-            .parse::<usize>()
-            .ok()
-    });
-    epochs
-        .filter(|n| {
-            ["optim", "scheduler"]
-                .iter()
-                .all(|kind| folder.join(format!("{kind}-{n}.bpk")).is_file())
-        })
-        .max()
-}
-
-/// Load burn-train's model checkpoint of `epoch` in `dir` into `model` (as returned by
-/// [`learn`]: the model without the [`Classifier`] around it).
-pub fn load_checkpoint<M: Classify>(model: M, dir: &Path, epoch: usize) -> Result<M, CollabError> {
-    let path = dir.join("checkpoint").join(format!("model-{epoch}.bpk"));
-    let bytes = std::fs::read(&path).map_err(|e| CollabError::checkpoint(&path, e))?;
-    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-        .map_err(|e| CollabError::checkpoint(&path, format!("{e:?}")))?;
-    let classifier = Classifier::new(model).load_record(record);
-    Ok(classifier.model)
-}
-
-/// Every epoch's figures from burn-train's metric logs in `dir`.
-pub fn read_history(dir: &Path, steps_per_epoch: usize) -> Result<Vec<EpochMetrics>, CollabError> {
-    const NAMES: [&str; 4] = ["Accuracy", "Loss", "Learning Rate", "Iteration Speed"];
-    let Ok(summary) = LearnerSummary::new(dir, &NAMES) else {
-        return Ok(Vec::new());
-    };
-    let series = |split: &[burn::train::MetricSummary], name: &str| -> HashMap<usize, f64> {
-        split
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| m.entries.iter().map(|e| (e.step, e.value)).collect())
-            .unwrap_or_default()
-    };
-    let train = &summary.metrics.train;
-    let valid = &summary.metrics.valid;
-    let (acc, loss) = (series(train, "Accuracy"), series(train, "Loss"));
-    let (val_acc, val_loss) = (series(valid, "Accuracy"), series(valid, "Loss"));
-    let (lr, speed) = (
-        series(train, "Learning Rate"),
-        series(train, "Iteration Speed"),
-    );
-    let mut epochs: Vec<usize> = val_acc.keys().copied().collect();
-    epochs.sort_unstable();
-    Ok(epochs
-        .into_iter()
-        .map(|epoch| {
-            let per_second = speed.get(&epoch).copied().unwrap_or(0.0);
-            let step_ms = if per_second > 0.0 {
-                1000.0 / per_second
-            } else {
-                0.0
-            };
-            EpochMetrics {
-                epoch,
-                loss: loss.get(&epoch).copied().unwrap_or(f64::NAN),
-                // burn-train logs accuracy in percent.
-                train_accuracy: acc.get(&epoch).copied().unwrap_or(f64::NAN) / 100.0,
-                val_accuracy: val_acc[&epoch] / 100.0,
-                val_loss: val_loss.get(&epoch).copied().unwrap_or(f64::NAN),
-                learning_rate: lr.get(&epoch).copied().unwrap_or(f64::NAN),
-                step_ms,
-                seconds: step_ms * steps_per_epoch as f64 / 1000.0,
-            }
-        })
-        .collect())
-}
-
-/// `dir/metrics.csv` (one row per epoch) and `dir/learning_curve.png`.
-pub fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), CollabError> {
-    let mut csv = String::from(
-        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,learning_rate,step_ms\n",
-    );
-    for h in history {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            h.epoch,
-            h.loss,
-            h.train_accuracy,
-            h.val_loss,
-            h.val_accuracy,
-            h.learning_rate,
-            h.step_ms
-        ));
-    }
-    let path = dir.join("metrics.csv");
-    let tmp = dir.join(METRICS_TMP);
-    std::fs::write(&tmp, csv)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| CollabError::checkpoint(&path, e))?;
-    if !history.is_empty() {
-        crate::plot::learning_curve(&dir.join("learning_curve.png"), history)?;
-    }
-    Ok(())
-}
-
-/// burn-train's renderer where its dashboard is not used: a progress bar on terminals and one
-/// `tracing` line per split with the split's metrics, nothing on stdout (burn-train's own plain
-/// renderer prints every batch there). For `SupervisedTraining::renderer` in a training of your
-/// own: `.renderer(log_renderer("my run"))`.
-pub fn log_renderer(label: &str) -> Box<dyn MetricsRenderer> {
-    Box::new(LogRenderer::new(label))
-}
-
-struct LogRenderer {
-    label: String,
-    epoch: usize,
-    epochs: usize,
-    split: String,
-    bar: Option<indicatif::ProgressBar>,
-    names: HashMap<MetricId, String>,
-    latest: Vec<(MetricId, String)>,
-}
-
-impl LogRenderer {
-    fn new(label: &str) -> Self {
-        Self {
-            label: label.to_string(),
-            epoch: 1,
-            epochs: 0,
-            split: String::new(),
-            bar: None,
-            names: HashMap::new(),
-            latest: Vec::new(),
-        }
-    }
-
-    fn record(&mut self, state: MetricState) {
-        let entry = match state {
-            MetricState::Generic(entry) | MetricState::Numeric(entry, _) => entry,
-        };
-        let text = entry.serialized_entry.formatted;
-        match self
-            .latest
-            .iter_mut()
-            .find(|(id, _)| *id == entry.metric_id)
-        {
-            Some(slot) => slot.1 = text,
-            None => self.latest.push((entry.metric_id, text)),
-        }
-    }
-}
-
-impl MetricsRendererTraining for LogRenderer {
-    fn update_train(&mut self, state: MetricState) {
-        self.record(state);
-    }
-
-    fn update_valid(&mut self, state: MetricState) {
-        self.record(state);
-    }
-
-    fn on_train_end(
-        &mut self,
-        _summary: Option<LearnerSummary>,
-    ) -> Result<(), Box<dyn core::error::Error>> {
-        Ok(())
-    }
-}
-
-impl TrainingProgressLogger for LogRenderer {
-    fn start(
-        &mut self,
-        total_epochs: usize,
-        starting_epoch: usize,
-        _total_items: Option<usize>,
-        _label: Option<&str>,
-    ) {
-        self.epochs = total_epochs;
-        // The 1-based epoch it starts with.
-        self.epoch = starting_epoch.max(1);
-    }
-
-    fn update_epoch(&mut self, epoch: usize) {
-        // Called once epoch `epoch` (1-based) is done.
-        self.epoch = epoch + 1;
-    }
-
-    fn start_split(&mut self, split: &str, total_items: usize) {
-        self.split = split.to_string();
-        self.latest.clear();
-        self.bar = Some(crate::train::progress(
-            total_items as u64,
-            &format!("{} {} {}", self.label, self.epoch, split),
-        ));
-    }
-
-    fn update_split(&mut self, items_processed: usize) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(items_processed as u64);
-        }
-    }
-
-    fn end_split(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-        let figures = self
-            .latest
-            .iter()
-            .map(|(id, text)| {
-                let name = self.names.get(id).map_or("?", String::as_str);
-                // burn-train shows "epoch VALUE - batch VALUE": the epoch's running value.
-                let value = text.split(" - batch").next().unwrap_or(text);
-                format!("{name} {}", value.trim_start_matches("epoch "))
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        tracing::info!(
-            run = self.label.as_str(),
-            epoch = self.epoch,
-            of = self.epochs,
-            split = self.split.as_str(),
-            "{figures}"
-        );
-    }
-
-    fn end(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-
-    fn log_event_training(&mut self, event: String) {
-        tracing::debug!(run = self.label.as_str(), "{event}");
-    }
-}
-
-impl EvaluationProgressLogger for LogRenderer {
-    fn start_global_progress(&mut self, _total_tests: usize) {}
-    fn start_test(&mut self, _name: &str, _total_items: usize) {}
-    fn update_test_progress(&mut self, _items_processed: usize) {}
-    fn end_test(&mut self) {}
-    fn end_global_progress(&mut self) {}
-    fn log_event_evaluation(&mut self, _event: String) {}
-}
-
-impl MetricsRendererEvaluation for LogRenderer {
-    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
-}
-
-impl MetricsRenderer for LogRenderer {
-    fn manual_close(&mut self) {}
-
-    fn register_metric(&mut self, definition: MetricDefinition) {
-        self.names
-            .insert(definition.metric_id, definition.name.to_string());
-    }
 }
