@@ -15,9 +15,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keep freed memory mapped instead of returning it to the OS 10 ms after a free (mimalloc's
 /// default). A training step frees and reallocates activation-sized buffers (megabytes) every
-/// op; with purging, each reallocation page-faults and the kernel zeroes the pages again:
-/// 32,000 page faults and 25% more CPU time over 10 MobileNet v1 QAT steps on the 2-core VM of
-/// BENCHMARKS.md (800 faults without). The process keeps its peak heap instead.
+/// op; with purging, each reallocation page-faults and the kernel zeroes the pages again
+/// (`docs/DESIGN.md`, "Allocator purging"). The process keeps its peak heap instead.
 /// (`MIMALLOC_PURGE_DELAY` in the environment is read before `main` and is overridden here.)
 fn keep_freed_memory() {
     // SAFETY: sets an allocator option (the index is checked against mimalloc.h of the bundled
@@ -49,6 +48,29 @@ struct Cli {
     /// the CPU.
     #[arg(long, global = true, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    /// More log lines: -v adds debug, -vv trace (RUST_LOG, when set, decides instead).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Warnings and errors only (results still print on stdout).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+impl Cli {
+    /// The log filter: `RUST_LOG` when set, else the level `-v` / `-q` ask for. onnx-ir
+    /// narrates every parse and burn-train every iteration at `info`: they stay at `warn`
+    /// unless -vv.
+    fn log_filter(&self) -> tracing_subscriber::EnvFilter {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            return filter;
+        }
+        match (self.quiet, self.verbose) {
+            (true, _) => "warn".into(),
+            (false, 0) => "info,onnx_ir=warn,burn_train=warn".into(),
+            (false, 1) => "debug,onnx_ir=warn,burn_train=warn".into(),
+            (false, _) => "trace".into(),
+        }
+    }
 }
 
 /// `--device`.
@@ -1698,18 +1720,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            // onnx-ir narrates every parse and burn-train every iteration at `info`; their
-            // warnings still show.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,onnx_ir=warn,burn_train=warn".into()),
-        )
+        .with_env_filter(cli.log_filter())
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: logs piped to a file or CI stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

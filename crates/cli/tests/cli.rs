@@ -271,6 +271,7 @@ fn train_on_two_devices_ends_as_one_device_with_the_doubled_batch() {
     let dir = tempfile::tempdir().unwrap();
     let run = |devices: &str, batch: &str, out: &Path| {
         let (code, _, err) = collab(&[
+            "--quiet",
             "train",
             "--model",
             "ds-cnn-s",
@@ -287,6 +288,7 @@ fn train_on_two_devices_ends_as_one_device_with_the_doubled_batch() {
             out.to_str().unwrap(),
         ]);
         assert_eq!(code, 0, "{err}");
+        assert!(!err.contains("INFO"), "--quiet logged:\n{err}");
         // epoch, train loss, train accuracy, val loss, val accuracy, learning rate (no times).
         let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
         csv.lines()

@@ -136,6 +136,7 @@ fn cases(out: &'static str) -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         (train(&["--lr", "-0.1"]), vec!["--lr", "> 0"]),
         (train(&["--lr", "0"]), vec!["--lr", "> 0"]),
         (train(&["--devices", "0"]), vec!["--devices", "1..=1024"]),
+        (info(&["-v", "--quiet"]), vec!["--quiet", "--verbose"]),
         (
             stage("prune", &["--devices", "-2"]),
             vec!["--devices", "1..=1024"],

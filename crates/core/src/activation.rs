@@ -2,7 +2,7 @@
 //!
 //! burn's `clamp(0, 6)` (ReLU6) records a `clamp_min` and a `clamp_max` whose backward passes
 //! each fill the gradient through a byte mask element by element (`mask_fill`, a branch per
-//! element): on MobileNet v1 CIFAR that was 29% of a training step. Here the forward is one
+//! element), a large share of a MobileNet training step. Here the forward is one
 //! vectorized pass and the backward one pass that keeps the gradient where burn's would (ReLU:
 //! `x > 0` or NaN; ReLU6: `0 ≤ x ≤ 6` or NaN, burn's clamp masks only values strictly outside),
 //! split over rayon tasks of `CHUNK` elements. Values and gradients are the same as burn's ops

@@ -2,8 +2,7 @@
 //! `flex`.
 //!
 //! Composed from tensor ops, a training BatchNorm makes about a dozen passes over the activation
-//! forward and backward (mean, centring, square, mean, scale, shift, and their gradients); on
-//! DS-CNN-L's largest activation (`[100, 276, 25, 10]`) that took 61 ms a step. Here each channel
+//! forward and backward (mean, centring, square, mean, scale, shift, and their gradients). Here each channel
 //! is one rayon task that walks its `N` planes (a few hundred KiB, so the passes after the first
 //! hit the core's cache): forward, the two-pass mean and biased variance (sums in `f64`) and the
 //! normalized output; backward, `Σ dy` and `Σ dy·x̂` and then
@@ -326,7 +325,7 @@ widest! {
 /// The backward channel kernel in AVX-512F intrinsics.
 ///
 /// The portable loops of [`backward_channel`] vectorize badly (the activation mask and the two
-/// sums per element left them in 4-wide and scalar code: 19% of a DS-CNN-L step). Here one pass
+/// sums per element left them in 4-wide and scalar code). Here one pass
 /// takes both sums in 16 lanes, the plane's tail (DS-CNN-L planes are 125 values) goes through
 /// a masked load whose dead lanes carry `dy = 0`, and the activation is a compare mask on the
 /// pre-activation value recomputed as the forward computes it (multiply, then add: no FMA, so

@@ -3,8 +3,8 @@
 //!
 //! burn computes `y + b` over a `[N, C, H, W]` activation with a broadcast add whose backward
 //! reduces the gradient to `[C]` with `sum_dim` over three axes; on flex each of those reductions
-//! first copies the whole gradient into a layout that puts the reduced axis last (9% of a
-//! DS-CNN-L step with folded BatchNorm, where every layer adds its folded bias). Here the
+//! first copies the whole gradient into a layout that puts the reduced axis last, and with
+//! folded BatchNorm every layer adds a bias. Here the
 //! forward is one pass (`act(x + b)`), the backward one pass that masks the gradient where the
 //! activation does and sums it per channel. Both run in the tensor's storage order, channels
 //! first or channels last ([`crate::layout`]), and return that layout. The sums are taken in

@@ -1,22 +1,20 @@
 //! 2-D convolution formulated for fast training on CPU backends.
 //!
-//! burn's own `conv2d` is correct everywhere but its backward pass is slow for the layers that
-//! make up DS-CNN and MobileNet (measured on `flex`, batch 100, DS-CNN-L shapes, forward +
-//! backward): a 276→276 pointwise conv 69 ms, the 1→276 10×4 first conv 77 ms, a stride-2
-//! depthwise 3×3 102 ms. [`conv2d`] computes the same function with other burn tensor ops whose
-//! backward passes are fast, so autodiff, every backend and every wrapper keep working:
+//! burn's own `conv2d` is correct everywhere, but its backward pass is slow for the layers that
+//! make up DS-CNN and MobileNet (pointwise, few-tap stems, strided depthwise). [`conv2d`]
+//! computes the same function with other burn tensor ops whose backward passes are fast, so
+//! autodiff, every backend and every wrapper keep working:
 //!
-//! | layer | formulation | fwd + bwd (same shapes) |
-//! |---|---|---|
-//! | pointwise 1×1, `groups = 1` | one GEMM `[C_out, C_in] × [C_in, N·H·W]` over a channel-major view | 30 ms |
-//! | few input taps (`C_in/groups · kh · kw ≤ 64`, `groups = 1`), e.g. a 1-channel stem | im2col from strided slices, one batched GEMM | 30 ms |
-//! | depthwise on `flex` | [`crate::depthwise`]: burn's forward, our backward kernels | — |
-//! | depthwise with stride > 1 elsewhere | burn's stride-1 depthwise, then a strided slice | 90 ms |
-//! | anything else (dilation, grouped, large kernels) | burn's `conv2d` | — |
+//! | layer | formulation |
+//! |---|---|
+//! | pointwise 1×1, `groups = 1` | one GEMM `[C_out, C_in] × [C_in, N·H·W]` over a channel-major view |
+//! | few input taps (`C_in/groups · kh · kw ≤ 64`, `groups = 1`), e.g. a 1-channel stem | im2col from strided slices, one batched GEMM |
+//! | depthwise on `flex` | [`crate::depthwise`]: burn's forward, our backward kernels |
+//! | depthwise with stride > 1 elsewhere | burn's stride-1 depthwise, then a strided slice |
+//! | anything else (dilation, grouped, large kernels) | burn's `conv2d` |
 //!
-//! (Timings single-threaded, before burn's `rayon` feature was on; `cargo bench --bench
-//! train_kernels` gives current ones.) The results equal burn's `conv2d` up to float summation
-//! order (the tests check values and gradients against burn's op). Set `COLLAB_BURN_CONV=1`
+//! `cargo bench --bench train_kernels` times them (`BENCHMARKS.md`). The results equal burn's
+//! `conv2d` up to float summation order (the tests check values and gradients against burn's op). Set `COLLAB_BURN_CONV=1`
 //! (read once per process) to route every call to burn's `conv2d`, for comparison.
 
 use crate::layout::channels_last;

@@ -38,7 +38,7 @@ pub fn contiguous_f32(t: FlexTensor, op: &str) -> FlexTensor {
 ///
 /// Use this rather than `FlexTensor::empty`: burn-flex 0.22 builds that from a `Vec<u8>` and
 /// `Bytes::from_bytes_vec` then reallocates it at 16-byte alignment and copies it, so a fresh
-/// output costs a memset, a copy and two allocations (6% of a DS-CNN-L training step). A
+/// output costs a memset, a copy and two allocations. A
 /// `Vec<f32>` goes into `Bytes` as it is.
 pub fn zeros_f32(shape: impl Into<Shape>) -> FlexTensor {
     let shape = shape.into();

@@ -443,15 +443,6 @@ impl KwsSet {
         }
         Ok(())
     }
-
-    /// Per-class counts.
-    pub fn class_counts(&self) -> Vec<usize> {
-        let mut counts = vec![0; KWS_LABELS.len()];
-        for l in &self.labels {
-            counts[*l] += 1;
-        }
-        counts
-    }
 }
 
 #[cfg(test)]

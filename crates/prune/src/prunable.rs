@@ -69,9 +69,8 @@ pub struct LayerReport {
 /// `weight ⊙ mask` for any rank; the gradient is masked too.
 ///
 /// Computed as `weight · keep + 0` with `keep` the mask as 0.0 / 1.0: pruned entries are +0.0
-/// (`-w · 0 + 0 = +0`), kept ones unchanged, and the gradient is `grad · keep`. burn-flex's
-/// `mask_fill` (what this used) fills a uniquely owned tensor in place with a branch per
-/// element, and a pruning mask is close to random: 8% of a MobileNet v1 `Prunable` step.
+/// (`-w · 0 + 0 = +0`), kept ones unchanged, and the gradient is `grad · keep`. A multiply, not
+/// burn-flex's `mask_fill`, which branches per element on a mask that is close to random.
 #[derive(Clone, Debug)]
 pub struct MaskTransform {
     /// Kept weights, flattened `[numel]`.

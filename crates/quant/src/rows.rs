@@ -3,8 +3,7 @@
 //!
 //! Composed from burn ops ([`crate::fake::fake_quant`]: expand, divide, round, add, clamp,
 //! subtract, multiply, and the clipping's `max_pair` / `min_pair` with their masks), a
-//! per-channel weight costs about a dozen passes each step, several of them strided
-//! (MobileNet v1's 3.2 M weights: 5% of a QAT step). Here one pass forward and one backward.
+//! per-channel weight costs about a dozen passes each step, several of them strided. Here one pass forward and one backward.
 //! Values are bit-identical to the composed ops (the per-element arithmetic of
 //! `fake_quant_one`, zero point 0), gradients too: the gradient passes where `x` is neither
 //! below its row's `low` nor above its `high` (NaN passes), as `max_pair` / `min_pair` decide.

@@ -1231,17 +1231,6 @@ impl Interpreter {
             .map(|k| Kernel::Elementwise(Box::new(k)))
     }
 
-    /// Use only the portable kernels (no SIMD convolutions), for tests and benchmarks that
-    /// compare them; results are identical either way. Same as
-    /// [`set_kernels`](Self::set_kernels)`(Kernels::Portable)` / `(Kernels::Best)`.
-    pub fn set_portable(&mut self, portable: bool) {
-        self.set_kernels(if portable {
-            Kernels::Portable
-        } else {
-            Kernels::Best
-        });
-    }
-
     /// Choose the convolution kernels (repacks the weights); results are identical for all.
     pub fn set_kernels(&mut self, kernels: Kernels) {
         // `Portable` builds no fast form: every convolution then runs `conv`.
@@ -1284,8 +1273,8 @@ impl Interpreter {
 
     /// Whether the AVX-512 VNNI kernels run the convolutions (ordinary ones and depthwise ones
     /// with multiplier 1) or the fully-connected layers (the first that any of them uses; the
-    /// CPU has AVX-512 F/BW/VL/VNNI and
-    /// [`set_portable`](Self::set_portable) is off).
+    /// CPU has AVX-512 F/BW/VL/VNNI and [`set_kernels`](Self::set_kernels) did not choose the
+    /// portable ones).
     pub fn uses_vnni(&self) -> bool {
         self.kernel_name() == "avx512-vnni"
     }
