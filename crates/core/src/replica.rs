@@ -231,6 +231,32 @@ impl<'a> Reconciler<'a> {
     }
 }
 
+impl Reconciler<'_> {
+    /// The replicas' values of one piece of numeric state combined by its rule; `value` (the
+    /// main model's) when they cannot be (the error is recorded).
+    fn reduce<const D: usize, K>(&mut self, writes: &[&Write], value: Tensor<D, K>) -> Tensor<D, K>
+    where
+        K: burn::tensor::kind::Ordered + 'static,
+        Tensor<D, K>: Clone,
+    {
+        let Some(tensors) = self.tensors::<D, K>(writes, &value.device()) else {
+            return value;
+        };
+        match writes[0].reduce {
+            Reduce::Same if !self.same(&tensors) => value,
+            Reduce::Same => tensors[0].clone(),
+            Reduce::Min => tensors
+                .into_iter()
+                .reduce(Tensor::min_pair)
+                .unwrap_or(value),
+            Reduce::Max => tensors
+                .into_iter()
+                .reduce(Tensor::max_pair)
+                .unwrap_or(value),
+        }
+    }
+}
+
 /// The first flat index where two tensors' values differ (bitwise for floats).
 fn first_difference(a: &TensorData, b: &TensorData) -> Option<usize> {
     let width = a.dtype().size().max(1);
@@ -259,26 +285,7 @@ impl ModuleMapper for Reconciler<'_> {
             return param;
         }
         let (id, value, mapper) = param.consume();
-        let Some(tensors) = self.tensors::<D, burn::tensor::Float>(&writes, &value.device()) else {
-            return Param::from_mapped_value(id, value, mapper);
-        };
-        let reduce = writes[0].reduce;
-        let reduced = match reduce {
-            Reduce::Same => {
-                if !self.same(&tensors) {
-                    return Param::from_mapped_value(id, value, mapper);
-                }
-                tensors[0].clone()
-            }
-            Reduce::Min => tensors
-                .into_iter()
-                .reduce(Tensor::min_pair)
-                .unwrap_or(value),
-            Reduce::Max => tensors
-                .into_iter()
-                .reduce(Tensor::max_pair)
-                .unwrap_or(value),
-        };
+        let reduced = self.reduce(&writes, value);
         Param::from_mapped_value(id, reduced, mapper)
     }
 
@@ -315,21 +322,7 @@ impl ModuleMapper for Reconciler<'_> {
             };
             return Param::from_mapped_value(id, count, mapper);
         }
-        let Some(tensors) = self.tensors::<D, Int>(&writes, &device) else {
-            return Param::from_mapped_value(id, value, mapper);
-        };
-        let reduced = match writes[0].reduce {
-            Reduce::Same if !self.same(&tensors) => value,
-            Reduce::Same => tensors[0].clone(),
-            Reduce::Min => tensors
-                .into_iter()
-                .reduce(Tensor::min_pair)
-                .unwrap_or(value),
-            Reduce::Max => tensors
-                .into_iter()
-                .reduce(Tensor::max_pair)
-                .unwrap_or(value),
-        };
+        let reduced = self.reduce(&writes, value);
         Param::from_mapped_value(id, reduced, mapper)
     }
 
