@@ -16,11 +16,13 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
+use crate::CollabError;
 use crate::tree::{FineTune, Scheme, StageSpec, Targets, TreeConfig};
 
 /// The key that selects a stage's scheme (the serde tag of [`Scheme`]).
@@ -1497,6 +1499,34 @@ pub fn validate(config: &TreeConfig) -> Result<(), ConfigError> {
         known.push(name);
     }
     Ok(())
+}
+
+impl TreeConfig {
+    /// Read a TOML file ([`TreeConfig::from_toml`]); relative `weights` paths are taken from
+    /// the working directory. Errors name the file, the line, the key and how to fix it.
+    pub fn open(path: &Path) -> Result<Self, CollabError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CollabError::checkpoint(path, e))?;
+        Self::from_toml(&text).map_err(|e| CollabError::checkpoint(path, e))
+    }
+
+    /// Read a config from TOML text, strictly: an unknown or misplaced key, a value of the
+    /// wrong type or out of its range is an error naming its line, key and table and the
+    /// nearest valid key ([`crate::config`]); then [`TreeConfig::check`].
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        parse(text)
+    }
+
+    /// Every number in its range ([`crate::config::RANGES`]), stage names usable as folder
+    /// names (1 to 64 ASCII letters, digits, `_`, `-`; not `baseline`) and unique, parents
+    /// defined above their stage. For a config built in code (no lines).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        validate(self)
+    }
+
+    /// [`TreeConfig::check`] with the error as text.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check().map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

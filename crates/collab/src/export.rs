@@ -1506,7 +1506,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CollabError> {
     Ok(())
 }
 
-/// Check, before any work, that [`write`] may write `path` ([`collab_tflite::check_target`]:
+/// Check, before any work, that [`write`](fn@write) may write `path` ([`collab_tflite::check_target`]:
 /// a file name, not a folder or device, in an existing folder).
 pub fn check_out(path: &Path) -> Result<(), CollabError> {
     collab_tflite::check_target(path)
@@ -1575,7 +1575,7 @@ pub fn evaluate_int8(
     interp: &collab_tflite::Interpreter,
     input: [usize; 3],
     data: &dyn Batches,
-) -> Result<crate::train::EvalReport, CollabError> {
+) -> Result<crate::eval::EvalReport, CollabError> {
     let classes = interp.outputs()[0]
         .shape
         .last()
@@ -1584,7 +1584,7 @@ pub fn evaluate_int8(
         .max(1);
     // `evaluate` takes an infallible forward pass; the first interpreter error is kept here.
     let failure = std::cell::RefCell::new(None);
-    let report = crate::train::evaluate(
+    let report = crate::eval::evaluate(
         |x| {
             let [n, ..] = x.dims();
             let device = x.device();

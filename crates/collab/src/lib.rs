@@ -4,14 +4,19 @@
 //!   Commands + MFCC with augmentation, CIFAR-10 with crop/flip, synthetic stand-ins);
 //! - [`learn`]: training through burn-train's `Learner` (the one training path): `TrainStep` /
 //!   `InferenceStep` for any classifier, a `DataLoader` over [`data::Batches`], the papers'
-//!   schedules, per-epoch metrics (`metrics.csv`, learning curve), early stopping, Ctrl-C;
+//!   schedules, per-epoch metrics (`metrics.csv`, learning curve), early stopping, Ctrl-C, data
+//!   parallel;
 //! - [`train`]: `collab train` runs (Adam with the ML-KWS step schedule for DS-CNN, SGD with
-//!   momentum and cosine decay for MobileNet) with best-on-validation and resume, and evaluation;
+//!   momentum and cosine decay for MobileNet) with best-on-validation and resume;
+//! - [`eval`]: accuracy overall and per class, of a float model or an int8 file;
 //! - [`export`]: int8 `.tflite` export (PTQ calibration or QAT ranges) and int8 evaluation;
-//! - [`bench`]: training-step and int8-inference timings (`collab bench`);
+//! - [`bench`](mod@bench): training-step and int8-inference timings (`collab bench`);
 //! - [`config`]: strict reading of tree configs (unknown keys, types, ranges, stage names);
 //! - [`tree`]: the deployment tree (pruned / clustered / QAT / PQAT / CQAT / PCQAT nodes,
-//!   each a checkpoint, exported to int8, evaluated, sized, invariants checked);
+//!   each a checkpoint, exported to int8, evaluated, sized, invariants checked): what a config
+//!   says (`tree::spec`), running the stages, and what a run produced (`tree::results`);
+//! - [`plot`], [`deploy`], [`device`]: the figures, the deployment measurements, the compute
+//!   device;
 //! - [`fault`]: fault-injection points for the crash-safety tests (`COLLAB_FAULT_AT`);
 //! - [`lock`]: one run per output folder (an OS lock on `OUT/.collab.lock`);
 //! - [`checkpoint`]: a checkpoint is a folder with the record and a JSON manifest, written
@@ -49,6 +54,7 @@ pub mod config;
 pub mod data;
 pub mod deploy;
 pub mod device;
+pub mod eval;
 pub mod export;
 pub mod fault;
 pub mod learn;

@@ -3,93 +3,19 @@
 //! [`fit`] trains a [`Network`] through burn-train ([`crate::learn`]) with the optimizers and
 //! schedules of the papers ([`OptimizerConfig`]), and keeps the project's checkpoints with
 //! manifests around burn-train's own: the best validation model in `out`, the last completed
-//! epoch in `out/last`. [`evaluate`] gives accuracy overall and per class.
+//! epoch in `out/last`. Evaluation is [`crate::eval`] (re-exported here).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Module;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
 use crate::checkpoint::{self, Manifest};
-use crate::data::{Batches, TaskData};
+use crate::data::TaskData;
 use crate::network::{ModelSpec, Network};
 
-/// Optimizer and learning-rate schedule.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum OptimizerConfig {
-    /// Adam (β 0.9 / 0.999, ε 1e-7 as Keras); the run is split into equal parts, one learning
-    /// rate each (ML-KWS-for-MCU: 5e-4, 1e-4, 2e-5).
-    Adam {
-        /// Learning rates of the consecutive parts.
-        learning_rates: Vec<f64>,
-    },
-    /// SGD with momentum and weight decay, cosine decay of the learning rate to 0.
-    SgdCosine {
-        /// Initial learning rate.
-        learning_rate: f64,
-        /// Momentum (no dampening).
-        momentum: f64,
-        /// L2 weight decay.
-        weight_decay: f64,
-    },
-}
-
-impl OptimizerConfig {
-    /// The papers' choice for `model`: Adam with the ML-KWS steps for DS-CNN, SGD 0.05,
-    /// momentum 0.9, weight decay 5e-4, cosine for MobileNet.
-    pub fn for_model(model: &ModelSpec) -> Self {
-        match model {
-            ModelSpec::DsCnn { .. } => Self::Adam {
-                learning_rates: vec![5e-4, 1e-4, 2e-5],
-            },
-            _ => Self::SgdCosine {
-                learning_rate: 0.05,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-            },
-        }
-    }
-
-    /// Learning rate at `step` of `total`.
-    pub fn learning_rate(&self, step: usize, total: usize) -> f64 {
-        match self {
-            Self::Adam { learning_rates } => {
-                let parts = learning_rates.len().max(1);
-                let part = (step * parts / total.max(1)).min(parts - 1);
-                learning_rates.get(part).copied().unwrap_or(1e-3)
-            }
-            Self::SgdCosine { learning_rate, .. } => {
-                let p = step as f64 / total.max(1) as f64;
-                0.5 * learning_rate * (1.0 + (std::f64::consts::PI * p).cos())
-            }
-        }
-    }
-
-    /// The optimizer (Adam with ε 1e-7 as Keras, or SGD with momentum and weight decay).
-    pub fn init(&self) -> ModuleOptimizer {
-        match self {
-            Self::Adam { .. } => AdamConfig::new().with_epsilon(1e-7).init(),
-            Self::SgdCosine {
-                momentum,
-                weight_decay,
-                ..
-            } => SgdConfig::new()
-                .with_momentum(Some(
-                    MomentumConfig::new()
-                        .with_momentum(*momentum)
-                        .with_dampening(0.0),
-                ))
-                .with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)))
-                .init(),
-        }
-    }
-}
+pub use crate::learn::OptimizerConfig;
 
 /// Settings of a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,74 +42,7 @@ pub struct TrainConfig {
 
 pub use crate::learn::EpochMetrics;
 
-/// Accuracy on a set, overall and per class.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    /// Top-1 accuracy.
-    pub accuracy: f64,
-    /// Samples evaluated.
-    pub samples: usize,
-    /// Per class: accuracy and sample count.
-    pub per_class: BTreeMap<String, ClassAccuracy>,
-}
-
-/// One class's figures.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ClassAccuracy {
-    /// Top-1 accuracy within the class.
-    pub accuracy: f64,
-    /// Samples of the class.
-    pub samples: usize,
-}
-
-/// Evaluate `forward` (in evaluation mode, no autodiff) on all of `data`.
-pub fn evaluate<F>(
-    forward: F,
-    data: &dyn Batches,
-    batch_size: usize,
-) -> Result<EvalReport, CollabError>
-where
-    F: Fn(burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2>,
-{
-    let device = crate::device::compute();
-    let names = data.class_names();
-    let mut correct = vec![0usize; names.len()];
-    let mut total = vec![0usize; names.len()];
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let (x, y) = data.batch(chunk, None, &device)?;
-        let pred = forward(x).argmax(1).flatten::<1>(0, 1);
-        let pred = collab_core::host::to_vec_i64(pred);
-        let y = collab_core::host::to_vec_i64(y);
-        for (p, t) in pred.iter().zip(&y) {
-            let t = *t as usize;
-            if t < total.len() {
-                total[t] += 1;
-                correct[t] += usize::from(p == &(t as i64));
-            }
-        }
-    }
-    let samples: usize = total.iter().sum();
-    let per_class = names
-        .into_iter()
-        .enumerate()
-        .filter(|(c, _)| total[*c] > 0)
-        .map(|(c, name)| {
-            (
-                name,
-                ClassAccuracy {
-                    accuracy: correct[c] as f64 / total[c] as f64,
-                    samples: total[c],
-                },
-            )
-        })
-        .collect();
-    Ok(EvalReport {
-        accuracy: correct.iter().sum::<usize>() as f64 / samples.max(1) as f64,
-        samples,
-        per_class,
-    })
-}
+pub use crate::eval::{ClassAccuracy, EvalReport, evaluate};
 
 /// Train `network` on `data.train` with burn-train ([`crate::learn`]), validating on
 /// `data.val` after each epoch.
@@ -251,7 +110,7 @@ pub fn fit(
         let done = history.last().map_or(0, |h| h.epoch);
         let steps =
             crate::learn::steps_per_epoch(data.train.len(), config.batch_size, config.devices);
-        return Err(diverged(
+        return Err(crate::learn::diverged(
             done + 1,
             steps,
             &format!("parameter `{name}` holds NaN or infinite values"),
@@ -350,16 +209,6 @@ fn missing_optimizer(folder: &Path) -> CollabError {
     )
 }
 
-/// The error of a run whose loss or weights stopped being finite (the training loop here and
-/// the tree's fine-tuning).
-pub(crate) fn diverged(epoch: usize, step: usize, what: &str, learning_rate: f64) -> CollabError {
-    CollabError::Training(format!(
-        "training diverged at epoch {epoch}, step {step}: {what} (learning rate {learning_rate:e}); \
-         nothing of this epoch was saved. Lower the learning rate (--lr, or the config's \
-         learning_rate), e.g. by 10x"
-    ))
-}
-
 /// The path of the first parameter of `network` holding a NaN or an infinity, if any.
 fn first_non_finite(network: &Network) -> Option<String> {
     use burn::module::{ModuleVisitor, Param};
@@ -401,21 +250,4 @@ fn save_best(out: &Path, network: &Network, manifest: &Manifest) -> Result<(), C
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
-}
-
-/// A progress bar drawn on terminals only; logs carry the figures elsewhere.
-pub fn progress(len: u64, message: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(message.to_string());
-    bar
 }

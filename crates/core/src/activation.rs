@@ -1,4 +1,4 @@
-//! ReLU and ReLU6 as one burn backend-extension op each way on `flex`.
+//! [`Activation`] (ReLU, ReLU6), computed on `flex` as one burn backend-extension op each way.
 //!
 //! burn's `clamp(0, 6)` (ReLU6) records a `clamp_min` and a `clamp_max` whose backward passes
 //! each fill the gradient through a byte mask element by element (`mask_fill`, a branch per
@@ -19,8 +19,34 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::extension::{has_flex_kernels, untracked, wide, zeros_f32};
-use crate::layer::Activation;
 use crate::layout::{in_order, restore_order, storage_order};
+
+/// An activation a model applies after a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
+
+impl Activation {
+    /// Apply the activation.
+    ///
+    /// # Shapes
+    /// Any; the output has the input's shape.
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        // One fused op each way on flex (`crate::activation`): the same values and gradients
+        // as the burn ops below, which other devices run.
+        if let Some(y) = activation(x.clone(), self) {
+            return y;
+        }
+        match self {
+            Self::Relu => burn::tensor::activation::relu(x),
+            Self::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+}
 
 const OP: &str = "activation";
 

@@ -21,11 +21,11 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::activation::Activation;
 use crate::activation::{backward_one, forward_one};
 use crate::extension::{
     contiguous_f32, has_avx2_fma, has_flex_kernels, owned_f32, untracked, widest, zeros_f32,
 };
-use crate::layer::Activation;
 use crate::layout::{channels_first, channels_last_buffer, from_channels_last, is_channels_last};
 
 const OP: &str = "batch_norm_train";

@@ -21,11 +21,58 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::activation::Activation;
 use crate::activation::{backward_one, forward_one};
 use crate::batchnorm::act_code;
 use crate::extension::{contiguous_f32, has_flex_kernels, owned_f32, untracked, widest, zeros_f32};
-use crate::layer::Activation;
 use crate::layout::{in_order, restore_order, storage_order};
+
+/// `b` `[channels]` shaped `[1, channels, 1, …]` to broadcast over dimension 1 of a rank-`D`
+/// activation.
+pub fn channel_broadcast<const D: usize>(b: Tensor<1>) -> Tensor<D> {
+    let mut shape = [1i64; D];
+    shape[D.min(2) - 1] = -1;
+    b.reshape(shape)
+}
+
+/// `y + b` for the split that [`crate::LayerForward::forward_transformed_unbiased`] returns (`b`
+/// broadcast over dimension 1), or `y` where there is no bias to add.
+///
+/// On flex a rank-4 sum is [`bias_activation`]: one pass each way in the
+/// tensor's storage order, where burn's broadcast add copies the gradient three times to
+/// reduce it to the bias.
+pub fn join_bias<const D: usize>((y, b): (Tensor<D>, Option<Tensor<1>>)) -> Tensor<D> {
+    match b {
+        Some(b) if fusable(&y) => fused_bias(y, b, None),
+        Some(b) => y + channel_broadcast(b),
+        None => y,
+    }
+}
+
+/// Whether `y + b` (and an activation) can be [`bias_activation`]: rank 4 on flex.
+fn fusable<const D: usize>(y: &Tensor<D>) -> bool {
+    D == 4 && crate::extension::has_flex_kernels(&y.device())
+}
+
+/// [`bias_activation`] for a rank-`D` tensor that [`fusable`] accepted.
+fn fused_bias<const D: usize>(y: Tensor<D>, b: Tensor<1>, act: Option<Activation>) -> Tensor<D> {
+    let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
+    let out = bias_activation(y, b, act).expect("flex");
+    Tensor::from_dispatch(out.into_dispatch())
+}
+
+/// `activation(y + b)` for the split of [`crate::LayerForward::forward_transformed_unbiased`]: on flex
+/// for rank 4 one fused op each way ([`bias_activation`]), else [`join_bias`] and
+/// then [`Activation::apply`].
+pub fn join_bias_activated<const D: usize>(
+    (y, b): (Tensor<D>, Option<Tensor<1>>),
+    activation: Activation,
+) -> Tensor<D> {
+    match b {
+        Some(b) if fusable(&y) => fused_bias(y, b, Some(activation)),
+        b => activation.apply(join_bias((y, b))),
+    }
+}
 
 const OP: &str = "bias_activation";
 

@@ -233,7 +233,7 @@ pub fn conv2d(
     };
     // On flex one pass in the output's storage order (the depthwise and pointwise outputs are
     // stored channels last), elsewhere burn's broadcast add.
-    crate::layer::join_bias((out, bias))
+    crate::bias::join_bias((out, bias))
 }
 
 /// Every `stride`-th row and column of `x`, starting at `offset`, `size` of them.

@@ -253,66 +253,8 @@ pub trait WeightLayer: Module + ModuleDisplay {
     fn bias(&self) -> Option<Tensor<1>>;
 }
 
-/// `b` `[channels]` shaped `[1, channels, 1, …]` to broadcast over dimension 1 of a rank-`D`
-/// activation.
-pub fn channel_broadcast<const D: usize>(b: Tensor<1>) -> Tensor<D> {
-    let mut shape = [1i64; D];
-    shape[D.min(2) - 1] = -1;
-    b.reshape(shape)
-}
-
-/// `y + b` for the split that [`LayerForward::forward_transformed_unbiased`] returns (`b`
-/// broadcast over dimension 1), or `y` where there is no bias to add.
-///
-/// On flex a rank-4 sum is [`crate::bias::bias_activation`]: one pass each way in the
-/// tensor's storage order, where burn's broadcast add copies the gradient three times to
-/// reduce it to the bias.
-pub fn join_bias<const D: usize>((y, b): (Tensor<D>, Option<Tensor<1>>)) -> Tensor<D> {
-    match b {
-        Some(b) if fusable(&y) => fused_bias(y, b, None),
-        Some(b) => y + channel_broadcast(b),
-        None => y,
-    }
-}
-
-/// Whether `y + b` (and an activation) can be [`crate::bias::bias_activation`]: rank 4 on flex.
-fn fusable<const D: usize>(y: &Tensor<D>) -> bool {
-    D == 4 && crate::extension::has_flex_kernels(&y.device())
-}
-
-/// [`crate::bias::bias_activation`] for a rank-`D` tensor that [`fusable`] accepted.
-fn fused_bias<const D: usize>(y: Tensor<D>, b: Tensor<1>, act: Option<Activation>) -> Tensor<D> {
-    let y: Tensor<4> = Tensor::from_dispatch(y.into_dispatch());
-    let out = crate::bias::bias_activation(y, b, act).expect("flex");
-    Tensor::from_dispatch(out.into_dispatch())
-}
-
-/// An activation a model applies after a layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `max(x, 0)`.
-    Relu,
-    /// `min(max(x, 0), 6)`.
-    Relu6,
-}
-
-impl Activation {
-    /// Apply the activation.
-    ///
-    /// # Shapes
-    /// Any; the output has the input's shape.
-    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        // One fused op each way on flex (`crate::activation`): the same values and gradients
-        // as the burn ops below, which other devices run.
-        if let Some(y) = crate::activation::activation(x.clone(), self) {
-            return y;
-        }
-        match self {
-            Self::Relu => burn::tensor::activation::relu(x),
-            Self::Relu6 => x.clamp(0.0, 6.0),
-        }
-    }
-}
+pub use crate::activation::Activation;
+pub use crate::bias::{channel_broadcast, join_bias, join_bias_activated};
 
 /// A [`WeightLayer`] whose forward maps a rank-`D` input to a rank-`D` output.
 ///
@@ -376,19 +318,6 @@ pub trait LayerForward<const D: usize>: WeightLayer {
             self.forward_transformed_unbiased(input, &NoTransform),
             activation,
         )
-    }
-}
-
-/// `activation(y + b)` for the split of [`LayerForward::forward_transformed_unbiased`]: on flex
-/// for rank 4 one fused op each way ([`crate::bias::bias_activation`]), else [`join_bias`] and
-/// then [`Activation::apply`].
-pub fn join_bias_activated<const D: usize>(
-    (y, b): (Tensor<D>, Option<Tensor<1>>),
-    activation: Activation,
-) -> Tensor<D> {
-    match b {
-        Some(b) if fusable(&y) => fused_bias(y, b, Some(activation)),
-        b => activation.apply(join_bias((y, b))),
     }
 }
 

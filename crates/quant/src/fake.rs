@@ -5,11 +5,7 @@
 use burn::tensor::{Tensor, TensorData};
 
 use crate::QuantParams;
-
-/// The largest `f32` below 0.5. `floor(|x| + HALF_DOWN)` is `floor(|x| + 0.5)` in exact
-/// arithmetic for every finite `f32` (a tie `n + 0.5` still reaches `n + 1` after rounding the
-/// sum), while `|x| + 0.5` itself would round `0.49999997` up to 1.
-pub(crate) const HALF_DOWN: f32 = 0.499_999_97;
+use crate::params::HALF_DOWN;
 
 /// Elementwise rounding with ties away from zero (`TfLiteRound`, `f32::round`).
 ///

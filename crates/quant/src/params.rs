@@ -112,6 +112,11 @@ impl QuantParams {
     }
 }
 
+/// The largest `f32` below 0.5. `floor(|x| + HALF_DOWN)` is `floor(|x| + 0.5)` in exact
+/// arithmetic for every finite `f32` (a tie `n + 0.5` still reaches `n + 1` after rounding the
+/// sum), while `|x| + 0.5` itself would round `0.49999997` up to 1.
+pub(crate) const HALF_DOWN: f32 = 0.499_999_97;
+
 /// One value quantized to `[qmin, qmax]` (ties away from zero, saturating) and dequantized.
 #[inline(always)]
 pub(crate) fn fake_quant_one(v: f32, scale: f32, zero_point: i32, qmin: i32, qmax: i32) -> f32 {
@@ -123,7 +128,7 @@ pub(crate) fn fake_quant_one(v: f32, scale: f32, zero_point: i32, qmin: i32, qma
     // a scalar conversion per lane).
     let x = if x.is_nan() { 0.0 } else { x };
     // SAFETY: |x| + HALF_DOWN is finite and below 2^31 (x is within ±limit, limit < 2^17).
-    let magnitude: i32 = unsafe { (x.abs() + crate::fake::HALF_DOWN).to_int_unchecked() };
+    let magnitude: i32 = unsafe { (x.abs() + HALF_DOWN).to_int_unchecked() };
     let rounded = if x < 0.0 { -magnitude } else { magnitude };
     let q = (rounded + zero_point).clamp(qmin, qmax);
     (q - zero_point) as f32 * scale

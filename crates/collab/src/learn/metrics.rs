@@ -16,8 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
 
-use super::files::METRICS_TMP;
-
 /// Name of [`StepTimeMetric`] in burn-train's logs.
 const STEP_TIME: &str = "Step Time";
 
@@ -188,34 +186,6 @@ pub fn read_history(dir: &Path, steps_per_epoch: usize) -> Result<Vec<EpochMetri
         .collect())
 }
 
-/// `dir/metrics.csv` (one row per epoch) and `dir/learning_curve.png`.
-pub fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), CollabError> {
-    let mut csv = String::from(
-        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,learning_rate,step_ms\n",
-    );
-    for h in history {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            h.epoch,
-            h.loss,
-            h.train_accuracy,
-            h.val_loss,
-            h.val_accuracy,
-            h.learning_rate,
-            h.step_ms
-        ));
-    }
-    let path = dir.join("metrics.csv");
-    let tmp = dir.join(METRICS_TMP);
-    std::fs::write(&tmp, csv)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| CollabError::checkpoint(&path, e))?;
-    if !history.is_empty() {
-        crate::plot::learning_curve(&dir.join("learning_curve.png"), history)?;
-    }
-    Ok(())
-}
-
 /// burn-train's renderer where its dashboard is not used: a progress bar on terminals and one
 /// `tracing` line per split with the split's metrics, nothing on stdout (burn-train's own plain
 /// renderer prints every batch there). For `SupervisedTraining::renderer` in a training of your
@@ -301,7 +271,7 @@ impl TrainingProgressLogger for LogRenderer {
     fn start_split(&mut self, split: &str, total_items: usize) {
         self.split = split.to_string();
         self.latest.clear();
-        self.bar = Some(crate::train::progress(
+        self.bar = Some(progress(
             total_items as u64,
             &format!("{} {} {}", self.label, self.epoch, split),
         ));
@@ -368,4 +338,21 @@ impl MetricsRenderer for LogRenderer {
         self.names
             .insert(definition.metric_id, definition.name.to_string());
     }
+}
+
+/// A progress bar drawn on terminals only; logs carry the figures elsewhere.
+pub fn progress(len: u64, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
 }

@@ -31,19 +31,20 @@ mod files;
 mod loader;
 mod metrics;
 mod replicas;
+mod schedule;
 
-use files::AtomicCheckpointer;
+use files::{AtomicCheckpointer, METRICS_TMP};
 pub use files::{RUN_FILES, clear_run, is_run_file, last_checkpoint, load_checkpoint};
 pub use loader::IndexLoader;
-pub use metrics::{EpochMetrics, StepTimeMetric, log_renderer, read_history, write_metrics};
+pub use metrics::{EpochMetrics, StepTimeMetric, log_renderer, read_history};
 use replicas::{Posted, ReplicaLog, Replicas, scale_gradients};
+pub use schedule::{OptimizerConfig, Scheduled};
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::Tensor;
@@ -61,7 +62,6 @@ use burn::train::{
 use crate::CollabError;
 use crate::data::{Batch, TaskData};
 use crate::network::Network;
-use crate::train::OptimizerConfig;
 
 /// A model that maps a batch of inputs to class logits: what [`Classifier`] trains.
 ///
@@ -329,7 +329,7 @@ impl Guard {
             return;
         }
         let per_epoch = state.steps_per_epoch.max(1);
-        let err = crate::train::diverged(
+        let err = diverged(
             step / per_epoch + 1,
             step % per_epoch + 1,
             &format!("the loss became {value}"),
@@ -343,47 +343,41 @@ impl Guard {
     }
 }
 
-/// The papers' learning-rate schedules ([`OptimizerConfig::learning_rate`]) as a burn
-/// `LrScheduler`; its step count is saved in burn-train's checkpoint, so a resumed run
-/// continues the schedule.
-#[derive(Clone, Debug)]
-pub struct Scheduled {
-    optimizer: OptimizerConfig,
-    total_steps: usize,
-    step: usize,
+/// The error of a run whose loss or weights stopped being finite (a step's loss here, the trained weights in `train::fit`).
+pub(crate) fn diverged(epoch: usize, step: usize, what: &str, learning_rate: f64) -> CollabError {
+    CollabError::Training(format!(
+        "training diverged at epoch {epoch}, step {step}: {what} (learning rate {learning_rate:e}); \
+         nothing of this epoch was saved. Lower the learning rate (--lr, or the config's \
+         learning_rate), e.g. by 10x"
+    ))
 }
 
-impl Scheduled {
-    /// The schedule of `optimizer` over `total_steps` optimizer steps, at step 0.
-    pub fn new(optimizer: OptimizerConfig, total_steps: usize) -> Self {
-        Self {
-            optimizer,
-            total_steps,
-            step: 0,
-        }
+/// `dir/metrics.csv` (one row per epoch) and `dir/learning_curve.png`.
+pub fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), CollabError> {
+    let mut csv = String::from(
+        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,learning_rate,step_ms\n",
+    );
+    for h in history {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            h.epoch,
+            h.loss,
+            h.train_accuracy,
+            h.val_loss,
+            h.val_accuracy,
+            h.learning_rate,
+            h.step_ms
+        ));
     }
-
-    fn at(&self, step: usize) -> f64 {
-        self.optimizer.learning_rate(step, self.total_steps)
+    let path = dir.join("metrics.csv");
+    let tmp = dir.join(METRICS_TMP);
+    std::fs::write(&tmp, csv)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| CollabError::checkpoint(&path, e))?;
+    if !history.is_empty() {
+        crate::plot::learning_curve(&dir.join("learning_curve.png"), history)?;
     }
-}
-
-impl LrScheduler for Scheduled {
-    fn step(&mut self) -> f64 {
-        let lr = self.at(self.step);
-        self.step += 1;
-        lr
-    }
-
-    fn to_record(&self) -> LrSchedulerRecord {
-        LrSchedulerRecord::new().with_scalar("step", self.step)
-    }
-
-    fn load_record(&mut self, record: LrSchedulerRecord) {
-        if let Some(step) = record.scalar::<usize>("step") {
-            self.step = step;
-        }
-    }
+    Ok(())
 }
 
 /// Where the terminal output of a run goes.
