@@ -464,6 +464,54 @@ fn full_example() -> TreeConfig {
     }
 }
 
+/// Every key a tree config takes, as the Markdown of `docs/CONFIG.md`: per table (the top
+/// level, each `[table]`, and `[[stage]]` per `kind`), each key with its TOML type, whether it
+/// is required and its valid values. Derived from the types and [`RANGES`], the one home of
+/// both; a test keeps `docs/CONFIG.md` equal to it.
+pub fn reference() -> String {
+    let s = schema();
+    let mut out = String::from(
+        "# Tree config keys\n\n\
+         Generated from the config types and their ranges (`collab::config::reference`); a test \
+         fails when this file and the code disagree. Rewrite it with\n\
+         `COLLAB_WRITE_CONFIG_DOC=1 cargo test -p collab --lib config_reference`.\n\
+         What each key means: the field docs of `collab::tree::{TreeConfig, FineTune, Targets, \
+         StageSpec, Scheme}`; a full example: `configs/dscnn_l_recipe.toml`.\n",
+    );
+    let mut section = |title: &str, table: &str, keys: &[Key]| {
+        out.push_str(&format!(
+            "\n## {title}\n\n| key | type | required | valid values |\n|---|---|---|---|\n"
+        ));
+        let mut keys: Vec<&Key> = keys
+            .iter()
+            .filter(|k| !matches!(k.shape, Shape::Table | Shape::Tables))
+            .collect();
+        keys.sort_by(|a, b| (!a.required, &a.name).cmp(&(!b.required, &b.name)));
+        for k in keys {
+            let range = bound(table, &k.name).map_or_else(String::new, |b| b.to_string());
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                k.name,
+                k.shape.describe(),
+                if k.required { "yes" } else { "no" },
+                range
+            ));
+        }
+    };
+    section("Top level", "", &s.root);
+    for (table, keys) in &s.tables {
+        section(&format!("`[{table}]`"), table, keys);
+    }
+    for (kind, keys) in &s.kinds {
+        section(
+            &format!("`[[{}]]` with `kind = \"{kind}\"`", s.stage),
+            &s.stage,
+            keys,
+        );
+    }
+    out
+}
+
 fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(Schema::derive)
@@ -1532,6 +1580,25 @@ impl TreeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `docs/CONFIG.md` is [`reference`]: written anew with `COLLAB_WRITE_CONFIG_DOC=1`.
+    #[test]
+    fn config_reference_is_docs_config_md() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/CONFIG.md");
+        let text = reference();
+        if std::env::var_os("COLLAB_WRITE_CONFIG_DOC").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            doc == text,
+            "docs/CONFIG.md differs from collab::config::reference(); rewrite it with \
+             COLLAB_WRITE_CONFIG_DOC=1 cargo test -p collab --lib config_reference"
+        );
+        for key in ["devices", "sparsity", "clusters", "max_npu_ms", "model"] {
+            assert!(text.contains(&format!("| `{key}` |")), "{key} missing");
+        }
+    }
 
     #[test]
     fn keys_are_derived_from_the_types() {
