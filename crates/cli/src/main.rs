@@ -408,6 +408,9 @@ enum Command {
         /// Replace a checkpoint already at --out.
         #[arg(long)]
         force: bool,
+        /// Print what was written as one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Train a model (from scratch or published weights); checkpoints every epoch.
     Train {
@@ -463,6 +466,9 @@ enum Command {
         /// DEVICES discrete GPUs.
         #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = parse::devices)]
         devices: usize,
+        /// Print what was written as one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a deployment tree (baseline → pruned / clustered / QAT → PQAT / CQAT / PCQAT), every
     /// node a checkpoint exported to int8, evaluated and sized; writes results.json and table.md.
@@ -591,6 +597,9 @@ enum Command {
         /// Write over an existing --out that is not a .tflite file.
         #[arg(long)]
         force: bool,
+        /// Print what was written as one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
         /// Float32 input and output (QUANTIZE / DEQUANTIZE at the edges; these run on the CPU of an NPU system).
         #[arg(long)]
         float_io: bool,
@@ -916,7 +925,7 @@ fn failed(path: &Path, reason: impl std::fmt::Display) -> CliError {
     CliError::Failed(CollabError::checkpoint(path, reason))
 }
 
-fn import(model: ModelSpec, weights: &Path, out: &Path, force: bool) -> Result<(), CliError> {
+fn import(model: ModelSpec, weights: &Path, out: &Path, force: bool) -> Result<Imported, CliError> {
     let ModelSpec::DsCnn { size } = model else {
         return Err(CliError::Usage(format!(
             "--model {}: published weights exist for the DS-CNN models only",
@@ -934,9 +943,17 @@ fn import(model: ModelSpec, weights: &Path, out: &Path, force: bool) -> Result<(
     )?;
     let mut manifest = Manifest::new(model, "imported", 0);
     manifest.config = serde_json::json!({ "weights": weights.display().to_string() });
-    checkpoint::save(out, &Network::DsCnn(net), &manifest, None)?;
-    println!("wrote {}", out.display());
-    Ok(())
+    let network = Network::DsCnn(net);
+    checkpoint::save(out, &network, &manifest, None)?;
+    let info = manifest.model.info().map_err(CollabError::from)?;
+    Ok(Imported {
+        checkpoint: out.to_path_buf(),
+        source: weights.to_path_buf(),
+        model: manifest.model.name(),
+        weight_layers: info.layers.len(),
+        params: info.params,
+        input: manifest.model.input_shape().to_vec(),
+    })
 }
 
 /// Before an import writes `out`: a checkpoint already there is replaced only with `--force`
@@ -967,7 +984,7 @@ fn import_file(
     labels: Vec<String>,
     out: &Path,
     force: bool,
-) -> Result<(), CliError> {
+) -> Result<Imported, CliError> {
     refuse_checkpoint_unless_forced(out, force)?;
     let device = collab::device::compute();
     let record = collab::network::InputRecord {
@@ -998,16 +1015,15 @@ fn import_file(
     manifest.config = serde_json::json!({ "source": file.display().to_string() });
     checkpoint::save(out, &net, &manifest, None)?;
     let info = spec.info().map_err(CollabError::from)?;
-    println!(
-        "imported {} ({} weight layers, {} parameters, input {:?} {:?}) into {}",
-        file.display(),
-        info.layers.len(),
-        info.params,
-        input.file_shape(),
-        input.layout,
-        out.display()
-    );
-    Ok(())
+    tracing::info!(layout = ?input.layout, "input as the file has it: {:?}", input.file_shape());
+    Ok(Imported {
+        checkpoint: out.to_path_buf(),
+        source: file.to_path_buf(),
+        model: spec.name(),
+        weight_layers: info.layers.len(),
+        params: info.params,
+        input: spec.input_shape().to_vec(),
+    })
 }
 
 /// Entries a `collab train` run leaves in its `--out` before its first best model is saved:
@@ -1112,7 +1128,7 @@ struct TrainArgs<'a> {
     devices: usize,
 }
 
-fn train_command(args: TrainArgs) -> Result<(), CliError> {
+fn train_command(args: TrainArgs) -> Result<Trained, CliError> {
     let TrainArgs {
         spec,
         data_dir,
@@ -1181,7 +1197,7 @@ fn train_into(
     resume: bool,
     patience: Option<usize>,
     devices: usize,
-) -> Result<(), CliError> {
+) -> Result<Trained, CliError> {
     let device = collab::device::compute();
     device.seed(seed);
     let network = match pretrained {
@@ -1238,17 +1254,10 @@ fn train_into(
     };
     let manifest = Manifest::new(spec.clone(), stage, seed);
     let (_, history) = train::fit(network, &data, &config, manifest, Some(out), resume)?;
-    if let Some(last) = history.last() {
-        let best = history.iter().map(|h| h.val_accuracy).fold(0.0, f64::max);
-        println!(
-            "trained {} epochs: last val accuracy {:.2}%, best {:.2}%; checkpoint {}",
-            history.len(),
-            100.0 * last.val_accuracy,
-            100.0 * best,
-            out.display()
-        );
-    }
-    Ok(())
+    Ok(Trained {
+        checkpoint: out.to_path_buf(),
+        history,
+    })
 }
 
 /// Whether `path` starts like a `.tflite` file (the FlatBuffer identifier `TFL3` at bytes 4..8).
@@ -1291,7 +1300,7 @@ fn export_command(
     out: &Path,
     options: &ExportOptions,
     seed: u64,
-) -> Result<(), CliError> {
+) -> Result<Exported, CliError> {
     let device = collab::device::compute();
     let (network, manifest) = checkpoint::load(checkpoint_dir, &device)?;
     let network = network.with_bn_mode(BnMode::Folded).valid();
@@ -1317,17 +1326,15 @@ fn export_command(
     let bytes = export::to_tflite(&plan, Some(&ranges), options)?;
     export::write(out, &bytes)?;
     let report = collab_tflite::Report::new(&bytes).map_err(|e| CollabError::checkpoint(out, e))?;
-    println!(
-        "wrote {}: {} ({}), {} bytes, gzip -9 {} bytes ({:.1}% compression); calibrated on {} samples",
-        out.display(),
-        manifest.model.name(),
-        manifest.stage,
-        report.bytes,
-        report.gzip_bytes,
-        100.0 * report.compression,
-        indices.len()
-    );
-    Ok(())
+    Ok(Exported {
+        file: out.to_path_buf(),
+        model: manifest.model.name(),
+        stage: manifest.stage.clone(),
+        bytes: report.bytes,
+        gzip_bytes: report.gzip_bytes,
+        compression: report.compression,
+        calibration_samples: indices.len(),
+    })
 }
 
 /// Whether `graph` computes in float: an operator other than QUANTIZE / DEQUANTIZE writes a
@@ -1499,13 +1506,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
             labels,
             out,
             force,
-        } => match (file, model, weights) {
-            (Some(file), _, _) => import_file(&file, pixels, mfcc, labels, &out, force),
-            (None, Some(model), Some(weights)) => import(model, &weights, &out, force),
-            _ => Err(CliError::Usage(
-                "give a model FILE (.onnx, .tflite), or --model with --weights".into(),
-            )),
-        },
+            json,
+        } => {
+            let written = match (file, model, weights) {
+                (Some(file), _, _) => import_file(&file, pixels, mfcc, labels, &out, force)?,
+                (None, Some(model), Some(weights)) => import(model, &weights, &out, force)?,
+                _ => {
+                    return Err(CliError::Usage(
+                        "give a model FILE (.onnx, .tflite), or --model with --weights".into(),
+                    ));
+                }
+            };
+            emit(&written, json);
+            Ok(())
+        }
         Command::Train {
             model,
             width,
@@ -1522,6 +1536,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             force,
             patience,
             devices,
+            json,
         } => {
             if init == Init::Scratch && weights.is_some() {
                 return Err(CliError::Usage(
@@ -1545,6 +1560,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 patience,
                 devices,
             })
+            .map(|trained| emit(&trained, json))
         }
         Command::Export {
             checkpoint,
@@ -1556,9 +1572,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             float_io,
             no_softmax,
             seed,
+            json,
         } => {
             check_export_out(&out, force)?;
-            export_command(
+            let written = export_command(
                 &checkpoint,
                 calibration.as_deref(),
                 calibration_samples,
@@ -1573,7 +1590,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     softmax: !no_softmax,
                 },
                 seed,
-            )
+            )?;
+            emit(&written, json);
+            Ok(())
         }
         Command::Eval {
             checkpoint,
@@ -1715,6 +1734,104 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+    }
+}
+
+/// Print what a command wrote: its line of text, or with `--json` one JSON object.
+fn emit<T: serde::Serialize + std::fmt::Display>(written: &T, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(written).unwrap_or_default());
+    } else {
+        println!("{written}");
+    }
+}
+
+/// What `collab import` wrote.
+#[derive(serde::Serialize)]
+struct Imported {
+    checkpoint: PathBuf,
+    source: PathBuf,
+    model: String,
+    weight_layers: usize,
+    params: usize,
+    /// The model's input, `[channels, h, w]`.
+    input: Vec<usize>,
+}
+
+impl std::fmt::Display for Imported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "imported {} ({}: {} weight layers, {} parameters, input {:?}) into {}",
+            self.source.display(),
+            self.model,
+            self.weight_layers,
+            self.params,
+            self.input,
+            self.checkpoint.display()
+        )
+    }
+}
+
+/// What `collab train` wrote.
+#[derive(serde::Serialize)]
+struct Trained {
+    checkpoint: PathBuf,
+    /// Every epoch's figures (a resumed run's include the earlier ones).
+    history: Vec<collab::learn::EpochMetrics>,
+}
+
+impl std::fmt::Display for Trained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let best = self
+            .history
+            .iter()
+            .map(|h| h.val_accuracy)
+            .fold(0.0, f64::max);
+        match self.history.last() {
+            Some(last) => write!(
+                f,
+                "trained {} epochs: last val accuracy {:.2}%, best {:.2}%; checkpoint {}",
+                self.history.len(),
+                100.0 * last.val_accuracy,
+                100.0 * best,
+                self.checkpoint.display()
+            ),
+            None => write!(
+                f,
+                "no epoch completed; checkpoint {}",
+                self.checkpoint.display()
+            ),
+        }
+    }
+}
+
+/// What `collab export` wrote.
+#[derive(serde::Serialize)]
+struct Exported {
+    file: PathBuf,
+    model: String,
+    stage: String,
+    bytes: usize,
+    gzip_bytes: usize,
+    /// `1 - gzip_bytes / bytes`.
+    compression: f64,
+    calibration_samples: usize,
+}
+
+impl std::fmt::Display for Exported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wrote {}: {} ({}), {} bytes, gzip -9 {} bytes ({:.1}% compression); calibrated on {} samples",
+            self.file.display(),
+            self.model,
+            self.stage,
+            self.bytes,
+            self.gzip_bytes,
+            100.0 * self.compression,
+            self.calibration_samples
+        )
     }
 }
 

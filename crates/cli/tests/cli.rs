@@ -22,7 +22,7 @@ fn import_then_eval_reproduces_the_published_accuracy() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ds-cnn-s");
     let weights = shared.join("pretrained/ml-kws-for-mcu/ds_cnn_s.safetensors");
-    let (code, _, err) = collab(&[
+    let (code, out, err) = collab(&[
         "import",
         "--model",
         "ds-cnn-s",
@@ -30,8 +30,14 @@ fn import_then_eval_reproduces_the_published_accuracy() {
         weights.to_str().unwrap(),
         "--out",
         ck.to_str().unwrap(),
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["model"], "ds-cnn-s");
+    assert_eq!(v["checkpoint"], ck.to_str().unwrap());
+    assert_eq!(v["input"], serde_json::json!([1, 49, 10]));
+    assert!(v["params"].as_u64().unwrap() > 0, "{v}");
     let data = shared.join("data/speech_commands_12");
     let (code, out, err) = collab(&[
         "eval",
@@ -81,9 +87,16 @@ fn export_then_eval_the_int8_file() {
         "200",
         "--out",
         file.to_str().unwrap(),
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("compression"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["bytes"], std::fs::metadata(&file).unwrap().len());
+    assert!(
+        v["gzip_bytes"].as_u64().unwrap() < v["bytes"].as_u64().unwrap(),
+        "{v}"
+    );
+    assert_eq!(v["calibration_samples"], 200);
     let eval = |what: &str, path: &std::path::Path| {
         let (code, out, err) = collab(&[
             "eval",
@@ -270,9 +283,10 @@ fn failures_exit_with_a_message() {
 fn train_on_two_devices_ends_as_one_device_with_the_doubled_batch() {
     let dir = tempfile::tempdir().unwrap();
     let run = |devices: &str, batch: &str, out: &Path| {
-        let (code, _, err) = collab(&[
+        let (code, stdout, err) = collab(&[
             "--quiet",
             "train",
+            "--json",
             "--model",
             "ds-cnn-s",
             "--epochs",
@@ -289,6 +303,9 @@ fn train_on_two_devices_ends_as_one_device_with_the_doubled_batch() {
         ]);
         assert_eq!(code, 0, "{err}");
         assert!(!err.contains("INFO"), "--quiet logged:\n{err}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["history"].as_array().unwrap().len(), 2, "{v}");
+        assert_eq!(v["checkpoint"], out.to_str().unwrap());
         // epoch, train loss, train accuracy, val loss, val accuracy, learning rate (no times).
         let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
         csv.lines()
