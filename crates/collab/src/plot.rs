@@ -9,28 +9,27 @@ use plotters::prelude::*;
 use crate::CollabError;
 use crate::tree::Leaf;
 
-/// Fonts tried for the labels (`COLLAB_FONT` first). Without one the figures are skipped.
-const FONTS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
+/// The labels' font: `COLLAB_FONT` (a TrueType file) when set and readable, else Noto Sans
+/// Regular compiled into the binary (`ttf-noto-sans`), so figures are drawn on any machine.
 fn font_ready() -> bool {
     static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *READY.get_or_init(|| {
-        let candidates = std::env::var("COLLAB_FONT")
-            .into_iter()
-            .chain(FONTS.iter().map(|s| s.to_string()));
-        for path in candidates {
-            if let Ok(bytes) = std::fs::read(&path) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return true;
-                }
+        let chosen =
+            std::env::var("COLLAB_FONT")
+                .ok()
+                .and_then(|path| match std::fs::read(&path) {
+                    Ok(bytes) => Some(&*Box::leak(bytes.into_boxed_slice())),
+                    Err(e) => {
+                        tracing::warn!("COLLAB_FONT={path}: {e}; using the built-in font");
+                        None
+                    }
+                });
+        for bytes in chosen.into_iter().chain([ttf_noto_sans::REGULAR]) {
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
             }
         }
-        tracing::warn!("no TrueType font found (set COLLAB_FONT=FILE.ttf): figures skipped");
+        tracing::warn!("no usable TrueType font: figures skipped");
         false
     })
 }
