@@ -34,6 +34,28 @@ fn font_ready() -> bool {
     })
 }
 
+/// Draw a `size` (width, height) figure with `draw` into an RGB buffer and write it to `path`
+/// as a PNG through `image` (the workspace's one image stack; plotters' own encoder would
+/// compile a second). Returns `Ok(true)`.
+fn png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<(), CollabError>,
+) -> Result<bool, CollabError> {
+    let mut buffer = vec![0u8; size.0 as usize * size.1 as usize * 3];
+    draw(BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area())?;
+    image::save_buffer_with_format(
+        path,
+        &buffer,
+        size.0,
+        size.1,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| CollabError::checkpoint(path, e))?;
+    Ok(true)
+}
+
 fn err(e: impl std::fmt::Display) -> CollabError {
     CollabError::Usage(format!("plot: {e}"))
 }
@@ -62,51 +84,52 @@ pub fn density(
     const BINS: usize = 120;
     let cols = 2usize;
     let rows = nodes.len().div_ceil(cols);
-    let root = BitMapBackend::new(path, (1000, 260 * rows as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let root = root
-        .titled(
-            &format!("weights of {layer} at each node"),
-            ("sans-serif", 22),
-        )
-        .map_err(err)?;
-    for (area, (name, values)) in root.split_evenly((rows, cols)).iter().zip(nodes) {
-        let mut counts = vec![0u32; BINS];
-        for v in values {
-            let b = (((v - lo) / (hi - lo)) * BINS as f32) as usize;
-            counts[b.min(BINS - 1)] += 1;
-        }
-        let top = counts.iter().copied().max().unwrap_or(1).max(1);
-        let width = (hi - lo) / BINS as f32;
-        let mut chart = ChartBuilder::on(area)
-            .caption(name, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(24)
-            .y_label_area_size(44)
-            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_labels(6)
-            .y_labels(4)
-            .disable_mesh()
-            .draw()
-            .map_err(err)?;
-        chart
-            .draw_series(
-                counts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| **c > 0)
-                    .map(|(i, c)| {
-                        let x0 = lo + i as f32 * width;
-                        Rectangle::new([(x0, 0), (x0 + width, *c)], BLUE.mix(0.7).filled())
-                    }),
+    png(path, (1000, 260 * rows as u32), |root| {
+        root.fill(&WHITE).map_err(err)?;
+        let root = root
+            .titled(
+                &format!("weights of {layer} at each node"),
+                ("sans-serif", 22),
             )
             .map_err(err)?;
-    }
-    root.present().map_err(err)?;
-    Ok(true)
+        for (area, (name, values)) in root.split_evenly((rows, cols)).iter().zip(nodes) {
+            let mut counts = vec![0u32; BINS];
+            for v in values {
+                let b = (((v - lo) / (hi - lo)) * BINS as f32) as usize;
+                counts[b.min(BINS - 1)] += 1;
+            }
+            let top = counts.iter().copied().max().unwrap_or(1).max(1);
+            let width = (hi - lo) / BINS as f32;
+            let mut chart = ChartBuilder::on(area)
+                .caption(name, ("sans-serif", 16))
+                .margin(8)
+                .x_label_area_size(24)
+                .y_label_area_size(44)
+                .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_labels(6)
+                .y_labels(4)
+                .disable_mesh()
+                .draw()
+                .map_err(err)?;
+            chart
+                .draw_series(
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| **c > 0)
+                        .map(|(i, c)| {
+                            let x0 = lo + i as f32 * width;
+                            Rectangle::new([(x0, 0), (x0 + width, *c)], BLUE.mix(0.7).filled())
+                        }),
+                )
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+        Ok(())
+    })
 }
 
 /// int8 accuracy against gzip size of every node, labelled, into `path`.
@@ -166,31 +189,32 @@ fn accuracy_vs(
     let (y0, y1) = range(&|p| p.1);
     let pad_x = ((x1 - x0) * 0.1).max(x1.abs() * 0.02).max(1e-3);
     let pad_y = ((y1 - y0) * 0.15).max(0.5);
-    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        // Room on the right for the rightmost point's label.
-        .build_cartesian_2d((x0 - pad_x)..(x1 + 3.0 * pad_x), (y0 - pad_y)..(y1 + pad_y))
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc("int8 top-1 %")
-        .draw()
-        .map_err(err)?;
-    chart
-        .draw_series(points.iter().map(|(x, y, stage)| {
-            EmptyElement::at((*x, *y))
-                + Circle::new((0, 0), 5, RED.filled())
-                + Text::new(stage.to_string(), (8, -6), ("sans-serif", 14))
-        }))
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(true)
+    png(path, (900, 600), |root| {
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            // Room on the right for the rightmost point's label.
+            .build_cartesian_2d((x0 - pad_x)..(x1 + 3.0 * pad_x), (y0 - pad_y)..(y1 + pad_y))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("int8 top-1 %")
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(points.iter().map(|(x, y, stage)| {
+                EmptyElement::at((*x, *y))
+                    + Circle::new((0, 0), 5, RED.filled())
+                    + Text::new(stage.to_string(), (8, -6), ("sans-serif", 14))
+            }))
+            .map_err(err)?;
+        root.present().map_err(err)?;
+        Ok(())
+    })
 }
 
 /// One panel of the learning curve: area, title, y label, scale, and two series (label, value
@@ -217,80 +241,81 @@ pub fn learning_curve(
         return Ok(false);
     }
     let epochs = history.last().map_or(1, |h| h.epoch).max(2) as f64;
-    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let (left, right) = root.split_horizontally(600);
-    let finite = |v: f64| v.is_finite().then_some(v);
-    let panels: [Panel<'_, '_, _>; 2] = [
-        (
-            &left,
-            "loss",
-            "cross-entropy",
-            1.0,
-            [
-                ("train", |h| h.loss, BLUE),
-                ("validation", |h| h.val_loss, RED),
-            ],
-        ),
-        (
-            &right,
-            "accuracy",
-            "top-1 %",
-            100.0,
-            [
-                ("train", |h| h.train_accuracy, BLUE),
-                ("validation", |h| h.val_accuracy, RED),
-            ],
-        ),
-    ];
-    for (area, title, y_desc, scale, series) in panels {
-        let values: Vec<f64> = history
-            .iter()
-            .flat_map(|h| series.iter().filter_map(move |s| finite(s.1(h) * scale)))
-            .collect();
-        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        // A flat series (every epoch at 100%, say) gets a unit of room around its value.
-        let (lo, hi) = match (lo.is_finite(), hi > lo) {
-            (true, true) => (lo, hi),
-            (true, false) => (lo - 1.0, hi + 1.0),
-            (false, _) => (0.0, 1.0),
-        };
-        let pad = (hi - lo) * 0.08;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(1.0..epochs, (lo - pad)..(hi + pad))
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .y_desc(y_desc)
-            .draw()
-            .map_err(err)?;
-        for (label, value, color) in series {
-            let points: Vec<(f64, f64)> = history
+    png(path, (1200, 500), |root| {
+        root.fill(&WHITE).map_err(err)?;
+        let (left, right) = root.split_horizontally(600);
+        let finite = |v: f64| v.is_finite().then_some(v);
+        let panels: [Panel<'_, '_, _>; 2] = [
+            (
+                &left,
+                "loss",
+                "cross-entropy",
+                1.0,
+                [
+                    ("train", |h| h.loss, BLUE),
+                    ("validation", |h| h.val_loss, RED),
+                ],
+            ),
+            (
+                &right,
+                "accuracy",
+                "top-1 %",
+                100.0,
+                [
+                    ("train", |h| h.train_accuracy, BLUE),
+                    ("validation", |h| h.val_accuracy, RED),
+                ],
+            ),
+        ];
+        for (area, title, y_desc, scale, series) in panels {
+            let values: Vec<f64> = history
                 .iter()
-                .filter_map(|h| Some((h.epoch as f64, finite(value(h) * scale)?)))
+                .flat_map(|h| series.iter().filter_map(move |s| finite(s.1(h) * scale)))
                 .collect();
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            // A flat series (every epoch at 100%, say) gets a unit of room around its value.
+            let (lo, hi) = match (lo.is_finite(), hi > lo) {
+                (true, true) => (lo, hi),
+                (true, false) => (lo - 1.0, hi + 1.0),
+                (false, _) => (0.0, 1.0),
+            };
+            let pad = (hi - lo) * 0.08;
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(1.0..epochs, (lo - pad)..(hi + pad))
+                .map_err(err)?;
             chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(err)?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc(y_desc)
+                .draw()
+                .map_err(err)?;
+            for (label, value, color) in series {
+                let points: Vec<(f64, f64)> = history
+                    .iter()
+                    .filter_map(|h| Some((h.epoch as f64, finite(value(h) * scale)?)))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(err)?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+                chart
+                    .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(err)?;
+            }
             chart
-                .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
-    }
-    root.present().map_err(err)?;
-    Ok(true)
+        root.present().map_err(err)?;
+        Ok(())
+    })
 }
