@@ -229,9 +229,7 @@ impl<'a> Reconciler<'a> {
         }
         true
     }
-}
 
-impl Reconciler<'_> {
     /// The replicas' values of one piece of numeric state combined by its rule; `value` (the
     /// main model's) when they cannot be (the error is recorded).
     fn reduce<const D: usize, K>(&mut self, writes: &[&Write], value: Tensor<D, K>) -> Tensor<D, K>
@@ -312,14 +310,11 @@ impl ModuleMapper for Reconciler<'_> {
                 }
             }
             let shape = value.dims();
-            let count =
-                Tensor::<1, Int>::from_data(TensorData::new(vec![first as i64], [1]), &device);
-            let count = if D == 1 && shape == [1; D] {
-                count.reshape(shape)
-            } else {
+            if shape.as_slice() != [1] {
                 self.fail(format!("a counter recorded with shape {shape:?}"));
                 return Param::from_mapped_value(id, value, mapper);
-            };
+            }
+            let count = Tensor::from_data(TensorData::new(vec![first as i64], shape), &device);
             return Param::from_mapped_value(id, count, mapper);
         }
         let reduced = self.reduce(&writes, value);

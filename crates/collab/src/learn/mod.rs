@@ -3,16 +3,17 @@
 //! `collab train` and every tree stage hand their model to burn-train's `Learner` and
 //! `SupervisedTraining`, as a burn user does for a plain model. Nothing here reaches into the
 //! wrappers: pruning masks, schedules, centroids and activation ranges advance in their own
-//! `forward` (state that `forward(&self)` may replace, `collab_core::state`), so burn-train's
-//! default `optimize` is all they need, and burn-train's checkpoints carry that state with the
-//! record.
+//! `forward` (state that `forward(&self)` may replace, `collab_core::state`), so on one device
+//! burn-train's optimizer step is all they need, and burn-train's checkpoints carry that state
+//! with the record.
 //!
 //! What this module adds around burn-train:
 //! - [`Classifier`]: the `TrainStep` / `InferenceStep` of any [`Classify`] model (logits and
 //!   cross-entropy), which also stops the run at the first step whose loss is not finite;
-//! - [`IndexLoader`]: a burn `DataLoader` over the project's [`Batches`](crate::data::Batches), shuffled and augmented
-//!   per epoch from the seed, so that the same seed gives the same batches (and a resumed run
-//!   the batches an uninterrupted one would have had);
+//! - [`IndexLoader`]: a burn `DataLoader` over the project's
+//!   [`Batches`](crate::data::Batches), shuffled and augmented per epoch from the seed, so that
+//!   the same seed gives the same batches (and a resumed run the batches an uninterrupted one
+//!   would have had);
 //! - [`Scheduled`]: the papers' learning-rate schedules as a burn `LrScheduler` whose step count
 //!   is saved with the checkpoint;
 //! - a plain renderer (a progress bar on terminals, one log line per split) used wherever
@@ -307,43 +308,52 @@ impl Guard {
             tracing::error!("{reason}");
             return;
         };
-        let step = state.step.load(Ordering::SeqCst);
-        let per_epoch = state.steps_per_epoch.max(1);
-        let err = CollabError::Training(format!(
-            "epoch {}, step {}: {reason}",
-            step / per_epoch + 1,
-            step % per_epoch + 1
-        ));
-        let mut slot = state.diverged.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(err);
-        }
-        state.interrupter.stop(Some("training failed"));
+        let (epoch, step) = state.place(state.step.load(Ordering::SeqCst));
+        state.stop(
+            CollabError::Training(format!("epoch {epoch}, step {step}: {reason}")),
+            "training failed",
+        );
     }
 
     fn check(&self, loss: &Tensor<1>) {
         let Some(state) = &self.0 else { return };
-        let step = state.step.load(Ordering::SeqCst);
         let value = loss.clone().into_scalar::<f32>();
         if value.is_finite() {
             return;
         }
-        let per_epoch = state.steps_per_epoch.max(1);
-        let err = diverged(
-            step / per_epoch + 1,
-            step % per_epoch + 1,
-            &format!("the loss became {value}"),
-            state.schedule.at(step),
+        let global = state.step.load(Ordering::SeqCst);
+        let (epoch, step) = state.place(global);
+        state.stop(
+            diverged(
+                epoch,
+                step,
+                &format!("the loss became {value}"),
+                state.schedule.at(global),
+            ),
+            "the loss is not finite",
         );
-        let mut slot = state.diverged.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(err);
-        }
-        state.interrupter.stop(Some("the loss is not finite"));
     }
 }
 
-/// The error of a run whose loss or weights stopped being finite (a step's loss here, the trained weights in `train::fit`).
+impl GuardState {
+    /// The 1-based epoch, and step within it, of global step `step` (0-based).
+    fn place(&self, step: usize) -> (usize, usize) {
+        let per_epoch = self.steps_per_epoch.max(1);
+        (step / per_epoch + 1, step % per_epoch + 1)
+    }
+
+    /// Keep `err` as the run's error (the first one kept) and stop the Learner.
+    fn stop(&self, err: CollabError, why: &str) {
+        let mut slot = self.diverged.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(err);
+        }
+        self.interrupter.stop(Some(why));
+    }
+}
+
+/// The error of a run whose loss or weights stopped being finite (a step's loss here, the
+/// trained weights in `train::fit`).
 pub(crate) fn diverged(epoch: usize, step: usize, what: &str, learning_rate: f64) -> CollabError {
     CollabError::Training(format!(
         "training diverged at epoch {epoch}, step {step}: {what} (learning rate {learning_rate:e}); \

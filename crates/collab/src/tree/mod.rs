@@ -619,6 +619,27 @@ fn reusable(
 /// File name of a finished node's figures; written last, so its presence marks the node done.
 const LEAF: &str = "leaf.json";
 
+/// The node's file in `dir` measured for deployment into `leaf`, then `dir/leaf.json` written
+/// (its presence marks the node finished).
+fn measure_and_finish(
+    leaf: &mut Leaf,
+    dir: &Path,
+    deploy: &crate::deploy::DeployOptions,
+    tools: Option<&collab_tflite::tools::Validators>,
+) -> Result<(), CollabError> {
+    leaf.device = Some(crate::deploy::measure(
+        &dir.join("model.tflite"),
+        deploy,
+        tools,
+    )?);
+    crate::export::write(
+        &dir.join(LEAF),
+        serde_json::to_string_pretty(leaf)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}
+
 /// Check `plot_layer` against the model's weight layers before any work.
 fn check_plot_layer(
     config: &TreeConfig,
@@ -800,7 +821,6 @@ pub fn run(
         };
         let name = node.map_or("baseline", |s| s.name.as_str());
         let dir = out.join(name);
-        let leaf_file = dir.join(LEAF);
         let start = std::time::Instant::now();
         let parent = node.map(|s| s.parent.clone());
         let lineage = match node {
@@ -820,17 +840,7 @@ pub fn run(
                     .and_then(|d| d.npu.as_ref().map(|n| n.accelerator.clone()))
             };
             if leaf.device.is_none() || npu_of(&leaf) != config.npu {
-                leaf.device = Some(crate::deploy::measure(
-                    &dir.join("model.tflite"),
-                    &deploy,
-                    tools.as_ref(),
-                )?);
-                crate::export::write(
-                    &leaf_file,
-                    serde_json::to_string_pretty(&leaf)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                )?;
+                measure_and_finish(&mut leaf, &dir, &deploy, tools.as_ref())?;
             }
             let zeros = float_zeros(&net.plan(input)?);
             nets.insert(name.to_string(), (net, lineage, zeros));
@@ -1006,17 +1016,7 @@ pub fn run(
         // the leaf last (its presence marks the node finished).
         checkpoint::save(&dir, &network, &manifest, None)?;
         export::write(&dir.join("model.tflite"), &bytes)?;
-        leaf.device = Some(crate::deploy::measure(
-            &dir.join("model.tflite"),
-            &deploy,
-            tools.as_ref(),
-        )?);
-        crate::export::write(
-            &leaf_file,
-            serde_json::to_string_pretty(&leaf)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
+        measure_and_finish(&mut leaf, &dir, &deploy, tools.as_ref())?;
         crate::fault::point(&format!("node {name} finished"));
         tracing::info!(
             stage = name,
