@@ -1315,12 +1315,7 @@ fn export_command(
         seed,
         SyntheticSize::default(),
     )?;
-    let mut indices: Vec<usize> = (0..data.train.len()).collect();
-    {
-        use rand::seq::SliceRandom;
-        indices.shuffle(&mut data::epoch_rng(seed, 0));
-    }
-    indices.truncate(samples);
+    let indices = data::calibration_indices(data.train.len(), samples, seed);
     tracing::info!(samples = indices.len(), "calibrating activation ranges");
     let ranges = plan.calibrate_on(data.train.as_ref(), &indices, 100, method)?;
     let bytes = export::to_tflite(&plan, Some(&ranges), options)?;

@@ -6,8 +6,7 @@
 //! centroid update is a difference of prefix sums. One iteration costs `O(k log n)` after an
 //! `O(n log n)` sort, which clusters a MobileNet-sized layer in milliseconds.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use collab_data::SeededRng;
 use serde::{Deserialize, Serialize};
 
 /// How the centroids are initialised before Lloyd's iterations.
@@ -49,7 +48,7 @@ pub fn init_centroids(values: &[f32], k: usize, init: CentroidInit, seed: u64) -
 
 fn init_sorted(sorted: &[f32], k: usize, init: CentroidInit, seed: u64) -> Vec<f32> {
     let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::new(seed);
     let mut centroids = match init {
         CentroidInit::Linear => (0..k)
             .map(|i| {
@@ -65,7 +64,7 @@ fn init_sorted(sorted: &[f32], k: usize, init: CentroidInit, seed: u64) -> Vec<f
                 if min == max {
                     min
                 } else {
-                    rng.random_range(min..=max)
+                    rng.f32_in(min, max)
                 }
             })
             .collect(),
@@ -93,8 +92,8 @@ fn quantile(sorted: &[f32], q: f64) -> f32 {
     (sorted[lo] as f64 + (sorted[hi] as f64 - sorted[lo] as f64) * frac) as f32
 }
 
-fn kmeans_plus_plus(values: &[f32], k: usize, rng: &mut StdRng) -> Vec<f32> {
-    let mut centroids = vec![values[rng.random_range(0..values.len())]];
+fn kmeans_plus_plus(values: &[f32], k: usize, rng: &mut SeededRng) -> Vec<f32> {
+    let mut centroids = vec![values[rng.index(values.len())]];
     let mut d2: Vec<f64> = values
         .iter()
         .map(|v| ((v - centroids[0]) as f64).powi(2))
@@ -105,7 +104,7 @@ fn kmeans_plus_plus(values: &[f32], k: usize, rng: &mut StdRng) -> Vec<f32> {
             // Every weight already sits on a centroid: duplicates are all that is left.
             centroids[0]
         } else {
-            let mut target = rng.random::<f64>() * total;
+            let mut target = rng.unit_f64() * total;
             let mut chosen = values.len() - 1;
             for (i, d) in d2.iter().enumerate() {
                 if target < *d {

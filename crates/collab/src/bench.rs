@@ -110,7 +110,7 @@ impl crate::data::Batches for Fixed {
     fn batch(
         &self,
         indices: &[usize],
-        _rng: Option<&mut rand::rngs::StdRng>,
+        _rng: Option<&mut collab_data::SeededRng>,
         device: &burn::tensor::Device,
     ) -> Result<crate::data::Batch, CollabError> {
         let n = indices.len().min(self.x.dims()[0]);

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
+use collab_data::SeededRng;
 use collab_data::arrays::ArraySet;
 use collab_data::mfcc::KwsFrontend;
 use collab_data::speech::{Augment, load_audio_noted};
@@ -11,8 +12,6 @@ use collab_data::{
     Cifar10, CifarAugment, DataError, Features, ImageFolder, ImageNorm, ImageSet, InputSpec,
     KWS_LABELS, KwsSet, MfccKind, SpeechCommands, Split, SyntheticImages, SyntheticKws,
 };
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 use crate::CollabError;
 use crate::network::Task;
@@ -33,7 +32,7 @@ pub trait Batches: Send + Sync {
     fn batch(
         &self,
         indices: &[usize],
-        rng: Option<&mut StdRng>,
+        rng: Option<&mut SeededRng>,
         device: &Device,
     ) -> Result<Batch, CollabError>;
     /// Class names, in label order.
@@ -120,7 +119,7 @@ impl Batches for KwsData {
     fn batch(
         &self,
         indices: &[usize],
-        rng: Option<&mut StdRng>,
+        rng: Option<&mut SeededRng>,
         device: &Device,
     ) -> Result<Batch, CollabError> {
         Ok(match (rng, &self.audio) {
@@ -169,7 +168,7 @@ impl Batches for CifarData {
     fn batch(
         &self,
         indices: &[usize],
-        rng: Option<&mut StdRng>,
+        rng: Option<&mut SeededRng>,
         device: &Device,
     ) -> Result<Batch, CollabError> {
         Ok(match (rng, &self.augment) {
@@ -222,7 +221,7 @@ impl Batches for ImageData {
     fn batch(
         &self,
         indices: &[usize],
-        _rng: Option<&mut StdRng>,
+        _rng: Option<&mut SeededRng>,
         device: &Device,
     ) -> Result<Batch, CollabError> {
         Ok(self.set.batch(indices, device))
@@ -257,7 +256,7 @@ impl Batches for FolderData {
     fn batch(
         &self,
         indices: &[usize],
-        _rng: Option<&mut StdRng>,
+        _rng: Option<&mut SeededRng>,
         device: &Device,
     ) -> Result<Batch, CollabError> {
         Ok(self.0.batch(indices, device)?)
@@ -553,15 +552,14 @@ fn load_graph(
         }
         (_, None) => {
             let make = |len: usize, seed: u64| -> ArraySet {
-                let mut rng = StdRng::seed_from_u64(seed);
+                let mut rng = SeededRng::new(seed);
                 let per: usize = shape.iter().product();
                 let (lo, hi) = match &input.features {
                     Features::Image(norm) => norm.range(),
                     _ => (-1.0, 1.0),
                 };
-                use rand::Rng;
                 ArraySet {
-                    inputs: (0..len * per).map(|_| rng.random_range(lo..=hi)).collect(),
+                    inputs: (0..len * per).map(|_| rng.f32_in(lo, hi)).collect(),
                     labels: (0..len).map(|i| i % classes.max(1)).collect(),
                     shape,
                     names: (0..classes).map(|c| c.to_string()).collect(),
@@ -596,7 +594,7 @@ impl Batches for ArrayData {
     fn batch(
         &self,
         indices: &[usize],
-        _rng: Option<&mut StdRng>,
+        _rng: Option<&mut SeededRng>,
         device: &Device,
     ) -> Result<Batch, CollabError> {
         Ok(self.0.batch(indices, device))
@@ -669,6 +667,15 @@ fn hound_all(path: &Path) -> Result<Vec<f32>, CollabError> {
 }
 
 /// A seeded generator for one epoch's augmentation.
-pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
-    StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64))
+pub fn epoch_rng(seed: u64, epoch: usize) -> SeededRng {
+    SeededRng::new(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64))
+}
+
+/// The training-set indices that calibrate activation ranges: the first `samples` (at least
+/// one) of `0..len` shuffled by the epoch-0 generator of `seed`.
+pub fn calibration_indices(len: usize, samples: usize, seed: u64) -> Vec<usize> {
+    let mut indices: Vec<usize> = (0..len).collect();
+    epoch_rng(seed, 0).shuffle(&mut indices);
+    indices.truncate(samples.max(1));
+    indices
 }

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use collab::config::{Bound, ConfigError, RANGES};
 use collab::tree::TreeConfig;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use collab_data::SeededRng;
 
 fn configs_dir() -> PathBuf {
     // Tests run in their crate's folder; the build-time path is only the fallback.
@@ -712,12 +711,12 @@ const VALUES: &[&str] = &[
     "\"ds-cnn-s\"",
 ];
 
-fn mutate(text: &str, rng: &mut StdRng) -> String {
+fn mutate(text: &str, rng: &mut SeededRng) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    for _ in 0..rng.random_range(1..=3) {
+    for _ in 0..1 + rng.index(3) {
         let n = lines.len();
-        let i = rng.random_range(0..n);
-        match rng.random_range(0..7) {
+        let i = rng.index(n);
+        match rng.index(7) {
             0 => {
                 lines.remove(i);
             }
@@ -725,18 +724,18 @@ fn mutate(text: &str, rng: &mut StdRng) -> String {
                 let l = lines[i].clone();
                 lines.insert(i, l);
             }
-            2 => lines.swap(i, rng.random_range(0..n)),
+            2 => lines.swap(i, rng.index(n)),
             3 => {
                 // One edit in the key.
                 if let Some((key, value)) = lines[i].split_once('=') {
                     let mut key: Vec<char> = key.trim().chars().collect();
                     if !key.is_empty() {
-                        let at = rng.random_range(0..key.len());
-                        match rng.random_range(0..3) {
+                        let at = rng.index(key.len());
+                        match rng.index(3) {
                             0 => {
                                 key.remove(at);
                             }
-                            1 => key.insert(at, rng.random_range(b'a'..=b'z') as char),
+                            1 => key.insert(at, (b'a' + rng.index(26) as u8) as char),
                             _ => key[at] = '-',
                         }
                     }
@@ -745,12 +744,12 @@ fn mutate(text: &str, rng: &mut StdRng) -> String {
             }
             4 => {
                 if let Some((key, _)) = lines[i].split_once('=') {
-                    lines[i] = format!("{key}= {}", VALUES[rng.random_range(0..VALUES.len())]);
+                    lines[i] = format!("{key}= {}", VALUES[rng.index(VALUES.len())]);
                 }
             }
             5 => {
-                let key = KEYS[rng.random_range(0..KEYS.len())];
-                let value = VALUES[rng.random_range(0..VALUES.len())];
+                let key = KEYS[rng.index(KEYS.len())];
+                let value = VALUES[rng.index(VALUES.len())];
                 lines.insert(i, format!("{key} = {value}"));
             }
             _ => {
@@ -760,7 +759,7 @@ fn mutate(text: &str, rng: &mut StdRng) -> String {
                     "[targets]",
                     "[[stages]]",
                     "[stage]",
-                ][rng.random_range(0..5)];
+                ][rng.index(5)];
                 lines.insert(i, header.to_string());
             }
         }
@@ -771,7 +770,7 @@ fn mutate(text: &str, rng: &mut StdRng) -> String {
 #[test]
 fn random_mutations_of_quick_are_errors_or_valid_configs() {
     let quick = quick();
-    let mut rng = StdRng::seed_from_u64(17);
+    let mut rng = SeededRng::new(17);
     let (mut ok, mut err) = (0, 0);
     for case in 0..200 {
         let text = mutate(&quick, &mut rng);

@@ -2,9 +2,8 @@
 
 use std::path::Path;
 
+use crate::SeededRng;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::DataError;
 use crate::input::ImageNorm;
@@ -148,7 +147,7 @@ impl Cifar10 {
     pub fn batch(
         &self,
         indices: &[usize],
-        augment: Option<(&CifarAugment, &mut StdRng)>,
+        augment: Option<(&CifarAugment, &mut SeededRng)>,
         device: &Device,
     ) -> (Tensor<4>, Tensor<1, Int>) {
         self.batch_by(indices, augment, device, |pixel, c| {
@@ -163,7 +162,7 @@ impl Cifar10 {
     pub fn batch_with(
         &self,
         indices: &[usize],
-        augment: Option<(&CifarAugment, &mut StdRng)>,
+        augment: Option<(&CifarAugment, &mut SeededRng)>,
         norm: &ImageNorm,
         device: &Device,
     ) -> Result<(Tensor<4>, Tensor<1, Int>), DataError> {
@@ -180,7 +179,7 @@ impl Cifar10 {
     fn batch_by(
         &self,
         indices: &[usize],
-        augment: Option<(&CifarAugment, &mut StdRng)>,
+        augment: Option<(&CifarAugment, &mut SeededRng)>,
         device: &Device,
         normalise: impl Fn(f32, usize) -> f32,
     ) -> (Tensor<4>, Tensor<1, Int>) {
@@ -193,11 +192,7 @@ impl Cifar10 {
             let (dy, dx, flip) = match augment.as_mut() {
                 Some((a, rng)) => {
                     let p = a.pad as i64;
-                    (
-                        rng.random_range(-p..=p),
-                        rng.random_range(-p..=p),
-                        a.flip && rng.random::<bool>(),
-                    )
+                    (rng.i64_in(-p, p), rng.i64_in(-p, p), a.flip && rng.coin())
                 }
                 None => (0, 0, false),
             };
@@ -225,8 +220,8 @@ impl Cifar10 {
     }
 
     /// A seeded rng for augmentation.
-    pub fn rng(seed: u64) -> StdRng {
-        StdRng::seed_from_u64(seed)
+    pub fn rng(seed: u64) -> SeededRng {
+        SeededRng::new(seed)
     }
 }
 
@@ -298,8 +293,8 @@ mod tests {
         let (x, _) = set.batch(&[0], Some((&a, &mut Cifar10::rng(5))), &device);
         let mut rng = Cifar10::rng(5);
         let p = a.pad as i64;
-        let (dy, dx) = (rng.random_range(-p..=p), rng.random_range(-p..=p));
-        let flip = rng.random::<bool>();
+        let (dy, dx) = (rng.i64_in(-p, p), rng.i64_in(-p, p));
+        let flip = rng.coin();
         let mut want = Vec::new();
         for c in 0..3 {
             for r in 0..32i64 {

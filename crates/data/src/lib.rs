@@ -9,6 +9,7 @@ pub mod folder;
 pub mod input;
 pub mod mfcc;
 pub mod npy;
+pub mod rng;
 pub mod shared;
 pub mod speech;
 pub mod synthetic;
@@ -20,6 +21,7 @@ pub use cifar::{Cifar10, CifarAugment};
 pub use folder::ImageFolder;
 pub use input::{Features, ImageNorm, InputSpec, Layout, MfccKind};
 pub use mfcc::{Frontend, KwsFrontend, MFCC_COEFFICIENTS, MFCC_FRAMES, MfccFrontend};
+pub use rng::SeededRng;
 pub use speech::{
     KWS_LABELS, KwsSet, MLPERF_KWS_LABELS, SpeechCommands, Split, kws_label_map, speaker_of,
     val_bucket,
@@ -66,17 +68,11 @@ pub enum DataError {
     },
 }
 
-/// Batches of indices covering `0..len` once, shuffled deterministically by `seed` (a
-/// Fisher–Yates shuffle written out, so the order does not depend on rand's internals). The
-/// last batch may be smaller.
+/// Batches of indices covering `0..len` once, shuffled deterministically by `seed`
+/// ([`SeededRng::shuffle`]). The last batch may be smaller.
 pub fn shuffled_batches(len: usize, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
-    use rand::{Rng, SeedableRng};
     let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    for i in (1..order.len()).rev() {
-        let j = rng.random_range(0..=i);
-        order.swap(i, j);
-    }
+    SeededRng::new(seed).shuffle(&mut order);
     order
         .chunks(batch_size.max(1))
         .map(|c| c.to_vec())

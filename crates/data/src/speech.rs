@@ -13,9 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::SeededRng;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::Rng;
-use rand::rngs::StdRng;
 use sha1::{Digest, Sha1};
 
 use crate::DataError;
@@ -363,9 +362,9 @@ impl Default for Augment {
 impl Augment {
     /// A shifted, noisy copy of `clip`, deterministic for a seeded `rng`. `noise` holds the
     /// background recordings (each at least one clip long); silence clips get noise too.
-    pub fn apply(&self, clip: &[f32], noise: &[Vec<f32>], rng: &mut StdRng) -> Vec<f32> {
+    pub fn apply(&self, clip: &[f32], noise: &[Vec<f32>], rng: &mut SeededRng) -> Vec<f32> {
         let shift = if self.max_shift > 0 {
-            rng.random_range(-(self.max_shift as i64)..=self.max_shift as i64)
+            rng.i64_in(-(self.max_shift as i64), self.max_shift as i64)
         } else {
             0
         };
@@ -376,10 +375,10 @@ impl Augment {
                 *o = clip[src as usize];
             }
         }
-        if !noise.is_empty() && rng.random::<f64>() < self.noise_probability {
-            let n = &noise[rng.random_range(0..noise.len())];
-            let start = rng.random_range(0..=n.len().saturating_sub(CLIP_SAMPLES));
-            let volume = rng.random_range(0.0..=self.max_noise_volume);
+        if !noise.is_empty() && rng.unit_f64() < self.noise_probability {
+            let n = &noise[rng.index(noise.len())];
+            let start = rng.index(n.len().saturating_sub(CLIP_SAMPLES) + 1);
+            let volume = rng.f32_in(0.0, self.max_noise_volume);
             for (i, o) in out.iter_mut().enumerate() {
                 *o = (*o + volume * n.get(start + i).copied().unwrap_or(0.0)).clamp(-1.0, 1.0);
             }
@@ -448,7 +447,6 @@ impl KwsSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn speakers_and_buckets() {
@@ -506,8 +504,8 @@ mod tests {
             .collect();
         let noise = vec![vec![0.9f32; CLIP_SAMPLES * 2]];
         let a = Augment::default();
-        let x = a.apply(&clip, &noise, &mut StdRng::seed_from_u64(1));
-        let y = a.apply(&clip, &noise, &mut StdRng::seed_from_u64(1));
+        let x = a.apply(&clip, &noise, &mut SeededRng::new(1));
+        let y = a.apply(&clip, &noise, &mut SeededRng::new(1));
         assert_eq!(x, y);
         assert!(x.iter().all(|v| (-1.0..=1.0).contains(v)));
         let none = Augment {
@@ -515,9 +513,6 @@ mod tests {
             noise_probability: 0.0,
             ..Default::default()
         };
-        assert_eq!(
-            none.apply(&clip, &noise, &mut StdRng::seed_from_u64(1)),
-            clip
-        );
+        assert_eq!(none.apply(&clip, &noise, &mut SeededRng::new(1)), clip);
     }
 }

@@ -5,9 +5,8 @@
 //! Gaussian pixel noise. A small CNN learns it well above chance within a few hundred steps,
 //! yet the noise keeps it from being trivially separable, so pruning damage is visible.
 
+use crate::SeededRng;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::DataError;
 
@@ -91,7 +90,7 @@ impl SyntheticImages {
                 reason: format!("{} given, a finite value >= 0 is needed", self.noise),
             });
         }
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRng::new(seed);
         let s = self.size;
         let mut images = Vec::with_capacity(len * s * s);
         let mut labels = Vec::with_capacity(len);
@@ -99,11 +98,8 @@ impl SyntheticImages {
             let label = i % self.num_classes;
             let theta = label as f32 * std::f32::consts::PI / self.num_classes as f32;
             let freq = if label.is_multiple_of(2) { 0.18 } else { 0.28 };
-            let phase: f32 = rng.random_range(0.0..std::f32::consts::TAU);
-            let (bx, by): (f32, f32) = (
-                rng.random_range(0.0..s as f32),
-                rng.random_range(0.0..s as f32),
-            );
+            let phase = rng.f32_in(0.0, std::f32::consts::TAU);
+            let (bx, by): (f32, f32) = (rng.f32_in(0.0, s as f32), rng.f32_in(0.0, s as f32));
             let (c, sn) = (theta.cos(), theta.sin());
             for channel in 0..self.channels {
                 let shift = channel as f32 * 0.7;
@@ -115,7 +111,7 @@ impl SyntheticImages {
                                 .sin();
                         let d2 = (xf - bx).powi(2) + (yf - by).powi(2);
                         let blob = 1.5 * (-d2 / 6.0).exp();
-                        images.push(grating + blob + self.noise * gaussian(&mut rng));
+                        images.push(grating + blob + self.noise * rng.gaussian());
                     }
                 }
             }
@@ -129,13 +125,6 @@ impl SyntheticImages {
             num_classes: self.num_classes,
         })
     }
-}
-
-fn gaussian(rng: &mut StdRng) -> f32 {
-    // Box-Muller; u1 in (0, 1] so the log is finite.
-    let u1: f32 = 1.0 - rng.random::<f32>();
-    let u2: f32 = rng.random::<f32>();
-    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
 impl ImageSet {
@@ -271,7 +260,7 @@ impl SyntheticKws {
                 reason: format!("{} given, at least 2 needed", self.num_classes),
             });
         }
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRng::new(seed);
         let rate = 16_000.0f32;
         let mut clips = Vec::with_capacity(len);
         let mut labels = Vec::with_capacity(len);
@@ -281,8 +270,8 @@ impl SyntheticKws {
             if label > 0 {
                 let k = label as f32;
                 let (f1, f2) = (250.0 + 140.0 * k, 600.0 + 230.0 * ((label * 7) % 11) as f32);
-                let onset = rng.random_range(1600..4800usize);
-                let level = rng.random_range(0.2f32..0.6);
+                let onset = 1600 + rng.index(3200);
+                let level = rng.f32_in(0.2, 0.6);
                 let (chirp, tone) = (6400usize, 4000usize);
                 let mut phase = 0f32;
                 for t in 0..chirp + tone {
@@ -301,7 +290,7 @@ impl SyntheticKws {
                 }
             }
             for v in clip.iter_mut() {
-                *v = (*v + self.noise * gaussian(&mut rng)).clamp(-1.0, 1.0);
+                *v = (*v + self.noise * rng.gaussian()).clamp(-1.0, 1.0);
             }
             clips.push(clip);
             labels.push(label);

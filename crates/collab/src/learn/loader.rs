@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
 use burn::tensor::Device;
-use rand::rngs::StdRng;
+use collab_data::SeededRng;
 
 use crate::data::{Batch, Batches, epoch_rng};
 
@@ -107,7 +107,7 @@ impl IndexLoader {
 struct IndexIter<'a> {
     loader: &'a IndexLoader,
     batches: std::vec::IntoIter<Vec<usize>>,
-    rng: Option<StdRng>,
+    rng: Option<SeededRng>,
     done: usize,
     total: usize,
 }

@@ -762,13 +762,8 @@ pub fn run(
         "val": data_fingerprint(data.val.as_ref())?,
     });
     let device = crate::device::compute();
-    let calib: Vec<usize> = {
-        let mut idx: Vec<usize> = (0..data.train.len()).collect();
-        use rand::seq::SliceRandom;
-        idx.shuffle(&mut data::epoch_rng(config.seed, 0));
-        idx.truncate(config.calibration_samples.max(1));
-        idx
-    };
+    let calib =
+        data::calibration_indices(data.train.len(), config.calibration_samples, config.seed);
 
     let mut leaves: Vec<Leaf> = Vec::new();
     let mut nets: BTreeMap<String, (Network, Lineage, BTreeMap<String, f64>)> = BTreeMap::new();
