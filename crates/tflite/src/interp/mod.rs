@@ -18,7 +18,7 @@
 //! afterwards except on input of the wrong size.
 
 //!
-//! Layout: this module holds the public API and the run loop; [`prepare`] the checks every
+//! Layout: this module holds the public API and the run loop; `prepare` the checks every
 //! operator's preparation shares; `ops` one module per operator (or family) with its
 //! `prepare`, listed in one table (`ops::OPERATORS`); the inner loops are in
 //! `crate::kernels`.
