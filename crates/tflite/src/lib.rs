@@ -9,6 +9,8 @@
 //! - [`interp`]: a reference int8 interpreter, bit-exact with LiteRT's reference kernels and
 //!   TensorFlow Lite Micro ([`fixed`]: their fixed-point arithmetic; `activations`: the
 //!   elementwise activations, as lookup tables built with each runtime's arithmetic).
+//!   Its operators are one module each (`interp::ops`, listed in one table); the inner loops
+//!   and the one CPU-feature probe they dispatch through are in `kernels`.
 //! - [`concat`]: the int8 CONCATENATION kernel (a copy: every runtime requires the inputs
 //!   quantized as the output).
 //! - [`elementwise`]: int8 ADD, SUB and MUL with broadcasting, as the reference kernels.
@@ -38,20 +40,18 @@ extern crate alloc;
 pub mod schema_generated;
 pub use schema_generated::tflite;
 
-pub mod activations;
-mod add;
-pub mod concat;
-pub mod elementwise;
 pub mod fixed;
-mod fully_connected;
 pub mod interp;
+mod kernels;
 pub mod npy;
 pub mod palette;
 pub mod reader;
 pub mod report;
 pub mod tools;
-mod vnni;
 pub mod writer;
+
+// The operators' modules live in `interp::ops`; these keep their public paths.
+pub use interp::ops::{activations, concat, elementwise};
 
 pub use interp::{Data, Flavor, Interpreter, Kernels, OpTime, Port};
 pub use reader::{

@@ -10,8 +10,8 @@
 //! integers (tests compare them).
 
 use crate::TfliteError;
-use crate::vnni::palette::{PalettePacked, Table};
-use crate::vnni::{Packed, Requant};
+use crate::kernels::vnni::palette::{PalettePacked, Table};
+use crate::kernels::vnni::{Packed, Requant};
 
 /// How the weights are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct PaletteLayer {
 impl PaletteLayer {
     /// Whether this CPU runs the palette kernels (AVX-512 F/BW/VL, VNNI and VBMI).
     pub fn available() -> bool {
-        crate::vnni::sparse::available()
+        crate::kernels::cpu().avx512_vbmi
     }
 
     /// From `weights` `[units, depth]`, for inputs of `pixels` rows with zero point
@@ -126,7 +126,7 @@ impl PaletteLayer {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            let g = crate::vnni::Geometry {
+            let g = crate::kernels::vnni::Geometry {
                 in_shape: [1, pixels, 1, depth],
                 out_shape: [1, pixels, 1, units],
                 kernel: [1, 1],
@@ -135,7 +135,7 @@ impl PaletteLayer {
                 pad: [0, 0],
                 input_zp: self.input_zp,
             };
-            let stride = crate::vnni::fc::acc_stride(units);
+            let stride = crate::kernels::vnni::fc::acc_stride(units);
             // SAFETY: `new` checked the CPU (VNNI and VBMI); the packings are for `k = depth`,
             // `oc = units`; `x` and `out` have the sizes checked above; `acc` holds `stride ≥
             // units` sums.
@@ -143,16 +143,18 @@ impl PaletteLayer {
                 match (palette.flatten(), pixels) {
                     (None, 1) => {
                         let mut acc = vec![0i32; stride];
-                        crate::vnni::fc::gemv(&self.dense, x, 1, depth, &mut acc);
-                        crate::vnni::fc::requantize(&self.requant, &acc, out);
+                        crate::kernels::vnni::fc::gemv(&self.dense, x, 1, depth, &mut acc);
+                        crate::kernels::vnni::fc::requantize(&self.requant, &acc, out);
                     }
-                    (None, _) => crate::vnni::conv(&g, &self.dense, &self.requant, x, out),
+                    (None, _) => crate::kernels::vnni::conv(&g, &self.dense, &self.requant, x, out),
                     (Some(p), 1) => {
                         let mut acc = vec![0i32; stride];
-                        crate::vnni::palette::gemv(p, x, 1, depth, &mut acc);
-                        crate::vnni::fc::requantize(&self.requant, &acc, out);
+                        crate::kernels::vnni::palette::gemv(p, x, 1, depth, &mut acc);
+                        crate::kernels::vnni::fc::requantize(&self.requant, &acc, out);
                     }
-                    (Some(p), _) => crate::vnni::palette::conv(&g, p, &self.requant, x, out),
+                    (Some(p), _) => {
+                        crate::kernels::vnni::palette::conv(&g, p, &self.requant, x, out)
+                    }
                 }
             }
             Ok(())

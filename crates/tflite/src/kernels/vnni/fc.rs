@@ -24,9 +24,9 @@ pub(crate) fn acc_stride(units: usize) -> usize {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::acc_stride;
-    use crate::vnni::avx2::Packed16;
-    use crate::vnni::x86::{ld32, ld256, ld512};
-    use crate::vnni::{Packed, Requant, Scratch};
+    use crate::kernels::vnni::avx2::Packed16;
+    use crate::kernels::vnni::x86::{ld32, ld256, ld512};
+    use crate::kernels::vnni::{Packed, Requant, Scratch};
     use std::arch::x86_64::*;
 
     /// Blocks of 32 units (VNNI) or 16 units (AVX2) per tile.
@@ -68,16 +68,20 @@ mod x86 {
     /// w[u, d]·(x[b, d] − zp)` for `x` `[batches, depth]` int8, `stride = acc_stride(units)`.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::vnni::available`]); `p` must be
-    /// packed for `k = depth`, `x` must hold `batches · depth` values and `acc` `batches ·
-    /// stride`.
+    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::kernels::Cpu::avx512_vnni`]);
+    /// `p` must be packed for `k = depth`, `x` must hold `batches · depth` values and `acc`
+    /// `batches · stride`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn gemv(p: &Packed, x: &[i8], batches: usize, depth: usize, acc: &mut [i32]) {
         let stride = acc_stride(p.oc32);
         let mut scratch = Scratch::bytes(p.k4);
         let xu = &mut scratch.0[..p.k4];
         for b in 0..batches {
-            crate::vnni::copy_bytes(&mut xu[..depth], &x[b * depth..(b + 1) * depth], 0x80);
+            crate::kernels::vnni::copy_bytes(
+                &mut xu[..depth],
+                &x[b * depth..(b + 1) * depth],
+                0x80,
+            );
             // The padded `k` meet zero weights: any value will do, but a defined one.
             xu[depth..].fill(0);
             let row = &mut acc[b * stride..(b + 1) * stride];
@@ -183,7 +187,7 @@ mod x86 {
             // 32 channels, and only `min(16, units − at)` bytes of `out` are written.
             unsafe {
                 let v = ld512(acc.as_ptr().wrapping_add(at));
-                let q = crate::vnni::x86::requant16(v, rq, at);
+                let q = crate::kernels::vnni::x86::requant16(v, rq, at);
                 let n = (units - at).min(16);
                 _mm_mask_storeu_epi8(
                     out.as_mut_ptr().wrapping_add(at),
@@ -200,7 +204,7 @@ mod x86 {
     /// The CPU must support AVX2; `rq` must hold at least `units` channels.
     #[target_feature(enable = "avx2")]
     pub(crate) unsafe fn requantize_avx2(rq: &Requant, acc: &[i32], out: &mut [i8]) {
-        use crate::vnni::avx2::x86::{pack16, requant8, store16};
+        use crate::kernels::vnni::avx2::x86::{pack16, requant8, store16};
         let units = out.len();
         assert!(acc.len() >= units.div_ceil(16) * 16);
         for at in (0..units).step_by(16) {

@@ -24,15 +24,15 @@
 #[derive(Clone, Debug)]
 pub(crate) struct SparsePacked {
     /// `k` rounded up to 8.
-    pub(in crate::vnni) k8: usize,
+    pub(in crate::kernels::vnni) k8: usize,
     /// Output channels rounded up to 32.
-    pub(in crate::vnni) oc32: usize,
+    pub(in crate::kernels::vnni) oc32: usize,
     /// `[k / 8][oc32][4]`: the non-zero weights of each run of 8 `k`, zeros after them.
     w: Vec<i8>,
     /// `[k / 8][oc32][4]`: the position (0..8) in its run of each weight in `w`.
     index: Vec<u8>,
     /// `bias − (zp + 128)·Σw` per output channel, padded to `oc32`.
-    pub(in crate::vnni) corr: Vec<i32>,
+    pub(in crate::kernels::vnni) corr: Vec<i32>,
 }
 
 impl SparsePacked {
@@ -88,27 +88,14 @@ impl SparsePacked {
     }
 }
 
-/// Whether this CPU runs the N:M kernels: the VNNI tier ([`super::available`]) and AVX-512
-/// VBMI (`vpermb`).
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::available() && std::arch::is_x86_feature_detected!("avx512vbmi")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{conv, gemv};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::SparsePacked;
-    use crate::vnni::x86::{requant16, store32};
-    use crate::vnni::{Geometry, Requant, Scratch, gather};
+    use crate::kernels::vnni::x86::{requant16, store32};
+    use crate::kernels::vnni::{Geometry, Requant, Scratch, gather};
     use std::arch::x86_64::*;
 
     /// Pixels per tile: 8 rows × 32 channels = 16 accumulators (plus 2 weight, 2 position
@@ -177,7 +164,7 @@ mod x86 {
     /// packed weights, requantize into `out` (`[pixels, oc]` int8).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI ([`super::available`]); `x` and
+    /// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI ([`crate::kernels::Cpu::avx512_vbmi`]); `x` and
     /// `out` must have the geometry's sizes, `p` and `rq` must be built for this convolution.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
     pub(crate) unsafe fn conv(
@@ -258,12 +245,12 @@ mod x86 {
         }
     }
 
-    /// FULLY_CONNECTED sums on N:M-sparse weights, as `crate::vnni::fc::gemv`:
+    /// FULLY_CONNECTED sums on N:M-sparse weights, as `crate::kernels::vnni::fc::gemv`:
     /// `acc[b · stride + u] = bias[u] + Σ_d w[u, d]·(x[b, d] − zp)` for `x` `[batches, depth]`
     /// int8, `stride = acc_stride(units)`.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI ([`super::available`]); `p` must
+    /// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI ([`crate::kernels::Cpu::avx512_vbmi`]); `p` must
     /// be packed for `k = depth`, `x` must hold `batches · depth` values and `acc` `batches ·
     /// stride`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
@@ -274,7 +261,7 @@ mod x86 {
         depth: usize,
         acc: &mut [i32],
     ) {
-        let stride = crate::vnni::fc::acc_stride(p.oc32);
+        let stride = crate::kernels::vnni::fc::acc_stride(p.oc32);
         let mut scratch = Scratch::bytes(p.k8);
         let xu = &mut scratch.0[..p.k8];
         for b in 0..batches {

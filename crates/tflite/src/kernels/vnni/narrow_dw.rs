@@ -80,16 +80,16 @@ pub(crate) use x86::depthwise;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::NarrowDw;
-    use crate::vnni::x86::{Rq16, dw_order, ld128, ld256, ld512, store32};
-    use crate::vnni::{Geometry, Scratch, pad_input};
+    use crate::kernels::vnni::x86::{Rq16, dw_order, ld128, ld256, ld512, store32};
+    use crate::kernels::vnni::{Geometry, Scratch, pad_input};
     use std::arch::x86_64::*;
 
     /// Depthwise convolution with at most 16 channels, multiplier 1, into `out` (`[pixels, c]`
     /// int8).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::vnni::available`]); `x` and
-    /// `out` must have the geometry's sizes and `p` must be built by [`NarrowDw::new`] for it.
+    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::kernels::Cpu::avx512_vnni`]);
+    /// `x` and `out` must have the geometry's sizes and `p` must be built by [`NarrowDw::new`] for it.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn depthwise(g: &Geometry, p: &NarrowDw, x: &[i8], out: &mut [i8]) {
         // SAFETY: forwarded; copies for the common tap counts (3×3 → 5 pairs).
@@ -338,7 +338,7 @@ mod tests {
         /// bytes, and the 32-channel kernel's; strides it does not take are refused.
         #[test]
         fn narrow_depthwise_equals_the_plain_formula_and_the_wide_kernel(c in case()) {
-            prop_assume!(crate::vnni::available());
+            prop_assume!(crate::kernels::cpu().avx512_vnni);
             let (mult, shift): (Vec<i32>, Vec<i32>) = c.m.iter().copied().unzip();
             let ch = c.geo.in_shape[3];
             let Some(p) = NarrowDw::new(&c.geo, &c.w, &c.bias, &mult, &shift, c.zp, c.act) else {
@@ -355,7 +355,7 @@ mod tests {
             let rq = Requant::new(&mult, &shift, c.zp, c.act);
             let mut other = vec![0i8; n];
             // SAFETY: as above.
-            unsafe { crate::vnni::depthwise(&c.geo, &wide, &rq, &c.x, &mut other) };
+            unsafe { crate::kernels::vnni::depthwise(&c.geo, &wide, &rq, &c.x, &mut other) };
             prop_assert_eq!(&got, &other);
         }
     }

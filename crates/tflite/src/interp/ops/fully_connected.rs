@@ -5,14 +5,19 @@
 //! per-tensor and per-unit multipliers, both flavors):
 //! - the portable loops, on every CPU;
 //! - a matrix–vector product on the convolution GEMM's packed weights (AVX-512 VNNI, else AVX2;
-//!   `crate::vnni::fc`), the weights packed once when the interpreter is built.
+//!   `crate::kernels::vnni::fc`), the weights packed once when the interpreter is built.
 //!
 //! Requantization follows the [`Flavor`]: TFLite Micro rounds twice
 //! (`MultiplyByQuantizedMultiplier`, [`mbqm`]), LiteRT's reference kernel once
 //! ([`mbqm_single`]).
 
+use crate::TfliteError;
+use crate::fixed::quantize_multiplier;
 use crate::fixed::{mbqm, mbqm_single};
-use crate::interp::{Flavor, Kernels};
+use crate::interp::prepare::Ctx;
+use crate::interp::{Flavor, Kernels, Step};
+use crate::kernels::Tier;
+use crate::reader::Options;
 
 /// A FULLY_CONNECTED layer, prepared.
 #[derive(Clone, Debug)]
@@ -40,11 +45,17 @@ pub(crate) struct FcKernel {
 #[derive(Clone, Debug)]
 enum FastFc {
     /// AVX-512 VNNI (`vpdpbusd`).
-    Vnni(crate::vnni::Packed, crate::vnni::Requant),
+    Vnni(crate::kernels::vnni::Packed, crate::kernels::vnni::Requant),
     /// AVX2 (`vpmaddwd`).
-    Avx2(crate::vnni::avx2::Packed16, crate::vnni::Requant),
-    /// N:M-sparse weights, AVX-512 VNNI + VBMI (`crate::vnni::sparse`).
-    Sparse(crate::vnni::sparse::SparsePacked, crate::vnni::Requant),
+    Avx2(
+        crate::kernels::vnni::avx2::Packed16,
+        crate::kernels::vnni::Requant,
+    ),
+    /// N:M-sparse weights, AVX-512 VNNI + VBMI (`crate::kernels::vnni::sparse`).
+    Sparse(
+        crate::kernels::vnni::sparse::SparsePacked,
+        crate::kernels::vnni::Requant,
+    ),
 }
 
 impl FcKernel {
@@ -85,9 +96,8 @@ impl FcKernel {
 
     /// Repack the weights for `kernels` on this CPU (`Portable`: none).
     pub(crate) fn set_kernels(&mut self, kernels: Kernels) {
-        let vnni = kernels.avx512() && crate::vnni::available();
-        let avx2 = kernels != Kernels::Portable && crate::vnni::avx2_available();
-        if !(vnni || avx2) {
+        let tier = Tier::of(kernels);
+        if tier == Tier::Portable {
             self.fast = None;
             return;
         }
@@ -100,24 +110,27 @@ impl FcKernel {
             }
         }
         let zp = -self.input_offset;
-        let rq =
-            crate::vnni::Requant::new(&self.multiplier, &self.shift, self.output_offset, self.act);
-        if kernels == Kernels::Sparse
-            && crate::vnni::sparse::available()
+        let rq = crate::kernels::vnni::Requant::new(
+            &self.multiplier,
+            &self.shift,
+            self.output_offset,
+            self.act,
+        );
+        if Tier::sparse(kernels)
             && let Some(p) =
-                crate::vnni::sparse::SparsePacked::new(&kio, depth, units, &self.bias, zp)
+                crate::kernels::vnni::sparse::SparsePacked::new(&kio, depth, units, &self.bias, zp)
         {
             self.fast = Some(FastFc::Sparse(p, rq));
             return;
         }
-        self.fast = Some(if vnni {
+        self.fast = Some(if tier == Tier::Vnni {
             FastFc::Vnni(
-                crate::vnni::Packed::new(&kio, depth, units, &self.bias, zp),
+                crate::kernels::vnni::Packed::new(&kio, depth, units, &self.bias, zp),
                 rq,
             )
         } else {
             FastFc::Avx2(
-                crate::vnni::avx2::Packed16::new(&kio, depth, units, &self.bias, zp),
+                crate::kernels::vnni::avx2::Packed16::new(&kio, depth, units, &self.bias, zp),
                 rq,
             )
         });
@@ -149,28 +162,33 @@ impl FcKernel {
     #[cfg(target_arch = "x86_64")]
     fn run_fast(&self, fast: &FastFc, x: &[i8], flavor: Flavor) -> Vec<i8> {
         let (batches, depth, units) = (self.batches, self.depth, self.units);
-        let stride = crate::vnni::fc::acc_stride(units);
+        let stride = crate::kernels::vnni::fc::acc_stride(units);
         // The sums in this thread's reused buffer (the kernels write every value read).
-        let mut scratch = crate::vnni::Scratch::ints(batches * stride);
+        let mut scratch = crate::kernels::vnni::Scratch::ints(batches * stride);
         let acc = &mut scratch.0[..batches * stride];
         let mut out = vec![0i8; batches * units];
-        // SAFETY: `set_kernels` builds `Vnni` only where `vnni::available()` found AVX-512
-        // F/BW/VL/VNNI and `Avx2` only where AVX2 is present, packed for `k = depth`, `oc =
+        // SAFETY: `set_kernels` builds `Vnni` only for `Tier::Vnni` (the probe found AVX-512
+        // F/BW/VL/VNNI), `Sparse` only where it also found VBMI and `Avx2` only for
+        // `Tier::Avx2` (it found AVX2), packed for `k = depth`, `oc =
         // units`; `x` holds `batches · depth` values (the interpreter checked the sizes), `acc`
         // `batches · stride`, and each requantized row `stride ≥ units` sums.
         unsafe {
             match fast {
-                FastFc::Vnni(p, _) => crate::vnni::fc::gemv(p, x, batches, depth, acc),
-                FastFc::Avx2(p, _) => crate::vnni::fc::gemv_avx2(p, x, batches, depth, acc),
-                FastFc::Sparse(p, _) => crate::vnni::sparse::gemv(p, x, batches, depth, acc),
+                FastFc::Vnni(p, _) => crate::kernels::vnni::fc::gemv(p, x, batches, depth, acc),
+                FastFc::Avx2(p, _) => {
+                    crate::kernels::vnni::fc::gemv_avx2(p, x, batches, depth, acc)
+                }
+                FastFc::Sparse(p, _) => {
+                    crate::kernels::vnni::sparse::gemv(p, x, batches, depth, acc)
+                }
             }
             for (row, dst) in acc.chunks_exact(stride).zip(out.chunks_exact_mut(units)) {
                 match (flavor, fast) {
                     (Flavor::Micro, FastFc::Vnni(_, rq) | FastFc::Sparse(_, rq)) => {
-                        crate::vnni::fc::requantize(rq, row, dst)
+                        crate::kernels::vnni::fc::requantize(rq, row, dst)
                     }
                     (Flavor::Micro, FastFc::Avx2(_, rq)) => {
-                        crate::vnni::fc::requantize_avx2(rq, row, dst)
+                        crate::kernels::vnni::fc::requantize_avx2(rq, row, dst)
                     }
                     (Flavor::LiteRtReference, _) => self.requantize_single(row, dst),
                 }
@@ -218,6 +236,47 @@ impl FcKernel {
         }
         out
     }
+}
+
+/// FULLY_CONNECTED of `ctx`: weights `[units, depth]`, per-tensor scales, multiplier as
+/// `GetQuantizedConvolutionMultipler` (the product in float, the division in double).
+pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
+    let Options::FullyConnected { activation, .. } = &ctx.op.options else {
+        return Err(ctx.unsupported());
+    };
+    let (ii, it) = ctx.input(0)?;
+    let (_, ft) = ctx.input(1)?;
+    let (oi, ot) = ctx.out;
+    ctx.int8(it)?;
+    ctx.int8(ot)?;
+    if ft.shape.len() != 2 {
+        return Err(ctx.bad(format!(
+            "weights must be [units, depth], are {:?}",
+            ft.shape
+        )));
+    }
+    let (units, depth) = (ft.shape[0], ft.shape[1]);
+    let size = ctx.sizes[ii];
+    if depth == 0 || !size.is_multiple_of(depth) || ctx.sizes[oi] != size / depth * units {
+        return Err(ctx.bad("input, weight and output sizes do not fit"));
+    }
+    let (in_scale, in_zp) = ctx.per_tensor(it)?;
+    let (out_scale, out_zp) = ctx.per_tensor(ot)?;
+    let scales = ctx.filter_scales(ft, units)?;
+    if scales.iter().any(|s| *s != scales[0]) {
+        return Err(ctx.bad("per-channel fully-connected weights are not supported"));
+    }
+    let (multiplier, shift) = quantize_multiplier((in_scale * scales[0]) as f64 / out_scale as f64);
+    Ok(Step::FullyConnected(Box::new(FcKernel::new(
+        [ii, oi],
+        [size / depth, depth, units],
+        ctx.const_i8(ft)?.iter().map(|b| *b as i8).collect(),
+        ctx.bias(2, units)?,
+        [-in_zp, out_zp],
+        vec![multiplier; units],
+        vec![shift; units],
+        ctx.activation(*activation, out_scale, out_zp)?,
+    ))))
 }
 
 #[cfg(test)]
@@ -375,9 +434,9 @@ mod tests {
             seed: 9,
         };
         let (mut k, _) = kernel(&c);
-        let want = if crate::vnni::available() {
+        let want = if crate::kernels::cpu().avx512_vnni {
             "avx512-vnni"
-        } else if crate::vnni::avx2_available() {
+        } else if crate::kernels::cpu().avx2 {
             "avx2"
         } else {
             "portable"

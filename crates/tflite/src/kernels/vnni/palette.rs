@@ -32,15 +32,15 @@ pub(crate) enum Table {
 /// constant as the dense [`Packed`].
 #[derive(Clone, Debug)]
 pub(crate) struct PalettePacked {
-    pub(in crate::vnni) k4: usize,
-    pub(in crate::vnni) oc32: usize,
-    pub(in crate::vnni) table: Table,
+    pub(in crate::kernels::vnni) k4: usize,
+    pub(in crate::kernels::vnni) oc32: usize,
+    pub(in crate::kernels::vnni) table: Table,
     /// `[oc32 / 32][k4 / 4][chunk]`, block-major so that a tile's weights are one contiguous
     /// stream: nibble pairs (64 bytes, see the module docs), or the raw weights (128 bytes).
     index: Vec<u8>,
     /// Per tensor: the 16 entries repeated 4 times (64 bytes). Per channel: `[oc32][16]`.
     entries: Vec<i8>,
-    pub(in crate::vnni) corr: Vec<i32>,
+    pub(in crate::kernels::vnni) corr: Vec<i32>,
 }
 
 impl PalettePacked {
@@ -145,8 +145,8 @@ pub(crate) use x86::{conv, gemv};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{PalettePacked, Table};
-    use crate::vnni::x86::{requant16, store32};
-    use crate::vnni::{Geometry, Requant, Scratch, gather};
+    use crate::kernels::vnni::x86::{requant16, store32};
+    use crate::kernels::vnni::{Geometry, Requant, Scratch, gather};
     use std::arch::x86_64::*;
 
     /// Pixels per GEMM tile, as the dense kernel.
@@ -251,7 +251,7 @@ mod x86 {
         }
     }
 
-    /// CONV_2D on palette weights, as `crate::vnni::conv` on the dense ones.
+    /// CONV_2D on palette weights, as `crate::kernels::vnni::conv` on the dense ones.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI; `x` and `out` must have the
@@ -326,10 +326,10 @@ mod x86 {
         }
     }
 
-    /// FULLY_CONNECTED sums on palette weights, as `crate::vnni::fc::gemv`.
+    /// FULLY_CONNECTED sums on palette weights, as `crate::kernels::vnni::fc::gemv`.
     ///
     /// # Safety
-    /// As `crate::vnni::fc::gemv`, and the CPU must support AVX-512 VBMI.
+    /// As `crate::kernels::vnni::fc::gemv`, and the CPU must support AVX-512 VBMI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
     pub(crate) unsafe fn gemv(
         p: &PalettePacked,
@@ -338,7 +338,7 @@ mod x86 {
         depth: usize,
         acc: &mut [i32],
     ) {
-        let stride = crate::vnni::fc::acc_stride(p.oc32);
+        let stride = crate::kernels::vnni::fc::acc_stride(p.oc32);
         let mut scratch = Scratch::bytes(p.k4);
         let xu = &mut scratch.0[..p.k4];
         for b in 0..batches {

@@ -27,7 +27,9 @@
 //!   `loadu` intrinsics, whose `copy_nonoverlapping` precondition checks would run in builds
 //!   with debug assertions.
 //!
-//! Used when the CPU has AVX-512 F/BW/VL and VNNI; otherwise the portable kernels run.
+//! Used when the CPU has AVX-512 F/BW/VL and VNNI ([`super::Cpu::avx512_vnni`]); otherwise the
+//! portable kernels run. Dispatch follows the idiom of [`super`]: these `unsafe fn` are chosen
+//! once, when an operator is prepared, through [`super::Tier`].
 
 /// Per-output-channel requantization constants, padded with zeros to a multiple of 32 channels.
 #[derive(Clone, Debug)]
@@ -240,33 +242,6 @@ impl DwPacked {
             w: packed,
             corr,
         }
-    }
-}
-
-/// Whether this CPU runs the VNNI kernels.
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether this CPU runs the AVX2 kernels (the fallback where VNNI is missing).
-pub(crate) fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -504,42 +479,42 @@ mod x86 {
     /// # Safety
     /// `p` points to `N` readable (or writable) bytes.
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn ld512<T>(p: *const T) -> __m512i {
+    pub(in crate::kernels::vnni) unsafe fn ld512<T>(p: *const T) -> __m512i {
         // SAFETY: as documented above.
         unsafe { std::mem::transmute(*(p as *const [u8; 64])) }
     }
 
     /// See [`ld512`].
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn ld256<T>(p: *const T) -> __m256i {
+    pub(in crate::kernels::vnni) unsafe fn ld256<T>(p: *const T) -> __m256i {
         // SAFETY: as `ld512`.
         unsafe { std::mem::transmute(*(p as *const [u8; 32])) }
     }
 
     /// See [`ld512`].
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn ld128<T>(p: *const T) -> __m128i {
+    pub(in crate::kernels::vnni) unsafe fn ld128<T>(p: *const T) -> __m128i {
         // SAFETY: as `ld512`.
         unsafe { std::mem::transmute(*(p as *const [u8; 16])) }
     }
 
     /// The 4 bytes at `p` as an i32 (see [`ld512`]).
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn ld32<T>(p: *const T) -> i32 {
+    pub(in crate::kernels::vnni) unsafe fn ld32<T>(p: *const T) -> i32 {
         // SAFETY: as `ld512`.
         unsafe { i32::from_ne_bytes(*(p as *const [u8; 4])) }
     }
 
     /// The 8 bytes at `p` as an i64 (see [`ld512`]).
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn ld64<T>(p: *const T) -> i64 {
+    pub(in crate::kernels::vnni) unsafe fn ld64<T>(p: *const T) -> i64 {
         // SAFETY: as `ld512`.
         unsafe { i64::from_ne_bytes(*(p as *const [u8; 8])) }
     }
 
     /// Store 16 bytes at `p` (see [`ld512`]).
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn st128<T>(p: *mut T, v: __m128i) {
+    pub(in crate::kernels::vnni) unsafe fn st128<T>(p: *mut T, v: __m128i) {
         // SAFETY: as `ld512`.
         unsafe { *(p as *mut [u8; 16]) = std::mem::transmute::<__m128i, [u8; 16]>(v) }
     }
@@ -555,7 +530,11 @@ mod x86 {
     /// add and one shift of the 64-bit product; multipliers are ≥ 0, so its saturating case
     /// (`i32::MIN · i32::MIN`) cannot occur.
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn requant16(v: __m512i, rq: &Requant, at: usize) -> __m128i {
+    pub(in crate::kernels::vnni) unsafe fn requant16(
+        v: __m512i,
+        rq: &Requant,
+        at: usize,
+    ) -> __m128i {
         // SAFETY: as `requant16_i32`; the caller has AVX-512 F/BW.
         unsafe { _mm512_cvtepi32_epi8(requant16_i32(v, rq, at)) }
     }
@@ -570,7 +549,11 @@ mod x86 {
     /// When the clamp maps every negative result to `lo`, the `[P < 0]` term is dropped: a
     /// negative product then gives a result ≤ 0 either way.
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn requant16_i32(v: __m512i, rq: &Requant, at: usize) -> __m512i {
+    pub(in crate::kernels::vnni) unsafe fn requant16_i32(
+        v: __m512i,
+        rq: &Requant,
+        at: usize,
+    ) -> __m512i {
         // SAFETY: forwarded.
         unsafe { Rq16::new(rq, at).apply(v) }
     }
@@ -578,7 +561,7 @@ mod x86 {
     /// The requantization constants of 16 channels in registers, for loops that requantize
     /// the same channels many times (loaded once instead of at every call).
     #[derive(Clone, Copy)]
-    pub(in crate::vnni) struct Rq16 {
+    pub(in crate::kernels::vnni) struct Rq16 {
         multiplier: __m512i,
         multiplier_odd: __m512i,
         left: __m512i,
@@ -599,7 +582,7 @@ mod x86 {
         /// `at + 16` is within the constants (all padded to 32 channels, `at` a multiple of 16
         /// below the padded count), and the caller has AVX-512 F/BW.
         #[inline(always)]
-        pub(in crate::vnni) unsafe fn new(rq: &Requant, at: usize) -> Self {
+        pub(in crate::kernels::vnni) unsafe fn new(rq: &Requant, at: usize) -> Self {
             // SAFETY: as documented.
             unsafe {
                 let load = |v: &Vec<i32>| ld512(v.as_ptr().wrapping_add(at));
@@ -623,7 +606,7 @@ mod x86 {
 
         /// [`requant16_i32`] of `v`.
         #[inline(always)]
-        pub(in crate::vnni) unsafe fn apply(&self, v: __m512i) -> __m512i {
+        pub(in crate::kernels::vnni) unsafe fn apply(&self, v: __m512i) -> __m512i {
             // SAFETY: register operations; the caller has AVX-512 F/BW.
             unsafe {
                 let x = if self.any_left {
@@ -659,7 +642,7 @@ mod x86 {
 
         /// [`requant16`] of `v`: the 16 results as int8.
         #[inline(always)]
-        pub(in crate::vnni) unsafe fn apply8(&self, v: __m512i) -> __m128i {
+        pub(in crate::kernels::vnni) unsafe fn apply8(&self, v: __m512i) -> __m128i {
             // SAFETY: as `apply`.
             unsafe { _mm512_cvtepi32_epi8(self.apply(v)) }
         }
@@ -668,7 +651,7 @@ mod x86 {
     /// Where channel `first + k` (k < 16) of a 32-channel depthwise block lies in its two
     /// `vpdpwssd` accumulators (`unpacklo` / `unpackhi` order): dword `k % 8 < 4` of the lo
     /// accumulator, else of hi, as `vpermt2d` indices.
-    pub(in crate::vnni) fn dw_order(first: usize) -> [i32; 16] {
+    pub(in crate::kernels::vnni) fn dw_order(first: usize) -> [i32; 16] {
         let mut idx = [0i32; 16];
         for (k, v) in idx.iter_mut().enumerate() {
             let (lane, i) = ((first + k) / 8, (first + k) % 8);
@@ -683,7 +666,12 @@ mod x86 {
 
     /// Store 32 int8 channels (`lo` then `hi`) at `dst`, only the first `n` when `n < 32`.
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn store32(dst: *mut i8, lo: __m128i, hi: __m128i, n: usize) {
+    pub(in crate::kernels::vnni) unsafe fn store32(
+        dst: *mut i8,
+        lo: __m128i,
+        hi: __m128i,
+        n: usize,
+    ) {
         // SAFETY: the caller owns `n` bytes at `dst`; the masked stores write no others.
         unsafe {
             if n >= 32 {
@@ -754,7 +742,7 @@ mod x86 {
     /// (`[pixels, oc]` int8).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`super::available`]); `x` and `out`
+    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::kernels::Cpu::avx512_vnni`]); `x` and `out`
     /// must have the geometry's sizes, `p` and `rq` must be built for this convolution.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn conv(g: &Geometry, p: &Packed, rq: &Requant, x: &[i8], out: &mut [i8]) {
@@ -954,7 +942,7 @@ mod tests {
             zp in -128i32..=127,
             relu in any::<bool>(),
         ) {
-            prop_assume!(super::available());
+            prop_assume!(crate::kernels::cpu().avx512_vnni);
             let act = if relu { [zp.max(-128), 127] } else { [-128, 127] };
             let unbounded = [i32::MIN, i32::MAX];
             let right: [i32; 32] = shift.map(|s| s.min(0));
@@ -969,7 +957,7 @@ mod tests {
     /// The extremes: `i32::MIN` / `MAX` inputs, half-way remainders, shifts 0 and −31.
     #[test]
     fn requant16_edges() {
-        if !super::available() {
+        if !crate::kernels::cpu().avx512_vnni {
             return;
         }
         let xs = [

@@ -204,8 +204,8 @@ pub(crate) use x86::conv;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Narrow, pad_unsigned};
-    use crate::vnni::x86::{Rq16, ld32, ld64, ld128, ld512, st128};
-    use crate::vnni::{Geometry, Scratch, unfold};
+    use crate::kernels::vnni::x86::{Rq16, ld32, ld64, ld128, ld512, st128};
+    use crate::kernels::vnni::{Geometry, Scratch, unfold};
     use std::arch::x86_64::*;
 
     /// Pixels per tile: one accumulator each.
@@ -404,8 +404,8 @@ mod x86 {
     /// CONV_2D into `out` (`[pixels, oc]` int8).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::vnni::available`]); `x` and
-    /// `out` must have the geometry's sizes and `p` must be built by [`Narrow::new`] for it.
+    /// The CPU must support AVX-512 F, BW, VL and VNNI ([`crate::kernels::Cpu::avx512_vnni`]);
+    /// `x` and `out` must have the geometry's sizes and `p` must be built by [`Narrow::new`] for it.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn conv(g: &Geometry, p: &Narrow, x: &[i8], out: &mut [i8]) {
         // SAFETY: forwarded.
@@ -470,7 +470,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::fixed::{mbqm, quantize_multiplier};
-    use crate::vnni::{Packed, Requant};
+    use crate::kernels::vnni::{Packed, Requant};
     use proptest::prelude::*;
 
     /// A random convolution with 1 to 39 outputs (one to three blocks of 16 past 16).
@@ -619,7 +619,7 @@ mod tests {
         /// gives the plain formula's bytes, and the 32-channel GEMM's.
         #[test]
         fn narrow_conv_equals_the_plain_formula_and_the_gemm(c in case()) {
-            prop_assume!(crate::vnni::available());
+            prop_assume!(crate::kernels::cpu().avx512_vnni);
             let (mult, shift): (Vec<i32>, Vec<i32>) = c.m.iter().copied().unzip();
             let p = Narrow::new(&c.geo, &c.hwio, &c.bias, &mult, &shift, c.zp, c.act).unwrap();
             let n: usize = c.geo.out_shape.iter().product();
@@ -633,7 +633,7 @@ mod tests {
             let rq = Requant::new(&mult, &shift, c.zp, c.act);
             let mut other = vec![0i8; n];
             // SAFETY: as above.
-            unsafe { crate::vnni::conv(&c.geo, &gemm, &rq, &c.x, &mut other) };
+            unsafe { crate::kernels::vnni::conv(&c.geo, &gemm, &rq, &c.x, &mut other) };
             prop_assert_eq!(&got, &other);
         }
     }

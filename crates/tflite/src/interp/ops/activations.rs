@@ -22,10 +22,14 @@
 //!   HARD_SWISH output quantizations followed this rule in each runtime; the source of TFLM's
 //!   August 2026 `activations_common.cc` still shows the `f32` division).
 
+use crate::TfliteError;
 use crate::fixed::{
     downscale_multiplier, frexp, logistic, mbqm, quantize_multiplier, rdbpot, rdbpot16, sat_shl16,
     sdhm16, srdhm16, tanh,
 };
+use crate::interp::prepare::Ctx;
+use crate::interp::{Flavor, Step};
+use crate::reader::Options;
 
 /// An int8 → int8 function as a table indexed by the input's byte (`x as u8`).
 pub(crate) type Table = Box<[i8; 256]>;
@@ -238,6 +242,49 @@ fn hard_swish(input: Q, output: Q, wide: bool) -> Result<Table, String> {
         let preshift = sdhm16(reluish, preshift_output);
         let out = rdbpot16(preshift, -output_exponent).wrapping_add(output.1 as i16);
         out as i32
+    }))
+}
+
+/// A prepared elementwise activation: the output for every int8 input, per runtime.
+#[derive(Clone, Debug)]
+pub(crate) struct Lookup {
+    pub(crate) input: usize,
+    pub(crate) output: usize,
+    micro: Table,
+    reference: Table,
+}
+
+impl Lookup {
+    /// The output of `x` in `flavor`'s arithmetic.
+    pub(crate) fn run(&self, x: &[i8], flavor: Flavor) -> Vec<i8> {
+        let table = match flavor {
+            Flavor::Micro => &self.micro,
+            Flavor::LiteRtReference => &self.reference,
+        };
+        x.iter().map(|v| table[*v as u8 as usize]).collect()
+    }
+}
+
+/// LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU, RELU or RELU6 of `ctx`.
+pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
+    let (ii, it) = ctx.input(0)?;
+    let (oi, ot) = ctx.out;
+    ctx.int8(it)?;
+    ctx.int8(ot)?;
+    if ctx.sizes[ii] != ctx.sizes[oi] {
+        return Err(ctx.bad("input and output sizes differ"));
+    }
+    let alpha = match ctx.op.options {
+        Options::LeakyRelu { alpha } => Some(alpha),
+        _ => None,
+    };
+    let t = tables(ctx.name, alpha, ctx.per_tensor(it)?, ctx.per_tensor(ot)?)
+        .map_err(|e| ctx.bad(e))?;
+    Ok(Step::Lookup(Lookup {
+        input: ii,
+        output: oi,
+        micro: t.micro,
+        reference: t.reference,
     }))
 }
 

@@ -4,12 +4,16 @@
 //! summed, and requantized to the output:
 //! `clamp(MBQM(MBQM((x − za)·2^20, ma) + MBQM((y − zb)·2^20, mb), mo) + zo)`. TFLite Micro and
 //! LiteRT's reference kernel compute the same integers here, so there is no flavor.
-//! [`AddKernel::run`] uses the AVX-512 or AVX2 form ([`crate::vnni::add`]) where the CPU has it
+//! [`AddKernel::run`] uses the AVX-512 or AVX2 form ([`crate::kernels::vnni::add`]) where the CPU has it
 //! and the kernel set allows it, else the portable loop; all give the same bytes.
 
+use crate::TfliteError;
 use crate::fixed::{mbqm, quantize_multiplier};
-use crate::interp::Kernels;
-use crate::vnni::add::AddConsts;
+use crate::interp::prepare::Ctx;
+use crate::interp::{Kernels, Step};
+use crate::kernels::Tier;
+use crate::kernels::vnni::add::AddConsts;
+use crate::reader::Options;
 
 /// add.cc's constants for an int8 ADD.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,8 +80,6 @@ impl AddKernel {
         let fits = [p.multipliers[0], p.multipliers[1], p.output_requant]
             .iter()
             .all(|(m, s)| *m >= 0 && (-31..=30).contains(s));
-        let vnni = kernels.avx512() && crate::vnni::available();
-        let avx2 = kernels != Kernels::Portable && crate::vnni::avx2_available();
         let consts = || {
             Box::new(AddConsts::new(
                 p.offsets,
@@ -87,11 +89,10 @@ impl AddKernel {
                 p.act,
             ))
         };
-        self.simd = match (fits, vnni, avx2) {
-            (false, _, _) => None,
-            (true, true, _) => Some(Simd::Avx512(consts())),
-            (true, false, true) => Some(Simd::Avx2(consts())),
-            (true, false, false) => None,
+        self.simd = match (fits, Tier::of(kernels)) {
+            (false, _) | (true, Tier::Portable) => None,
+            (true, Tier::Vnni) => Some(Simd::Avx512(consts())),
+            (true, Tier::Avx2) => Some(Simd::Avx2(consts())),
         };
     }
 
@@ -110,11 +111,13 @@ impl AddKernel {
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = &self.simd {
             let mut out = vec![0i8; a.len().min(b.len())];
-            // SAFETY: `set_kernels` chose each form only where the CPU has its features.
+            // SAFETY: `set_kernels` builds `Avx512` only for `Tier::Vnni` (the probe found
+            // AVX-512 F/BW/VL) and `Avx2` only for `Tier::Avx2` (it found AVX2); `out` is as
+            // long as the shorter input.
             unsafe {
                 match simd {
-                    Simd::Avx512(c) => crate::vnni::add::add_avx512(c, a, b, &mut out),
-                    Simd::Avx2(c) => crate::vnni::add::add_avx2(c, a, b, &mut out),
+                    Simd::Avx512(c) => crate::kernels::vnni::add::add_avx512(c, a, b, &mut out),
+                    Simd::Avx2(c) => crate::kernels::vnni::add::add_avx2(c, a, b, &mut out),
                 }
             }
             return out;
@@ -152,10 +155,47 @@ impl AddKernel {
     }
 }
 
+/// A prepared same-shape ADD: tensors `inputs[0] + inputs[1]` into `output`.
+#[derive(Clone, Debug)]
+pub(crate) struct Add {
+    pub(crate) inputs: [usize; 2],
+    pub(crate) output: usize,
+    pub(crate) kernel: AddKernel,
+}
+
+/// ADD of `ctx`: the same-shape kernel, or [`super::elementwise`] when the shapes differ or an
+/// input is constant.
+pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
+    let Options::Add { activation } = &ctx.op.options else {
+        return Err(ctx.unsupported());
+    };
+    if super::elementwise::is_general(ctx.graph, ctx.op) {
+        return super::elementwise::prepare_step(ctx, *activation);
+    }
+    let (ai, at) = ctx.input(0)?;
+    let (bi, bt) = ctx.input(1)?;
+    let (oi, ot) = ctx.out;
+    ctx.int8(at)?;
+    ctx.int8(bt)?;
+    ctx.int8(ot)?;
+    if at.shape != bt.shape || at.shape != ot.shape {
+        return Err(ctx.bad("broadcasting is not supported: shapes must be equal"));
+    }
+    let (sa, za) = ctx.per_tensor(at)?;
+    let (sb, zb) = ctx.per_tensor(bt)?;
+    let (so, zo) = ctx.per_tensor(ot)?;
+    let act = ctx.activation(*activation, so, zo)?;
+    Ok(Step::Add(Add {
+        inputs: [ai, bi],
+        output: oi,
+        kernel: AddKernel::new(AddParams::new((sa, za), (sb, zb), (so, zo), act)),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::interp::activation_range;
+    use crate::interp::prepare::activation_range;
     use crate::reader::Activation;
     use proptest::prelude::*;
 
@@ -237,9 +277,9 @@ mod tests {
     #[test]
     fn fast_add_runs_where_the_cpu_has_it() {
         let mut k = AddKernel::new(AddParams::new((0.1, 3), (0.2, -4), (0.3, 1), [-128, 127]));
-        let want = if crate::vnni::available() {
+        let want = if crate::kernels::cpu().avx512_vnni {
             "avx512-vnni"
-        } else if crate::vnni::avx2_available() {
+        } else if crate::kernels::cpu().avx2 {
             "avx2"
         } else {
             "portable"

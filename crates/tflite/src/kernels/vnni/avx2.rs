@@ -17,12 +17,12 @@ pub(crate) use x86::{conv, depthwise};
 #[derive(Clone, Debug)]
 pub(crate) struct Packed16 {
     /// `k` rounded up to 4.
-    pub(in crate::vnni) k4: usize,
+    pub(in crate::kernels::vnni) k4: usize,
     /// Output channels rounded up to 16.
-    pub(in crate::vnni) oc16: usize,
-    pub(in crate::vnni) w: Vec<i16>,
+    pub(in crate::kernels::vnni) oc16: usize,
+    pub(in crate::kernels::vnni) w: Vec<i16>,
     /// `bias − (zp + 128)·Σw` per output channel, padded to a multiple of 32.
-    pub(in crate::vnni) corr: Vec<i32>,
+    pub(in crate::kernels::vnni) corr: Vec<i32>,
     /// Per block of 16 output channels, the pairs of `k` that hold a non-zero weight.
     active: Vec<Vec<u32>>,
 }
@@ -69,7 +69,7 @@ impl Packed16 {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
     use super::Packed16;
-    use crate::vnni::{DwPacked, Geometry, Requant, Scratch, gather, pad_input};
+    use crate::kernels::vnni::{DwPacked, Geometry, Requant, Scratch, gather, pad_input};
     use std::arch::x86_64::*;
 
     /// Pixels per GEMM tile: 4 rows × 16 channels = 8 accumulators.
@@ -78,7 +78,11 @@ pub(super) mod x86 {
     /// `clamp(MultiplyByQuantizedMultiplier(v) + zp)` of 8 channels starting at `at`, as i32 in
     /// −128..=127 (the AVX-512 `requant16`, on 8 lanes).
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn requant8(v: __m256i, rq: &Requant, at: usize) -> __m256i {
+    pub(in crate::kernels::vnni) unsafe fn requant8(
+        v: __m256i,
+        rq: &Requant,
+        at: usize,
+    ) -> __m256i {
         // SAFETY: `at + 8` is within the constants (padded to 32 channels, `at` a multiple of 8
         // below the padded count), and the caller has AVX2.
         unsafe {
@@ -108,7 +112,7 @@ pub(super) mod x86 {
 
     /// 16 int8 from two vectors of 8 i32 already in −128..=127, in order.
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn pack16(a: __m256i, b: __m256i) -> __m128i {
+    pub(in crate::kernels::vnni) unsafe fn pack16(a: __m256i, b: __m256i) -> __m128i {
         // SAFETY: register shuffles; the caller has AVX2.
         unsafe {
             // Per 128-bit lane: a0..3 b0..3 | a4..7 b4..7 → a0..3 a4..7 b0..3 b4..7.
@@ -119,7 +123,7 @@ pub(super) mod x86 {
 
     /// Store 16 int8 at `dst`, only the first `n` when `n < 16`.
     #[inline(always)]
-    pub(in crate::vnni) unsafe fn store16(dst: *mut i8, v: __m128i, n: usize) {
+    pub(in crate::kernels::vnni) unsafe fn store16(dst: *mut i8, v: __m128i, n: usize) {
         // SAFETY: the caller owns `min(n, 16)` bytes at `dst`; no others are written.
         unsafe {
             if n >= 16 {

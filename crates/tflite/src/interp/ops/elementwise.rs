@@ -17,8 +17,9 @@
 
 use crate::TfliteError;
 use crate::fixed::{mbqm, quantize_multiplier};
-use crate::interp::{Flavor, activation_range, bad, per_tensor};
-use crate::reader::{Activation, Graph, Operator, TensorInfo, TensorType};
+use crate::interp::prepare::{Ctx, activation_range, bad, per_tensor};
+use crate::interp::{Flavor, Step};
+use crate::reader::{Activation, Graph, Operator, Options, TensorInfo, TensorType};
 
 /// An input of an element-wise kernel.
 #[derive(Clone, Debug)]
@@ -107,6 +108,21 @@ pub(crate) fn is_general(graph: &Graph, op: &Operator) -> bool {
         (Some(a), Some(b)) => a.shape != b.shape || a.data.is_some() || b.data.is_some(),
         _ => false,
     }
+}
+
+/// SUB or MUL of `ctx` (ADD comes through [`super::add::prepare`]).
+pub(crate) fn prepare_sub_mul(ctx: &Ctx) -> Result<Step, TfliteError> {
+    match (ctx.name, &ctx.op.options) {
+        ("MUL", Options::Mul { activation }) | ("SUB", Options::Sub { activation }) => {
+            prepare_step(ctx, *activation)
+        }
+        _ => Err(ctx.unsupported()),
+    }
+}
+
+/// ADD, SUB or MUL of `ctx` as a step.
+pub(crate) fn prepare_step(ctx: &Ctx, activation: Activation) -> Result<Step, TfliteError> {
+    prepare(ctx.graph, ctx.n, ctx.op, activation).map(|k| Step::Elementwise(Box::new(k)))
 }
 
 /// Prepare ADD, SUB or MUL operator `n`: shapes, quantization, multipliers.

@@ -7,8 +7,9 @@
 //! way; the writer ([`crate::Int8Builder::concatenation`]) refuses such files before they exist.
 
 use crate::TfliteError;
-use crate::interp::{bad, per_tensor};
-use crate::reader::{Activation, Graph, Operator, TensorType};
+use crate::interp::Step;
+use crate::interp::prepare::{Ctx, bad, per_tensor};
+use crate::reader::{Activation, Graph, Operator, Options, TensorType};
 
 /// The most inputs TensorFlow Lite Micro's kernel takes (`kMaxInputNum`).
 pub const MAX_INPUTS: usize = 10;
@@ -159,6 +160,14 @@ impl Concat {
         }
         out
     }
+}
+
+/// CONCATENATION of `ctx`.
+pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
+    let Options::Concatenation { axis, activation } = &ctx.op.options else {
+        return Err(ctx.unsupported());
+    };
+    Concat::prepare(ctx.graph, ctx.n, ctx.op, *axis, *activation).map(Step::Concat)
 }
 
 #[cfg(test)]

@@ -46,8 +46,8 @@ pub(crate) use x86::{add_avx2, add_avx512};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::AddConsts;
-    use crate::vnni::avx2::x86::{pack16, requant8, store16};
-    use crate::vnni::x86::{ld128, requant16_i32};
+    use crate::kernels::vnni::avx2::x86::{pack16, requant8, store16};
+    use crate::kernels::vnni::x86::{ld128, requant16_i32};
     use std::arch::x86_64::*;
 
     /// `out[i] = ADD(a[i], b[i])` for `i < out.len()` (`a` and `b` at least as long), 16 at a
