@@ -7,7 +7,8 @@
 //! nearest centroid for every weight, and training moves both the weights and the centroids.
 //! [`strip`](collab_core::WeightLayer::strip) returns the plain burn layer with at most k values
 //! per tensor (or per channel). A model whose types cannot change is clustered as a whole with
-//! [`WholeClustering`] (burn's parameter reparameterization; see [`whole`]).
+//! [`WholeClustering`] (burn's parameter reparameterization; see [`whole`]). The fused flex
+//! kernel with its autodiff backward lives apart from the API, in [`ops`].
 //!
 //! ```no_run
 //! use burn::nn::conv::Conv2dConfig;
@@ -25,9 +26,12 @@
 pub mod clustered;
 pub mod config;
 pub mod error;
-pub mod fused;
 pub mod kmeans;
+pub mod ops;
 pub mod whole;
+
+// The kernel's path before it moved to `ops`, kept for the code that still uses it.
+pub use ops::fused;
 
 pub use clustered::{ClusterReport, ClusterTransform, Clustered, distinct_count};
 pub use config::ClusteringConfig;

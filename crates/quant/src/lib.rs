@@ -13,6 +13,8 @@
 //!   weight the int8 file holds.
 //! - [`WholeQat`]: weight fake-quant of every weight of a model whose types stay unchanged
 //!   (burn's parameter reparameterization; weights only, see [`whole`]).
+//! - [`ops`]: the backend kernels (fused fake-quant ops on flex, with their autodiff backward),
+//!   apart from the API.
 //!
 //! ```no_run
 //! use burn::nn::conv::Conv2dConfig;
@@ -27,20 +29,21 @@
 //! ```
 
 pub mod act;
-pub mod epilogue;
 pub mod error;
 pub mod fake;
-pub mod fused;
+pub mod ops;
 pub mod params;
 pub mod ptq;
 pub mod qat;
-pub mod rows;
 pub mod whole;
+
+// The kernels' paths before they moved to `ops`, kept for the code that still uses them.
+pub use ops::{epilogue, fused, rows};
 
 pub use act::{ActQuant, ActQuantConfig, Calibration};
 pub use error::QuantError;
 pub use fake::{fake_quant, fake_quant_per_tensor, round_half_away};
-pub use fused::fake_quant_fused;
+pub use ops::fused::fake_quant_fused;
 pub use params::QuantParams;
 pub use ptq::{begin_calibration, calibrate, end_calibration};
 pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, WeightFakeQuant};

@@ -1,5 +1,5 @@
 //! Training BatchNorm kernels for tensors stored channels last
-//! ([`crate::layout::is_channels_last`]): the values are `M = N·H·W` rows of `C` channels.
+//! ([`crate::ops::layout::is_channels_last`]): the values are `M = N·H·W` rows of `C` channels.
 //!
 //! Every loop runs down the rows with one accumulator per channel, so it vectorizes across the
 //! channels with no reduction inside a vector: the results are the same whatever the vector
@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use crate::activation::{backward_one, forward_one};
-use crate::extension::widest;
+use crate::widest;
 
 /// Rows per task.
 pub(super) const ROWS: usize = 64;

@@ -18,7 +18,8 @@ use burn_autodiff::ops::{Backward, Ops, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, from_vec_f32, has_flex_kernels, zeros_f32};
+use super::cpu;
+use super::extension::{contiguous_f32, dims4, from_vec_f32, has_flex_kernels, zeros_f32};
 
 /// The conversion to channels last as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -56,9 +57,7 @@ pub fn channels_last_buffer(x: FlexTensor, op: &str) -> FlexTensor {
     if is_channels_last(&x) {
         return x.permute(&[0, 2, 3, 1]);
     }
-    use burn::backend::TensorMetadata;
-    let s = x.shape();
-    let dims = [s[0], s[1], s[2], s[3]];
+    let dims = dims4(&x);
     let x = contiguous_f32(x, op);
     let values = to_channels_last(x.as_slice::<f32>().expect("contiguous f32"), dims);
     from_vec_f32(values, [dims[0], dims[2], dims[3], dims[1]])
@@ -97,9 +96,7 @@ pub fn restore_order(out: FlexTensor, stored_last: bool) -> FlexTensor {
 /// stored channels last; flex's strided copy for other views).
 pub fn channels_first(x: FlexTensor, op: &str) -> FlexTensor {
     if is_channels_last(&x) && !x.is_contiguous() {
-        use burn::backend::TensorMetadata;
-        let s = x.shape();
-        let dims = [s[0], s[1], s[2], s[3]];
+        let dims = dims4(&x);
         let buffer = x.permute(&[0, 2, 3, 1]);
         let mut out = zeros_f32(dims);
         to_channels_first(
@@ -154,14 +151,15 @@ pub fn channels_last(x: Tensor<4>) -> Tensor<4> {
 }
 
 /// `src` `[rows, cols]` → `dst` `[cols, rows]`: 8 × 8 blocks through AVX registers where the
-/// CPU has AVX2, the plain loop for the ragged edges and elsewhere.
+/// CPU has AVX2 ([`avx2::transpose_blocks`]), the plain loop for the ragged edges and
+/// elsewhere. A copy: the same values at every level.
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
     let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
     #[cfg(target_arch = "x86_64")]
-    let blocked = if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected; the sizes were checked above.
-        unsafe { transpose_avx2(src, rows, cols, dst) };
+    let blocked = if cpu::avx2_fma() {
+        // SAFETY: the probe found AVX2 on this CPU; the sizes were checked above.
+        unsafe { avx2::transpose_blocks(src, rows, cols, dst) };
         true
     } else {
         false
@@ -178,46 +176,49 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     }
 }
 
-/// The full 8 × 8 blocks of [`transpose`].
-///
-/// # Safety
-/// AVX2; `src` and `dst` hold `rows · cols` values.
+/// The AVX2 intrinsic kernel of [`transpose`] (see [`super::cpu`], point 3).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose_avx2(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    for r0 in (0..rows / 8 * 8).step_by(8) {
-        for c0 in (0..cols / 8 * 8).step_by(8) {
-            // SAFETY: rows r0..r0 + 8 and columns c0..c0 + 8 are inside both matrices.
-            unsafe {
-                let row = |i: usize| _mm256_loadu_ps(s.add((r0 + i) * cols + c0));
-                let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
-                let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
-                let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
-                let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
-                let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
-                let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
-                let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
-                let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-                let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
-                let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-                let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
-                let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-                let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
-                let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-                let out = [
-                    _mm256_permute2f128_ps(u0, u4, 0x20),
-                    _mm256_permute2f128_ps(u1, u5, 0x20),
-                    _mm256_permute2f128_ps(u2, u6, 0x20),
-                    _mm256_permute2f128_ps(u3, u7, 0x20),
-                    _mm256_permute2f128_ps(u0, u4, 0x31),
-                    _mm256_permute2f128_ps(u1, u5, 0x31),
-                    _mm256_permute2f128_ps(u2, u6, 0x31),
-                    _mm256_permute2f128_ps(u3, u7, 0x31),
-                ];
-                for (i, v) in out.into_iter().enumerate() {
-                    _mm256_storeu_ps(d.add((c0 + i) * rows + r0), v);
+mod avx2 {
+    /// The full 8 × 8 blocks of [`super::transpose`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `src` and `dst` hold `rows · cols` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_blocks(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        for r0 in (0..rows / 8 * 8).step_by(8) {
+            for c0 in (0..cols / 8 * 8).step_by(8) {
+                // SAFETY: rows r0..r0 + 8 and columns c0..c0 + 8 are inside both matrices.
+                unsafe {
+                    let row = |i: usize| _mm256_loadu_ps(s.add((r0 + i) * cols + c0));
+                    let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+                    let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
+                    let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+                    let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+                    let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
+                    let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
+                    let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+                    let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                    let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+                    let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                    let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+                    let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                    let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+                    let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                    let out = [
+                        _mm256_permute2f128_ps(u0, u4, 0x20),
+                        _mm256_permute2f128_ps(u1, u5, 0x20),
+                        _mm256_permute2f128_ps(u2, u6, 0x20),
+                        _mm256_permute2f128_ps(u3, u7, 0x20),
+                        _mm256_permute2f128_ps(u0, u4, 0x31),
+                        _mm256_permute2f128_ps(u1, u5, 0x31),
+                        _mm256_permute2f128_ps(u2, u6, 0x31),
+                        _mm256_permute2f128_ps(u3, u7, 0x31),
+                    ];
+                    for (i, v) in out.into_iter().enumerate() {
+                        _mm256_storeu_ps(d.add((c0 + i) * rows + r0), v);
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
-//! Plumbing shared by burn-collab's backend-extension ops ([`crate::depthwise`],
-//! `collab_quant::fused`, `collab_quant::epilogue`, `collab_cluster::fused`): which devices have
-//! our kernels, `f32` slices of flex tensors, AVX2 dispatch for element loops, and results
-//! recorded without a gradient.
+//! Plumbing shared by burn-collab's backend-extension ops (this crate's [`super`], and
+//! `collab_quant::ops`, `collab_cluster::ops`): which devices have our kernels ([`on_flex`]),
+//! `f32` buffers of flex tensors, and results recorded without a gradient. CPU SIMD dispatch is
+//! [`super::cpu`].
 
 use burn::backend::{Backend, tensor::FloatTensor};
 use burn::tensor::{Bytes, Shape};
@@ -13,11 +13,30 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn_flex::{FlexTensor, Layout};
 
+#[doc(hidden)]
+/// Its path before [`super::cpu`] (for code not yet moved to that module).
+pub use super::cpu::wide;
+
 /// Whether tensors on `device` reach our flex kernels: `flex`, with or without autodiff. On any
 /// other device the ops' Tensor-level functions return `None` and callers compose burn ops.
 pub fn has_flex_kernels(device: &Device) -> bool {
     let flex = Device::flex();
     *device == flex || *device == flex.autodiff()
+}
+
+/// `Some(kernel())` where tensors on `device` reach our flex kernels ([`has_flex_kernels`]),
+/// `None` elsewhere without calling it: the one way an op's Tensor-level function decides
+/// between its kernel and the caller's composed burn ops.
+#[inline]
+pub fn on_flex<T>(device: &Device, kernel: impl FnOnce() -> T) -> Option<T> {
+    has_flex_kernels(device).then(kernel)
+}
+
+/// The four dimensions of a rank-4 flex tensor.
+pub fn dims4(t: &FlexTensor) -> [usize; 4] {
+    use burn::backend::TensorMetadata;
+    let s = t.shape();
+    [s[0], s[1], s[2], s[3]]
 }
 
 /// `t` with a contiguous `f32` storage (copied only when it is a strided view), so that
@@ -77,40 +96,6 @@ pub fn zeros_i32(shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::new(data, Layout::contiguous(shape), DType::I32)
 }
 
-/// Whether the CPU has AVX2 and FMA (the features [`wide`] compiles for). A cached flag.
-pub fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Run `f` compiled for AVX2 and FMA where the CPU has them, for the portable build otherwise.
-///
-/// The workspace builds for baseline x86-64 (SSE2), so the element loops of our kernels stay
-/// scalar unless they are compiled with wider features; call this around the innermost loop
-/// (inside each rayon task: `f` must be inlined into the feature-enabled frame to be
-/// vectorized). Feature detection is a cached flag.
-#[inline(always)]
-pub fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn run<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { run(f) };
-        }
-    }
-    f()
-}
-
 #[derive(Debug)]
 struct NoGradient;
 
@@ -134,41 +119,3 @@ pub fn untracked<B: Backend, C: CheckpointStrategy, const N: usize>(
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
-
-/// Define `fn $name(args) -> ret { body }` that runs `body` compiled for AVX-512F, else AVX2 +
-/// FMA, else the baseline (runtime detection): a named `target_feature` function per level,
-/// with the body inlined into each, so its loops are vectorized for it. (A closure handed to
-/// [`wide`] may stay out of line, and so scalar, when it is large.) The body must not depend
-/// on the vector width for its results (no reductions across lanes), so that every CPU gets the
-/// same values.
-#[macro_export]
-macro_rules! widest {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn body($($arg: $ty),*) -> $ret $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn w512($($arg: $ty),*) -> $ret {
-                    body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn w256($($arg: $ty),*) -> $ret {
-                    body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    return unsafe { w512($($arg),*) };
-                }
-                if $crate::extension::has_avx2_fma() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    return unsafe { w256($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-pub use crate::widest;

@@ -8,10 +8,12 @@
 //! normalized output; backward, `Σ dy` and `Σ dy·x̂` and then
 //! `dx = γ·σ⁻¹/M · (M·dy − Σ dy − x̂·Σ dy·x̂)`, the gradient of the same function with the
 //! statistics differentiated through (`M = N·H·W`). Element loops run in eight fixed lanes,
-//! compiled for AVX2 + FMA where the CPU has them, so results are deterministic. Other devices never reach the op:
-//! [`batch_norm_train`] returns `None` for them.
+//! compiled for the widest vector units the CPU has ([`super::cpu`]), so results are
+//! deterministic. Other devices never reach the op: [`batch_norm_train`] returns `None` for
+//! them, and [`batch_norm`] (a burn `BatchNorm` module's forward pass) composes burn ops there.
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
+use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -21,12 +23,12 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::cpu;
+use super::extension::{contiguous_f32, dims4, on_flex, owned_f32, untracked, zeros_f32};
+use super::layout::{channels_first, channels_last_buffer, from_channels_last, is_channels_last};
 use crate::activation::Activation;
 use crate::activation::{backward_one, forward_one};
-use crate::extension::{
-    contiguous_f32, has_avx2_fma, has_flex_kernels, owned_f32, untracked, widest, zeros_f32,
-};
-use crate::layout::{channels_first, channels_last_buffer, from_channels_last, is_channels_last};
+use crate::widest;
 
 const OP: &str = "batch_norm_train";
 
@@ -62,12 +64,6 @@ pub trait BatchNormOps: Backend {
         epsilon: f32,
         activation: u8,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
-}
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    use burn::backend::TensorMetadata;
-    let s = t.shape();
-    [s[0], s[1], s[2], s[3]]
 }
 
 /// `Σ f(v)` over `values` in eight fixed lanes (the same result every run).
@@ -243,25 +239,17 @@ fn backward_channel(
     (xsum, bsum)
 }
 
-/// [`forward_channel`] compiled for AVX2 + FMA where the CPU has them. A named
-/// `target_feature` function rather than [`crate::extension::wide`]'s closure, which the compiler may leave out
-/// of line (and so unvectorized) when the body is large.
-fn forward_channel_fast(p: Planes, xs: &[f32], out: Out, k: [f32; 3], act: u8) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        #[target_feature(enable = "avx2,fma")]
-        fn run(p: Planes, xs: &[f32], out: Out, k: [f32; 3], act: u8) -> (f32, f32) {
-            forward_channel(p, xs, out, k, act)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { run(p, xs, out, k, act) };
+widest! {
+    /// [`forward_channel`] compiled for the widest features the CPU has (its sums run in eight
+    /// fixed lanes, so the result does not depend on them).
+    fn forward_channel_fast(p: Planes, xs: &[f32], out: Out, k: [f32; 3], act: u8) -> (f32, f32) {
+        forward_channel(p, xs, out, k, act)
     }
-    forward_channel(p, xs, out, k, act)
 }
 
 /// [`backward_channel`] for the channels `p.ch..p.ch + ks.len()` (`ks[j]` the constants of
 /// channel `p.ch + j`) on the widest kernel the CPU has: [`avx512::backward_block`] with
-/// AVX-512F, else the portable loops compiled for AVX2 + FMA (see [`forward_channel_fast`]).
+/// AVX-512F, else [`backward_block_portable`].
 ///
 /// `dys` may be `out` itself (the gradient overwritten in place) only on the AVX-512 kernel
 /// ([`backward_in_place`]).
@@ -275,7 +263,8 @@ fn backward_block_fast(
 ) -> Vec<(f32, f32)> {
     #[cfg(target_arch = "x86_64")]
     if backward_in_place() {
-        // SAFETY: the CPU has AVX-512F (checked just above).
+        // SAFETY: the probe found AVX-512F on this CPU (`backward_in_place`); `out` and `dys`
+        // hold these channels' planes, each written by this task only.
         return unsafe {
             match act {
                 0 => avx512::backward_block::<0>(p, xs, dys, out, ks),
@@ -293,14 +282,7 @@ fn backward_block_fast(
 /// Whether the backward may write the input gradient over the output gradient: the AVX-512
 /// kernel reads each value of a plane just before storing over it, through raw pointers.
 fn backward_in_place() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu::avx512()
 }
 
 widest! {
@@ -334,11 +316,6 @@ widest! {
 mod avx512 {
     use super::{Grad, Out, Planes, plane};
     use std::arch::x86_64::*;
-
-    /// Whether the CPU has AVX-512F.
-    pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
 
     /// `g` where activation `ACT` (0 none, 1 ReLU, 2 ReLU6) passes the gradient at
     /// pre-activation `pre`, else 0: the masks of `activation::backward_one` (NaN keeps it).
@@ -732,7 +709,7 @@ pub fn act_code(activation: Option<Activation>) -> u8 {
 /// followed by `activation`, as one fused op each way: the output, and the batch statistics
 /// `[2, C]` (means, then biased variances; detached). The same values and gradients as the
 /// BatchNorm followed by [`Activation::apply`]. `None` where the device has no kernel
-/// ([`has_flex_kernels`]).
+/// ([`on_flex`]).
 pub fn batch_norm_train(
     x: Tensor<4>,
     gamma: Tensor<1>,
@@ -740,23 +717,298 @@ pub fn batch_norm_train(
     epsilon: f32,
     activation: Option<Activation>,
 ) -> Option<(Tensor<4>, Tensor<2>)> {
-    if !has_flex_kernels(&x.device()) {
-        return None;
+    on_flex(&x.device(), || {
+        let (y, stats) = <Dispatch as BatchNormOps>::bn_train_forward(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            epsilon,
+            act_code(activation),
+        );
+        (Tensor::from_dispatch(y), Tensor::from_dispatch(stats))
+    })
+}
+
+/// `bn.forward(x)` for `x` `[N, C, H, W]`, with the training-mode statistics computed by
+/// per-channel reductions over `[0, 2, 3]` instead of burn's transpose-and-reshape copies: the
+/// same two-pass mean and biased variance, the same running-statistics update, and a backward
+/// pass through plain tensor ops. Inference (no autodiff, or the layer frozen) is burn's own.
+pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    batch_norm_activated(bn, x, None)
+}
+
+/// [`batch_norm`] followed by `activation`: on flex in training one fused op each way
+/// ([`batch_norm_train`]), elsewhere the two in turn. The same values and gradients either way.
+pub fn batch_norm_activated(
+    bn: &BatchNorm,
+    x: Tensor<4>,
+    activation: Option<Activation>,
+) -> Tensor<4> {
+    let act = |y: Tensor<4>| match activation {
+        Some(a) => a.apply(y),
+        None => y,
+    };
+    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        return act(bn.forward(x));
     }
-    let (y, stats) = <Dispatch as BatchNormOps>::bn_train_forward(
-        x.into_dispatch(),
-        gamma.into_dispatch(),
-        beta.into_dispatch(),
-        epsilon,
-        act_code(activation),
-    );
-    Some((Tensor::from_dispatch(y), Tensor::from_dispatch(stats)))
+    let device = x.device();
+    let momentum = bn.momentum;
+    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+        let running = state.value_sync().to_device(&device);
+        state.update((running * (1.0 - momentum) + batch.detach() * momentum).detach());
+    };
+    // One fused op each way on flex.
+    if let Some((y, stats)) = batch_norm_train(
+        x.clone(),
+        bn.gamma.val(),
+        bn.beta.val(),
+        bn.epsilon as f32,
+        activation,
+    ) {
+        let [_, c] = stats.dims();
+        update(
+            &bn.running_mean,
+            stats.clone().slice([0..1, 0..c]).reshape([c]),
+        );
+        update(&bn.running_var, stats.slice([1..2, 0..c]).reshape([c]));
+        return y;
+    }
+    let mean = x.clone().mean_dims(&[0, 2, 3]);
+    let centered = x - mean.clone();
+    let variance = centered.clone().square().mean_dims(&[0, 2, 3]);
+    let scale =
+        (variance.clone() + bn.epsilon).sqrt().recip() * bn.gamma.val().reshape([1, -1, 1, 1]);
+    let y = centered * scale + bn.beta.val().reshape([1, -1, 1, 1]);
+    update(&bn.running_mean, mean.reshape([-1]));
+    update(&bn.running_var, variance.reshape([-1]));
+    act(y)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use burn::module::Param;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Device, Distribution};
     use proptest::prelude::*;
+
+    /// A BatchNorm over `channels` with random γ, β and running statistics.
+    pub(crate) fn bn_with_stats(channels: usize, device: &Device) -> BatchNorm {
+        let mut bn = BatchNormConfig::new(channels)
+            .with_epsilon(1e-3)
+            .init(device);
+        bn.gamma = Param::from_tensor(Tensor::random(
+            [channels],
+            Distribution::Uniform(0.5, 1.5),
+            device,
+        ));
+        bn.beta = Param::from_tensor(Tensor::random(
+            [channels],
+            Distribution::Normal(0.0, 0.5),
+            device,
+        ));
+        bn.running_mean = burn::module::RunningState::new(Tensor::random(
+            [channels],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        ));
+        bn.running_var = burn::module::RunningState::new(Tensor::random(
+            [channels],
+            Distribution::Uniform(0.2, 3.0),
+            device,
+        ));
+        bn
+    }
+
+    /// The fused BatchNorm + activation equals the BatchNorm followed by the activation:
+    /// values, the gradients of the input, γ and β, and the running statistics, exactly.
+    #[test]
+    fn fused_activation_equals_batch_norm_then_activation() {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        for act in [Activation::Relu, Activation::Relu6] {
+            let mut fused = bn_with_stats(6, &device);
+            // γ up to 5: a good share of outputs above 6, where ReLU and ReLU6 differ.
+            fused.gamma = Param::from_tensor(Tensor::random(
+                [6],
+                Distribution::Uniform(2.0, 5.0),
+                &device,
+            ));
+            let plain = fused.clone();
+            let x = (Tensor::<4>::random([3, 6, 7, 5], Distribution::Normal(0.5, 3.0), &device)
+                * 2.0)
+                .round()
+                .require_grad();
+            let g = Tensor::<4>::random([3, 6, 7, 5], Distribution::Normal(0.0, 1.0), &device);
+            let a = batch_norm_activated(&fused, x.clone(), Some(act));
+            let b = act.apply(batch_norm(&plain, x.clone()));
+            assert_eq!(
+                a.clone().into_data(),
+                b.clone().into_data(),
+                "{act:?} values"
+            );
+            let ga = (a * g.clone()).sum().backward();
+            let gb = (b * g).sum().backward();
+            assert_eq!(
+                x.grad(&ga).unwrap().into_data(),
+                x.grad(&gb).unwrap().into_data(),
+                "{act:?} input gradient"
+            );
+            for (p, q) in [(&fused.gamma, &plain.gamma), (&fused.beta, &plain.beta)] {
+                assert_eq!(
+                    p.val().grad(&ga).unwrap().into_data(),
+                    q.val().grad(&gb).unwrap().into_data(),
+                    "{act:?} parameter gradient"
+                );
+            }
+            assert_eq!(
+                fused.running_var.value_sync().into_data(),
+                plain.running_var.value_sync().into_data()
+            );
+        }
+    }
+
+    #[test]
+    fn batch_norm_training_equals_burn_in_values_gradients_and_running_stats() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let ours = bn_with_stats(5, &device);
+        let theirs = ours.clone();
+        // A large per-channel offset: the two-pass variance must not cancel.
+        let x = (Tensor::<4>::random([4, 5, 6, 3], Distribution::Normal(0.0, 2.0), &device)
+            + 300.0)
+            .require_grad();
+        let g = Tensor::<4>::random([4, 5, 6, 3], Distribution::Normal(0.0, 1.0), &device);
+        let a = batch_norm(&ours, x.clone());
+        let b = theirs.forward(x.clone());
+        let tol = burn::tensor::Tolerance::<f32>::absolute(1e-4).set_relative(1e-3);
+        a.clone()
+            .into_data()
+            .assert_approx_eq(&b.clone().into_data(), tol);
+        let ga = (a * g.clone()).sum().backward();
+        let gb = (b * g).sum().backward();
+        let pairs = [(x.grad(&ga), x.grad(&gb))];
+        for (p, q) in pairs {
+            p.unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&q.unwrap().into_data(), tol);
+        }
+        for (p, q) in [(&ours.gamma, &theirs.gamma), (&ours.beta, &theirs.beta)] {
+            p.val()
+                .grad(&ga)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&q.val().grad(&gb).unwrap().into_data(), tol);
+        }
+        for (p, q) in [
+            (&ours.running_mean, &theirs.running_mean),
+            (&ours.running_var, &theirs.running_var),
+        ] {
+            p.value_sync()
+                .into_data()
+                .assert_approx_eq::<f32>(&q.value_sync().into_data(), tol);
+        }
+        // Without autodiff it is burn's inference path, running statistics untouched.
+        let plain = Device::flex();
+        let bn = bn_with_stats(5, &plain);
+        let before = bn.running_mean.value().into_data();
+        let x = Tensor::<4>::random([2, 5, 3, 3], Distribution::Default, &plain);
+        batch_norm(&bn, x.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&bn.forward(x).into_data(), tol);
+        assert_eq!(bn.running_mean.value().into_data(), before);
+    }
+
+    /// A MobileNet / DS-CNN block computed by our kernels (its activations stored channels
+    /// last from the depthwise on: BatchNorm, pointwise GEMM and depthwise read and return that
+    /// layout, gradients included) equals the block composed of burn's ops: values and the
+    /// gradients of the input, both weights, γ and β. Input stored channels first and last,
+    /// stride 1 and 2, both activations.
+    #[test]
+    fn channels_last_block_equals_burn_ops() {
+        use crate::ops::conv::{ConvSpec, conv2d};
+        use burn::tensor::module::conv2d as burn_conv2d;
+        use burn::tensor::ops::ConvOptions;
+        let device = Device::flex().autodiff();
+        device.seed(21);
+        for (stride, act, stored_last) in [
+            (1, Activation::Relu, false),
+            (2, Activation::Relu6, false),
+            (1, Activation::Relu6, true),
+            (2, Activation::Relu, true),
+        ] {
+            let (n, c, co, h, w) = (3, 5, 7, 9, 6);
+            let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.5, 2.0), &device)
+                .require_grad();
+            let wd = Tensor::<4>::random([c, 1, 3, 3], Distribution::Normal(0.0, 0.6), &device)
+                .require_grad();
+            let wp = Tensor::<4>::random([co, c, 1, 1], Distribution::Normal(0.0, 0.6), &device)
+                .require_grad();
+            let (bn1, bn2) = (bn_with_stats(c, &device), bn_with_stats(co, &device));
+            let dw = ConvSpec {
+                stride: [stride, stride],
+                padding: [(1, 1), (1, 1)],
+                dilation: [1, 1],
+                groups: c,
+            };
+            let pw = ConvSpec {
+                stride: [1, 1],
+                padding: [(0, 0), (0, 0)],
+                dilation: [1, 1],
+                groups: 1,
+            };
+            let input = if stored_last {
+                crate::ops::layout::channels_last(x.clone())
+            } else {
+                x.clone()
+            };
+            let y = conv2d(input, wd.clone(), None, &dw);
+            let y = batch_norm_activated(&bn1, y, Some(act));
+            let y = conv2d(y, wp.clone(), None, &pw);
+            let ours = batch_norm_activated(&bn2, y, Some(act));
+            let opts = |s: &ConvSpec| {
+                ConvOptions::new_with_padding(s.stride, s.padding, s.dilation, s.groups)
+            };
+            let (r1, r2) = (bn1.clone(), bn2.clone());
+            let reference = |y: Tensor<4>| match act {
+                Activation::Relu => burn::tensor::activation::relu(y),
+                Activation::Relu6 => y.clamp(0.0, 6.0),
+            };
+            let y = burn_conv2d(x.clone(), wd.clone(), None, opts(&dw));
+            let y = reference(r1.forward(y));
+            let y = burn_conv2d(y, wp.clone(), None, opts(&pw));
+            let theirs = reference(r2.forward(y));
+            let tol = burn::tensor::Tolerance::<f32>::absolute(2e-4).set_relative(2e-3);
+            let what = format!("stride {stride}, {act:?}, stored channels last {stored_last}");
+            ours.clone()
+                .into_data()
+                .assert_approx_eq::<f32>(&theirs.clone().into_data(), tol);
+            let g = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let ga = (ours * g.clone()).sum().backward();
+            let gb = (theirs * g).sum().backward();
+            let data4 = |t: Option<Tensor<4>>| t.map(|t| t.into_data());
+            let data1 = |t: Option<Tensor<1>>| t.map(|t| t.into_data());
+            for (name, a, b) in [
+                ("input", data4(x.grad(&ga)), data4(x.grad(&gb))),
+                ("depthwise weight", data4(wd.grad(&ga)), data4(wd.grad(&gb))),
+                ("pointwise weight", data4(wp.grad(&ga)), data4(wp.grad(&gb))),
+                (
+                    "gamma 1",
+                    data1(bn1.gamma.val().grad(&ga)),
+                    data1(r1.gamma.val().grad(&gb)),
+                ),
+                (
+                    "beta 2",
+                    data1(bn2.beta.val().grad(&ga)),
+                    data1(r2.beta.val().grad(&gb)),
+                ),
+            ] {
+                let (a, b) = (a.expect(name), b.expect(name));
+                assert_eq!(a.shape(), b.shape(), "{what}: {name}");
+                a.assert_approx_eq::<f32>(&b, tol);
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]

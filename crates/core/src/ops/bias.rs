@@ -7,7 +7,7 @@
 //! folded BatchNorm every layer adds a bias. Here the
 //! forward is one pass (`act(x + b)`), the backward one pass that masks the gradient where the
 //! activation does and sums it per channel. Both run in the tensor's storage order, channels
-//! first or channels last ([`crate::layout`]), and return that layout. The sums are taken in
+//! first or channels last ([`super::layout`]), and return that layout. The sums are taken in
 //! fixed chunks combined in order (the same result for any thread count). Other devices never
 //! reach the op: [`bias_activation`] returns `None` for them.
 
@@ -21,11 +21,14 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::batchnorm::act_code;
+use super::extension::{
+    contiguous_f32, dims4, has_flex_kernels, on_flex, owned_f32, untracked, zeros_f32,
+};
+use super::layout::{in_order, restore_order, storage_order};
 use crate::activation::Activation;
 use crate::activation::{backward_one, forward_one};
-use crate::batchnorm::act_code;
-use crate::extension::{contiguous_f32, has_flex_kernels, owned_f32, untracked, widest, zeros_f32};
-use crate::layout::{in_order, restore_order, storage_order};
+use crate::widest;
 
 /// `b` `[channels]` shaped `[1, channels, 1, …]` to broadcast over dimension 1 of a rank-`D`
 /// activation.
@@ -51,7 +54,7 @@ pub fn join_bias<const D: usize>((y, b): (Tensor<D>, Option<Tensor<1>>)) -> Tens
 
 /// Whether `y + b` (and an activation) can be [`bias_activation`]: rank 4 on flex.
 fn fusable<const D: usize>(y: &Tensor<D>) -> bool {
-    D == 4 && crate::extension::has_flex_kernels(&y.device())
+    D == 4 && has_flex_kernels(&y.device())
 }
 
 /// [`bias_activation`] for a rank-`D` tensor that [`fusable`] accepted.
@@ -195,12 +198,6 @@ widest! {
     }
 }
 
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    use burn::backend::TensorMetadata;
-    let s = t.shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
 /// `x` as a contiguous buffer in its storage order ([`storage_order`]), and that order.
 fn storage(x: FlexTensor) -> (FlexTensor, Order) {
     let [_, c, h, w] = dims4(&x);
@@ -329,22 +326,19 @@ impl<B: Backend + BiasOps, C: CheckpointStrategy> BiasOps for Autodiff<B, C> {
 /// `activation(x + b)` for `x` `[N, C, H, W]` and a per-channel `b` `[C]`, as one fused op
 /// each way; stored as `x` is. The same values as the broadcast add followed by
 /// [`Activation::apply`], and the same gradients up to summation order. `None` where the
-/// device has no kernel ([`has_flex_kernels`]).
+/// device has no kernel ([`on_flex`]).
 pub fn bias_activation(
     x: Tensor<4>,
     b: Tensor<1>,
     activation: Option<Activation>,
 ) -> Option<Tensor<4>> {
-    if !has_flex_kernels(&x.device()) {
-        return None;
-    }
-    Some(Tensor::from_dispatch(
-        <Dispatch as BiasOps>::bias_act_forward(
+    on_flex(&x.device(), || {
+        Tensor::from_dispatch(<Dispatch as BiasOps>::bias_act_forward(
             x.into_dispatch(),
             b.into_dispatch(),
             act_code(activation),
-        ),
-    ))
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -373,7 +367,7 @@ mod tests {
                 let b = Tensor::<1>::random([c], Distribution::Normal(0.0, 3.0), &device)
                     .require_grad();
                 let input = if stored_last {
-                    crate::layout::channels_last(x.clone())
+                    crate::ops::layout::channels_last(x.clone())
                 } else {
                     x.clone()
                 };

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | pointwise 1×1, `groups = 1` | one GEMM `[C_out, C_in] × [C_in, N·H·W]` over a channel-major view |
 //! | few input taps (`C_in/groups · kh · kw ≤ 64`, `groups = 1`), e.g. a 1-channel stem | im2col from strided slices, one batched GEMM |
-//! | depthwise on `flex` | [`crate::depthwise`]: burn's forward, our backward kernels |
+//! | depthwise on `flex` | [`super::depthwise`]: our forward and backward kernels |
 //! | depthwise with stride > 1 elsewhere | burn's stride-1 depthwise, then a strided slice |
 //! | anything else (dilation, grouped, large kernels) | burn's `conv2d` |
 //!
@@ -17,7 +17,9 @@
 //! `conv2d` up to float summation order (the tests check values and gradients against burn's op). Set `COLLAB_BURN_CONV=1`
 //! (read once per process) to route every call to burn's `conv2d`, for comparison.
 
-use crate::layout::channels_last;
+use super::depthwise::depthwise_conv2d;
+use super::extension::has_flex_kernels;
+use super::layout::channels_last;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::module::conv2d as burn_conv2d;
@@ -38,7 +40,7 @@ pub enum Formulation {
     Im2col,
     /// Depthwise with stride > 1: stride-1 depthwise, then a strided slice.
     StridedDepthwise,
-    /// Depthwise on flex: burn's forward, our backward ([`crate::depthwise`]).
+    /// Depthwise on flex: our kernels ([`super::depthwise`]).
     Depthwise,
 }
 
@@ -120,7 +122,7 @@ pub fn plan(
         return Formulation::Burn;
     }
     let depthwise = spec.groups == c_in && c_out == c_in && per_group == 1;
-    if depthwise && crate::extension::has_flex_kernels(device) {
+    if depthwise && has_flex_kernels(device) {
         return Formulation::Depthwise;
     }
     let no_padding = spec.padding == [(0, 0), (0, 0)];
@@ -156,7 +158,7 @@ pub fn conv2d(
     let out = match formulation {
         Formulation::Burn => return burn_conv2d(input, weight, bias, spec.options()),
         Formulation::Depthwise => {
-            match crate::depthwise::depthwise_conv2d(input, weight, spec.stride, spec.padding) {
+            match depthwise_conv2d(input, weight, spec.stride, spec.padding) {
                 Some(y) => y,
                 None => unreachable!("plan picks Depthwise only where the kernel exists"),
             }
@@ -164,8 +166,8 @@ pub fn conv2d(
         Formulation::Pointwise => {
             let input = subsample(input, spec.stride, [0, 0]);
             let [_, _, h, w] = input.dims();
-            if crate::extension::has_flex_kernels(&input.device()) {
-                // Channels last (see `crate::layout`): `[N·H·W, C_in] × [C_in, C_out]` over the
+            if has_flex_kernels(&input.device()) {
+                // Channels last (see `super::layout`): `[N·H·W, C_in] × [C_in, C_out]` over the
                 // input's buffer, the output a view of the product's. No copy when the input is
                 // stored channels last (as the depthwise and BatchNorm kernels return it); one
                 // transpose otherwise.
@@ -233,7 +235,7 @@ pub fn conv2d(
     };
     // On flex one pass in the output's storage order (the depthwise and pointwise outputs are
     // stored channels last), elsewhere burn's broadcast add.
-    crate::bias::join_bias((out, bias))
+    super::bias::join_bias((out, bias))
 }
 
 /// Every `stride`-th row and column of `x`, starting at `offset`, `size` of them.

@@ -10,7 +10,7 @@
 //! sums the shift's per channel.
 //!
 //! Values, the range and the gradient of `y` are bit-identical to the composed ops (`y + shift`
-//! in f32, then [`crate::fused::fake_quant_relu_fused`]); the shift's gradient is the same sum
+//! in f32, then [`super::fused::fake_quant_relu_fused`]); the shift's gradient is the same sum
 //! in another order (f64 per `(n, c)` plane, planes in order: deterministic), equal within
 //! rounding. Only `flex` has the kernels; elsewhere the caller composes burn ops.
 
@@ -24,8 +24,8 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
-use collab_core::layout::{channels_first, channels_last_buffer, is_channels_last};
+use collab_core::ops::extension::{contiguous_f32, on_flex, untracked, zeros_f32};
+use collab_core::ops::layout::{channels_first, channels_last_buffer, is_channels_last};
 
 use crate::QuantParams;
 use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
@@ -80,32 +80,33 @@ fn task_len(inner: usize) -> usize {
 /// flight instead of one serial dependency chain.
 const LANES: usize = 16;
 
-/// `(min, max)` of a plane, NaN for both if it holds a NaN.
-#[inline(always)]
-fn plane_min_max(plane: &[f32]) -> (f32, f32) {
-    let mut low = [f32::INFINITY; LANES];
-    let mut high = [f32::NEG_INFINITY; LANES];
-    let mut nan = false;
-    let mut chunks = plane.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for l in 0..LANES {
-            let v = chunk[l];
-            nan |= v.is_nan();
-            low[l] = if v < low[l] { v } else { low[l] };
-            high[l] = if v > high[l] { v } else { high[l] };
+collab_core::widest! {
+    /// `(min, max)` of a plane, NaN for both if it holds a NaN.
+    fn plane_min_max(plane: &[f32]) -> (f32, f32) {
+        let mut low = [f32::INFINITY; LANES];
+        let mut high = [f32::NEG_INFINITY; LANES];
+        let mut nan = false;
+        let mut chunks = plane.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for l in 0..LANES {
+                let v = chunk[l];
+                nan |= v.is_nan();
+                low[l] = if v < low[l] { v } else { low[l] };
+                high[l] = if v > high[l] { v } else { high[l] };
+            }
         }
+        for v in chunks.remainder() {
+            nan |= v.is_nan();
+            low[0] = if *v < low[0] { *v } else { low[0] };
+            high[0] = if *v > high[0] { *v } else { high[0] };
+        }
+        if nan {
+            return (f32::NAN, f32::NAN);
+        }
+        let low = low.iter().fold(f32::INFINITY, |a, b| a.min(*b));
+        let high = high.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+        (low, high)
     }
-    for v in chunks.remainder() {
-        nan |= v.is_nan();
-        low[0] = if *v < low[0] { *v } else { low[0] };
-        high[0] = if *v > high[0] { *v } else { high[0] };
-    }
-    if nan {
-        return (f32::NAN, f32::NAN);
-    }
-    let low = low.iter().fold(f32::INFINITY, |a, b| a.min(*b));
-    let high = high.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-    (low, high)
 }
 
 /// `relu(v)`, capped at `top` (ReLU6 for `top = 6`; infinite for ReLU). burn's relu and clamp
@@ -116,63 +117,65 @@ fn activated(v: f32, top: f32) -> f32 {
     if v > top { top } else { v }
 }
 
-/// One plane of the forward pass: `fake_quant(act(y + shift))`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn plane_forward(
-    d: &mut [f32],
-    y: &[f32],
-    shift: f32,
-    scale: f32,
-    zero_point: i32,
-    qmin: i32,
-    qmax: i32,
-    top: f32,
-) {
-    for (d, y) in d.iter_mut().zip(y) {
-        let v = activated(*y + shift, top);
-        *d = fake_quant_one(v, scale, zero_point, qmin, qmax);
+collab_core::widest! {
+    /// One plane of the forward pass: `fake_quant(act(y + shift))`.
+    #[allow(clippy::too_many_arguments)]
+    fn plane_forward(
+        d: &mut [f32],
+        y: &[f32],
+        shift: f32,
+        scale: f32,
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+        top: f32,
+    ) -> () {
+        for (d, y) in d.iter_mut().zip(y) {
+            let v = activated(*y + shift, top);
+            *d = fake_quant_one(v, scale, zero_point, qmin, qmax);
+        }
     }
 }
 
-/// One plane of the backward pass: `dy` where the gradient passes, and its sum (f32 lanes
-/// over the plane, then f64; a fixed order).
-#[inline(always)]
-fn plane_backward(d: &mut [f32], y: &[f32], g: &[f32], shift: f32, bounds: [f32; 3]) -> f64 {
-    let [low, high, top] = bounds;
-    let mut acc = [0f32; LANES];
-    let mut dc = d.chunks_exact_mut(LANES);
-    let mut yc = y.chunks_exact(LANES);
-    let mut gc = g.chunks_exact(LANES);
-    for ((d, y), g) in (&mut dc).zip(&mut yc).zip(&mut gc) {
-        let d: &mut [f32; LANES] = d.try_into().expect("LANES elements");
-        let y: &[f32; LANES] = y.try_into().expect("LANES elements");
-        let g: &[f32; LANES] = g.try_into().expect("LANES elements");
-        for l in 0..LANES {
-            let v = if passes(y[l] + shift, low, high, top) {
-                g[l]
+collab_core::widest! {
+    /// One plane of the backward pass: `dy` where the gradient passes, and its sum (f32 lanes
+    /// over the plane, then f64; a fixed order).
+    fn plane_backward(d: &mut [f32], y: &[f32], g: &[f32], shift: f32, bounds: [f32; 3]) -> f64 {
+        let [low, high, top] = bounds;
+        let mut acc = [0f32; LANES];
+        let mut dc = d.chunks_exact_mut(LANES);
+        let mut yc = y.chunks_exact(LANES);
+        let mut gc = g.chunks_exact(LANES);
+        for ((d, y), g) in (&mut dc).zip(&mut yc).zip(&mut gc) {
+            let d: &mut [f32; LANES] = d.try_into().expect("LANES elements");
+            let y: &[f32; LANES] = y.try_into().expect("LANES elements");
+            let g: &[f32; LANES] = g.try_into().expect("LANES elements");
+            for l in 0..LANES {
+                let v = if passes(y[l] + shift, low, high, top) {
+                    g[l]
+                } else {
+                    0.0
+                };
+                d[l] = v;
+                acc[l] += v;
+            }
+        }
+        let mut rest = 0f64;
+        for ((d, y), g) in dc
+            .into_remainder()
+            .iter_mut()
+            .zip(yc.remainder())
+            .zip(gc.remainder())
+        {
+            *d = if passes(*y + shift, low, high, top) {
+                *g
             } else {
                 0.0
             };
-            d[l] = v;
-            acc[l] += v;
+            rest += f64::from(*d);
         }
+        acc.iter().map(|v| f64::from(*v)).sum::<f64>() + rest
     }
-    let mut rest = 0f64;
-    for ((d, y), g) in dc
-        .into_remainder()
-        .iter_mut()
-        .zip(yc.remainder())
-        .zip(gc.remainder())
-    {
-        *d = if passes(*y + shift, low, high, top) {
-            *g
-        } else {
-            0.0
-        };
-        rest += f64::from(*d);
-    }
-    acc.iter().map(|v| f64::from(*v)).sum::<f64>() + rest
 }
 
 /// Where the gradient passes, as burn's `clamp` and `relu` backward passes decide it (ReLU:
@@ -200,10 +203,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
         let src = y.as_slice::<f32>().expect("contiguous f32");
         let planes: Vec<(f32, f32)> = src
             .par_chunks(task_len(inner))
-            .flat_map_iter(|task| {
-                task.chunks(inner.max(1))
-                    .map(|plane| wide(|| plane_min_max(plane)))
-            })
+            .flat_map_iter(|task| task.chunks(inner.max(1)).map(plane_min_max))
             .collect();
         let mut out = vec![f32::INFINITY; channels * 2];
         for c in 0..channels {
@@ -258,7 +258,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
                 let first = t * task / inner;
                 for (p, (d, y)) in d.chunks_mut(inner).zip(y.chunks(inner)).enumerate() {
                     let shift = s[(first + p) % channels];
-                    wide(|| plane_forward(d, y, shift, scale, zero_point, qmin, qmax, top));
+                    plane_forward(d, y, shift, scale, zero_point, qmin, qmax, top);
                 }
             });
         out
@@ -304,9 +304,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
                     .zip(y.chunks(inner).zip(g.chunks(inner)))
                     .enumerate()
                     .map(move |(p, (d, (y, g)))| {
-                        wide(|| {
-                            plane_backward(d, y, g, s[(first + p) % channels], [low, high, top])
-                        })
+                        plane_backward(d, y, g, s[(first + p) % channels], [low, high, top])
                     })
                     .collect::<Vec<_>>()
             })
@@ -320,7 +318,7 @@ impl ShiftReluQuantOps for burn::backend::Flex {
     }
 }
 
-/// The three kernels for `y` stored channels last (`collab_core::layout`): `M = N·H·W` rows
+/// The three kernels for `y` stored channels last (`collab_core::ops::layout`): `M = N·H·W` rows
 /// of `C` values, channel `j` at position `j` of every row. Per-channel results go down the
 /// rows in fixed chunks combined in order (deterministic for any thread count); values are
 /// computed exactly as the channels-first kernels compute them.
@@ -554,20 +552,22 @@ fn plane<const D: usize>(y: &Tensor<D>) -> usize {
 /// # Shapes
 /// `y`: `[N, C, …]`; `shift`: `[C]`.
 pub fn shifted_range<const D: usize>(y: &Tensor<D>, shift: &Tensor<1>) -> Option<(f32, f32)> {
-    if D < 2 || !has_flex_kernels(&y.device()) {
+    if D < 2 {
         return None;
     }
-    let shift = collab_core::host::to_vec_f32(shift.clone());
-    Some(folded_range(y, Some(&shift)))
+    on_flex(&y.device(), || {
+        let shift = collab_core::host::to_vec_f32(shift.clone());
+        folded_range(y, Some(&shift))
+    })
 }
 
 /// `(min, max)` over all of a rank-4 `y` from the per-channel kernel (either storage order,
 /// one pass); NaN for both if `y` holds a NaN. `None` for other ranks or devices.
 pub fn channel_range<const D: usize>(y: &Tensor<D>) -> Option<(f32, f32)> {
-    if D != 4 || !has_flex_kernels(&y.device()) {
+    if D != 4 {
         return None;
     }
-    Some(folded_range(y, None))
+    on_flex(&y.device(), || folded_range(y, None))
 }
 
 /// The per-channel `[min, max]` of `y` (flex), each plus `shift[c]` when given, folded into one
@@ -608,12 +608,12 @@ pub fn fake_quant_shift_relu_fused<const D: usize>(
     params: &QuantParams,
     six: bool,
 ) -> Option<Tensor<D>> {
-    if D < 2 || params.scale.len() != 1 || !has_flex_kernels(&y.device()) {
+    if D < 2 || params.scale.len() != 1 {
         return None;
     }
     let inner = plane(&y);
-    Some(Tensor::from_dispatch(
-        <Dispatch as ShiftReluQuantOps>::fake_quant_shift_relu(
+    on_flex(&y.device(), || {
+        Tensor::from_dispatch(<Dispatch as ShiftReluQuantOps>::fake_quant_shift_relu(
             y.into_dispatch(),
             shift.into_dispatch(),
             inner,
@@ -622,6 +622,6 @@ pub fn fake_quant_shift_relu_fused<const D: usize>(
             params.qmin,
             params.qmax,
             if six { 6.0 } else { f32::INFINITY },
-        ),
-    ))
+        ))
+    })
 }

@@ -19,8 +19,9 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::extension::{contiguous_f32, has_flex_kernels, untracked, wide, zeros_f32};
-use crate::layout::{channels_last_buffer, from_channels_last};
+use super::extension::{contiguous_f32, dims4, on_flex, untracked, zeros_f32};
+use super::layout::{channels_last_buffer, from_channels_last};
+use crate::widest;
 
 const OP: &str = "depthwise";
 
@@ -55,12 +56,6 @@ pub trait DepthwiseOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    use burn::backend::TensorMetadata;
-    let s = t.shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
 /// `[C, 1, kh, kw]` weights as `[kh·kw, C]`.
 fn taps_last(weight: &[f32], c: usize, taps: usize) -> Vec<f32> {
     let mut out = vec![0f32; c * taps];
@@ -72,11 +67,50 @@ fn taps_last(weight: &[f32], c: usize, taps: usize) -> Vec<f32> {
     out
 }
 
-/// `acc += k ⊙ x` (element-wise over channels).
-#[inline(always)]
-fn fma_into(acc: &mut [f32], k: &[f32], x: &[f32]) {
-    for ((a, k), x) in acc.iter_mut().zip(k).zip(x) {
-        *a += k * x;
+/// Where one operand of [`accumulate`] takes its `C` values for a pair of a row triple and a
+/// column triple of [`taps_of`]: entry `part` of both (0 the output position, 1 the tap, 2 the
+/// input position), the row's times `width` (that grid's row length) plus the column's.
+#[derive(Clone, Copy)]
+struct Operand {
+    part: usize,
+    width: usize,
+}
+
+impl Operand {
+    /// The first of the operand's `c` values for rows triple `r` and column triple `q`.
+    #[inline(always)]
+    fn at(self, r: &[usize; 3], q: &[usize; 3], c: usize) -> usize {
+        (r[self.part] * self.width + q[self.part]) * c
+    }
+}
+
+widest! {
+    /// `acc += a ⊙ b` over the `c` channels, for every row triple × column triple (see
+    /// [`taps_of`]), each operand at its [`Operand`] position: the forward (into the output,
+    /// tap × input), the input gradient (into the input, tap × output gradient) and the weight
+    /// gradient (into the tap, input × output gradient) are this one loop.
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate(
+        rows: &[[usize; 3]],
+        cols: &[[usize; 3]],
+        c: usize,
+        acc: &mut [f32],
+        at_acc: Operand,
+        a: &[f32],
+        at_a: Operand,
+        b: &[f32],
+        at_b: Operand,
+    ) -> () {
+        for r in rows {
+            for q in cols {
+                let acc = &mut acc[at_acc.at(r, q, c)..][..c];
+                let a = &a[at_a.at(r, q, c)..][..c];
+                let b = &b[at_b.at(r, q, c)..][..c];
+                for ((s, a), b) in acc.iter_mut().zip(a).zip(b) {
+                    *s += a * b;
+                }
+            }
+        }
     }
 }
 
@@ -95,9 +129,16 @@ fn taps_of(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Vec<
     v
 }
 
+/// The [`Operand`] positions of the output (rows of `wo`), the tap (rows of `kw`) and the
+/// input (rows of `w`).
+fn positions(wo: usize, kw: usize, w: usize) -> (Operand, Operand, Operand) {
+    let at = |part, width| Operand { part, width };
+    (at(0, wo), at(1, kw), at(2, w))
+}
+
 /// Flex kernels: channels last, so every inner loop is an element-wise multiply-add over the
-/// channels (`C` contiguous floats, vectorised under [`wide`]) whatever the plane size, stride
-/// or padding. Inputs stored channels last ([`crate::layout::is_channels_last`]) are read in
+/// channels (`C` contiguous floats, vectorised by [`accumulate`]) whatever the plane size, stride
+/// or padding. Inputs stored channels last ([`super::layout::is_channels_last`]) are read in
 /// place, others transposed once; the output and the input gradient are returned stored
 /// channels last, so the next channels-last kernel reads them without a copy.
 impl DepthwiseOps for burn::backend::Flex {
@@ -112,19 +153,11 @@ impl DepthwiseOps for burn::backend::Flex {
         let xt = xb.as_slice::<f32>().expect("contiguous");
         let k = taps_last(weight.as_slice::<f32>().expect("contiguous"), c, kh * kw);
         let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
+        let (out, tap, input) = positions(wo, kw, w);
         let mut yt = vec![0f32; n * ho * wo * c];
         yt.par_chunks_mut(ho * wo * c)
             .zip(xt.par_chunks(h * w * c))
-            .for_each(|(y, x)| {
-                wide(|| {
-                    for &[i, a, r] in &rows {
-                        for &[j, b, q] in &cols {
-                            let acc = &mut y[(i * wo + j) * c..][..c];
-                            fma_into(acc, &k[(a * kw + b) * c..][..c], &x[(r * w + q) * c..][..c]);
-                        }
-                    }
-                })
-            });
+            .for_each(|(y, x)| accumulate(&rows, &cols, c, y, out, &k, tap, x, input));
         from_channels_last(yt, [n, c, ho, wo])
     }
 
@@ -143,23 +176,11 @@ impl DepthwiseOps for burn::backend::Flex {
         let gt = gb.as_slice::<f32>().expect("contiguous");
         let k = taps_last(weight.as_slice::<f32>().expect("contiguous"), c, kh * kw);
         let (rows, cols) = (taps_of(ho, kh, sh, pt, h), taps_of(wo, kw, sw, pl, w));
+        let (out, tap, input) = positions(wo, kw, w);
         let mut dxt = vec![0f32; n * h * w * c];
         dxt.par_chunks_mut(h * w * c)
             .zip(gt.par_chunks(ho * wo * c))
-            .for_each(|(dx, dy)| {
-                wide(|| {
-                    for &[i, a, r] in &rows {
-                        for &[j, b, q] in &cols {
-                            let acc = &mut dx[(r * w + q) * c..][..c];
-                            fma_into(
-                                acc,
-                                &k[(a * kw + b) * c..][..c],
-                                &dy[(i * wo + j) * c..][..c],
-                            );
-                        }
-                    }
-                })
-            });
+            .for_each(|(dx, dy)| accumulate(&rows, &cols, c, dx, input, &k, tap, dy, out));
         from_channels_last(dxt, [n, c, h, w])
     }
 
@@ -180,24 +201,12 @@ impl DepthwiseOps for burn::backend::Flex {
         let taps = kh * kw;
         // One `[kh·kw, C]` partial sum per image in f32, summed over the batch in f64 in image
         // order: the result does not depend on the thread count.
+        let (out, tap, input) = positions(wo, kw, w);
         let mut partial = vec![0f32; n * taps * c];
         partial
             .par_chunks_mut(taps * c)
             .zip(xt.par_chunks(h * w * c).zip(gt.par_chunks(ho * wo * c)))
-            .for_each(|(dw, (x, dy))| {
-                wide(|| {
-                    for &[i, a, r] in &rows {
-                        for &[j, b, q] in &cols {
-                            let acc = &mut dw[(a * kw + b) * c..][..c];
-                            fma_into(
-                                acc,
-                                &x[(r * w + q) * c..][..c],
-                                &dy[(i * wo + j) * c..][..c],
-                            );
-                        }
-                    }
-                })
-            });
+            .for_each(|(dw, (x, dy))| accumulate(&rows, &cols, c, dw, tap, x, input, dy, out));
         let mut sum = vec![0f64; taps * c];
         for image in partial.chunks_exact(taps * c) {
             for (s, v) in sum.iter_mut().zip(image) {
@@ -291,16 +300,13 @@ impl<B: Backend + DepthwiseOps, C: CheckpointStrategy> DepthwiseOps for Autodiff
 
 /// Depthwise convolution of `x` `[N, C, H, W]` with `weight` `[C, 1, kh, kw]`, `stride` and
 /// `(begin, end)` zero `padding` per axis, giving `[N, C, H_out, W_out]`; `None` where the
-/// device has no kernel ([`has_flex_kernels`]).
+/// device has no kernel ([`on_flex`]).
 pub fn depthwise_conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
     stride: [usize; 2],
     padding: [(usize, usize); 2],
 ) -> Option<Tensor<4>> {
-    if !has_flex_kernels(&x.device()) {
-        return None;
-    }
     let geometry = [
         stride[0],
         stride[1],
@@ -309,11 +315,11 @@ pub fn depthwise_conv2d(
         padding[1].0,
         padding[1].1,
     ];
-    Some(Tensor::from_dispatch(
-        <Dispatch as DepthwiseOps>::depthwise_forward(
+    on_flex(&x.device(), || {
+        Tensor::from_dispatch(<Dispatch as DepthwiseOps>::depthwise_forward(
             x.into_dispatch(),
             weight.into_dispatch(),
             geometry,
-        ),
-    ))
+        ))
+    })
 }

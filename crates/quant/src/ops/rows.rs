@@ -19,7 +19,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, zeros_f32};
+use collab_core::ops::extension::{contiguous_f32, on_flex, untracked, zeros_f32};
 
 use crate::params::{clamp_bounds, fake_quant_one};
 
@@ -179,17 +179,14 @@ pub fn fake_quant_rows_fused(
     qmin: i32,
     qmax: i32,
 ) -> Option<Tensor<2>> {
-    if !has_flex_kernels(&rows.device()) {
-        return None;
-    }
-    Some(Tensor::from_dispatch(
-        <Dispatch as FakeQuantRowsOps>::fake_quant_rows(
+    on_flex(&rows.device(), || {
+        Tensor::from_dispatch(<Dispatch as FakeQuantRowsOps>::fake_quant_rows(
             rows.into_dispatch(),
             scale.detach().into_dispatch(),
             qmin,
             qmax,
-        ),
-    ))
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{has_flex_kernels, untracked, zeros_f32};
-use collab_core::layout::{in_order, restore_order, storage_order};
+use collab_core::ops::extension::{on_flex, untracked, zeros_f32};
+use collab_core::ops::layout::{in_order, restore_order, storage_order};
 
 use crate::QuantParams;
 use crate::params::{PARALLEL_CHUNK, clamp_bounds, fake_quant_one};
@@ -194,7 +194,7 @@ impl<B: Backend + FakeQuantOps, C: CheckpointStrategy> FakeQuantOps for Autodiff
 }
 
 /// `x` fake-quantized with the per-tensor `params`, with the clipped straight-through gradient,
-/// in one fused op; `None` where the device has no kernel (see [`collab_core::extension::has_flex_kernels`]) or the
+/// in one fused op; `None` where the device has no kernel (see [`on_flex`]) or the
 /// parameters are per channel.
 ///
 /// # Shapes
@@ -217,19 +217,19 @@ pub fn fake_quant_relu_fused<const D: usize>(
 }
 
 fn fused<const D: usize>(x: Tensor<D>, params: &QuantParams, relu: bool) -> Option<Tensor<D>> {
-    if params.scale.len() != 1 || !has_flex_kernels(&x.device()) {
+    if params.scale.len() != 1 {
         return None;
     }
-    Some(Tensor::from_dispatch(
-        <Dispatch as FakeQuantOps>::fake_quant_ste(
+    on_flex(&x.device(), || {
+        Tensor::from_dispatch(<Dispatch as FakeQuantOps>::fake_quant_ste(
             x.into_dispatch(),
             params.scale[0],
             params.zero_point[0],
             params.qmin,
             params.qmax,
             relu,
-        ),
-    ))
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use collab_core::extension::{contiguous_f32, has_flex_kernels, untracked, zeros_f32, zeros_i32};
+use collab_core::ops::extension::{contiguous_f32, on_flex, untracked, zeros_f32, zeros_i32};
 
 const OP: &str = "cluster_assign";
 
@@ -292,15 +292,14 @@ pub fn cluster_fused(
     zeros: Option<Tensor<2, Bool>>,
     pinned_first: bool,
 ) -> Option<Tensor<2>> {
-    if !has_flex_kernels(&view.device()) {
-        return None;
-    }
-    let zeros = zeros.unwrap_or_else(|| Tensor::empty([0, 0], &view.device()));
-    let (out, _index) = <Dispatch as ClusterOps>::cluster_assign(
-        view.into_dispatch(),
-        centroids.into_dispatch(),
-        zeros.into_dispatch(),
-        pinned_first,
-    );
-    Some(Tensor::from_dispatch(out))
+    on_flex(&view.device(), || {
+        let zeros = zeros.unwrap_or_else(|| Tensor::empty([0, 0], &view.device()));
+        let (out, _index) = <Dispatch as ClusterOps>::cluster_assign(
+            view.into_dispatch(),
+            centroids.into_dispatch(),
+            zeros.into_dispatch(),
+            pinned_first,
+        );
+        Tensor::from_dispatch(out)
+    })
 }
