@@ -13,9 +13,9 @@
 //!
 //! let device = Device::flex().autodiff();
 //! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
-//! let config = PruningConfig::new(PruningSchedule::constant(0.5));
+//! let config = PruningConfig::new(PruningSchedule::constant(0.5).with_frequency(1));
 //! let conv = config.wrap_named("conv", conv)?;
-//! // A training step: step 1, where the constant schedule sets the mask.
+//! // A training step: step 1, an update step of the schedule, prunes half the weights.
 //! let y = conv.forward(Tensor::<4>::ones([1, 8, 12, 12], &device));
 //! let report = conv.report("conv");
 //! assert_eq!((report.step, report.pruned), (1, 576));
