@@ -69,7 +69,10 @@ impl PlainCnn {
 
     /// Wrap every layer (depthwise included) in `Prunable`.
     pub fn prunable(self, config: &PruningConfig) -> Result<PrunedCnn, PruneError> {
-        self.try_map(|_, c| config.wrap(c), |_, l| config.wrap(l))
+        self.try_map(
+            |n, c| config.wrap_named(n, c),
+            |n, l| config.wrap_named(n, l),
+        )
     }
 
     /// Wrap every layer for int8 QAT / PTQ: ReLU fused into each convolution, the model input
@@ -77,12 +80,12 @@ impl PlainCnn {
     pub fn qat(self, config: &QatConfig) -> Result<QatCnn, QuantError> {
         let conv = config.clone().with_activation(FusedActivation::Relu);
         self.try_map(
-            |name, c| conv.clone().with_input(name == "conv").wrap(c),
-            |_, l| {
+            |name, c| conv.clone().with_input(name == "conv").wrap_named(name, c),
+            |name, l| {
                 config
                     .clone()
                     .with_activation(FusedActivation::None)
-                    .wrap(l)
+                    .wrap_named(name, l)
             },
         )
     }

@@ -1,5 +1,28 @@
 //! `Clustered<L>`: a layer whose weight takes at most k distinct values (per tensor or per
 //! output channel), with trainable centroids.
+//!
+//! The shape shared with `Prunable` (collab-prune) and `QatAware` (collab-quant): a
+//! [`ClusteringConfig`], [`wrap`](ClusteringConfig::wrap) or
+//! [`wrap_named`](ClusteringConfig::wrap_named) a layer, train with
+//! [`forward`](Clustered::forward), read [`report`](Clustered::report), and
+//! [`strip`](Clustered::strip) back to the plain burn layer.
+//!
+//! ```
+//! use burn::nn::conv::Conv2dConfig;
+//! use burn::tensor::{Device, Tensor};
+//! use collab_cluster::ClusteringConfig;
+//!
+//! let device = Device::flex().autodiff();
+//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
+//! let config = ClusteringConfig::new(16).with_override("head", 4);
+//! let conv = config.wrap_named("conv", conv)?; // k-means now: 16 centroids
+//! // A training step moves the weights and the centroids (here only the forward pass).
+//! let y = conv.forward(Tensor::<4>::ones([1, 8, 12, 12], &device));
+//! let report = conv.report("conv");
+//! assert_eq!((report.num_clusters, report.unique_per_tensor), (16, 16));
+//! let plain = conv.strip(); // burn `Conv2d` with ≤ 16 distinct weight values
+//! # Ok::<(), collab_cluster::ClusterError>(())
+//! ```
 
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -224,12 +247,13 @@ impl ClusterTransform {
 
 impl<L: WeightLayer> Clustered<L> {
     /// Run k-means on `inner`'s effective weight and wrap it (see [`ClusteringConfig::wrap`]).
-    pub fn new(
+    pub(crate) fn new(
         inner: L,
         config: &ClusteringConfig,
-        num_clusters: usize,
-        name: &str,
+        name: Option<&str>,
     ) -> Result<Self, ClusterError> {
+        let num_clusters = name.map_or(config.num_clusters, |n| config.num_clusters_for(n));
+        let name = name.unwrap_or("layer");
         let layout = inner.layout();
         let what = format!("{name} ({})", layout.describe());
         let device = inner.effective_weight().device();
@@ -296,6 +320,12 @@ impl<L: WeightLayer> Clustered<L> {
             pinned: self.preserve_sparsity.then(|| self.pinned.get()),
             channel_scaled: self.channel_scaled,
         }
+    }
+
+    /// The plain layer whose weight holds only centroid values (as [`WeightLayer::strip`],
+    /// without importing the trait).
+    pub fn strip(self) -> L::Plain {
+        WeightLayer::strip(self)
     }
 
     /// Per-layer figures from the effective weight.
@@ -602,8 +632,7 @@ mod tests {
     /// for bit, the same centroid gradient within rounding (another summation order).
     fn check<L: WeightLayer>(layer: L, config: &ClusteringConfig) {
         let device = Device::flex().autodiff();
-        let k = config.num_clusters;
-        let clustered = Clustered::new(layer, config, k, "layer").unwrap();
+        let clustered = config.wrap(layer).unwrap();
         let t = clustered.transform();
         let weight = clustered.inner.effective_weight();
         let n = weight.shape().num_elements();

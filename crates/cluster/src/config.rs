@@ -99,16 +99,16 @@ impl ClusteringConfig {
 
     /// Cluster `layer`'s current effective weight with k-means and wrap it.
     pub fn wrap<L: WeightLayer>(&self, layer: L) -> Result<Clustered<L>, ClusterError> {
-        Clustered::new(layer, self, self.num_clusters, "layer")
+        Clustered::new(layer, self, None)
     }
 
-    /// As [`wrap`](Self::wrap), with this layer's override of `num_clusters`, if any; `name`
-    /// also appears in errors and warnings.
+    /// As [`wrap`](Self::wrap), for the layer called `name` (its path in the model): with this
+    /// layer's override of `num_clusters`, if any; `name` also appears in errors and warnings.
     pub fn wrap_named<L: WeightLayer>(
         &self,
         name: &str,
         layer: L,
     ) -> Result<Clustered<L>, ClusterError> {
-        Clustered::new(layer, self, self.num_clusters_for(name), name)
+        Clustered::new(layer, self, Some(name))
     }
 }

@@ -5,23 +5,14 @@
 //! [`ClusteringConfig`]: k-means (k-means++ / linear / random / density init, then Lloyd)
 //! chooses `num_clusters` centroids per tensor or per output channel, the forward pass uses the
 //! nearest centroid for every weight, and training moves both the weights and the centroids.
-//! [`strip`](collab_core::WeightLayer::strip) returns the plain burn layer with at most k values
+//! [`strip`](Clustered::strip) returns the plain burn layer with at most k values
 //! per tensor (or per channel). A model whose types cannot change is clustered as a whole with
 //! [`WholeClustering`] (burn's parameter reparameterization; see [`whole`]). The fused flex
 //! kernel with its autodiff backward lives apart from the API, in [`ops`].
 //!
-//! ```no_run
-//! use burn::nn::conv::Conv2dConfig;
-//! use burn::tensor::Device;
-//! use collab_cluster::ClusteringConfig;
-//! use collab_core::WeightLayer;
-//!
-//! let device = Device::flex().autodiff();
-//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
-//! let conv = ClusteringConfig::new(16).with_per_channel(true).wrap(conv)?;
-//! let plain = conv.strip(); // ≤ 16 distinct values per output channel
-//! # Ok::<(), collab_cluster::ClusterError>(())
-//! ```
+//! The three layer wrappers of the workspace (`Prunable`, this one, `QatAware`) share one
+//! shape, shown in [`clustered`]: a config, `wrap` / `wrap_named` a layer, `forward` (training
+//! steps), `report(name)`, `strip`.
 
 pub mod clustered;
 pub mod config;

@@ -1,4 +1,5 @@
-//! [`Activation`] (ReLU, ReLU6), computed on `flex` as one burn backend-extension op each way.
+//! [`Activation`] (ReLU, ReLU6), computed on `flex` as one burn backend-extension op each way,
+//! and [`FusedActivation`] (none, ReLU, ReLU6), the activation fused into a layer's output.
 //!
 //! burn's `clamp(0, 6)` (ReLU6) records a `clamp_min` and a `clamp_max` whose backward passes
 //! each fill the gradient through a byte mask element by element (`mask_fill`, a branch per
@@ -17,12 +18,16 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::extension::{has_flex_kernels, untracked, wide, zeros_f32};
 use crate::layout::{in_order, restore_order, storage_order};
 
-/// An activation a model applies after a layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An activation a model applies after a layer (the ones the fused kernels compute); serialised
+/// as `"relu"`, `"relu6"`. A layer's *fused* activation, which may be none, is a
+/// [`FusedActivation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// `max(x, 0)`.
     Relu,
@@ -45,6 +50,85 @@ impl Activation {
             Self::Relu => burn::tensor::activation::relu(x),
             Self::Relu6 => x.clamp(0.0, 6.0),
         }
+    }
+}
+
+/// The activation fused into a layer's output, as TFLite's `fused_activation_function`: none,
+/// ReLU or ReLU6. The one fused-activation type of the workspace: the QAT wrapper's output
+/// quantizer (`collab_quant::FusedActivation`), the graph spec (`collab_models::graph::Fused`)
+/// and export all use it. Serialised as `"none"`, `"relu"`, `"relu6"`.
+///
+/// It is [`Activation`] plus `None`; the fused kernels take the [`Option<Activation>`] form
+/// ([`activation`](Self::activation)).
+///
+/// ```
+/// use collab_core::Activation;
+/// use collab_core::activation::FusedActivation;
+///
+/// assert_eq!(FusedActivation::default(), FusedActivation::None);
+/// assert_eq!(FusedActivation::Relu6.activation(), Some(Activation::Relu6));
+/// assert_eq!(FusedActivation::from(Activation::Relu), FusedActivation::Relu);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusedActivation {
+    /// No activation.
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
+
+impl FusedActivation {
+    /// Apply the activation (none: `x` unchanged; else [`Activation::apply`], one fused op each
+    /// way on flex).
+    ///
+    /// # Shapes
+    /// Any; the output has the input's shape.
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self.activation() {
+            Some(a) => a.apply(x),
+            None => x,
+        }
+    }
+
+    /// The activation, `None` for none (the form the fused kernels take).
+    pub fn activation(self) -> Option<Activation> {
+        match self {
+            Self::None => None,
+            Self::Relu => Some(Activation::Relu),
+            Self::Relu6 => Some(Activation::Relu6),
+        }
+    }
+
+    /// From the kernels' form (`None`: no activation).
+    pub fn from_activation(activation: Option<Activation>) -> Self {
+        match activation {
+            None => Self::None,
+            Some(Activation::Relu) => Self::Relu,
+            Some(Activation::Relu6) => Self::Relu6,
+        }
+    }
+
+    /// `self`. Kept while callers of the former `collab_models::graph::Fused::quant` (which
+    /// converted the graph's enum to the QAT one, now the same type) are migrated.
+    #[doc(hidden)]
+    pub fn quant(self) -> Self {
+        self
+    }
+}
+
+impl From<Activation> for FusedActivation {
+    fn from(activation: Activation) -> Self {
+        Self::from_activation(Some(activation))
+    }
+}
+
+impl From<Option<Activation>> for FusedActivation {
+    fn from(activation: Option<Activation>) -> Self {
+        Self::from_activation(activation)
     }
 }
 

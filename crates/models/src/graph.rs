@@ -108,54 +108,9 @@ impl Pointwise {
     }
 }
 
-/// A fused activation in the serialised spec (`collab_core::Activation` is not serde).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Fused {
-    /// No activation.
-    #[default]
-    None,
-    /// ReLU.
-    Relu,
-    /// ReLU6.
-    Relu6,
-}
-
-impl Fused {
-    /// As the core activation type.
-    pub fn activation(self) -> Option<Activation> {
-        match self {
-            Self::None => None,
-            Self::Relu => Some(Activation::Relu),
-            Self::Relu6 => Some(Activation::Relu6),
-        }
-    }
-
-    /// From the core activation type.
-    pub fn from_activation(a: Option<Activation>) -> Self {
-        match a {
-            None => Self::None,
-            Some(Activation::Relu) => Self::Relu,
-            Some(Activation::Relu6) => Self::Relu6,
-        }
-    }
-
-    /// The activation a QAT layer's output quantizer clamps to.
-    pub fn quant(self) -> collab_quant::FusedActivation {
-        match self {
-            Self::None => collab_quant::FusedActivation::None,
-            Self::Relu => collab_quant::FusedActivation::Relu,
-            Self::Relu6 => collab_quant::FusedActivation::Relu6,
-        }
-    }
-
-    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        match self.activation() {
-            Some(a) => a.apply(x),
-            None => x,
-        }
-    }
-}
+/// A fused activation in the serialised spec (`"none"`, `"relu"`, `"relu6"`): the workspace's
+/// one fused-activation type, [`collab_core::activation::FusedActivation`].
+pub use collab_core::activation::FusedActivation as Fused;
 
 /// A convolution's settings (a 1-D convolution is a 2-D one of height 1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -73,6 +73,17 @@ impl PruningConfig {
     /// Wrap `layer` so that it is pruned during training. Fails if the configuration is
     /// invalid or the pattern does not fit the layer (e.g. 2:4 on a depthwise convolution).
     pub fn wrap<L: WeightLayer>(&self, layer: L) -> Result<Prunable<L>, PruneError> {
-        Prunable::new(layer, self.clone())
+        Prunable::new(layer, self, None)
+    }
+
+    /// As [`wrap`](Self::wrap), for the layer called `name` (its path in the model), which
+    /// errors then name. The same call as the other wrappers' configs, so code wrapping a model
+    /// layer by layer reads the same for the three.
+    pub fn wrap_named<L: WeightLayer>(
+        &self,
+        name: &str,
+        layer: L,
+    ) -> Result<Prunable<L>, PruneError> {
+        Prunable::new(layer, self, Some(name))
     }
 }

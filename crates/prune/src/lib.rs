@@ -1,23 +1,12 @@
 //! Magnitude pruning for burn layers.
 //!
 //! Wrap a `Linear`, `Conv1d` or `Conv2d` (any `groups`, depthwise included) in [`Prunable`]
-//! through a [`PruningConfig`], train as usual, then [`strip`](collab_core::WeightLayer::strip)
-//! it back to the plain burn layer with zeros in its weight.
+//! through a [`PruningConfig`], train as usual, then [`strip`](Prunable::strip) it
+//! back to the plain burn layer with zeros in its weight.
 //!
-//! ```no_run
-//! use burn::nn::conv::Conv2dConfig;
-//! use burn::tensor::{Device, Tensor};
-//! use collab_core::WeightLayer;
-//! use collab_prune::{PruningConfig, PruningSchedule};
-//!
-//! let device = Device::flex().autodiff();
-//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
-//! let schedule = PruningSchedule::polynomial(0.0, 0.5, 0, 1000).with_frequency(100);
-//! let conv = PruningConfig::new(schedule).wrap(conv)?;
-//! let y = conv.forward(Tensor::<4>::zeros([1, 8, 12, 12], &device)); // a training step
-//! let plain = conv.strip(); // burn `Conv2d` with zeros in its weight
-//! # Ok::<(), collab_prune::PruneError>(())
-//! ```
+//! The three layer wrappers of the workspace (this one, `Clustered`, `QatAware`) share one
+//! shape, shown in [`prunable`]: a config, `wrap` / `wrap_named` a layer, `forward` (training
+//! steps), `report(name)`, `strip`.
 //!
 //! Only layers with a weight the wrappers understand can be wrapped; anything else is a
 //! compile-time error, never a silently skipped layer:

@@ -1,4 +1,27 @@
 //! `Prunable<L>`: a layer whose weights become sparse during training and stay sparse.
+//!
+//! The shape shared with `Clustered` (collab-cluster) and `QatAware` (collab-quant): a
+//! [`PruningConfig`], [`wrap`](PruningConfig::wrap) or
+//! [`wrap_named`](PruningConfig::wrap_named) a layer, train with
+//! [`forward`](Prunable::forward), read [`report`](Prunable::report), and
+//! [`strip`](Prunable::strip) back to the plain burn layer.
+//!
+//! ```
+//! use burn::nn::conv::Conv2dConfig;
+//! use burn::tensor::{Device, Tensor};
+//! use collab_prune::{PruningConfig, PruningSchedule};
+//!
+//! let device = Device::flex().autodiff();
+//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
+//! let config = PruningConfig::new(PruningSchedule::constant(0.5).with_frequency(1));
+//! let conv = config.wrap_named("conv", conv)?;
+//! // A training step: step 1, an update step of the schedule, prunes half the weights.
+//! let y = conv.forward(Tensor::<4>::ones([1, 8, 12, 12], &device));
+//! let report = conv.report("conv");
+//! assert_eq!((report.step, report.pruned), (1, 576));
+//! let plain = conv.strip(); // burn `Conv2d` with zeros in its weight
+//! # Ok::<(), collab_prune::PruneError>(())
+//! ```
 
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Tensor};
@@ -85,11 +108,33 @@ impl WeightTransform for MaskTransform {
 }
 
 impl<L: WeightLayer> Prunable<L> {
-    /// Wrap `inner` with `config`: a dense mask, step 0. See [`PruningConfig::wrap`].
-    pub fn new(inner: L, config: PruningConfig) -> Result<Self, PruneError> {
+    /// Wrap `inner` with `config`: a dense mask, step 0. `name` (if given) leads the layout
+    /// in errors. See [`PruningConfig::wrap`].
+    pub(crate) fn new(
+        inner: L,
+        config: &PruningConfig,
+        name: Option<&str>,
+    ) -> Result<Self, PruneError> {
         config.validate()?;
         let layout = inner.layout();
-        config.granularity.check_layout(&layout)?;
+        config
+            .granularity
+            .check_layout(&layout)
+            .map_err(|err| match (err, name) {
+                (
+                    PruneError::Granularity {
+                        layer,
+                        granularity,
+                        reason,
+                    },
+                    Some(name),
+                ) => PruneError::Granularity {
+                    layer: format!("{name} ({layer})"),
+                    granularity,
+                    reason,
+                },
+                (err, _) => err,
+            })?;
         let device = inner.effective_weight().device();
         let mask = bool_tensor(vec![true; layout.numel()], &device);
         Ok(Self {
@@ -98,7 +143,7 @@ impl<L: WeightLayer> Prunable<L> {
             step: Counter::new(0, &device),
             target_sparsity: StateTensor::new(Tensor::zeros([1], &device)),
             training: Param::from_bool(true),
-            config,
+            config: config.clone(),
         })
     }
 
@@ -186,6 +231,12 @@ impl<L: WeightLayer> Prunable<L> {
             target_sparsity: target,
             step: self.step.get(),
         }
+    }
+
+    /// The plain layer with pruned weights set to 0 (as [`WeightLayer::strip`], without
+    /// importing the trait).
+    pub fn strip(self) -> L::Plain {
+        WeightLayer::strip(self)
     }
 
     fn is_training_pass<const D: usize>(&self, input: &Tensor<D>) -> bool {

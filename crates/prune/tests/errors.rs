@@ -52,9 +52,16 @@ fn patterns_that_do_not_fit_the_layer_are_rejected() {
     let depthwise = Conv2dConfig::new([8, 8], [3, 3])
         .with_groups(8)
         .init(&device);
-    let err = config.wrap(depthwise).unwrap_err();
+    let err = config.wrap(depthwise.clone()).unwrap_err();
     assert!(matches!(err, PruneError::Granularity { .. }));
     assert!(err.to_string().contains("depthwise"), "{err}");
+    // Wrapped by name, the error leads with the name.
+    let err = config.wrap_named("blocks.2.dw", depthwise).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("blocks.2.dw (conv2d [8, 1, 3, 3] depthwise)"),
+        "{err}"
+    );
     let odd_inputs = LinearConfig::new(6, 4).init(&device);
     assert!(
         config

@@ -66,6 +66,15 @@ impl ActQuantConfig {
     }
 }
 
+/// The state of one activation quantizer ([`ActQuant::report`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActReport {
+    /// `[min, max]` of the range; `None` until a batch has set it.
+    pub range: Option<[f32; 2]>,
+    /// Batches that have set the range (training steps, or calibration batches).
+    pub batches: u64,
+}
+
 /// Fake quantization of an activation tensor, per tensor, asymmetric int8.
 ///
 /// - Training (autodiff device, training flag on): the range follows the batches,
@@ -282,6 +291,14 @@ impl ActQuant {
             let max = to_vec_f32(self.max.get())[0];
             (min, max)
         })
+    }
+
+    /// The range and the number of batches that set it, on the host.
+    pub fn report(&self) -> ActReport {
+        ActReport {
+            range: self.range().map(|(min, max)| [min, max]),
+            batches: self.observed.get(),
+        }
     }
 
     /// The quantization parameters export will use.

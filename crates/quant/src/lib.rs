@@ -16,17 +16,8 @@
 //! - [`ops`]: the backend kernels (fused fake-quant ops on flex, with their autodiff backward),
 //!   apart from the API.
 //!
-//! ```no_run
-//! use burn::nn::conv::Conv2dConfig;
-//! use burn::tensor::{Device, Tensor};
-//! use collab_quant::{FusedActivation, QatConfig};
-//!
-//! let device = Device::flex().autodiff();
-//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
-//! let conv = QatConfig::new().with_activation(FusedActivation::Relu).wrap(conv)?;
-//! let y = conv.forward(Tensor::<4>::zeros([1, 8, 12, 12], &device)); // relu, fake-quantized
-//! # Ok::<(), collab_quant::QuantError>(())
-//! ```
+//! The three layer wrappers of the workspace share one shape, shown in [`qat`]: a config,
+//! `wrap` / `wrap_named` a layer, `forward` (training steps), `report(name)`, `strip`.
 
 pub mod act;
 pub mod error;
@@ -40,11 +31,11 @@ pub mod whole;
 // The kernels' paths before they moved to `ops`, kept for the code that still uses them.
 pub use ops::{epilogue, fused, rows};
 
-pub use act::{ActQuant, ActQuantConfig, Calibration};
+pub use act::{ActQuant, ActQuantConfig, ActReport, Calibration};
 pub use error::QuantError;
 pub use fake::{fake_quant, fake_quant_per_tensor, round_half_away};
 pub use ops::fused::fake_quant_fused;
 pub use params::QuantParams;
 pub use ptq::{begin_calibration, calibrate, end_calibration};
-pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, WeightFakeQuant};
+pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, QatReport, WeightFakeQuant};
 pub use whole::{WeightQat, WholeQat};

@@ -1,4 +1,27 @@
 //! `QatAware<L>`: quantization-aware training of a weight layer, with TFLite's int8 arithmetic.
+//!
+//! The shape shared with `Prunable` (collab-prune) and `Clustered` (collab-cluster): a
+//! [`QatConfig`], [`wrap`](QatConfig::wrap) or [`wrap_named`](QatConfig::wrap_named) a layer,
+//! train with [`forward`](QatAware::forward), read [`report`](QatAware::report), and
+//! [`strip`](QatAware::strip) back to the plain burn layer.
+//!
+//! ```
+//! use burn::nn::conv::Conv2dConfig;
+//! use burn::tensor::{Device, Tensor};
+//! use collab_quant::{FusedActivation, QatConfig};
+//!
+//! let device = Device::flex().autodiff();
+//! let conv = Conv2dConfig::new([8, 16], [3, 3]).init(&device);
+//! let config = QatConfig::new().with_activation(FusedActivation::Relu);
+//! let conv = config.wrap_named("conv", conv)?;
+//! // A training step: ReLU, then int8 fake quantization with the range it sets.
+//! let y = conv.forward(Tensor::<4>::ones([1, 8, 12, 12], &device));
+//! let report = conv.report("conv");
+//! assert_eq!((report.weight_bits, report.weight_scales.len()), (8, 16)); // per channel
+//! assert_eq!(report.output.batches, 1);
+//! let plain = conv.strip(); // burn `Conv2d` whose weights are int8 values times scales
+//! # Ok::<(), collab_quant::QuantError>(())
+//! ```
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -10,33 +33,12 @@ use collab_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::fake::{fake_quant, fake_quant_per_tensor};
-use crate::{ActQuant, ActQuantConfig, QuantError, QuantParams};
+use crate::{ActQuant, ActQuantConfig, ActReport, QuantError, QuantParams};
 
 /// The activation fused into a layer's output (TFLite's `fused_activation_function`): it is
-/// applied before the output quantizer, so the output range is the activation's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FusedActivation {
-    /// No activation.
-    #[default]
-    None,
-    /// `max(x, 0)`.
-    Relu,
-    /// `min(max(x, 0), 6)`.
-    Relu6,
-}
-
-impl FusedActivation {
-    /// Apply the activation (on flex one fused op each way, `collab_core::activation`; burn's
-    /// `relu` / `clamp(0, 6)` elsewhere, with the same values and gradients).
-    pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Self::None => x,
-            Self::Relu => collab_core::Activation::Relu.apply(x),
-            Self::Relu6 => collab_core::Activation::Relu6.apply(x),
-        }
-    }
-}
+/// applied before the output quantizer, so the output range is the activation's. The
+/// workspace's one fused-activation type, [`collab_core::activation::FusedActivation`].
+pub use collab_core::activation::FusedActivation;
 
 /// How a layer is quantized.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,9 +88,9 @@ impl QatConfig {
         Self::default()
     }
 
-    /// Fuse an activation.
-    pub fn with_activation(mut self, activation: FusedActivation) -> Self {
-        self.activation = activation;
+    /// Fuse an activation (a [`FusedActivation`], or a [`collab_core::Activation`]).
+    pub fn with_activation(mut self, activation: impl Into<FusedActivation>) -> Self {
+        self.activation = activation.into();
         self
     }
 
@@ -124,9 +126,23 @@ impl QatConfig {
             .unwrap_or(layout.kind != LayerKind::Linear)
     }
 
-    /// Wrap `layer` for quantization-aware training (or PTQ calibration).
+    /// Wrap `layer` for quantization-aware training (or PTQ calibration). Fails if the
+    /// activation-range rules are invalid ([`ActQuantConfig::validate`]).
     pub fn wrap<L: WeightLayer>(&self, layer: L) -> Result<QatAware<L>, QuantError> {
         QatAware::new(layer, self)
+    }
+
+    /// As [`wrap`](Self::wrap), for the layer called `name` (its path in the model), so that
+    /// code wrapping a model layer by layer reads the same for the three wrappers. QAT has no
+    /// per-layer settings: `name` only labels the trace event.
+    pub fn wrap_named<L: WeightLayer>(
+        &self,
+        name: &str,
+        layer: L,
+    ) -> Result<QatAware<L>, QuantError> {
+        let wrapped = QatAware::new(layer, self)?;
+        tracing::debug!(layer = name, per_channel = wrapped.per_channel, activation = ?self.activation, "wrapped for QAT");
+        Ok(wrapped)
     }
 }
 
@@ -190,6 +206,32 @@ pub struct LayerQuant {
     pub activation: FusedActivation,
 }
 
+/// Per-layer quantization figures: the wrapper's state, read on the host.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QatReport {
+    /// The name given by the caller (its path in the model).
+    pub name: String,
+    /// e.g. `conv2d [64, 1, 3, 3] depthwise`.
+    pub layer: String,
+    /// Number of weights.
+    pub weights: usize,
+    /// Bits of the weight's integer values (8: symmetric int8, `[-127, 127]`).
+    pub weight_bits: u32,
+    /// Whether each output channel has its own weight scale.
+    pub per_channel: bool,
+    /// The weight's current scales (`max|w| / 127`), one per output channel or one.
+    pub weight_scales: Vec<f32>,
+    /// The activation fused into the output.
+    pub activation: FusedActivation,
+    /// The input quantizer's state, when the layer quantizes its input.
+    pub input: Option<ActReport>,
+    /// The output quantizer's state.
+    pub output: ActReport,
+    /// Whether the output is fake-quantized (else its range is only tracked; see
+    /// [`QatConfig::quantize_output`]).
+    pub quantizes_output: bool,
+}
+
 /// A weight layer trained with int8 fake quantization of its weight, its output (after the
 /// fused activation) and optionally its input.
 ///
@@ -214,8 +256,8 @@ pub struct QatAware<L> {
 }
 
 impl<L: WeightLayer> QatAware<L> {
-    /// See [`QatConfig::wrap`].
-    pub fn new(inner: L, config: &QatConfig) -> Result<Self, QuantError> {
+    /// Wrap `inner` with `config`: no activation range yet. See [`QatConfig::wrap`].
+    pub(crate) fn new(inner: L, config: &QatConfig) -> Result<Self, QuantError> {
         let device: Device = inner.effective_weight().device();
         let per_channel = config.per_channel_for(&inner.layout());
         Ok(Self {
@@ -288,6 +330,31 @@ impl<L: WeightLayer> QatAware<L> {
     pub fn quantizes_output(&self) -> bool {
         self.quantize_output
     }
+
+    /// Per-layer figures: weight scales from the current effective weight, the activation
+    /// quantizers' ranges and batch counts.
+    pub fn report(&self, name: &str) -> QatReport {
+        let layout = self.inner.layout();
+        let weight = self.weight_params();
+        QatReport {
+            name: name.to_string(),
+            layer: layout.describe(),
+            weights: layout.numel(),
+            weight_bits: (weight.qmax - weight.qmin).unsigned_abs().ilog2() + 1,
+            per_channel: self.per_channel,
+            weight_scales: weight.scale,
+            activation: self.activation,
+            input: self.input.as_ref().map(ActQuant::report),
+            output: self.output.report(),
+            quantizes_output: self.quantize_output,
+        }
+    }
+
+    /// The plain layer whose weight holds the fake-quantized values (as
+    /// [`WeightLayer::strip`], without importing the trait).
+    pub fn strip(self) -> L::Plain {
+        WeightLayer::strip(self)
+    }
 }
 
 impl<L: WeightLayer> WeightLayer for QatAware<L> {
@@ -353,10 +420,6 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
     }
 
     fn applies_activation(&self, activation: collab_core::Activation) -> bool {
-        use collab_core::Activation;
-        matches!(
-            (self.activation, activation),
-            (FusedActivation::Relu, Activation::Relu) | (FusedActivation::Relu6, Activation::Relu6)
-        )
+        self.activation.activation() == Some(activation)
     }
 }

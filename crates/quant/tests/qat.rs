@@ -11,7 +11,7 @@ use collab_cluster::{ClusteringConfig, distinct_count};
 use collab_core::host::to_vec_f32;
 use collab_core::{ConvBn, LayerForward, WeightLayer};
 use collab_prune::{PruningConfig, PruningSchedule};
-use collab_quant::{FusedActivation, QatAware, QatConfig};
+use collab_quant::{ActReport, FusedActivation, QatAware, QatConfig};
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -131,10 +131,51 @@ fn ranges_are_saved_and_loaded() {
         q.input.as_ref().unwrap().range()
     );
     assert_eq!(loaded.output.observed.get(), 3);
+    assert_eq!(loaded.report("fc"), q.report("fc"));
     assert_eq!(
         loaded.layer_quant("fc").unwrap(),
         q.layer_quant("fc").unwrap()
     );
+}
+
+/// `report` reads the wrapper's state: weight bits and scales, the fused activation, and each
+/// activation quantizer's range with the number of batches that set it (none before the first).
+#[test]
+fn report_reads_the_wrapper_state() {
+    let device = device();
+    let q = QatConfig::new()
+        .with_activation(collab_core::Activation::Relu)
+        .with_input(true)
+        .wrap_named("fc", LinearConfig::new(4, 3).init(&device))
+        .unwrap();
+    let fresh = q.report("fc");
+    assert_eq!(
+        fresh.output,
+        ActReport {
+            range: None,
+            batches: 0
+        }
+    );
+    assert_eq!(fresh.input, Some(fresh.output.clone()));
+    for _ in 0..2 {
+        let x = Tensor::<2>::random([8, 4], Distribution::Normal(1.0, 2.0), &device);
+        let _ = q.forward(x);
+    }
+    let r = q.report("fc");
+    assert_eq!(
+        (r.name.as_str(), r.weights, r.weight_bits, r.per_channel),
+        ("fc", 12, 8, false)
+    );
+    assert_eq!(r.weight_scales, q.weight_params().scale);
+    assert_eq!(r.activation, FusedActivation::Relu);
+    assert!(r.quantizes_output);
+    let range = |a: &collab_quant::ActQuant| a.range().map(|(min, max)| [min, max]);
+    let input = r.input.unwrap();
+    assert_eq!(input.batches, 2);
+    assert_eq!(input.range, range(q.input.as_ref().unwrap()));
+    assert!(input.range.is_some());
+    assert_eq!((r.output.batches, r.output.range), (2, range(&q.output)));
+    assert!(r.output.range.unwrap()[0] >= 0.0, "after the ReLU");
 }
 
 fn train_conv<L: LayerForward<4>>(
