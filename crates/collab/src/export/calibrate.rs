@@ -2,11 +2,11 @@
 
 use burn::tensor::Tensor;
 use collab_core::host::to_vec_f32;
-use collab_models::graph::{Fused, Op, Value, apply_op, transpose_conv_input};
+use collab_models::graph::{Op, Value, apply_op, transpose_conv_input};
 use collab_quant::Calibration;
 use serde::Serialize;
 
-use super::plan::{Act, Plan, Step};
+use super::plan::{Plan, Step};
 use crate::CollabError;
 use crate::data::Batches;
 
@@ -27,17 +27,10 @@ impl Plan {
                 Step::Linear {
                     src, layer, act, ..
                 } => Value::Vec(act.apply(layer.forward(values[*src].clone().flat()))),
-                Step::Add { a, b, act, .. } => {
-                    let fused = match act {
-                        Act::None => Fused::None,
-                        Act::Relu => Fused::Relu,
-                        Act::Relu6 => Fused::Relu6,
-                    };
-                    apply_op(
-                        &Op::Add { act: fused },
-                        vec![values[*a].clone(), values[*b].clone()],
-                    )
-                }
+                Step::Add { a, b, act, .. } => apply_op(
+                    &Op::Add { act: act.fused() },
+                    vec![values[*a].clone(), values[*b].clone()],
+                ),
                 Step::Op { op, inputs, .. } | Step::Binary { op, inputs, .. } => {
                     apply_op(op, inputs.iter().map(|&i| values[i].clone()).collect())
                 }

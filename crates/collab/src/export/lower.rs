@@ -1,7 +1,7 @@
 //! The plan written as an int8 `.tflite` file, step by step.
 
 use collab_core::host::to_vec_f32;
-use collab_quant::QuantParams;
+use collab_quant::{LayerQuant, QuantParams};
 use collab_tflite::{Int8Builder, TensorId};
 
 use super::calibrate::Ranges;
@@ -71,6 +71,14 @@ pub fn to_tflite(
         (None, Some(q)) => Ok(act_q(q)),
         (None, None) => range_q(ranges, value, &what),
     };
+    // A layer's: what QAT trained for its output, where it did.
+    let layer_out = |value: usize, quant: &Option<LayerQuant>, name: &str| {
+        out_quant(
+            value,
+            quant.as_ref().map(|q| &q.output),
+            format!("layer `{name}`"),
+        )
+    };
     for (k, step) in plan.steps.iter().enumerate() {
         let value = k + 1;
         let id = match step {
@@ -81,11 +89,7 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = out_quant(
-                    value,
-                    quant.as_ref().map(|q| &q.output),
-                    format!("layer `{name}`"),
-                )?;
+                let out_q = layer_out(value, quant, name)?;
                 let conv = conv_layer(name, layer, *act, quant.as_ref())?;
                 b.conv2d(name, ids[*src], &conv, out_q)
                     .map_err(int8_error(name))?
@@ -97,11 +101,7 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = out_quant(
-                    value,
-                    quant.as_ref().map(|q| &q.output),
-                    format!("layer `{name}`"),
-                )?;
+                let out_q = layer_out(value, quant, name)?;
                 let [din, dout] = layer.weight.dims();
                 let values = to_vec_f32(layer.weight.val().flatten::<1>(0, 1));
                 // burn [in, out] → TFLite [out, in].
@@ -163,11 +163,7 @@ pub fn to_tflite(
                 act,
                 quant,
             } => {
-                let out_q = out_quant(
-                    value,
-                    quant.as_ref().map(|q| &q.output),
-                    format!("layer `{name}`"),
-                )?;
+                let out_q = layer_out(value, quant, name)?;
                 let s = b.shape(ids[*src]).to_vec();
                 let (conv, out_hw) = transpose_conv_layer(
                     name,

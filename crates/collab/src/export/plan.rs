@@ -211,6 +211,15 @@ pub struct Plan {
 }
 
 impl Act {
+    /// The graph's form of this activation (the inverse of [`Act::from_fused`]).
+    pub(super) fn fused(self) -> Fused {
+        match self {
+            Act::None => Fused::None,
+            Act::Relu => Fused::Relu,
+            Act::Relu6 => Fused::Relu6,
+        }
+    }
+
     pub(super) fn from_fused(f: Fused) -> Self {
         match f {
             Fused::None => Act::None,
