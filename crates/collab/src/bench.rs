@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::CollabError;
 use crate::network::{ModelSpec, Task, qat_config};
-use crate::usage as err;
 
 /// How the model's layers are wrapped for a training-step benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,8 +202,10 @@ fn time_loop<M: Module>(
 
 fn pruned<L: collab_core::WeightLayer>(
     config: &PruningConfig,
+    name: &str,
     layer: L,
 ) -> Result<collab_prune::Prunable<L>, CollabError> {
+    let err = |e| CollabError::prune(name, e);
     let p = config.wrap(layer).map_err(err)?;
     p.prune_to(0.5).map_err(err)?;
     Ok(p)
@@ -267,30 +268,37 @@ pub fn train_step(
         .with_seed(seed)
         .with_preserve_sparsity(true);
     let qat = |name: &str| qat_config(&graph, name);
+    let quant_err = |n: &str, e| CollabError::quant(format!("layer `{n}`"), e);
     let times = each_family!(net, m => match wrap {
         Wrap::None => time_steps(m, &mut fetch, steps, learner.as_ref())?,
         Wrap::Prune => {
-            let m = m.try_map(|_, c| pruned(&prune, c), |_, l| pruned(&prune, l))?;
+            let m = m.try_map(|n, c| pruned(&prune, n, c), |n, l| pruned(&prune, n, l))?;
             time_steps(m, &mut fetch, steps, learner.as_ref())?
         }
         Wrap::Cluster => {
             let m = m.try_map(
-                |n, c| cluster.wrap_named(n, c).map_err(err),
-                |n, l| cluster.wrap_named(n, l).map_err(err),
+                |n, c| cluster.wrap_named(n, c).map_err(|e| CollabError::cluster(n, e)),
+                |n, l| cluster.wrap_named(n, l).map_err(|e| CollabError::cluster(n, e)),
             )?;
             time_steps(m, &mut fetch, steps, learner.as_ref())?
         }
         Wrap::Qat => {
             let m = m.try_map(
-                |n, c| qat(n).wrap(c).map_err(err),
-                |n, l| qat(n).wrap(l).map_err(err),
+                |n, c| qat(n).wrap(c).map_err(|e| quant_err(n, e)),
+                |n, l| qat(n).wrap(l).map_err(|e| quant_err(n, e)),
             )?;
             time_steps(m, &mut fetch, steps, learner.as_ref())?
         }
         Wrap::Pcqat => {
             let m = m.try_map(
-                |n, c| qat(n).wrap(keep.wrap_named(n, pruned(&prune, c)?).map_err(err)?).map_err(err),
-                |n, l| qat(n).wrap(keep.wrap_named(n, pruned(&prune, l)?).map_err(err)?).map_err(err),
+                |n, c| {
+                    let c = keep.wrap_named(n, pruned(&prune, n, c)?);
+                    qat(n).wrap(c.map_err(|e| CollabError::cluster(n, e))?).map_err(|e| quant_err(n, e))
+                },
+                |n, l| {
+                    let l = keep.wrap_named(n, pruned(&prune, n, l)?);
+                    qat(n).wrap(l.map_err(|e| CollabError::cluster(n, e))?).map_err(|e| quant_err(n, e))
+                },
             )?;
             time_steps(m, &mut fetch, steps, learner.as_ref())?
         }

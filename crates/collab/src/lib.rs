@@ -54,6 +54,7 @@ pub mod config;
 pub mod data;
 pub mod deploy;
 pub mod device;
+mod error;
 pub mod eval;
 pub mod export;
 pub mod fault;
@@ -67,48 +68,4 @@ pub mod tree;
 pub use checkpoint::Manifest;
 pub use network::{ModelSpec, Network};
 
-use std::path::PathBuf;
-
-/// Errors of the workflow layer.
-#[derive(Debug, thiserror::Error)]
-pub enum CollabError {
-    /// A model setting or name.
-    #[error(transparent)]
-    Model(#[from] collab_models::ModelError),
-    /// A model file that cannot be imported.
-    #[error(transparent)]
-    Import(#[from] collab_import::ImportError),
-    /// A data set problem.
-    #[error(transparent)]
-    Data(#[from] collab_data::DataError),
-    /// A checkpoint folder that cannot be read or written.
-    #[error("{path}: {reason}")]
-    Checkpoint {
-        /// The folder or file.
-        path: PathBuf,
-        /// What is wrong and what to do.
-        reason: String,
-    },
-    /// A setting that does not fit the rest.
-    #[error("{0}")]
-    Usage(String),
-    /// Training stopped: the loss or the weights stopped being finite, or a split it needs is
-    /// empty. Nothing of the failed epoch or stage was saved.
-    #[error("{0}")]
-    Training(String),
-}
-
-/// Any error as a [`CollabError::Usage`] with its message (for `map_err`).
-pub(crate) fn usage(e: impl std::fmt::Display) -> CollabError {
-    CollabError::Usage(e.to_string())
-}
-
-impl CollabError {
-    /// A checkpoint or file error naming `path`.
-    pub fn checkpoint(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
-        Self::Checkpoint {
-            path: path.to_path_buf(),
-            reason: reason.to_string(),
-        }
-    }
-}
+pub use error::CollabError;

@@ -40,10 +40,15 @@ fn font_ready() -> bool {
 fn png(
     path: &Path,
     size: (u32, u32),
-    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<(), CollabError>,
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<(), String>,
 ) -> Result<bool, CollabError> {
     let mut buffer = vec![0u8; size.0 as usize * size.1 as usize * 3];
-    draw(BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area())?;
+    draw(BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area()).map_err(|reason| {
+        CollabError::Plot {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })?;
     image::save_buffer_with_format(
         path,
         &buffer,
@@ -56,8 +61,9 @@ fn png(
     Ok(true)
 }
 
-fn err(e: impl std::fmt::Display) -> CollabError {
-    CollabError::Usage(format!("plot: {e}"))
+/// A drawing error's message; [`png`] says which figure.
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }
 
 /// Histograms of `layer`'s weights (dequantized from each node's int8 file), one panel per

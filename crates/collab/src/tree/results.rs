@@ -1,7 +1,12 @@
 //! What a tree run produced: each node's figures ([`Leaf`]), the walk to the targets, and the
 //! Markdown tables of `table.md`.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
+
+use super::TreeConfig;
+use crate::CollabError;
 
 use crate::export::{self};
 
@@ -175,4 +180,45 @@ pub(super) fn device_table(leaves: &[Leaf]) -> String {
         s += &format!("\nMissing: {m}\n");
     }
     s
+}
+
+/// `density.png` (one kernel's weights at every node, from the int8 files),
+/// `accuracy_vs_size.png`, `accuracy_vs_latency.png` and, with an NPU, `accuracy_vs_npu.png`.
+pub(super) fn plots(config: &TreeConfig, leaves: &[Leaf], out: &Path) -> Result<(), CollabError> {
+    let layer = match &config.plot_layer {
+        Some(l) => format!("{l}/weight"),
+        None => {
+            let Some(first) = leaves.first() else {
+                return Ok(());
+            };
+            let path = out.join(&first.tflite);
+            let graph =
+                collab_tflite::Graph::open(&path).map_err(|e| CollabError::checkpoint(&path, e))?;
+            match graph
+                .constants()
+                .filter(|(_, t)| t.dtype == collab_tflite::TensorType::Int8 && t.shape.len() == 4)
+                .max_by_key(|(_, t)| t.shape.iter().product::<usize>())
+            {
+                Some((_, t)) => t.name.clone(),
+                None => return Ok(()),
+            }
+        }
+    };
+    let mut nodes = Vec::new();
+    for leaf in leaves {
+        let path = out.join(&leaf.tflite);
+        let graph =
+            collab_tflite::Graph::open(&path).map_err(|e| CollabError::checkpoint(&path, e))?;
+        if let Some(values) = graph.tensor(&layer).and_then(|t| t.to_f32()) {
+            nodes.push((leaf.stage.clone(), values));
+        }
+    }
+    let name = layer.trim_end_matches("/weight");
+    crate::plot::density(&out.join("density.png"), name, &nodes)?;
+    crate::plot::accuracy_vs_size(&out.join("accuracy_vs_size.png"), leaves)?;
+    crate::plot::accuracy_vs_latency(&out.join("accuracy_vs_latency.png"), leaves, false)?;
+    if config.npu.is_some() {
+        crate::plot::accuracy_vs_latency(&out.join("accuracy_vs_npu.png"), leaves, true)?;
+    }
+    Ok(())
 }

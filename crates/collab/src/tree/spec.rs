@@ -261,3 +261,122 @@ impl Targets {
         self.misses(leaf, baseline).is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelSpec;
+    use std::path::Path;
+
+    fn leaf(device: Option<crate::deploy::DeviceFigures>) -> Leaf {
+        Leaf {
+            stage: "pruned".into(),
+            parent: Some("baseline".into()),
+            tflite: "pruned/model.tflite".into(),
+            float_accuracy: 0.9,
+            int8_accuracy: 0.9,
+            samples: 100,
+            bytes: 50_000,
+            gzip_bytes: 30_000,
+            compression: 0.4,
+            layers: Vec::new(),
+            verified: None,
+            device,
+            seconds: 1.0,
+        }
+    }
+
+    fn figures(npu: bool) -> crate::deploy::DeviceFigures {
+        crate::deploy::DeviceFigures {
+            flash_bytes: 50_000,
+            latency: crate::deploy::Latency {
+                median_ms: 2.0,
+                p90_ms: 2.5,
+                runs: 30,
+                kernels: "portable".into(),
+            },
+            xnnpack_ms: Some(1.0),
+            arena_bytes: Some(20_000),
+            npu: npu.then(|| collab_tflite::tools::VelaFigures {
+                accelerator: "ethos-u55-128".into(),
+                system_config: "Ethos_U55_High_End_Embedded".into(),
+                inference_ms: 0.5,
+                cycles: 250_000,
+                sram_bytes: 10_000,
+                flash_bytes: 40_000,
+                weight_bytes: 35_000,
+                encoded_weight_bytes: 30_000,
+                npu_ops_percent: 100.0,
+                cpu_ops: Vec::new(),
+            }),
+            missing: if npu {
+                Vec::new()
+            } else {
+                vec!["NPU figures for ethos-u55-128: Vela is not installed".into()]
+            },
+        }
+    }
+
+    #[test]
+    fn targets_say_why_a_node_misses_them() {
+        let t = Targets {
+            max_latency_ms: Some(1.5),
+            max_npu_ms: Some(1.0),
+            max_flash_bytes: Some(45_000),
+            max_arena_bytes: Some(25_000),
+            ..Targets::default()
+        };
+        // Latency too high; NPU flash (not the file) fits; NPU time and arena fit.
+        assert_eq!(
+            t.misses(&leaf(Some(figures(true))), 0.9),
+            ["latency 2.000 ms > 1.5 ms"]
+        );
+        // Without Vela: the NPU target is missed with the reason, flash falls back to the file.
+        let why = t.misses(&leaf(Some(figures(false))), 0.9);
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[1].contains("no NPU figures: NPU figures for ethos-u55-128: Vela is not"));
+        assert_eq!(why[2], "flash 50000 bytes > 45000");
+        // A node never measured misses every device target.
+        let why = t.misses(&leaf(None), 0.9);
+        assert!(
+            why.iter()
+                .all(|w| w.contains("not measured") || w.contains("flash"))
+        );
+        // Size and accuracy targets as before.
+        let t = Targets {
+            max_gzip: Some(29_999),
+            max_accuracy_drop: Some(1.0),
+            max_latency_ms: Some(3.0),
+            ..Targets::default()
+        };
+        assert_eq!(
+            t.misses(&leaf(Some(figures(false))), 0.95),
+            ["gzip 30000 bytes > 29999", "accuracy drop 5.00 points > 1"]
+        );
+        assert!(!t.met_by(&leaf(Some(figures(false))), 0.95));
+        assert!(Targets::default().met_by(&leaf(None), 0.95) && !Targets::default().any());
+    }
+
+    #[test]
+    fn shipped_configs_are_valid_trees() {
+        let dir = [Path::new("../../configs").to_path_buf()]
+            .into_iter()
+            .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")])
+            .find(|p| p.is_dir())
+            .expect("configs/");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = TreeConfig::open(&path).unwrap();
+                assert!(!config.stages.is_empty(), "{}", path.display());
+                // A model file is read when the tree runs (paths are from the repository root).
+                if !crate::network::is_model_file(&config.model) {
+                    config.model.parse::<ModelSpec>().unwrap();
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} configs");
+    }
+}
