@@ -110,6 +110,15 @@ fn cases(out: &'static str) -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
             ],
             vec!["--mfcc", "ml-kws", "tf-signal"],
         ),
+        // An unknown NPU is refused before the file is read or the tree config opened.
+        (
+            vec!["inspect", "/nonexistent/x.tflite", "--npu", "ethos-u55-100"],
+            vec!["--npu", "ethos-u55-32", "ethos-u65-256", "ethos-u85-2048"],
+        ),
+        (
+            tree(&["--npu", "foo"]),
+            vec!["--npu", "ethos-u55-32", "ethos-u65-256", "ethos-u85-2048"],
+        ),
         // Ranges.
         (
             export(&["--percentile", "20"]),
@@ -292,6 +301,14 @@ const CHOICES: &[(&[&str], &str, &str)] = &[
         "--kernels",
         "best, avx2, portable, sparse",
     ),
+    (
+        &["tree"],
+        "--npu",
+        "ethos-u55-32, ethos-u55-64, ethos-u55-128, ethos-u55-256, ethos-u65-256, \
+         ethos-u65-512, ethos-u85-128, ethos-u85-256, ethos-u85-512, ethos-u85-1024, \
+         ethos-u85-2048",
+    ),
+    (&["inspect"], "--npu", "ethos-u55-32, ethos-u55-64"),
 ];
 
 #[test]

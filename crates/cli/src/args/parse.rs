@@ -171,3 +171,9 @@ impl TypedValueParser for Model {
         Some(Box::new(MODEL_NAMES.iter().map(PossibleValue::new)))
     }
 }
+
+/// `--npu`: an Ethos-U configuration Vela compiles for ([`collab_tflite::tools::NPUS`], one
+/// home for the list); the error and `--help` list them.
+pub fn npu() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(collab_tflite::tools::NPUS)
+}

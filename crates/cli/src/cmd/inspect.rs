@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::args::parse;
 use crate::error::{self, CliError};
 use crate::output;
 
@@ -14,9 +15,9 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Also compile it with Vela for this Ethos-U (ethos-u55-128, …): NPU time, cycles,
-    /// SRAM, flash, encoded weights.
-    #[arg(long)]
+    /// Also compile it with Vela for this Ethos-U configuration: NPU time, cycles, SRAM,
+    /// flash, encoded weights.
+    #[arg(long, value_parser = parse::npu())]
     npu: Option<String>,
     /// Sizes and weights only: no latency, arena or NPU figures.
     #[arg(long, conflicts_with = "npu")]

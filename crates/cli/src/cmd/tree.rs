@@ -49,9 +49,9 @@ pub struct Args {
     /// … and whose TFLite Micro tensor arena is at most this many bytes.
     #[arg(long, allow_negative_numbers = true)]
     target_arena_bytes: Option<usize>,
-    /// Compile every node with Vela for this Ethos-U (ethos-u55-32/64/128/256,
-    /// ethos-u65-256/512, ethos-u85-…): NPU time, cycles, SRAM, flash and encoded weights.
-    #[arg(long)]
+    /// Compile every node with Vela for this Ethos-U configuration: NPU time, cycles, SRAM,
+    /// flash and encoded weights.
+    #[arg(long, value_parser = parse::npu())]
     npu: Option<String>,
 }
 
