@@ -88,6 +88,37 @@ fn cases(out: &'static str) -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
             train(&["--init", "foo"]),
             vec!["--init", "pretrained", "scratch"],
         ),
+        (
+            vec![
+                "import",
+                "/nonexistent/m.onnx",
+                "--pixels",
+                "foo",
+                "--out",
+                out,
+            ],
+            vec!["--pixels", "raw", "unit"],
+        ),
+        (
+            vec![
+                "import",
+                "/nonexistent/m.onnx",
+                "--mfcc",
+                "foo",
+                "--out",
+                out,
+            ],
+            vec!["--mfcc", "ml-kws", "tf-signal"],
+        ),
+        // An unknown NPU is refused before the file is read or the tree config opened.
+        (
+            vec!["inspect", "/nonexistent/x.tflite", "--npu", "ethos-u55-100"],
+            vec!["--npu", "ethos-u55-32", "ethos-u65-256", "ethos-u85-2048"],
+        ),
+        (
+            tree(&["--npu", "foo"]),
+            vec!["--npu", "ethos-u55-32", "ethos-u65-256", "ethos-u85-2048"],
+        ),
         // Ranges.
         (
             export(&["--percentile", "20"]),
@@ -245,4 +276,63 @@ fn failures_that_are_not_usage_errors_still_exit_1() {
     // Model aliases the parser accepts through ModelSpec's FromStr, not only the listed names.
     let (code, _, err) = collab(&["info", "--model", "DS_CNN_S", "--json"]);
     assert_eq!(code, 0, "{err}");
+}
+
+/// `(subcommand, option, its choices as `-h` lists them)`: the spellings scripts and docs use.
+const CHOICES: &[(&[&str], &str, &str)] = &[
+    (&["info"], "--device", "cpu, wgpu"),
+    (
+        &["info"],
+        "--model",
+        "ds-cnn-s, ds-cnn-m, ds-cnn-l, mobilenet-v1, mobilenet-v1-cifar, mobilenet-v2, \
+         mobilenet-v2-cifar",
+    ),
+    (&["train"], "--init", "pretrained, scratch"),
+    (&["import"], "--pixels", "raw, unit"),
+    (&["import"], "--mfcc", "ml-kws, tf-signal"),
+    (
+        &["bench", "train"],
+        "--wrap",
+        "none, prune, cluster, qat, pcqat",
+    ),
+    (&["bench", "train"], "--bn", "folded, batch"),
+    (
+        &["bench", "infer"],
+        "--kernels",
+        "best, avx2, portable, sparse",
+    ),
+    (
+        &["tree"],
+        "--npu",
+        "ethos-u55-32, ethos-u55-64, ethos-u55-128, ethos-u55-256, ethos-u65-256, \
+         ethos-u65-512, ethos-u85-128, ethos-u85-256, ethos-u85-512, ethos-u85-1024, \
+         ethos-u85-2048",
+    ),
+    (&["inspect"], "--npu", "ethos-u55-32, ethos-u55-64"),
+];
+
+#[test]
+fn help_lists_the_choices_of_every_option_that_takes_one() {
+    let mut wrong = Vec::new();
+    for (command, option, choices) in CHOICES {
+        let mut args = command.to_vec();
+        args.push("-h");
+        let (code, help, err) = collab(&args);
+        // The option's entry: its line and, where clap puts the help below it, the lines up
+        // to the next option.
+        let entry: String = help
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with(&format!("{option} <")))
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('-'))
+            .map(|(_, l)| l)
+            .collect();
+        if code != 0 || !entry.contains(&format!("[possible values: {choices}")) {
+            wrong.push(format!(
+                "collab {}: exit {code}, {option}'s entry {entry:?} does not list {choices}\n{err}",
+                args.join(" ")
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n---\n"));
 }
