@@ -1,5 +1,5 @@
 //! Training kernels, forward + backward on flex: burn-collab's convolution and batch-norm
-//! formulations (`collab_core::conv::conv2d`, `collab_core::convbn::batch_norm`) against burn's
+//! formulations (`collab_core::ops::conv::conv2d`, `collab_core::convbn::batch_norm`) against burn's
 //! own ops, on the DS-CNN-L layer shapes at batch 100.
 //!
 //! ```text
@@ -10,8 +10,8 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use burn_collab::core::conv::{ConvSpec, conv2d};
-use burn_collab::core::convbn::batch_norm;
+use burn_collab::core::ops::batchnorm::batch_norm;
+use burn_collab::core::ops::conv::{ConvSpec, conv2d};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const N: usize = 100;

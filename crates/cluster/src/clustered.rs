@@ -180,7 +180,7 @@ impl ClusterTransform {
     /// Nearest centroid of every weight of a `[rows, cols]` view: one fused op on flex, the
     /// same maths from burn ops elsewhere.
     fn assign(&self, view: Tensor<2>) -> Tensor<2> {
-        crate::fused::cluster_fused(
+        crate::ops::fused::cluster_fused(
             view.clone(),
             self.centroids.clone(),
             self.zero_mask.clone(),
@@ -597,7 +597,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Clustered<L> {
         input: Tensor<D>,
         transform: &T,
     ) -> Tensor<D> {
-        collab_core::layer::join_bias(self.forward_transformed_unbiased(input, transform))
+        collab_core::ops::bias::join_bias(self.forward_transformed_unbiased(input, transform))
     }
 
     fn forward_transformed_unbiased<T: WeightTransform>(

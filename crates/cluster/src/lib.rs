@@ -21,9 +21,6 @@ pub mod kmeans;
 pub mod ops;
 pub mod whole;
 
-// The kernel's path before it moved to `ops`, kept for the code that still uses it.
-pub use ops::fused;
-
 pub use clustered::{ClusterReport, ClusterTransform, Clustered, distinct_count};
 pub use config::ClusteringConfig;
 pub use error::ClusterError;

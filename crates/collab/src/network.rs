@@ -251,7 +251,7 @@ impl Network {
 /// ([`ModelSpec::graph_spec`]).
 pub fn qat_config(graph: &GraphSpec, name: &str) -> QatConfig {
     QatConfig::new()
-        .with_activation(graph.activation_of(name).quant())
+        .with_activation(graph.activation_of(name))
         .with_input(graph.reads_model_input(name))
         .with_output_quantizer(!graph.quantized_by_concat(name))
 }

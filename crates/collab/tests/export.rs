@@ -663,7 +663,7 @@ fn pruned_clustered_trained(
 
 /// pooling, 2×2 average pooling, global pooling and two fully-connected layers (the first with ReLU).
 fn residual_graph() -> collab_models::GraphSpec {
-    use collab_models::graph::{Fused, GraphBuilder, Op, PoolSpec};
+    use collab_models::graph::{FusedActivation, GraphBuilder, Op, PoolSpec};
     let input = collab_data::InputSpec {
         shape: [3, 32, 32],
         layout: collab_data::Layout::Nhwc,
@@ -671,11 +671,11 @@ fn residual_graph() -> collab_models::GraphSpec {
         labels: vec![],
     };
     let mut g = GraphBuilder::new("residual", input);
-    let stem = g.conv(0, 16, [3, 3], [2, 2], 1, Fused::Relu);
-    let a = g.conv(stem, 16, [3, 3], [1, 1], 1, Fused::Relu);
-    let b = g.conv(a, 16, [3, 3], [1, 1], 1, Fused::None);
-    let sum = g.add(stem, b, Fused::Relu);
-    let dw = g.conv(sum, 16, [3, 3], [1, 1], 16, Fused::Relu6);
+    let stem = g.conv(0, 16, [3, 3], [2, 2], 1, FusedActivation::Relu);
+    let a = g.conv(stem, 16, [3, 3], [1, 1], 1, FusedActivation::Relu);
+    let b = g.conv(a, 16, [3, 3], [1, 1], 1, FusedActivation::None);
+    let sum = g.add(stem, b, FusedActivation::Relu);
+    let dw = g.conv(sum, 16, [3, 3], [1, 1], 16, FusedActivation::Relu6);
     // 3×3 max pooling, stride 1, SAME (padded cells never win).
     let dw = g.node(
         "maxpool",
@@ -697,8 +697,8 @@ fn residual_graph() -> collab_models::GraphSpec {
     );
     let gp = g.global_avg_pool(pooled);
     let flat = g.flatten(gp);
-    let hidden = g.linear(flat, 32, Fused::Relu);
-    g.linear(hidden, 10, Fused::None);
+    let hidden = g.linear(flat, 32, FusedActivation::Relu);
+    g.linear(hidden, 10, FusedActivation::None);
     g.finish(true).unwrap()
 }
 
@@ -760,7 +760,7 @@ fn a_qat_graph_exports_with_trained_ranges_for_its_sums() {
     let x = cifar_inputs();
     let spec = residual_graph();
     let first = |name: &str| spec.reads_model_input(name);
-    let act = |name: &str| spec.activation_of(name).quant();
+    let act = |name: &str| spec.activation_of(name);
     let net = GraphNet::init(spec.clone(), &device)
         .unwrap()
         .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
@@ -799,7 +799,7 @@ fn a_qat_graph_exports_with_trained_ranges_for_its_sums() {
 /// it again (a concatenation of concatenations), global pooling and a classifier. The stem
 /// feeds convolutions and, pooled, the concatenation, so it joins the shared quantization.
 fn inception_graph() -> collab_models::GraphSpec {
-    use collab_models::graph::{Fused, GraphBuilder, Op, PoolSpec};
+    use collab_models::graph::{FusedActivation, GraphBuilder, Op, PoolSpec};
     let input = collab_data::InputSpec {
         shape: [3, 32, 32],
         layout: collab_data::Layout::Nhwc,
@@ -807,9 +807,9 @@ fn inception_graph() -> collab_models::GraphSpec {
         labels: vec![],
     };
     let mut g = GraphBuilder::new("inception", input);
-    let stem = g.conv(0, 16, [3, 3], [2, 2], 1, Fused::Relu);
-    let b1 = g.conv(stem, 8, [1, 1], [1, 1], 1, Fused::Relu);
-    let b2 = g.conv(stem, 8, [3, 3], [1, 1], 1, Fused::Relu6);
+    let stem = g.conv(0, 16, [3, 3], [2, 2], 1, FusedActivation::Relu);
+    let b1 = g.conv(stem, 8, [1, 1], [1, 1], 1, FusedActivation::Relu);
+    let b2 = g.conv(stem, 8, [3, 3], [1, 1], 1, FusedActivation::Relu6);
     let b3 = g.node(
         "branch_pool",
         Op::MaxPool(PoolSpec {
@@ -821,12 +821,12 @@ fn inception_graph() -> collab_models::GraphSpec {
     );
     let cat = g.concat(&[b1, b2, b3]);
     let cat = g.rename(cat, "mixed");
-    let reduce = g.conv(cat, 8, [1, 1], [1, 1], 1, Fused::None);
+    let reduce = g.conv(cat, 8, [1, 1], [1, 1], 1, FusedActivation::None);
     let cat2 = g.concat(&[cat, reduce]);
     let cat2 = g.rename(cat2, "mixed_2");
     let gp = g.global_avg_pool(cat2);
     let flat = g.flatten(gp);
-    g.linear(flat, 10, Fused::None);
+    g.linear(flat, 10, FusedActivation::None);
     g.finish(true).unwrap()
 }
 
@@ -929,7 +929,7 @@ fn an_inception_graph_exports_its_concatenations_bit_exact_with_shared_scales() 
 #[test]
 fn a_concatenation_of_the_model_input_quantizes_the_input_with_it() {
     use collab_models::GraphNet;
-    use collab_models::graph::{Fused, GraphBuilder};
+    use collab_models::graph::{FusedActivation, GraphBuilder};
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
     device.seed(12);
@@ -941,12 +941,12 @@ fn a_concatenation_of_the_model_input_quantizes_the_input_with_it() {
         labels: vec![],
     };
     let mut g = GraphBuilder::new("dense", input);
-    let a = g.conv(0, 5, [3, 3], [1, 1], 1, Fused::Relu);
+    let a = g.conv(0, 5, [3, 3], [1, 1], 1, FusedActivation::Relu);
     let cat = g.concat(&[0, a]);
-    let b = g.conv(cat, 8, [3, 3], [2, 2], 1, Fused::Relu);
+    let b = g.conv(cat, 8, [3, 3], [2, 2], 1, FusedActivation::Relu);
     let gp = g.global_avg_pool(b);
     let flat = g.flatten(gp);
-    g.linear(flat, 10, Fused::None);
+    g.linear(flat, 10, FusedActivation::None);
     let net = GraphNet::init(g.finish(false).unwrap(), &device)
         .unwrap()
         .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
@@ -1124,7 +1124,7 @@ fn a_qat_inception_graph_exports_without_calibration_and_predicts_as_it_trained(
 /// sigmoid) multiplies the map, the map times a ReLU6 of a 1×1 convolution of itself, the
 /// pooled map subtracted and added back (broadcast), a per-channel constant shift.
 fn se_swish_graph() -> collab_models::GraphSpec {
-    use collab_models::graph::{Fused, GraphBuilder};
+    use collab_models::graph::{FusedActivation, GraphBuilder};
     let input = collab_data::InputSpec {
         shape: [3, 32, 32],
         layout: collab_data::Layout::Nhwc,
@@ -1132,22 +1132,22 @@ fn se_swish_graph() -> collab_models::GraphSpec {
         labels: vec![],
     };
     let mut g = GraphBuilder::new("se_swish", input);
-    let x = g.conv(0, 16, [3, 3], [2, 2], 1, Fused::Relu);
+    let x = g.conv(0, 16, [3, 3], [2, 2], 1, FusedActivation::Relu);
     let pooled = g.global_avg_pool(x);
     let flat = g.flatten(pooled);
-    let squeeze = g.linear(flat, 4, Fused::Relu);
-    let excite = g.linear(squeeze, 16, Fused::Relu6);
+    let squeeze = g.linear(flat, 4, FusedActivation::Relu);
+    let excite = g.linear(squeeze, 16, FusedActivation::Relu6);
     let gate = g.mul_const(excite, &[1.0 / 6.0]);
-    let se = g.mul(x, gate, Fused::None);
-    let s = g.conv(se, 16, [1, 1], [1, 1], 1, Fused::Relu6);
-    let swish = g.mul(se, s, Fused::None);
-    let centred = g.sub(swish, pooled, Fused::Relu);
+    let se = g.mul(x, gate, FusedActivation::None);
+    let s = g.conv(se, 16, [1, 1], [1, 1], 1, FusedActivation::Relu6);
+    let swish = g.mul(se, s, FusedActivation::None);
+    let centred = g.sub(swish, pooled, FusedActivation::Relu);
     let shift: Vec<f32> = (0..16).map(|i| 0.1 * i as f32 - 0.8).collect();
     let shifted = g.add_const(centred, &shift);
-    let back = g.add(shifted, pooled, Fused::None);
+    let back = g.add(shifted, pooled, FusedActivation::None);
     let gp = g.global_avg_pool(back);
     let flat = g.flatten(gp);
-    g.linear(flat, 10, Fused::None);
+    g.linear(flat, 10, FusedActivation::None);
     g.finish(true).unwrap()
 }
 
@@ -1193,7 +1193,7 @@ fn squeeze_excite_and_products_export_bit_exact() {
 
     // QAT: every element-wise node trains its own output range.
     let first = |name: &str| spec.reads_model_input(name);
-    let act = |name: &str| spec.activation_of(name).quant();
+    let act = |name: &str| spec.activation_of(name);
     let qat = net
         .try_map(
             |n, c| {
@@ -1280,7 +1280,7 @@ fn mlperf_tiny_models_import_and_export_bit_exact() {
 /// values (TRANSPOSE, RESHAPE, TRANSPOSE in the NHWC file), a strided convolution and a
 /// channels-first flatten of its 4×4 map.
 fn layout_graph() -> collab_models::GraphSpec {
-    use collab_models::graph::{Fused, GraphBuilder, Op};
+    use collab_models::graph::{FusedActivation, GraphBuilder, Op};
     let input = collab_data::InputSpec {
         shape: [3, 32, 32],
         layout: collab_data::Layout::Nhwc,
@@ -1288,11 +1288,11 @@ fn layout_graph() -> collab_models::GraphSpec {
         labels: vec![],
     };
     let mut g = GraphBuilder::new("layout", input);
-    let stem = g.conv(0, 8, [3, 3], [2, 2], 1, Fused::Relu);
-    let up = g.conv_transpose(stem, 6, [4, 4], [2, 2], [1, 1, 1, 1], Fused::Relu);
+    let stem = g.conv(0, 8, [3, 3], [2, 2], 1, FusedActivation::Relu);
+    let up = g.conv_transpose(stem, 6, [4, 4], [2, 2], [1, 1, 1, 1], FusedActivation::Relu);
     let swapped = g.transpose(up, [0, 2, 1]);
     let moved = g.reshape(swapped, &[24, 16, 16], false);
-    let down = g.conv(moved, 8, [3, 3], [4, 4], 1, Fused::Relu);
+    let down = g.conv(moved, 8, [3, 3], [4, 4], 1, FusedActivation::Relu);
     let flat = g.node(
         "flatten_chw",
         Op::Flatten {
@@ -1300,7 +1300,7 @@ fn layout_graph() -> collab_models::GraphSpec {
         },
         &[down],
     );
-    g.linear(flat, 10, Fused::None);
+    g.linear(flat, 10, FusedActivation::None);
     g.finish(true).unwrap()
 }
 
@@ -1383,7 +1383,7 @@ fn transpose_conv_and_layout_operators_train_wrapped_and_export_bit_exact() {
         [3, 3],
         [2, 2],
         [2, 2, 2, 2],
-        collab_models::graph::Fused::None,
+        collab_models::graph::FusedActivation::None,
     );
     let odd = GraphNet::init(g.finish(false).unwrap(), &device).unwrap();
     let odd = odd.trace([3, 32, 32]).unwrap();
@@ -1425,7 +1425,7 @@ fn a_qat_graph_with_transpose_conv_exports_with_trained_ranges() {
     let x = cifar_inputs().narrow(0, 0, 24);
     let spec = layout_graph();
     let first = |name: &str| spec.reads_model_input(name);
-    let act = |name: &str| spec.activation_of(name).quant();
+    let act = |name: &str| spec.activation_of(name);
     let qat = GraphNet::init(spec.clone(), &device)
         .unwrap()
         .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))
@@ -1457,7 +1457,7 @@ fn a_qat_graph_with_transpose_conv_exports_with_trained_ranges() {
 /// A graph with every lone activation the int8 export writes: HARD_SWISH, LEAKY_RELU, TANH,
 /// RELU6 (after pooling, so not fused), LOGISTIC and RELU (after pooling), between layers.
 fn activation_graph() -> collab_models::graph::GraphSpec {
-    use collab_models::graph::{Fused, GraphBuilder, Pointwise};
+    use collab_models::graph::{FusedActivation, GraphBuilder, Pointwise};
     let input = collab_data::InputSpec {
         shape: [3, 32, 32],
         layout: collab_data::Layout::Nhwc,
@@ -1465,20 +1465,20 @@ fn activation_graph() -> collab_models::graph::GraphSpec {
         labels: vec![],
     };
     let mut g = GraphBuilder::new("activations", input);
-    let x = g.conv(0, 8, [3, 3], [2, 2], 1, Fused::None);
+    let x = g.conv(0, 8, [3, 3], [2, 2], 1, FusedActivation::None);
     let x = g.act(x, Pointwise::HardSwish);
-    let x = g.conv(x, 8, [3, 3], [1, 1], 8, Fused::None);
+    let x = g.conv(x, 8, [3, 3], [1, 1], 8, FusedActivation::None);
     let x = g.act(x, Pointwise::LeakyRelu { alpha: 0.1 });
-    let x = g.conv(x, 16, [1, 1], [1, 1], 1, Fused::None);
+    let x = g.conv(x, 16, [1, 1], [1, 1], 1, FusedActivation::None);
     let x = g.act(x, Pointwise::Tanh);
     let x = g.max_pool(x, [2, 2], [2, 2]);
     let x = g.act(x, Pointwise::Relu6);
-    let x = g.conv(x, 16, [3, 3], [1, 1], 1, Fused::None);
+    let x = g.conv(x, 16, [3, 3], [1, 1], 1, FusedActivation::None);
     let x = g.act(x, Pointwise::Sigmoid);
     let x = g.global_avg_pool(x);
     let x = g.act(x, Pointwise::Relu);
     let x = g.flatten(x);
-    g.linear(x, 10, Fused::None);
+    g.linear(x, 10, FusedActivation::None);
     g.finish(true).unwrap()
 }
 
@@ -1562,7 +1562,7 @@ fn lone_activations_export_bit_exact_with_qat_ranges() {
     let spec = activation_graph();
     assert_eq!(spec.requant_nodes().len(), 5, "all activations but RELU6");
     let first = |name: &str| spec.reads_model_input(name);
-    let act = |name: &str| spec.activation_of(name).quant();
+    let act = |name: &str| spec.activation_of(name);
     let qat = GraphNet::init(spec.clone(), &device)
         .unwrap()
         .try_map(|_, c| Ok::<_, ()>(he(c)), |_, l| Ok(l))

@@ -147,7 +147,7 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
         input: Tensor<4>,
         transform: &T,
     ) -> Tensor<4> {
-        crate::layer::join_bias(self.forward_transformed_unbiased(input, transform))
+        crate::ops::bias::join_bias(self.forward_transformed_unbiased(input, transform))
     }
 
     /// Folded: the convolution with the folded weight, and the shift to the folded bias.
@@ -157,7 +157,10 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
         transform: &T,
     ) -> (Tensor<4>, Option<Tensor<1>>) {
         if self.mode == BnMode::Batch {
-            let y = batch_norm(&self.bn, self.conv.forward_transformed(input, transform));
+            let y = crate::ops::batchnorm::batch_norm(
+                &self.bn,
+                self.conv.forward_transformed(input, transform),
+            );
             return (y, None);
         }
         let factor = self.factor();
@@ -182,21 +185,18 @@ impl<C: LayerForward<4, Plain = Conv2d>> LayerForward<4> for ConvBn<C> {
 
     /// In batch mode the BatchNorm and the activation are one fused op on flex
     /// ([`batch_norm_activated`]); folded, the convolution and then the folded bias with the
-    /// activation, fused on flex ([`crate::bias::bias_activation`]).
+    /// activation, fused on flex ([`crate::ops::bias::bias_activation`]).
     fn forward_activated(&self, input: Tensor<4>, activation: Activation) -> Tensor<4> {
         if self.mode == BnMode::Batch {
             let y = self.conv.forward_transformed(input, &NoTransform);
-            return batch_norm_activated(&self.bn, y, Some(activation));
+            return crate::ops::batchnorm::batch_norm_activated(&self.bn, y, Some(activation));
         }
-        crate::layer::join_bias_activated(
+        crate::ops::bias::join_bias_activated(
             self.forward_transformed_unbiased(input, &NoTransform),
             activation,
         )
     }
 }
-
-/// The BatchNorm forward pass these blocks train with (in [`crate::ops::batchnorm`]).
-pub use crate::ops::batchnorm::{batch_norm, batch_norm_activated};
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,9 @@ use burn::nn::conv::{Conv1d, Conv2d};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::ops::activation::Activation;
+use crate::ops::bias::join_bias_activated;
+
 /// The operation a weight tensor belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -253,9 +256,6 @@ pub trait WeightLayer: Module + ModuleDisplay {
     fn bias(&self) -> Option<Tensor<1>>;
 }
 
-pub use crate::activation::Activation;
-pub use crate::bias::{channel_broadcast, join_bias, join_bias_activated};
-
 /// A [`WeightLayer`] whose forward maps a rank-`D` input to a rank-`D` output.
 ///
 /// `Linear` implements it for every `D`, `Conv1d` for 3, `Conv2d` for 4.
@@ -414,7 +414,7 @@ impl LayerForward<3> for Conv1d {
     }
 }
 
-/// Conv2d runs through [`crate::conv::conv2d`]: burn's function, formulated for a fast backward
+/// Conv2d runs through [`crate::ops::conv::conv2d`]: burn's function, formulated for a fast backward
 /// pass.
 impl LayerForward<4> for Conv2d {
     fn forward_transformed<T: WeightTransform>(
@@ -423,9 +423,9 @@ impl LayerForward<4> for Conv2d {
         transform: &T,
     ) -> Tensor<4> {
         let [_, _, h, w] = input.dims();
-        let spec = crate::conv::ConvSpec::of(self, [h, w]);
+        let spec = crate::ops::conv::ConvSpec::of(self, [h, w]);
         let weight = transform.apply(self.weight.val());
-        crate::conv::conv2d(input, weight, self.bias.as_ref().map(|b| b.val()), &spec)
+        crate::ops::conv::conv2d(input, weight, self.bias.as_ref().map(|b| b.val()), &spec)
     }
 }
 

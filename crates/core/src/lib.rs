@@ -16,7 +16,6 @@
 //!
 //! See `docs/DESIGN.md` for why the wrappers are built this way.
 
-pub mod activation;
 pub mod convbn;
 pub mod error;
 pub mod host;
@@ -26,14 +25,12 @@ pub mod replica;
 pub mod state;
 pub mod whole;
 
-// The kernels' paths before they moved to `ops`, kept for the code that still uses them.
-pub use ops::{batchnorm, bias, conv, depthwise, extension, layout};
-
 pub use convbn::{BnMode, ConvBn};
 pub use error::CoreError;
 pub use layer::{
-    Activation, Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,
+    Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,
     WeightLayout, WeightTransform,
 };
+pub use ops::activation::{Activation, FusedActivation};
 pub use replica::Reduce;
 pub use state::{Counter, StateTensor};

@@ -34,7 +34,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use collab_data::{Features, InputSpec, Layout};
-use collab_models::graph::{ConvSpec, Fused, Node, Op, Pointwise, PoolSpec, Shape};
+use collab_models::graph::{ConvSpec, FusedActivation, Node, Op, Pointwise, PoolSpec, Shape};
 use collab_models::{GraphSpec, GraphWeights};
 use onnx_ir::batch_norm::BatchNormConfig;
 use onnx_ir::clip::ClipInput;
@@ -1041,8 +1041,18 @@ impl<'a> Translator<'a> {
                 self.batch_norm(k, eps)?
             }
             N::Add(_) => self.add(k)?,
-            N::Mul(_) => self.elementwise(k, Op::Mul { act: Fused::None })?,
-            N::Sub(_) => self.elementwise(k, Op::Sub { act: Fused::None })?,
+            N::Mul(_) => self.elementwise(
+                k,
+                Op::Mul {
+                    act: FusedActivation::None,
+                },
+            )?,
+            N::Sub(_) => self.elementwise(
+                k,
+                Op::Sub {
+                    act: FusedActivation::None,
+                },
+            )?,
             N::Div(_) => self.affine_constant(k)?,
             N::Relu(_) => self.act(k, Pointwise::Relu)?,
             N::Sigmoid(_) => self.act(k, Pointwise::Sigmoid)?,
@@ -1687,7 +1697,7 @@ impl<'a> Translator<'a> {
             "",
             Op::Conv {
                 layer,
-                act: Fused::None,
+                act: FusedActivation::None,
             },
             vec![x.v],
         )?;
@@ -1774,7 +1784,7 @@ impl<'a> Translator<'a> {
                 stride: a.stride,
                 pads: a.pads,
                 output_padding: a.output_padding,
-                act: Fused::None,
+                act: FusedActivation::None,
             },
             vec![x.v],
         )?;
@@ -1846,7 +1856,7 @@ impl<'a> Translator<'a> {
             "",
             Op::Linear {
                 layer,
-                act: Fused::None,
+                act: FusedActivation::None,
             },
             vec![x.v],
         )?;
@@ -2030,7 +2040,12 @@ impl<'a> Translator<'a> {
     }
 
     fn add(&mut self, k: usize) -> Result<Val, ImportError> {
-        self.elementwise(k, Op::Add { act: Fused::None })
+        self.elementwise(
+            k,
+            Op::Add {
+                act: FusedActivation::None,
+            },
+        )
     }
 
     /// `Add`, `Mul` or `Sub` (`op`): of a computed value and a constant (folded into the layer

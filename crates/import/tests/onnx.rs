@@ -780,7 +780,7 @@ fn conv_transpose_and_data_moving_layout_match_onnxruntime() {
             stride: [2, 2],
             pads: [1, 1, 1, 1],
             output_padding: [1, 1],
-            act: collab_models::graph::Fused::Relu,
+            act: collab_models::graph::FusedActivation::Relu,
             ..
         }
     ));

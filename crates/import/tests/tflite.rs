@@ -848,7 +848,7 @@ fn transpose_conv_transpose_and_reshape_compute_what_litert_computes() {
         deconvs[1],
         Op::ConvTranspose {
             pads: [0, 0, 0, 0],
-            act: collab_models::graph::Fused::Relu,
+            act: collab_models::graph::FusedActivation::Relu,
             ..
         }
     ));

@@ -9,7 +9,7 @@ use collab_core::LayerForward;
 use collab_data::{Features, InputSpec, Layout, MfccKind};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{self, Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
+use crate::graph::{self, FusedActivation, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
 use crate::info::ModelInfo;
 use crate::{ConvBlock, ModelError, classifier, conv_block, family_info, graph_conv};
 
@@ -119,7 +119,7 @@ impl DsCnnConfig {
             labels,
         };
         let mut g = GraphBuilder::new(&self.name(), input);
-        let relu = Fused::Relu;
+        let relu = FusedActivation::Relu;
         let mut x = graph_conv(&mut g, "conv1", 0, c, [10, 4], stride, 1, true, relu);
         for (i, s) in blocks.iter().enumerate() {
             x = graph_conv(

@@ -109,8 +109,8 @@ impl Pointwise {
 }
 
 /// A fused activation in the serialised spec (`"none"`, `"relu"`, `"relu6"`): the workspace's
-/// one fused-activation type, [`collab_core::activation::FusedActivation`].
-pub use collab_core::activation::FusedActivation as Fused;
+/// one fused-activation type, re-exported from [`collab_core::FusedActivation`].
+pub use collab_core::FusedActivation;
 
 /// A convolution's settings (a 1-D convolution is a 2-D one of height 1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,7 +152,7 @@ pub enum Op {
         layer: usize,
         /// Fused activation.
         #[serde(default)]
-        act: Fused,
+        act: FusedActivation,
     },
     /// Fully-connected `layer` of [`GraphSpec::linears`], vector → vector.
     Linear {
@@ -160,13 +160,13 @@ pub enum Op {
         layer: usize,
         /// Fused activation.
         #[serde(default)]
-        act: Fused,
+        act: FusedActivation,
     },
     /// Element-wise sum of two values of one shape, or of shapes that [`broadcast`].
     Add {
         /// Fused activation.
         #[serde(default)]
-        act: Fused,
+        act: FusedActivation,
     },
     /// Channel concatenation of maps of one spatial size.
     Concat,
@@ -226,20 +226,20 @@ pub enum Op {
         output_padding: [usize; 2],
         /// Fused activation.
         #[serde(default)]
-        act: Fused,
+        act: FusedActivation,
     },
     /// Element-wise product `a · b` of two computed values, broadcasting as [`broadcast`] says
     /// (swish's `x · sigmoid(x)`, squeeze-excite's `x · gate` with a gate `[c, 1, 1]`).
     Mul {
         /// Fused activation.
         #[serde(default)]
-        act: Fused,
+        act: FusedActivation,
     },
     /// Element-wise difference `a − b` (first input minus second), broadcasting as [`broadcast`].
     Sub {
         /// Fused activation.
         #[serde(default)]
-        act: Fused,
+        act: FusedActivation,
     },
     /// `x · values`: one constant per channel (map `[c, h, w]`) or feature (vector), or one for
     /// all. The constants are fixed numbers in the spec, not trained parameters: they stand for
@@ -426,7 +426,7 @@ impl GraphSpec {
     }
 
     /// The activation fused after layer `name` (`None` for a name that is not a layer).
-    pub fn activation_of(&self, name: &str) -> Fused {
+    pub fn activation_of(&self, name: &str) -> FusedActivation {
         self.nodes
             .iter()
             .find_map(|n| match n.op {
@@ -723,17 +723,26 @@ impl GraphSpec {
                 }
                 match self.nodes[src - 1].op {
                     Op::Conv {
-                        act: Fused::None, ..
+                        act: FusedActivation::None,
+                        ..
                     }
                     | Op::Linear {
-                        act: Fused::None, ..
+                        act: FusedActivation::None,
+                        ..
                     }
-                    | Op::Add { act: Fused::None }
+                    | Op::Add {
+                        act: FusedActivation::None,
+                    }
                     | Op::ConvTranspose {
-                        act: Fused::None, ..
+                        act: FusedActivation::None,
+                        ..
                     }
-                    | Op::Mul { act: Fused::None }
-                    | Op::Sub { act: Fused::None } => Some((k, src, a)),
+                    | Op::Mul {
+                        act: FusedActivation::None,
+                    }
+                    | Op::Sub {
+                        act: FusedActivation::None,
+                    } => Some((k, src, a)),
                     _ => None,
                 }
             });
@@ -746,7 +755,7 @@ impl GraphSpec {
                 | Op::Add { act }
                 | Op::ConvTranspose { act, .. }
                 | Op::Mul { act }
-                | Op::Sub { act } => *act = Fused::from_activation(Some(a)),
+                | Op::Sub { act } => *act = FusedActivation::from_activation(Some(a)),
                 _ => unreachable!("matched above"),
             }
             // Value k + 1 (the activation's) becomes `src`; later values shift down by one.
@@ -1412,7 +1421,7 @@ pub fn transpose_conv_input(
 fn elementwise(
     a: Value,
     b: Value,
-    act: Fused,
+    act: FusedActivation,
     map: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
     vec: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
 ) -> Value {
@@ -1465,14 +1474,14 @@ pub fn max_pool(x: Tensor<4>, p: &PoolSpec) -> Tensor<4> {
 /// trains with every wrapper and exports to int8 `.tflite`, described once.
 ///
 /// ```
-/// # use collab_models::graph::{GraphBuilder, Fused};
+/// # use collab_models::graph::{GraphBuilder, FusedActivation};
 /// # use collab_data::{InputSpec, Layout, Features};
 /// let input = InputSpec { shape: [1, 49, 10], layout: Layout::Nhwc, features: Features::Array, labels: vec![] };
 /// let mut g = GraphBuilder::new("tiny", input);
-/// let x = g.conv(0, 8, [3, 3], [1, 1], 1, Fused::Relu);
+/// let x = g.conv(0, 8, [3, 3], [1, 1], 1, FusedActivation::Relu);
 /// let x = g.global_avg_pool(x);
 /// let x = g.flatten(x);
-/// g.linear(x, 12, Fused::None);
+/// g.linear(x, 12, FusedActivation::None);
 /// let spec = g.finish(true).unwrap();
 /// assert_eq!(spec.outputs().unwrap(), 12);
 /// ```
@@ -1536,7 +1545,7 @@ impl GraphBuilder {
         kernel: [usize; 2],
         stride: [usize; 2],
         groups: usize,
-        act: Fused,
+        act: FusedActivation,
     ) -> usize {
         let conv = self.same_conv(x, out, kernel, stride, groups);
         self.conv_with(x, conv, act)
@@ -1583,14 +1592,14 @@ impl GraphBuilder {
     }
 
     /// A convolution with explicit settings.
-    pub fn conv_with(&mut self, x: usize, conv: ConvSpec, act: Fused) -> usize {
+    pub fn conv_with(&mut self, x: usize, conv: ConvSpec, act: FusedActivation) -> usize {
         let layer = self.spec.convs.len();
         self.spec.convs.push(conv);
         self.node(&format!("conv{layer}"), Op::Conv { layer, act }, &[x])
     }
 
     /// A fully-connected layer of `out` features with a bias.
-    pub fn linear(&mut self, x: usize, out: usize, act: Fused) -> usize {
+    pub fn linear(&mut self, x: usize, out: usize, act: FusedActivation) -> usize {
         let din = match self.shapes[x] {
             Shape::Vec(f) => f,
             Shape::Map([c, h, w]) => c * h * w,
@@ -1601,18 +1610,18 @@ impl GraphBuilder {
     }
 
     /// `a + b`, then `act`.
-    pub fn add(&mut self, a: usize, b: usize, act: Fused) -> usize {
+    pub fn add(&mut self, a: usize, b: usize, act: FusedActivation) -> usize {
         self.node("", Op::Add { act }, &[a, b])
     }
 
     /// `a · b` (broadcasting: a map by a per-channel gate `[c, 1, 1]` or a vector `[c]`), then
     /// `act`.
-    pub fn mul(&mut self, a: usize, b: usize, act: Fused) -> usize {
+    pub fn mul(&mut self, a: usize, b: usize, act: FusedActivation) -> usize {
         self.node("", Op::Mul { act }, &[a, b])
     }
 
     /// `a − b` (broadcasting as [`Self::mul`]), then `act`.
-    pub fn sub(&mut self, a: usize, b: usize, act: Fused) -> usize {
+    pub fn sub(&mut self, a: usize, b: usize, act: FusedActivation) -> usize {
         self.node("", Op::Sub { act }, &[a, b])
     }
 
@@ -1681,7 +1690,7 @@ impl GraphBuilder {
         kernel: [usize; 2],
         stride: [usize; 2],
         pads: [usize; 4],
-        act: Fused,
+        act: FusedActivation,
     ) -> usize {
         let c = match self.shapes[x] {
             Shape::Map([c, _, _]) => c,
@@ -1780,7 +1789,7 @@ mod tests {
                 k,
                 stride,
                 [pad[0], pad[1], pad[0], pad[1]],
-                Fused::None,
+                FusedActivation::None,
             );
             let mut spec = g.finish(false).unwrap();
             if let Op::ConvTranspose { output_padding, .. } = &mut spec.nodes[0].op {
@@ -1849,8 +1858,14 @@ mod tests {
     #[test]
     fn a_bad_element_wise_node_is_named_with_both_shapes() {
         let mut g = GraphBuilder::new("bad", input([4, 6, 6]));
-        let x = g.conv(0, 8, [3, 3], [1, 1], 1, Fused::None);
-        g.node("gate_mul", Op::Mul { act: Fused::None }, &[0, x]);
+        let x = g.conv(0, 8, [3, 3], [1, 1], 1, FusedActivation::None);
+        g.node(
+            "gate_mul",
+            Op::Mul {
+                act: FusedActivation::None,
+            },
+            &[0, x],
+        );
         let err = g.finish(false).unwrap_err().to_string();
         assert!(
             err.contains("gate_mul") && err.contains("[4, 6, 6]") && err.contains("[8, 6, 6]"),
@@ -1868,11 +1883,11 @@ mod tests {
         let mut g = GraphBuilder::new("se", input([2, 3, 3]));
         let gap = g.global_avg_pool(0);
         let gate = g.flatten(gap);
-        let se = g.mul(0, gate, Fused::None);
-        let d = g.sub(se, gap, Fused::Relu);
+        let se = g.mul(0, gate, FusedActivation::None);
+        let d = g.sub(se, gap, FusedActivation::Relu);
         let s = g.mul_const(d, &[2.0, -1.0]);
         let y = g.add_const(s, &[0.5]);
-        g.add(y, gap, Fused::None);
+        g.add(y, gap, FusedActivation::None);
         let spec = g.finish(false).unwrap();
         assert_eq!(spec.requant_nodes(), vec![2, 3, 4, 5, 6]);
         let net = GraphNet::init(spec, &device).unwrap();
@@ -1893,11 +1908,20 @@ mod tests {
     fn sums_keep_their_serialised_form_and_new_ops_read_back() {
         let old = r#"{"name":"s","op":"add","act":"relu","inputs":[0,1]}"#;
         let node: Node = serde_json::from_str(old).unwrap();
-        assert_eq!(node.op, Op::Add { act: Fused::Relu });
+        assert_eq!(
+            node.op,
+            Op::Add {
+                act: FusedActivation::Relu
+            }
+        );
         assert_eq!(serde_json::to_string(&node).unwrap(), old);
         for op in [
-            Op::Mul { act: Fused::None },
-            Op::Sub { act: Fused::Relu6 },
+            Op::Mul {
+                act: FusedActivation::None,
+            },
+            Op::Sub {
+                act: FusedActivation::Relu6,
+            },
             Op::MulConst {
                 values: vec![0.5, 2.0],
             },
@@ -1962,10 +1986,15 @@ mod tests {
     #[test]
     fn relu_after_a_product_fuses_into_it() {
         let mut g = GraphBuilder::new("f", input([2, 3, 3]));
-        let m = g.mul(0, 0, Fused::None);
+        let m = g.mul(0, 0, FusedActivation::None);
         g.node("", Op::Act(Pointwise::Relu6), &[m]);
         let spec = g.finish(false).unwrap().fused();
         assert_eq!(spec.nodes.len(), 1);
-        assert_eq!(spec.nodes[0].op, Op::Mul { act: Fused::Relu6 });
+        assert_eq!(
+            spec.nodes[0].op,
+            Op::Mul {
+                act: FusedActivation::Relu6
+            }
+        );
     }
 }

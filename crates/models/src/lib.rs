@@ -92,7 +92,7 @@ pub(crate) fn graph_conv(
     stride: [usize; 2],
     groups: usize,
     bias: bool,
-    act: graph::Fused,
+    act: graph::FusedActivation,
 ) -> usize {
     let conv = graph::ConvSpec {
         bias,
@@ -121,7 +121,7 @@ pub(crate) fn classifier(
     let x = g.rename(x, "pool");
     let x = g.flatten(x);
     let x = g.rename(x, "pool/flatten");
-    let x = g.linear(x, classes, graph::Fused::None);
+    let x = g.linear(x, classes, graph::FusedActivation::None);
     g.rename(x, "fc");
     g.finish(true)
 }

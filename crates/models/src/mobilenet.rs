@@ -13,7 +13,7 @@ use collab_data::{Features, ImageNorm, InputSpec, Layout};
 use serde::{Deserialize, Serialize};
 
 use crate::dscnn::DsBlock;
-use crate::graph::{self, Fused, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
+use crate::graph::{self, FusedActivation, GraphBuilder, GraphNet, GraphSpec, IntoGraph};
 use crate::info::ModelInfo;
 use crate::{ConvBlock, ModelError, classifier, conv_block, family_info, graph_conv};
 
@@ -159,7 +159,7 @@ impl MobileNetV1Config {
         check(self.width, self.classes)?;
         let s = self.variant.stem_stride();
         let mut g = GraphBuilder::new(&self.name(), self.variant.input());
-        let relu6 = Fused::Relu6;
+        let relu6 = FusedActivation::Relu6;
         let mut c = self.channels(32);
         let mut x = graph_conv(&mut g, "stem", 0, c, [3, 3], [s, s], 1, false, relu6);
         for (i, (out, stride)) in V1_BLOCKS.into_iter().enumerate() {
@@ -391,7 +391,7 @@ impl MobileNetV2Config {
         check(self.width, self.classes)?;
         let s = self.variant.stem_stride();
         let mut g = GraphBuilder::new(&self.name(), self.variant.input());
-        let (relu6, none) = (Fused::Relu6, Fused::None);
+        let (relu6, none) = (FusedActivation::Relu6, FusedActivation::None);
         let stem_c = make_divisible(32.0 * self.width);
         let mut x = graph_conv(&mut g, "stem", 0, stem_c, [3, 3], [s, s], 1, false, relu6);
         for (i, (t, cin, cout, stride)) in self.blocks().into_iter().enumerate() {

@@ -311,7 +311,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Prunable<L> {
         input: Tensor<D>,
         transform: &T,
     ) -> Tensor<D> {
-        collab_core::layer::join_bias(self.forward_transformed_unbiased(input, transform))
+        collab_core::ops::bias::join_bias(self.forward_transformed_unbiased(input, transform))
     }
 
     fn forward_transformed_unbiased<T: WeightTransform>(

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fake::{host_values, quantize_host_values};
 use crate::{QuantError, QuantParams};
-use collab_core::extension::has_flex_kernels;
+use collab_core::ops::extension::has_flex_kernels;
 
 /// How calibration (PTQ) turns the observed batches into a range.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ impl ActQuant {
         };
         match host {
             Some(values) => quantize_host_values(x, values, &p),
-            None => crate::fused::fake_quant_fused(x.clone(), &p).unwrap_or(x),
+            None => crate::ops::fused::fake_quant_fused(x.clone(), &p).unwrap_or(x),
         }
     }
 
@@ -185,7 +185,7 @@ impl ActQuant {
         let batch = self.is_training(&x).then(|| Self::batch_range(&x));
         match self.relu_params(batch, false) {
             Some(p) => {
-                crate::fused::fake_quant_relu_fused(x.clone(), &p).unwrap_or_else(|| relu(x))
+                crate::ops::fused::fake_quant_relu_fused(x.clone(), &p).unwrap_or_else(|| relu(x))
             }
             None => relu(x),
         }
@@ -194,7 +194,7 @@ impl ActQuant {
     /// `relu(y + shift)` fake-quantized (`shift` `[C]` broadcast over dimension 1): the same
     /// values, gradient of `y`, range updates, and gradient of `shift` within rounding, as
     /// `self.forward_relu(y + shift)`. On flex, outside calibration, one fused pass each way
-    /// (see [`crate::epilogue`]) instead of the add, the ReLU and the quantizer.
+    /// (see [`crate::ops::epilogue`]) instead of the add, the ReLU and the quantizer.
     ///
     /// # Shapes
     /// `y`: `[N, C, …]`; `shift`: `[C]`; the output has `y`'s shape.
@@ -218,7 +218,8 @@ impl ActQuant {
         shift: Tensor<1>,
         six: bool,
     ) -> Tensor<D> {
-        let sum = |y: Tensor<D>, shift: Tensor<1>| y + collab_core::layer::channel_broadcast(shift);
+        let sum =
+            |y: Tensor<D>, shift: Tensor<1>| y + collab_core::ops::bias::channel_broadcast(shift);
         let act = |x: Tensor<D>| {
             if six {
                 collab_core::Activation::Relu6.apply(x)
@@ -237,7 +238,7 @@ impl ActQuant {
             return composed(y, shift);
         }
         let batch = if self.is_training(&y) {
-            let Some(range) = crate::epilogue::shifted_range(&y, &shift) else {
+            let Some(range) = crate::ops::epilogue::shifted_range(&y, &shift) else {
                 return composed(y, shift);
             };
             Some(range)
@@ -246,7 +247,7 @@ impl ActQuant {
         };
         match self.relu_params(batch, six) {
             Some(p) => {
-                crate::epilogue::fake_quant_shift_relu_fused(y.clone(), shift.clone(), &p, six)
+                crate::ops::epilogue::fake_quant_shift_relu_fused(y.clone(), shift.clone(), &p, six)
                     .unwrap_or_else(|| act(sum(y, shift)))
             }
             None => act(sum(y, shift)),
@@ -313,7 +314,7 @@ impl ActQuant {
     fn batch_range<const D: usize>(x: &Tensor<D>) -> (f32, f32) {
         // Rank 4 on flex: the per-channel kernel reads the buffer in its storage order (a
         // channels-last activation is not copied to flatten it).
-        if let Some(range) = crate::epilogue::channel_range(x) {
+        if let Some(range) = crate::ops::epilogue::channel_range(x) {
             return range;
         }
         let x = x.clone().without_autodiff();
@@ -547,7 +548,7 @@ mod tests {
         let (fused, composed, device) = twins();
         // 39,000 elements of 65-element planes: two kernel tasks.
         let shape = [20, 30, 13, 5];
-        // `y` stored channels first and channels last (`collab_core::layout`).
+        // `y` stored channels first and channels last (`collab_core::ops::layout`).
         for (mean, stored_last) in [
             (0.0, false),
             (-1.0, true),
@@ -561,13 +562,13 @@ mod tests {
                 Tensor::<1>::random([30], Distribution::Normal(0.0, 1.5), &device).require_grad();
             let g = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
             let input = if stored_last {
-                collab_core::layout::channels_last(y.clone())
+                collab_core::ops::layout::channels_last(y.clone())
             } else {
                 y.clone()
             };
             let a = fused.forward_shift_relu(input, shift.clone());
             let b = composed
-                .forward_relu(y.clone() + collab_core::layer::channel_broadcast(shift.clone()));
+                .forward_relu(y.clone() + collab_core::ops::bias::channel_broadcast(shift.clone()));
             assert_fused_equals_composed([&a, &b], [&fused, &composed], &y, &shift, g);
         }
         let (a, b) = (fused.valid(), composed.valid());
@@ -576,7 +577,7 @@ mod tests {
         assert_eq!(
             collab_core::host::to_vec_f32(a.forward_shift_relu(y.clone(), shift.clone())),
             collab_core::host::to_vec_f32(
-                b.forward_relu(y + collab_core::layer::channel_broadcast(shift))
+                b.forward_relu(y + collab_core::ops::bias::channel_broadcast(shift))
             )
         );
     }
@@ -602,12 +603,12 @@ mod tests {
             let shift = shift.detach().require_grad();
             let g = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
             let input = if stored_last {
-                collab_core::layout::channels_last(y.clone())
+                collab_core::ops::layout::channels_last(y.clone())
             } else {
                 y.clone()
             };
             let a = fused.forward_shift_relu6(input, shift.clone());
-            let sum = y.clone() + collab_core::layer::channel_broadcast(shift.clone());
+            let sum = y.clone() + collab_core::ops::bias::channel_broadcast(shift.clone());
             let b = composed.forward(sum.clamp(0.0, 6.0));
             assert_fused_equals_composed([&a, &b], [&fused, &composed], &y, &shift, g);
         }

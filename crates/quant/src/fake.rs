@@ -42,11 +42,11 @@ pub fn fake_quant<const D: usize>(
 
 /// Fake-quantize `x` with per-tensor parameters (activations, per-tensor weights). Same value
 /// and gradient as [`fake_quant`]. On `flex` this is the fused op
-/// ([`crate::fused::fake_quant_fused`]: one pass forward, one backward); elsewhere the value is
+/// ([`crate::ops::fused::fake_quant_fused`]: one pass forward, one backward); elsewhere the value is
 /// computed in one pass on the host ([`QuantParams::fake_quant_slice`]) and only the
 /// straight-through gradient (clipped to the range) goes through the autodiff graph.
 pub fn fake_quant_per_tensor<const D: usize>(x: Tensor<D>, params: &QuantParams) -> Tensor<D> {
-    if let Some(y) = crate::fused::fake_quant_fused(x.clone(), params) {
+    if let Some(y) = crate::ops::fused::fake_quant_fused(x.clone(), params) {
         return y;
     }
     let values = host_values(&x);

@@ -28,9 +28,6 @@ pub mod ptq;
 pub mod qat;
 pub mod whole;
 
-// The kernels' paths before they moved to `ops`, kept for the code that still uses them.
-pub use ops::{epilogue, fused, rows};
-
 pub use act::{ActQuant, ActQuantConfig, ActReport, Calibration};
 pub use error::QuantError;
 pub use fake::{fake_quant, fake_quant_per_tensor, round_half_away};

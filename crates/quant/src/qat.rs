@@ -37,8 +37,8 @@ use crate::{ActQuant, ActQuantConfig, ActReport, QuantError, QuantParams};
 
 /// The activation fused into a layer's output (TFLite's `fused_activation_function`): it is
 /// applied before the output quantizer, so the output range is the activation's. The
-/// workspace's one fused-activation type, [`collab_core::activation::FusedActivation`].
-pub use collab_core::activation::FusedActivation;
+/// workspace's one fused-activation type, re-exported from [`collab_core::FusedActivation`].
+pub use collab_core::FusedActivation;
 
 /// How a layer is quantized.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,8 +179,8 @@ impl WeightTransform for WeightFakeQuant {
             .clone()
             .mask_where(max_abs.lower_equal_elem(0.0), scale.ones_like());
         let n = scale.dims()[0];
-        // On flex one fused pass each way (`crate::rows`); elsewhere the composed ops.
-        let quantized = match crate::rows::fake_quant_rows_fused(
+        // On flex one fused pass each way (`crate::ops::rows`); elsewhere the composed ops.
+        let quantized = match crate::ops::rows::fake_quant_rows_fused(
             rows.clone(),
             scale.clone().reshape([n]),
             -127,
@@ -396,7 +396,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
             then: transform,
         };
         if !self.quantize_output {
-            let y = collab_core::layer::join_bias(
+            let y = collab_core::ops::bias::join_bias(
                 self.inner.forward_transformed_unbiased(input, &chain),
             );
             return self.output.observe_only(self.activation.apply(y));
@@ -415,7 +415,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
             ((y, Some(shift)), FusedActivation::Relu6) => self.output.forward_shift_relu6(y, shift),
             (split, activation) => self
                 .output
-                .forward(activation.apply(collab_core::layer::join_bias(split))),
+                .forward(activation.apply(collab_core::ops::bias::join_bias(split))),
         }
     }
 

@@ -28,7 +28,7 @@ impl Plan {
                     src, layer, act, ..
                 } => Value::Vec(act.apply(layer.forward(values[*src].clone().flat()))),
                 Step::Add { a, b, act, .. } => apply_op(
-                    &Op::Add { act: act.fused() },
+                    &Op::Add { act: *act },
                     vec![values[*a].clone(), values[*b].clone()],
                 ),
                 Step::Op { op, inputs, .. } | Step::Binary { op, inputs, .. } => {

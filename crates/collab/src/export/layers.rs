@@ -8,9 +8,10 @@ use collab_core::host::to_vec_f32;
 use collab_quant::LayerQuant;
 use collab_tflite::{ConvLayer, ConvPadding, Padding};
 
-use super::plan::Act;
+use super::plan::tflite_activation;
 use super::quant::quantize_weight;
 use crate::CollabError;
+use collab_models::graph::FusedActivation;
 
 /// A transposed convolution's int8 TRANSPOSE_CONV layer and output `[h, w]`, from its
 /// equivalent convolution `layer` (weight `[out, in, kh, kw]`, flipped) on an `[h, w]` input.
@@ -23,7 +24,7 @@ pub(super) fn transpose_conv_layer(
     stride: [usize; 2],
     pads: [usize; 4],
     output_padding: [usize; 2],
-    act: Act,
+    act: FusedActivation,
     quant: Option<&LayerQuant>,
 ) -> Result<(ConvLayer, [usize; 2]), CollabError> {
     let mut conv = conv_layer(name, layer, act, quant)?;
@@ -70,7 +71,7 @@ pub(super) fn transpose_conv_layer(
 pub(super) fn conv_layer(
     name: &str,
     layer: &Conv2d,
-    act: Act,
+    act: FusedActivation,
     quant: Option<&LayerQuant>,
 ) -> Result<ConvLayer, CollabError> {
     let [out, in_per_group, kh, kw] = layer.weight.dims();
@@ -129,7 +130,7 @@ pub(super) fn conv_layer(
         stride: layer.stride,
         dilation: layer.dilation,
         padding,
-        activation: act.tflite(),
+        activation: tflite_activation(act),
         depthwise,
     })
 }

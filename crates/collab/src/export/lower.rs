@@ -7,7 +7,7 @@ use collab_tflite::{Int8Builder, TensorId};
 use super::calibrate::Ranges;
 use super::layers::{conv_layer, transpose_conv_layer};
 use super::ops::{act_op, binary_tflite, broadcast_operands, concat_tflite, op_tflite};
-use super::plan::{Plan, Step};
+use super::plan::{Plan, Step, tflite_activation};
 use super::quant::{act_q, params_range, quantize_weight, range_q, shared_quant};
 use super::{ExportOptions, int8_error};
 use crate::CollabError;
@@ -135,7 +135,7 @@ pub fn to_tflite(
                     dout,
                     scales[0],
                     bias.as_deref(),
-                    act.tflite(),
+                    tflite_activation(*act),
                     out_q,
                 )
                 .map_err(int8_error(name))?
@@ -149,7 +149,7 @@ pub fn to_tflite(
             } => {
                 let out_q = out_quant(value, quant.as_ref(), format!("the sum `{name}`"))?;
                 let (x, y) = broadcast_operands(&mut b, name, ids[*a], ids[*bb])?;
-                b.add(name, x, y, act.tflite(), out_q)
+                b.add(name, x, y, tflite_activation(*act), out_q)
                     .map_err(int8_error(name))?
             }
             Step::Op { name, op, inputs } => op_tflite(&mut b, name, op, inputs, &ids)?,

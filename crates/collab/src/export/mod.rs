@@ -48,7 +48,7 @@ fn int8_error(at: &str) -> impl Fn(collab_tflite::TfliteError) -> CollabError + 
 
 pub use calibrate::Ranges;
 pub use lower::to_tflite;
-pub use plan::{Act, ExportLayer, Plan, Step};
+pub use plan::{ExportLayer, Plan, Step};
 pub use quant::{quant_classes, round_scale};
 pub use runtime::{evaluate_int8, nchw_to_nhwc, quantize_input, run_int8};
 pub use trace::Traceable;

@@ -6,7 +6,7 @@ use collab_quant::QuantParams;
 use collab_tflite::{ActOp, ActQ, Activation, Int8Builder, Padding, TensorId};
 
 use super::int8_error;
-use super::plan::Act;
+use super::plan::tflite_activation;
 use super::quant::act_q;
 use super::runtime::quantize_input;
 use crate::CollabError;
@@ -158,7 +158,7 @@ pub(super) fn binary_tflite(
     match op {
         Op::Mul { act } | Op::Sub { act } => {
             let (x, y) = broadcast_operands(b, name, x, ids[inputs[1]])?;
-            let act = Act::from_fused(*act).tflite();
+            let act = tflite_activation(*act);
             match op {
                 Op::Mul { .. } => b.mul(name, x, y, act, out),
                 _ => b.sub(name, x, y, act, out),

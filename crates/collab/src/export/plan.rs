@@ -3,14 +3,12 @@
 
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
 use collab_cluster::Clustered;
 use collab_core::{ConvBn, WeightLayer};
-use collab_models::graph::{Fused, Op, Pointwise};
+use collab_models::graph::{FusedActivation, Op, Pointwise};
 use collab_prune::Prunable;
 use collab_quant::{LayerQuant, QatAware, QuantParams};
 use collab_tflite::Activation;
-use serde::Serialize;
 
 use crate::CollabError;
 
@@ -36,32 +34,12 @@ impl<L: ExportLayer> ExportLayer for QatAware<L> {
     }
 }
 
-/// An activation fused into a layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Act {
-    /// None.
-    None,
-    /// ReLU.
-    Relu,
-    /// ReLU6.
-    Relu6,
-}
-
-impl Act {
-    pub(super) fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Act::None => x,
-            Act::Relu => burn::tensor::activation::relu(x),
-            Act::Relu6 => x.clamp(0.0, 6.0),
-        }
-    }
-
-    pub(super) fn tflite(self) -> Activation {
-        match self {
-            Act::None => Activation::None,
-            Act::Relu => Activation::Relu,
-            Act::Relu6 => Activation::Relu6,
-        }
+/// The int8 file's form of a fused activation (TFLite's `fused_activation_function`).
+pub(super) fn tflite_activation(act: FusedActivation) -> Activation {
+    match act {
+        FusedActivation::None => Activation::None,
+        FusedActivation::Relu => Activation::Relu,
+        FusedActivation::Relu6 => Activation::Relu6,
     }
 }
 
@@ -77,7 +55,7 @@ pub enum Step {
         /// The plain layer (effective weight, folded BatchNorm).
         layer: Conv2d,
         /// Fused activation.
-        act: Act,
+        act: FusedActivation,
         /// QAT parameters, if trained with them.
         quant: Option<LayerQuant>,
     },
@@ -90,7 +68,7 @@ pub enum Step {
         /// The plain layer.
         layer: Linear,
         /// Fused activation.
-        act: Act,
+        act: FusedActivation,
         /// QAT parameters, if trained with them.
         quant: Option<LayerQuant>,
     },
@@ -103,7 +81,7 @@ pub enum Step {
         /// Inputs.
         b: usize,
         /// Fused activation.
-        act: Act,
+        act: FusedActivation,
         /// The output quantization QAT trained, if it did.
         quant: Option<QuantParams>,
     },
@@ -134,7 +112,7 @@ pub enum Step {
         /// Extra rows / columns at the end.
         output_padding: [usize; 2],
         /// Fused activation.
-        act: Act,
+        act: FusedActivation,
         /// QAT parameters, if trained with them.
         quant: Option<LayerQuant>,
     },
@@ -208,23 +186,4 @@ pub struct Plan {
     /// The input is a vector per sample (`[features, 1, 1]` in burn): the int8 file takes
     /// `[batch, features]`, as the original did.
     pub flat_input: bool,
-}
-
-impl Act {
-    /// The graph's form of this activation (the inverse of [`Act::from_fused`]).
-    pub(super) fn fused(self) -> Fused {
-        match self {
-            Act::None => Fused::None,
-            Act::Relu => Fused::Relu,
-            Act::Relu6 => Fused::Relu6,
-        }
-    }
-
-    pub(super) fn from_fused(f: Fused) -> Self {
-        match f {
-            Fused::None => Act::None,
-            Fused::Relu => Act::Relu,
-            Fused::Relu6 => Act::Relu6,
-        }
-    }
 }

@@ -9,7 +9,7 @@ use collab_models::graph::Op;
 use collab_models::{GraphNet, IntoGraph};
 use collab_quant::{FusedActivation, LayerQuant};
 
-use super::plan::{Act, ExportLayer, Plan, Step};
+use super::plan::{ExportLayer, Plan, Step};
 use crate::CollabError;
 use crate::network::Network;
 
@@ -42,7 +42,7 @@ impl Tracer {
         name: &str,
         src: usize,
         c: &C,
-        act: Act,
+        act: FusedActivation,
     ) -> Result<usize, CollabError> {
         let quant = checked_quant(c, name, act)?;
         self.steps.push(Step::Conv {
@@ -66,7 +66,7 @@ impl Tracer {
 fn checked_quant<E: ExportLayer>(
     layer: &E,
     name: &str,
-    act: Act,
+    act: FusedActivation,
 ) -> Result<Option<LayerQuant>, CollabError> {
     let quant = layer.layer_quant(name)?;
     if let Some(q) = &quant {
@@ -77,14 +77,12 @@ fn checked_quant<E: ExportLayer>(
 
 /// A QAT layer must have been trained with the activation the model applies after it (the
 /// int8 op fuses exactly one).
-fn check_act(name: &str, trained: FusedActivation, model: Act) -> Result<(), CollabError> {
-    let ok = matches!(
-        (trained, model),
-        (FusedActivation::None, Act::None)
-            | (FusedActivation::Relu, Act::Relu)
-            | (FusedActivation::Relu6, Act::Relu6)
-    );
-    if ok {
+fn check_act(
+    name: &str,
+    trained: FusedActivation,
+    model: FusedActivation,
+) -> Result<(), CollabError> {
+    if trained == model {
         Ok(())
     } else {
         Err(CollabError::export(
@@ -122,21 +120,16 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
         let name = node.name.as_str();
         match &node.op {
             Op::Conv { layer, act } => {
-                t.conv(
-                    name,
-                    node.inputs[0],
-                    &net.convs[*layer],
-                    Act::from_fused(*act),
-                )?;
+                t.conv(name, node.inputs[0], &net.convs[*layer], *act)?;
             }
             Op::Linear { layer, act } => {
                 let l = &net.linears[*layer];
-                let quant = checked_quant(l, name, Act::from_fused(*act))?;
+                let quant = checked_quant(l, name, *act)?;
                 t.push(Step::Linear {
                     name: name.into(),
                     src: node.inputs[0],
                     layer: l.clone().strip(),
-                    act: Act::from_fused(*act),
+                    act: *act,
                     quant,
                 });
             }
@@ -146,7 +139,7 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                     name: name.into(),
                     a: node.inputs[0],
                     b: node.inputs[1],
-                    act: Act::from_fused(*act),
+                    act: *act,
                     quant,
                 });
             }
@@ -158,7 +151,7 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                 act,
             } => {
                 let c = &net.convs[*layer];
-                let quant = checked_quant(c, name, Act::from_fused(*act))?;
+                let quant = checked_quant(c, name, *act)?;
                 t.push(Step::ConvTranspose {
                     name: name.into(),
                     src: node.inputs[0],
@@ -166,7 +159,7 @@ fn trace_graph<C: ExportLayer<Plain = Conv2d>, L: ExportLayer<Plain = Linear>>(
                     stride: *stride,
                     pads: *pads,
                     output_padding: *output_padding,
-                    act: Act::from_fused(*act),
+                    act: *act,
                     quant,
                 });
             }

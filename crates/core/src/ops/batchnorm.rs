@@ -26,8 +26,8 @@ use rayon::prelude::*;
 use super::cpu;
 use super::extension::{contiguous_f32, dims4, on_flex, owned_f32, untracked, zeros_f32};
 use super::layout::{channels_first, channels_last_buffer, from_channels_last, is_channels_last};
-use crate::activation::Activation;
-use crate::activation::{backward_one, forward_one};
+use crate::ops::activation::Activation;
+use crate::ops::activation::{backward_one, forward_one};
 use crate::widest;
 
 const OP: &str = "batch_norm_train";

@@ -26,8 +26,8 @@ use super::extension::{
     contiguous_f32, dims4, has_flex_kernels, on_flex, owned_f32, untracked, zeros_f32,
 };
 use super::layout::{in_order, restore_order, storage_order};
-use crate::activation::Activation;
-use crate::activation::{backward_one, forward_one};
+use crate::ops::activation::Activation;
+use crate::ops::activation::{backward_one, forward_one};
 use crate::widest;
 
 /// `b` `[channels]` shaped `[1, channels, 1, …]` to broadcast over dimension 1 of a rank-`D`

@@ -13,10 +13,6 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn_flex::{FlexTensor, Layout};
 
-#[doc(hidden)]
-/// Its path before [`super::cpu`] (for code not yet moved to that module).
-pub use super::cpu::wide;
-
 /// Whether tensors on `device` reach our flex kernels: `flex`, with or without autodiff. On any
 /// other device the ops' Tensor-level functions return `None` and callers compose burn ops.
 pub fn has_flex_kernels(device: &Device) -> bool {

@@ -40,6 +40,7 @@
 //! other modules of `ops`. The API imports `ops` through the Tensor-level functions;
 //! `ops` never imports the wrappers, state or whole-model code, so the two stay one-way.
 
+pub mod activation;
 pub mod batchnorm;
 pub mod bias;
 pub mod conv;

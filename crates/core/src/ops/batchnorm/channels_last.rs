@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::activation::{backward_one, forward_one};
+use crate::ops::activation::{backward_one, forward_one};
 use crate::widest;
 
 /// Rows per task.

@@ -20,8 +20,9 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::extension::{has_flex_kernels, untracked, wide, zeros_f32};
-use crate::layout::{in_order, restore_order, storage_order};
+use crate::ops::cpu::wide;
+use crate::ops::extension::{has_flex_kernels, untracked, zeros_f32};
+use crate::ops::layout::{in_order, restore_order, storage_order};
 
 /// An activation a model applies after a layer (the ones the fused kernels compute); serialised
 /// as `"relu"`, `"relu6"`. A layer's *fused* activation, which may be none, is a
@@ -55,7 +56,7 @@ impl Activation {
 
 /// The activation fused into a layer's output, as TFLite's `fused_activation_function`: none,
 /// ReLU or ReLU6. The one fused-activation type of the workspace: the QAT wrapper's output
-/// quantizer (`collab_quant::FusedActivation`), the graph spec (`collab_models::graph::Fused`)
+/// quantizer (`collab_quant::FusedActivation`), the graph spec (`collab_models::graph::FusedActivation`)
 /// and export all use it. Serialised as `"none"`, `"relu"`, `"relu6"`.
 ///
 /// It is [`Activation`] plus `None`; the fused kernels take the [`Option<Activation>`] form
@@ -63,7 +64,7 @@ impl Activation {
 ///
 /// ```
 /// use collab_core::Activation;
-/// use collab_core::activation::FusedActivation;
+/// use collab_core::FusedActivation;
 ///
 /// assert_eq!(FusedActivation::default(), FusedActivation::None);
 /// assert_eq!(FusedActivation::Relu6.activation(), Some(Activation::Relu6));
@@ -110,13 +111,6 @@ impl FusedActivation {
             Some(Activation::Relu) => Self::Relu,
             Some(Activation::Relu6) => Self::Relu6,
         }
-    }
-
-    /// `self`. Kept while callers of the former `collab_models::graph::Fused::quant` (which
-    /// converted the graph's enum to the QAT one, now the same type) are migrated.
-    #[doc(hidden)]
-    pub fn quant(self) -> Self {
-        self
     }
 }
 
