@@ -7,6 +7,7 @@ pub mod arrays;
 pub mod cifar;
 pub mod folder;
 pub mod input;
+pub mod kws_features;
 pub mod mfcc;
 pub mod npy;
 pub mod shared;
@@ -19,6 +20,7 @@ pub use arrays::ArraySet;
 pub use cifar::{Cifar10, CifarAugment};
 pub use folder::ImageFolder;
 pub use input::{Features, ImageNorm, InputSpec, Layout, MfccKind};
+pub use kws_features::{FEATURES_FILE, KwsFeatures, KwsFeaturesError};
 pub use mfcc::{Frontend, KwsFrontend, MFCC_COEFFICIENTS, MFCC_FRAMES, MfccFrontend};
 pub use speech::{
     KWS_LABELS, KwsSet, MLPERF_KWS_LABELS, SpeechCommands, Split, kws_label_map, speaker_of,
