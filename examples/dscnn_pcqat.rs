@@ -1,6 +1,10 @@
 //! PCQAT on DS-CNN: baseline → pruned 50% → sparsity-preserving clustered (16) → PCQAT, each
 //! exported to int8 and measured.
 //!
+//! Without `--data` it trains DS-CNN-S from scratch on the shipped Speech Commands sample
+//! (`datasets/speech_commands_sample`); with a Speech Commands folder it starts from the
+//! published DS-CNN-L weights; `--quick` runs on the synthetic set.
+//!
 //! ```text
 //! cargo run --release --example dscnn_pcqat [-- --data ../shared/data/speech_commands_12]
 //! ```

@@ -21,8 +21,9 @@ use burn_collab::workflow::tree::{self, FineTune, Scheme, StageSpec, TreeConfig}
 /// Command-line flags every scheme example takes.
 #[derive(clap::Parser, Debug)]
 pub struct Args {
-    /// Data folder (Speech Commands for DS-CNN, CIFAR-10 binaries for MobileNet); the built-in
-    /// synthetic set when absent.
+    /// Data folder (Speech Commands for DS-CNN, CIFAR-10 binaries for MobileNet). When absent:
+    /// the shipped Speech Commands sample for DS-CNN (the synthetic set with `--quick`), the
+    /// built-in synthetic set otherwise.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// CI-sized run (small model, few samples, one epoch per stage).
@@ -73,20 +74,63 @@ pub fn cluster(clusters: usize, per_channel: bool, preserve_sparsity: bool) -> S
     }
 }
 
-/// The DS-CNN base config: DS-CNN-L from the published weights on real data, DS-CNN-S trained
-/// on the synthetic set otherwise (or with `--quick`).
-pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
-    let shared = std::env::var("COLLAB_SHARED")
+/// The Speech Commands sample shipped with the project: real MFCCs of 3,964 clips
+/// (`datasets/speech_commands_sample/README.md`).
+pub fn speech_sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/speech_commands_sample")
+}
+
+/// The published DS-CNN-L weights in the shared folder (`$COLLAB_SHARED`, else `../shared`).
+fn published_weights() -> PathBuf {
+    std::env::var("COLLAB_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("../shared"));
-    let weights = shared.join("pretrained/ml-kws-for-mcu/ds_cnn_l.safetensors");
-    let real = args.data.is_some() && !args.quick && weights.is_file();
+        .unwrap_or_else(|_| PathBuf::from("../shared"))
+        .join("pretrained/ml-kws-for-mcu/ds_cnn_l.safetensors")
+}
+
+/// What a DS-CNN example trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DscnnData {
+    /// `--data` with the published DS-CNN-L weights at hand: fine-tune those.
+    Published,
+    /// The shipped sample (no `--data`): DS-CNN-S trained from scratch on real clips.
+    Sample,
+    /// `--quick`, or `--data` without the published weights, or no sample: DS-CNN-S from
+    /// scratch on the folder given or the synthetic set.
+    Scratch,
+}
+
+/// Which of [`DscnnData`] `args` select, and the data folder (`None`: the synthetic set).
+pub fn dscnn_data(args: &Args) -> (DscnnData, Option<PathBuf>) {
+    let weights = published_weights();
+    let sample = speech_sample();
+    match &args.data {
+        Some(d) if !args.quick && weights.is_file() => (DscnnData::Published, Some(d.clone())),
+        Some(d) => (DscnnData::Scratch, Some(d.clone())),
+        None if !args.quick && sample.join("features.bin").is_file() => {
+            (DscnnData::Sample, Some(sample))
+        }
+        None => (DscnnData::Scratch, None),
+    }
+}
+
+/// The DS-CNN base config: DS-CNN-L from the published weights on real data given with
+/// `--data`; DS-CNN-S trained from scratch on the shipped sample by default, and on the
+/// synthetic set with `--quick`.
+pub fn dscnn(args: &Args, stages: Vec<StageSpec>) -> TreeConfig {
+    let weights = published_weights();
+    let (kind, _) = dscnn_data(args);
+    let real = kind == DscnnData::Published;
     TreeConfig {
         model: if real { "ds-cnn-l" } else { "ds-cnn-s" }.into(),
         width: 1.0,
         weights: real.then_some(weights),
         checkpoint: None,
-        baseline_epochs: if real { 0 } else { 10 },
+        baseline_epochs: match kind {
+            DscnnData::Published => 0,
+            DscnnData::Sample => 20,
+            DscnnData::Scratch => 10,
+        },
         seed: args.seed,
         finetune: FineTune {
             epochs: args.epochs.unwrap_or(if args.quick { 1 } else { 5 }),
@@ -125,13 +169,24 @@ pub fn run(args: &Args, config: &TreeConfig, name: &str) -> Result<(), Box<dyn s
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/{name}")));
     let start = std::time::Instant::now();
-    let leaves = tree::run(config, args.data.as_deref(), &out)?.leaves;
+    // DS-CNNs default to the shipped sample (see `dscnn`); other models to the synthetic set.
+    let data = if config.model.starts_with("ds-cnn") {
+        dscnn_data(args).1
+    } else {
+        args.data.clone()
+    };
+    let leaves = tree::run(config, data.as_deref(), &out)?.leaves;
+    let sample = speech_sample();
     println!(
         "{} on {}, {:.0} s:",
         config.model,
-        args.data
-            .as_ref()
-            .map_or("the synthetic set".to_string(), |d| d.display().to_string()),
+        data.as_ref().map_or("the synthetic set".to_string(), |d| {
+            if *d == sample {
+                "the shipped Speech Commands sample (datasets/speech_commands_sample)".to_string()
+            } else {
+                d.display().to_string()
+            }
+        }),
         start.elapsed().as_secs_f64()
     );
     print!("{}", tree::table(&leaves));

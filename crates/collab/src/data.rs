@@ -12,6 +12,7 @@ use collab_data::{
     Cifar10, CifarAugment, DataError, Features, ImageFolder, ImageNorm, ImageSet, InputSpec,
     KWS_LABELS, KwsSet, MfccKind, SpeechCommands, Split, SyntheticImages, SyntheticKws,
 };
+use collab_data::{KwsFeatures, kws_features};
 
 use crate::CollabError;
 use crate::network::Task;
@@ -91,8 +92,21 @@ impl KwsData {
         kind: MfccKind,
         order: &[String],
     ) -> Result<Self, DataError> {
-        let frontend = KwsFrontend::new(kind);
-        let mut features = KwsSet::from_audio(&audio, labels, &frontend);
+        let features = KwsSet::from_audio(&audio, labels, &KwsFrontend::new(kind));
+        let mut data = Self::from_features(features, kind, order, source)?;
+        data.audio = augment.then_some(audio);
+        data.noise = noise;
+        Ok(data)
+    }
+
+    /// MFCCs computed beforehand by the pipeline `kind` (labels in [`KWS_LABELS`] order),
+    /// relabelled to `order` as in [`Self::for_model`]. No audio, so no augmentation.
+    pub fn from_features(
+        mut features: KwsSet,
+        kind: MfccKind,
+        order: &[String],
+        source: String,
+    ) -> Result<Self, DataError> {
         let names = if order.is_empty() {
             KWS_LABELS.iter().map(|s| s.to_string()).collect()
         } else {
@@ -101,10 +115,10 @@ impl KwsData {
         };
         Ok(Self {
             features,
-            audio: augment.then_some(audio),
-            noise,
+            audio: None,
+            noise: Vec::new(),
             augment: Augment::default(),
-            frontend,
+            frontend: KwsFrontend::new(kind),
             names,
             source,
         })
@@ -302,7 +316,7 @@ impl Default for SyntheticSize {
 }
 
 /// Load the data for `task`: a Speech Commands folder (speaker-disjoint train / validation),
-/// a CIFAR-10 folder (`data_batch_*` / `test_batch`), or — without `dir` — the synthetic set.
+/// a folder of prepared keyword MFCCs (`features.bin`, see [`kws_features`]), a CIFAR-10 folder (`data_batch_*` / `test_batch`), or — without `dir` — the synthetic set.
 pub fn load(
     task: Task,
     dir: Option<&Path>,
@@ -324,6 +338,9 @@ fn load_with(
     kws: (MfccKind, &[String]),
 ) -> Result<TaskData, CollabError> {
     match (task, dir) {
+        (Task::Keywords, Some(dir)) if kws_features::features_file(dir).is_some() => {
+            load_prepared_kws(dir, augment, kws)
+        }
         (Task::Keywords, Some(dir)) => {
             let set = SpeechCommands::open(dir)?;
             let (train_clips, val_clips) = (set.split(Split::Train), set.split(Split::Validation));
@@ -581,6 +598,64 @@ fn load_graph(
             dir.display()
         ))),
     }
+}
+
+/// A folder holding prepared MFCCs ([`kws_features`]; the shipped
+/// `datasets/speech_commands_sample`): the splits stored with the clips, relabelled to
+/// `kws.1`. There is no audio, so `augment` only brings a warning.
+fn load_prepared_kws(
+    dir: &Path,
+    augment: bool,
+    kws: (MfccKind, &[String]),
+) -> Result<TaskData, CollabError> {
+    let file = dir.join(kws_features::FEATURES_FILE);
+    let set = KwsFeatures::read(&file).map_err(DataError::from)?;
+    if set.kind != kws.0 {
+        return Err(CollabError::Usage(format!(
+            "{}: holds {:?} MFCCs but the model takes {:?} ones; pass the Speech Commands clips \
+             folder instead (its MFCCs are computed for the model)",
+            file.display(),
+            set.kind,
+            kws.0
+        )));
+    }
+    if set.classes != KWS_LABELS {
+        return Err(DataError::Format {
+            path: file,
+            reason: format!(
+                "classes {:?}; keyword models need {KWS_LABELS:?} in this order",
+                set.classes
+            ),
+        }
+        .into());
+    }
+    if augment {
+        tracing::warn!(
+            "{}: prepared MFCCs have no audio to shift or mix noise into; training without \
+             augmentation",
+            file.display()
+        );
+    }
+    let make = |split: Split| -> Result<std::sync::Arc<dyn Batches>, CollabError> {
+        let features = set.split(split);
+        if features.is_empty() {
+            return Err(DataError::Empty {
+                path: file.clone(),
+                reason: format!("no clip of the {split:?} split; make the file again"),
+            }
+            .into());
+        }
+        Ok(std::sync::Arc::new(KwsData::from_features(
+            features,
+            set.kind,
+            kws.1,
+            format!("{} ({split:?})", file.display()),
+        )?))
+    };
+    Ok(TaskData {
+        train: make(Split::Train)?,
+        val: make(Split::Validation)?,
+    })
 }
 
 /// Arrays from `.npy` / `.npz` files.

@@ -7,6 +7,7 @@ pub mod arrays;
 pub mod cifar;
 pub mod folder;
 pub mod input;
+pub mod kws_features;
 pub mod mfcc;
 pub mod npy;
 pub mod rng;
@@ -20,6 +21,7 @@ pub use arrays::ArraySet;
 pub use cifar::{Cifar10, CifarAugment};
 pub use folder::ImageFolder;
 pub use input::{Features, ImageNorm, InputSpec, Layout, MfccKind};
+pub use kws_features::{FEATURES_FILE, KwsFeatures, KwsFeaturesError};
 pub use mfcc::{Frontend, KwsFrontend, MFCC_COEFFICIENTS, MFCC_FRAMES, MfccFrontend};
 pub use rng::SeededRng;
 pub use speech::{
