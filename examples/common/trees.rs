@@ -75,9 +75,15 @@ pub fn cluster(clusters: usize, per_channel: bool, preserve_sparsity: bool) -> S
 }
 
 /// The Speech Commands sample shipped with the project: real MFCCs of 3,964 clips
-/// (`datasets/speech_commands_sample/README.md`).
+/// (`datasets/speech_commands_sample/README.md`). Relative when run from the repository root
+/// (so results name it the same on every machine), else beside this source.
 pub fn speech_sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/speech_commands_sample")
+    let relative = PathBuf::from("datasets/speech_commands_sample");
+    if relative.join("features.bin").is_file() {
+        relative
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
 }
 
 /// The published DS-CNN-L weights in the shared folder (`$COLLAB_SHARED`, else `../shared`).
