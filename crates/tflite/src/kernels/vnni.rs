@@ -357,6 +357,24 @@ fn pad_input<'a>(
     (padded, hp, wp)
 }
 
+/// Per pair of depthwise taps `(2j, 2j + 1)` (`j < pairs`), their offsets in the input padded
+/// by [`pad_input`] (`wp` pixels of `cp` channels per row); the zero-weight partner of an odd
+/// last tap gets offset 0 (any readable position).
+fn tap_pairs(g: &Geometry, pairs: usize, wp: usize, cp: usize) -> Vec<[usize; 2]> {
+    let [kh, kw] = g.kernel;
+    let d = g.dilation;
+    let offset = |t: usize| {
+        if t >= kh * kw {
+            0
+        } else {
+            ((t / kw) * d[0] * wp + (t % kw) * d[1]) * cp
+        }
+    };
+    (0..pairs)
+        .map(|j| [offset(2 * j), offset(2 * j + 1)])
+        .collect()
+}
+
 /// `dst[i] = src[i] as u8 ^ flip` (`flip` 0x80: the unsigned form `x + 128` the GEMM reads), 16
 /// bytes at a time: the short runs of a pixel's channels (16 to 64 bytes) would otherwise fall
 /// to the scalar tail of the compiler's wide vector loop.
@@ -468,7 +486,7 @@ pub(crate) mod sparse;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DwPacked, Geometry, Packed, Requant, Scratch, pad_input, unfold};
+    use super::{DwPacked, Geometry, Packed, Requant, Scratch, pad_input, tap_pairs, unfold};
     use std::arch::x86_64::*;
 
     /// Unaligned loads and stores that compile to one instruction in every profile: the
@@ -922,20 +940,9 @@ mod x86 {
     ) {
         let [nb, _, _, c] = g.in_shape;
         let [_, oh, ow, _] = g.out_shape;
-        let [kh, kw] = g.kernel;
-        let (s, d) = (g.stride, g.dilation);
+        let s = g.stride;
         let c32 = p.padded;
-        let offset = |t: usize| {
-            if t >= kh * kw {
-                // The zero-weight partner of an odd last tap: any readable position.
-                0
-            } else {
-                ((t / kw) * d[0] * wp + (t % kw) * d[1]) * c32
-            }
-        };
-        let taps: Vec<[usize; 2]> = (0..pairs)
-            .map(|j| [offset(2 * j), offset(2 * j + 1)])
-            .collect();
+        let taps = tap_pairs(g, pairs, wp, c32);
         let (i0, i1) = (dw_order(0), dw_order(16));
         // SAFETY: every tap of every output pixel lies inside `padded` (its size follows from
         // the output geometry), each block reads 32 channels of `c32`, and `store32` writes

@@ -81,7 +81,7 @@ pub(crate) use x86::depthwise;
 mod x86 {
     use super::NarrowDw;
     use crate::kernels::vnni::x86::{Rq16, dw_order, ld128, ld256, ld512, store32};
-    use crate::kernels::vnni::{Geometry, Scratch, pad_input};
+    use crate::kernels::vnni::{Geometry, Scratch, pad_input, tap_pairs};
     use std::arch::x86_64::*;
 
     /// Depthwise convolution with at most 16 channels, multiplier 1, into `out` (`[pixels, c]`
@@ -124,17 +124,7 @@ mod x86 {
         let mut scratch = Scratch::bytes(nb * hp * wp * cp + spare);
         pad_input(g, x, cp, &mut scratch.0);
         let src = scratch.0.as_ptr() as *const i8;
-        let offset = |t: usize| {
-            if t >= kh * kw {
-                // The zero-weight partner of an odd last tap: any readable position.
-                0
-            } else {
-                ((t / kw) * d[0] * wp + (t % kw) * d[1]) * cp
-            }
-        };
-        let taps: Vec<[usize; 2]> = (0..pairs)
-            .map(|j| [offset(2 * j), offset(2 * j + 1)])
-            .collect();
+        let taps = tap_pairs(g, pairs, wp, cp);
         let next = s[1] * cp;
         // SAFETY: every tap of every output pixel lies inside the padded input and `spare`
         // bytes follow it (the steps' pixels past the row's end read there; their outputs are
