@@ -991,6 +991,87 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{conv, depthwise};
 
+/// Random convolutions for the kernels' property tests (the parts the CONV_2D and depthwise
+/// cases share).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) mod test_cases {
+    use super::Geometry;
+    use crate::fixed::quantize_multiplier;
+
+    /// A xorshift stream from `seed`: each call draws from `lo..=hi`.
+    pub(crate) fn draws(seed: u64) -> impl FnMut(i32, i32) -> i32 {
+        let mut r = seed | 1;
+        move |lo: i32, hi: i32| {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            lo + (r % (hi - lo + 1) as u64) as i32
+        }
+    }
+
+    /// A convolution of input `in_shape` to `oc` channels with `kernel` `(kh, kw)`, `stride`
+    /// `(sy, sx)` and dilation `d` on both axes: SAME padding when `same`, else VALID; the
+    /// input zero point drawn from `next`.
+    pub(crate) fn geometry(
+        in_shape: [usize; 4],
+        oc: usize,
+        kernel: (usize, usize),
+        (sy, sx): (usize, usize),
+        d: usize,
+        same: bool,
+        next: &mut impl FnMut(i32, i32) -> i32,
+    ) -> Geometry {
+        let [nb, ih, iw, _] = in_shape;
+        let out = |size: usize, k: usize, st: usize| {
+            if same {
+                size.div_ceil(st)
+            } else {
+                (size - (k - 1) * d - 1) / st + 1
+            }
+        };
+        let (oh, ow) = (out(ih, kernel.0, sy), out(iw, kernel.1, sx));
+        let pad = |size: usize, k: usize, o: usize, st: usize| {
+            if same {
+                ((o - 1) * st + (k - 1) * d + 1).saturating_sub(size) / 2
+            } else {
+                0
+            }
+        };
+        Geometry {
+            in_shape,
+            out_shape: [nb, oh, ow, oc],
+            kernel: [kernel.0, kernel.1],
+            stride: [sy, sx],
+            dilation: [d, d],
+            pad: [pad(ih, kernel.0, oh, sy), pad(iw, kernel.1, ow, sx)],
+            input_zp: next(-128, 127),
+        }
+    }
+
+    /// Per-channel parameters of `n` output channels, drawn from `next` in this order: the
+    /// bias, the `(multiplier, shift)` of `scale` times 0.02 to 2, then the output zero point;
+    /// with the activation range (ReLU when `relu`).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn channels(
+        n: usize,
+        scale: f64,
+        relu: bool,
+        next: &mut impl FnMut(i32, i32) -> i32,
+    ) -> (Vec<i32>, Vec<(i32, i32)>, i32, [i32; 2]) {
+        let bias = (0..n).map(|_| next(-5000, 5000)).collect();
+        let m = (0..n)
+            .map(|_| quantize_multiplier(scale * next(1, 100) as f64 / 50.0))
+            .collect();
+        let zp = next(-128, 127);
+        let act = if relu {
+            [zp.max(-128), 127]
+        } else {
+            [-128, 127]
+        };
+        (bias, m, zp, act)
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::Requant;
