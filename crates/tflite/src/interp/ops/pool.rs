@@ -44,10 +44,7 @@ pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
     };
     let (ii, it) = ctx.input(0)?;
     let (oi, ot) = ctx.out;
-    ctx.int8(it)?;
-    ctx.int8(ot)?;
-    let in_shape = ctx.shape4(it)?;
-    let out_shape = ctx.shape4(ot)?;
+    let [in_shape, out_shape] = ctx.int8_nhwc(it, ot)?;
     let (in_q, out_q) = (ctx.per_tensor(it)?, ctx.per_tensor(ot)?);
     if in_q != out_q || in_shape[3] != out_shape[3] || in_shape[0] != out_shape[0] {
         return Err(ctx.bad("input and output must share quantization and channels"));
