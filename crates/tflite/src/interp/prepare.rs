@@ -201,6 +201,18 @@ impl<'a> Ctx<'a> {
             .map_err(|_| self.bad(format!("tensor `{}` must be 4-D, is {:?}", t.name, t.shape)))
     }
 
+    /// The `[in, out]` shapes of an NHWC operator: an error unless input `it` and output `ot`
+    /// are computed int8 tensors (checked first, input then output) and both 4-D.
+    pub(crate) fn int8_nhwc(
+        &self,
+        it: &TensorInfo,
+        ot: &TensorInfo,
+    ) -> Result<[[usize; 4]; 2], TfliteError> {
+        self.int8(it)?;
+        self.int8(ot)?;
+        Ok([self.shape4(it)?, self.shape4(ot)?])
+    }
+
     /// The bytes of constant int8 weights `t`.
     pub(crate) fn const_i8(&self, t: &'a TensorInfo) -> Result<&'a [u8], TfliteError> {
         if t.dtype != TensorType::Int8 {

@@ -86,39 +86,29 @@ pub(crate) fn build_fast(c: &ConvKernel, kernels: Kernels) -> Option<Fast> {
     // of 32 channels × 4 `k` for the GEMM to skip (block-pruned files).
     let ic = c.in_shape[3];
     let gemm = || super::vnni::Packed::new(&c.filter, taps * ic, units, &c.bias, zp);
-    if vnni && !c.depthwise && gemm().is_dense() {
-        let narrow = super::vnni::narrow::Narrow::new(
-            &geometry(c),
-            &c.filter,
-            &c.bias,
+    if vnni {
+        let (geo, w, bias) = (geometry(c), &c.filter, &c.bias);
+        let (m, shift, out_zp, act) = (
             &c.requant.multiplier,
             &c.requant.shift,
             c.output_offset,
             c.act,
         );
-        if let Some(n) = narrow {
-            return Some(Fast::Narrow(n));
-        }
-    }
-    if vnni && c.depthwise {
-        let narrow = super::vnni::narrow_dw::NarrowDw::new(
-            &geometry(c),
-            &c.filter,
-            &c.bias,
-            &c.requant.multiplier,
-            &c.requant.shift,
-            c.output_offset,
-            c.act,
-        );
-        if let Some(n) = narrow {
-            return Some(Fast::NarrowDw(n));
+        if c.depthwise {
+            let narrow =
+                super::vnni::narrow_dw::NarrowDw::new(&geo, w, bias, m, shift, out_zp, act);
+            if let Some(n) = narrow {
+                return Some(Fast::NarrowDw(n));
+            }
+        } else if gemm().is_dense() {
+            let narrow = super::vnni::narrow::Narrow::new(&geo, w, bias, m, shift, out_zp, act);
+            if let Some(n) = narrow {
+                return Some(Fast::Narrow(n));
+            }
         }
     }
     Some(match (c.depthwise, vnni) {
-        (false, true) => Fast::Gemm(
-            super::vnni::Packed::new(&c.filter, taps * c.in_shape[3], units, &c.bias, zp),
-            requant,
-        ),
+        (false, true) => Fast::Gemm(gemm(), requant),
         (true, true) => Fast::Depthwise(
             super::vnni::DwPacked::new(&c.filter, taps, units, &c.bias, zp, 32),
             requant,

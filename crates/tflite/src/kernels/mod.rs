@@ -96,6 +96,17 @@ impl Tier {
         }
     }
 
+    /// The name of the tier's kernel set, as the operators' `kernel_name` says it:
+    /// `"avx512-vnni"`, `"avx2"` or `"portable"`.
+    #[cfg(test)]
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Tier::Vnni => "avx512-vnni",
+            Tier::Avx2 => "avx2",
+            Tier::Portable => "portable",
+        }
+    }
+
     /// Whether `kernels` asks for the N:M sparse kernels and this CPU runs them.
     pub(crate) fn sparse(kernels: Kernels) -> bool {
         kernels == Kernels::Sparse && cpu().avx512_vbmi

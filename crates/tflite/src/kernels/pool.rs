@@ -38,18 +38,36 @@ impl<'a> Window<'a> {
     }
 }
 
+/// What a pooling operator over NHWC int8 works on: its geometry and activation range (the
+/// parameters MAX_POOL_2D and AVERAGE_POOL_2D share).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolShape {
+    /// Input `[nb, ih, iw, ch]`.
+    pub(crate) in_shape: [usize; 4],
+    /// Output `[nb, oh, ow, ch]`.
+    pub(crate) out_shape: [usize; 4],
+    /// Window `[height, width]`.
+    pub(crate) filter: [usize; 2],
+    /// `[y, x]` steps between windows.
+    pub(crate) stride: [usize; 2],
+    /// Padding before (top, left).
+    pub(crate) pad: [usize; 2],
+    /// The fused activation's clamp, `[lo, hi]`.
+    pub(crate) act: [i32; 2],
+}
+
 /// A pooling operator over NHWC int8 `x`: `reduce(window, out)` writes each output pixel's
 /// `[ch]` values from its window. The one window walk MAX_POOL_2D and AVERAGE_POOL_2D share.
 #[inline(always)]
-fn pool(
-    x: &[i8],
-    in_shape: [usize; 4],
-    out_shape: [usize; 4],
-    filter: [usize; 2],
-    stride: [usize; 2],
-    pad: [usize; 2],
-    mut reduce: impl FnMut(&Window, &mut [i8]),
-) -> Vec<i8> {
+fn pool(x: &[i8], s: &PoolShape, mut reduce: impl FnMut(&Window, &mut [i8])) -> Vec<i8> {
+    let PoolShape {
+        in_shape,
+        out_shape,
+        filter,
+        stride,
+        pad,
+        ..
+    } = *s;
     let [nb, ih, iw, ch] = in_shape;
     let [_, oh, ow, _] = out_shape;
     let mut out = vec![0i8; nb * oh * ow * ch];
@@ -77,16 +95,9 @@ fn pool(
 }
 
 /// MAX_POOL_2D over NHWC int8 (padded cells are not part of any window), clamped to `act`.
-pub(crate) fn max_pool(
-    x: &[i8],
-    in_shape: [usize; 4],
-    out_shape: [usize; 4],
-    filter: [usize; 2],
-    stride: [usize; 2],
-    pad: [usize; 2],
-    act: [i32; 2],
-) -> Vec<i8> {
-    pool(x, in_shape, out_shape, filter, stride, pad, |window, o| {
+pub(crate) fn max_pool(x: &[i8], s: &PoolShape) -> Vec<i8> {
+    let act = s.act;
+    pool(x, s, |window, o| {
         o.fill(i8::MIN);
         for px in window.pixels() {
             for (o, v) in o.iter_mut().zip(px) {
@@ -102,29 +113,13 @@ pub(crate) fn max_pool(
 multiversion! {
     /// AVERAGE_POOL_2D: the window's sum per channel (padding excluded from the count),
     /// divided rounding half away from zero, clamped.
-    pub(crate) fn avg_pool(
-        x: &[i8],
-        in_shape: [usize; 4],
-        out_shape: [usize; 4],
-        filter: [usize; 2],
-        stride: [usize; 2],
-        pad: [usize; 2],
-        act: [i32; 2],
-    ) -> Vec<i8> = avg_pool_impl;
+    pub(crate) fn avg_pool(x: &[i8], s: &PoolShape) -> Vec<i8> = avg_pool_impl;
 }
 
 #[inline(always)]
-fn avg_pool_impl(
-    x: &[i8],
-    in_shape: [usize; 4],
-    out_shape: [usize; 4],
-    filter: [usize; 2],
-    stride: [usize; 2],
-    pad: [usize; 2],
-    act: [i32; 2],
-) -> Vec<i8> {
-    let mut acc = vec![0i32; in_shape[3]];
-    pool(x, in_shape, out_shape, filter, stride, pad, |window, o| {
+fn avg_pool_impl(x: &[i8], s: &PoolShape) -> Vec<i8> {
+    let (act, mut acc) = (s.act, vec![0i32; s.in_shape[3]]);
+    pool(x, s, |window, o| {
         acc.fill(0);
         for px in window.pixels() {
             for (a, v) in acc.iter_mut().zip(px) {

@@ -357,6 +357,24 @@ fn pad_input<'a>(
     (padded, hp, wp)
 }
 
+/// Per pair of depthwise taps `(2j, 2j + 1)` (`j < pairs`), their offsets in the input padded
+/// by [`pad_input`] (`wp` pixels of `cp` channels per row); the zero-weight partner of an odd
+/// last tap gets offset 0 (any readable position).
+fn tap_pairs(g: &Geometry, pairs: usize, wp: usize, cp: usize) -> Vec<[usize; 2]> {
+    let [kh, kw] = g.kernel;
+    let d = g.dilation;
+    let offset = |t: usize| {
+        if t >= kh * kw {
+            0
+        } else {
+            ((t / kw) * d[0] * wp + (t % kw) * d[1]) * cp
+        }
+    };
+    (0..pairs)
+        .map(|j| [offset(2 * j), offset(2 * j + 1)])
+        .collect()
+}
+
 /// `dst[i] = src[i] as u8 ^ flip` (`flip` 0x80: the unsigned form `x + 128` the GEMM reads), 16
 /// bytes at a time: the short runs of a pixel's channels (16 to 64 bytes) would otherwise fall
 /// to the scalar tail of the compiler's wide vector loop.
@@ -468,7 +486,7 @@ pub(crate) mod sparse;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DwPacked, Geometry, Packed, Requant, Scratch, pad_input, unfold};
+    use super::{DwPacked, Geometry, Packed, Requant, Scratch, pad_input, tap_pairs, unfold};
     use std::arch::x86_64::*;
 
     /// Unaligned loads and stores that compile to one instruction in every profile: the
@@ -686,42 +704,66 @@ mod x86 {
         }
     }
 
-    /// One tile of `R` pixels (rows of `col` from `start`) × the 32 output channels at `ob`:
-    /// accumulate, requantize, store the first `rows` pixels.
+    /// A weight packing the GEMM drivers run ([`gemm`] for CONV_2D, `fc::x86::gemv_rows` for
+    /// FULLY_CONNECTED): the dense [`Packed`], the palette and the N:M-sparse packings differ
+    /// only in how a tile reads its weights.
+    pub(in crate::kernels::vnni) trait Gemm {
+        /// Bytes per unfolded input row: `k` padded to the packing's group of `k`.
+        fn depth(&self) -> usize;
+        /// Output channels rounded up to 32.
+        fn oc32(&self) -> usize;
+        /// One tile of `R` pixels (rows of `col` from `start`) × the 32 output channels at
+        /// `ob`: accumulate, requantize, store the first `rows` pixels (see [`store_tile`]).
+        ///
+        /// # Safety
+        /// The CPU has the packing's features; `col` holds at least `start + R` rows of
+        /// `depth()` bytes, `ob + 32 ≤ oc32()`, `out` is `[pixels, oc]` with `start + rows ≤
+        /// pixels`.
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile<const R: usize>(
+            &self,
+            rq: &Requant,
+            col: &[u8],
+            start: usize,
+            rows: usize,
+            ob: usize,
+            oc: usize,
+            out: &mut [i8],
+        );
+        /// One row (`xu`: `depth()` unsigned inputs) × the `32·NB` units at `ob`: the sums plus
+        /// the per-unit constant into `acc[ob..ob + 32·NB]` (see `fc::x86::store_sums`).
+        ///
+        /// # Safety
+        /// The CPU has the packing's features; `xu` holds `depth()` bytes, `ob + 32·NB ≤
+        /// oc32()`, `acc` holds `ob + 32·NB` values.
+        unsafe fn tile_gemv<const NB: usize>(&self, xu: &[u8], ob: usize, acc: &mut [i32]);
+    }
+
+    /// The end of every GEMM tile: add the constants `corr` of the 32 channels at `ob` to the
+    /// accumulators (`acc[2r]`, `acc[2r + 1]`: pixel `r`'s channels `ob..ob + 16` and `ob +
+    /// 16..ob + 32`), requantize, and store the first `rows` of the `R` pixels into rows
+    /// `start..` of `out` (`[pixels, oc]` int8).
+    ///
+    /// # Safety
+    /// The caller has AVX-512 F/BW/VL; `corr` and `rq` hold `ob + 32` channels, `out` holds
+    /// `start + rows` rows of `oc`, `ob < oc`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize>(
-        p: &Packed,
+    pub(in crate::kernels::vnni) unsafe fn store_tile<const R: usize>(
+        acc: &[__m512i; 16],
+        corr: &[i32],
         rq: &Requant,
-        col: &[u8],
         start: usize,
         rows: usize,
         ob: usize,
         oc: usize,
         out: &mut [i8],
     ) {
-        // SAFETY: `col` holds at least `start + R` rows of `k4` bytes (the caller pads it), every
-        // active `kg < k4 / 4`, `ob + 32 <= oc32`, and only `rows` valid rows × `min(32, oc −
-        // ob)` channels of `out` are written.
+        // SAFETY: as documented: `min(32, oc − ob)` channels of `rows` rows of `out` are
+        // written, 32 constants at `ob` read.
         unsafe {
-            let mut acc = [_mm512_setzero_si512(); 16];
-            let cols = col.as_ptr().wrapping_add(start * p.k4);
-            let w = p.w.as_ptr().wrapping_add(ob * 4);
-            for &kg in &p.active[ob / 32] {
-                let kg = kg as usize;
-                let base = w.wrapping_add(kg * p.oc32 * 4);
-                let w0 = ld512(base);
-                let w1 = ld512(base.wrapping_add(64));
-                for r in 0..R {
-                    let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        cols.wrapping_add(r * p.k4 + kg * 4) as *const i32,
-                    ));
-                    acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], xb, w0);
-                    acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], xb, w1);
-                }
-            }
-            let c0 = ld512(p.corr.as_ptr().wrapping_add(ob));
-            let c1 = ld512(p.corr.as_ptr().wrapping_add(ob + 16));
+            let c0 = ld512(corr.as_ptr().wrapping_add(ob));
+            let c1 = ld512(corr.as_ptr().wrapping_add(ob + 16));
             // A loop of constant trip count, so the accumulators stay in registers.
             for r in 0..R {
                 if r < rows {
@@ -738,6 +780,57 @@ mod x86 {
         }
     }
 
+    impl Gemm for Packed {
+        fn depth(&self) -> usize {
+            self.k4
+        }
+
+        fn oc32(&self) -> usize {
+            self.oc32
+        }
+
+        #[inline(always)]
+        unsafe fn tile<const R: usize>(
+            &self,
+            rq: &Requant,
+            col: &[u8],
+            start: usize,
+            rows: usize,
+            ob: usize,
+            oc: usize,
+            out: &mut [i8],
+        ) {
+            let p = self;
+            // SAFETY: as the trait requires: every active `kg < k4 / 4`, the rows read are in
+            // `col`, `store_tile` writes what it documents.
+            unsafe {
+                let mut acc = [_mm512_setzero_si512(); 16];
+                let cols = col.as_ptr().wrapping_add(start * p.k4);
+                let w = p.w.as_ptr().wrapping_add(ob * 4);
+                for &kg in &p.active[ob / 32] {
+                    let kg = kg as usize;
+                    let base = w.wrapping_add(kg * p.oc32 * 4);
+                    let w0 = ld512(base);
+                    let w1 = ld512(base.wrapping_add(64));
+                    for r in 0..R {
+                        let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
+                            cols.wrapping_add(r * p.k4 + kg * 4) as *const i32,
+                        ));
+                        acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], xb, w0);
+                        acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], xb, w1);
+                    }
+                }
+                store_tile::<R>(&acc, &p.corr, rq, start, rows, ob, oc, out);
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn tile_gemv<const NB: usize>(&self, xu: &[u8], ob: usize, acc: &mut [i32]) {
+            // SAFETY: forwarded.
+            unsafe { super::fc::x86::tile_vnni::<NB>(self, xu, ob, acc) }
+        }
+    }
+
     /// CONV_2D: unfold the input, GEMM against the packed weights, requantize into `out`
     /// (`[pixels, oc]` int8).
     ///
@@ -746,36 +839,48 @@ mod x86 {
     /// must have the geometry's sizes, `p` and `rq` must be built for this convolution.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn conv(g: &Geometry, p: &Packed, rq: &Requant, x: &[i8], out: &mut [i8]) {
+        // SAFETY: forwarded.
+        unsafe { gemm(g, p, rq, x, out) }
+    }
+
+    /// CONV_2D on any [`Gemm`] packing: unfold the input (rows of `depth()` bytes), run the
+    /// packing's tiles over it, requantize into `out` (`[pixels, oc]` int8).
+    ///
+    /// # Safety
+    /// As the packing's `conv`: the CPU has its features, `x` and `out` have the geometry's
+    /// sizes, `p` and `rq` are built for this convolution.
+    #[inline(always)]
+    pub(in crate::kernels::vnni) unsafe fn gemm<P: Gemm>(
+        g: &Geometry,
+        p: &P,
+        rq: &Requant,
+        x: &[i8],
+        out: &mut [i8],
+    ) {
         let [nb, _, _, _] = g.in_shape;
         let [_, oh, ow, oc] = g.out_shape;
         let pixels = nb * oh * ow;
+        let depth = p.depth();
         // `ROWS` spare rows: the last tile reads them (whatever they hold) and stores nothing
         // of theirs.
-        let mut scratch = Scratch::bytes((pixels + ROWS) * p.k4);
-        let col = &mut scratch.0[..(pixels + ROWS) * p.k4];
-        unfold(g, x, p.k4, col);
-        // SAFETY: forwarded.
-        unsafe { gemm(p, rq, col, pixels, oc, out) }
-    }
-
-    /// The GEMM over unfolded rows `col` (`[pixels + ROWS, k4]` u8), requantized into `out`.
-    #[inline(always)]
-    unsafe fn gemm(p: &Packed, rq: &Requant, col: &[u8], pixels: usize, oc: usize, out: &mut [i8]) {
-        for ob in (0..p.oc32).step_by(32) {
+        let mut scratch = Scratch::bytes((pixels + ROWS) * depth);
+        let col = &mut scratch.0[..(pixels + ROWS) * depth];
+        unfold(g, x, depth, col);
+        for ob in (0..p.oc32()).step_by(32) {
             let mut start = 0;
             // SAFETY: as `tile` requires: `col` has `ROWS` spare rows, `out` is `[pixels, oc]`.
             unsafe {
                 while pixels - start >= ROWS {
-                    tile::<ROWS>(p, rq, col, start, ROWS, ob, oc, out);
+                    p.tile::<ROWS>(rq, col, start, ROWS, ob, oc, out);
                     start += ROWS;
                 }
                 let rest = pixels - start;
                 if rest > 4 {
-                    tile::<ROWS>(p, rq, col, start, rest, ob, oc, out);
+                    p.tile::<ROWS>(rq, col, start, rest, ob, oc, out);
                 } else if rest > 2 {
-                    tile::<4>(p, rq, col, start, rest, ob, oc, out);
+                    p.tile::<4>(rq, col, start, rest, ob, oc, out);
                 } else if rest > 0 {
-                    tile::<2>(p, rq, col, start, rest, ob, oc, out);
+                    p.tile::<2>(rq, col, start, rest, ob, oc, out);
                 }
             }
         }
@@ -835,20 +940,9 @@ mod x86 {
     ) {
         let [nb, _, _, c] = g.in_shape;
         let [_, oh, ow, _] = g.out_shape;
-        let [kh, kw] = g.kernel;
-        let (s, d) = (g.stride, g.dilation);
+        let s = g.stride;
         let c32 = p.padded;
-        let offset = |t: usize| {
-            if t >= kh * kw {
-                // The zero-weight partner of an odd last tap: any readable position.
-                0
-            } else {
-                ((t / kw) * d[0] * wp + (t % kw) * d[1]) * c32
-            }
-        };
-        let taps: Vec<[usize; 2]> = (0..pairs)
-            .map(|j| [offset(2 * j), offset(2 * j + 1)])
-            .collect();
+        let taps = tap_pairs(g, pairs, wp, c32);
         let (i0, i1) = (dw_order(0), dw_order(16));
         // SAFETY: every tap of every output pixel lies inside `padded` (its size follows from
         // the output geometry), each block reads 32 channels of `c32`, and `store32` writes
@@ -896,6 +990,87 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{conv, depthwise};
+
+/// Random convolutions for the kernels' property tests (the parts the CONV_2D and depthwise
+/// cases share).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) mod test_cases {
+    use super::Geometry;
+    use crate::fixed::quantize_multiplier;
+
+    /// A xorshift stream from `seed`: each call draws from `lo..=hi`.
+    pub(crate) fn draws(seed: u64) -> impl FnMut(i32, i32) -> i32 {
+        let mut r = seed | 1;
+        move |lo: i32, hi: i32| {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            lo + (r % (hi - lo + 1) as u64) as i32
+        }
+    }
+
+    /// A convolution of input `in_shape` to `oc` channels with `kernel` `(kh, kw)`, `stride`
+    /// `(sy, sx)` and dilation `d` on both axes: SAME padding when `same`, else VALID; the
+    /// input zero point drawn from `next`.
+    pub(crate) fn geometry(
+        in_shape: [usize; 4],
+        oc: usize,
+        kernel: (usize, usize),
+        (sy, sx): (usize, usize),
+        d: usize,
+        same: bool,
+        next: &mut impl FnMut(i32, i32) -> i32,
+    ) -> Geometry {
+        let [nb, ih, iw, _] = in_shape;
+        let out = |size: usize, k: usize, st: usize| {
+            if same {
+                size.div_ceil(st)
+            } else {
+                (size - (k - 1) * d - 1) / st + 1
+            }
+        };
+        let (oh, ow) = (out(ih, kernel.0, sy), out(iw, kernel.1, sx));
+        let pad = |size: usize, k: usize, o: usize, st: usize| {
+            if same {
+                ((o - 1) * st + (k - 1) * d + 1).saturating_sub(size) / 2
+            } else {
+                0
+            }
+        };
+        Geometry {
+            in_shape,
+            out_shape: [nb, oh, ow, oc],
+            kernel: [kernel.0, kernel.1],
+            stride: [sy, sx],
+            dilation: [d, d],
+            pad: [pad(ih, kernel.0, oh, sy), pad(iw, kernel.1, ow, sx)],
+            input_zp: next(-128, 127),
+        }
+    }
+
+    /// Per-channel parameters of `n` output channels, drawn from `next` in this order: the
+    /// bias, the `(multiplier, shift)` of `scale` times 0.02 to 2, then the output zero point;
+    /// with the activation range (ReLU when `relu`).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn channels(
+        n: usize,
+        scale: f64,
+        relu: bool,
+        next: &mut impl FnMut(i32, i32) -> i32,
+    ) -> (Vec<i32>, Vec<(i32, i32)>, i32, [i32; 2]) {
+        let bias = (0..n).map(|_| next(-5000, 5000)).collect();
+        let m = (0..n)
+            .map(|_| quantize_multiplier(scale * next(1, 100) as f64 / 50.0))
+            .collect();
+        let zp = next(-128, 127);
+        let act = if relu {
+            [zp.max(-128), 127]
+        } else {
+            [-128, 127]
+        };
+        (bias, m, zp, act)
+    }
+}
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {

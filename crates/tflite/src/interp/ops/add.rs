@@ -277,13 +277,7 @@ mod tests {
     #[test]
     fn fast_add_runs_where_the_cpu_has_it() {
         let mut k = AddKernel::new(AddParams::new((0.1, 3), (0.2, -4), (0.3, 1), [-128, 127]));
-        let want = if crate::kernels::cpu().avx512_vnni {
-            "avx512-vnni"
-        } else if crate::kernels::cpu().avx2 {
-            "avx2"
-        } else {
-            "portable"
-        };
+        let want = crate::kernels::Tier::of(Kernels::Best).name();
         assert_eq!(k.kernel_name(), want);
         k.set_kernels(Kernels::Portable);
         assert_eq!(k.kernel_name(), "portable");

@@ -434,13 +434,7 @@ mod tests {
             seed: 9,
         };
         let (mut k, _) = kernel(&c);
-        let want = if crate::kernels::cpu().avx512_vnni {
-            "avx512-vnni"
-        } else if crate::kernels::cpu().avx2 {
-            "avx2"
-        } else {
-            "portable"
-        };
+        let want = crate::kernels::Tier::of(Kernels::Best).name();
         assert_eq!(k.kernel_name(), want);
         k.set_kernels(Kernels::Portable);
         assert_eq!(k.kernel_name(), "portable");

@@ -46,10 +46,7 @@ pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
     let (ii, it) = ctx.input(0)?;
     let (_, pt) = ctx.input(1)?;
     let (oi, ot) = ctx.out;
-    ctx.int8(it)?;
-    ctx.int8(ot)?;
-    let in_shape = ctx.shape4(it)?;
-    let out_shape = ctx.shape4(ot)?;
+    let [in_shape, out_shape] = ctx.int8_nhwc(it, ot)?;
     let pads: Vec<i64> = match (pt.dtype, pt.data.as_deref()) {
         (TensorType::Int32, Some(d)) if d.len() == 32 => d
             .chunks_exact(4)

@@ -4,7 +4,7 @@
 use crate::TfliteError;
 use crate::interp::Step;
 use crate::interp::prepare::{Ctx, out_and_pad};
-use crate::kernels::pool::{avg_pool, max_pool};
+use crate::kernels::pool::{PoolShape, avg_pool, max_pool};
 use crate::reader::Options;
 
 /// A prepared pooling operator over NHWC int8.
@@ -12,13 +12,7 @@ use crate::reader::Options;
 pub(crate) struct Pool {
     pub(crate) input: usize,
     pub(crate) output: usize,
-    in_shape: [usize; 4],
-    out_shape: [usize; 4],
-    filter: [usize; 2],
-    stride: [usize; 2],
-    /// Padding before (top, left).
-    pad: [usize; 2],
-    act: [i32; 2],
+    shape: PoolShape,
     /// MAX_POOL_2D: the window's largest value instead of its rounded mean.
     max: bool,
 }
@@ -27,20 +21,13 @@ impl Pool {
     /// The output `out_shape` of input `x` (`in_shape`).
     pub(crate) fn run(&self, x: &[i8]) -> Vec<i8> {
         let f = if self.max { max_pool } else { avg_pool };
-        f(
-            x,
-            self.in_shape,
-            self.out_shape,
-            self.filter,
-            self.stride,
-            self.pad,
-            self.act,
-        )
+        f(x, &self.shape)
     }
 
     /// Additions (or comparisons) of one run.
     pub(crate) fn macs(&self) -> u64 {
-        (self.out_shape.iter().product::<usize>() * self.filter[0] * self.filter[1]) as u64
+        let s = &self.shape;
+        (s.out_shape.iter().product::<usize>() * s.filter[0] * s.filter[1]) as u64
     }
 }
 
@@ -57,10 +44,7 @@ pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
     };
     let (ii, it) = ctx.input(0)?;
     let (oi, ot) = ctx.out;
-    ctx.int8(it)?;
-    ctx.int8(ot)?;
-    let in_shape = ctx.shape4(it)?;
-    let out_shape = ctx.shape4(ot)?;
+    let [in_shape, out_shape] = ctx.int8_nhwc(it, ot)?;
     let (in_q, out_q) = (ctx.per_tensor(it)?, ctx.per_tensor(ot)?);
     if in_q != out_q || in_shape[3] != out_shape[3] || in_shape[0] != out_shape[0] {
         return Err(ctx.bad("input and output must share quantization and channels"));
@@ -77,12 +61,14 @@ pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
     Ok(Step::Pool(Pool {
         input: ii,
         output: oi,
-        in_shape,
-        out_shape,
-        filter: *filter,
-        stride: *stride,
-        pad,
-        act: ctx.activation(*activation, out_q.0, out_q.1)?,
+        shape: PoolShape {
+            in_shape,
+            out_shape,
+            filter: *filter,
+            stride: *stride,
+            pad,
+            act: ctx.activation(*activation, out_q.0, out_q.1)?,
+        },
         max: ctx.name == "MAX_POOL_2D",
     }))
 }

@@ -23,10 +23,7 @@ pub(crate) fn prepare(ctx: &Ctx) -> Result<Step, TfliteError> {
     let (_, ft) = ctx.input(1)?;
     let (ii, it) = ctx.input(2)?;
     let (oi, ot) = ctx.out;
-    ctx.int8(it)?;
-    ctx.int8(ot)?;
-    let in_shape = ctx.shape4(it)?;
-    let out_shape = ctx.shape4(ot)?;
+    let [in_shape, out_shape] = ctx.int8_nhwc(it, ot)?;
     let fshape = ctx.shape4(ft)?;
     let filter = ctx.const_i8(ft)?;
     let declared: Vec<usize> = match const_i32(st, 4) {

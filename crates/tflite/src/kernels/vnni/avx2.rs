@@ -69,7 +69,9 @@ impl Packed16 {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
     use super::Packed16;
-    use crate::kernels::vnni::{DwPacked, Geometry, Requant, Scratch, gather, pad_input};
+    use crate::kernels::vnni::{
+        DwPacked, Geometry, Requant, Scratch, gather, pad_input, tap_pairs,
+    };
     use std::arch::x86_64::*;
 
     /// Pixels per GEMM tile: 4 rows × 16 channels = 8 accumulators.
@@ -261,22 +263,11 @@ pub(super) mod x86 {
     ) {
         let [nb, _, _, c] = g.in_shape;
         let [_, oh, ow, _] = g.out_shape;
-        let [_, kw] = g.kernel;
-        let (s, d) = (g.stride, g.dilation);
+        let s = g.stride;
         let cp = p.padded;
         let mut scratch = Scratch::bytes(0);
         let (padded, hp, wp) = pad_input(g, x, cp, &mut scratch.0);
-        let taps = g.kernel[0] * kw;
-        let offset = |t: usize| {
-            if t >= taps {
-                0
-            } else {
-                ((t / kw) * d[0] * wp + (t % kw) * d[1]) * cp
-            }
-        };
-        let offsets: Vec<[usize; 2]> = (0..pairs)
-            .map(|j| [offset(2 * j), offset(2 * j + 1)])
-            .collect();
+        let offsets = tap_pairs(g, pairs, wp, cp);
         // SAFETY: every tap of every output pixel lies inside `padded`, each block reads 16
         // channels of `cp`, and `store16` writes `min(16, c − cb·16)` channels of the pixel's row.
         unsafe {

@@ -22,10 +22,10 @@ pub(crate) fn acc_stride(units: usize) -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::acc_stride;
     use crate::kernels::vnni::avx2::Packed16;
-    use crate::kernels::vnni::x86::{ld32, ld256, ld512};
+    use crate::kernels::vnni::x86::{Gemm, ld32, ld256, ld512};
     use crate::kernels::vnni::{Packed, Requant, Scratch};
     use std::arch::x86_64::*;
 
@@ -34,9 +34,14 @@ mod x86 {
 
     /// One row (`xu`: `k4` unsigned inputs) × the `32·NB` units starting at `ob`, into `acc`.
     #[inline(always)]
-    unsafe fn tile_vnni<const NB: usize>(p: &Packed, xu: &[u8], ob: usize, acc: &mut [i32]) {
+    pub(in crate::kernels::vnni) unsafe fn tile_vnni<const NB: usize>(
+        p: &Packed,
+        xu: &[u8],
+        ob: usize,
+        acc: &mut [i32],
+    ) {
         // SAFETY: `xu` holds `k4` bytes, every weight read is below `k4 · oc32` (`ob + 32·NB ≤
-        // oc32`), the corrections are padded to `oc32`, and `acc` holds `ob + 32·NB` values.
+        // oc32`), and `store_sums` writes what it documents.
         unsafe {
             let mut a = [[_mm512_setzero_si512(); 2]; NB];
             let w = p.w.as_ptr().wrapping_add(ob * 4);
@@ -51,14 +56,76 @@ mod x86 {
                     a[1] = _mm512_dpbusd_epi32(a[1], xb, w1);
                 }
             }
-            for (j, a) in a.iter().enumerate() {
-                for (h, v) in a.iter().enumerate() {
-                    let at = ob + 32 * j + 16 * h;
-                    let c = ld512(p.corr.as_ptr().wrapping_add(at));
+            store_sums(&a, &p.corr, ob, acc);
+        }
+    }
+
+    /// The end of every GEMV tile: `acc[at] = a + corr[at]` for the `32·NB` units at `ob`
+    /// (`a[j][h]`: units `ob + 32j + 16h..` + 16).
+    ///
+    /// # Safety
+    /// The caller has AVX-512 F; `corr` and `acc` hold `ob + 32·NB` values.
+    #[inline(always)]
+    pub(in crate::kernels::vnni) unsafe fn store_sums<const NB: usize>(
+        a: &[[__m512i; 2]; NB],
+        corr: &[i32],
+        ob: usize,
+        acc: &mut [i32],
+    ) {
+        for (j, a) in a.iter().enumerate() {
+            for (h, v) in a.iter().enumerate() {
+                let at = ob + 32 * j + 16 * h;
+                // SAFETY: as documented, `at + 16 ≤ ob + 32·NB`.
+                unsafe {
+                    let c = ld512(corr.as_ptr().wrapping_add(at));
                     _mm512_storeu_si512(
                         acc.as_mut_ptr().wrapping_add(at) as *mut __m512i,
                         _mm512_add_epi32(*v, c),
                     );
+                }
+            }
+        }
+    }
+
+    /// FULLY_CONNECTED sums on any [`Gemm`] packing: per batch row, the inputs shifted to
+    /// unsigned (padded with zeros to `depth()`), then the packing's row tiles over all units.
+    ///
+    /// # Safety
+    /// As the packing's `gemv`: the CPU has its features, `p` is packed for `k = depth`, `x`
+    /// holds `batches · depth` values and `acc` `batches · acc_stride(units)`.
+    #[inline(always)]
+    pub(in crate::kernels::vnni) unsafe fn gemv_rows<P: Gemm>(
+        p: &P,
+        x: &[i8],
+        batches: usize,
+        depth: usize,
+        acc: &mut [i32],
+    ) {
+        let (oc32, k) = (p.oc32(), p.depth());
+        let stride = acc_stride(oc32);
+        let mut scratch = Scratch::bytes(k);
+        let xu = &mut scratch.0[..k];
+        for b in 0..batches {
+            crate::kernels::vnni::copy_bytes(
+                &mut xu[..depth],
+                &x[b * depth..(b + 1) * depth],
+                0x80,
+            );
+            // The padded `k` meet zero weights: any value will do, but a defined one.
+            xu[depth..].fill(0);
+            let row = &mut acc[b * stride..(b + 1) * stride];
+            let mut ob = 0;
+            // SAFETY: as `tile_gemv` requires; `ob + 32·NB ≤ oc32 = stride`.
+            unsafe {
+                while oc32 - ob >= 32 * BLOCKS {
+                    p.tile_gemv::<BLOCKS>(xu, ob, row);
+                    ob += 32 * BLOCKS;
+                }
+                match (oc32 - ob) / 32 {
+                    3 => p.tile_gemv::<3>(xu, ob, row),
+                    2 => p.tile_gemv::<2>(xu, ob, row),
+                    1 => p.tile_gemv::<1>(xu, ob, row),
+                    _ => {}
                 }
             }
         }
@@ -73,33 +140,8 @@ mod x86 {
     /// `batches · stride`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn gemv(p: &Packed, x: &[i8], batches: usize, depth: usize, acc: &mut [i32]) {
-        let stride = acc_stride(p.oc32);
-        let mut scratch = Scratch::bytes(p.k4);
-        let xu = &mut scratch.0[..p.k4];
-        for b in 0..batches {
-            crate::kernels::vnni::copy_bytes(
-                &mut xu[..depth],
-                &x[b * depth..(b + 1) * depth],
-                0x80,
-            );
-            // The padded `k` meet zero weights: any value will do, but a defined one.
-            xu[depth..].fill(0);
-            let row = &mut acc[b * stride..(b + 1) * stride];
-            let mut ob = 0;
-            // SAFETY: as `tile_vnni` requires; `ob + 32·NB ≤ oc32 = stride`.
-            unsafe {
-                while p.oc32 - ob >= 32 * BLOCKS {
-                    tile_vnni::<BLOCKS>(p, xu, ob, row);
-                    ob += 32 * BLOCKS;
-                }
-                match (p.oc32 - ob) / 32 {
-                    3 => tile_vnni::<3>(p, xu, ob, row),
-                    2 => tile_vnni::<2>(p, xu, ob, row),
-                    1 => tile_vnni::<1>(p, xu, ob, row),
-                    _ => {}
-                }
-            }
-        }
+        // SAFETY: forwarded.
+        unsafe { gemv_rows(p, x, batches, depth, acc) }
     }
 
     /// One row (`xw`: `k4` inputs `x + 128` as i16) × the `16·NB` units at `ob`, into `acc`.

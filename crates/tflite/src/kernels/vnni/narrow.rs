@@ -469,7 +469,8 @@ mod x86 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::fixed::{mbqm, quantize_multiplier};
+    use crate::fixed::mbqm;
+    use crate::kernels::vnni::test_cases::{channels, draws, geometry};
     use crate::kernels::vnni::{Packed, Requant};
     use proptest::prelude::*;
 
@@ -514,49 +515,11 @@ mod tests {
                 *same || ((k.0 - 1) * d < s.1 && (k.1 - 1) * d < s.2)
             })
             .prop_map(|(s, k, (sy, sx, d), (same, oc, relu), scale, seed)| {
-                let mut r = seed | 1;
-                let mut next = move |lo: i32, hi: i32| {
-                    r ^= r << 13;
-                    r ^= r >> 7;
-                    r ^= r << 17;
-                    lo + (r % (hi - lo + 1) as u64) as i32
-                };
+                let mut next = draws(seed);
                 let [nb, ih, iw, ic] = [s.0, s.1, s.2, s.3];
-                let out = |size: usize, k: usize, st: usize| {
-                    if same {
-                        size.div_ceil(st)
-                    } else {
-                        (size - (k - 1) * d - 1) / st + 1
-                    }
-                };
-                let (oh, ow) = (out(ih, k.0, sy), out(iw, k.1, sx));
-                let pad = |size: usize, k: usize, o: usize, st: usize| {
-                    if same {
-                        ((o - 1) * st + (k - 1) * d + 1).saturating_sub(size) / 2
-                    } else {
-                        0
-                    }
-                };
-                let geo = Geometry {
-                    in_shape: [nb, ih, iw, ic],
-                    out_shape: [nb, oh, ow, oc],
-                    kernel: [k.0, k.1],
-                    stride: [sy, sx],
-                    dilation: [d, d],
-                    pad: [pad(ih, k.0, oh, sy), pad(iw, k.1, ow, sx)],
-                    input_zp: next(-128, 127),
-                };
+                let geo = geometry([nb, ih, iw, ic], oc, k, (sy, sx), d, same, &mut next);
                 let hwio = (0..k.0 * k.1 * ic * oc).map(|_| next(-127, 127)).collect();
-                let bias = (0..oc).map(|_| next(-5000, 5000)).collect();
-                let m = (0..oc)
-                    .map(|_| quantize_multiplier(scale * next(1, 100) as f64 / 50.0))
-                    .collect();
-                let zp = next(-128, 127);
-                let act = if relu {
-                    [zp.max(-128), 127]
-                } else {
-                    [-128, 127]
-                };
+                let (bias, m, zp, act) = channels(oc, scale, relu, &mut next);
                 let x = (0..nb * ih * iw * ic)
                     .map(|_| next(-128, 127) as i8)
                     .collect();

@@ -81,7 +81,7 @@ pub(crate) use x86::depthwise;
 mod x86 {
     use super::NarrowDw;
     use crate::kernels::vnni::x86::{Rq16, dw_order, ld128, ld256, ld512, store32};
-    use crate::kernels::vnni::{Geometry, Scratch, pad_input};
+    use crate::kernels::vnni::{Geometry, Scratch, pad_input, tap_pairs};
     use std::arch::x86_64::*;
 
     /// Depthwise convolution with at most 16 channels, multiplier 1, into `out` (`[pixels, c]`
@@ -124,17 +124,7 @@ mod x86 {
         let mut scratch = Scratch::bytes(nb * hp * wp * cp + spare);
         pad_input(g, x, cp, &mut scratch.0);
         let src = scratch.0.as_ptr() as *const i8;
-        let offset = |t: usize| {
-            if t >= kh * kw {
-                // The zero-weight partner of an odd last tap: any readable position.
-                0
-            } else {
-                ((t / kw) * d[0] * wp + (t % kw) * d[1]) * cp
-            }
-        };
-        let taps: Vec<[usize; 2]> = (0..pairs)
-            .map(|j| [offset(2 * j), offset(2 * j + 1)])
-            .collect();
+        let taps = tap_pairs(g, pairs, wp, cp);
         let next = s[1] * cp;
         // SAFETY: every tap of every output pixel lies inside the padded input and `spare`
         // bytes follow it (the steps' pixels past the row's end read there; their outputs are
@@ -200,7 +190,8 @@ mod x86 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::fixed::{mbqm, quantize_multiplier};
+    use crate::fixed::mbqm;
+    use crate::kernels::vnni::test_cases::{channels, draws, geometry};
     use proptest::prelude::*;
 
     /// A random depthwise convolution with at most 16 channels and its input.
@@ -238,49 +229,11 @@ mod tests {
                 *same || ((k.0 - 1) * d < s.1 && (k.1 - 1) * d < s.2)
             })
             .prop_map(|(s, k, (sy, sx, d), (same, relu), scale, seed)| {
-                let mut r = seed | 1;
-                let mut next = move |lo: i32, hi: i32| {
-                    r ^= r << 13;
-                    r ^= r >> 7;
-                    r ^= r << 17;
-                    lo + (r % (hi - lo + 1) as u64) as i32
-                };
+                let mut next = draws(seed);
                 let [nb, ih, iw, c] = [s.0, s.1, s.2, s.3];
-                let out = |size: usize, k: usize, st: usize| {
-                    if same {
-                        size.div_ceil(st)
-                    } else {
-                        (size - (k - 1) * d - 1) / st + 1
-                    }
-                };
-                let (oh, ow) = (out(ih, k.0, sy), out(iw, k.1, sx));
-                let pad = |size: usize, k: usize, o: usize, st: usize| {
-                    if same {
-                        ((o - 1) * st + (k - 1) * d + 1).saturating_sub(size) / 2
-                    } else {
-                        0
-                    }
-                };
-                let geo = Geometry {
-                    in_shape: [nb, ih, iw, c],
-                    out_shape: [nb, oh, ow, c],
-                    kernel: [k.0, k.1],
-                    stride: [sy, sx],
-                    dilation: [d, d],
-                    pad: [pad(ih, k.0, oh, sy), pad(iw, k.1, ow, sx)],
-                    input_zp: next(-128, 127),
-                };
+                let geo = geometry([nb, ih, iw, c], c, k, (sy, sx), d, same, &mut next);
                 let w = (0..k.0 * k.1 * c).map(|_| next(-127, 127)).collect();
-                let bias = (0..c).map(|_| next(-5000, 5000)).collect();
-                let m = (0..c)
-                    .map(|_| quantize_multiplier(scale * next(1, 100) as f64 / 50.0))
-                    .collect();
-                let zp = next(-128, 127);
-                let act = if relu {
-                    [zp.max(-128), 127]
-                } else {
-                    [-128, 127]
-                };
+                let (bias, m, zp, act) = channels(c, scale, relu, &mut next);
                 let x = (0..nb * ih * iw * c)
                     .map(|_| next(-128, 127) as i8)
                     .collect();

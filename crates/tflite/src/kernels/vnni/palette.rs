@@ -145,15 +145,10 @@ pub(crate) use x86::{conv, gemv};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{PalettePacked, Table};
-    use crate::kernels::vnni::x86::{requant16, store32};
-    use crate::kernels::vnni::{Geometry, Requant, Scratch, gather};
+    use crate::kernels::vnni::fc::x86::{gemv_rows, store_sums};
+    use crate::kernels::vnni::x86::{Gemm, gemm, store_tile};
+    use crate::kernels::vnni::{Geometry, Requant};
     use std::arch::x86_64::*;
-
-    /// Pixels per GEMM tile, as the dense kernel.
-    const ROWS: usize = 8;
-
-    /// Blocks of 32 units per GEMV tile, as the dense kernel.
-    const BLOCKS: usize = 4;
 
     /// The two weight vectors (channels `ob..ob + 16` and `ob + 16..ob + 32`, 4 `k` each) of
     /// the 64 index bytes at `idx`.
@@ -207,46 +202,74 @@ mod x86 {
         }
     }
 
-    /// One tile of `R` pixels × the 32 output channels at `ob`, as the dense GEMM's tile.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize>(
-        p: &PalettePacked,
-        rq: &Requant,
-        col: &[u8],
-        start: usize,
-        rows: usize,
-        ob: usize,
-        oc: usize,
-        out: &mut [i8],
-    ) {
-        // SAFETY: as the dense tile: `col` holds `start + R` rows of `k4` bytes, `ob + 32 ≤
-        // oc32`, only `rows` rows × `min(32, oc − ob)` channels of `out` are written.
-        unsafe {
-            let mut acc = [_mm512_setzero_si512(); 16];
-            let mut xp = col.as_ptr().add(start * p.k4);
-            let step = p.chunk();
-            let mut ip = p.index.as_ptr().add(ob / 32 * (p.k4 / 4) * step);
-            for _ in 0..p.k4 / 4 {
-                let (w0, w1) = decode(p, ip, ob);
-                for r in 0..R {
-                    let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        xp.wrapping_add(r.wrapping_mul(p.k4)) as *const i32,
-                    ));
-                    acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], xb, w0);
-                    acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], xb, w1);
+    impl Gemm for PalettePacked {
+        fn depth(&self) -> usize {
+            self.k4
+        }
+
+        fn oc32(&self) -> usize {
+            self.oc32
+        }
+
+        /// As the dense GEMM's tile.
+        #[inline(always)]
+        unsafe fn tile<const R: usize>(
+            &self,
+            rq: &Requant,
+            col: &[u8],
+            start: usize,
+            rows: usize,
+            ob: usize,
+            oc: usize,
+            out: &mut [i8],
+        ) {
+            let p = self;
+            // SAFETY: as the dense tile: `col` holds `start + R` rows of `k4` bytes, `ob + 32 ≤
+            // oc32`, `store_tile` writes what it documents.
+            unsafe {
+                let mut acc = [_mm512_setzero_si512(); 16];
+                let mut xp = col.as_ptr().add(start * p.k4);
+                let step = p.chunk();
+                let mut ip = p.index.as_ptr().add(ob / 32 * (p.k4 / 4) * step);
+                for _ in 0..p.k4 / 4 {
+                    let (w0, w1) = decode(p, ip, ob);
+                    for r in 0..R {
+                        let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
+                            xp.wrapping_add(r.wrapping_mul(p.k4)) as *const i32,
+                        ));
+                        acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], xb, w0);
+                        acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], xb, w1);
+                    }
+                    xp = xp.wrapping_add(4);
+                    ip = ip.wrapping_add(step);
                 }
-                xp = xp.wrapping_add(4);
-                ip = ip.wrapping_add(step);
+                store_tile::<R>(&acc, &p.corr, rq, start, rows, ob, oc, out);
             }
-            let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(ob) as *const __m512i);
-            let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(ob + 16) as *const __m512i);
-            for r in 0..R {
-                if r < rows {
-                    let lo = requant16(_mm512_add_epi32(acc[2 * r], c0), rq, ob);
-                    let hi = requant16(_mm512_add_epi32(acc[2 * r + 1], c1), rq, ob + 16);
-                    store32(out.as_mut_ptr().add((start + r) * oc + ob), lo, hi, oc - ob);
+        }
+
+        /// As the dense GEMV's tile.
+        #[inline(always)]
+        unsafe fn tile_gemv<const NB: usize>(&self, xu: &[u8], ob: usize, acc: &mut [i32]) {
+            let p = self;
+            // SAFETY: `xu` holds `k4` bytes, `ob + 32·NB ≤ oc32`, `store_sums` writes what it
+            // documents.
+            unsafe {
+                let mut a = [[_mm512_setzero_si512(); 2]; NB];
+                let mut xp = xu.as_ptr();
+                let step = p.chunk();
+                let mut ip = p.index.as_ptr().add(ob / 32 * (p.k4 / 4) * step);
+                for _ in 0..p.k4 / 4 {
+                    let xb = _mm512_set1_epi32(std::ptr::read_unaligned(xp as *const i32));
+                    for (j, a) in a.iter_mut().enumerate() {
+                        let block = ip.wrapping_add(j * (p.k4 / 4) * step);
+                        let (w0, w1) = decode(p, block, ob + 32 * j);
+                        a[0] = _mm512_dpbusd_epi32(a[0], xb, w0);
+                        a[1] = _mm512_dpbusd_epi32(a[1], xb, w1);
+                    }
+                    xp = xp.wrapping_add(4);
+                    ip = ip.wrapping_add(step);
                 }
+                store_sums(&a, &p.corr, ob, acc);
             }
         }
     }
@@ -264,66 +287,8 @@ mod x86 {
         x: &[i8],
         out: &mut [i8],
     ) {
-        let [nb, _, _, _] = g.in_shape;
-        let [_, oh, ow, oc] = g.out_shape;
-        let pixels = nb * oh * ow;
-        let mut scratch = Scratch::bytes((pixels + ROWS) * p.k4);
-        let col = &mut scratch.0[..(pixels + ROWS) * p.k4];
-        for (px, dst) in col.chunks_exact_mut(p.k4).take(pixels).enumerate() {
-            let (b, rest) = (px / (oh * ow), px % (oh * ow));
-            gather(g, x, b, rest / ow, rest % ow, dst);
-        }
-        for ob in (0..p.oc32).step_by(32) {
-            let mut start = 0;
-            // SAFETY: as `tile` requires: `col` has `ROWS` spare rows, `out` is `[pixels, oc]`.
-            unsafe {
-                while pixels - start >= ROWS {
-                    tile::<ROWS>(p, rq, col, start, ROWS, ob, oc, out);
-                    start += ROWS;
-                }
-                let rest = pixels - start;
-                if rest > 4 {
-                    tile::<ROWS>(p, rq, col, start, rest, ob, oc, out);
-                } else if rest > 2 {
-                    tile::<4>(p, rq, col, start, rest, ob, oc, out);
-                } else if rest > 0 {
-                    tile::<2>(p, rq, col, start, rest, ob, oc, out);
-                }
-            }
-        }
-    }
-
-    /// One row × the `32·NB` units at `ob`, into `acc`, as the dense GEMV's tile.
-    #[inline(always)]
-    unsafe fn tile_gemv<const NB: usize>(p: &PalettePacked, xu: &[u8], ob: usize, acc: &mut [i32]) {
-        // SAFETY: `xu` holds `k4` bytes, `ob + 32·NB ≤ oc32`, `acc` holds `ob + 32·NB` values.
-        unsafe {
-            let mut a = [[_mm512_setzero_si512(); 2]; NB];
-            let mut xp = xu.as_ptr();
-            let step = p.chunk();
-            let mut ip = p.index.as_ptr().add(ob / 32 * (p.k4 / 4) * step);
-            for _ in 0..p.k4 / 4 {
-                let xb = _mm512_set1_epi32(std::ptr::read_unaligned(xp as *const i32));
-                for (j, a) in a.iter_mut().enumerate() {
-                    let block = ip.wrapping_add(j * (p.k4 / 4) * step);
-                    let (w0, w1) = decode(p, block, ob + 32 * j);
-                    a[0] = _mm512_dpbusd_epi32(a[0], xb, w0);
-                    a[1] = _mm512_dpbusd_epi32(a[1], xb, w1);
-                }
-                xp = xp.wrapping_add(4);
-                ip = ip.wrapping_add(step);
-            }
-            for (j, a) in a.iter().enumerate() {
-                for (h, v) in a.iter().enumerate() {
-                    let at = ob + 32 * j + 16 * h;
-                    let c = _mm512_loadu_si512(p.corr.as_ptr().add(at) as *const __m512i);
-                    _mm512_storeu_si512(
-                        acc.as_mut_ptr().add(at) as *mut __m512i,
-                        _mm512_add_epi32(*v, c),
-                    );
-                }
-            }
-        }
+        // SAFETY: forwarded.
+        unsafe { gemm(g, p, rq, x, out) }
     }
 
     /// FULLY_CONNECTED sums on palette weights, as `crate::kernels::vnni::fc::gemv`.
@@ -338,29 +303,7 @@ mod x86 {
         depth: usize,
         acc: &mut [i32],
     ) {
-        let stride = crate::kernels::vnni::fc::acc_stride(p.oc32);
-        let mut scratch = Scratch::bytes(p.k4);
-        let xu = &mut scratch.0[..p.k4];
-        for b in 0..batches {
-            for (d, s) in xu.iter_mut().zip(&x[b * depth..(b + 1) * depth]) {
-                *d = (*s as u8) ^ 0x80;
-            }
-            xu[depth..].fill(0);
-            let row = &mut acc[b * stride..(b + 1) * stride];
-            let mut ob = 0;
-            // SAFETY: as `tile_gemv` requires; `ob + 32·NB ≤ oc32 = stride`.
-            unsafe {
-                while p.oc32 - ob >= 32 * BLOCKS {
-                    tile_gemv::<BLOCKS>(p, xu, ob, row);
-                    ob += 32 * BLOCKS;
-                }
-                match (p.oc32 - ob) / 32 {
-                    3 => tile_gemv::<3>(p, xu, ob, row),
-                    2 => tile_gemv::<2>(p, xu, ob, row),
-                    1 => tile_gemv::<1>(p, xu, ob, row),
-                    _ => {}
-                }
-            }
-        }
+        // SAFETY: forwarded.
+        unsafe { gemv_rows(p, x, batches, depth, acc) }
     }
 }

@@ -94,68 +94,90 @@ pub(crate) use x86::{conv, gemv};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::SparsePacked;
-    use crate::kernels::vnni::x86::{requant16, store32};
-    use crate::kernels::vnni::{Geometry, Requant, Scratch, gather};
+    use crate::kernels::vnni::fc::x86::{gemv_rows, store_sums};
+    use crate::kernels::vnni::x86::{Gemm, gemm, store_tile};
+    use crate::kernels::vnni::{Geometry, Requant};
     use std::arch::x86_64::*;
 
-    /// Pixels per tile: 8 rows × 32 channels = 16 accumulators (plus 2 weight, 2 position
-    /// vectors and the broadcast input).
-    const ROWS: usize = 8;
+    impl Gemm for SparsePacked {
+        fn depth(&self) -> usize {
+            self.k8
+        }
 
-    /// Units per GEMV tile: blocks of 32.
-    const BLOCKS: usize = 4;
+        fn oc32(&self) -> usize {
+            self.oc32
+        }
 
-    /// One tile of `R` pixels (rows of `col` from `start`) × the 32 output channels at `ob`:
-    /// accumulate, requantize, store the first `rows` pixels.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize>(
-        p: &SparsePacked,
-        rq: &Requant,
-        col: &[u8],
-        start: usize,
-        rows: usize,
-        ob: usize,
-        oc: usize,
-        out: &mut [i8],
-    ) {
-        // SAFETY: `col` holds at least `start + R` rows of `k8` bytes (the caller pads it), every
-        // run `< k8 / 8`, `ob + 32 <= oc32`, and only `rows` valid rows × `min(32, oc − ob)`
-        // channels of `out` are written.
-        unsafe {
-            let mut acc = [_mm512_setzero_si512(); 16];
-            // Plain pointer steps in the loop (no index arithmetic to check).
-            let mut xp = col.as_ptr().add(start * p.k8);
-            let mut wp = p.w.as_ptr().add(ob * 4);
-            let mut ip = p.index.as_ptr().add(ob * 4);
-            let step = p.oc32 * 4;
-            for _ in 0..p.k8 / 8 {
-                let w0 = _mm512_loadu_si512(wp as *const __m512i);
-                let w1 = _mm512_loadu_si512(wp.wrapping_add(64) as *const __m512i);
-                let i0 = _mm512_loadu_si512(ip as *const __m512i);
-                let i1 = _mm512_loadu_si512(ip.wrapping_add(64) as *const __m512i);
-                for r in 0..R {
-                    let xb = _mm512_broadcastq_epi64(_mm_loadl_epi64(
-                        xp.wrapping_add(r.wrapping_mul(p.k8)) as *const __m128i,
-                    ));
-                    let x0 = _mm512_permutexvar_epi8(i0, xb);
-                    let x1 = _mm512_permutexvar_epi8(i1, xb);
-                    acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], x0, w0);
-                    acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], x1, w1);
+        #[inline(always)]
+        unsafe fn tile<const R: usize>(
+            &self,
+            rq: &Requant,
+            col: &[u8],
+            start: usize,
+            rows: usize,
+            ob: usize,
+            oc: usize,
+            out: &mut [i8],
+        ) {
+            let p = self;
+            // SAFETY: `col` holds at least `start + R` rows of `k8` bytes (the caller pads it),
+            // every run `< k8 / 8`, `ob + 32 <= oc32`, and `store_tile` writes what it documents.
+            unsafe {
+                let mut acc = [_mm512_setzero_si512(); 16];
+                // Plain pointer steps in the loop (no index arithmetic to check).
+                let mut xp = col.as_ptr().add(start * p.k8);
+                let mut wp = p.w.as_ptr().add(ob * 4);
+                let mut ip = p.index.as_ptr().add(ob * 4);
+                let step = p.oc32 * 4;
+                for _ in 0..p.k8 / 8 {
+                    let w0 = _mm512_loadu_si512(wp as *const __m512i);
+                    let w1 = _mm512_loadu_si512(wp.wrapping_add(64) as *const __m512i);
+                    let i0 = _mm512_loadu_si512(ip as *const __m512i);
+                    let i1 = _mm512_loadu_si512(ip.wrapping_add(64) as *const __m512i);
+                    for r in 0..R {
+                        let xb = _mm512_broadcastq_epi64(_mm_loadl_epi64(
+                            xp.wrapping_add(r.wrapping_mul(p.k8)) as *const __m128i,
+                        ));
+                        let x0 = _mm512_permutexvar_epi8(i0, xb);
+                        let x1 = _mm512_permutexvar_epi8(i1, xb);
+                        acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], x0, w0);
+                        acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], x1, w1);
+                    }
+                    xp = xp.wrapping_add(8);
+                    wp = wp.wrapping_add(step);
+                    ip = ip.wrapping_add(step);
                 }
-                xp = xp.wrapping_add(8);
-                wp = wp.wrapping_add(step);
-                ip = ip.wrapping_add(step);
+                store_tile::<R>(&acc, &p.corr, rq, start, rows, ob, oc, out);
             }
-            let c0 = _mm512_loadu_si512(p.corr.as_ptr().add(ob) as *const __m512i);
-            let c1 = _mm512_loadu_si512(p.corr.as_ptr().add(ob + 16) as *const __m512i);
-            // A loop of constant trip count, so the accumulators stay in registers.
-            for r in 0..R {
-                if r < rows {
-                    let lo = requant16(_mm512_add_epi32(acc[2 * r], c0), rq, ob);
-                    let hi = requant16(_mm512_add_epi32(acc[2 * r + 1], c1), rq, ob + 16);
-                    store32(out.as_mut_ptr().add((start + r) * oc + ob), lo, hi, oc - ob);
+        }
+
+        #[inline(always)]
+        unsafe fn tile_gemv<const NB: usize>(&self, xu: &[u8], ob: usize, acc: &mut [i32]) {
+            let p = self;
+            // SAFETY: `xu` holds `k8` bytes, every weight and position read is below `k8 / 8 ·
+            // oc32 · 4` (`ob + 32·NB ≤ oc32`), and `store_sums` writes what it documents.
+            unsafe {
+                let mut a = [[_mm512_setzero_si512(); 2]; NB];
+                let mut xp = xu.as_ptr();
+                let mut wp = p.w.as_ptr().add(ob * 4);
+                let mut ip = p.index.as_ptr().add(ob * 4);
+                let step = p.oc32 * 4;
+                for _ in 0..p.k8 / 8 {
+                    let xb = _mm512_broadcastq_epi64(_mm_loadl_epi64(xp as *const __m128i));
+                    for (j, a) in a.iter_mut().enumerate() {
+                        let at = 128 * j;
+                        let w0 = _mm512_loadu_si512(wp.wrapping_add(at) as *const __m512i);
+                        let w1 = _mm512_loadu_si512(wp.wrapping_add(at + 64) as *const __m512i);
+                        let i0 = _mm512_loadu_si512(ip.wrapping_add(at) as *const __m512i);
+                        let i1 = _mm512_loadu_si512(ip.wrapping_add(at + 64) as *const __m512i);
+                        a[0] = _mm512_dpbusd_epi32(a[0], _mm512_permutexvar_epi8(i0, xb), w0);
+                        a[1] = _mm512_dpbusd_epi32(a[1], _mm512_permutexvar_epi8(i1, xb), w1);
+                    }
+                    xp = xp.wrapping_add(8);
+                    wp = wp.wrapping_add(step);
+                    ip = ip.wrapping_add(step);
                 }
+                store_sums(&a, &p.corr, ob, acc);
             }
         }
     }
@@ -174,75 +196,8 @@ mod x86 {
         x: &[i8],
         out: &mut [i8],
     ) {
-        let [nb, _, _, _] = g.in_shape;
-        let [_, oh, ow, oc] = g.out_shape;
-        let pixels = nb * oh * ow;
-        // `ROWS` spare rows: the last tile reads them (whatever they hold) and stores nothing
-        // of theirs.
-        let mut scratch = Scratch::bytes((pixels + ROWS) * p.k8);
-        let col = &mut scratch.0[..(pixels + ROWS) * p.k8];
-        for (px, dst) in col.chunks_exact_mut(p.k8).take(pixels).enumerate() {
-            let (b, rest) = (px / (oh * ow), px % (oh * ow));
-            gather(g, x, b, rest / ow, rest % ow, dst);
-        }
-        for ob in (0..p.oc32).step_by(32) {
-            let mut start = 0;
-            // SAFETY: as `tile` requires: `col` has `ROWS` spare rows, `out` is `[pixels, oc]`.
-            unsafe {
-                while pixels - start >= ROWS {
-                    tile::<ROWS>(p, rq, col, start, ROWS, ob, oc, out);
-                    start += ROWS;
-                }
-                let rest = pixels - start;
-                if rest > 4 {
-                    tile::<ROWS>(p, rq, col, start, rest, ob, oc, out);
-                } else if rest > 2 {
-                    tile::<4>(p, rq, col, start, rest, ob, oc, out);
-                } else if rest > 0 {
-                    tile::<2>(p, rq, col, start, rest, ob, oc, out);
-                }
-            }
-        }
-    }
-
-    /// One row (`xu`: `k8` unsigned inputs) × the `32·NB` units starting at `ob`, into `acc`.
-    #[inline(always)]
-    unsafe fn tile_gemv<const NB: usize>(p: &SparsePacked, xu: &[u8], ob: usize, acc: &mut [i32]) {
-        // SAFETY: `xu` holds `k8` bytes, every weight and position read is below `k8 / 8 · oc32
-        // · 4` (`ob + 32·NB ≤ oc32`), the corrections are padded to `oc32`, and `acc` holds
-        // `ob + 32·NB` values.
-        unsafe {
-            let mut a = [[_mm512_setzero_si512(); 2]; NB];
-            let mut xp = xu.as_ptr();
-            let mut wp = p.w.as_ptr().add(ob * 4);
-            let mut ip = p.index.as_ptr().add(ob * 4);
-            let step = p.oc32 * 4;
-            for _ in 0..p.k8 / 8 {
-                let xb = _mm512_broadcastq_epi64(_mm_loadl_epi64(xp as *const __m128i));
-                for (j, a) in a.iter_mut().enumerate() {
-                    let at = 128 * j;
-                    let w0 = _mm512_loadu_si512(wp.wrapping_add(at) as *const __m512i);
-                    let w1 = _mm512_loadu_si512(wp.wrapping_add(at + 64) as *const __m512i);
-                    let i0 = _mm512_loadu_si512(ip.wrapping_add(at) as *const __m512i);
-                    let i1 = _mm512_loadu_si512(ip.wrapping_add(at + 64) as *const __m512i);
-                    a[0] = _mm512_dpbusd_epi32(a[0], _mm512_permutexvar_epi8(i0, xb), w0);
-                    a[1] = _mm512_dpbusd_epi32(a[1], _mm512_permutexvar_epi8(i1, xb), w1);
-                }
-                xp = xp.wrapping_add(8);
-                wp = wp.wrapping_add(step);
-                ip = ip.wrapping_add(step);
-            }
-            for (j, a) in a.iter().enumerate() {
-                for (h, v) in a.iter().enumerate() {
-                    let at = ob + 32 * j + 16 * h;
-                    let c = _mm512_loadu_si512(p.corr.as_ptr().add(at) as *const __m512i);
-                    _mm512_storeu_si512(
-                        acc.as_mut_ptr().add(at) as *mut __m512i,
-                        _mm512_add_epi32(*v, c),
-                    );
-                }
-            }
-        }
+        // SAFETY: forwarded.
+        unsafe { gemm(g, p, rq, x, out) }
     }
 
     /// FULLY_CONNECTED sums on N:M-sparse weights, as `crate::kernels::vnni::fc::gemv`:
@@ -261,31 +216,8 @@ mod x86 {
         depth: usize,
         acc: &mut [i32],
     ) {
-        let stride = crate::kernels::vnni::fc::acc_stride(p.oc32);
-        let mut scratch = Scratch::bytes(p.k8);
-        let xu = &mut scratch.0[..p.k8];
-        for b in 0..batches {
-            for (d, s) in xu.iter_mut().zip(&x[b * depth..(b + 1) * depth]) {
-                *d = (*s as u8) ^ 0x80;
-            }
-            // The padded `k` meet zero weights: any value will do, but a defined one.
-            xu[depth..].fill(0);
-            let row = &mut acc[b * stride..(b + 1) * stride];
-            let mut ob = 0;
-            // SAFETY: as `tile_gemv` requires; `ob + 32·NB ≤ oc32 = stride`.
-            unsafe {
-                while p.oc32 - ob >= 32 * BLOCKS {
-                    tile_gemv::<BLOCKS>(p, xu, ob, row);
-                    ob += 32 * BLOCKS;
-                }
-                match (p.oc32 - ob) / 32 {
-                    3 => tile_gemv::<3>(p, xu, ob, row),
-                    2 => tile_gemv::<2>(p, xu, ob, row),
-                    1 => tile_gemv::<1>(p, xu, ob, row),
-                    _ => {}
-                }
-            }
-        }
+        // SAFETY: forwarded.
+        unsafe { gemv_rows(p, x, batches, depth, acc) }
     }
 }
 
