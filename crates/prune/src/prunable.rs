@@ -24,11 +24,11 @@
 //! ```
 
 use burn::module::{Module, Param};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_bool};
 use collab_core::{
-    Chain, Counter, LayerForward, PlainLayer, StateTensor, WeightLayer, WeightLayout,
-    WeightTransform,
+    Counter, LayerForward, StateTensor, WeightLayer, WeightOnlyWrapper, WeightTransform,
+    WeightWrapper,
 };
 use serde::Serialize;
 
@@ -239,10 +239,6 @@ impl<L: WeightLayer> Prunable<L> {
         WeightLayer::strip(self)
     }
 
-    fn is_training_pass<const D: usize>(&self, input: &Tensor<D>) -> bool {
-        self.training.is_enabled() && input.device().is_autodiff()
-    }
-
     /// One training step: count it, and update the mask when the schedule says so.
     fn advance(&self) {
         let step = self.step.increment();
@@ -278,63 +274,39 @@ pub(crate) fn update_sparsity(
     Some(sparsity)
 }
 
-impl<L: WeightLayer> WeightLayer for Prunable<L> {
-    type Plain = L::Plain;
+/// [`WeightLayer`] and [`LayerForward`] follow (collab-core's blanket implementations): the
+/// forward pass computes with `weight ⊙ mask`, `strip` sets pruned weights to 0.
+impl<L: WeightLayer> WeightWrapper for Prunable<L> {
+    type Inner = L;
+    type Transform = MaskTransform;
 
-    fn layout(&self) -> WeightLayout {
-        self.inner.layout()
+    fn inner(&self) -> &L {
+        &self.inner
     }
 
-    fn bias(&self) -> Option<Tensor<1>> {
-        self.inner.bias()
+    fn into_inner(self) -> L {
+        self.inner
     }
 
-    fn effective_weight(&self) -> Tensor<1> {
+    fn weight_transform(&self) -> MaskTransform {
         MaskTransform {
             mask: self.mask.get(),
         }
-        .apply(self.inner.effective_weight())
     }
 
-    /// The plain layer with pruned weights set to 0.
-    fn strip(self) -> Self::Plain {
-        let transform = MaskTransform {
+    fn strip_transform(&self) -> MaskTransform {
+        MaskTransform {
             mask: self.mask.get().without_autodiff(),
-        };
-        self.inner.strip().map_weight(|w| transform.apply(w))
+        }
     }
 }
 
-impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Prunable<L> {
-    fn forward_transformed<T: WeightTransform>(
-        &self,
-        input: Tensor<D>,
-        transform: &T,
-    ) -> Tensor<D> {
-        collab_core::ops::bias::join_bias(self.forward_transformed_unbiased(input, transform))
-    }
-
-    fn forward_transformed_unbiased<T: WeightTransform>(
-        &self,
-        input: Tensor<D>,
-        transform: &T,
-    ) -> (Tensor<D>, Option<Tensor<1>>) {
-        if self.is_training_pass(&input) {
+impl<L: WeightLayer> WeightOnlyWrapper for Prunable<L> {
+    /// A training pass (training flag on, autodiff input) is one step: count it and update
+    /// the mask when the schedule says so, before the mask is read.
+    fn begin_forward(&self, input_device: &Device) {
+        if self.training.is_enabled() && input_device.is_autodiff() {
             self.advance();
         }
-        let mask = MaskTransform {
-            mask: self.mask.get(),
-        };
-        self.inner.forward_transformed_unbiased(
-            input,
-            &Chain {
-                first: &mask,
-                then: transform,
-            },
-        )
-    }
-
-    fn applies_activation(&self, activation: collab_core::Activation) -> bool {
-        self.inner.applies_activation(activation)
     }
 }

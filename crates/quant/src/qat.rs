@@ -27,8 +27,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use collab_core::host::to_vec_f32;
 use collab_core::{
-    Chain, ChannelView, LayerForward, LayerKind, PlainLayer, WeightLayer, WeightLayout,
-    WeightTransform,
+    Chain, ChannelView, LayerForward, LayerKind, WeightLayer, WeightLayout, WeightTransform,
+    WeightWrapper,
 };
 use serde::{Deserialize, Serialize};
 
@@ -285,10 +285,6 @@ impl<L: WeightLayer> QatAware<L> {
         self.forward_transformed(input, &collab_core::NoTransform)
     }
 
-    fn weight_quant(&self) -> WeightFakeQuant {
-        WeightFakeQuant::new(&self.inner.layout(), self.per_channel)
-    }
-
     /// The weight's quantization parameters, from the current effective weight of the layer
     /// below (the float weight the int8 weight is computed from).
     pub fn weight_params(&self) -> QuantParams {
@@ -357,26 +353,22 @@ impl<L: WeightLayer> QatAware<L> {
     }
 }
 
-impl<L: WeightLayer> WeightLayer for QatAware<L> {
-    type Plain = L::Plain;
+/// [`WeightLayer`] follows (collab-core's blanket implementation): the effective weight is the
+/// fake-quantized one (int8 values times their scales), and so is the stripped layer's.
+impl<L: WeightLayer> WeightWrapper for QatAware<L> {
+    type Inner = L;
+    type Transform = WeightFakeQuant;
 
-    fn layout(&self) -> WeightLayout {
-        self.inner.layout()
+    fn inner(&self) -> &L {
+        &self.inner
     }
 
-    fn bias(&self) -> Option<Tensor<1>> {
-        self.inner.bias()
+    fn into_inner(self) -> L {
+        self.inner
     }
 
-    /// The fake-quantized weight (int8 values times their scales).
-    fn effective_weight(&self) -> Tensor<1> {
-        self.weight_quant().apply(self.inner.effective_weight())
-    }
-
-    /// The plain layer whose weight holds the fake-quantized values.
-    fn strip(self) -> Self::Plain {
-        let quant = self.weight_quant();
-        self.inner.strip().map_weight(|w| quant.apply(w).detach())
+    fn weight_transform(&self) -> WeightFakeQuant {
+        WeightFakeQuant::new(&self.inner.layout(), self.per_channel)
     }
 }
 
@@ -390,7 +382,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
             Some(q) => q.forward(input),
             None => input,
         };
-        let weight = self.weight_quant();
+        let weight = self.weight_transform();
         let chain = Chain {
             first: &weight,
             then: transform,
