@@ -89,6 +89,34 @@ pub struct LayerReport {
     pub step: u64,
 }
 
+impl LayerReport {
+    /// The figures of a weight from its effective values and mask (both flattened in the
+    /// weight's own order, `[numel]`), shared by `Prunable` and the whole-model wrapper.
+    pub(crate) fn of(
+        name: &str,
+        layer: String,
+        shape: Vec<usize>,
+        effective: &[f32],
+        mask: &[bool],
+        target_sparsity: f64,
+        step: u64,
+    ) -> Self {
+        let zeros = effective.iter().filter(|w| **w == 0.0).count();
+        let weights = effective.len();
+        Self {
+            name: name.to_string(),
+            layer,
+            shape,
+            weights,
+            pruned: mask.iter().filter(|k| !**k).count(),
+            zeros,
+            sparsity: zeros as f64 / weights.max(1) as f64,
+            target_sparsity,
+            step,
+        }
+    }
+}
+
 /// `weight ⊙ mask` for any rank; the gradient is masked too.
 ///
 /// Computed as `weight · keep + 0` with `keep` the mask as 0.0 / 1.0: pruned entries are +0.0
@@ -216,21 +244,15 @@ impl<L: WeightLayer> Prunable<L> {
     /// Per-layer figures, computed from the effective weight.
     pub fn report(&self, name: &str) -> LayerReport {
         let layout = self.inner.layout();
-        let effective = collab_core::host::to_vec_f32(self.effective_weight());
-        let zeros = effective.iter().filter(|w| **w == 0.0).count();
-        let pruned = self.mask_values().iter().filter(|k| !**k).count();
-        let target = collab_core::host::to_vec_f32(self.target_sparsity.get())[0] as f64;
-        LayerReport {
-            name: name.to_string(),
-            layer: layout.describe(),
-            shape: layout.shape.clone(),
-            weights: layout.numel(),
-            pruned,
-            zeros,
-            sparsity: zeros as f64 / layout.numel().max(1) as f64,
-            target_sparsity: target,
-            step: self.step.get(),
-        }
+        LayerReport::of(
+            name,
+            layout.describe(),
+            layout.shape.clone(),
+            &collab_core::host::to_vec_f32(self.effective_weight()),
+            &self.mask_values(),
+            collab_core::host::to_vec_f32(self.target_sparsity.get())[0] as f64,
+            self.step.get(),
+        )
     }
 
     /// The plain layer with pruned weights set to 0 (as [`WeightLayer::strip`], without

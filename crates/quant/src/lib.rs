@@ -35,4 +35,4 @@ pub use ops::fused::fake_quant_fused;
 pub use params::QuantParams;
 pub use ptq::{begin_calibration, calibrate, end_calibration};
 pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, QatReport, WeightFakeQuant};
-pub use whole::{WeightQat, WholeQat};
+pub use whole::{WeightQat, WeightQatReport, WholeQat};

@@ -193,6 +193,23 @@ impl WeightTransform for WeightFakeQuant {
     }
 }
 
+/// The symmetric int8 parameters of a weight from its values (flattened in `layout`'s order,
+/// `[numel]`): scales from the largest magnitude per output channel or of the tensor. Shared by
+/// [`QatAware::weight_params`] and the whole-model report.
+pub(crate) fn weight_params(
+    values: &[f32],
+    layout: &WeightLayout,
+    per_channel: bool,
+) -> QuantParams {
+    let view = ChannelView::new(layout, per_channel);
+    let mut max_abs = vec![0f32; view.rows];
+    for (i, v) in values.iter().enumerate() {
+        let r = view.row_of(layout, i);
+        max_abs[r] = max_abs[r].max(v.abs());
+    }
+    QuantParams::symmetric(&max_abs, per_channel)
+}
+
 /// All quantization parameters of one layer: what the int8 export writes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerQuant {
@@ -288,15 +305,11 @@ impl<L: WeightLayer> QatAware<L> {
     /// The weight's quantization parameters, from the current effective weight of the layer
     /// below (the float weight the int8 weight is computed from).
     pub fn weight_params(&self) -> QuantParams {
-        let layout = self.inner.layout();
-        let view = ChannelView::new(&layout, self.per_channel);
-        let values = to_vec_f32(self.inner.effective_weight());
-        let mut max_abs = vec![0f32; view.rows];
-        for (i, v) in values.iter().enumerate() {
-            let r = view.row_of(&layout, i);
-            max_abs[r] = max_abs[r].max(v.abs());
-        }
-        QuantParams::symmetric(&max_abs, self.per_channel)
+        weight_params(
+            &to_vec_f32(self.inner.effective_weight()),
+            &self.inner.layout(),
+            self.per_channel,
+        )
     }
 
     /// Input, weight and output parameters, for export.
@@ -336,7 +349,7 @@ impl<L: WeightLayer> QatAware<L> {
             name: name.to_string(),
             layer: layout.describe(),
             weights: layout.numel(),
-            weight_bits: (weight.qmax - weight.qmin).unsigned_abs().ilog2() + 1,
+            weight_bits: weight.bits(),
             per_channel: self.per_channel,
             weight_scales: weight.scale,
             activation: self.activation,
