@@ -17,7 +17,7 @@
 //! // A training step: ReLU, then int8 fake quantization with the range it sets.
 //! let y = conv.forward(Tensor::<4>::ones([1, 8, 12, 12], &device));
 //! let report = conv.report("conv");
-//! assert_eq!((report.weight_bits, report.weight_scales.len()), (8, 16)); // per channel
+//! assert_eq!((report.weight.weight_bits, report.weight.weight_scales.len()), (8, 16)); // per channel
 //! assert_eq!(report.output.batches, 1);
 //! let plain = conv.strip(); // burn `Conv2d` whose weights are int8 values times scales
 //! # Ok::<(), collab_quant::QuantError>(())
@@ -195,12 +195,8 @@ impl WeightTransform for WeightFakeQuant {
 
 /// The symmetric int8 parameters of a weight from its values (flattened in `layout`'s order,
 /// `[numel]`): scales from the largest magnitude per output channel or of the tensor. Shared by
-/// [`QatAware::weight_params`] and the whole-model report.
-pub(crate) fn weight_params(
-    values: &[f32],
-    layout: &WeightLayout,
-    per_channel: bool,
-) -> QuantParams {
+/// [`QatAware::weight_params`] and [`WeightQatReport::of`].
+fn weight_params(values: &[f32], layout: &WeightLayout, per_channel: bool) -> QuantParams {
     let view = ChannelView::new(layout, per_channel);
     let mut max_abs = vec![0f32; view.rows];
     for (i, v) in values.iter().enumerate() {
@@ -223,12 +219,14 @@ pub struct LayerQuant {
     pub activation: FusedActivation,
 }
 
-/// Per-layer quantization figures: the wrapper's state, read on the host.
+/// The weight's quantization figures, of a [`QatAware`] layer ([`QatReport::weight`]) or of a
+/// weight wrapped by [`WholeQat`](crate::WholeQat) (its whole report).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct QatReport {
-    /// The name given by the caller (its path in the model).
+pub struct WeightQatReport {
+    /// The name given by the caller (its path in the model); for `WholeQat`, the weight's
+    /// dotted path.
     pub name: String,
-    /// e.g. `conv2d [64, 1, 3, 3] depthwise`.
+    /// e.g. `conv2d [64, 1, 3, 3] depthwise` (`Conv2d [8, 4, 3, 3]` for `WholeQat`).
     pub layer: String,
     /// Number of weights.
     pub weights: usize,
@@ -238,6 +236,37 @@ pub struct QatReport {
     pub per_channel: bool,
     /// The weight's current scales (`max|w| / 127`), one per output channel or one.
     pub weight_scales: Vec<f32>,
+}
+
+impl WeightQatReport {
+    /// The figures of a weight whose values (flattened in `layout`'s order, `[numel]`) are
+    /// quantized with symmetric int8 scales per output channel or per tensor.
+    pub(crate) fn of(
+        name: &str,
+        layer: String,
+        values: &[f32],
+        layout: &WeightLayout,
+        per_channel: bool,
+    ) -> Self {
+        let weight = weight_params(values, layout, per_channel);
+        Self {
+            name: name.to_string(),
+            layer,
+            weights: values.len(),
+            weight_bits: weight.bits(),
+            per_channel,
+            weight_scales: weight.scale,
+        }
+    }
+}
+
+/// Per-layer quantization figures: the wrapper's state, read on the host.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QatReport {
+    /// The weight's figures (serialized inline: `name`, `layer`, `weights`, `weight_bits`,
+    /// `per_channel`, `weight_scales`).
+    #[serde(flatten)]
+    pub weight: WeightQatReport,
     /// The activation fused into the output.
     pub activation: FusedActivation,
     /// The input quantizer's state, when the layer quantizes its input.
@@ -344,14 +373,14 @@ impl<L: WeightLayer> QatAware<L> {
     /// quantizers' ranges and batch counts.
     pub fn report(&self, name: &str) -> QatReport {
         let layout = self.inner.layout();
-        let weight = self.weight_params();
         QatReport {
-            name: name.to_string(),
-            layer: layout.describe(),
-            weights: layout.numel(),
-            weight_bits: weight.bits(),
-            per_channel: self.per_channel,
-            weight_scales: weight.scale,
+            weight: WeightQatReport::of(
+                name,
+                layout.describe(),
+                &to_vec_f32(self.inner.effective_weight()),
+                &layout,
+                self.per_channel,
+            ),
             activation: self.activation,
             input: self.input.as_ref().map(ActQuant::report),
             output: self.output.report(),

@@ -33,15 +33,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::{FusedActivation, QatConfig, QuantError, WeightFakeQuant, WeightQatReport};
 use burn::module::{Module, Reparameterization};
 use burn::tensor::Tensor;
 use collab_core::WeightTransform;
 use collab_core::host::to_finite_vec_f32;
 use collab_core::whole::{self, Selection, Wrapped};
-use serde::Serialize;
-
-use crate::qat::weight_params;
-use crate::{FusedActivation, QatConfig, QuantError, WeightFakeQuant};
 
 /// The reparameterization's name (it saves no tensors).
 pub const NAME: &str = "qat";
@@ -73,24 +70,6 @@ impl Reparameterization for WeightQat {
         let swap = |t: Tensor<D>| if self.swapped { t.swap_dims(0, 1) } else { t };
         swap(self.quant.apply(swap(base)))
     }
-}
-
-/// Per-weight figures of whole-model weight QAT: the weight part of
-/// [`QatReport`](crate::QatReport) (a reparameterization has no activation quantizers).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct WeightQatReport {
-    /// The weight's dotted path.
-    pub name: String,
-    /// e.g. `Conv2d [8, 4, 3, 3]`.
-    pub layer: String,
-    /// Number of weights.
-    pub weights: usize,
-    /// Bits of the weight's integer values (8: symmetric int8, `[-127, 127]`).
-    pub weight_bits: u32,
-    /// Whether each output channel has its own weight scale.
-    pub per_channel: bool,
-    /// The weight's current scales (`max|w| / 127`), one per output channel or one.
-    pub weight_scales: Vec<f32>,
 }
 
 /// Weight fake quantization of every selected weight of a model whose types stay unchanged.
@@ -174,15 +153,13 @@ impl WholeQat {
                 let layout = site.layout();
                 let per_channel = self.config.per_channel_for(&layout);
                 let values = site.view_order(&to_finite_vec_f32(w.base, &site.path)?);
-                let weight = weight_params(&values, &layout, per_channel);
-                Ok(WeightQatReport {
-                    name: site.path.clone(),
-                    layer: site.describe(),
-                    weights: values.len(),
-                    weight_bits: weight.bits(),
+                Ok(WeightQatReport::of(
+                    &site.path,
+                    site.describe(),
+                    &values,
+                    &layout,
                     per_channel,
-                    weight_scales: weight.scale,
-                })
+                ))
             })
             .collect()
     }
