@@ -27,9 +27,9 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_f32};
+use collab_core::layer::{WeightOnlyWrapper, WeightWrapper};
 use collab_core::{
-    ChannelView, LayerForward, StateTensor, WeightLayer, WeightLayout, WeightOnlyWrapper,
-    WeightTransform, WeightWrapper,
+    ChannelView, LayerForward, StateTensor, WeightLayer, WeightLayout, WeightTransform,
 };
 use serde::Serialize;
 

@@ -29,7 +29,7 @@ pub use convbn::{BnMode, ConvBn};
 pub use error::CoreError;
 pub use layer::{
     Chain, ChannelView, LayerForward, LayerKind, NoTransform, PlainLayer, WeightLayer,
-    WeightLayout, WeightOnlyWrapper, WeightTransform, WeightWrapper,
+    WeightLayout, WeightTransform,
 };
 pub use ops::activation::{Activation, FusedActivation};
 pub use replica::Reduce;

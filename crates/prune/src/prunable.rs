@@ -26,10 +26,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Tensor};
 use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_bool};
-use collab_core::{
-    Counter, LayerForward, StateTensor, WeightLayer, WeightOnlyWrapper, WeightTransform,
-    WeightWrapper,
-};
+use collab_core::layer::{WeightOnlyWrapper, WeightWrapper};
+use collab_core::{Counter, LayerForward, StateTensor, WeightLayer, WeightTransform};
 use serde::Serialize;
 
 use crate::mask::magnitude_mask;

@@ -26,9 +26,9 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use collab_core::host::to_vec_f32;
+use collab_core::layer::WeightWrapper;
 use collab_core::{
     Chain, ChannelView, LayerForward, LayerKind, WeightLayer, WeightLayout, WeightTransform,
-    WeightWrapper,
 };
 use serde::{Deserialize, Serialize};
 
