@@ -27,9 +27,9 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_f32};
+use collab_core::layer::{WeightOnlyWrapper, WeightWrapper};
 use collab_core::{
-    Chain, ChannelView, LayerForward, PlainLayer, StateTensor, WeightLayer, WeightLayout,
-    WeightTransform,
+    ChannelView, LayerForward, StateTensor, WeightLayer, WeightLayout, WeightTransform,
 };
 use serde::Serialize;
 
@@ -563,62 +563,35 @@ impl ClusterTransform {
     }
 }
 
-impl<L: WeightLayer> WeightLayer for Clustered<L> {
-    type Plain = L::Plain;
+/// [`WeightLayer`] and [`LayerForward`] follow (collab-core's blanket implementations): the
+/// forward pass computes with the nearest centroids, `strip` leaves only centroid values.
+impl<L: WeightLayer> WeightWrapper for Clustered<L> {
+    type Inner = L;
+    type Transform = ClusterTransform;
 
-    fn layout(&self) -> WeightLayout {
-        self.inner.layout()
+    fn inner(&self) -> &L {
+        &self.inner
     }
 
-    fn bias(&self) -> Option<Tensor<1>> {
-        self.inner.bias()
+    fn into_inner(self) -> L {
+        self.inner
     }
 
-    fn effective_weight(&self) -> Tensor<1> {
-        self.transform().apply(self.inner.effective_weight())
+    fn weight_transform(&self) -> ClusterTransform {
+        self.transform()
     }
 
-    /// The plain layer whose weight holds only centroid values.
-    fn strip(self) -> Self::Plain {
+    /// The transform with its centroids detached.
+    fn strip_transform(&self) -> ClusterTransform {
         let transform = self.transform();
-        let transform = ClusterTransform {
+        ClusterTransform {
             centroids: transform.centroids.clone().detach(),
             ..transform
-        };
-        self.inner
-            .strip()
-            .map_weight(|w| transform.apply(w).detach())
+        }
     }
 }
 
-impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Clustered<L> {
-    fn forward_transformed<T: WeightTransform>(
-        &self,
-        input: Tensor<D>,
-        transform: &T,
-    ) -> Tensor<D> {
-        collab_core::ops::bias::join_bias(self.forward_transformed_unbiased(input, transform))
-    }
-
-    fn forward_transformed_unbiased<T: WeightTransform>(
-        &self,
-        input: Tensor<D>,
-        transform: &T,
-    ) -> (Tensor<D>, Option<Tensor<1>>) {
-        let cluster = self.transform();
-        self.inner.forward_transformed_unbiased(
-            input,
-            &Chain {
-                first: &cluster,
-                then: transform,
-            },
-        )
-    }
-
-    fn applies_activation(&self, activation: collab_core::Activation) -> bool {
-        self.inner.applies_activation(activation)
-    }
-}
+impl<L: WeightLayer> WeightOnlyWrapper for Clustered<L> {}
 
 #[cfg(test)]
 mod tests {
@@ -627,6 +600,7 @@ mod tests {
     use burn::nn::LinearConfig;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Device, Distribution};
+    use collab_core::PlainLayer;
 
     /// The fused transform against the composed one: the same values and weight gradient bit
     /// for bit, the same centroid gradient within rounding (another summation order).

@@ -20,6 +20,15 @@ pub enum ClusterError {
         /// The layer or tensor.
         what: String,
     },
+    /// A whole-model clustering state that cannot be read (a `cluster` reparameterization
+    /// without the tensors `WholeClustering` attaches).
+    #[error("`{path}`: {reason}")]
+    State {
+        /// The weight's dotted path.
+        path: String,
+        /// What is missing.
+        reason: String,
+    },
     /// Shapes, non-finite weights.
     #[error(transparent)]
     Core(#[from] CoreError),

@@ -172,22 +172,35 @@ impl WholeClustering {
     }
 
     /// Per-weight clustering figures of every weight of `model` wrapped by this clustering, in
-    /// traversal order (`name` is the weight's path), from the effective weights.
-    pub fn report<M: Module>(&self, model: &M) -> Vec<ClusterReport> {
+    /// traversal order (`name` is the weight's path, `layer` e.g. `Conv2d [8, 4, 3, 3]`), from
+    /// the effective weights: the whole-model form of `Clustered::report`, shaped as
+    /// `WholePruning::report` and `WholeQat::report`. Fails on a wrapped weight whose state
+    /// cannot be read (naming the path).
+    pub fn report<M: Module>(&self, model: &M) -> Result<Vec<ClusterReport>, ClusterError> {
         let stats: BTreeMap<String, whole::WeightStats> = whole::report(model)
             .into_iter()
             .map(|s| (s.path.clone(), s))
             .collect();
         whole::scan(model, Some(NAME))
             .into_iter()
-            .filter_map(|w| {
-                let s = stats.get(&w.site.path)?;
-                let centroids = w.state.get("centroids")?.clone();
-                let pinned = w.state.get("pinned")?.bool();
+            .filter_map(|w| Some((stats.get(&w.site.path)?, w)))
+            .map(|(s, w)| {
+                let state = |reason: &str| ClusterError::State {
+                    path: w.site.path.clone(),
+                    reason: format!("its `{NAME}` state {reason}"),
+                };
+                let centroids = w
+                    .state
+                    .get("centroids")
+                    .ok_or_else(|| state("has no tensor `centroids`"))?;
                 let shape = centroids.shape().to_vec();
                 let k = shape.get(1).copied().unwrap_or(1).max(1);
-                let mut table = to_vec_f32(centroids.float()?);
-                if let Some(pinned) = pinned {
+                let mut table = to_vec_f32(
+                    centroids
+                        .float()
+                        .ok_or_else(|| state("holds `centroids` of another kind than float"))?,
+                );
+                if let Some(pinned) = w.state.get("pinned").and_then(|p| p.bool()) {
                     let pinned = collab_core::host::to_vec_bool(pinned);
                     for (c, p) in table.iter_mut().zip(pinned) {
                         if p {
@@ -207,7 +220,7 @@ impl WholeClustering {
                     }
                 }
                 let site = self.selection.refine(w.site);
-                Some(ClusterReport {
+                Ok(ClusterReport {
                     name: site.path.clone(),
                     layer: site.describe(),
                     weights: s.weights,

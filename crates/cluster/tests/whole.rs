@@ -308,7 +308,7 @@ fn prune_then_cluster_a_whole_model() {
             .any(|((now, was), pruned)| *pruned && now != was)
     });
     assert!(moved_under_mask);
-    let report = collab_prune::whole::report(&net).unwrap();
+    let report = pruning.report(&net).unwrap();
     assert_eq!(report.len(), EXPECTED_WEIGHTS.len());
     for layer in &report {
         assert_eq!(layer.step, 6, "{}", layer.name);
@@ -330,7 +330,7 @@ fn prune_then_cluster_a_whole_model() {
     device.seed(99);
     let (fresh, _) = pruning.wrap(Net::new(&device)).unwrap();
     let loaded = save_load(&net, fresh, &dir, "pruned.bpk");
-    assert_eq!(collab_prune::whole::report(&loaded).unwrap(), report);
+    assert_eq!(pruning.report(&loaded).unwrap(), report);
     assert_close(&outputs(&loaded), &outputs(&net), "pruned, loaded");
     // An unwrapped model does not take the wrapper's state.
     device.seed(99);
@@ -374,7 +374,7 @@ fn prune_then_cluster_a_whole_model() {
         }
     };
     check(&net, "clustered");
-    for r in clustering.report(&net) {
+    for r in clustering.report(&net).unwrap() {
         assert!(r.unique_per_tensor <= 8 && r.num_clusters == 8, "{r:?}");
         assert_eq!(r.centroids.len(), 1);
         assert_eq!(r.centroids[0][0], 0.0, "the pinned zero centroid");
@@ -384,7 +384,10 @@ fn prune_then_cluster_a_whole_model() {
     let (fresh, _) = clustering.wrap(Net::new(&device)).unwrap();
     let loaded = save_load(&net, fresh, &dir, "clustered.bpk");
     check(&loaded, "clustered, loaded");
-    assert_eq!(clustering.report(&loaded), clustering.report(&net));
+    assert_eq!(
+        clustering.report(&loaded).unwrap(),
+        clustering.report(&net).unwrap()
+    );
     assert_close(&outputs(&loaded), &outputs(&net), "clustered, loaded");
 
     let plain = whole::strip(net.clone());
@@ -559,7 +562,7 @@ fn channel_scaled_whole_model_clustering_shares_int8_codes_across_channels() {
             fc: LinearConfig::new(out + 1, hidden).init(&device),
         })
         .unwrap();
-    for report in WholeClustering::new(config).report(&small) {
+    for report in WholeClustering::new(config).report(&small).unwrap() {
         assert_eq!(report.centroids.len(), 1, "{report:?}");
         let row = &report.centroids[0];
         assert_eq!(&row[row.len() - 2..], &[-1.0, 1.0], "{report:?}");

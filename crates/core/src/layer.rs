@@ -321,6 +321,107 @@ pub trait LayerForward<const D: usize>: WeightLayer {
     }
 }
 
+/// A wrapper around one weight layer that changes its weight by one transform (`Prunable`,
+/// `Clustered`, `QatAware`). Its [`WeightLayer`] follows: the inner layer's layout and bias,
+/// the effective weight and the stripped weight through [`weight_transform`](Self::weight_transform).
+pub trait WeightWrapper: Module + ModuleDisplay {
+    /// The wrapped layer (a plain burn layer or another wrapper).
+    type Inner: WeightLayer;
+    /// This wrapper's change of the weight.
+    type Transform: WeightTransform;
+
+    /// The wrapped layer.
+    fn inner(&self) -> &Self::Inner;
+
+    /// The wrapped layer, by value (for [`WeightLayer::strip`]).
+    fn into_inner(self) -> Self::Inner;
+
+    /// The transform the forward pass applies to the inner layer's effective weight.
+    fn weight_transform(&self) -> Self::Transform;
+
+    /// The transform [`WeightLayer::strip`] applies (its result is detached): by default
+    /// [`weight_transform`](Self::weight_transform); a wrapper whose transform holds trainable
+    /// tensors may give a detached copy.
+    fn strip_transform(&self) -> Self::Transform {
+        self.weight_transform()
+    }
+}
+
+impl<W: WeightWrapper> WeightLayer for W {
+    type Plain = <W::Inner as WeightLayer>::Plain;
+
+    fn layout(&self) -> WeightLayout {
+        self.inner().layout()
+    }
+
+    fn bias(&self) -> Option<Tensor<1>> {
+        self.inner().bias()
+    }
+
+    /// The inner layer's effective weight through this wrapper's transform.
+    fn effective_weight(&self) -> Tensor<1> {
+        self.weight_transform()
+            .apply(self.inner().effective_weight())
+    }
+
+    /// The inner layer stripped, its weight through [`WeightWrapper::strip_transform`] and
+    /// detached.
+    fn strip(self) -> Self::Plain {
+        let transform = self.strip_transform();
+        self.into_inner()
+            .strip()
+            .map_weight(|w| transform.apply(w).detach())
+    }
+}
+
+/// A [`WeightWrapper`] that changes nothing but the weight (`Prunable`, `Clustered`; not
+/// `QatAware`, which also quantizes activations). Its [`LayerForward`] follows: the inner
+/// layer's forward with this wrapper's transform applied ahead of the caller's, split before a
+/// trailing bias as the inner layer splits, and the inner layer's answer to
+/// [`LayerForward::applies_activation`].
+pub trait WeightOnlyWrapper: WeightWrapper {
+    /// Called at the start of every forward pass, before
+    /// [`weight_transform`](WeightWrapper::weight_transform), with the input's device (a
+    /// wrapper with a training schedule takes its step here). Does nothing by default.
+    fn begin_forward(&self, input_device: &burn::tensor::Device) {
+        let _ = input_device;
+    }
+}
+
+impl<const D: usize, W> LayerForward<D> for W
+where
+    W: WeightOnlyWrapper,
+    W::Inner: LayerForward<D>,
+{
+    fn forward_transformed<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> Tensor<D> {
+        crate::ops::bias::join_bias(self.forward_transformed_unbiased(input, transform))
+    }
+
+    fn forward_transformed_unbiased<T: WeightTransform>(
+        &self,
+        input: Tensor<D>,
+        transform: &T,
+    ) -> (Tensor<D>, Option<Tensor<1>>) {
+        self.begin_forward(&input.device());
+        let own = self.weight_transform();
+        self.inner().forward_transformed_unbiased(
+            input,
+            &Chain {
+                first: &own,
+                then: transform,
+            },
+        )
+    }
+
+    fn applies_activation(&self, activation: Activation) -> bool {
+        self.inner().applies_activation(activation)
+    }
+}
+
 /// A plain burn layer (no wrapper): the end of a wrapper stack.
 pub trait PlainLayer: WeightLayer<Plain = Self> {
     /// Replace the weight by `f(weight)`, with the weight flattened to `[numel]` in burn's layout.

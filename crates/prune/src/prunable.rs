@@ -24,12 +24,10 @@
 //! ```
 
 use burn::module::{Module, Param};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 use collab_core::host::{bool_tensor, to_finite_vec_f32, to_vec_bool};
-use collab_core::{
-    Chain, Counter, LayerForward, PlainLayer, StateTensor, WeightLayer, WeightLayout,
-    WeightTransform,
-};
+use collab_core::layer::{WeightOnlyWrapper, WeightWrapper};
+use collab_core::{Counter, LayerForward, StateTensor, WeightLayer, WeightTransform};
 use serde::Serialize;
 
 use crate::mask::magnitude_mask;
@@ -87,6 +85,34 @@ pub struct LayerReport {
     pub target_sparsity: f64,
     /// Training steps taken.
     pub step: u64,
+}
+
+impl LayerReport {
+    /// The figures of a weight from its effective values and mask (both flattened in the
+    /// weight's own order, `[numel]`), shared by `Prunable` and the whole-model wrapper.
+    pub(crate) fn of(
+        name: &str,
+        layer: String,
+        shape: Vec<usize>,
+        effective: &[f32],
+        mask: &[bool],
+        target_sparsity: f64,
+        step: u64,
+    ) -> Self {
+        let zeros = effective.iter().filter(|w| **w == 0.0).count();
+        let weights = effective.len();
+        Self {
+            name: name.to_string(),
+            layer,
+            shape,
+            weights,
+            pruned: mask.iter().filter(|k| !**k).count(),
+            zeros,
+            sparsity: zeros as f64 / weights.max(1) as f64,
+            target_sparsity,
+            step,
+        }
+    }
 }
 
 /// `weight ⊙ mask` for any rank; the gradient is masked too.
@@ -216,31 +242,21 @@ impl<L: WeightLayer> Prunable<L> {
     /// Per-layer figures, computed from the effective weight.
     pub fn report(&self, name: &str) -> LayerReport {
         let layout = self.inner.layout();
-        let effective = collab_core::host::to_vec_f32(self.effective_weight());
-        let zeros = effective.iter().filter(|w| **w == 0.0).count();
-        let pruned = self.mask_values().iter().filter(|k| !**k).count();
-        let target = collab_core::host::to_vec_f32(self.target_sparsity.get())[0] as f64;
-        LayerReport {
-            name: name.to_string(),
-            layer: layout.describe(),
-            shape: layout.shape.clone(),
-            weights: layout.numel(),
-            pruned,
-            zeros,
-            sparsity: zeros as f64 / layout.numel().max(1) as f64,
-            target_sparsity: target,
-            step: self.step.get(),
-        }
+        LayerReport::of(
+            name,
+            layout.describe(),
+            layout.shape.clone(),
+            &collab_core::host::to_vec_f32(self.effective_weight()),
+            &self.mask_values(),
+            collab_core::host::to_vec_f32(self.target_sparsity.get())[0] as f64,
+            self.step.get(),
+        )
     }
 
     /// The plain layer with pruned weights set to 0 (as [`WeightLayer::strip`], without
     /// importing the trait).
     pub fn strip(self) -> L::Plain {
         WeightLayer::strip(self)
-    }
-
-    fn is_training_pass<const D: usize>(&self, input: &Tensor<D>) -> bool {
-        self.training.is_enabled() && input.device().is_autodiff()
     }
 
     /// One training step: count it, and update the mask when the schedule says so.
@@ -278,63 +294,39 @@ pub(crate) fn update_sparsity(
     Some(sparsity)
 }
 
-impl<L: WeightLayer> WeightLayer for Prunable<L> {
-    type Plain = L::Plain;
+/// [`WeightLayer`] and [`LayerForward`] follow (collab-core's blanket implementations): the
+/// forward pass computes with `weight ⊙ mask`, `strip` sets pruned weights to 0.
+impl<L: WeightLayer> WeightWrapper for Prunable<L> {
+    type Inner = L;
+    type Transform = MaskTransform;
 
-    fn layout(&self) -> WeightLayout {
-        self.inner.layout()
+    fn inner(&self) -> &L {
+        &self.inner
     }
 
-    fn bias(&self) -> Option<Tensor<1>> {
-        self.inner.bias()
+    fn into_inner(self) -> L {
+        self.inner
     }
 
-    fn effective_weight(&self) -> Tensor<1> {
+    fn weight_transform(&self) -> MaskTransform {
         MaskTransform {
             mask: self.mask.get(),
         }
-        .apply(self.inner.effective_weight())
     }
 
-    /// The plain layer with pruned weights set to 0.
-    fn strip(self) -> Self::Plain {
-        let transform = MaskTransform {
+    fn strip_transform(&self) -> MaskTransform {
+        MaskTransform {
             mask: self.mask.get().without_autodiff(),
-        };
-        self.inner.strip().map_weight(|w| transform.apply(w))
+        }
     }
 }
 
-impl<const D: usize, L: LayerForward<D>> LayerForward<D> for Prunable<L> {
-    fn forward_transformed<T: WeightTransform>(
-        &self,
-        input: Tensor<D>,
-        transform: &T,
-    ) -> Tensor<D> {
-        collab_core::ops::bias::join_bias(self.forward_transformed_unbiased(input, transform))
-    }
-
-    fn forward_transformed_unbiased<T: WeightTransform>(
-        &self,
-        input: Tensor<D>,
-        transform: &T,
-    ) -> (Tensor<D>, Option<Tensor<1>>) {
-        if self.is_training_pass(&input) {
+impl<L: WeightLayer> WeightOnlyWrapper for Prunable<L> {
+    /// A training pass (training flag on, autodiff input) is one step: count it and update
+    /// the mask when the schedule says so, before the mask is read.
+    fn begin_forward(&self, input_device: &Device) {
+        if self.training.is_enabled() && input_device.is_autodiff() {
             self.advance();
         }
-        let mask = MaskTransform {
-            mask: self.mask.get(),
-        };
-        self.inner.forward_transformed_unbiased(
-            input,
-            &Chain {
-                first: &mask,
-                then: transform,
-            },
-        )
-    }
-
-    fn applies_activation(&self, activation: collab_core::Activation) -> bool {
-        self.inner.applies_activation(activation)
     }
 }

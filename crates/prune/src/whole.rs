@@ -114,6 +114,20 @@ impl Layer {
             .map(|(w, keep)| if *keep { *w } else { 0.0 })
             .collect())
     }
+
+    /// The weight's figures, from its effective value.
+    fn report(&self) -> Result<LayerReport, PruneError> {
+        let site = &self.site;
+        Ok(LayerReport::of(
+            &site.path,
+            site.describe(),
+            site.shape.clone(),
+            &self.effective()?,
+            &to_vec_bool(self.mask.clone()),
+            self.target,
+            self.step,
+        ))
+    }
 }
 
 impl WholePruning {
@@ -134,6 +148,18 @@ impl WholePruning {
     /// The pruning configuration.
     pub fn config(&self) -> &PruningConfig {
         &self.config
+    }
+
+    /// Per-weight pruning figures of every weight of `model` wrapped by this pruning, in
+    /// traversal order (`name` is the weight's path, `layer` e.g. `Conv2d [8, 4, 3, 3]`), from
+    /// the effective weights: the whole-model form of `Prunable::report`, shaped as
+    /// `WholeClustering::report` and `WholeQat::report`. Fails on a wrapped weight whose state
+    /// cannot be read, or on non-finite weights (naming the path).
+    pub fn report<M: Module>(&self, model: &M) -> Result<Vec<LayerReport>, PruneError> {
+        read_layers(model, Some(&self.selection))?
+            .iter()
+            .map(Layer::report)
+            .collect()
     }
 
     /// Attach a dense mask (step 0) to every selected weight. Returns the model and what was
@@ -346,28 +372,11 @@ fn read_layers<M: Module>(
 }
 
 /// Per-weight pruning figures of every weight of `model` wrapped by [`WholePruning`], in
-/// traversal order (`name` is the weight's path, `layer` e.g. `Conv2d [8, 4, 3, 3]`).
+/// traversal order: [`WholePruning::report`] for a caller without the `WholePruning` at hand
+/// (the figures do not depend on its configuration).
 pub fn report<M: Module>(model: &M) -> Result<Vec<LayerReport>, PruneError> {
     read_layers(model, None)?
         .iter()
-        .map(|layer| {
-            let effective = layer.effective()?;
-            let zeros = effective.iter().filter(|w| **w == 0.0).count();
-            let weights = effective.len();
-            Ok(LayerReport {
-                name: layer.site.path.clone(),
-                layer: layer.site.describe(),
-                shape: layer.site.shape.clone(),
-                weights,
-                pruned: to_vec_bool(layer.mask.clone())
-                    .iter()
-                    .filter(|k| !**k)
-                    .count(),
-                zeros,
-                sparsity: zeros as f64 / weights.max(1) as f64,
-                target_sparsity: layer.target,
-                step: layer.step,
-            })
-        })
+        .map(Layer::report)
         .collect()
 }

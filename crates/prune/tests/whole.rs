@@ -110,7 +110,12 @@ fn same_masks_and_weights_as_the_decorator() {
         assert_eq!(a, to_vec_f32(deco.a.effective_weight()), "a at step {t}");
         assert_eq!(b, to_vec_f32(deco.b.effective_weight()), "b at step {t}");
     }
-    let report = collab_prune::whole::report(&whole_model).unwrap();
+    let report = pruning.report(&whole_model).unwrap();
+    assert_eq!(
+        collab_prune::whole::report(&whole_model).unwrap(),
+        report,
+        "the free function reports the same"
+    );
     let deco_report = [deco.a.report("a.weight"), deco.b.report("b.weight")];
     for (w, d) in report.iter().zip(&deco_report) {
         assert_eq!(
@@ -144,7 +149,7 @@ fn global_scope_ranks_like_global_pruning() {
     let [a, b] = effective(&model);
     assert_eq!(a, to_vec_f32(deco.a.effective_weight()));
     assert_eq!(b, to_vec_f32(deco.b.effective_weight()));
-    let report = collab_prune::whole::report(&model).unwrap();
+    let report = pruning.report(&model).unwrap();
     // One ranking: the layers end at different sparsities, 60% over both together.
     let pruned: usize = report.iter().map(|r| r.pruned).sum();
     let weights: usize = report.iter().map(|r| r.weights).sum();

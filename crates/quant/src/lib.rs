@@ -34,5 +34,7 @@ pub use fake::{fake_quant, fake_quant_per_tensor, round_half_away};
 pub use ops::fused::fake_quant_fused;
 pub use params::QuantParams;
 pub use ptq::{begin_calibration, calibrate, end_calibration};
-pub use qat::{FusedActivation, LayerQuant, QatAware, QatConfig, QatReport, WeightFakeQuant};
+pub use qat::{
+    FusedActivation, LayerQuant, QatAware, QatConfig, QatReport, WeightFakeQuant, WeightQatReport,
+};
 pub use whole::{WeightQat, WholeQat};

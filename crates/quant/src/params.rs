@@ -44,6 +44,11 @@ impl QuantParams {
         }
     }
 
+    /// Bits of the integer values: 8 for `[−127, 127]` and `[−128, 127]`.
+    pub fn bits(&self) -> u32 {
+        (self.qmax - self.qmin).unsigned_abs().ilog2() + 1
+    }
+
     /// Asymmetric int8 activations `[−128, 127]` from an observed range. The range is extended
     /// to include 0; `scale = (max − min) / 255`, `zero_point = clamp(round(−128 − min/scale))`.
     pub fn asymmetric(min: f32, max: f32) -> Result<Self, QuantError> {

@@ -17,7 +17,7 @@
 //! // A training step: ReLU, then int8 fake quantization with the range it sets.
 //! let y = conv.forward(Tensor::<4>::ones([1, 8, 12, 12], &device));
 //! let report = conv.report("conv");
-//! assert_eq!((report.weight_bits, report.weight_scales.len()), (8, 16)); // per channel
+//! assert_eq!((report.weight.weight_bits, report.weight.weight_scales.len()), (8, 16)); // per channel
 //! assert_eq!(report.output.batches, 1);
 //! let plain = conv.strip(); // burn `Conv2d` whose weights are int8 values times scales
 //! # Ok::<(), collab_quant::QuantError>(())
@@ -26,9 +26,9 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use collab_core::host::to_vec_f32;
+use collab_core::layer::WeightWrapper;
 use collab_core::{
-    Chain, ChannelView, LayerForward, LayerKind, PlainLayer, WeightLayer, WeightLayout,
-    WeightTransform,
+    Chain, ChannelView, LayerForward, LayerKind, WeightLayer, WeightLayout, WeightTransform,
 };
 use serde::{Deserialize, Serialize};
 
@@ -193,6 +193,19 @@ impl WeightTransform for WeightFakeQuant {
     }
 }
 
+/// The symmetric int8 parameters of a weight from its values (flattened in `layout`'s order,
+/// `[numel]`): scales from the largest magnitude per output channel or of the tensor. Shared by
+/// [`QatAware::weight_params`] and [`WeightQatReport::of`].
+fn weight_params(values: &[f32], layout: &WeightLayout, per_channel: bool) -> QuantParams {
+    let view = ChannelView::new(layout, per_channel);
+    let mut max_abs = vec![0f32; view.rows];
+    for (i, v) in values.iter().enumerate() {
+        let r = view.row_of(layout, i);
+        max_abs[r] = max_abs[r].max(v.abs());
+    }
+    QuantParams::symmetric(&max_abs, per_channel)
+}
+
 /// All quantization parameters of one layer: what the int8 export writes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerQuant {
@@ -206,12 +219,14 @@ pub struct LayerQuant {
     pub activation: FusedActivation,
 }
 
-/// Per-layer quantization figures: the wrapper's state, read on the host.
+/// The weight's quantization figures, of a [`QatAware`] layer ([`QatReport::weight`]) or of a
+/// weight wrapped by [`WholeQat`](crate::WholeQat) (its whole report).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct QatReport {
-    /// The name given by the caller (its path in the model).
+pub struct WeightQatReport {
+    /// The name given by the caller (its path in the model); for `WholeQat`, the weight's
+    /// dotted path.
     pub name: String,
-    /// e.g. `conv2d [64, 1, 3, 3] depthwise`.
+    /// e.g. `conv2d [64, 1, 3, 3] depthwise` (`Conv2d [8, 4, 3, 3]` for `WholeQat`).
     pub layer: String,
     /// Number of weights.
     pub weights: usize,
@@ -221,6 +236,37 @@ pub struct QatReport {
     pub per_channel: bool,
     /// The weight's current scales (`max|w| / 127`), one per output channel or one.
     pub weight_scales: Vec<f32>,
+}
+
+impl WeightQatReport {
+    /// The figures of a weight whose values (flattened in `layout`'s order, `[numel]`) are
+    /// quantized with symmetric int8 scales per output channel or per tensor.
+    pub(crate) fn of(
+        name: &str,
+        layer: String,
+        values: &[f32],
+        layout: &WeightLayout,
+        per_channel: bool,
+    ) -> Self {
+        let weight = weight_params(values, layout, per_channel);
+        Self {
+            name: name.to_string(),
+            layer,
+            weights: values.len(),
+            weight_bits: weight.bits(),
+            per_channel,
+            weight_scales: weight.scale,
+        }
+    }
+}
+
+/// Per-layer quantization figures: the wrapper's state, read on the host.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QatReport {
+    /// The weight's figures (serialized inline: `name`, `layer`, `weights`, `weight_bits`,
+    /// `per_channel`, `weight_scales`).
+    #[serde(flatten)]
+    pub weight: WeightQatReport,
     /// The activation fused into the output.
     pub activation: FusedActivation,
     /// The input quantizer's state, when the layer quantizes its input.
@@ -285,22 +331,14 @@ impl<L: WeightLayer> QatAware<L> {
         self.forward_transformed(input, &collab_core::NoTransform)
     }
 
-    fn weight_quant(&self) -> WeightFakeQuant {
-        WeightFakeQuant::new(&self.inner.layout(), self.per_channel)
-    }
-
     /// The weight's quantization parameters, from the current effective weight of the layer
     /// below (the float weight the int8 weight is computed from).
     pub fn weight_params(&self) -> QuantParams {
-        let layout = self.inner.layout();
-        let view = ChannelView::new(&layout, self.per_channel);
-        let values = to_vec_f32(self.inner.effective_weight());
-        let mut max_abs = vec![0f32; view.rows];
-        for (i, v) in values.iter().enumerate() {
-            let r = view.row_of(&layout, i);
-            max_abs[r] = max_abs[r].max(v.abs());
-        }
-        QuantParams::symmetric(&max_abs, self.per_channel)
+        weight_params(
+            &to_vec_f32(self.inner.effective_weight()),
+            &self.inner.layout(),
+            self.per_channel,
+        )
     }
 
     /// Input, weight and output parameters, for export.
@@ -335,14 +373,14 @@ impl<L: WeightLayer> QatAware<L> {
     /// quantizers' ranges and batch counts.
     pub fn report(&self, name: &str) -> QatReport {
         let layout = self.inner.layout();
-        let weight = self.weight_params();
         QatReport {
-            name: name.to_string(),
-            layer: layout.describe(),
-            weights: layout.numel(),
-            weight_bits: (weight.qmax - weight.qmin).unsigned_abs().ilog2() + 1,
-            per_channel: self.per_channel,
-            weight_scales: weight.scale,
+            weight: WeightQatReport::of(
+                name,
+                layout.describe(),
+                &to_vec_f32(self.inner.effective_weight()),
+                &layout,
+                self.per_channel,
+            ),
             activation: self.activation,
             input: self.input.as_ref().map(ActQuant::report),
             output: self.output.report(),
@@ -357,26 +395,22 @@ impl<L: WeightLayer> QatAware<L> {
     }
 }
 
-impl<L: WeightLayer> WeightLayer for QatAware<L> {
-    type Plain = L::Plain;
+/// [`WeightLayer`] follows (collab-core's blanket implementation): the effective weight is the
+/// fake-quantized one (int8 values times their scales), and so is the stripped layer's.
+impl<L: WeightLayer> WeightWrapper for QatAware<L> {
+    type Inner = L;
+    type Transform = WeightFakeQuant;
 
-    fn layout(&self) -> WeightLayout {
-        self.inner.layout()
+    fn inner(&self) -> &L {
+        &self.inner
     }
 
-    fn bias(&self) -> Option<Tensor<1>> {
-        self.inner.bias()
+    fn into_inner(self) -> L {
+        self.inner
     }
 
-    /// The fake-quantized weight (int8 values times their scales).
-    fn effective_weight(&self) -> Tensor<1> {
-        self.weight_quant().apply(self.inner.effective_weight())
-    }
-
-    /// The plain layer whose weight holds the fake-quantized values.
-    fn strip(self) -> Self::Plain {
-        let quant = self.weight_quant();
-        self.inner.strip().map_weight(|w| quant.apply(w).detach())
+    fn weight_transform(&self) -> WeightFakeQuant {
+        WeightFakeQuant::new(&self.inner.layout(), self.per_channel)
     }
 }
 
@@ -390,7 +424,7 @@ impl<const D: usize, L: LayerForward<D>> LayerForward<D> for QatAware<L> {
             Some(q) => q.forward(input),
             None => input,
         };
-        let weight = self.weight_quant();
+        let weight = self.weight_transform();
         let chain = Chain {
             first: &weight,
             then: transform,

@@ -33,12 +33,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::{FusedActivation, QatConfig, QuantError, WeightFakeQuant, WeightQatReport};
 use burn::module::{Module, Reparameterization};
 use burn::tensor::Tensor;
 use collab_core::WeightTransform;
+use collab_core::host::to_finite_vec_f32;
 use collab_core::whole::{self, Selection, Wrapped};
-
-use crate::{FusedActivation, QatConfig, QuantError, WeightFakeQuant};
 
 /// The reparameterization's name (it saves no tensors).
 pub const NAME: &str = "qat";
@@ -138,5 +138,29 @@ impl WholeQat {
             "whole-model weight QAT attached"
         );
         Ok((whole::attach(model, states), summary))
+    }
+
+    /// Per-weight figures of every weight of `model` wrapped by this QAT, in traversal order
+    /// (`name` is the weight's path): the weight scales from the current stored weights, as
+    /// the forward pass computes them. The whole-model form of `QatAware::report`, shaped as
+    /// `WholePruning::report` and `WholeClustering::report`. Fails on non-finite weights
+    /// (naming the path).
+    pub fn report<M: Module>(&self, model: &M) -> Result<Vec<WeightQatReport>, QuantError> {
+        whole::scan(model, Some(NAME))
+            .into_iter()
+            .map(|w| {
+                let site = self.selection.refine(w.site);
+                let layout = site.layout();
+                let per_channel = self.config.per_channel_for(&layout);
+                let values = site.view_order(&to_finite_vec_f32(w.base, &site.path)?);
+                Ok(WeightQatReport::of(
+                    &site.path,
+                    site.describe(),
+                    &values,
+                    &layout,
+                    per_channel,
+                ))
+            })
+            .collect()
     }
 }

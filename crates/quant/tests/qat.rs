@@ -163,10 +163,15 @@ fn report_reads_the_wrapper_state() {
     }
     let r = q.report("fc");
     assert_eq!(
-        (r.name.as_str(), r.weights, r.weight_bits, r.per_channel),
+        (
+            r.weight.name.as_str(),
+            r.weight.weights,
+            r.weight.weight_bits,
+            r.weight.per_channel
+        ),
         ("fc", 12, 8, false)
     );
-    assert_eq!(r.weight_scales, q.weight_params().scale);
+    assert_eq!(r.weight.weight_scales, q.weight_params().scale);
     assert_eq!(r.activation, FusedActivation::Relu);
     assert!(r.quantizes_output);
     let range = |a: &collab_quant::ActQuant| a.range().map(|(min, max)| [min, max]);

@@ -123,6 +123,47 @@ fn weights_train_int8_representable_per_channel() {
         assert!(stats.max_unique_per_channel.unwrap() <= 255, "{stats:?}");
     }
 
+    // The report's scales are the ones the stripped weights were quantized with: each
+    // channel's largest magnitude is 127 steps.
+    let report = qat.report(&net).unwrap();
+    assert_eq!(report.len(), 4);
+    let stripped: [(Vec<f32>, Vec<usize>, usize); 4] = [
+        (
+            to_vec_f32(plain.conv.weight.val()),
+            plain.conv.weight.dims().to_vec(),
+            0,
+        ),
+        (
+            to_vec_f32(plain.up.weight.val()),
+            plain.up.weight.dims().to_vec(),
+            1,
+        ),
+        (
+            to_vec_f32(plain.bias.weight.val()),
+            plain.bias.weight.dims().to_vec(),
+            1,
+        ),
+        (
+            to_vec_f32(plain.fc.weight.val()),
+            plain.fc.weight.dims().to_vec(),
+            1,
+        ),
+    ];
+    for (r, (values, shape, axis)) in report.iter().zip(&stripped) {
+        assert_eq!((r.weight_bits, r.per_channel), (8, true), "{r:?}");
+        assert_eq!(r.weights, values.len(), "{r:?}");
+        let rows = channels(values, shape, *axis);
+        assert_eq!(r.weight_scales.len(), rows.len(), "{r:?}");
+        for (row, scale) in rows.iter().zip(&r.weight_scales) {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                (max / scale - 127.0).abs() < 1e-3,
+                "{}: {max} / {scale}",
+                r.name
+            );
+        }
+    }
+
     // The stripped model computes what the wrapped one does.
     let x = input(9, &Device::flex());
     let wrapped_out = to_vec_f32(net.valid().forward(x.clone()));
