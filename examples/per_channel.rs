@@ -1,5 +1,6 @@
 //! Per-tensor vs per-channel clustering (16 clusters) and their CQAT, on DS-CNN: the
-//! published per-channel comparison.
+//! published per-channel comparison. Without `--data`, DS-CNN-S on the shipped Speech
+//! Commands sample (`datasets/speech_commands_sample`).
 //!
 //! ```text
 //! cargo run --release --example per_channel [-- --data ../shared/data/speech_commands_12]
